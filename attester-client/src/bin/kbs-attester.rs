@@ -1,0 +1,349 @@
+//! `kbs-attester`: fetch secrets from the key broker with TEE evidence and
+//! write them to a directory. Thin: flags, logging, then the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attester_client::evidence::{ConfigfsTsm, DEFAULT_TSM_REPORT_DIR, EvidenceSource};
+use attester_client::{ClientConfig, KbsClient, output};
+use clap::{Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  every secret was fetched and written
+  1  local problem (unreadable CA file, unusable URL or CA)
+  2  usage error (including bad --sim-* values)
+  3  the broker refused (the reason code is printed, e.g. `error: debug_enabled`)
+  4  the broker could not be reached or the call failed without a reason code
+  5  the TEE evidence could not be collected
+  6  the broker's answer was invalid (missing secrets, undecryptable values)
+  7  the secrets could not be written
+On any failure nothing is written to --out.";
+
+#[derive(Debug, Parser)]
+#[command(name = "kbs-attester", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Attest to the broker, fetch the named secrets and write each to OUT/NAME (mode 0400).
+    #[command(after_help = EXIT_CODES)]
+    Fetch(Box<FetchArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+struct FetchArgs {
+    /// Broker URL (https only).
+    #[arg(long, env = "KBS_URL", value_name = "URL")]
+    kbs: String,
+    /// PEM file with the CA certificate the broker's TLS certificate must chain to.
+    #[arg(long, env = "KBS_CA", value_name = "CA.pem")]
+    ca: PathBuf,
+    /// TLS name to verify instead of the URL's host.
+    #[arg(long, value_name = "NAME")]
+    domain: Option<String>,
+    /// Secret to fetch (repeatable), e.g. `models/llama/key`.
+    #[arg(long = "secret", value_name = "NAME", required = true, num_args = 1..)]
+    secrets: Vec<String>,
+    /// Directory to write the secrets to; created (0700) if missing.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Where the evidence comes from.
+    #[arg(long, value_enum, default_value_t = EvidenceKind::ConfigfsTsm)]
+    evidence: EvidenceKind,
+    /// configfs-tsm report directory.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_TSM_REPORT_DIR)]
+    configfs_path: PathBuf,
+    /// Seconds allowed for connecting and for each broker call.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    timeout: u64,
+    #[cfg(feature = "insecure-simulated-tee")]
+    #[command(flatten)]
+    sim: sim::SimArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EvidenceKind {
+    /// Linux configfs-tsm (SEV-SNP guests, Linux >= 6.7).
+    ConfigfsTsm,
+    /// INSECURE software TEE signing with committed test keys (tests and demos only).
+    #[cfg(feature = "insecure-simulated-tee")]
+    Simulated,
+}
+
+/// A failure with its exit code and the one line printed for it.
+struct Failure {
+    code: u8,
+    line: String,
+}
+
+impl Failure {
+    fn new(code: u8, line: impl Into<String>) -> Self {
+        Self { code, line: line.into() }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fetch(args) => fetch(*args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.line);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn fetch(args: FetchArgs) -> Result<(), Failure> {
+    let source = evidence_source(&args)?;
+    let ca_pem = std::fs::read(&args.ca)
+        .map_err(|e| Failure::new(1, format!("cannot read CA file {}: {e}", args.ca.display())))?;
+    let timeout = Duration::from_secs(args.timeout);
+    let mut config = ClientConfig::new(args.kbs.clone(), ca_pem);
+    config.domain_name = args.domain.clone();
+    config.connect_timeout = timeout;
+    config.request_timeout = timeout;
+
+    let mut client = KbsClient::connect(&config).await.map_err(client_failure)?;
+    let secrets = client.fetch(source, &args.secrets).await.map_err(client_failure)?;
+    let written = output::write_secrets(&args.out, &secrets).map_err(|e| Failure::new(7, chain(&e)))?;
+    for path in written {
+        tracing::info!(path = %path.display(), "wrote secret");
+    }
+    Ok(())
+}
+
+fn evidence_source(args: &FetchArgs) -> Result<Arc<dyn EvidenceSource>, Failure> {
+    #[cfg(feature = "insecure-simulated-tee")]
+    if args.evidence != EvidenceKind::Simulated && args.sim.any_set() {
+        return Err(Failure::new(2, "--sim-* options need --evidence simulated"));
+    }
+    match args.evidence {
+        EvidenceKind::ConfigfsTsm => Ok(Arc::new(ConfigfsTsm::with_root(&args.configfs_path))),
+        #[cfg(feature = "insecure-simulated-tee")]
+        EvidenceKind::Simulated => {
+            eprintln!("{}", sim::WARNING);
+            args.sim.build().map(|s| Arc::new(s) as Arc<dyn EvidenceSource>)
+        }
+    }
+}
+
+/// Maps a client error to its exit code and printed line: the bare reason
+/// code for broker refusals, the cause chain otherwise.
+fn client_failure(err: attester_client::Error) -> Failure {
+    use attester_client::Error as E;
+    tracing::debug!(error = ?err, "fetch failed");
+    match &err {
+        E::Refused { reason, code, message } => {
+            tracing::warn!(?code, %message, "the broker refused");
+            Failure::new(3, reason.clone())
+        }
+        E::Config(_) | E::InvalidRequest(_) => Failure::new(1, chain(&err)),
+        E::Connect(_) | E::Rpc { .. } => Failure::new(4, chain(&err)),
+        E::Evidence(_) | E::EvidenceTask(_) | E::Key(_) => Failure::new(5, chain(&err)),
+        E::NoCommonSuite | E::Protocol(_) | E::Open { .. } => Failure::new(6, chain(&err)),
+    }
+}
+
+/// "outer: inner: innermost" for an error and its sources.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+#[cfg(feature = "insecure-simulated-tee")]
+mod sim {
+    //! Options of the INSECURE simulated TEE.
+
+    use attester_client::simulated::{DEFAULT_POLICY, Generation, SimulatedSnp};
+    use clap::ValueEnum;
+
+    use super::Failure;
+
+    pub const WARNING: &str = "\
+WARNING: ********************************************************************
+WARNING: --evidence simulated: INSECURE SIMULATED TEE. The evidence is signed
+WARNING: with test keys published in the source tree and proves nothing. Use
+WARNING: it only for tests and demos, against a broker in development mode.
+WARNING: ********************************************************************";
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+    pub enum SimGeneration {
+        Milan,
+        Genoa,
+        Turin,
+    }
+
+    #[derive(Debug, clap::Args)]
+    pub struct SimArgs {
+        /// Simulated launch measurement, 48 bytes hex.
+        #[arg(long, value_name = "HEX")]
+        sim_measurement: Option<String>,
+        /// Simulated host data, 32 bytes hex.
+        #[arg(long, value_name = "HEX")]
+        sim_host_data: Option<String>,
+        /// Simulated EPYC generation.
+        #[arg(long, value_enum, value_name = "GEN")]
+        sim_generation: Option<SimGeneration>,
+        /// Simulated guest policy (decimal or 0x hex; bit 19 = DEBUG) [default: 0x30000].
+        #[arg(long, value_name = "POLICY")]
+        sim_policy: Option<String>,
+        /// Simulated VMPL [default: 0].
+        #[arg(long, value_name = "N")]
+        sim_vmpl: Option<u32>,
+        /// Simulated guest SVN [default: 0].
+        #[arg(long, value_name = "N")]
+        sim_guest_svn: Option<u32>,
+    }
+
+    impl SimArgs {
+        pub fn any_set(&self) -> bool {
+            self.sim_measurement.is_some()
+                || self.sim_host_data.is_some()
+                || self.sim_generation.is_some()
+                || self.sim_policy.is_some()
+                || self.sim_vmpl.is_some()
+                || self.sim_guest_svn.is_some()
+        }
+
+        pub fn build(&self) -> Result<SimulatedSnp, Failure> {
+            let generation = match self.sim_generation.unwrap_or(SimGeneration::Genoa) {
+                SimGeneration::Milan => Generation::Milan,
+                SimGeneration::Genoa => Generation::Genoa,
+                SimGeneration::Turin => Generation::Turin,
+            };
+            let mut sim = SimulatedSnp::new(generation)
+                .policy(parse_policy(self.sim_policy.as_deref())?)
+                .vmpl(self.sim_vmpl.unwrap_or(0))
+                .guest_svn(self.sim_guest_svn.unwrap_or(0));
+            if let Some(hex) = &self.sim_measurement {
+                sim = sim.measurement(fixed_hex("--sim-measurement", hex)?);
+            }
+            if let Some(hex) = &self.sim_host_data {
+                sim = sim.host_data(fixed_hex("--sim-host-data", hex)?);
+            }
+            Ok(sim)
+        }
+    }
+
+    fn parse_policy(text: Option<&str>) -> Result<u64, Failure> {
+        let Some(text) = text else { return Ok(DEFAULT_POLICY) };
+        let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => text.parse(),
+        };
+        parsed.map_err(|_| Failure::new(2, format!("--sim-policy {text:?} is not a number")))
+    }
+
+    fn fixed_hex<const N: usize>(flag: &str, text: &str) -> Result<[u8; N], Failure> {
+        let bytes = hex::decode(text).map_err(|e| Failure::new(2, format!("{flag}: {e}")))?;
+        bytes.try_into().map_err(|b: Vec<u8>| Failure::new(2, format!("{flag}: expected {N} bytes, got {}", b.len())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn fetch_needs_kbs_ca_secret_and_out() {
+        let ok = Cli::try_parse_from([
+            "kbs-attester",
+            "fetch",
+            "--kbs",
+            "https://kbs:8443",
+            "--ca",
+            "ca.pem",
+            "--secret",
+            "a/b/c",
+            "--secret",
+            "d",
+            "--out",
+            "/run/secrets",
+        ])
+        .unwrap();
+        let Command::Fetch(args) = ok.command;
+        assert_eq!(args.secrets, vec!["a/b/c", "d"]);
+        assert_eq!(args.evidence, EvidenceKind::ConfigfsTsm);
+        assert!(
+            Cli::try_parse_from(["kbs-attester", "fetch", "--kbs", "https://x", "--ca", "c", "--out", "o"]).is_err()
+        );
+    }
+
+    #[cfg(not(feature = "insecure-simulated-tee"))]
+    #[test]
+    fn simulated_evidence_does_not_exist_without_the_feature() {
+        let parsed = Cli::try_parse_from([
+            "kbs-attester",
+            "fetch",
+            "--kbs",
+            "https://x",
+            "--ca",
+            "c",
+            "--secret",
+            "s",
+            "--out",
+            "o",
+            "--evidence",
+            "simulated",
+        ]);
+        assert!(parsed.is_err());
+    }
+
+    #[cfg(feature = "insecure-simulated-tee")]
+    #[test]
+    fn simulated_options_parse() {
+        let parsed = Cli::try_parse_from([
+            "kbs-attester",
+            "fetch",
+            "--kbs",
+            "https://x",
+            "--ca",
+            "c",
+            "--secret",
+            "s",
+            "--out",
+            "o",
+            "--evidence",
+            "simulated",
+            "--sim-generation",
+            "turin",
+            "--sim-policy",
+            "0xB0000",
+            "--sim-measurement",
+            &"ab".repeat(48),
+        ])
+        .unwrap();
+        let Command::Fetch(args) = parsed.command;
+        assert!(args.sim.build().is_ok());
+        assert!(evidence_source(&args).is_ok());
+    }
+}

@@ -1,0 +1,129 @@
+//! Where the guest's hardware evidence comes from.
+//!
+//! An [`EvidenceSource`] turns the 64-byte `report_data` binding into signed
+//! evidence. Implementations:
+//! - [`ConfigfsTsm`]: the Linux configfs-tsm report interface
+//!   (`/sys/kernel/config/tsm/report`, Linux >= 6.7). This is the supported
+//!   path for SEV-SNP guests. It returns the report and, where the host
+//!   supplies one, the certificate table (`auxblob`).
+//! - `simulated::SimulatedSnp` (cargo feature `insecure-simulated-tee`): an
+//!   INSECURE software TEE for tests and demos.
+//!
+//! The legacy `/dev/sev-guest` ioctl interface is not supported: it cannot be
+//! driven without `unsafe` code in this crate, and the crates that wrap it
+//! parse the host-supplied certificate table with unchecked offsets. Kernels
+//! that have configfs-tsm (>= 6.7) expose the same reports through it.
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use kbs_proto::v1::Tee;
+
+mod configfs_tsm;
+
+pub use configfs_tsm::{ConfigfsTsm, DEFAULT_TSM_REPORT_DIR};
+
+/// Size of an SEV-SNP attestation report (AMD SEV-SNP ABI, ATTESTATION_REPORT).
+pub const SNP_REPORT_LEN: usize = 1184;
+
+/// Largest certificate table accepted from the host. A VCEK, ASK and ARK are
+/// about 5 KiB together; this leaves room for a CRL and other entries while
+/// bounding what an untrusted host can make the guest buffer and send.
+pub const MAX_CERT_TABLE_LEN: usize = 64 * 1024;
+
+/// SEV-SNP evidence: the raw report and the host's certificate table.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SnpEvidence {
+    /// The raw attestation report ([`SNP_REPORT_LEN`] bytes).
+    pub report: Vec<u8>,
+    /// The AMD GUID certificate table, or empty when the host supplies none
+    /// (the broker then finds the VCEK itself).
+    pub cert_table: Vec<u8>,
+}
+
+impl fmt::Debug for SnpEvidence {
+    /// Lengths only: the bytes are large and say nothing to a reader.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnpEvidence")
+            .field("report_len", &self.report.len())
+            .field("cert_table_len", &self.cert_table.len())
+            .finish()
+    }
+}
+
+/// A source of TEE evidence bound to caller-chosen report data.
+pub trait EvidenceSource: Send + Sync + fmt::Debug {
+    /// The kind of TEE this source speaks for.
+    fn tee(&self) -> Tee;
+
+    /// An SEV-SNP report whose `report_data` field is `report_data`, with the
+    /// certificate table the host supplies (possibly empty).
+    fn snp_report(&self, report_data: &[u8; 64]) -> Result<SnpEvidence, Error>;
+}
+
+/// What can go wrong collecting evidence.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configfs-tsm report directory does not exist.
+    #[error(
+        "configfs-tsm is not available at {path}: it needs Linux >= 6.7 with \
+         CONFIG_TSM_REPORTS and configfs mounted at /sys/kernel/config"
+    )]
+    TsmUnavailable {
+        /// The report directory that was looked for.
+        path: PathBuf,
+    },
+    /// The configfs-tsm provider is not the SEV-SNP guest driver.
+    #[error("configfs-tsm provider is {found:?}, expected \"sev_guest\" (not an SEV-SNP guest?)")]
+    UnexpectedProvider {
+        /// The provider the kernel reported.
+        found: String,
+    },
+    /// Another writer changed the report request while it was being served,
+    /// so the report may not carry our report_data.
+    #[error("configfs-tsm report entry was modified concurrently (generation {expected} -> {found})")]
+    GenerationRace {
+        /// The generation after our own write.
+        expected: u64,
+        /// The generation observed later.
+        found: u64,
+    },
+    /// A configfs attribute was larger than allowed.
+    #[error("{path} is larger than {limit} bytes")]
+    TooLarge {
+        /// The attribute file.
+        path: PathBuf,
+        /// The size limit.
+        limit: usize,
+    },
+    /// A configfs attribute did not have the expected form.
+    #[error("{path} has unexpected content")]
+    Malformed {
+        /// The attribute file.
+        path: PathBuf,
+    },
+    /// The report is not an SEV-SNP report by size.
+    #[error("the TEE returned a {found}-byte report, expected {SNP_REPORT_LEN}")]
+    UnexpectedReportSize {
+        /// Its actual size.
+        found: usize,
+    },
+    /// The source cannot produce evidence for this TEE.
+    #[error("this evidence source does not produce {0:?} evidence")]
+    UnsupportedTee(Tee),
+    /// A file system operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The simulated TEE could not build or sign its evidence.
+    #[cfg(feature = "insecure-simulated-tee")]
+    #[error("the simulated TEE failed: {0}")]
+    Simulated(&'static str),
+}

@@ -1,0 +1,92 @@
+//! The guest-facing `kbs.v1.KeyBroker` service.
+
+use std::sync::Arc;
+
+use kbs_proto::SuiteId;
+use kbs_proto::v1::key_broker_server::KeyBroker;
+use kbs_proto::v1::{
+    Challenge, GetChallengeRequest, ReleaseSecretsRequest, ReleaseSecretsResponse, SealedSecret,
+    release_secrets_request,
+};
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::release::{Broker, EvidenceInput, ReleaseRequest};
+use crate::seal::SUPPORTED_SUITES;
+
+/// Largest gRPC message the guest service decodes.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// The KeyBroker service over a [`Broker`].
+#[derive(Debug, Clone)]
+pub struct KeyBrokerService {
+    broker: Arc<Broker>,
+}
+
+impl KeyBrokerService {
+    /// Wraps the core.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+}
+
+fn tee_code(tee: i32) -> u8 {
+    u8::try_from(tee).unwrap_or(u8::MAX)
+}
+
+#[tonic::async_trait]
+impl KeyBroker for KeyBrokerService {
+    async fn get_challenge(&self, request: Request<GetChallengeRequest>) -> Result<Response<Challenge>, Status> {
+        let req = request.into_inner();
+        let issued = self.broker.challenge(tee_code(req.tee), &req.secret_names).map_err(|e| {
+            tracing::info!(reason = e.reason().as_str(), cause = %e, "challenge refused");
+            e.to_status()
+        })?;
+        Ok(Response::new(Challenge {
+            nonce: issued.nonce.to_vec(),
+            challenge: issued.token,
+            expires_at: issued.expires_at,
+            hpke_suites: SUPPORTED_SUITES.iter().map(|s| s.to_wire()).collect(),
+        }))
+    }
+
+    async fn release_secrets(
+        &self,
+        request: Request<ReleaseSecretsRequest>,
+    ) -> Result<Response<ReleaseSecretsResponse>, Status> {
+        let caller = super::peer(&request);
+        let req = request.into_inner();
+        let evidence = match req.evidence {
+            Some(release_secrets_request::Evidence::Snp(snp)) => {
+                EvidenceInput::Snp { report: snp.report, cert_table: snp.cert_table }
+            }
+            Some(release_secrets_request::Evidence::Tdx(tdx)) => EvidenceInput::Tdx { quote: tdx.quote },
+            None => return Err(Error::InvalidRequest("no evidence".into()).to_status()),
+        };
+        let suite = req
+            .hpke_suite
+            .as_ref()
+            .and_then(SuiteId::from_wire)
+            .ok_or_else(|| Error::UnsupportedHpkeSuite.to_status())?;
+        let released = self
+            .broker
+            .release(ReleaseRequest {
+                challenge: req.challenge,
+                evidence,
+                suite,
+                public_key: req.hpke_public_key,
+                names: req.secret_names,
+                caller,
+            })
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(ReleaseSecretsResponse {
+            attestation_id: released.attestation_id,
+            secrets: released
+                .secrets
+                .into_iter()
+                .map(|s| SealedSecret { name: s.name, version: s.version, enc: s.enc, ciphertext: s.ciphertext })
+                .collect(),
+        }))
+    }
+}

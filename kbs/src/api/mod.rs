@@ -1,0 +1,9 @@
+//! gRPC front ends: one file per service.
+
+pub mod admin;
+pub mod key_broker;
+
+/// The peer address of a request, for audit.
+pub(crate) fn peer<T>(request: &tonic::Request<T>) -> String {
+    request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,114 @@
+//! `kbs`: the key broker server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kbs::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "kbs", version, about = "Attested key broker for SEV-SNP confidential VMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the KeyBroker (guest) and Admin (operator) listeners.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, env = "KBS_CONFIG")]
+        config: PathBuf,
+        /// INSECURE: allow `dev.insecure_simulated_tee` in the configuration.
+        #[arg(long)]
+        insecure_dev: bool,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Write a development set-up (dev CA, keys, admin token, config) to DIR.
+    DevInit {
+        /// Directory to write.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Guest listener address.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        guest_listen: String,
+        /// Admin listener address.
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        admin_listen: String,
+        /// INSECURE: enable the simulated TEE, pinning this test SNP root (PEM).
+        #[arg(long)]
+        snp_test_root: Vec<PathBuf>,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KBS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, insecure_dev, log_json } => {
+            init_tracing(log_json);
+            match serve(&config, insecure_dev).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DevInit { dir, guest_listen, admin_listen, snp_test_root } => {
+            let options = kbs::dev::DevOptions { guest_listen, admin_listen, snp_test_roots: snp_test_root };
+            match kbs::dev::init(&dir, &options) {
+                Ok(files) => {
+                    println!("config:      {}", files.config.display());
+                    println!("CA:          {}", files.ca.display());
+                    println!("admin token: {}", files.admin_token.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(path: &std::path::Path, insecure_dev: bool) -> anyhow::Result<()> {
+    let config = Config::load(path, |k| std::env::var(k).ok())?;
+    let app = kbs::server::build(&config, kbs::release::system_clock(), insecure_dev).await?;
+    let guest = tokio::net::TcpListener::bind(config.guest_listen).await?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen).await?;
+    tracing::info!(guest = %guest.local_addr()?, admin = %admin.local_addr()?, replica = config.replica_id, "kbs serving");
+    kbs::server::run(app, guest, admin, shutdown_signal()).await?;
+    tracing::info!("kbs stopped");
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `kbs dev-init`: everything a single-node development broker needs, in
+//! one directory: a dev CA and server certificate, a challenge key, a KEK,
+//! an admin token and a configuration file.
+//!
+//! Not for production: the CA key sits next to the certificates, and the
+//! admin token is written to a file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use sha2::{Digest, Sha256};
+
+/// Files written by [`init`].
+#[derive(Debug, Clone)]
+pub struct DevFiles {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The dev CA certificate guests and kbsctl pin.
+    pub ca: PathBuf,
+    /// The admin bearer token file.
+    pub admin_token: PathBuf,
+}
+
+/// Options for [`init`].
+#[derive(Debug, Clone, Default)]
+pub struct DevOptions {
+    /// Guest listener address.
+    pub guest_listen: String,
+    /// Admin listener address.
+    pub admin_listen: String,
+    /// Enable the INSECURE simulated TEE with these test SNP roots (PEM).
+    pub snp_test_roots: Vec<PathBuf>,
+}
+
+/// Why dev set-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Certificate generation.
+    #[error("certificate generation: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// Randomness.
+    #[error("random source failed")]
+    Random,
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DevError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    std::io::Write::write_all(&mut options.open(path)?, bytes)?;
+    Ok(())
+}
+
+fn random_hex(rng: &SystemRandom, n: usize) -> Result<String, DevError> {
+    let mut bytes = vec![0u8; n];
+    rng.fill(&mut bytes).map_err(|_| DevError::Random)?;
+    Ok(hex::encode(bytes))
+}
+
+/// Writes a development broker set-up into `dir`.
+pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
+    let rng = SystemRandom::new();
+    fs::create_dir_all(dir.join("tls"))?;
+
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, "kbs dev CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let ca_issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+    let server_key = KeyPair::generate()?;
+    let mut server_params = CertificateParams::new(vec!["localhost".to_owned()])?;
+    server_params.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    server_params.distinguished_name.push(DnType::CommonName, "kbs");
+    let server_cert = server_params.signed_by(&server_key, &ca_issuer)?;
+
+    let ca = dir.join("tls/ca.pem");
+    fs::write(&ca, ca_cert.pem())?;
+    fs::write(dir.join("tls/server.pem"), format!("{}{}", server_cert.pem(), ca_cert.pem()))?;
+    write_private(&dir.join("tls/server.key"), server_key.serialize_pem().as_bytes())?;
+    write_private(&dir.join("challenge.key"), random_hex(&rng, 32)?.as_bytes())?;
+    write_private(&dir.join("kek"), random_hex(&rng, 32)?.as_bytes())?;
+    let token = random_hex(&rng, 32)?;
+    let admin_token = dir.join("admin.token");
+    write_private(&admin_token, token.as_bytes())?;
+    let token_digest = hex::encode(Sha256::digest(token.as_bytes()));
+
+    let dev_section = if options.snp_test_roots.is_empty() {
+        String::new()
+    } else {
+        let roots: Vec<String> =
+            options.snp_test_roots.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        format!(
+            "\n# INSECURE: accept evidence from the simulated TEE. Needs `kbs serve --insecure-dev`.\n[dev]\ninsecure_simulated_tee = true\nsnp_test_roots = [{}]\n",
+            roots.join(", ")
+        )
+    };
+    let config = dir.join("kbs.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"# Development broker configuration written by `kbs dev-init`.
+[server]
+guest_listen = "{guest}"
+admin_listen = "{admin}"
+tls_cert = "tls/server.pem"
+tls_key = "tls/server.key"
+replica_id = "kbs-dev"
+
+[challenge]
+key_file = "challenge.key"
+ttl_seconds = 60
+
+[store]
+kind = "local"
+dir = "secrets"
+kek_file = "kek"
+
+[audit]
+path = "audit.jsonl"
+
+[[admin.tokens]]
+name = "dev-admin"
+sha256 = "{token_digest}"
+role = "admin"
+{dev_section}"#,
+            guest = options.guest_listen,
+            admin = options.admin_listen,
+        ),
+    )?;
+    Ok(DevFiles { config, ca, admin_token })
+}

@@ -1,0 +1,657 @@
+//! Where a VCEK/VLEK comes from when the guest's certificate table has none:
+//! an offline directory the operator fills, and AMD's Key Distribution
+//! Service (KDS) behind an on-disk cache.
+//!
+//! Nothing here is trusted: whatever a source returns is handed to
+//! [`super::snp::SnpVerifier`], which accepts it only if it chains to a
+//! pinned AMD root and matches the report. Sources are about availability:
+//! after the first fetch the hot path reads the cache and never waits on
+//! KDS, and a rate-limited or unreachable KDS degrades to the cache, not to
+//! failure for guests whose VCEK is already cached.
+//!
+//! # Directory layout
+//! [`VekDirectory`] reads, under its root (numbers in decimal):
+//! ```text
+//! <root>/<Product>/<hwid>/<bl>-<tee>-<snp>-<ucode>.der        VCEK, Milan/Genoa
+//! <root>/<Product>/<hwid>/<bl>-<tee>-<snp>-<ucode>-<fmc>.der  VCEK, Turin
+//! <root>/<Product>/vlek/<same TCB name>.der                   VLEK
+//! <root>/vcek/v1/<Product>/<hwid>?blSPL=..&teeSPL=..&..       VCEK saved under its KDS URL
+//! ```
+//! `<Product>` is `Milan`, `Genoa` or `Turin`; `<hwid>` is the lowercase hex
+//! of the report's `chip_id` (all 64 bytes; the first 8 on Turin), as KDS
+//! names it. The last form is what `wget -x` or `curl -o` leave when given
+//! the KDS URL; the query parameters may come in any order. Files are DER;
+//! a PEM file is accepted too. [`KdsFetcher`] writes its cache in the first
+//! form, so its cache directory is also a valid offline directory.
+//!
+//! # KDS
+//! `GET {base}/vcek/v1/{Product}/{hwid}?blSPL=&teeSPL=&snpSPL=&ucodeSPL=`
+//! (Turin adds `fmcSPL` and uses the 8-byte hwid). AMD rate-limits KDS, and
+//! `chip_id`/`reported_tcb` come from unverified reports, so an attacker
+//! could otherwise make the broker hammer it. The fetcher therefore keeps
+//! one request in flight, spends at most a fixed number of requests per
+//! minute, remembers 404s for a while, and after a 429/503 or a failure
+//! backs off (honouring `Retry-After`, exponential, capped) while serving
+//! everything it already has from its cache. Responses are size-capped and
+//! every request has a timeout. VLEKs are not on the public KDS; they come
+//! from the guest's table or the offline directory.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+
+use super::EvidenceError;
+use super::anchors::{self, Generation, MAX_CERT_LEN};
+use super::snp::{RawTcb, SigningKey, SnpReport};
+
+/// AMD's production KDS.
+pub const DEFAULT_KDS_BASE_URL: &str = "https://kdsintf.amd.com";
+
+/// Most directory entries scanned when matching KDS-URL-named files.
+const MAX_DIR_SCAN: usize = 10_000;
+
+/// Bound on the resolver's in-memory map.
+const MEMO_CAPACITY: usize = 4096;
+
+/// Bound on the remembered 404s.
+const NOT_FOUND_CAPACITY: usize = 4096;
+
+/// The `hwid` path segment KDS uses: all of `chip_id`, or its first 8
+/// bytes on Turin.
+pub fn kds_hwid(generation: Generation, chip_id: &[u8; 64]) -> String {
+    match generation {
+        Generation::Turin => hex::encode(chip_id.get(..8).unwrap_or(chip_id.as_slice())),
+        Generation::Milan | Generation::Genoa => hex::encode(chip_id),
+    }
+}
+
+/// The file name of a TCB in the directory layout: `bl-tee-snp-ucode`, plus
+/// `-fmc` on Turin.
+pub fn tcb_file_stem(generation: Generation, tcb: RawTcb) -> String {
+    let t = tcb.decode(generation);
+    match t.fmc {
+        Some(fmc) => format!("{}-{}-{}-{}-{fmc}", t.bootloader, t.tee, t.snp, t.microcode),
+        None => format!("{}-{}-{}-{}", t.bootloader, t.tee, t.snp, t.microcode),
+    }
+}
+
+/// The KDS query string for a TCB (SPLs as two-digit decimals, as AMD's
+/// documentation writes them).
+fn kds_query(generation: Generation, tcb: RawTcb) -> String {
+    let t = tcb.decode(generation);
+    let base = format!("blSPL={:02}&teeSPL={:02}&snpSPL={:02}&ucodeSPL={:02}", t.bootloader, t.tee, t.snp, t.microcode);
+    match t.fmc {
+        Some(fmc) => format!("fmcSPL={fmc:02}&{base}"),
+        None => base,
+    }
+}
+
+/// The KDS URL of a VCEK.
+pub fn kds_vcek_url(base_url: &str, generation: Generation, chip_id: &[u8; 64], tcb: RawTcb) -> String {
+    format!(
+        "{}/vcek/v1/{}/{}?{}",
+        base_url.trim_end_matches('/'),
+        generation.kds_product(),
+        kds_hwid(generation, chip_id),
+        kds_query(generation, tcb)
+    )
+}
+
+fn unavailable(why: impl Into<String>) -> EvidenceError {
+    EvidenceError::CollateralUnavailable(why.into())
+}
+
+/// An offline directory of VCEK/VLEK files; see the module docs for the
+/// layout.
+#[derive(Clone, Debug)]
+pub struct VekDirectory {
+    root: PathBuf,
+}
+
+impl VekDirectory {
+    /// A directory rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a VCEK lives in the canonical layout.
+    pub fn vcek_path(&self, generation: Generation, chip_id: &[u8; 64], tcb: RawTcb) -> PathBuf {
+        self.root
+            .join(generation.kds_product())
+            .join(kds_hwid(generation, chip_id))
+            .join(format!("{}.der", tcb_file_stem(generation, tcb)))
+    }
+
+    /// Where a VLEK lives in the canonical layout.
+    pub fn vlek_path(&self, generation: Generation, tcb: RawTcb) -> PathBuf {
+        self.root.join(generation.kds_product()).join("vlek").join(format!("{}.der", tcb_file_stem(generation, tcb)))
+    }
+
+    /// Looks up the VEK for `(generation, chip_id, reported_tcb)`; `None`
+    /// when the directory has none.
+    pub async fn lookup(
+        &self,
+        generation: Generation,
+        key: SigningKey,
+        chip_id: &[u8; 64],
+        tcb: RawTcb,
+    ) -> Result<Option<Vec<u8>>, EvidenceError> {
+        match key {
+            SigningKey::Vlek => read_vek(&self.vlek_path(generation, tcb)).await,
+            SigningKey::Vcek => {
+                if let Some(der) = read_vek(&self.vcek_path(generation, chip_id, tcb)).await? {
+                    return Ok(Some(der));
+                }
+                self.lookup_kds_named(generation, chip_id, tcb).await
+            }
+        }
+    }
+
+    /// Finds a file named like a KDS URL, `<hwid>?<query>`, whose query
+    /// names this TCB in any order and with any zero-padding.
+    async fn lookup_kds_named(
+        &self,
+        generation: Generation,
+        chip_id: &[u8; 64],
+        tcb: RawTcb,
+    ) -> Result<Option<Vec<u8>>, EvidenceError> {
+        let dir = self.root.join("vcek").join("v1").join(generation.kds_product());
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unavailable(format!("{}: {e}", dir.display()))),
+        };
+        let prefix = format!("{}?", kds_hwid(generation, chip_id));
+        let want = tcb.decode(generation);
+        let mut scanned = 0usize;
+        while let Some(entry) =
+            entries.next_entry().await.map_err(|e| unavailable(format!("{}: {e}", dir.display())))?
+        {
+            scanned = scanned.saturating_add(1);
+            if scanned > MAX_DIR_SCAN {
+                tracing::warn!(dir = %dir.display(), "too many files; stopped scanning");
+                break;
+            }
+            let name = entry.file_name();
+            let Some(query) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            let mut spl: HashMap<&str, u8> = HashMap::new();
+            for pair in query.split('&') {
+                if let Some((k, v)) = pair.split_once('=')
+                    && let Ok(v) = v.parse::<u8>()
+                {
+                    spl.insert(k, v);
+                }
+            }
+            let matches = spl.get("blSPL") == Some(&want.bootloader)
+                && spl.get("teeSPL") == Some(&want.tee)
+                && spl.get("snpSPL") == Some(&want.snp)
+                && spl.get("ucodeSPL") == Some(&want.microcode)
+                && spl.get("fmcSPL").copied() == want.fmc;
+            if matches {
+                return read_vek(&entry.path()).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes a VCEK into the canonical layout atomically (temporary file,
+    /// then rename), so concurrent readers never see half a certificate.
+    pub async fn store_vcek(
+        &self,
+        generation: Generation,
+        chip_id: &[u8; 64],
+        tcb: RawTcb,
+        der: &[u8],
+    ) -> Result<(), EvidenceError> {
+        let path = self.vcek_path(generation, chip_id, tcb);
+        let io = |e: std::io::Error| unavailable(format!("{}: {e}", path.display()));
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io)?;
+        }
+        let tmp = path.with_extension(format!("der.tmp{}", std::process::id()));
+        tokio::fs::write(&tmp, der).await.map_err(io)?;
+        tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+        Ok(())
+    }
+}
+
+/// Reads one VEK file, capped at [`MAX_CERT_LEN`]; PEM is converted to DER.
+async fn read_vek(path: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unavailable(format!("{}: {e}", path.display()))),
+    };
+    let mut bytes = Vec::new();
+    let cap = u64::try_from(MAX_CERT_LEN).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(cap).read_to_end(&mut bytes).await.map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    if bytes.len() > MAX_CERT_LEN {
+        return Err(unavailable(format!("{} is larger than {MAX_CERT_LEN} bytes", path.display())));
+    }
+    if bytes.starts_with(b"-----BEGIN") {
+        let mut ders = anchors::pem_certificates(&bytes)?;
+        return Ok(if ders.is_empty() { None } else { Some(ders.swap_remove(0)) });
+    }
+    Ok(Some(bytes))
+}
+
+/// Settings of a [`KdsFetcher`].
+#[derive(Clone, Debug)]
+pub struct KdsConfig {
+    /// Base URL, `https://kdsintf.amd.com` by default. Plain `http` is
+    /// accepted only for loopback hosts (tests, a local mirror).
+    pub base_url: String,
+    /// On-disk cache, laid out as a [`VekDirectory`].
+    pub cache_dir: PathBuf,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// Connection timeout.
+    pub connect_timeout: Duration,
+    /// Largest response body accepted.
+    pub max_response_len: usize,
+    /// First back-off after a failure; doubles per consecutive failure.
+    pub min_backoff: Duration,
+    /// Longest back-off, `Retry-After` included.
+    pub max_backoff: Duration,
+    /// Most requests sent in any 60 seconds.
+    pub max_requests_per_minute: usize,
+    /// How long a 404 is remembered before KDS is asked again.
+    pub not_found_ttl: Duration,
+}
+
+impl KdsConfig {
+    /// Defaults for AMD's KDS with the cache in `cache_dir`.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            base_url: DEFAULT_KDS_BASE_URL.to_owned(),
+            cache_dir: cache_dir.into(),
+            timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            max_response_len: MAX_CERT_LEN,
+            min_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(15 * 60),
+            max_requests_per_minute: 20,
+            not_found_ttl: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// The delay before KDS is asked again after `failures` consecutive
+/// failures (1 for the first): `min * 2^(failures-1)`, at least what the
+/// server asked for in `Retry-After`, never more than `max`.
+pub fn backoff_delay(failures: u32, retry_after: Option<Duration>, min: Duration, max: Duration) -> Duration {
+    let exp = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+    let exponential = min.saturating_mul(exp);
+    exponential.max(retry_after.unwrap_or_default()).min(max)
+}
+
+/// Parses a `Retry-After` value: delay-seconds or an HTTP-date.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// Rate, back-off and negative-cache state shared by all fetches.
+#[derive(Debug, Default)]
+struct FetchState {
+    backoff_until: Option<Instant>,
+    failures: u32,
+    recent: VecDeque<Instant>,
+    not_found: HashMap<String, Instant>,
+}
+
+/// Fetches VCEKs from AMD KDS through an on-disk cache.
+pub struct KdsFetcher {
+    client: reqwest::Client,
+    config: KdsConfig,
+    cache: VekDirectory,
+    /// Held for the whole of a request: one request in flight at a time.
+    state: tokio::sync::Mutex<FetchState>,
+}
+
+impl fmt::Debug for KdsFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KdsFetcher").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl KdsFetcher {
+    /// A fetcher with `config`. Refuses a base URL that is not `https`
+    /// (plain `http` only for loopback hosts).
+    pub fn new(config: KdsConfig) -> Result<Self, EvidenceError> {
+        let url = reqwest::Url::parse(&config.base_url).map_err(|e| unavailable(format!("KDS base URL: {e}")))?;
+        let loopback = match url.host_str() {
+            Some("localhost") => true,
+            Some(host) => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        };
+        let https = url.scheme() == "https";
+        if !(https || (url.scheme() == "http" && loopback)) {
+            return Err(unavailable("KDS base URL must be https (http only on loopback)"));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .https_only(https)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("kbs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| unavailable(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            cache: VekDirectory::new(config.cache_dir.clone()),
+            config,
+            state: tokio::sync::Mutex::new(FetchState::default()),
+        })
+    }
+
+    /// The cache directory, readable as a [`VekDirectory`].
+    pub fn cache(&self) -> &VekDirectory {
+        &self.cache
+    }
+
+    /// The URL this fetcher would ask for a VCEK.
+    pub fn vcek_url(&self, generation: Generation, chip_id: &[u8; 64], tcb: RawTcb) -> String {
+        kds_vcek_url(&self.config.base_url, generation, chip_id, tcb)
+    }
+
+    /// The VCEK for `(generation, chip_id, reported_tcb)`: from the cache if
+    /// present, else from KDS (then cached). `CollateralUnavailable` when
+    /// KDS is backing off, over budget, has none, or fails.
+    pub async fn fetch_vcek(
+        &self,
+        generation: Generation,
+        chip_id: &[u8; 64],
+        tcb: RawTcb,
+    ) -> Result<Vec<u8>, EvidenceError> {
+        if chip_id.iter().all(|b| *b == 0) {
+            return Err(unavailable("chip_id is masked; KDS cannot name the VCEK"));
+        }
+        if let Some(der) = self.cache.lookup(generation, SigningKey::Vcek, chip_id, tcb).await? {
+            return Ok(der);
+        }
+        let mut state = self.state.lock().await;
+        // Another task may have fetched it while this one waited.
+        if let Some(der) = self.cache.lookup(generation, SigningKey::Vcek, chip_id, tcb).await? {
+            return Ok(der);
+        }
+        let now = Instant::now();
+        if let Some(until) = state.backoff_until
+            && now < until
+        {
+            return Err(unavailable(format!("KDS is backing off for {}s", until.duration_since(now).as_secs())));
+        }
+        let url = self.vcek_url(generation, chip_id, tcb);
+        if let Some(at) = state.not_found.get(&url)
+            && now.duration_since(*at) < self.config.not_found_ttl
+        {
+            return Err(unavailable("KDS has no VCEK for this chip and TCB (cached)"));
+        }
+        while state.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+            state.recent.pop_front();
+        }
+        if state.recent.len() >= self.config.max_requests_per_minute {
+            return Err(unavailable("KDS request budget for this minute is spent"));
+        }
+        state.recent.push_back(now);
+
+        match self.get(&url).await {
+            Ok(Fetched::Vcek(der)) => {
+                state.failures = 0;
+                state.backoff_until = None;
+                if let Err(e) = self.cache.store_vcek(generation, chip_id, tcb, &der).await {
+                    tracing::warn!(error = %e, "could not cache a VCEK");
+                }
+                Ok(der)
+            }
+            Ok(Fetched::NotFound) => {
+                if state.not_found.len() >= NOT_FOUND_CAPACITY {
+                    let ttl = self.config.not_found_ttl;
+                    state.not_found.retain(|_, at| now.duration_since(*at) < ttl);
+                    if state.not_found.len() >= NOT_FOUND_CAPACITY {
+                        state.not_found.clear();
+                    }
+                }
+                state.not_found.insert(url, now);
+                Err(unavailable("KDS has no VCEK for this chip and TCB"))
+            }
+            Ok(Fetched::Busy(retry_after)) => {
+                state.failures = state.failures.saturating_add(1);
+                let delay =
+                    backoff_delay(state.failures, retry_after, self.config.min_backoff, self.config.max_backoff);
+                state.backoff_until = Some(now + delay);
+                tracing::warn!(delay_s = delay.as_secs(), "KDS is rate limiting; backing off");
+                Err(unavailable("KDS is rate limiting"))
+            }
+            Err(why) => {
+                state.failures = state.failures.saturating_add(1);
+                let delay = backoff_delay(state.failures, None, self.config.min_backoff, self.config.max_backoff);
+                state.backoff_until = Some(now + delay);
+                tracing::warn!(error = %why, delay_s = delay.as_secs(), "KDS request failed; backing off");
+                Err(unavailable(format!("KDS request failed: {why}")))
+            }
+        }
+    }
+
+    /// One GET, with the response size capped.
+    async fn get(&self, url: &str) -> Result<Fetched, String> {
+        let mut resp = self.client.get(url).send().await.map_err(|e| e.without_url().to_string())?;
+        let status = resp.status();
+        match status.as_u16() {
+            200 => {}
+            404 | 400 => return Ok(Fetched::NotFound),
+            429 | 503 => {
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                return Ok(Fetched::Busy(retry_after));
+            }
+            _ => return Err(format!("HTTP {status}")),
+        }
+        let cap = self.config.max_response_len;
+        if resp.content_length().is_some_and(|n| usize::try_from(n).map_or(true, |n| n > cap)) {
+            return Err("response too large".into());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.without_url().to_string())? {
+            if body.len().saturating_add(chunk.len()) > cap {
+                return Err("response too large".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        // Only a certificate is worth caching; an error page is not.
+        anchors::parse_der_cert(&body).map_err(|e| format!("response is not a certificate: {e}"))?;
+        Ok(Fetched::Vcek(body))
+    }
+}
+
+/// What one KDS request produced.
+enum Fetched {
+    Vcek(Vec<u8>),
+    NotFound,
+    Busy(Option<Duration>),
+}
+
+/// Key of the resolver's in-memory map.
+type MemoKey = (SigningKey, [u8; 64], [u8; 8], u32);
+
+/// A bounded in-memory map of resolved VEKs, oldest evicted first.
+#[derive(Default)]
+struct Memo {
+    map: HashMap<MemoKey, Arc<[u8]>>,
+    order: VecDeque<MemoKey>,
+}
+
+/// Finds the VEK for a report: the offline directory first, then KDS
+/// (VCEKs only). Results are remembered in memory, bounded.
+pub struct VekResolver {
+    dir: Option<VekDirectory>,
+    fetcher: Option<KdsFetcher>,
+    memo: Mutex<Memo>,
+}
+
+impl fmt::Debug for VekResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VekResolver").field("dir", &self.dir).field("fetcher", &self.fetcher).finish_non_exhaustive()
+    }
+}
+
+impl VekResolver {
+    /// A resolver over an optional directory and an optional fetcher.
+    pub fn new(dir: Option<VekDirectory>, fetcher: Option<KdsFetcher>) -> Self {
+        Self { dir, fetcher, memo: Mutex::new(Memo::default()) }
+    }
+
+    /// The VEK (DER) for `report`, or `CollateralUnavailable`. Version 2
+    /// reports do not name their generation, so Milan and then Genoa are
+    /// tried; the verifier later checks the VEK's `productName`.
+    pub async fn resolve(&self, report: &SnpReport) -> Result<Vec<u8>, EvidenceError> {
+        let key: MemoKey = (
+            report.signing_key(),
+            *report.chip_id(),
+            report.reported_tcb().0,
+            report.cpuid().map_or(0, |c| u32::from_be_bytes([0, c.family, c.model, c.stepping])),
+        );
+        if let Some(der) = self.memo.lock().unwrap_or_else(PoisonError::into_inner).map.get(&key) {
+            return Ok(der.to_vec());
+        }
+        let generations: &[Generation] = match report.generation() {
+            Some(Generation::Milan) => &[Generation::Milan],
+            Some(Generation::Genoa) => &[Generation::Genoa],
+            Some(Generation::Turin) => &[Generation::Turin],
+            None if report.version() == 2 => &[Generation::Milan, Generation::Genoa],
+            None => &Generation::ALL,
+        };
+        let found = self.find(report, generations).await?;
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        if !memo.map.contains_key(&key) {
+            while memo.map.len() >= MEMO_CAPACITY {
+                match memo.order.pop_front() {
+                    Some(old) => {
+                        memo.map.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+            memo.map.insert(key, Arc::from(found.as_slice()));
+            memo.order.push_back(key);
+        }
+        Ok(found)
+    }
+
+    async fn find(&self, report: &SnpReport, generations: &[Generation]) -> Result<Vec<u8>, EvidenceError> {
+        let kind = report.signing_key();
+        let tcb = report.reported_tcb();
+        if let Some(dir) = &self.dir {
+            for &g in generations {
+                if let Some(der) = dir.lookup(g, kind, report.chip_id(), tcb).await? {
+                    return Ok(der);
+                }
+            }
+        }
+        let mut last = None;
+        if let (SigningKey::Vcek, Some(fetcher)) = (kind, &self.fetcher) {
+            for &g in generations {
+                match fetcher.fetch_vcek(g, report.chip_id(), tcb).await {
+                    Ok(der) => return Ok(der),
+                    Err(e) => last = Some(e),
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            unavailable(format!("no {kind:?} for this chip and TCB {tcb} in the configured sources"))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_follow_kds() {
+        let mut chip = [0u8; 64];
+        chip[0] = 0xab;
+        chip[63] = 0xcd;
+        let tcb = RawTcb([3, 0, 0, 0, 0, 0, 8, 115]);
+        let url = kds_vcek_url("https://kdsintf.amd.com/", Generation::Milan, &chip, tcb);
+        assert_eq!(
+            url,
+            format!(
+                "https://kdsintf.amd.com/vcek/v1/Milan/{}?blSPL=03&teeSPL=00&snpSPL=08&ucodeSPL=115",
+                hex::encode(chip)
+            )
+        );
+        let turin = RawTcb([1, 2, 3, 4, 0, 0, 0, 9]);
+        let url = kds_vcek_url("https://kds.example", Generation::Turin, &chip, turin);
+        assert_eq!(
+            url,
+            "https://kds.example/vcek/v1/Turin/ab00000000000000?fmcSPL=01&blSPL=02&teeSPL=03&snpSPL=04&ucodeSPL=09"
+        );
+        assert_eq!(tcb_file_stem(Generation::Milan, tcb), "3-0-8-115");
+        assert_eq!(tcb_file_stem(Generation::Turin, turin), "2-3-4-9-1");
+    }
+
+    #[test]
+    fn backoff_is_exponential_capped_and_honours_retry_after() {
+        let min = Duration::from_secs(5);
+        let max = Duration::from_secs(600);
+        assert_eq!(backoff_delay(1, None, min, max), Duration::from_secs(5));
+        assert_eq!(backoff_delay(2, None, min, max), Duration::from_secs(10));
+        assert_eq!(backoff_delay(4, None, min, max), Duration::from_secs(40));
+        assert_eq!(backoff_delay(60, None, min, max), max);
+        assert_eq!(backoff_delay(1, Some(Duration::from_secs(120)), min, max), Duration::from_secs(120));
+        assert_eq!(backoff_delay(1, Some(Duration::from_secs(1_000_000)), min, max), max);
+        assert_eq!(backoff_delay(0, None, min, max), min);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now - Duration::from_secs(10)),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now + Duration::from_secs(10)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let dir = std::env::temp_dir();
+        let mut c = KdsConfig::new(&dir);
+        c.base_url = "http://kdsintf.amd.com".into();
+        assert!(KdsFetcher::new(c.clone()).is_err());
+        c.base_url = "http://127.0.0.1:1".into();
+        assert!(KdsFetcher::new(c.clone()).is_ok());
+        c.base_url = "ftp://127.0.0.1".into();
+        assert!(KdsFetcher::new(c).is_err());
+    }
+}

@@ -1,0 +1,123 @@
+//! Evidence: untrusted bytes in, verified claims out.
+//!
+//! Verifiers are pure. Trust anchors, collateral and the clock come in as
+//! arguments, so production and tests run the same code with different
+//! roots. Each verifier stops at its first failed check and says which one
+//! in an [`EvidenceError`].
+
+pub mod anchors;
+pub mod certtable;
+pub mod collateral;
+pub mod snp;
+
+use serde::Serialize;
+
+use crate::error::ReasonCode;
+
+/// Why evidence was refused. Malformed input ("the attacker sent garbage")
+/// and failed checks are different variants; neither is a broker bug.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// Larger than the cap for its kind.
+    #[error("evidence too large: {len} bytes, at most {max}")]
+    TooLarge {
+        /// Received length.
+        len: usize,
+        /// Cap.
+        max: usize,
+    },
+    /// Does not parse.
+    #[error("malformed evidence: {0}")]
+    Malformed(String),
+    /// A report or quote version the broker does not know.
+    #[error("unsupported evidence version {0}")]
+    UnsupportedVersion(u32),
+    /// The report's signature algorithm is not one the broker knows.
+    #[error("unsupported signature algorithm {0}")]
+    UnsupportedSignatureAlgorithm(u32),
+    /// A field the specification reserves (must be zero) is not zero.
+    #[error("reserved field at {0} is not zero")]
+    ReservedNonZero(&'static str),
+    /// The TEE kind is not enabled.
+    #[error("unsupported TEE: {0}")]
+    UnsupportedTee(&'static str),
+    /// A certificate does not parse.
+    #[error("malformed certificate: {0}")]
+    CertificateMalformed(String),
+    /// The chain does not end at a pinned root.
+    #[error("untrusted root: {0}")]
+    UntrustedRoot(String),
+    /// A certificate is not signed by its issuer.
+    #[error("certificate chain invalid: {0}")]
+    ChainInvalid(String),
+    /// A certificate is not valid at the verification time.
+    #[error("certificate not valid at verification time: {0}")]
+    CertificateExpired(String),
+    /// The report signature does not verify under the VCEK/VLEK.
+    #[error("report signature invalid")]
+    SignatureInvalid,
+    /// VCEK/VLEK TCB extensions differ from reported_tcb.
+    #[error("TCB mismatch: {0}")]
+    TcbMismatch(String),
+    /// VCEK hwID differs from chip_id.
+    #[error("VCEK hwID does not match the report's chip_id")]
+    ChipIdMismatch,
+    /// report_data is not the expected binding.
+    #[error("report_data does not match the challenge binding")]
+    ReportDataMismatch,
+    /// Needed collateral (VCEK, CRL, TCB info) could not be obtained.
+    #[error("collateral unavailable: {0}")]
+    CollateralUnavailable(String),
+}
+
+impl EvidenceError {
+    /// The stable reason code.
+    pub fn reason(&self) -> ReasonCode {
+        match self {
+            Self::TooLarge { .. } => ReasonCode::EvidenceTooLarge,
+            Self::Malformed(_) => ReasonCode::EvidenceMalformed,
+            Self::UnsupportedVersion(_) => ReasonCode::UnsupportedVersion,
+            Self::UnsupportedSignatureAlgorithm(_) => ReasonCode::UnsupportedVersion,
+            Self::ReservedNonZero(_) => ReasonCode::EvidenceMalformed,
+            Self::UnsupportedTee(_) => ReasonCode::UnsupportedTee,
+            Self::CertificateMalformed(_) => ReasonCode::CertificateMalformed,
+            Self::UntrustedRoot(_) => ReasonCode::UntrustedRoot,
+            Self::ChainInvalid(_) => ReasonCode::CertificateChainInvalid,
+            Self::CertificateExpired(_) => ReasonCode::CertificateExpired,
+            Self::SignatureInvalid => ReasonCode::SignatureInvalid,
+            Self::TcbMismatch(_) => ReasonCode::TcbMismatch,
+            Self::ChipIdMismatch => ReasonCode::ChipIdMismatch,
+            Self::ReportDataMismatch => ReasonCode::ReportDataMismatch,
+            Self::CollateralUnavailable(_) => ReasonCode::CollateralUnavailable,
+        }
+    }
+}
+
+/// The kind of TEE that produced verified evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeKind {
+    /// AMD SEV-SNP.
+    Snp,
+    /// Intel TDX.
+    Tdx,
+}
+
+/// The normalized claims document that policy reads. Built only from
+/// evidence that passed every check.
+#[derive(Clone, Debug, Serialize)]
+pub struct Claims {
+    /// Which TEE.
+    pub tee: TeeKind,
+    /// Launch measurement (SNP MEASUREMENT, TDX MRTD), lowercase hex.
+    pub measurement: String,
+    /// Whether the guest can be debugged (SNP policy DEBUG, TDX attribute DEBUG).
+    pub debug: bool,
+    /// The 64-byte report_data, lowercase hex.
+    pub report_data: String,
+    /// Init-data digest (SNP HOST_DATA, TDX MRCONFIGID), lowercase hex.
+    pub init_data_digest: String,
+    /// SNP-specific claims.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snp: Option<snp::SnpClaims>,
+}

@@ -1,0 +1,307 @@
+//! The release flow, shared by every front end.
+//!
+//! 1. Issue: a sealed challenge for `{nonce, tee, names, expiry}`.
+//! 2. Release, in order, stopping at the first failure:
+//!    request shape -> challenge (authentic, unexpired, same TEE and names)
+//!    -> HPKE suite and key -> evidence (parse, chain, signature, TCB, chip,
+//!    report_data binding) -> for each secret: read, policy, seal.
+//! 3. Every decision, allowed or refused, becomes one audit record before
+//!    the answer leaves; if the record cannot be written, nothing is
+//!    released.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use kbs_proto::SuiteId;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::audit::{AuditLog, Event, SecretRef};
+use crate::challenge::{ChallengeSealer, IssuedChallenge};
+use crate::error::Error;
+use crate::evidence::collateral::VekResolver;
+use crate::evidence::snp::{SigningKey, SnpReport, SnpVerifier};
+use crate::evidence::{Claims, EvidenceError, certtable};
+use crate::policy;
+use crate::seal::{self, RecipientKey};
+use crate::store::{SecretStore, validate_name};
+
+/// `kbs.v1.Tee` wire values.
+pub const TEE_SNP: u8 = 1;
+/// `kbs.v1.Tee` wire values.
+pub const TEE_TDX: u8 = 2;
+
+/// The wall clock, injectable so tests can move time.
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(OffsetDateTime::now_utc)
+}
+
+/// Evidence as received.
+#[derive(Debug)]
+pub enum EvidenceInput {
+    /// SEV-SNP report and optional certificate table.
+    Snp {
+        /// Raw report.
+        report: Vec<u8>,
+        /// Raw GUID certificate table (may be empty).
+        cert_table: Vec<u8>,
+    },
+    /// TDX quote.
+    Tdx {
+        /// Raw quote.
+        quote: Vec<u8>,
+    },
+}
+
+/// A release request, decoded from any front end.
+#[derive(Debug)]
+pub struct ReleaseRequest {
+    /// The sealed challenge.
+    pub challenge: Vec<u8>,
+    /// The evidence.
+    pub evidence: EvidenceInput,
+    /// HPKE suite chosen by the guest.
+    pub suite: SuiteId,
+    /// The guest's HPKE public key.
+    pub public_key: Vec<u8>,
+    /// Secret names asked for.
+    pub names: Vec<String>,
+    /// Peer address, for audit.
+    pub caller: String,
+}
+
+/// One released secret, sealed.
+#[derive(Debug)]
+pub struct ReleasedSecret {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: u64,
+    /// HPKE enc.
+    pub enc: Vec<u8>,
+    /// Ciphertext || tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// The result of a successful release.
+#[derive(Debug)]
+pub struct Released {
+    /// Id tying the response to its audit record.
+    pub attestation_id: String,
+    /// The sealed secrets, in request order.
+    pub secrets: Vec<ReleasedSecret>,
+}
+
+/// The broker core: verifiers, store, sealing, audit.
+pub struct Broker {
+    sealer: ChallengeSealer,
+    ttl: Duration,
+    snp: SnpVerifier,
+    vek: VekResolver,
+    store: Arc<dyn SecretStore>,
+    audit: Arc<AuditLog>,
+    clock: Clock,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("sealer", &self.sealer).field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+/// Largest number of secrets per release.
+pub const MAX_SECRETS: usize = crate::challenge::MAX_SECRETS_PER_CHALLENGE;
+
+impl Broker {
+    /// Builds the core.
+    pub fn new(
+        sealer: ChallengeSealer,
+        ttl: Duration,
+        snp: SnpVerifier,
+        vek: VekResolver,
+        store: Arc<dyn SecretStore>,
+        audit: Arc<AuditLog>,
+        clock: Clock,
+    ) -> Self {
+        Self { sealer, ttl, snp, vek, store, audit, clock, rng: SystemRandom::new() }
+    }
+
+    /// The secret store (shared with the admin service).
+    pub fn store(&self) -> &Arc<dyn SecretStore> {
+        &self.store
+    }
+
+    /// The audit log (shared with the admin service).
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        (self.clock)()
+    }
+
+    /// Issues a challenge for `tee` and `names`.
+    pub fn challenge(&self, tee: u8, names: &[String]) -> Result<IssuedChallenge, Error> {
+        if tee != TEE_SNP {
+            return Err(EvidenceError::UnsupportedTee(if tee == TEE_TDX { "tdx" } else { "unknown" }).into());
+        }
+        check_names(names)?;
+        let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(60);
+        let expires_at = self.now().unix_timestamp().saturating_add(ttl);
+        Ok(self.sealer.issue(tee, names, expires_at)?)
+    }
+
+    /// Runs the release flow and records the decision.
+    pub async fn release(&self, req: ReleaseRequest) -> Result<Released, Error> {
+        let attestation_id = self.attestation_id()?;
+        let mut event = Event {
+            action: "release",
+            decision: "deny",
+            reason: None,
+            reasons: Vec::new(),
+            attestation_id: Some(attestation_id.clone()),
+            tee: Some(match req.evidence {
+                EvidenceInput::Snp { .. } => "snp",
+                EvidenceInput::Tdx { .. } => "tdx",
+            }),
+            measurement: None,
+            claims_digest: None,
+            secrets: req.names.iter().map(|n| SecretRef { name: n.clone(), version: None }).collect(),
+            caller: req.caller.clone(),
+        };
+        let result = self.release_inner(&req, &attestation_id, &mut event).await;
+        match &result {
+            Ok(released) => {
+                event.decision = "allow";
+                event.secrets = released
+                    .secrets
+                    .iter()
+                    .map(|s| SecretRef { name: s.name.clone(), version: Some(s.version) })
+                    .collect();
+                tracing::info!(attestation_id, secrets = released.secrets.len(), "released");
+            }
+            Err(e) => {
+                event.reason = Some(e.reason().as_str());
+                if event.reasons.is_empty() {
+                    event.reasons.push(e.to_string());
+                }
+                tracing::warn!(attestation_id, reason = e.reason().as_str(), cause = %e, "release refused");
+            }
+        }
+        if let Err(audit_err) = self.audit.record(&event) {
+            tracing::error!(attestation_id, error = %audit_err, "audit write failed; refusing");
+            return Err(Error::Internal("audit log unavailable".into()));
+        }
+        result
+    }
+
+    async fn release_inner(
+        &self,
+        req: &ReleaseRequest,
+        attestation_id: &str,
+        event: &mut Event,
+    ) -> Result<Released, Error> {
+        check_names(&req.names)?;
+        let now = self.now();
+        let challenge = self.sealer.open(&req.challenge, now.unix_timestamp())?;
+        let tee = match req.evidence {
+            EvidenceInput::Snp { .. } => TEE_SNP,
+            EvidenceInput::Tdx { .. } => TEE_TDX,
+        };
+        if challenge.tee != tee {
+            return Err(crate::challenge::ChallengeError::Mismatch("evidence is for another TEE").into());
+        }
+        let asked: BTreeSet<&String> = req.names.iter().collect();
+        let issued: BTreeSet<&String> = challenge.secret_names.iter().collect();
+        if asked != issued {
+            return Err(crate::challenge::ChallengeError::Mismatch("secret names differ from the challenge").into());
+        }
+        let recipient = RecipientKey::parse(req.suite, &req.public_key)?;
+        let expected = kbs_proto::report_data(&challenge.nonce, req.suite, &req.public_key);
+        let claims = self.verify(&req.evidence, now, &expected).await?;
+        event.measurement = Some(claims.measurement.clone());
+        event.claims_digest = Some(claims_digest(&claims));
+
+        let info = kbs_proto::secret_info(&challenge.nonce);
+        let mut secrets = Vec::with_capacity(req.names.len());
+        for name in &req.names {
+            let record = self.store.get(name).await?;
+            if let Err(denial) = policy::evaluate(&claims, &record.meta) {
+                event.reasons = denial.reasons.clone();
+                return Err(Error::Denied { code: denial.code, reasons: denial.reasons });
+            }
+            let aad = kbs_proto::secret_aad(name, record.meta.version);
+            let sealed = seal::seal(&recipient, &info, &aad, record.value.expose())?;
+            secrets.push(ReleasedSecret {
+                name: name.clone(),
+                version: record.meta.version,
+                enc: sealed.enc,
+                ciphertext: sealed.ciphertext,
+            });
+        }
+        Ok(Released { attestation_id: attestation_id.to_owned(), secrets })
+    }
+
+    async fn verify(
+        &self,
+        evidence: &EvidenceInput,
+        now: OffsetDateTime,
+        expected: &[u8; 64],
+    ) -> Result<Claims, Error> {
+        match evidence {
+            EvidenceInput::Snp { report, cert_table } => {
+                // Parse first: nothing reaches the network or crypto unless
+                // the report is well-formed.
+                let parsed = SnpReport::parse(report)?;
+                let table = if cert_table.is_empty() { None } else { Some(certtable::parse(cert_table)?) };
+                let table_vek = table.as_ref().and_then(|t| {
+                    if parsed.signing_key() == SigningKey::Vlek { t.vlek.clone() } else { t.vcek.clone() }
+                });
+                let vek = match table_vek {
+                    Some(vek) => vek,
+                    None => self.vek.resolve(&parsed).await?,
+                };
+                let extra: Vec<Vec<u8>> =
+                    table.map(|t| [t.ask, t.ark].into_iter().flatten().collect()).unwrap_or_default();
+                let verified = self.snp.verify(report, &vek, &extra, now, Some(expected))?;
+                Ok(verified.claims)
+            }
+            EvidenceInput::Tdx { .. } => Err(EvidenceError::UnsupportedTee("tdx").into()),
+        }
+    }
+
+    fn attestation_id(&self) -> Result<String, Error> {
+        let mut id = [0u8; 16];
+        self.rng.fill(&mut id).map_err(|_| Error::Internal("random source failed".into()))?;
+        Ok(hex::encode(id))
+    }
+}
+
+fn check_names(names: &[String]) -> Result<(), Error> {
+    if names.is_empty() {
+        return Err(Error::InvalidRequest("no secret names".into()));
+    }
+    if names.len() > MAX_SECRETS {
+        return Err(Error::InvalidRequest(format!("more than {MAX_SECRETS} secret names")));
+    }
+    let mut seen = BTreeSet::new();
+    for name in names {
+        validate_name(name).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        if !seen.insert(name) {
+            return Err(Error::InvalidRequest("duplicate secret name".into()));
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 of the claims' JSON, for audit.
+pub fn claims_digest(claims: &Claims) -> String {
+    let json = serde_json::to_vec(claims).unwrap_or_default();
+    hex::encode(Sha256::digest(json))
+}

@@ -1,0 +1,218 @@
+//! Builds the broker from its configuration and serves both listeners.
+//!
+//! The guest listener serves only `kbs.v1.KeyBroker` and gRPC health; the
+//! admin listener serves only `kbs.v1.Admin` and health. Both use TLS
+//! (rustls with the aws-lc-rs provider).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use kbs_proto::v1::admin_server::AdminServer;
+use kbs_proto::v1::key_broker_server::KeyBrokerServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use zeroize::Zeroizing;
+
+use crate::api::admin::AdminService;
+use crate::api::key_broker::{KeyBrokerService, MAX_REQUEST_BYTES};
+use crate::audit::AuditLog;
+use crate::challenge::ChallengeSealer;
+use crate::config::{Config, StoreConfig};
+use crate::evidence::anchors::{Generation, SnpAnchors};
+use crate::evidence::collateral::{KdsConfig, KdsFetcher, VekDirectory, VekResolver};
+use crate::evidence::snp::SnpVerifier;
+use crate::release::{Broker, Clock};
+use crate::store::SecretStore;
+use crate::store::local::{Kek, LocalStore};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A file named in the configuration could not be used.
+    #[error("{what} {path}: {why}")]
+    File {
+        /// Which setting.
+        what: &'static str,
+        /// Path.
+        path: String,
+        /// Cause.
+        why: String,
+    },
+    /// The configuration asks for something refused.
+    #[error("{0}")]
+    Refused(String),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, StartError> {
+    std::fs::read(path).map(Zeroizing::new).map_err(|e| StartError::File {
+        what,
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })
+}
+
+fn read_key32(what: &'static str, path: &Path) -> Result<Zeroizing<[u8; 32]>, StartError> {
+    let kek = Kek::from_file(path).map_err(|e| StartError::File {
+        what,
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })?;
+    Ok(kek.into_bytes())
+}
+
+/// Everything needed to serve.
+#[derive(Debug)]
+pub struct App {
+    /// The core, shared by the front ends.
+    pub broker: Arc<Broker>,
+    admin: AdminService,
+    tls: ServerTlsConfig,
+}
+
+/// Builds the broker. `allow_insecure` is the command line's explicit dev
+/// flag: without it, a configuration that enables the simulated TEE is
+/// refused.
+pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Result<App, StartError> {
+    if config.insecure_simulated_tee && !allow_insecure {
+        return Err(StartError::Refused(
+            "dev.insecure_simulated_tee is set but the broker was not started with --insecure-dev".into(),
+        ));
+    }
+    let mut anchors = SnpAnchors::amd().map_err(|e| StartError::Refused(format!("AMD anchors: {e}")))?;
+    for path in &config.snp.intermediates {
+        let bytes = read("snp.intermediates", path)?;
+        anchors.add_intermediate(&bytes).map_err(|e| StartError::File {
+            what: "snp.intermediates",
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+    }
+    if config.insecure_simulated_tee {
+        tracing::warn!("INSECURE: the simulated TEE is enabled; evidence signed by test roots is accepted");
+        tracing::warn!("INSECURE: never run this configuration with real secrets");
+        for path in &config.snp_test_roots {
+            let pem = read("dev.snp_test_roots", path)?;
+            let der = pem_to_der(&pem).ok_or_else(|| StartError::File {
+                what: "dev.snp_test_roots",
+                path: path.display().to_string(),
+                why: "no PEM certificate".into(),
+            })?;
+            for generation in [Generation::Milan, Generation::Genoa, Generation::Turin] {
+                anchors.add_root(generation, &der).map_err(|e| StartError::File {
+                    what: "dev.snp_test_roots",
+                    path: path.display().to_string(),
+                    why: e.to_string(),
+                })?;
+            }
+        }
+    }
+    let current = read_key32("challenge.key_file", &config.challenge_key_file)?;
+    let previous = config
+        .previous_challenge_key_files
+        .iter()
+        .map(|p| read_key32("challenge.previous_key_files", p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sealer = ChallengeSealer::new(&current, &previous).map_err(|e| StartError::Refused(e.to_string()))?;
+    let store: Arc<dyn SecretStore> = match &config.store {
+        StoreConfig::Local { dir, kek_file } => {
+            let kek = Kek::from_file(kek_file).map_err(|e| StartError::File {
+                what: "store.kek_file",
+                path: kek_file.display().to_string(),
+                why: e.to_string(),
+            })?;
+            Arc::new(LocalStore::open(dir, &kek).map_err(|e| StartError::File {
+                what: "store.dir",
+                path: dir.display().to_string(),
+                why: e.to_string(),
+            })?)
+        }
+    };
+    let audit = Arc::new(match &config.audit_path {
+        None => AuditLog::stdout(&config.replica_id),
+        Some(path) => AuditLog::file(path, &config.replica_id).map_err(|e| StartError::File {
+            what: "audit.path",
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?,
+    });
+    let directory = config.snp.collateral_dir.as_ref().map(|d| VekDirectory::new(d.clone()));
+    let fetcher = match &config.snp.kds_url {
+        Some(url) => {
+            let cache = config.snp.kds_cache_dir.clone().ok_or_else(|| {
+                StartError::Refused("snp.kds_url needs snp.kds_cache_dir for its on-disk cache".into())
+            })?;
+            let mut kds = KdsConfig::new(cache);
+            kds.base_url = url.clone();
+            Some(KdsFetcher::new(kds).map_err(|e| StartError::Refused(format!("KDS fetcher: {e}")))?)
+        }
+        None => None,
+    };
+    let resolver = VekResolver::new(directory, fetcher);
+    let broker = Arc::new(Broker::new(
+        sealer,
+        config.challenge_ttl,
+        SnpVerifier::new(anchors),
+        resolver,
+        Arc::clone(&store),
+        Arc::clone(&audit),
+        clock,
+    ));
+    let admin = AdminService::new(store, audit, config.admin_tokens.clone(), config.max_secret_bytes);
+    let cert = read("server.tls_cert", &config.tls_cert)?;
+    let key = read("server.tls_key", &config.tls_key)?;
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert.as_slice(), key.as_slice()));
+    Ok(App { broker, admin, tls })
+}
+
+fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let start = text.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
+    let end = text.get(start..)?.find("-----END CERTIFICATE-----")? + start;
+    let body: String = text.get(start..end)?.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).ok()
+}
+
+/// Serves the guest and admin services on the given listeners until
+/// `shutdown` completes.
+pub async fn run(
+    app: App,
+    guest: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let (guest_health_reporter, guest_health) = tonic_health::server::health_reporter();
+    guest_health_reporter.set_serving::<KeyBrokerServer<KeyBrokerService>>().await;
+    let (admin_health_reporter, admin_health) = tonic_health::server::health_reporter();
+    admin_health_reporter.set_serving::<AdminServer<AdminService>>().await;
+
+    let key_broker = KeyBrokerServer::new(KeyBrokerService::new(Arc::clone(&app.broker)))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let admin_service = AdminServer::new(app.admin).max_decoding_message_size(80 << 20);
+
+    let guest_server = Server::builder()
+        .tls_config(app.tls.clone())?
+        .add_service(guest_health)
+        .add_service(key_broker)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(guest), stopped(stop_rx.clone()));
+    let admin_server = Server::builder()
+        .tls_config(app.tls)?
+        .add_service(admin_health)
+        .add_service(admin_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(admin), stopped(stop_rx));
+    tokio::try_join!(guest_server, admin_server)?;
+    Ok(())
+}

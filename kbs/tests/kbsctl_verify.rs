@@ -1,0 +1,126 @@
+//! `kbsctl verify` on captured hardware reports: claims on stdout and exit 0,
+//! or `rejected: <reason>` on stderr and exit 2; exit 1 for usage errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn vectors() -> PathBuf {
+    let dir = std::env::var_os("KBS_TEST_VECTORS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"));
+    assert!(dir.join("virtee-sev").is_dir(), "test vectors not found at {}: set KBS_TEST_VECTORS", dir.display());
+    dir
+}
+
+fn kbsctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kbsctl")).args(args).output().unwrap()
+}
+
+fn path(rel: &str) -> String {
+    vectors().join(rel).display().to_string()
+}
+
+#[test]
+fn milan_report_verifies_and_prints_claims() {
+    let out = kbsctl(&[
+        "verify",
+        "--tee",
+        "snp",
+        "--evidence",
+        &path("virtee-sev/report_milan.bin"),
+        "--cert",
+        &path("virtee-sev/vcek_milan.der"),
+        "--time",
+        "2026-11-28T00:00:00Z",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["tee"], "snp");
+    assert_eq!(
+        claims["measurement"],
+        "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f"
+    );
+    assert_eq!(claims["debug"], false);
+}
+
+#[test]
+fn hex_report_is_accepted_too() {
+    let out = kbsctl(&[
+        "verify",
+        "--tee",
+        "snp",
+        "--evidence",
+        &path("virtee-sev/report_milan.hex"),
+        "--cert",
+        &path("virtee-sev/vcek_milan.der"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn vlek_report_needs_the_asvk_and_a_time_in_its_validity() {
+    let base = [
+        "verify",
+        "--tee",
+        "snp",
+        "--evidence",
+        &path("trustee/snp/test-vlek-report.bin"),
+        "--cert",
+        &path("trustee/snp/test-vlek.der"),
+    ]
+    .map(String::from);
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        kbsctl(&args)
+    };
+    let chain = path("trustee/snp/milan_ask_ark_asvk.pem");
+    let ok = run(&["--chain", &chain, "--time", "2025-06-01T00:00:00Z"]);
+    assert_eq!(ok.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&ok.stderr));
+    let expired = run(&["--chain", &chain, "--time", "2026-11-28T00:00:00Z"]);
+    assert_eq!(expired.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&expired.stderr).starts_with("rejected: certificate_expired: "));
+    let no_asvk = run(&["--time", "2025-06-01T00:00:00Z"]);
+    assert_eq!(no_asvk.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_asvk.stderr).starts_with("rejected: "));
+}
+
+#[test]
+fn tampered_report_is_rejected_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = std::fs::read(vectors().join("virtee-sev/report_milan.bin")).unwrap();
+    report[0x90] ^= 1;
+    let tampered = dir.path().join("report.bin");
+    std::fs::write(&tampered, &report).unwrap();
+    let out = kbsctl(&[
+        "verify",
+        "--tee",
+        "snp",
+        "--evidence",
+        tampered.to_str().unwrap(),
+        "--cert",
+        &path("virtee-sev/vcek_milan.der"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("rejected: signature_invalid: "));
+}
+
+#[test]
+fn usage_and_io_errors_exit_1() {
+    let out = kbsctl(&["verify", "--tee", "snp", "--evidence", "/nonexistent", "--cert", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = kbsctl(&[
+        "verify",
+        "--tee",
+        "snp",
+        "--evidence",
+        &path("virtee-sev/report_milan.bin"),
+        "--cert",
+        &path("virtee-sev/vcek_milan.der"),
+        "--time",
+        "yesterday",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -1,0 +1,465 @@
+//! End-to-end: a real broker on loopback ports, real gRPC over TLS, real
+//! evidence in the SNP binary format signed under the test PKI.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::sync::{Arc, Mutex};
+
+use attester_client::client::{ClientConfig, KbsClient};
+use attester_client::hpke::EphemeralKey;
+use attester_client::simulated::{Chip, Generation, POLICY_DEBUG, SimulatedSnp, Tcb, Vcek, test_ark_pem};
+use kbs::config::Config;
+use kbs_proto::v1::admin_client::AdminClient;
+use kbs_proto::v1::key_broker_client::KeyBrokerClient;
+use kbs_proto::v1::{
+    GetChallengeRequest, ListSecretsRequest, PutSecretRequest, ReleaseSecretsRequest, ReleaseSecretsResponse,
+    SnpEvidence, Tee, release_secrets_request,
+};
+use kbs_proto::{NONCE_LEN, SuiteId};
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::{Code, Request};
+
+const MEASUREMENT: [u8; 48] = [0x5a; 48];
+const OTHER_MEASUREMENT: [u8; 48] = [0x77; 48];
+const SECRET: &str = "models/llama/key";
+
+/// A broker started in-process on port 0, with a movable clock.
+struct TestApp {
+    dir: TempDir,
+    guest_url: String,
+    admin_url: String,
+    ca: Vec<u8>,
+    token: String,
+    clock: Arc<Mutex<OffsetDateTime>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    async fn start() -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let ark = dir.path().join("test-ark.pem");
+        std::fs::write(&ark, test_ark_pem()).unwrap();
+        let files = kbs::dev::init(
+            dir.path(),
+            &kbs::dev::DevOptions {
+                guest_listen: "127.0.0.1:0".into(),
+                admin_listen: "127.0.0.1:0".into(),
+                snp_test_roots: vec![ark],
+            },
+        )
+        .unwrap();
+        let config = Config::load(&files.config, |_| None).unwrap();
+        let clock = Arc::new(Mutex::new(OffsetDateTime::now_utc()));
+        let clock_fn = {
+            let clock = Arc::clone(&clock);
+            Arc::new(move || *clock.lock().unwrap())
+        };
+        let app = kbs::server::build(&config, clock_fn, true).await.unwrap();
+        let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let guest_url = format!("https://localhost:{}", guest.local_addr().unwrap().port());
+        let admin_url = format!("https://localhost:{}", admin.local_addr().unwrap().port());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(kbs::server::run(app, guest, admin, async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            ca: std::fs::read(&files.ca).unwrap(),
+            token: std::fs::read_to_string(&files.admin_token).unwrap(),
+            dir,
+            guest_url,
+            admin_url,
+            clock,
+            stop: Some(tx),
+        }
+    }
+
+    async fn channel(&self, url: &str) -> Channel {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
+        Channel::from_shared(url.to_owned()).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
+    }
+
+    async fn guest(&self) -> KeyBrokerClient<Channel> {
+        KeyBrokerClient::new(self.channel(&self.guest_url).await)
+    }
+
+    async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(&self.admin_url).await)
+    }
+
+    fn authed<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        req.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().unwrap());
+        req
+    }
+
+    async fn put(&self, name: &str, value: &[u8], allowed: &[[u8; 48]]) -> u64 {
+        let req = PutSecretRequest {
+            name: name.into(),
+            value: value.to_vec(),
+            allowed_measurements: allowed.iter().map(hex::encode).collect(),
+            ..Default::default()
+        };
+        self.admin().await.put_secret(self.authed(req)).await.unwrap().into_inner().version
+    }
+
+    fn advance(&self, seconds: i64) {
+        let mut now = self.clock.lock().unwrap();
+        *now += time::Duration::seconds(seconds);
+    }
+
+    fn audit_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
+    }
+
+    async fn fetch(
+        &self,
+        sim: SimulatedSnp,
+        names: &[&str],
+    ) -> Result<Vec<(String, Vec<u8>)>, attester_client::client::Error> {
+        let config = ClientConfig::new(self.guest_url.clone(), self.ca.clone());
+        let mut client = KbsClient::connect(&config).await?;
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let secrets = client.fetch(Arc::new(sim), &names).await?;
+        Ok(secrets.into_iter().map(|s| (s.name.clone(), s.value.to_vec())).collect())
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// What a raw exchange should look like, with hooks to break one thing.
+struct Exchange {
+    sim: SimulatedSnp,
+    names: Vec<String>,
+    suite: SuiteId,
+    /// Bind the evidence to this nonce instead of the challenge's.
+    bind_nonce: Option<[u8; NONCE_LEN]>,
+    /// Bind the evidence to this key instead of the one sent.
+    bind_key: Option<Vec<u8>>,
+}
+
+impl Exchange {
+    fn new(sim: SimulatedSnp) -> Self {
+        Self {
+            sim,
+            names: vec![SECRET.into()],
+            suite: SuiteId::X25519_SHA256_AES256GCM,
+            bind_nonce: None,
+            bind_key: None,
+        }
+    }
+
+    /// Runs challenge + release; `tamper` edits the request before it is sent.
+    async fn run(
+        self,
+        app: &TestApp,
+        tamper: impl FnOnce(&mut ReleaseSecretsRequest),
+    ) -> Result<(ReleaseSecretsResponse, EphemeralKey, [u8; NONCE_LEN]), tonic::Status> {
+        let mut rpc = app.guest().await;
+        let challenge = rpc
+            .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: self.names.clone() })
+            .await?
+            .into_inner();
+        let nonce: [u8; NONCE_LEN] = challenge.nonce.as_slice().try_into().unwrap();
+        let key = EphemeralKey::generate(self.suite).unwrap();
+        let report_data = kbs_proto::report_data(
+            &self.bind_nonce.unwrap_or(nonce),
+            self.suite,
+            self.bind_key.as_deref().unwrap_or(key.public_key()),
+        );
+        let mut req = ReleaseSecretsRequest {
+            challenge: challenge.challenge,
+            evidence: Some(release_secrets_request::Evidence::Snp(SnpEvidence {
+                report: self.sim.report(&report_data).unwrap(),
+                cert_table: self.sim.cert_table().unwrap(),
+            })),
+            hpke_suite: Some(self.suite.to_wire()),
+            hpke_public_key: key.public_key().to_vec(),
+            secret_names: self.names,
+        };
+        tamper(&mut req);
+        let resp = rpc.release_secrets(req).await?.into_inner();
+        Ok((resp, key, nonce))
+    }
+}
+
+fn report_mut(req: &mut ReleaseSecretsRequest) -> &mut Vec<u8> {
+    match req.evidence.as_mut().unwrap() {
+        release_secrets_request::Evidence::Snp(snp) => &mut snp.report,
+        release_secrets_request::Evidence::Tdx(tdx) => &mut tdx.quote,
+    }
+}
+
+fn reason(status: &tonic::Status) -> &str {
+    status.metadata().get("kbs-reason").and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[track_caller]
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, expected_reason: &str) {
+    let status = result.expect_err("the broker must refuse");
+    assert_eq!(status.code(), code, "status {status:?}");
+    assert_eq!(reason(&status), expected_reason, "status {status:?}");
+    assert!(status.message().starts_with(expected_reason), "message {:?}", status.message());
+}
+
+fn guest() -> SimulatedSnp {
+    SimulatedSnp::new(Generation::Genoa).measurement(MEASUREMENT)
+}
+
+#[tokio::test]
+async fn guests_of_every_generation_get_their_secret() {
+    let app = TestApp::start().await;
+    let value: Vec<u8> = (0..=255u8).collect();
+    app.put(SECRET, &value, &[MEASUREMENT]).await;
+    for generation in [Generation::Milan, Generation::Genoa, Generation::Turin] {
+        let got = app.fetch(SimulatedSnp::new(generation).measurement(MEASUREMENT), &[SECRET]).await.unwrap();
+        assert_eq!(got, vec![(SECRET.to_owned(), value.clone())], "{generation:?}");
+    }
+}
+
+#[tokio::test]
+async fn several_secrets_and_the_p256_suite() {
+    let app = TestApp::start().await;
+    app.put("m/a/key", b"alpha", &[MEASUREMENT]).await;
+    app.put("m/b/key", b"beta", &[MEASUREMENT]).await;
+    let mut x = Exchange::new(guest());
+    x.names = vec!["m/a/key".into(), "m/b/key".into()];
+    x.suite = SuiteId::P256_SHA256_AES256GCM;
+    let (resp, key, nonce) = x.run(&app, |_| {}).await.unwrap();
+    assert_eq!(resp.secrets.len(), 2);
+    for (s, expected) in resp.secrets.iter().zip([b"alpha".as_slice(), b"beta"]) {
+        let aad = kbs_proto::secret_aad(&s.name, s.version);
+        let opened = key.open(&s.enc, &s.ciphertext, &kbs_proto::secret_info(&nonce), &aad).unwrap();
+        assert_eq!(opened.as_slice(), expected);
+        // Sealed to this exchange only: another version's aad does not open it.
+        let wrong = kbs_proto::secret_aad(&s.name, s.version + 1);
+        assert!(key.open(&s.enc, &s.ciphertext, &kbs_proto::secret_info(&nonce), &wrong).is_err());
+    }
+}
+
+#[tokio::test]
+async fn a_challenge_is_redeemed_at_another_replica_with_the_same_key() {
+    // Two brokers sharing the challenge key file: one issues, the other redeems.
+    let a = TestApp::start().await;
+    let b = TestApp::start().await;
+    std::fs::copy(a.dir.path().join("challenge.key"), b.dir.path().join("challenge.key")).unwrap();
+    // b must reload with a's key: start a third broker from b's directory.
+    let config = Config::load(&b.dir.path().join("kbs.toml"), |_| None).unwrap();
+    let app = kbs::server::build(&config, kbs::release::system_clock(), true).await.unwrap();
+    let challenge = a
+        .guest()
+        .await
+        .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: vec![SECRET.into()] })
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = app.broker.challenge(1, &[SECRET.to_owned()]).unwrap();
+    assert_ne!(opened.nonce.to_vec(), challenge.nonce);
+    // The third broker (b's store, a's key) accepts a's challenge: the refusal
+    // is about the secret, not the challenge.
+    let key = EphemeralKey::generate(SuiteId::X25519_SHA256_AES256GCM).unwrap();
+    let nonce: [u8; NONCE_LEN] = challenge.nonce.as_slice().try_into().unwrap();
+    let sim = guest();
+    let rd = kbs_proto::report_data(&nonce, SuiteId::X25519_SHA256_AES256GCM, key.public_key());
+    let result = app
+        .broker
+        .release(kbs::release::ReleaseRequest {
+            challenge: challenge.challenge,
+            evidence: kbs::release::EvidenceInput::Snp {
+                report: sim.report(&rd).unwrap(),
+                cert_table: sim.cert_table().unwrap(),
+            },
+            suite: SuiteId::X25519_SHA256_AES256GCM,
+            public_key: key.public_key().to_vec(),
+            names: vec![SECRET.into()],
+            caller: "test".into(),
+        })
+        .await;
+    assert_eq!(result.unwrap_err().reason().as_str(), "secret_not_found");
+}
+
+#[tokio::test]
+async fn every_broken_link_is_refused_with_its_reason() {
+    let app = TestApp::start().await;
+    app.put(SECRET, b"k", &[MEASUREMENT]).await;
+    let pd = Code::PermissionDenied;
+
+    // Signed region altered after signing.
+    let r = Exchange::new(guest()).run(&app, |req| report_mut(req)[0x90] ^= 1).await;
+    assert_refused(r, pd, "signature_invalid");
+    // Signed by another chip's key, presented with this chip's VCEK.
+    let r = Exchange::new(guest().sign_with(Vcek::GenoaOther)).run(&app, |_| {}).await;
+    assert_refused(r, pd, "signature_invalid");
+    // A genuine VCEK, but of another chip.
+    let r = Exchange::new(guest().vcek_cert(Vcek::GenoaOther).sign_with(Vcek::GenoaOther)).run(&app, |_| {}).await;
+    assert_refused(r, pd, "chip_id_mismatch");
+    // reported_tcb differs from what the VCEK certifies.
+    let tcb = Tcb { bootloader: 9, ..Chip::Genoa.tcb() };
+    let r = Exchange::new(guest().reported_tcb(tcb)).run(&app, |_| {}).await;
+    assert_refused(r, pd, "tcb_mismatch");
+    // A whole chain under a root the broker does not pin.
+    let r = Exchange::new(guest().foreign()).run(&app, |_| {}).await;
+    assert_refused(r, pd, "untrusted_root");
+    // A VCEK outside its validity period.
+    let r = Exchange::new(guest().vcek_cert(Vcek::GenoaExpired)).run(&app, |_| {}).await;
+    assert_refused(r, pd, "certificate_expired");
+    // Evidence bound to another nonce, or to another key.
+    let mut x = Exchange::new(guest());
+    x.bind_nonce = Some([9; NONCE_LEN]);
+    assert_refused(x.run(&app, |_| {}).await, pd, "report_data_mismatch");
+    let mut x = Exchange::new(guest());
+    x.bind_key = Some(EphemeralKey::generate(SuiteId::X25519_SHA256_AES256GCM).unwrap().public_key().to_vec());
+    assert_refused(x.run(&app, |_| {}).await, pd, "report_data_mismatch");
+    // The evidence is fine, but the key sent is not the key bound.
+    let other = EphemeralKey::generate(SuiteId::X25519_SHA256_AES256GCM).unwrap();
+    let r = Exchange::new(guest()).run(&app, |req| req.hpke_public_key = other.public_key().to_vec()).await;
+    assert_refused(r, pd, "report_data_mismatch");
+
+    // Malformed evidence is refused before any crypto.
+    let ia = Code::InvalidArgument;
+    let r = Exchange::new(guest()).run(&app, |req| report_mut(req).truncate(1000)).await;
+    assert_refused(r, ia, "evidence_malformed");
+    let r = Exchange::new(guest()).run(&app, |req| report_mut(req).extend_from_slice(&[0; 100])).await;
+    assert_refused(r, ia, "evidence_too_large");
+    let r = Exchange::new(guest().report_version(9)).run(&app, |_| {}).await;
+    assert_refused(r, ia, "unsupported_version");
+    let r = Exchange::new(guest()).run(&app, |req| req.evidence = None).await;
+    assert_refused(r, ia, "invalid_request");
+    let r = Exchange::new(guest())
+        .run(&app, |req| req.hpke_suite = Some(SuiteId { kem: 0x12, kdf: 1, aead: 2 }.to_wire()))
+        .await;
+    assert_refused(r, ia, "unsupported_hpke_suite");
+
+    // Policy: debug guests, VMPL > 0, measurements not allowed.
+    let r = Exchange::new(guest().policy(0x3_0000 | POLICY_DEBUG)).run(&app, |_| {}).await;
+    assert_refused(r, pd, "debug_enabled");
+    let r = Exchange::new(guest().vmpl(1)).run(&app, |_| {}).await;
+    assert_refused(r, pd, "vmpl_not_allowed");
+    let r = Exchange::new(guest().measurement(OTHER_MEASUREMENT)).run(&app, |_| {}).await;
+    assert_refused(r, pd, "measurement_not_allowed");
+
+    // The audit log has one record per decision, chained, without the value.
+    let log = app.audit_log();
+    assert!(log.lines().count() >= 17, "{log}");
+    assert!(log.contains("\"reason\":\"chip_id_mismatch\""));
+    assert!(log.contains("measurement_not_allowed: 7777"));
+    kbs::audit::verify_lines(log.as_bytes()).unwrap();
+}
+
+#[tokio::test]
+async fn challenges_expire_and_cannot_be_forged() {
+    let app = TestApp::start().await;
+    app.put(SECRET, b"k", &[MEASUREMENT]).await;
+    let fp = Code::FailedPrecondition;
+    let r = Exchange::new(guest()).run(&app, |req| req.challenge[20] ^= 0x40).await;
+    assert_refused(r, fp, "challenge_invalid");
+    let other = TestApp::start().await;
+    let foreign = other
+        .guest()
+        .await
+        .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: vec![SECRET.into()] })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = Exchange::new(guest()).run(&app, |req| req.challenge = foreign.challenge.clone()).await;
+    assert_refused(r, fp, "challenge_invalid");
+    let r = Exchange::new(guest()).run(&app, |req| req.secret_names = vec!["m/other/key".into()]).await;
+    assert_refused(r, fp, "challenge_mismatch");
+
+    // Expiry: the clock moves past the 60 s lifetime between challenge and release.
+    let mut rpc = app.guest().await;
+    let challenge = rpc
+        .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: vec![SECRET.into()] })
+        .await
+        .unwrap()
+        .into_inner();
+    app.advance(61);
+    let key = EphemeralKey::generate(SuiteId::X25519_SHA256_AES256GCM).unwrap();
+    let nonce: [u8; NONCE_LEN] = challenge.nonce.as_slice().try_into().unwrap();
+    let rd = kbs_proto::report_data(&nonce, SuiteId::X25519_SHA256_AES256GCM, key.public_key());
+    let sim = guest();
+    let r = rpc
+        .release_secrets(ReleaseSecretsRequest {
+            challenge: challenge.challenge,
+            evidence: Some(release_secrets_request::Evidence::Snp(SnpEvidence {
+                report: sim.report(&rd).unwrap(),
+                cert_table: sim.cert_table().unwrap(),
+            })),
+            hpke_suite: Some(SuiteId::X25519_SHA256_AES256GCM.to_wire()),
+            hpke_public_key: key.public_key().to_vec(),
+            secret_names: vec![SECRET.into()],
+        })
+        .await;
+    assert_refused(r, fp, "challenge_expired");
+}
+
+#[tokio::test]
+async fn unknown_secrets_are_not_found_only_after_attestation() {
+    let app = TestApp::start().await;
+    let mut x = Exchange::new(guest());
+    x.names = vec!["models/none/key".into()];
+    assert_refused(x.run(&app, |_| {}).await, Code::NotFound, "secret_not_found");
+    // With bad evidence the same request says nothing about the secret.
+    let mut x = Exchange::new(guest().sign_with(Vcek::GenoaOther));
+    x.names = vec!["models/none/key".into()];
+    assert_refused(x.run(&app, |_| {}).await, Code::PermissionDenied, "signature_invalid");
+}
+
+#[tokio::test]
+async fn admin_needs_a_token_and_is_not_on_the_guest_listener() {
+    let app = TestApp::start().await;
+    let mut admin = app.admin().await;
+    let r = admin.list_secrets(ListSecretsRequest::default()).await;
+    assert_refused(r, Code::Unauthenticated, "unauthenticated");
+    let mut bad = Request::new(ListSecretsRequest::default());
+    bad.metadata_mut().insert("authorization", "Bearer not-the-token".parse().unwrap());
+    assert_refused(admin.list_secrets(bad).await, Code::Unauthenticated, "unauthenticated");
+    assert!(admin.list_secrets(app.authed(ListSecretsRequest::default())).await.is_ok());
+    // The guest listener serves no Admin calls.
+    let mut on_guest = AdminClient::new(app.channel(&app.guest_url).await);
+    let status = on_guest.list_secrets(app.authed(ListSecretsRequest::default())).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    // Values are write-only: oversize and invalid names are refused.
+    let big = PutSecretRequest { name: "m/k/big".into(), value: vec![0; (1 << 20) + 1], ..Default::default() };
+    assert_refused(admin.put_secret(app.authed(big)).await, Code::InvalidArgument, "invalid_request");
+    let bad_name = PutSecretRequest { name: "../etc/passwd".into(), value: vec![1], ..Default::default() };
+    assert_refused(admin.put_secret(app.authed(bad_name)).await, Code::InvalidArgument, "invalid_request");
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
+    let app = TestApp::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel(&app.guest_url).await);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "kbs.v1.KeyBroker".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn a_broker_without_the_dev_flag_refuses_the_simulated_tee_config() {
+    let app = TestApp::start().await;
+    let config = Config::load(&app.dir.path().join("kbs.toml"), |_| None).unwrap();
+    let err = kbs::server::build(&config, kbs::release::system_clock(), false).await.unwrap_err();
+    assert!(err.to_string().contains("--insecure-dev"), "{err}");
+}
+
+#[tokio::test]
+async fn secrets_survive_a_broker_restart() {
+    let app = TestApp::start().await;
+    app.put(SECRET, b"persisted", &[MEASUREMENT]).await;
+    let config = Config::load(&app.dir.path().join("kbs.toml"), |_| None).unwrap();
+    // A second broker over the same directory reads the secret from disk.
+    let again = kbs::server::build(&config, kbs::release::system_clock(), true).await.unwrap();
+    let record = again.broker.store().get(SECRET).await.unwrap();
+    assert_eq!(record.value.expose(), b"persisted");
+}
