@@ -83,6 +83,45 @@ enum RawStore {
         #[serde(default)]
         max_secret_bytes: Option<usize>,
     },
+    Vault {
+        address: String,
+        #[serde(default)]
+        mount: Option<String>,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        namespace: Option<String>,
+        #[serde(default)]
+        ca_bundle: Option<PathBuf>,
+        #[serde(default)]
+        insecure_skip_verify: bool,
+        #[serde(default)]
+        request_timeout_seconds: Option<u64>,
+        #[serde(default)]
+        max_secret_bytes: Option<usize>,
+        auth: RawVaultAuth,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "method", rename_all = "lowercase")]
+enum RawVaultAuth {
+    Token {
+        token_file: PathBuf,
+    },
+    Approle {
+        role_id: String,
+        secret_id_file: PathBuf,
+        #[serde(default)]
+        mount: Option<String>,
+    },
+    Kubernetes {
+        role: String,
+        #[serde(default)]
+        jwt_file: Option<PathBuf>,
+        #[serde(default)]
+        mount: Option<String>,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +212,8 @@ pub enum StoreConfig {
         /// Key-encryption key file.
         kek_file: PathBuf,
     },
+    /// Vault/OpenBao KV v2, shared by every replica.
+    Vault(Box<crate::store::vault::VaultConfig>),
 }
 
 /// SEV-SNP collateral settings.
@@ -270,6 +311,64 @@ impl Config {
         let (store, max_secret_bytes) = match raw.store {
             RawStore::Local { dir, kek_file, max_secret_bytes } => {
                 (StoreConfig::Local { dir: resolve(&dir), kek_file: resolve(&kek_file) }, max_secret_bytes)
+            }
+            RawStore::Vault {
+                address,
+                mount,
+                prefix,
+                namespace,
+                ca_bundle,
+                insecure_skip_verify,
+                request_timeout_seconds,
+                max_secret_bytes,
+                auth,
+            } => {
+                use crate::store::vault::{VaultAuth, VaultConfig};
+                if !address.starts_with("https://") && !address.starts_with("http://") {
+                    return Err(ConfigError::Invalid("store.address must be an http(s) URL".into()));
+                }
+                let auth = match auth {
+                    RawVaultAuth::Token { token_file } => VaultAuth::token_from_file(&resolve(&token_file))
+                        .map_err(|e| ConfigError::Invalid(format!("store.auth.token_file: {e}")))?,
+                    RawVaultAuth::Approle { role_id, secret_id_file, mount } => {
+                        let mut auth = VaultAuth::approle(role_id, resolve(&secret_id_file));
+                        if let (VaultAuth::AppRole { mount: m, .. }, Some(mount)) = (&mut auth, mount) {
+                            *m = mount;
+                        }
+                        auth
+                    }
+                    RawVaultAuth::Kubernetes { role, jwt_file, mount } => {
+                        let mut auth = VaultAuth::kubernetes(role);
+                        if let VaultAuth::Kubernetes { mount: m, jwt_file: j, .. } = &mut auth {
+                            if let Some(mount) = mount {
+                                *m = mount;
+                            }
+                            if let Some(jwt_file) = jwt_file {
+                                *j = resolve(&jwt_file);
+                            }
+                        }
+                        auth
+                    }
+                };
+                let mut vault = VaultConfig::new(address, auth);
+                if let Some(mount) = mount {
+                    vault.mount = mount;
+                }
+                if let Some(prefix) = prefix {
+                    vault.prefix = prefix;
+                }
+                vault.namespace = namespace;
+                vault.ca_bundle = ca_bundle.map(|p| resolve(&p));
+                vault.insecure_skip_verify = insecure_skip_verify;
+                if let Some(secs) = request_timeout_seconds {
+                    if !(1..=300).contains(&secs) {
+                        return Err(ConfigError::Invalid(
+                            "store.request_timeout_seconds must be within 1..=300".into(),
+                        ));
+                    }
+                    vault.request_timeout = Duration::from_secs(secs);
+                }
+                (StoreConfig::Vault(Box::new(vault)), max_secret_bytes)
             }
         };
         let max_secret_bytes = max_secret_bytes.unwrap_or(crate::store::DEFAULT_MAX_SECRET_BYTES);

@@ -99,8 +99,11 @@ pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
     let dev_section = if options.snp_test_roots.is_empty() {
         String::new()
     } else {
-        let roots: Vec<String> =
-            options.snp_test_roots.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        let roots = options
+            .snp_test_roots
+            .iter()
+            .map(|p| Ok(format!("{:?}", fs::canonicalize(p)?.display().to_string())))
+            .collect::<Result<Vec<String>, std::io::Error>>()?;
         format!(
             "\n# INSECURE: accept evidence from the simulated TEE. Needs `kbs serve --insecure-dev`.\n[dev]\ninsecure_simulated_tee = true\nsnp_test_roots = [{}]\n",
             roots.join(", ")

@@ -21,7 +21,7 @@
 //!   collateral (VCEK) sources.
 //! - [`policy`]: which verified workload may receive which secret.
 //! - [`seal`]: HPKE sealing to the guest's key.
-//! - [`store`]: secret stores (embedded encrypted store).
+//! - [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV v2).
 //! - [`audit`]: hash-chained JSON-lines audit log.
 //! - [`release`]: the release flow every front end shares.
 //! - [`api`]: gRPC services; [`server`]: wiring and serving.

@@ -269,7 +269,7 @@ impl Broker {
                 };
                 let extra: Vec<Vec<u8>> =
                     table.map(|t| [t.ask, t.ark].into_iter().flatten().collect()).unwrap_or_default();
-                let verified = self.snp.verify(report, &vek, &extra, now, Some(expected))?;
+                let verified = self.snp.verify_parsed(parsed, &vek, &extra, now, Some(expected))?;
                 Ok(verified.claims)
             }
             EvidenceInput::Tdx { .. } => Err(EvidenceError::UnsupportedTee("tdx").into()),

@@ -26,6 +26,7 @@ use crate::evidence::snp::SnpVerifier;
 use crate::release::{Broker, Clock};
 use crate::store::SecretStore;
 use crate::store::local::{Kek, LocalStore};
+use crate::store::vault::VaultStore;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +131,16 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
                 path: dir.display().to_string(),
                 why: e.to_string(),
             })?)
+        }
+        StoreConfig::Vault(vault) => {
+            if vault.insecure_skip_verify {
+                tracing::warn!("INSECURE: TLS verification of the Vault/OpenBao server is off");
+            }
+            Arc::new(
+                VaultStore::connect((**vault).clone())
+                    .await
+                    .map_err(|e| StartError::Refused(format!("Vault/OpenBao store at {}: {e}", vault.address)))?,
+            )
         }
     };
     let audit = Arc::new(match &config.audit_path {

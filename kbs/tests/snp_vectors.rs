@@ -738,6 +738,8 @@ struct TestPki {
     asvk_name: Vec<u8>,
     asvk_key: aws_lc_rs::signature::RsaKeyPair,
     rogue_key: aws_lc_rs::signature::RsaKeyPair,
+    /// Signed by the test ARK but not a CA certificate.
+    not_ca_der: Vec<u8>,
 }
 
 /// The test PKI, made once per test binary (RSA key generation is slow).
@@ -756,7 +758,8 @@ fn test_pki() -> &'static TestPki {
         let ark_der = sign_cert(tbs(&ark_name, &ark_name, rsa_spki(&ark_key), 1, vec![ca_ext()]), &ark_key);
         let ask_der = sign_cert(tbs(&ark_name, &ask_name, rsa_spki(&ask_key), 2, vec![ca_ext()]), &ark_key);
         let asvk_der = sign_cert(tbs(&ark_name, &asvk_name, rsa_spki(&asvk_key), 3, vec![ca_ext()]), &ark_key);
-        TestPki { ark_der, ask_der, ask_name, ask_key, asvk_der, asvk_name, asvk_key, rogue_key }
+        let not_ca_der = sign_cert(tbs(&ark_name, &name("SEV-Leaf"), rsa_spki(&rogue_key), 4, vec![]), &ark_key);
+        TestPki { not_ca_der, ark_der, ask_der, ask_name, ask_key, asvk_der, asvk_name, asvk_key, rogue_key }
     })
 }
 
@@ -1281,4 +1284,65 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn intermediates_must_be_ca_certificates_under_a_pinned_root() {
+    let pki = test_pki();
+    let mut anchors = SnpAnchors::empty();
+    anchors.add_root(Generation::Genoa, &pki.ark_der).unwrap();
+    // Signed by the pinned root, but an end-entity certificate.
+    assert!(matches!(anchors.add_intermediate(&pki.not_ca_der), Err(EvidenceError::UntrustedRoot(_))));
+    // The root itself is skipped, not taken for an intermediate.
+    assert_eq!(anchors.add_intermediate(&pki.ark_der).unwrap(), 0);
+    // A bundle with one bad certificate adds nothing at all.
+    let pem = |der: &[u8]| {
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
+        )
+    };
+    let bundle = format!("{}{}", pem(&pki.ask_der), pem(&pki.not_ca_der));
+    assert!(anchors.add_intermediate(bundle.as_bytes()).is_err());
+    assert!(anchors.intermediate_fingerprints().is_empty());
+    assert_eq!(anchors.add_intermediate(pem(&pki.ask_der).as_bytes()).unwrap(), 1);
+    assert_eq!(anchors.intermediate_fingerprints()[0].1, IntermediateKind::Ask);
+    assert_eq!(anchors.add_intermediate(&pki.asvk_der).unwrap(), 1);
+    assert_eq!(anchors.intermediate_fingerprints()[1].1, IntermediateKind::Asvk);
+}
+
+#[test]
+fn a_test_root_pinned_for_every_generation_serves_each() {
+    let pki = test_pki();
+    let mut anchors = SnpAnchors::empty();
+    for g in Generation::ALL {
+        anchors.add_root(g, &pki.ark_der).unwrap();
+    }
+    // One ASK, usable under each generation the root is pinned for.
+    assert_eq!(anchors.add_intermediate(&pki.ask_der).unwrap(), 1);
+    assert_eq!(anchors.intermediate_fingerprints().len(), 3);
+    let verifier = SnpVerifier::new(anchors);
+    let (vs, rs) = turin_case();
+    let vek = make_vek(pki, &vs);
+    verifier.verify(&make_report(&vek, &rs), &vek.der, &[], NOW, None).unwrap();
+    let tcb = TcbVersion { bootloader: 10, tee: 0, snp: 23, microcode: 84, fmc: None };
+    let chip_id = [0x42u8; 64];
+    let vek = make_vek(pki, &VekSpec { product: "Genoa", tcb, hwid: Some(chip_id.to_vec()), vlek: false });
+    let spec = ReportSpec {
+        version: 3,
+        cpuid: [0x19, 0x11, 0x01],
+        vlek: false,
+        reported_tcb: [10, 0, 0, 0, 0, 0, 23, 84],
+        chip_id,
+    };
+    let v = verifier.verify(&make_report(&vek, &spec), &vek.der, &[], NOW, None).unwrap();
+    assert_eq!(v.generation(), Generation::Genoa);
+    // The guest-table path does the same.
+    let mut anchors = SnpAnchors::empty();
+    for g in Generation::ALL {
+        anchors.add_root(g, &pki.ark_der).unwrap();
+    }
+    SnpVerifier::new(anchors)
+        .verify(&make_report(&vek, &spec), &vek.der, std::slice::from_ref(&pki.ask_der), NOW, None)
+        .unwrap();
 }

@@ -797,6 +797,28 @@ async fn wrong_or_revoked_token_is_unavailable() {
 }
 
 #[tokio::test]
+async fn a_mount_that_is_not_kv_v2_fails_at_start() {
+    let Some(bao) = Bao::shared().await else { return };
+    let kv1 = format!("kv1-{}", random_hex());
+    bao.api()
+        .ok("POST", &format!("sys/mounts/{kv1}"), Some(json!({ "type": "kv", "options": { "version": "1" } })))
+        .await;
+    for mount in ["no-such-mount", "cubbyhole", kv1.as_str()] {
+        let mut config = bao.root_config("mounts");
+        config.mount = mount.to_owned();
+        let result = VaultStore::connect(config).await;
+        assert!(matches!(result, Err(ConnectError::Config(_))), "{mount}: {result:?}");
+    }
+    // An identity with no access to the mount is refused at start too.
+    let policy = bao.kv_policy("mounts").await;
+    let token = bao.token(&policy, "60s").await;
+    let mut config = bao.root_config("mounts");
+    config.mount = kv1;
+    config.auth = VaultAuth::Token(SecretString::from(token));
+    assert!(matches!(VaultStore::connect(config).await, Err(ConnectError::Config(_))));
+}
+
+#[tokio::test]
 async fn server_down_is_unavailable() {
     let Some(bao) = Bao::start(false).await else { return };
     let store = bao.root_store("down").await;

@@ -264,7 +264,7 @@ impl SnpAnchors {
     }
 
     /// Pins an extra ARK for `generation` (a test PKI's root, say). The
-    /// certificate must be self-signed with RSASSA-PSS/SHA-384. Pinning a
+    /// certificate must be a self-signed CA certificate, RSASSA-PSS/SHA-384. Pinning a
     /// root is a trust decision: callers gate this behind a dev flag.
     pub fn add_root(&mut self, generation: Generation, ark_der: &[u8]) -> Result<(), EvidenceError> {
         let fingerprint = sha256(ark_der);
@@ -281,6 +281,7 @@ impl SnpAnchors {
                 common_name(&cert)
             )));
         }
+        require_ca(&cert)?;
         let key = Arc::new(rsa_key(&cert)?);
         verify_cert_signature(&cert, &key).map_err(|_| {
             EvidenceError::UntrustedRoot(format!("{} is not self-signed with RSASSA-PSS/SHA-384", common_name(&cert)))
@@ -297,15 +298,18 @@ impl SnpAnchors {
 
     /// Adds ASKs/ASVKs from an operator file: one DER certificate or a PEM
     /// bundle (AMD's `cert_chain` files carry the ARK too; a pinned ARK in
-    /// the bundle is skipped). Every other certificate must be signed by a
-    /// pinned ARK, or nothing from the file is added. Returns how many new
-    /// intermediates were added (already known ones are not counted).
+    /// the bundle is skipped). Every other certificate must be a CA
+    /// certificate signed by a pinned ARK, or nothing from the file is
+    /// added. One whose common name starts with `SEV-VLEK` is an ASVK (it
+    /// may only vouch for VLEKs); any other is an ASK (VCEKs only). Returns
+    /// how many new intermediates were added (known ones are not counted).
     pub fn add_intermediate(&mut self, der_or_pem: &[u8]) -> Result<usize, EvidenceError> {
         if der_or_pem.len() > MAX_INTERMEDIATE_FILE_LEN {
             return Err(EvidenceError::TooLarge { len: der_or_pem.len(), max: MAX_INTERMEDIATE_FILE_LEN });
         }
         let ders = if looks_like_pem(der_or_pem) { pem_certificates(der_or_pem)? } else { vec![der_or_pem.to_vec()] };
         let mut fresh: Vec<Intermediate> = Vec::new();
+        let mut added = 0usize;
         for der in &ders {
             let fingerprint = sha256(der);
             if self.roots.iter().any(|r| r.fingerprint == fingerprint)
@@ -313,12 +317,12 @@ impl SnpAnchors {
             {
                 continue;
             }
-            fresh.push(self.check_intermediate(der)?);
+            fresh.extend(self.check_intermediate(der)?);
+            added = added.saturating_add(1);
         }
         if self.intermediates.len().saturating_add(fresh.len()) > MAX_INTERMEDIATES {
             return Err(EvidenceError::UntrustedRoot("too many intermediates".into()));
         }
-        let added = fresh.len();
         self.intermediates.extend(fresh);
         Ok(added)
     }
@@ -345,28 +349,53 @@ impl SnpAnchors {
     }
 
     /// Checks that `der` is an intermediate signed by a pinned ARK and
-    /// returns it; the anchors are not changed. Used for operator files and
-    /// for the ASK/ASVK a guest sends in its certificate table.
-    pub(crate) fn check_intermediate(&self, der: &[u8]) -> Result<Intermediate, EvidenceError> {
+    /// returns it, once per generation that ARK is pinned for (a test root
+    /// may be pinned for several); the anchors are not changed. Used for
+    /// operator files and for the ASK/ASVK a guest sends in its table.
+    pub(crate) fn check_intermediate(&self, der: &[u8]) -> Result<Vec<Intermediate>, EvidenceError> {
         let cert = parse_der_cert(der)?;
         let name = common_name(&cert);
         let issuer = cert.issuer().as_raw();
-        let root = self
-            .roots
-            .iter()
-            .filter(|r| r.subject == issuer)
-            .find(|r| verify_cert_signature(&cert, &r.key).is_ok())
-            .ok_or_else(|| EvidenceError::UntrustedRoot(format!("{name} is not signed by a pinned AMD root")))?;
+        // A root (or a re-encoding of one) is not an intermediate: its key
+        // would then sign VEKs directly, which AMD never does.
+        if issuer == cert.subject().as_raw() {
+            return Err(EvidenceError::UntrustedRoot(format!("{name} is self-issued, not an intermediate")));
+        }
+        require_ca(&cert)?;
         let kind = if name.starts_with("SEV-VLEK") { IntermediateKind::Asvk } else { IntermediateKind::Ask };
-        Ok(Intermediate {
-            generation: root.generation,
-            kind,
-            fingerprint: sha256(der),
-            subject: cert.subject().as_raw().to_vec(),
-            key: Arc::new(rsa_key(&cert)?),
-            window: CertWindow::of(&cert),
-            root_window: root.window.clone(),
-        })
+        let fingerprint = sha256(der);
+        let mut key: Option<Arc<ParsedPublicKey>> = None;
+        let mut signed_by: Vec<[u8; 32]> = Vec::new();
+        let mut out: Vec<Intermediate> = Vec::new();
+        for root in self.roots.iter().filter(|r| r.subject == issuer) {
+            // One signature check per distinct root certificate.
+            if !signed_by.contains(&root.fingerprint) {
+                if verify_cert_signature(&cert, &root.key).is_err() {
+                    continue;
+                }
+                signed_by.push(root.fingerprint);
+            }
+            if out.iter().any(|i| i.generation == root.generation) {
+                continue;
+            }
+            let key = match &key {
+                Some(k) => Arc::clone(k),
+                None => Arc::clone(key.insert(Arc::new(rsa_key(&cert)?))),
+            };
+            out.push(Intermediate {
+                generation: root.generation,
+                kind,
+                fingerprint,
+                subject: cert.subject().as_raw().to_vec(),
+                key,
+                window: CertWindow::of(&cert),
+                root_window: root.window.clone(),
+            });
+        }
+        if out.is_empty() {
+            return Err(EvidenceError::UntrustedRoot(format!("{name} is not signed by a pinned AMD root")));
+        }
+        Ok(out)
     }
 }
 
@@ -408,6 +437,15 @@ pub(crate) fn parse_der_cert(der: &[u8]) -> Result<X509Certificate<'_>, Evidence
 /// The certificate's first common name, or a placeholder for messages.
 pub(crate) fn common_name(cert: &X509Certificate<'_>) -> String {
     cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or("<no common name>").to_owned()
+}
+
+/// ARKs, ASKs and ASVKs are CA certificates (basicConstraints CA:TRUE);
+/// a VEK or any other end-entity certificate cannot stand in for one.
+fn require_ca(cert: &X509Certificate<'_>) -> Result<(), EvidenceError> {
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => Ok(()),
+        _ => Err(EvidenceError::UntrustedRoot(format!("{} is not a CA certificate", common_name(cert)))),
+    }
 }
 
 /// The RSA public key of an ARK/ASK/ASVK, parsed once for PSS verification.

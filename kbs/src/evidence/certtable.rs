@@ -43,20 +43,20 @@ struct Guid {
 impl Guid {
     /// RFC 4122 byte order: every field big-endian, as the text reads.
     const fn rfc4122(&self) -> [u8; 16] {
-        let a = self.a.to_be_bytes();
-        let b = self.b.to_be_bytes();
-        let c = self.c.to_be_bytes();
-        let d = self.d;
-        [a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]
+        Self::join(self.a.to_be_bytes(), self.b.to_be_bytes(), self.c.to_be_bytes(), self.d)
+    }
+
+    const fn join(a: [u8; 4], b: [u8; 2], c: [u8; 2], d: [u8; 8]) -> [u8; 16] {
+        let [a0, a1, a2, a3] = a;
+        let [b0, b1] = b;
+        let [c0, c1] = c;
+        let [d0, d1, d2, d3, d4, d5, d6, d7] = d;
+        [a0, a1, a2, a3, b0, b1, c0, c1, d0, d1, d2, d3, d4, d5, d6, d7]
     }
 
     /// Mixed-endian (`guid_t`/EFI) order: first three fields little-endian.
     const fn mixed_endian(&self) -> [u8; 16] {
-        let a = self.a.to_le_bytes();
-        let b = self.b.to_le_bytes();
-        let c = self.c.to_le_bytes();
-        let d = self.d;
-        [a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]
+        Self::join(self.a.to_le_bytes(), self.b.to_le_bytes(), self.c.to_le_bytes(), self.d)
     }
 }
 

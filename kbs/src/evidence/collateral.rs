@@ -242,8 +242,7 @@ async fn read_vek(path: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
         return Err(unavailable(format!("{} is larger than {MAX_CERT_LEN} bytes", path.display())));
     }
     if bytes.starts_with(b"-----BEGIN") {
-        let mut ders = anchors::pem_certificates(&bytes)?;
-        return Ok(if ders.is_empty() { None } else { Some(ders.swap_remove(0)) });
+        return Ok(anchors::pem_certificates(&bytes)?.into_iter().next());
     }
     Ok(Some(bytes))
 }

@@ -482,8 +482,9 @@ impl SnpReport {
     }
 
     /// The generation the CPUID fields name (versions 3 and later). For
-    /// version 2 reports this is `None`: there the generation comes from
-    /// the VEK's `productName`, and [`VerifiedSnp::generation`] has it.
+    /// version 2 reports, and CPUIDs this broker does not know, this is
+    /// `None`: the generation then comes from the VEK's `productName`
+    /// alone, and [`VerifiedSnp::generation`] has it.
     pub fn generation(&self) -> Option<Generation> {
         self.cpuid.and_then(|c| Generation::from_cpuid(c.family, c.model))
     }
@@ -988,17 +989,10 @@ impl SnpVerifier {
         }
         let vek = anchors::parse_der_cert(vek_der)?;
         anchors::check_amd_signature_algorithm(&vek)?;
-        let signer = self.find_signer(&vek, extra_certs)?;
-
         let (product_name, spl, hwid) = vek_extensions(&vek)?;
         let generation = Generation::from_product_name(&product_name)
             .ok_or_else(|| EvidenceError::ChainInvalid(format!("VEK productName {product_name:?} is unknown")))?;
-        if generation != signer.generation {
-            return Err(EvidenceError::ChainInvalid(format!(
-                "VEK productName {product_name:?} does not match its {} root",
-                signer.generation
-            )));
-        }
+        let signer = self.find_signer(&vek, generation, extra_certs)?;
         let spki = vek.public_key();
         if spki.algorithm.algorithm.to_id_string() != OID_EC_PUBLIC_KEY {
             return Err(EvidenceError::CertificateMalformed("VEK key is not an EC key".into()));
@@ -1018,17 +1012,20 @@ impl SnpVerifier {
         Ok(verified)
     }
 
-    /// The intermediate that signed `vek`: first the anchors' own, then
+    /// The intermediate that signed `vek` under a root pinned for
+    /// `generation` (the VEK's `productName`): first the anchors' own, then
     /// the guest's certificates that a pinned ARK signed. The guest's are
     /// looked at only when needed, at most [`MAX_EXTRA_CERTS`] of them.
-    fn find_signer(&self, vek: &X509Certificate<'_>, extra_certs: &[Vec<u8>]) -> Result<Intermediate, EvidenceError> {
+    fn find_signer(
+        &self,
+        vek: &X509Certificate<'_>,
+        generation: Generation,
+        extra_certs: &[Vec<u8>],
+    ) -> Result<Intermediate, EvidenceError> {
         let issuer = vek.issuer().as_raw();
-        let mut named = false;
-        for candidate in self.anchors.intermediates_named(issuer) {
-            named = true;
-            if anchors::verify_cert_signature(vek, &candidate.key).is_ok() {
-                return Ok(candidate.clone());
-            }
+        let mut search = SignerSearch { generation, named: false, other_generation: None };
+        if let Some(found) = search.pick(vek, self.anchors.intermediates_named(issuer)) {
+            return Ok(found.clone());
         }
         for der in extra_certs.iter().take(MAX_EXTRA_CERTS) {
             if der.len() > MAX_CERT_LEN || self.anchors.knows(&anchors::sha256(der)) {
@@ -1042,23 +1039,68 @@ impl SnpVerifier {
                 continue;
             }
             match self.anchors.check_intermediate(der) {
-                Ok(candidate) => {
-                    named = true;
-                    if anchors::verify_cert_signature(vek, &candidate.key).is_ok() {
-                        return Ok(candidate);
+                Ok(candidates) => {
+                    if let Some(found) = search.pick(vek, candidates.iter()) {
+                        return Ok(found.clone());
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "ignoring a guest intermediate"),
             }
         }
         let issuer_name = vek.issuer().to_string();
-        if named {
-            Err(EvidenceError::ChainInvalid(format!("VEK signature does not verify under {issuer_name}")))
-        } else {
-            Err(EvidenceError::UntrustedRoot(format!(
+        match search {
+            SignerSearch { other_generation: Some(root), .. } => Err(EvidenceError::ChainInvalid(format!(
+                "VEK is for {generation} but its issuer {issuer_name} chains to the {root} root"
+            ))),
+            SignerSearch { named: true, .. } => {
+                Err(EvidenceError::ChainInvalid(format!("VEK signature does not verify under {issuer_name}")))
+            }
+            SignerSearch { named: false, .. } => Err(EvidenceError::UntrustedRoot(format!(
                 "no intermediate signed by a pinned AMD root issued this VEK ({issuer_name})"
-            )))
+            ))),
         }
+    }
+}
+
+/// State of the search for a VEK's issuer, kept for a precise refusal.
+struct SignerSearch {
+    /// The generation the VEK names.
+    generation: Generation,
+    /// Some trusted intermediate carries the VEK's issuer name.
+    named: bool,
+    /// A trusted intermediate signed the VEK, but under another generation's root.
+    other_generation: Option<Generation>,
+}
+
+impl SignerSearch {
+    /// The first candidate that signed `vek` under a root of the wanted
+    /// generation.
+    fn pick<'a>(
+        &mut self,
+        vek: &X509Certificate<'_>,
+        candidates: impl Iterator<Item = &'a Intermediate>,
+    ) -> Option<&'a Intermediate> {
+        // One signature check per distinct intermediate certificate.
+        let mut checked: Vec<([u8; 32], bool)> = Vec::new();
+        for candidate in candidates {
+            self.named = true;
+            let signed = match checked.iter().find(|(fp, _)| *fp == candidate.fingerprint) {
+                Some((_, signed)) => *signed,
+                None => {
+                    let signed = anchors::verify_cert_signature(vek, &candidate.key).is_ok();
+                    checked.push((candidate.fingerprint, signed));
+                    signed
+                }
+            };
+            if !signed {
+                continue;
+            }
+            if candidate.generation == self.generation {
+                return Some(candidate);
+            }
+            self.other_generation = Some(candidate.generation);
+        }
+        None
     }
 }
 

