@@ -248,7 +248,7 @@ impl KbsClient {
     pub async fn fetch_release(&mut self, source: Arc<dyn EvidenceSource>, names: &[String]) -> Result<Release, Error> {
         check_names(names)?;
         let tee = source.tee();
-        if tee != Tee::Snp {
+        if tee != Tee::Snp && tee != Tee::Tdx {
             return Err(evidence::Error::UnsupportedTee(tee).into());
         }
 
@@ -265,20 +265,31 @@ impl KbsClient {
 
         let report_data = kbs_proto::report_data(&nonce, suite, key.public_key());
         let collect = Arc::clone(&source);
-        // Evidence collection does blocking file I/O and waits for the PSP.
-        let evidence = tokio::task::spawn_blocking(move || collect.snp_report(&report_data))
-            .await
-            .map_err(Error::EvidenceTask)??;
-        tracing::debug!(?evidence, ?suite, "collected evidence");
+        // Evidence collection does blocking file I/O and waits for the
+        // PSP (SNP) or the quoting enclave (TDX).
+        let evidence = tokio::task::spawn_blocking(move || -> Result<release_secrets_request::Evidence, Error> {
+            Ok(if tee == Tee::Tdx {
+                let tdx = collect.tdx_quote(&report_data)?;
+                tracing::debug!(evidence = ?tdx, "collected evidence");
+                release_secrets_request::Evidence::Tdx(kbs_proto::v1::TdxEvidence { quote: tdx.quote })
+            } else {
+                let snp = collect.snp_report(&report_data)?;
+                tracing::debug!(evidence = ?snp, "collected evidence");
+                release_secrets_request::Evidence::Snp(kbs_proto::v1::SnpEvidence {
+                    report: snp.report,
+                    cert_table: snp.cert_table,
+                })
+            })
+        })
+        .await
+        .map_err(Error::EvidenceTask)??;
+        tracing::debug!(?suite, "evidence collected");
 
         let response = self
             .rpc
             .release_secrets(ReleaseSecretsRequest {
                 challenge: challenge.challenge,
-                evidence: Some(release_secrets_request::Evidence::Snp(kbs_proto::v1::SnpEvidence {
-                    report: evidence.report,
-                    cert_table: evidence.cert_table,
-                })),
+                evidence: Some(evidence),
                 hpke_suite: Some(suite.to_wire()),
                 hpke_public_key: key.public_key().to_vec(),
                 secret_names: names.to_vec(),

@@ -1,7 +1,7 @@
 //! In-guest client of the attested key broker.
 //!
-//! A process inside an AMD SEV-SNP confidential VM uses this crate to fetch
-//! secrets (above all model-decryption keys) from the broker:
+//! A process inside an AMD SEV-SNP or Intel TDX confidential VM uses this
+//! crate to fetch secrets (above all model-decryption keys) from the broker:
 //!
 //! 1. [`client`] asks the broker for a challenge (`GetChallenge`), picks an
 //!    HPKE suite the broker offers and makes an ephemeral key pair
@@ -25,7 +25,8 @@
 //!
 //! # Insecure test support
 //! With the cargo feature `insecure-simulated-tee`, [`simulated`] provides a
-//! software "TEE" that signs SNP reports under a committed test PKI. It is
+//! software "TEE" that signs SNP reports under a committed test PKI, and TDX
+//! quotes under a test SGX PKI made at run time. It is
 //! for tests and demos only: it proves nothing, and a broker accepts its
 //! evidence only when started with an explicit development flag.
 #![forbid(unsafe_code)]

@@ -42,11 +42,25 @@ struct RawConfig {
     #[serde(default)]
     snp: RawSnp,
     #[serde(default)]
+    tdx: RawTdx,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
     dev: RawDev,
+    #[serde(default)]
+    coco: Option<RawCoco>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoco {
+    listen: String,
+    #[serde(default)]
+    token_key_file: Option<PathBuf>,
+    #[serde(default)]
+    token_ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +96,8 @@ enum RawStore {
         kek_file: PathBuf,
         #[serde(default)]
         max_secret_bytes: Option<usize>,
+        #[serde(default)]
+        cache_ttl_ms: Option<u64>,
     },
     Vault {
         address: String,
@@ -99,6 +115,8 @@ enum RawStore {
         request_timeout_seconds: Option<u64>,
         #[serde(default)]
         max_secret_bytes: Option<usize>,
+        #[serde(default)]
+        cache_ttl_ms: Option<u64>,
         auth: RawVaultAuth,
     },
 }
@@ -139,9 +157,39 @@ struct RawSnp {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawTdx {
+    #[serde(default)]
+    collateral_dir: Option<PathBuf>,
+    #[serde(default)]
+    pccs_url: Option<String>,
+    #[serde(default)]
+    root_crl_url: Option<String>,
+    #[serde(default)]
+    cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    accepted_tcb_statuses: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAdmin {
     #[serde(default)]
     tokens: Vec<RawToken>,
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    #[serde(default)]
+    common_name: Option<String>,
+    #[serde(default)]
+    dns_san: Option<String>,
+    role: Role,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +214,8 @@ struct RawDev {
     insecure_simulated_tee: bool,
     #[serde(default)]
     snp_test_roots: Vec<PathBuf>,
+    #[serde(default)]
+    tdx_test_roots: Vec<PathBuf>,
 }
 
 /// An admin role.
@@ -202,6 +252,33 @@ pub struct TokenEntry {
     pub role: Role,
 }
 
+/// An admin client certificate identity (mTLS) and its role. A client
+/// certificate matches when it chains to `admin.client_ca` and its subject
+/// common name or a DNS subject-alternative name equals the given value.
+#[derive(Clone, Debug)]
+pub struct ClientEntry {
+    /// Who it is (for audit).
+    pub name: String,
+    /// Expected subject CN.
+    pub common_name: Option<String>,
+    /// Expected DNS SAN.
+    pub dns_san: Option<String>,
+    /// Its role.
+    pub role: Role,
+}
+
+/// The CoCo KBS protocol front end (`/kbs/v0/...`), on its own listener.
+#[derive(Clone, Debug)]
+pub struct CocoConfig {
+    /// HTTPS listener.
+    pub listen: SocketAddr,
+    /// PKCS#8 P-256 key (PEM or DER) that signs attestation tokens; every
+    /// replica must share it. Without it each process makes its own.
+    pub token_key_file: Option<PathBuf>,
+    /// Attestation token lifetime.
+    pub token_ttl: Duration,
+}
+
 /// Where the secrets live.
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
@@ -229,6 +306,29 @@ pub struct SnpConfig {
     pub intermediates: Vec<PathBuf>,
 }
 
+/// Intel TDX settings. TDX is enabled when a collateral source is set
+/// (`collateral_dir` and/or `pccs_url`).
+#[derive(Clone, Debug, Default)]
+pub struct TdxConfig {
+    /// Offline collateral directory (QuoteCollateralV3 JSON or PCS files).
+    pub collateral_dir: Option<PathBuf>,
+    /// PCCS or Intel PCS base URL, when fetching is enabled.
+    pub pccs_url: Option<String>,
+    /// Root CA CRL URL (default: the PCCS `rootcacrl` path).
+    pub root_crl_url: Option<String>,
+    /// Fetcher cache directory.
+    pub cache_dir: Option<PathBuf>,
+    /// Accepted TCB statuses (default: `UpToDate` only).
+    pub policy: crate::evidence::tdx::TdxPolicy,
+}
+
+impl TdxConfig {
+    /// Whether TDX evidence is accepted at all.
+    pub fn enabled(&self) -> bool {
+        self.collateral_dir.is_some() || self.pccs_url.is_some()
+    }
+}
+
 /// Validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -252,16 +352,30 @@ pub struct Config {
     pub store: StoreConfig,
     /// Largest secret value accepted.
     pub max_secret_bytes: usize,
+    /// How long a secret read is served from memory (`store.cache_ttl_ms`,
+    /// default 2 s; zero turns the cache off). Rotations made through other
+    /// replicas are seen within it.
+    pub store_cache_ttl: Duration,
     /// SNP collateral.
     pub snp: SnpConfig,
+    /// TDX collateral and TCB policy.
+    pub tdx: TdxConfig,
     /// Admin tokens.
     pub admin_tokens: Vec<TokenEntry>,
+    /// CA that admin client certificates must chain to (enables mTLS).
+    pub admin_client_ca: Option<PathBuf>,
+    /// Admin client-certificate identities.
+    pub admin_clients: Vec<ClientEntry>,
     /// Audit destination: a file path, or `None` for stdout.
     pub audit_path: Option<PathBuf>,
     /// INSECURE: accept evidence from the simulated TEE (test roots).
     pub insecure_simulated_tee: bool,
     /// INSECURE: test ARKs pinned for every SNP generation.
     pub snp_test_roots: Vec<PathBuf>,
+    /// INSECURE: test SGX roots pinned for TDX.
+    pub tdx_test_roots: Vec<PathBuf>,
+    /// The CoCo KBS protocol front end, when enabled.
+    pub coco: Option<CocoConfig>,
 }
 
 /// Environment overrides, read through a lookup function so tests never
@@ -308,8 +422,10 @@ impl Config {
         if !(5..=600).contains(&raw.challenge.ttl_seconds) {
             return Err(ConfigError::Invalid("challenge.ttl_seconds must be within 5..=600".into()));
         }
+        let store_cache_ms: Option<u64>;
         let (store, max_secret_bytes) = match raw.store {
-            RawStore::Local { dir, kek_file, max_secret_bytes } => {
+            RawStore::Local { dir, kek_file, max_secret_bytes, cache_ttl_ms } => {
+                store_cache_ms = cache_ttl_ms;
                 (StoreConfig::Local { dir: resolve(&dir), kek_file: resolve(&kek_file) }, max_secret_bytes)
             }
             RawStore::Vault {
@@ -321,8 +437,10 @@ impl Config {
                 insecure_skip_verify,
                 request_timeout_seconds,
                 max_secret_bytes,
+                cache_ttl_ms,
                 auth,
             } => {
+                store_cache_ms = cache_ttl_ms;
                 use crate::store::vault::{VaultAuth, VaultConfig};
                 if !address.starts_with("https://") && !address.starts_with("http://") {
                     return Err(ConfigError::Invalid("store.address must be an http(s) URL".into()));
@@ -372,6 +490,11 @@ impl Config {
             }
         };
         let max_secret_bytes = max_secret_bytes.unwrap_or(crate::store::DEFAULT_MAX_SECRET_BYTES);
+        let store_cache_ttl = match store_cache_ms {
+            None => crate::store::cache::DEFAULT_TTL,
+            Some(ms) if ms <= 60_000 => Duration::from_millis(ms),
+            Some(_) => return Err(ConfigError::Invalid("store.cache_ttl_ms must be within 0..=60000".into())),
+        };
         if max_secret_bytes == 0 || max_secret_bytes > 64 << 20 {
             return Err(ConfigError::Invalid("store.max_secret_bytes must be within 1..=64 MiB".into()));
         }
@@ -390,9 +513,59 @@ impl Config {
                 })?;
             admin_tokens.push(TokenEntry { name: t.name, sha256: digest, role: t.role });
         }
+        let mut admin_clients = Vec::new();
+        for c in raw.admin.clients {
+            if c.common_name.is_none() == c.dns_san.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "admin client {:?}: set exactly one of common_name and dns_san",
+                    c.name
+                )));
+            }
+            admin_clients.push(ClientEntry {
+                name: c.name,
+                common_name: c.common_name,
+                dns_san: c.dns_san,
+                role: c.role,
+            });
+        }
+        if !admin_clients.is_empty() && raw.admin.client_ca.is_none() {
+            return Err(ConfigError::Invalid("admin.clients needs admin.client_ca".into()));
+        }
         if !raw.dev.snp_test_roots.is_empty() && !raw.dev.insecure_simulated_tee {
             return Err(ConfigError::Invalid("dev.snp_test_roots needs dev.insecure_simulated_tee = true".into()));
         }
+        if !raw.dev.tdx_test_roots.is_empty() && !raw.dev.insecure_simulated_tee {
+            return Err(ConfigError::Invalid("dev.tdx_test_roots needs dev.insecure_simulated_tee = true".into()));
+        }
+        for url in raw.tdx.pccs_url.iter().chain(raw.tdx.root_crl_url.iter()) {
+            if !url.starts_with("https://") && !url.starts_with("http://127.") && !url.starts_with("http://localhost") {
+                return Err(ConfigError::Invalid("tdx URLs must be https:// (or http on loopback)".into()));
+            }
+        }
+        if raw.tdx.pccs_url.is_some() && raw.tdx.cache_dir.is_none() {
+            return Err(ConfigError::Invalid("tdx.pccs_url needs tdx.cache_dir for its on-disk cache".into()));
+        }
+        let tdx_policy = match &raw.tdx.accepted_tcb_statuses {
+            None => crate::evidence::tdx::TdxPolicy::default(),
+            Some(names) => crate::evidence::tdx::TdxPolicy::from_names(names)
+                .map_err(|e| ConfigError::Invalid(format!("tdx.accepted_tcb_statuses: {e}")))?,
+        };
+        let coco = match raw.coco {
+            None => None,
+            Some(c) => {
+                let listen =
+                    c.listen.parse().map_err(|e| ConfigError::Invalid(format!("coco.listen {:?}: {e}", c.listen)))?;
+                let ttl = c.token_ttl_seconds.unwrap_or(300);
+                if !(10..=86_400).contains(&ttl) {
+                    return Err(ConfigError::Invalid("coco.token_ttl_seconds must be within 10..=86400".into()));
+                }
+                Some(CocoConfig {
+                    listen,
+                    token_key_file: c.token_key_file.map(|p| resolve(&p)),
+                    token_ttl: Duration::from_secs(ttl),
+                })
+            }
+        };
         let audit_path = match raw.audit.path.as_deref() {
             None | Some("-") => None,
             Some(p) => Some(resolve(Path::new(p))),
@@ -408,16 +581,28 @@ impl Config {
             challenge_ttl: Duration::from_secs(raw.challenge.ttl_seconds),
             store,
             max_secret_bytes,
+            store_cache_ttl,
             snp: SnpConfig {
                 collateral_dir: raw.snp.collateral_dir.map(|p| resolve(&p)),
                 kds_url: raw.snp.kds_url,
                 kds_cache_dir: raw.snp.kds_cache_dir.map(|p| resolve(&p)),
                 intermediates: raw.snp.intermediates.iter().map(|p| resolve(p)).collect(),
             },
+            tdx: TdxConfig {
+                collateral_dir: raw.tdx.collateral_dir.map(|p| resolve(&p)),
+                pccs_url: raw.tdx.pccs_url,
+                root_crl_url: raw.tdx.root_crl_url,
+                cache_dir: raw.tdx.cache_dir.map(|p| resolve(&p)),
+                policy: tdx_policy,
+            },
             admin_tokens,
+            admin_client_ca: raw.admin.client_ca.map(|p| resolve(&p)),
+            admin_clients,
             audit_path,
             insecure_simulated_tee: raw.dev.insecure_simulated_tee,
             snp_test_roots: raw.dev.snp_test_roots.iter().map(|p| resolve(p)).collect(),
+            tdx_test_roots: raw.dev.tdx_test_roots.iter().map(|p| resolve(p)).collect(),
+            coco,
         })
     }
 }
@@ -457,6 +642,28 @@ mod tests {
     }
 
     #[test]
+    fn tdx_section_is_validated() {
+        let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
+        assert!(!c.tdx.enabled());
+        let ok = format!(
+            "{MINIMAL}\n[tdx]\ncollateral_dir = \"tdx\"\naccepted_tcb_statuses = [\"UpToDate\", \"SWHardeningNeeded\"]\n"
+        );
+        let c = Config::from_toml(&ok, Path::new("/etc/kbs")).unwrap();
+        assert!(c.tdx.enabled());
+        assert_eq!(c.tdx.collateral_dir.as_deref(), Some(Path::new("/etc/kbs/tdx")));
+        assert_eq!(c.tdx.policy.accepted_tcb_statuses.len(), 2);
+        for bad in [
+            "[tdx]\naccepted_tcb_statuses = [\"Revoked\"]\n",
+            "[tdx]\naccepted_tcb_statuses = [\"Fine\"]\n",
+            "[tdx]\npccs_url = \"https://pccs.example\"\n",
+            "[tdx]\npccs_url = \"http://pccs.example\"\ncache_dir = \"c\"\n",
+            "[dev]\ntdx_test_roots = [\"root.pem\"]\n",
+        ] {
+            assert!(Config::from_toml(&format!("{MINIMAL}\n{bad}"), Path::new("/")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn test_roots_need_the_dev_switch() {
         let text = format!("{MINIMAL}\n[dev]\nsnp_test_roots = [\"ark.pem\"]\n");
         assert!(matches!(Config::from_toml(&text, Path::new("/")), Err(ConfigError::Invalid(_))));
@@ -472,6 +679,16 @@ mod tests {
         assert!(Config::from_toml(&token, Path::new("/")).is_err());
         let kds = format!("{MINIMAL}\n[snp]\nkds_url = \"http://example.com\"\n");
         assert!(Config::from_toml(&kds, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn store_cache_ttl_defaults_and_bounds() {
+        let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!(c.store_cache_ttl, crate::store::cache::DEFAULT_TTL);
+        let off = MINIMAL.replace("kek_file = \"kek\"", "kek_file = \"kek\"\ncache_ttl_ms = 0");
+        assert_eq!(Config::from_toml(&off, Path::new("/")).unwrap().store_cache_ttl, Duration::ZERO);
+        let long = MINIMAL.replace("kek_file = \"kek\"", "kek_file = \"kek\"\ncache_ttl_ms = 60001");
+        assert!(Config::from_toml(&long, Path::new("/")).is_err());
     }
 
     #[test]

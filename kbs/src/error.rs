@@ -57,6 +57,8 @@ pub enum ReasonCode {
     MeasurementNotAllowed,
     /// The policy refused the release.
     PolicyDenied,
+    /// No policy covers the secret: nothing is released without one.
+    NoPolicy,
     /// The secret does not exist (reported only after attestation passed).
     SecretNotFound,
     /// The secret changed under a concurrent writer.
@@ -65,6 +67,15 @@ pub enum ReasonCode {
     StoreUnavailable,
     /// Collateral (VCEK, TCB info, CRL) could not be obtained.
     CollateralUnavailable,
+    /// The broker's collateral (TCB info, QE identity, CRLs) is past its
+    /// nextUpdate; it is never used to accept evidence.
+    CollateralExpired,
+    /// A certificate in the evidence's chain is revoked.
+    CertificateRevoked,
+    /// The platform's TCB status is not one the broker accepts.
+    TcbStatusNotAllowed,
+    /// The TD's attributes are refused (migratable, SEPT_VE_DISABLE off, ...).
+    TdAttributesNotAllowed,
     /// No or a bad admin credential.
     Unauthenticated,
     /// The admin credential lacks the role for this call.
@@ -98,10 +109,15 @@ impl ReasonCode {
             Self::VmplNotAllowed => "vmpl_not_allowed",
             Self::MeasurementNotAllowed => "measurement_not_allowed",
             Self::PolicyDenied => "policy_denied",
+            Self::NoPolicy => "no_policy",
             Self::SecretNotFound => "secret_not_found",
             Self::VersionConflict => "version_conflict",
             Self::StoreUnavailable => "store_unavailable",
             Self::CollateralUnavailable => "collateral_unavailable",
+            Self::CollateralExpired => "collateral_expired",
+            Self::CertificateRevoked => "certificate_revoked",
+            Self::TcbStatusNotAllowed => "tcb_status_not_allowed",
+            Self::TdAttributesNotAllowed => "td_attributes_not_allowed",
             Self::Unauthenticated => "unauthenticated",
             Self::PermissionDenied => "permission_denied",
             Self::Internal => "internal",
@@ -126,15 +142,19 @@ impl ReasonCode {
             | Self::TcbMismatch
             | Self::ChipIdMismatch
             | Self::ReportDataMismatch
+            | Self::CertificateRevoked
+            | Self::TcbStatusNotAllowed
+            | Self::TdAttributesNotAllowed
             | Self::DebugEnabled
             | Self::VmplNotAllowed
             | Self::MeasurementNotAllowed
             | Self::PolicyDenied
+            | Self::NoPolicy
             | Self::PermissionDenied => Code::PermissionDenied,
             Self::ChallengeExpired | Self::ChallengeInvalid | Self::ChallengeMismatch => Code::FailedPrecondition,
             Self::VersionConflict => Code::Aborted,
             Self::SecretNotFound => Code::NotFound,
-            Self::StoreUnavailable | Self::CollateralUnavailable => Code::Unavailable,
+            Self::StoreUnavailable | Self::CollateralUnavailable | Self::CollateralExpired => Code::Unavailable,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Internal => Code::Internal,
         }
@@ -164,10 +184,15 @@ impl ReasonCode {
             Self::VmplNotAllowed => "only VMPL 0 may receive secrets",
             Self::MeasurementNotAllowed => "the measurement is not allowed for this secret",
             Self::PolicyDenied => "the policy refused the release",
+            Self::NoPolicy => "no policy covers this secret",
             Self::SecretNotFound => "the secret does not exist",
             Self::VersionConflict => "the secret changed concurrently",
             Self::StoreUnavailable => "the secret store is unavailable",
             Self::CollateralUnavailable => "attestation collateral is unavailable",
+            Self::CollateralExpired => "attestation collateral has expired",
+            Self::CertificateRevoked => "a certificate in the chain is revoked",
+            Self::TcbStatusNotAllowed => "the platform TCB status is not allowed",
+            Self::TdAttributesNotAllowed => "the TD attributes are not allowed",
             Self::Unauthenticated => "authentication required",
             Self::PermissionDenied => "the caller lacks the role for this call",
             Self::Internal => "internal error",
@@ -221,6 +246,11 @@ pub enum Error {
     /// A bug or local failure (sealing, randomness).
     #[error("internal: {0}")]
     Internal(String),
+    /// An operator's policy, reference values or dry-run claims are
+    /// invalid. Admin calls only: the message (a compiler or parser
+    /// message about the operator's own upload) is returned to the caller.
+    #[error("invalid policy input: {0}")]
+    PolicyInvalid(String),
 }
 
 impl Error {
@@ -236,6 +266,7 @@ impl Error {
             Self::Unauthenticated(_) => ReasonCode::Unauthenticated,
             Self::Forbidden { .. } => ReasonCode::PermissionDenied,
             Self::Internal(_) => ReasonCode::Internal,
+            Self::PolicyInvalid(_) => ReasonCode::InvalidRequest,
         }
     }
 
@@ -243,8 +274,18 @@ impl Error {
     /// code in the `kbs-reason` metadata.
     pub fn to_status(&self) -> tonic::Status {
         let reason = self.reason();
-        let mut status =
-            tonic::Status::new(reason.grpc_code(), format!("{}: {}", reason.as_str(), reason.public_message()));
+        let message = match self {
+            Self::PolicyInvalid(detail) => {
+                format!(
+                    "{}: {}: {}",
+                    reason.as_str(),
+                    reason.public_message(),
+                    detail.chars().take(4096).collect::<String>()
+                )
+            }
+            _ => format!("{}: {}", reason.as_str(), reason.public_message()),
+        };
+        let mut status = tonic::Status::new(reason.grpc_code(), message);
         if let Ok(value) = reason.as_str().parse() {
             status.metadata_mut().insert("kbs-reason", value);
         }

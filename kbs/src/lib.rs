@@ -2,7 +2,7 @@
 //!
 //! The broker hands a secret (above all a model-decryption key) to a
 //! workload only after the workload has proved, with hardware-signed
-//! evidence, that it runs in a genuine AMD SEV-SNP confidential VM with the
+//! evidence, that it runs in a genuine AMD SEV-SNP or Intel TDX confidential VM with the
 //! expected launch measurement, and it hands the secret over HPKE-sealed to
 //! a key only that VM holds.
 //!
@@ -17,8 +17,8 @@
 //!
 //! # Layout
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
-//! - [`evidence`]: parsing and verification of SNP reports; trust anchors;
-//!   collateral (VCEK) sources.
+//! - [`evidence`]: parsing and verification of SNP reports and TDX quotes;
+//!   trust anchors; collateral sources (VCEKs; Intel DCAP collateral).
 //! - [`policy`]: which verified workload may receive which secret.
 //! - [`seal`]: HPKE sealing to the guest's key.
 //! - [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV v2).

@@ -23,8 +23,10 @@ use crate::challenge::{ChallengeSealer, IssuedChallenge};
 use crate::error::Error;
 use crate::evidence::collateral::VekResolver;
 use crate::evidence::snp::{SigningKey, SnpReport, SnpVerifier};
+use crate::evidence::tdx::{TdxQuote, TdxVerifier};
+use crate::evidence::tdx_collateral::TdxCollateralResolver;
 use crate::evidence::{Claims, EvidenceError, certtable};
-use crate::policy;
+use crate::policy::PolicyEngine;
 use crate::seal::{self, RecipientKey};
 use crate::store::{SecretStore, validate_name};
 
@@ -107,6 +109,18 @@ pub struct Broker {
     audit: Arc<AuditLog>,
     clock: Clock,
     rng: SystemRandom,
+    policy: Arc<PolicyEngine>,
+    tdx: Option<TdxSupport>,
+}
+
+/// What the broker needs to accept TDX evidence: the verifier and where
+/// its collateral comes from.
+#[derive(Debug)]
+pub struct TdxSupport {
+    /// The verifier (anchors and accepted TCB statuses).
+    pub verifier: TdxVerifier,
+    /// The collateral sources.
+    pub collateral: TdxCollateralResolver,
 }
 
 impl std::fmt::Debug for Broker {
@@ -129,7 +143,37 @@ impl Broker {
         audit: Arc<AuditLog>,
         clock: Clock,
     ) -> Self {
-        Self { sealer, ttl, snp, vek, store, audit, clock, rng: SystemRandom::new() }
+        Self {
+            sealer,
+            ttl,
+            snp,
+            vek,
+            store,
+            audit,
+            clock,
+            rng: SystemRandom::new(),
+            policy: Arc::new(PolicyEngine::builtin()),
+            tdx: None,
+        }
+    }
+
+    /// Accepts TDX evidence, verified by `tdx`. Without it (`None`), TDX
+    /// challenges and evidence are refused with `unsupported_tee`.
+    pub fn with_tdx(mut self, tdx: Option<TdxSupport>) -> Self {
+        self.tdx = tdx;
+        self
+    }
+
+    /// Uses `policy` (loaded from the store) instead of the built-in
+    /// default policy.
+    pub fn with_policy(mut self, policy: Arc<PolicyEngine>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy engine (shared with the admin service).
+    pub fn policy(&self) -> &Arc<PolicyEngine> {
+        &self.policy
     }
 
     /// The secret store (shared with the admin service).
@@ -148,7 +192,8 @@ impl Broker {
 
     /// Issues a challenge for `tee` and `names`.
     pub fn challenge(&self, tee: u8, names: &[String]) -> Result<IssuedChallenge, Error> {
-        if tee != TEE_SNP {
+        let supported = tee == TEE_SNP || (tee == TEE_TDX && self.tdx.is_some());
+        if !supported {
             return Err(EvidenceError::UnsupportedTee(if tee == TEE_TDX { "tdx" } else { "unknown" }).into());
         }
         check_names(names)?;
@@ -232,7 +277,7 @@ impl Broker {
         let mut secrets = Vec::with_capacity(req.names.len());
         for name in &req.names {
             let record = self.store.get(name).await?;
-            if let Err(denial) = policy::evaluate(&claims, &record.meta) {
+            if let Err(denial) = self.policy.evaluate(&claims, &record.meta) {
                 event.reasons = denial.reasons.clone();
                 return Err(Error::Denied { code: denial.code, reasons: denial.reasons });
             }
@@ -272,7 +317,16 @@ impl Broker {
                 let verified = self.snp.verify_parsed(parsed, &vek, &extra, now, Some(expected))?;
                 Ok(verified.claims)
             }
-            EvidenceInput::Tdx { .. } => Err(EvidenceError::UnsupportedTee("tdx").into()),
+            EvidenceInput::Tdx { quote } => {
+                let tdx = self.tdx.as_ref().ok_or(EvidenceError::UnsupportedTee("tdx"))?;
+                // Parse first: nothing reaches collateral or crypto unless
+                // the quote is well-formed.
+                let parsed = TdxQuote::parse(quote)?;
+                let (fmspc, ca) = parsed.collateral_key()?;
+                let collateral = tdx.collateral.resolve(fmspc, ca, now).await?;
+                let verified = tdx.verifier.verify_parsed(parsed, &collateral, now, Some(expected))?;
+                Ok(verified.claims)
+            }
         }
     }
 
@@ -293,9 +347,19 @@ fn check_names(names: &[String]) -> Result<(), Error> {
     let mut seen = BTreeSet::new();
     for name in names {
         validate_name(name).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        refuse_reserved(name)?;
         if !seen.insert(name) {
             return Err(Error::InvalidRequest("duplicate secret name".into()));
         }
+    }
+    Ok(())
+}
+
+/// Policies and reference values live in the store under a reserved
+/// prefix; they are never released as secrets.
+fn refuse_reserved(name: &str) -> Result<(), Error> {
+    if name.starts_with(crate::api::admin::RESERVED_PREFIX) {
+        return Err(Error::InvalidRequest("names under _kbs/ are reserved".into()));
     }
     Ok(())
 }
@@ -304,4 +368,59 @@ fn check_names(names: &[String]) -> Result<(), Error> {
 pub fn claims_digest(claims: &Claims) -> String {
     let json = serde_json::to_vec(claims).unwrap_or_default();
     hex::encode(Sha256::digest(json))
+}
+
+/// Building blocks for front ends whose protocol shape differs from
+/// `kbs.v1` (the CoCo KBS protocol): they seal their own session state,
+/// compute their own report_data binding, and read one secret at a time
+/// for claims they verified earlier. The gRPC path above does not use them.
+impl Broker {
+    /// The broker's clock.
+    pub fn now_utc(&self) -> OffsetDateTime {
+        self.now()
+    }
+
+    /// The challenge lifetime.
+    pub fn challenge_ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// A fresh attestation id for an audit record.
+    pub fn new_attestation_id(&self) -> Result<String, Error> {
+        self.attestation_id()
+    }
+
+    /// Seals session state under the challenge key, valid for the
+    /// challenge lifetime. `code` must lie outside the `kbs.v1.Tee` values
+    /// so such a token can never be redeemed on the gRPC path.
+    pub fn seal_session(&self, code: u8, labels: &[String]) -> Result<IssuedChallenge, Error> {
+        if code == TEE_SNP || code == TEE_TDX || code < 0x80 {
+            return Err(Error::Internal("session code collides with kbs.v1 TEE codes".into()));
+        }
+        let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(60);
+        let expires_at = self.now().unix_timestamp().saturating_add(ttl);
+        Ok(self.sealer.issue(code, labels, expires_at)?)
+    }
+
+    /// Opens sealed session state (authentic, unexpired).
+    pub fn open_session(&self, token: &[u8]) -> Result<crate::challenge::OpenedChallenge, Error> {
+        Ok(self.sealer.open(token, self.now().unix_timestamp())?)
+    }
+
+    /// Verifies evidence whose report_data must equal `expected`.
+    pub async fn verify_bound(&self, evidence: &EvidenceInput, expected: &[u8; 64]) -> Result<Claims, Error> {
+        self.verify(evidence, self.now(), expected).await
+    }
+
+    /// Reads the secret `name` and checks the release policy for `claims`.
+    /// Not found is reported only to callers that verified `claims`.
+    pub async fn read_for(&self, claims: &Claims, name: &str) -> Result<crate::store::SecretRecord, Error> {
+        validate_name(name).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        refuse_reserved(name)?;
+        let record = self.store.get(name).await?;
+        if let Err(denial) = self.policy.evaluate(claims, &record.meta) {
+            return Err(Error::Denied { code: denial.code, reasons: denial.reasons });
+        }
+        Ok(record)
+    }
 }

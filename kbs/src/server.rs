@@ -12,17 +12,23 @@ use kbs_proto::v1::admin_server::AdminServer;
 use kbs_proto::v1::key_broker_server::KeyBrokerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use zeroize::Zeroizing;
 
 use crate::api::admin::AdminService;
 use crate::api::key_broker::{KeyBrokerService, MAX_REQUEST_BYTES};
+use crate::api::policy_admin::PolicyAdminContext;
 use crate::audit::AuditLog;
 use crate::challenge::ChallengeSealer;
 use crate::config::{Config, StoreConfig};
+use crate::evidence::anchors::TdxAnchors;
 use crate::evidence::anchors::{Generation, SnpAnchors};
 use crate::evidence::collateral::{KdsConfig, KdsFetcher, VekDirectory, VekResolver};
 use crate::evidence::snp::SnpVerifier;
+use crate::evidence::tdx::TdxVerifier;
+use crate::evidence::tdx_collateral::{PcsConfig, PcsFetcher, TdxCollateralDir, TdxCollateralResolver};
+use crate::policy::PolicyEngine;
+use crate::release::TdxSupport;
 use crate::release::{Broker, Clock};
 use crate::store::SecretStore;
 use crate::store::local::{Kek, LocalStore};
@@ -73,6 +79,9 @@ pub struct App {
     pub broker: Arc<Broker>,
     admin: AdminService,
     tls: ServerTlsConfig,
+    admin_tls: ServerTlsConfig,
+    /// The CoCo KBS protocol front end, when `[coco]` is configured.
+    pub coco: Option<crate::api::coco::CocoServer>,
 }
 
 /// Builds the broker. `allow_insecure` is the command line's explicit dev
@@ -143,6 +152,9 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
             )
         }
     };
+    // Reads are served from memory for a short TTL: no store round trip
+    // per release after warm-up; rotations are seen within the TTL.
+    let store = crate::store::cache::CachedStore::wrap(store, config.store_cache_ttl);
     let audit = Arc::new(match &config.audit_path {
         None => AuditLog::stdout(&config.replica_id),
         Some(path) => AuditLog::file(path, &config.replica_id).map_err(|e| StartError::File {
@@ -164,20 +176,84 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         None => None,
     };
     let resolver = VekResolver::new(directory, fetcher);
-    let broker = Arc::new(Broker::new(
-        sealer,
-        config.challenge_ttl,
-        SnpVerifier::new(anchors),
-        resolver,
-        Arc::clone(&store),
-        Arc::clone(&audit),
-        clock,
-    ));
-    let admin = AdminService::new(store, audit, config.admin_tokens.clone(), config.max_secret_bytes);
+    // Policies and reference values: loaded from the store now, then
+    // re-read periodically so that changes made through other replicas
+    // take effect here. A store that cannot be read yet leaves every
+    // release refused until a refresh succeeds.
+    let policy = Arc::new(PolicyEngine::with_store(Arc::clone(&store), true));
+    if let Err(e) = policy.refresh().await {
+        tracing::error!(error = %e, "loading policies failed; releases are refused until a refresh succeeds");
+    }
+    policy.spawn_refresher(crate::policy::DEFAULT_REFRESH);
+    let broker = Arc::new(
+        Broker::new(
+            sealer,
+            config.challenge_ttl,
+            SnpVerifier::new(anchors),
+            resolver,
+            Arc::clone(&store),
+            Arc::clone(&audit),
+            clock,
+        )
+        .with_policy(policy)
+        .with_tdx(tdx_support(config)?),
+    );
+    let admin = AdminService::new(
+        store,
+        audit,
+        config.admin_tokens.clone(),
+        config.admin_clients.clone(),
+        config.max_secret_bytes,
+        PolicyAdminContext::new(Arc::clone(&broker), config.audit_path.clone()),
+    );
     let cert = read("server.tls_cert", &config.tls_cert)?;
     let key = read("server.tls_key", &config.tls_key)?;
     let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert.as_slice(), key.as_slice()));
-    Ok(App { broker, admin, tls })
+    let admin_tls = match &config.admin_client_ca {
+        // Client certificates are optional at the TLS layer so that bearer
+        // tokens keep working; a presented certificate must chain to this CA.
+        Some(ca) => tls
+            .clone()
+            .client_ca_root(Certificate::from_pem(read("admin.client_ca", ca)?.as_slice()))
+            .client_auth_optional(true),
+        None => tls.clone(),
+    };
+    let coco = crate::api::coco::build(config, &broker, cert.as_slice(), key.as_slice())
+        .map_err(|e| StartError::Refused(format!("coco: {e}")))?;
+    Ok(App { broker, admin, tls, admin_tls, coco })
+}
+
+/// The TDX verifier and collateral sources of `config`, or `None` when no
+/// TDX collateral source is configured (TDX is then refused). Test roots
+/// are pinned only with the dev flag, which [`build`] has checked.
+fn tdx_support(config: &Config) -> Result<Option<TdxSupport>, StartError> {
+    if !config.tdx.enabled() {
+        return Ok(None);
+    }
+    let mut anchors = TdxAnchors::intel().map_err(|e| StartError::Refused(format!("Intel anchors: {e}")))?;
+    if config.insecure_simulated_tee {
+        for path in &config.tdx_test_roots {
+            let file_error =
+                |why: String| StartError::File { what: "dev.tdx_test_roots", path: path.display().to_string(), why };
+            let pem = read("dev.tdx_test_roots", path)?;
+            let der = pem_to_der(&pem).ok_or_else(|| file_error("no PEM certificate".into()))?;
+            anchors.add_root(&der).map_err(|e| file_error(e.to_string()))?;
+        }
+    }
+    let dir = config.tdx.collateral_dir.as_ref().map(|d| TdxCollateralDir::new(d.clone()));
+    let fetcher = match (&config.tdx.pccs_url, &config.tdx.cache_dir) {
+        (Some(url), Some(cache)) => {
+            let mut pcs = PcsConfig::new(url.clone(), cache.clone());
+            pcs.root_crl_url = config.tdx.root_crl_url.clone();
+            Some(PcsFetcher::new(pcs).map_err(|e| StartError::Refused(format!("PCCS fetcher: {e}")))?)
+        }
+        (Some(_), None) => return Err(StartError::Refused("tdx.pccs_url needs tdx.cache_dir".into())),
+        (None, _) => None,
+    };
+    Ok(Some(TdxSupport {
+        verifier: TdxVerifier::new(anchors, config.tdx.policy.clone()),
+        collateral: TdxCollateralResolver::new(dir, fetcher),
+    }))
 }
 
 fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
@@ -220,10 +296,48 @@ pub async fn run(
         .add_service(key_broker)
         .serve_with_incoming_shutdown(TcpListenerStream::new(guest), stopped(stop_rx.clone()));
     let admin_server = Server::builder()
-        .tls_config(app.tls)?
+        .tls_config(app.admin_tls)?
         .add_service(admin_health)
         .add_service(admin_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(admin), stopped(stop_rx));
     tokio::try_join!(guest_server, admin_server)?;
     Ok(())
+}
+
+/// [`run`], plus the CoCo KBS protocol front end on `coco` (required when
+/// `[coco]` is configured, refused otherwise).
+pub async fn run_with_coco(
+    mut app: App,
+    guest: TcpListener,
+    admin: TcpListener,
+    coco: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let coco_task = match (app.coco.take(), coco) {
+        (Some(server), Some(listener)) => {
+            let mut rx = stop_rx.clone();
+            let stopped = async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            Some(tokio::spawn(crate::api::coco::serve(server, listener, stopped)))
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err(StartError::Refused("[coco] is configured but no listener was given".into())),
+        (None, Some(_)) => return Err(StartError::Refused("a CoCo listener was given but [coco] is not set".into())),
+    };
+    let result = run(app, guest, admin, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    drop(stop_rx);
+    if let Some(task) = coco_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StartError::Refused(format!("coco listener: {e}"))),
+            Err(e) => return Err(StartError::Refused(format!("coco listener task: {e}"))),
+        }
+    }
+    result
 }

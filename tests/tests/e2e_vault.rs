@@ -128,7 +128,7 @@ async fn generated_key_reaches_the_guest_through_openbao() {
     let text = std::fs::read_to_string(&files.config).unwrap().replace(
         "[store]\nkind = \"local\"\ndir = \"secrets\"\nkek_file = \"kek\"\n",
         &format!(
-            "[store]\nkind = \"vault\"\naddress = \"{}\"\nprefix = \"kbs-e2e\"\n[store.auth]\nmethod = \"token\"\ntoken_file = \"bao.token\"\n",
+            "[store]\nkind = \"vault\"\naddress = \"{}\"\nprefix = \"kbs-e2e\"\ncache_ttl_ms = 0\n[store.auth]\nmethod = \"token\"\ntoken_file = \"bao.token\"\n",
             bao.addr
         ),
     );
@@ -180,7 +180,8 @@ async fn generated_key_reaches_the_guest_through_openbao() {
     assert_eq!(got[0].value.as_slice(), stored.as_slice());
     assert_eq!(got[0].version, 1);
 
-    // OpenBao goes away: the broker says UNAVAILABLE, never a wrong answer.
+    // OpenBao goes away: the broker says UNAVAILABLE, never a wrong answer
+    // (the read cache is off here, so the outage is seen at once).
     drop(bao);
     let err = client.fetch(Arc::new(sim), &["models/llama/key".to_owned()]).await.unwrap_err();
     assert_eq!(err.reason(), Some("store_unavailable"), "{err:?}");

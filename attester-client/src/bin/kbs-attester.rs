@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attester_client::evidence::{ConfigfsTsm, DEFAULT_TSM_REPORT_DIR, EvidenceSource};
+use attester_client::evidence::{ConfigfsTsm, DEFAULT_TSM_REPORT_DIR, EvidenceSource, Tee};
 use attester_client::{ClientConfig, KbsClient, output};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -59,6 +59,10 @@ struct FetchArgs {
     /// configfs-tsm report directory.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_TSM_REPORT_DIR)]
     configfs_path: PathBuf,
+    /// The TEE to attest as [default: the configfs-tsm provider's (sev_guest: snp,
+    /// tdx_guest: tdx); snp with --evidence simulated].
+    #[arg(long, value_enum, value_name = "TEE")]
+    tee: Option<TeeArg>,
     /// Seconds allowed for connecting and for each broker call.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     timeout: u64,
@@ -74,6 +78,14 @@ enum EvidenceKind {
     /// INSECURE software TEE signing with committed test keys (tests and demos only).
     #[cfg(feature = "insecure-simulated-tee")]
     Simulated,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TeeArg {
+    /// AMD SEV-SNP.
+    Snp,
+    /// Intel TDX.
+    Tdx,
 }
 
 /// A failure with its exit code and the one line printed for it.
@@ -135,11 +147,18 @@ fn evidence_source(args: &FetchArgs) -> Result<Arc<dyn EvidenceSource>, Failure>
         return Err(Failure::new(2, "--sim-* options need --evidence simulated"));
     }
     match args.evidence {
-        EvidenceKind::ConfigfsTsm => Ok(Arc::new(ConfigfsTsm::with_root(&args.configfs_path))),
+        EvidenceKind::ConfigfsTsm => Ok(Arc::new(match args.tee {
+            Some(TeeArg::Snp) => ConfigfsTsm::with_root(&args.configfs_path).for_tee(Tee::Snp),
+            Some(TeeArg::Tdx) => ConfigfsTsm::with_root(&args.configfs_path).for_tee(Tee::Tdx),
+            None => ConfigfsTsm::detect(&args.configfs_path).map_err(|e| Failure::new(5, chain(&e)))?,
+        })),
         #[cfg(feature = "insecure-simulated-tee")]
         EvidenceKind::Simulated => {
             eprintln!("{}", sim::WARNING);
-            args.sim.build().map(|s| Arc::new(s) as Arc<dyn EvidenceSource>)
+            match args.tee {
+                Some(TeeArg::Tdx) => args.sim.build_tdx().map(|s| Arc::new(s) as Arc<dyn EvidenceSource>),
+                Some(TeeArg::Snp) | None => args.sim.build().map(|s| Arc::new(s) as Arc<dyn EvidenceSource>),
+            }
         }
     }
 }
@@ -177,7 +196,7 @@ fn chain(err: &dyn std::error::Error) -> String {
 mod sim {
     //! Options of the INSECURE simulated TEE.
 
-    use attester_client::simulated::{DEFAULT_POLICY, Generation, SimulatedSnp};
+    use attester_client::simulated::{DEFAULT_POLICY, Generation, SimulatedSnp, SimulatedTdx};
     use clap::ValueEnum;
 
     use super::Failure;
@@ -226,6 +245,24 @@ WARNING: ********************************************************************";
                 || self.sim_policy.is_some()
                 || self.sim_vmpl.is_some()
                 || self.sim_guest_svn.is_some()
+        }
+
+        /// A simulated TDX guest: `--sim-measurement` is its MRTD; the
+        /// SNP-only options are refused.
+        pub fn build_tdx(&self) -> Result<SimulatedTdx, Failure> {
+            if self.sim_host_data.is_some()
+                || self.sim_generation.is_some()
+                || self.sim_policy.is_some()
+                || self.sim_vmpl.is_some()
+                || self.sim_guest_svn.is_some()
+            {
+                return Err(Failure::new(2, "with --tee tdx only --sim-measurement applies"));
+            }
+            let mut sim = SimulatedTdx::new();
+            if let Some(hex) = &self.sim_measurement {
+                sim = sim.mr_td(fixed_hex("--sim-measurement", hex)?);
+            }
+            Ok(sim)
         }
 
         pub fn build(&self) -> Result<SimulatedSnp, Failure> {
@@ -345,5 +382,28 @@ mod tests {
         let Command::Fetch(args) = parsed.command;
         assert!(args.sim.build().is_ok());
         assert!(evidence_source(&args).is_ok());
+
+        let tdx = Cli::try_parse_from([
+            "kbs-attester",
+            "fetch",
+            "--kbs",
+            "https://x",
+            "--ca",
+            "c",
+            "--secret",
+            "s",
+            "--out",
+            "o",
+            "--evidence",
+            "simulated",
+            "--tee",
+            "tdx",
+            "--sim-measurement",
+            &"ab".repeat(48),
+        ])
+        .unwrap();
+        let Command::Fetch(args) = tdx.command;
+        let source = evidence_source(&args).map_err(|f| f.line).unwrap();
+        assert_eq!(source.tee(), Tee::Tdx);
     }
 }

@@ -1,13 +1,14 @@
-//! SEV-SNP evidence through the Linux configfs-tsm report interface
+//! SEV-SNP and TDX evidence through the Linux configfs-tsm report interface
 //! (`Documentation/ABI/testing/configfs-tsm`, Linux >= 6.7).
 //!
 //! One request uses one fresh entry directory:
 //! 1. `mkdir REPORT_DIR/<unique name>`; the kernel populates the attributes;
-//! 2. `provider` must read `sev_guest`;
+//! 2. `provider` must read `sev_guest` (SEV-SNP) or `tdx_guest` (TDX), as
+//!    the source was built for;
 //! 3. write the 64-byte `inblob` (the report_data); this is write number one
 //!    to a fresh entry, so `generation` must then read 1;
-//! 4. read `outblob` (the report) and `auxblob` (the certificate table, which
-//!    may be empty or absent);
+//! 4. read `outblob` (the SNP report or the TDX quote) and, for SNP,
+//!    `auxblob` (the certificate table, which may be empty or absent);
 //! 5. `generation` must still read the same value: otherwise another process
 //!    wrote to our entry in between and the report may not carry our data;
 //! 6. `rmdir` the entry (also on every error path).
@@ -19,7 +20,9 @@ use std::path::{Path, PathBuf};
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 
-use super::{Error, EvidenceSource, MAX_CERT_TABLE_LEN, SNP_REPORT_LEN, SnpEvidence, Tee};
+use super::{
+    Error, EvidenceSource, MAX_CERT_TABLE_LEN, MAX_TDX_QUOTE_LEN, SNP_REPORT_LEN, SnpEvidence, TdxEvidence, Tee,
+};
 
 /// Where the kernel exposes configfs-tsm reports.
 pub const DEFAULT_TSM_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
@@ -27,16 +30,22 @@ pub const DEFAULT_TSM_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
 /// The provider name of the SEV-SNP guest driver.
 const SNP_PROVIDER: &str = "sev_guest";
 
+/// The provider name of the TDX guest driver.
+const TDX_PROVIDER: &str = "tdx_guest";
+
 /// Cap on small text attributes (`provider`, `generation`).
 const MAX_TEXT_ATTR: usize = 64;
 
-/// Cap on `outblob`: a report is 1184 bytes; anything much larger is not one.
+/// Cap on an SNP `outblob`: a report is 1184 bytes; anything much larger
+/// is not one.
 const MAX_OUTBLOB: usize = 16 * 1024;
 
-/// An [`EvidenceSource`] backed by configfs-tsm.
+/// An [`EvidenceSource`] backed by configfs-tsm, for one TEE (SEV-SNP
+/// unless [`ConfigfsTsm::for_tee`] says otherwise).
 #[derive(Clone, Debug)]
 pub struct ConfigfsTsm {
     root: PathBuf,
+    tee: Tee,
 }
 
 impl ConfigfsTsm {
@@ -47,7 +56,36 @@ impl ConfigfsTsm {
 
     /// Uses another report directory (a different configfs mount point).
     pub fn with_root(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), tee: Tee::Snp }
+    }
+
+    /// Speaks for `tee` (`Tee::Snp` or `Tee::Tdx`).
+    pub fn for_tee(mut self, tee: Tee) -> Self {
+        self.tee = tee;
+        self
+    }
+
+    /// Finds which TEE the kernel provides by reading `provider` from a
+    /// fresh entry: `sev_guest` is SEV-SNP, `tdx_guest` is TDX.
+    pub fn detect(root: impl Into<PathBuf>) -> Result<Self, Error> {
+        let root = root.into();
+        if !root.is_dir() {
+            return Err(Error::TsmUnavailable { path: root });
+        }
+        let entry = Entry::create(&root)?;
+        let provider = read_text(&entry.path.join("provider"))?;
+        drop(entry);
+        let tee = match provider.as_str() {
+            SNP_PROVIDER => Tee::Snp,
+            TDX_PROVIDER => Tee::Tdx,
+            _ => return Err(Error::UnexpectedProvider { found: provider, expected: "sev_guest or tdx_guest" }),
+        };
+        Ok(Self { root, tee })
+    }
+
+    /// The provider this source expects.
+    fn provider(&self) -> &'static str {
+        if self.tee == Tee::Tdx { TDX_PROVIDER } else { SNP_PROVIDER }
     }
 
     /// The report directory in use.
@@ -62,7 +100,7 @@ impl ConfigfsTsm {
         &self,
         report_data: &[u8; 64],
         populated: impl FnOnce(&Path) -> std::io::Result<()>,
-    ) -> Result<SnpEvidence, Error> {
+    ) -> Result<(Vec<u8>, Vec<u8>), Error> {
         if !self.root.is_dir() {
             return Err(Error::TsmUnavailable { path: self.root.clone() });
         }
@@ -71,8 +109,8 @@ impl ConfigfsTsm {
         populated(dir).map_err(|source| io("prepare", dir, source))?;
 
         let provider = read_text(&dir.join("provider"))?;
-        if provider != SNP_PROVIDER {
-            return Err(Error::UnexpectedProvider { found: provider });
+        if provider != self.provider() {
+            return Err(Error::UnexpectedProvider { found: provider, expected: self.provider() });
         }
 
         let inblob = dir.join("inblob");
@@ -84,25 +122,32 @@ impl ConfigfsTsm {
         }
 
         let outblob = dir.join("outblob");
-        let report = read_capped(&outblob, MAX_OUTBLOB)?;
+        let tdx = self.tee == Tee::Tdx;
+        let report = read_capped(&outblob, if tdx { MAX_TDX_QUOTE_LEN } else { MAX_OUTBLOB })?;
         let auxblob = dir.join("auxblob");
-        let cert_table = match read_capped(&auxblob, MAX_CERT_TABLE_LEN) {
-            Ok(bytes) => bytes,
-            // Kernels or hosts without certificate support: the broker then
-            // finds the VCEK itself.
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
+        let cert_table = if tdx {
+            // The TDX quote carries its PCK chain; there is no auxblob.
+            Vec::new()
+        } else {
+            match read_capped(&auxblob, MAX_CERT_TABLE_LEN) {
+                Ok(bytes) => bytes,
+                // Kernels or hosts without certificate support: the broker
+                // then finds the VCEK itself.
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e),
+            }
         };
 
         let found = read_generation(&generation_path)?;
         if found != expected {
             return Err(Error::GenerationRace { expected, found });
         }
-        if report.len() != SNP_REPORT_LEN {
+        let size_ok = if tdx { !report.is_empty() } else { report.len() == SNP_REPORT_LEN };
+        if !size_ok {
             return Err(Error::UnexpectedReportSize { found: report.len() });
         }
         drop(entry);
-        Ok(SnpEvidence { report, cert_table })
+        Ok((report, cert_table))
     }
 }
 
@@ -114,11 +159,23 @@ impl Default for ConfigfsTsm {
 
 impl EvidenceSource for ConfigfsTsm {
     fn tee(&self) -> Tee {
-        Tee::Snp
+        self.tee
     }
 
     fn snp_report(&self, report_data: &[u8; 64]) -> Result<SnpEvidence, Error> {
-        self.request(report_data, |_| Ok(()))
+        if self.tee != Tee::Snp {
+            return Err(Error::UnsupportedTee(Tee::Snp));
+        }
+        let (report, cert_table) = self.request(report_data, |_| Ok(()))?;
+        Ok(SnpEvidence { report, cert_table })
+    }
+
+    fn tdx_quote(&self, report_data: &[u8; 64]) -> Result<TdxEvidence, Error> {
+        if self.tee != Tee::Tdx {
+            return Err(Error::UnsupportedTee(Tee::Tdx));
+        }
+        let (quote, _) = self.request(report_data, |_| Ok(()))?;
+        Ok(TdxEvidence { quote })
     }
 }
 
@@ -206,9 +263,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let tsm = ConfigfsTsm::with_root(root.path());
         let report_data = [0x42u8; 64];
-        let evidence = tsm.request(&report_data, kernel_like("sev_guest", "1", Some(b"table".to_vec()))).unwrap();
-        assert_eq!(evidence.report, vec![0xAB; SNP_REPORT_LEN]);
-        assert_eq!(evidence.cert_table, b"table");
+        let (report, cert_table) =
+            tsm.request(&report_data, kernel_like("sev_guest", "1", Some(b"table".to_vec()))).unwrap();
+        assert_eq!(report, vec![0xAB; SNP_REPORT_LEN]);
+        assert_eq!(cert_table, b"table");
 
         // A plain directory keeps its files (configfs would drop them with
         // the rmdir), which lets the test see what was written.
@@ -223,8 +281,8 @@ mod tests {
     fn missing_auxblob_means_empty_cert_table() {
         let root = tempfile::tempdir().unwrap();
         let tsm = ConfigfsTsm::with_root(root.path());
-        let evidence = tsm.request(&[1u8; 64], kernel_like("sev_guest", "1", None)).unwrap();
-        assert!(evidence.cert_table.is_empty());
+        let (_, cert_table) = tsm.request(&[1u8; 64], kernel_like("sev_guest", "1", None)).unwrap();
+        assert!(cert_table.is_empty());
     }
 
     #[test]
@@ -232,7 +290,22 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let tsm = ConfigfsTsm::with_root(root.path());
         let err = tsm.request(&[1u8; 64], kernel_like("tdx_guest", "1", None)).unwrap_err();
-        assert!(matches!(err, Error::UnexpectedProvider { ref found } if found == "tdx_guest"));
+        assert!(matches!(err, Error::UnexpectedProvider { ref found, .. } if found == "tdx_guest"));
+        // A TDX source refuses the SNP driver, and reads a quote from the TDX one.
+        let tdx = ConfigfsTsm::with_root(root.path()).for_tee(Tee::Tdx);
+        let err = tdx.request(&[1u8; 64], kernel_like("sev_guest", "1", None)).unwrap_err();
+        assert!(matches!(err, Error::UnexpectedProvider { expected: "tdx_guest", .. }));
+        let (quote, aux) = tdx
+            .request(&[1u8; 64], |dir| {
+                kernel_like("tdx_guest", "1", Some(b"ignored".to_vec()))(dir)?;
+                fs::write(dir.join("outblob"), vec![0x04; 5006])
+            })
+            .unwrap();
+        assert_eq!(quote.len(), 5006);
+        assert!(aux.is_empty());
+        assert_eq!(tdx.tee(), Tee::Tdx);
+        assert!(matches!(tdx.snp_report(&[0; 64]), Err(Error::UnsupportedTee(Tee::Snp))));
+        assert!(matches!(tsm.tdx_quote(&[0; 64]), Err(Error::UnsupportedTee(Tee::Tdx))));
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! evidence. Implementations:
 //! - [`ConfigfsTsm`]: the Linux configfs-tsm report interface
 //!   (`/sys/kernel/config/tsm/report`, Linux >= 6.7). This is the supported
-//!   path for SEV-SNP guests. It returns the report and, where the host
-//!   supplies one, the certificate table (`auxblob`).
-//! - `simulated::SimulatedSnp` (cargo feature `insecure-simulated-tee`): an
-//!   INSECURE software TEE for tests and demos.
+//!   path for SEV-SNP guests (provider `sev_guest`) and TDX guests
+//!   (provider `tdx_guest`). It returns the report or quote and, for SNP,
+//!   where the host supplies one, the certificate table (`auxblob`).
+//! - `simulated::SimulatedSnp` and `simulated::SimulatedTdx` (cargo feature
+//!   `insecure-simulated-tee`): INSECURE software TEEs for tests and demos.
 //!
 //! The legacy `/dev/sev-guest` ioctl interface is not supported: it cannot be
 //! driven without `unsafe` code in this crate, and the crates that wrap it
@@ -51,7 +52,27 @@ impl fmt::Debug for SnpEvidence {
     }
 }
 
-/// A source of TEE evidence bound to caller-chosen report data.
+/// Largest TDX quote accepted from the TEE (real quotes are about 5 KiB,
+/// most of it the PCK certificate chain).
+pub const MAX_TDX_QUOTE_LEN: usize = 64 * 1024;
+
+/// Intel TDX evidence: a DCAP quote (v4 or v5) with the PCK chain inside.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TdxEvidence {
+    /// The raw quote.
+    pub quote: Vec<u8>,
+}
+
+impl fmt::Debug for TdxEvidence {
+    /// Length only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TdxEvidence").field("quote_len", &self.quote.len()).finish()
+    }
+}
+
+/// A source of TEE evidence bound to caller-chosen report data. A source
+/// speaks for one TEE ([`EvidenceSource::tee`]); asked for another TEE's
+/// evidence it returns [`Error::UnsupportedTee`].
 pub trait EvidenceSource: Send + Sync + fmt::Debug {
     /// The kind of TEE this source speaks for.
     fn tee(&self) -> Tee;
@@ -59,6 +80,9 @@ pub trait EvidenceSource: Send + Sync + fmt::Debug {
     /// An SEV-SNP report whose `report_data` field is `report_data`, with the
     /// certificate table the host supplies (possibly empty).
     fn snp_report(&self, report_data: &[u8; 64]) -> Result<SnpEvidence, Error>;
+
+    /// A TDX quote whose REPORTDATA is `report_data`.
+    fn tdx_quote(&self, report_data: &[u8; 64]) -> Result<TdxEvidence, Error>;
 }
 
 /// What can go wrong collecting evidence.
@@ -73,11 +97,13 @@ pub enum Error {
         /// The report directory that was looked for.
         path: PathBuf,
     },
-    /// The configfs-tsm provider is not the SEV-SNP guest driver.
-    #[error("configfs-tsm provider is {found:?}, expected \"sev_guest\" (not an SEV-SNP guest?)")]
+    /// The configfs-tsm provider is not the guest driver of the TEE asked for.
+    #[error("configfs-tsm provider is {found:?}, expected {expected:?} (not a guest of that TEE?)")]
     UnexpectedProvider {
         /// The provider the kernel reported.
         found: String,
+        /// The provider expected (`sev_guest` or `tdx_guest`).
+        expected: &'static str,
     },
     /// Another writer changed the report request while it was being served,
     /// so the report may not carry our report_data.
@@ -102,8 +128,8 @@ pub enum Error {
         /// The attribute file.
         path: PathBuf,
     },
-    /// The report is not an SEV-SNP report by size.
-    #[error("the TEE returned a {found}-byte report, expected {SNP_REPORT_LEN}")]
+    /// The report is not an SEV-SNP report (or a TDX quote) by size.
+    #[error("the TEE returned a {found}-byte report, which is not the expected size")]
     UnexpectedReportSize {
         /// Its actual size.
         found: usize,

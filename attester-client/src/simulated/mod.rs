@@ -38,10 +38,11 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
 use sha2::{Digest, Sha512};
 
-use crate::evidence::{Error, EvidenceSource, SNP_REPORT_LEN, SnpEvidence, Tee};
+use crate::evidence::{Error, EvidenceSource, SNP_REPORT_LEN, SnpEvidence, TdxEvidence, Tee};
 
 mod cert_table;
 mod pki;
+mod tdx;
 
 pub use cert_table::{
     ARK_GUID, ASK_GUID, CERT_TABLE_ENTRY_LEN, CertTableEntry, VCEK_GUID, decode_cert_table, encode_cert_table,
@@ -49,6 +50,10 @@ pub use cert_table::{
 pub use pki::{
     Chip, Generation, Pki, Tcb, Vcek, fixture_dir, foreign_ark_pem, test_ark_der, test_ark_pem, test_ask_der,
     test_ask_pem,
+};
+pub use tdx::{
+    INTEL_QE_VENDOR_ID, Pck, Platform, SimulatedTdx, TD_ATTR_DEBUG, TD_ATTR_MIGRATABLE, TD_ATTR_SEPT_VE_DISABLE,
+    TdxTestPki, tdx_test_root_pem,
 };
 
 /// Offset of the signature; the signed bytes are `[0, SIGNED_LEN)`.
@@ -335,6 +340,10 @@ impl EvidenceSource for SimulatedSnp {
     fn snp_report(&self, report_data: &[u8; 64]) -> Result<SnpEvidence, Error> {
         tracing::warn!("INSECURE simulated SEV-SNP TEE: this evidence is signed by test keys");
         Ok(SnpEvidence { report: self.report(report_data)?, cert_table: self.cert_table()? })
+    }
+
+    fn tdx_quote(&self, _report_data: &[u8; 64]) -> Result<TdxEvidence, Error> {
+        Err(Error::UnsupportedTee(Tee::Tdx))
     }
 }
 

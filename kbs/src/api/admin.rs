@@ -1,14 +1,22 @@
 //! The operator-facing `kbs.v1.Admin` service.
 //!
-//! Every call is authenticated by a bearer token (`authorization: Bearer
-//! <token>`), compared by SHA-256 digest in constant time against the
-//! configured tokens, and authorized by role:
+//! Every call is authenticated, then authorized by role:
+//! - a TLS client certificate that chains to `admin.client_ca` and whose
+//!   subject CN or DNS SAN matches an `admin.clients` entry, or
+//! - a bearer token (`authorization: Bearer <token>`), compared by SHA-256
+//!   digest in constant time against `admin.tokens`.
+//!
+//! A client certificate, when presented, takes precedence; a certificate
+//! that matches no entry is refused even if a token is also sent.
 //!
 //! | call | admin | uploader | auditor |
 //! |---|---|---|---|
 //! | PutSecret, GenerateSecret | yes | yes | no |
 //! | GetSecretMetadata, ListSecrets | yes | yes | yes |
-//! | DeleteSecret | yes | no | no |
+//! | DeleteSecret, DestroySecretVersions | yes | no | no |
+//! | SetPolicy, DeletePolicy, PutReferenceValues, DeleteReferenceValues | yes | no | no |
+//! | GetPolicy, ListPolicies, TestPolicy, Get/ListReferenceValues | yes | no | yes |
+//! | QueryAudit | yes | no | yes |
 //!
 //! Secret values are write-only: no call returns one.
 
@@ -18,14 +26,19 @@ use std::sync::Arc;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use kbs_proto::v1::admin_server::Admin;
 use kbs_proto::v1::{
-    DeleteSecretRequest, DeleteSecretResponse, GenerateSecretRequest, GetSecretMetadataRequest, ListSecretsRequest,
-    ListSecretsResponse, PutSecretRequest, SecretMetadata,
+    DeletePolicyRequest, DeletePolicyResponse, DeleteReferenceValuesRequest, DeleteReferenceValuesResponse,
+    DeleteSecretRequest, DeleteSecretResponse, DestroySecretVersionsRequest, GenerateSecretRequest, GetPolicyRequest,
+    GetReferenceValuesRequest, GetSecretMetadataRequest, ListPoliciesRequest, ListPoliciesResponse,
+    ListReferenceValuesRequest, ListReferenceValuesResponse, ListSecretsRequest, ListSecretsResponse, Policy,
+    PolicyDecision, PutReferenceValuesRequest, PutSecretRequest, QueryAuditRequest, QueryAuditResponse,
+    ReferenceValues, SecretMetadata, SetPolicyRequest, TestPolicyRequest,
 };
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use super::policy_admin::{self, PolicyAdminContext};
 use crate::audit::{AuditLog, Event, SecretRef};
-use crate::config::{Role, TokenEntry};
+use crate::config::{ClientEntry, Role, TokenEntry};
 use crate::error::Error;
 use crate::store::{NewSecret, SecretMeta, SecretStore, SecretValue, normalize_measurement, validate_name};
 
@@ -33,14 +46,31 @@ use crate::store::{NewSecret, SecretMeta, SecretStore, SecretValue, normalize_me
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Largest generated secret.
 pub const MAX_GENERATED_BYTES: u32 = 4096;
+/// Names under this prefix are the broker's own (policies, reference
+/// values); the secret calls refuse them.
+pub const RESERVED_PREFIX: &str = "_kbs/";
 
-#[derive(Clone, Copy, Debug)]
-enum Call {
+/// Every Admin call, for authorization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// PutSecret.
     Put,
+    /// GenerateSecret.
     Generate,
+    /// GetSecretMetadata.
     Metadata,
+    /// ListSecrets.
     List,
+    /// DeleteSecret.
     Delete,
+    /// DestroySecretVersions.
+    Destroy,
+    /// SetPolicy, DeletePolicy, PutReferenceValues, DeleteReferenceValues.
+    WritePolicy,
+    /// GetPolicy, ListPolicies, TestPolicy, Get/ListReferenceValues.
+    ReadPolicy,
+    /// QueryAudit.
+    ReadAudit,
 }
 
 impl Call {
@@ -51,17 +81,31 @@ impl Call {
             Self::Metadata => "GetSecretMetadata",
             Self::List => "ListSecrets",
             Self::Delete => "DeleteSecret",
+            Self::Destroy => "DestroySecretVersions",
+            Self::WritePolicy => "policy write",
+            Self::ReadPolicy => "policy read",
+            Self::ReadAudit => "QueryAudit",
         }
     }
 
-    const fn allowed(self, role: Role) -> bool {
+    /// Whether `role` may make this call.
+    pub const fn allowed(self, role: Role) -> bool {
         matches!(
             (self, role),
             (_, Role::Admin)
                 | (Self::Put | Self::Generate | Self::Metadata | Self::List, Role::Uploader)
-                | (Self::Metadata | Self::List, Role::Auditor)
+                | (Self::Metadata | Self::List | Self::ReadPolicy | Self::ReadAudit, Role::Auditor)
         )
     }
+}
+
+/// Who is calling, once authenticated.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// `token:<name>` or `cert:<name>`, for audit.
+    pub id: String,
+    /// The role.
+    pub role: Role,
 }
 
 /// The Admin service.
@@ -70,7 +114,9 @@ pub struct AdminService {
     store: Arc<dyn SecretStore>,
     audit: Arc<AuditLog>,
     tokens: Arc<Vec<TokenEntry>>,
+    clients: Arc<Vec<ClientEntry>>,
     max_secret_bytes: usize,
+    policies: PolicyAdminContext,
 }
 
 impl AdminService {
@@ -79,18 +125,24 @@ impl AdminService {
         store: Arc<dyn SecretStore>,
         audit: Arc<AuditLog>,
         tokens: Vec<TokenEntry>,
+        clients: Vec<ClientEntry>,
         max_secret_bytes: usize,
+        policies: PolicyAdminContext,
     ) -> Self {
-        Self { store, audit, tokens: Arc::new(tokens), max_secret_bytes }
+        Self { store, audit, tokens: Arc::new(tokens), clients: Arc::new(clients), max_secret_bytes, policies }
     }
 
-    fn authorize<T>(&self, request: &Request<T>, call: Call) -> Result<TokenEntry, Status> {
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Error> {
+        if let Some(certs) = request.peer_certs() {
+            let leaf = certs.first().ok_or(Error::Unauthenticated("empty client certificate chain"))?;
+            return self.client_identity(leaf.as_ref());
+        }
         let token = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Error::Unauthenticated("missing bearer token").to_status())?;
+            .ok_or(Error::Unauthenticated("missing bearer token or client certificate"))?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         // Compare against every entry without early exit.
         let mut found: Option<&TokenEntry> = None;
@@ -99,18 +151,56 @@ impl AdminService {
                 found = Some(entry);
             }
         }
-        let entry = found.ok_or_else(|| {
-            tracing::warn!(peer = %super::peer(request), call = call.name(), "admin call with unknown token");
-            Error::Unauthenticated("unknown token").to_status()
-        })?;
-        if !call.allowed(entry.role) {
-            tracing::warn!(token = entry.name, role = entry.role.as_str(), call = call.name(), "admin call forbidden");
-            return Err(Error::Forbidden { role: entry.role.as_str(), call: call.name() }.to_status());
-        }
-        Ok(entry.clone())
+        let entry = found.ok_or(Error::Unauthenticated("unknown token"))?;
+        Ok(Caller { id: format!("token:{}", entry.name), role: entry.role })
     }
 
-    fn audit(&self, action: &'static str, who: &TokenEntry, name: &str, result: &Result<Option<u64>, Error>) {
+    /// Maps a client certificate (already chained to the admin client CA by
+    /// the TLS layer) to a configured identity.
+    fn client_identity(&self, der: &[u8]) -> Result<Caller, Error> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|_| Error::Unauthenticated("client certificate does not parse"))?;
+        let cns: Vec<String> =
+            cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok().map(str::to_owned)).collect();
+        let dns: Vec<String> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let entry = self
+            .clients
+            .iter()
+            .find(|c| {
+                c.common_name.as_ref().is_some_and(|want| cns.iter().any(|cn| cn == want))
+                    || c.dns_san.as_ref().is_some_and(|want| dns.iter().any(|d| d == want))
+            })
+            .ok_or(Error::Unauthenticated("client certificate matches no admin client"))?;
+        Ok(Caller { id: format!("cert:{}", entry.name), role: entry.role })
+    }
+
+    fn authorize<T>(&self, request: &Request<T>, call: Call) -> Result<Caller, Status> {
+        let caller = self.authenticate(request).map_err(|e| {
+            tracing::warn!(peer = %super::peer(request), call = call.name(), cause = %e, "admin call unauthenticated");
+            e.to_status()
+        })?;
+        if !call.allowed(caller.role) {
+            tracing::warn!(caller = caller.id, role = caller.role.as_str(), call = call.name(), "admin call forbidden");
+            return Err(Error::Forbidden { role: caller.role.as_str(), call: call.name() }.to_status());
+        }
+        Ok(caller)
+    }
+
+    fn audit(&self, action: &'static str, who: &Caller, name: &str, result: Result<Option<u64>, &Error>) {
         let event = Event {
             action,
             decision: if result.is_ok() { "allow" } else { "deny" },
@@ -120,8 +210,8 @@ impl AdminService {
             tee: None,
             measurement: None,
             claims_digest: None,
-            secrets: vec![SecretRef { name: name.to_owned(), version: result.as_ref().ok().copied().flatten() }],
-            caller: format!("token:{}", who.name),
+            secrets: vec![SecretRef { name: name.to_owned(), version: result.ok().flatten() }],
+            caller: who.id.clone(),
         };
         if let Err(e) = self.audit.record(&event) {
             tracing::error!(error = %e, "audit write failed");
@@ -130,7 +220,7 @@ impl AdminService {
 
     async fn put(
         &self,
-        who: &TokenEntry,
+        who: &Caller,
         action: &'static str,
         secret: Result<NewSecret, Error>,
     ) -> Result<Response<SecretMetadata>, Status> {
@@ -139,7 +229,7 @@ impl AdminService {
             Ok(secret) => self.store.put(secret).await.map_err(Error::from),
             Err(e) => Err(e),
         };
-        self.audit(action, who, &name, &result.as_ref().map(|m| Some(m.version)).map_err(clone_reason));
+        self.audit(action, who, &name, result.as_ref().map(|m| Some(m.version)));
         result.map(|m| Response::new(to_wire(m))).map_err(|e| e.to_status())
     }
 
@@ -151,12 +241,15 @@ impl AdminService {
         allowed: Vec<String>,
         expected_version: Option<u64>,
     ) -> Result<NewSecret, Error> {
-        validate_name(&name)?;
+        check_secret_name(&name)?;
         if value.len() > self.max_secret_bytes {
             return Err(crate::store::StoreError::TooLarge { len: value.len(), max: self.max_secret_bytes }.into());
         }
-        if labels.len() > 64 || labels.iter().any(|(k, v)| k.len() > 128 || v.len() > 1024) {
-            return Err(Error::InvalidRequest("too many or too long labels".into()));
+        if labels.len() > 64 || labels.iter().any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024) {
+            return Err(Error::InvalidRequest("too many, empty or too long labels".into()));
+        }
+        if allowed.len() > 256 {
+            return Err(Error::InvalidRequest("more than 256 allowed measurements".into()));
         }
         let mut allowed_measurements = Vec::with_capacity(allowed.len());
         for m in &allowed {
@@ -175,9 +268,13 @@ impl AdminService {
     }
 }
 
-/// Errors are not `Clone`; the audit needs only the reason.
-fn clone_reason(e: &Error) -> Error {
-    Error::Denied { code: e.reason(), reasons: Vec::new() }
+/// Secret names must follow the grammar and stay out of the reserved prefix.
+fn check_secret_name(name: &str) -> Result<(), Error> {
+    validate_name(name)?;
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err(Error::InvalidRequest(format!("names under {RESERVED_PREFIX} are reserved")));
+    }
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -194,6 +291,10 @@ fn to_wire(m: SecretMeta) -> SecretMetadata {
         allowed_measurements: m.allowed_measurements,
         versions: m.versions,
     }
+}
+
+fn respond<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|e| e.to_status())
 }
 
 #[tonic::async_trait]
@@ -238,9 +339,11 @@ impl Admin for AdminService {
     ) -> Result<Response<SecretMetadata>, Status> {
         self.authorize(&request, Call::Metadata)?;
         let name = request.into_inner().name;
-        validate_name(&name).map_err(|e| Error::from(e).to_status())?;
-        let meta = self.store.metadata(&name).await.map_err(|e| Error::from(e).to_status())?;
-        Ok(Response::new(to_wire(meta)))
+        let result = match check_secret_name(&name) {
+            Ok(()) => self.store.metadata(&name).await.map(to_wire).map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        respond(result)
     }
 
     async fn list_secrets(
@@ -253,10 +356,13 @@ impl Admin for AdminService {
             0 => 100,
             n => n.min(MAX_PAGE_SIZE),
         };
+        if req.prefix.len() > crate::store::MAX_NAME_LEN || req.page_token.len() > crate::store::MAX_NAME_LEN {
+            return Err(Error::InvalidRequest("prefix or page token too long".into()).to_status());
+        }
         let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
         let page = self.store.list(&req.prefix, after, limit).await.map_err(|e| Error::from(e).to_status())?;
         Ok(Response::new(ListSecretsResponse {
-            secrets: page.items.into_iter().map(to_wire).collect(),
+            secrets: page.items.into_iter().filter(|m| !m.name.starts_with(RESERVED_PREFIX)).map(to_wire).collect(),
             next_page_token: page.next.unwrap_or_default(),
         }))
     }
@@ -267,12 +373,122 @@ impl Admin for AdminService {
     ) -> Result<Response<DeleteSecretResponse>, Status> {
         let who = self.authorize(&request, Call::Delete)?;
         let name = request.into_inner().name;
-        let result = match validate_name(&name) {
+        let result = match check_secret_name(&name) {
             Ok(()) => self.store.delete(&name).await.map_err(Error::from),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
-        self.audit("secret.delete", &who, &name, &result.as_ref().map(|_| None).map_err(clone_reason));
-        result.map(|()| Response::new(DeleteSecretResponse {})).map_err(|e| e.to_status())
+        self.audit("secret.delete", &who, &name, result.as_ref().map(|_| None));
+        respond(result.map(|()| DeleteSecretResponse {}))
+    }
+
+    async fn destroy_secret_versions(
+        &self,
+        request: Request<DestroySecretVersionsRequest>,
+    ) -> Result<Response<SecretMetadata>, Status> {
+        let who = self.authorize(&request, Call::Destroy)?;
+        let req = request.into_inner();
+        let result = async {
+            check_secret_name(&req.name)?;
+            if req.versions.is_empty() || req.versions.len() > 1000 {
+                return Err(Error::InvalidRequest("give 1 to 1000 versions to destroy".into()));
+            }
+            self.store.destroy_versions(&req.name, &req.versions).await?;
+            match self.store.metadata(&req.name).await {
+                Ok(meta) => Ok(to_wire(meta)),
+                // Every version destroyed: nothing is left.
+                Err(crate::store::StoreError::NotFound) => {
+                    Ok(SecretMetadata { name: req.name.clone(), ..Default::default() })
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        .await;
+        self.audit("secret.destroy", &who, &req.name, result.as_ref().map(|_| None));
+        respond(result)
+    }
+
+    async fn set_policy(&self, request: Request<SetPolicyRequest>) -> Result<Response<Policy>, Status> {
+        let who = self.authorize(&request, Call::WritePolicy)?;
+        let req = request.into_inner();
+        let scope = req.scope.clone();
+        let result = policy_admin::set_policy(&self.policies, req).await;
+        self.audit("policy.set", &who, &scope, result.as_ref().map(|p| Some(p.version)));
+        respond(result)
+    }
+
+    async fn get_policy(&self, request: Request<GetPolicyRequest>) -> Result<Response<Policy>, Status> {
+        self.authorize(&request, Call::ReadPolicy)?;
+        respond(policy_admin::get_policy(&self.policies, request.into_inner()).await)
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        self.authorize(&request, Call::ReadPolicy)?;
+        respond(policy_admin::list_policies(&self.policies, request.into_inner()).await)
+    }
+
+    async fn delete_policy(
+        &self,
+        request: Request<DeletePolicyRequest>,
+    ) -> Result<Response<DeletePolicyResponse>, Status> {
+        let who = self.authorize(&request, Call::WritePolicy)?;
+        let req = request.into_inner();
+        let scope = req.scope.clone();
+        let result = policy_admin::delete_policy(&self.policies, req).await;
+        self.audit("policy.delete", &who, &scope, result.as_ref().map(|_| None));
+        respond(result)
+    }
+
+    async fn test_policy(&self, request: Request<TestPolicyRequest>) -> Result<Response<PolicyDecision>, Status> {
+        self.authorize(&request, Call::ReadPolicy)?;
+        respond(policy_admin::test_policy(&self.policies, request.into_inner()).await)
+    }
+
+    async fn put_reference_values(
+        &self,
+        request: Request<PutReferenceValuesRequest>,
+    ) -> Result<Response<ReferenceValues>, Status> {
+        let who = self.authorize(&request, Call::WritePolicy)?;
+        let req = request.into_inner();
+        let name = req.name.clone();
+        let result = policy_admin::put_reference_values(&self.policies, req).await;
+        self.audit("refvals.put", &who, &name, result.as_ref().map(|r| Some(r.version)));
+        respond(result)
+    }
+
+    async fn get_reference_values(
+        &self,
+        request: Request<GetReferenceValuesRequest>,
+    ) -> Result<Response<ReferenceValues>, Status> {
+        self.authorize(&request, Call::ReadPolicy)?;
+        respond(policy_admin::get_reference_values(&self.policies, request.into_inner()).await)
+    }
+
+    async fn list_reference_values(
+        &self,
+        request: Request<ListReferenceValuesRequest>,
+    ) -> Result<Response<ListReferenceValuesResponse>, Status> {
+        self.authorize(&request, Call::ReadPolicy)?;
+        respond(policy_admin::list_reference_values(&self.policies, request.into_inner()).await)
+    }
+
+    async fn delete_reference_values(
+        &self,
+        request: Request<DeleteReferenceValuesRequest>,
+    ) -> Result<Response<DeleteReferenceValuesResponse>, Status> {
+        let who = self.authorize(&request, Call::WritePolicy)?;
+        let req = request.into_inner();
+        let name = req.name.clone();
+        let result = policy_admin::delete_reference_values(&self.policies, req).await;
+        self.audit("refvals.delete", &who, &name, result.as_ref().map(|_| None));
+        respond(result)
+    }
+
+    async fn query_audit(&self, request: Request<QueryAuditRequest>) -> Result<Response<QueryAuditResponse>, Status> {
+        self.authorize(&request, Call::ReadAudit)?;
+        respond(policy_admin::query_audit(&self.policies, request.into_inner()).await)
     }
 }
 
@@ -284,8 +500,18 @@ mod tests {
     fn roles() {
         assert!(Call::Delete.allowed(Role::Admin));
         assert!(!Call::Delete.allowed(Role::Uploader));
+        assert!(!Call::Destroy.allowed(Role::Auditor));
         assert!(!Call::Put.allowed(Role::Auditor));
         assert!(Call::List.allowed(Role::Auditor));
         assert!(Call::Generate.allowed(Role::Uploader));
+        assert!(Call::ReadAudit.allowed(Role::Auditor));
+        assert!(!Call::ReadAudit.allowed(Role::Uploader));
+        assert!(!Call::WritePolicy.allowed(Role::Auditor));
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        assert!(check_secret_name("_kbs/policies/x").is_err());
+        assert!(check_secret_name("models/_kbs/x").is_ok());
     }
 }

@@ -1,7 +1,9 @@
 //! gRPC front ends: one file per service.
 
 pub mod admin;
+pub mod coco;
 pub mod key_broker;
+pub mod policy_admin;
 
 /// The peer address of a request, for audit.
 pub(crate) fn peer<T>(request: &tonic::Request<T>) -> String {

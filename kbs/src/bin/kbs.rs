@@ -27,6 +27,22 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Check a listener's gRPC health over TLS (for Kubernetes exec probes:
+    /// native gRPC probes cannot speak TLS). Exit 0 when SERVING.
+    Health {
+        /// Listener URL.
+        #[arg(long, default_value = "https://127.0.0.1:8443")]
+        addr: String,
+        /// PEM CA the listener's certificate chains to.
+        #[arg(long)]
+        ca: PathBuf,
+        /// TLS name to verify instead of the URL's host.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Service to check (empty: the whole server).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Write a development set-up (dev CA, keys, admin token, config) to DIR.
     DevInit {
         /// Directory to write.
@@ -84,6 +100,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Health { addr, ca, domain, service } => match health(&addr, &ca, domain, service).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unhealthy: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::DevInit { dir, guest_listen, admin_listen, snp_test_root } => {
             let options = kbs::dev::DevOptions { guest_listen, admin_listen, snp_test_roots: snp_test_root };
             match kbs::dev::init(&dir, &options) {
@@ -107,8 +130,38 @@ async fn serve(path: &std::path::Path, insecure_dev: bool) -> anyhow::Result<()>
     let app = kbs::server::build(&config, kbs::release::system_clock(), insecure_dev).await?;
     let guest = tokio::net::TcpListener::bind(config.guest_listen).await?;
     let admin = tokio::net::TcpListener::bind(config.admin_listen).await?;
+    let coco = match &config.coco {
+        Some(c) => Some(tokio::net::TcpListener::bind(c.listen).await?),
+        None => None,
+    };
+    if let Some(c) = &coco {
+        tracing::info!(coco = %c.local_addr()?, "CoCo KBS protocol front end enabled");
+    }
     tracing::info!(guest = %guest.local_addr()?, admin = %admin.local_addr()?, replica = config.replica_id, "kbs serving");
-    kbs::server::run(app, guest, admin, shutdown_signal()).await?;
+    kbs::server::run_with_coco(app, guest, admin, coco, shutdown_signal()).await?;
     tracing::info!("kbs stopped");
+    Ok(())
+}
+
+async fn health(addr: &str, ca: &std::path::Path, domain: Option<String>, service: String) -> anyhow::Result<()> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+    if let Some(domain) = domain {
+        tls = tls.domain_name(domain);
+    }
+    let channel = Channel::from_shared(addr.to_owned())?
+        .tls_config(tls)?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await?;
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(HealthCheckRequest { service })
+        .await?
+        .into_inner()
+        .status();
+    anyhow::ensure!(status == ServingStatus::Serving, "status {status:?}");
     Ok(())
 }

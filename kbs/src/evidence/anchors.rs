@@ -25,7 +25,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use aws_lc_rs::digest;
-use aws_lc_rs::signature::{ParsedPublicKey, RSA_PSS_2048_8192_SHA384};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_FIXED, ParsedPublicKey, RSA_PSS_2048_8192_SHA384, UnparsedPublicKey,
+};
 use serde::Serialize;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
@@ -88,7 +90,7 @@ const PSS_SALT_LEN: u32 = 48;
 
 /// An AMD SEV-SNP processor generation. Each has its own ARK, ASK and ASVK,
 /// and its own byte layout of the TCB version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Generation {
     /// EPYC 7003 (Zen 3).
@@ -168,7 +170,7 @@ pub(crate) struct CertWindow {
 }
 
 impl CertWindow {
-    fn of(cert: &X509Certificate<'_>) -> Self {
+    pub(crate) fn of(cert: &X509Certificate<'_>) -> Self {
         Self {
             label: common_name(cert),
             not_before: cert.validity().not_before.to_datetime(),
@@ -219,13 +221,146 @@ pub struct SnpAnchors {
 pub struct TrustAnchors {
     /// AMD SEV-SNP roots and intermediates.
     pub snp: SnpAnchors,
+    /// Intel SGX/TDX roots (the Intel SGX Root CA).
+    pub tdx: TdxAnchors,
 }
 
 impl TrustAnchors {
-    /// The production anchors: AMD's pinned roots.
+    /// The production anchors: AMD's and Intel's pinned roots.
     pub fn production() -> Result<Self, EvidenceError> {
-        Ok(Self { snp: SnpAnchors::amd()? })
+        Ok(Self { snp: SnpAnchors::amd()?, tdx: TdxAnchors::intel()? })
     }
+}
+
+/// SHA-256 of the DER encoding of the Intel SGX Root CA
+/// (`CN=Intel SGX Root CA`, valid 2018-05-21 to 2049-12-31), the root of
+/// every PCK certificate, TCB signing certificate and CRL of Intel DCAP.
+pub const INTEL_SGX_ROOT_CA_SHA256: [u8; 32] = [
+    0x44, 0xa0, 0x19, 0x6b, 0x2b, 0x99, 0xf8, 0x89, 0xb8, 0xe1, 0x49, 0xe9, 0x5b, 0x80, 0x7a, 0x35, 0x0e, 0x74, 0x24,
+    0x96, 0x43, 0x99, 0xe8, 0x85, 0xa7, 0xcb, 0xb8, 0xcc, 0xfa, 0xb6, 0x74, 0xd3,
+];
+
+/// Most roots one TDX anchor set holds.
+const MAX_TDX_ROOTS: usize = 16;
+
+/// A pinned Intel (or, in development, test) SGX root: a self-signed
+/// ECDSA P-256 CA certificate.
+#[derive(Clone)]
+pub(crate) struct TdxRoot {
+    /// The DER encoding, handed to the DCAP engine as its trust anchor.
+    pub(crate) der: Arc<[u8]>,
+    pub(crate) fingerprint: [u8; 32],
+    /// Raw DER subject name.
+    pub(crate) subject: Vec<u8>,
+    /// The uncompressed SEC1 public key point.
+    pub(crate) key: Vec<u8>,
+    pub(crate) window: CertWindow,
+}
+
+/// The Intel TDX trust anchors: pinned SGX root CAs. Nothing below a root
+/// is pinned: PCK CAs and TCB signing certificates are accepted per
+/// verification, only after their signature verifies under a pinned root.
+#[derive(Clone, Default)]
+pub struct TdxAnchors {
+    roots: Vec<TdxRoot>,
+}
+
+impl TdxAnchors {
+    /// Intel's SGX Root CA, checked against [`INTEL_SGX_ROOT_CA_SHA256`].
+    pub fn intel() -> Result<Self, EvidenceError> {
+        let der = single_pem(INTEL_SGX_ROOT_CA_PEM)?;
+        if sha256(&der) != INTEL_SGX_ROOT_CA_SHA256 {
+            return Err(EvidenceError::UntrustedRoot(
+                "built-in Intel SGX Root CA does not match its pinned fingerprint".into(),
+            ));
+        }
+        let mut anchors = Self::empty();
+        anchors.add_root(&der)?;
+        Ok(anchors)
+    }
+
+    /// No roots: verifies nothing until roots are added.
+    pub fn empty() -> Self {
+        Self { roots: Vec::new() }
+    }
+
+    /// Pins an extra root (a test PKI's SGX root). It must be a
+    /// self-signed ECDSA P-256 CA certificate. Pinning a root is a trust
+    /// decision: callers gate this behind a dev flag.
+    pub fn add_root(&mut self, der: &[u8]) -> Result<(), EvidenceError> {
+        let fingerprint = sha256(der);
+        if self.roots.iter().any(|r| r.fingerprint == fingerprint) {
+            return Ok(());
+        }
+        if self.roots.len() >= MAX_TDX_ROOTS {
+            return Err(EvidenceError::UntrustedRoot("too many pinned roots".into()));
+        }
+        let cert = parse_der_cert(der)?;
+        if cert.issuer().as_raw() != cert.subject().as_raw() {
+            return Err(EvidenceError::UntrustedRoot(format!(
+                "{} is not self-issued, so it cannot be a root",
+                common_name(&cert)
+            )));
+        }
+        require_ca(&cert)?;
+        let key = cert.public_key().subject_public_key.data.to_vec();
+        verify_p256_cert_signature(&cert, &key).map_err(|_| {
+            EvidenceError::UntrustedRoot(format!("{} is not self-signed with ECDSA P-256/SHA-256", common_name(&cert)))
+        })?;
+        self.roots.push(TdxRoot {
+            der: Arc::from(der),
+            fingerprint,
+            subject: cert.subject().as_raw().to_vec(),
+            key,
+            window: CertWindow::of(&cert),
+        });
+        Ok(())
+    }
+
+    /// The SHA-256 fingerprints of the pinned roots.
+    pub fn root_fingerprints(&self) -> Vec<[u8; 32]> {
+        self.roots.iter().map(|r| r.fingerprint).collect()
+    }
+
+    /// Pinned roots whose subject is `name` (raw DER).
+    pub(crate) fn roots_named(&self, name: &[u8]) -> impl Iterator<Item = &TdxRoot> {
+        self.roots.iter().filter(move |r| r.subject == name)
+    }
+}
+
+impl fmt::Debug for TdxAnchors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let roots: Vec<String> =
+            self.roots.iter().map(|r| format!("{} {}", r.window.label, hex::encode(r.fingerprint))).collect();
+        f.debug_struct("TdxAnchors").field("roots", &roots).finish()
+    }
+}
+
+const OID_ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";
+
+/// Verifies that the holder of the uncompressed P-256 point `issuer_key`
+/// signed `cert` with ECDSA/SHA-256, the only algorithm of Intel's DCAP
+/// PKI; the inner and outer algorithm identifiers must agree.
+pub(crate) fn verify_p256_cert_signature(cert: &X509Certificate<'_>, issuer_key: &[u8]) -> Result<(), EvidenceError> {
+    let name = common_name(cert);
+    if cert.signature_algorithm != cert.tbs_certificate.signature
+        || cert.signature_algorithm.algorithm.to_id_string() != OID_ECDSA_WITH_SHA256
+        || cert.signature_value.unused_bits != 0
+    {
+        return Err(EvidenceError::ChainInvalid(format!("{name}: signature algorithm is not ECDSA/SHA-256")));
+    }
+    verify_p256_der(issuer_key, cert.tbs_certificate.as_ref(), cert.signature_value.data.as_ref())
+        .map_err(|()| EvidenceError::ChainInvalid(format!("{name}: signature does not verify under its issuer")))
+}
+
+/// ECDSA P-256/SHA-256 with an ASN.1 DER signature.
+pub(crate) fn verify_p256_der(key: &[u8], message: &[u8], signature: &[u8]) -> Result<(), ()> {
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key).verify(message, signature).map_err(|_| ())
+}
+
+/// ECDSA P-256/SHA-256 with a raw `r || s` signature (32 + 32 bytes, big-endian).
+pub(crate) fn verify_p256_raw(key: &[u8], message: &[u8], signature: &[u8]) -> Result<(), ()> {
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key).verify(message, signature).map_err(|_| ())
 }
 
 impl SnpAnchors {
@@ -617,6 +752,27 @@ Eg6zkxmvMuabZOsdKfRkWfhH2ZKcTlDfmH1H0zq0Q2bG3uvaVdiCtFY1LlWyB38J\n\
 S2fNsR/Py6t5brEJCFNvzaDky6KeC4ion/cVgUai7zzS3bGQWzKDKU35SqNU2WkP\n\
 I8xCZ00WtIiKKFnXWUQxvlKmmgZBIYPe01zD0N8atFxmWiSnfJl690B9rJpNR/fI\n\
 ajxCW3Seiws6r1Zm+tCuVbMiNtpS9ThjNX4uve5thyfE2DgoxRFvY1CsoF5M\n\
+-----END CERTIFICATE-----\n\
+";
+
+/// Intel SGX Root CA (PEM), as Intel publishes it at
+/// `https://certificates.trustedservices.intel.com/Intel_SGX_Provisioning_Certification_RootCA.cer`.
+const INTEL_SGX_ROOT_CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIICjzCCAjSgAwIBAgIUImUM1lqdNInzg7SVUr9QGzknBqwwCgYIKoZIzj0EAwIw\n\
+aDEaMBgGA1UEAwwRSW50ZWwgU0dYIFJvb3QgQ0ExGjAYBgNVBAoMEUludGVsIENv\n\
+cnBvcmF0aW9uMRQwEgYDVQQHDAtTYW50YSBDbGFyYTELMAkGA1UECAwCQ0ExCzAJ\n\
+BgNVBAYTAlVTMB4XDTE4MDUyMTEwNDUxMFoXDTQ5MTIzMTIzNTk1OVowaDEaMBgG\n\
+A1UEAwwRSW50ZWwgU0dYIFJvb3QgQ0ExGjAYBgNVBAoMEUludGVsIENvcnBvcmF0\n\
+aW9uMRQwEgYDVQQHDAtTYW50YSBDbGFyYTELMAkGA1UECAwCQ0ExCzAJBgNVBAYT\n\
+AlVTMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEC6nEwMDIYZOj/iPWsCzaEKi7\n\
+1OiOSLRFhWGjbnBVJfVnkY4u3IjkDYYL0MxO4mqsyYjlBalTVYxFP2sJBK5zlKOB\n\
+uzCBuDAfBgNVHSMEGDAWgBQiZQzWWp00ifODtJVSv1AbOScGrDBSBgNVHR8ESzBJ\n\
+MEegRaBDhkFodHRwczovL2NlcnRpZmljYXRlcy50cnVzdGVkc2VydmljZXMuaW50\n\
+ZWwuY29tL0ludGVsU0dYUm9vdENBLmRlcjAdBgNVHQ4EFgQUImUM1lqdNInzg7SV\n\
+Ur9QGzknBqwwDgYDVR0PAQH/BAQDAgEGMBIGA1UdEwEB/wQIMAYBAf8CAQEwCgYI\n\
+KoZIzj0EAwIDSQAwRgIhAOW/5QkR+S9CiSDcNoowLuPRLsWGf/Yi7GSX94BgwTwg\n\
+AiEA4J0lrHoMs+Xo5o/sX6O9QWxHRAvZUGOdRQ7cvqRXaqI=\n\
 -----END CERTIFICATE-----\n\
 ";
 

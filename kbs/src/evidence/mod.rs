@@ -9,6 +9,8 @@ pub mod anchors;
 pub mod certtable;
 pub mod collateral;
 pub mod snp;
+pub mod tdx;
+pub mod tdx_collateral;
 
 use serde::Serialize;
 
@@ -68,6 +70,26 @@ pub enum EvidenceError {
     /// Needed collateral (VCEK, CRL, TCB info) could not be obtained.
     #[error("collateral unavailable: {0}")]
     CollateralUnavailable(String),
+    /// Collateral (TCB info, QE identity, a CRL) is not authentic, does
+    /// not parse, or is for another platform. Collateral is the broker's
+    /// input, not the guest's, so this is reported as unavailable.
+    #[error("collateral invalid: {0}")]
+    CollateralInvalid(String),
+    /// Collateral is outside its issue/nextUpdate window at the
+    /// verification time; it is never used to accept evidence.
+    #[error("collateral expired: {0}")]
+    CollateralExpired(String),
+    /// A certificate in the chain is listed in its issuer's CRL.
+    #[error("certificate revoked: {0}")]
+    Revoked(String),
+    /// The platform's TCB status (or the lack of a matching TCB level) is
+    /// not one the broker accepts.
+    #[error("TCB status not allowed: {0}")]
+    TcbStatusNotAllowed(String),
+    /// TD attributes a verifier must refuse whatever the policy (reserved
+    /// bits, migratable, SEPT_VE_DISABLE off, service TDs).
+    #[error("TD attributes not allowed: {0}")]
+    AttributesNotAllowed(String),
 }
 
 impl EvidenceError {
@@ -88,24 +110,32 @@ impl EvidenceError {
             Self::TcbMismatch(_) => ReasonCode::TcbMismatch,
             Self::ChipIdMismatch => ReasonCode::ChipIdMismatch,
             Self::ReportDataMismatch => ReasonCode::ReportDataMismatch,
-            Self::CollateralUnavailable(_) => ReasonCode::CollateralUnavailable,
+            Self::CollateralUnavailable(_) | Self::CollateralInvalid(_) => ReasonCode::CollateralUnavailable,
+            Self::CollateralExpired(_) => ReasonCode::CollateralExpired,
+            Self::Revoked(_) => ReasonCode::CertificateRevoked,
+            Self::TcbStatusNotAllowed(_) => ReasonCode::TcbStatusNotAllowed,
+            Self::AttributesNotAllowed(_) => ReasonCode::TdAttributesNotAllowed,
         }
     }
 }
 
 /// The kind of TEE that produced verified evidence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TeeKind {
     /// AMD SEV-SNP.
     Snp,
     /// Intel TDX.
     Tdx,
+    /// INSECURE: the CoCo `sample` TEE, no hardware and no signature. Only
+    /// a broker in its explicit insecure dev mode produces these claims.
+    Sample,
 }
 
 /// The normalized claims document that policy reads. Built only from
-/// evidence that passed every check.
-#[derive(Clone, Debug, Serialize)]
+/// evidence that passed every check. The common fields mean the same for
+/// every TEE; `snp` or `tdx` carries the rest (see their types).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Claims {
     /// Which TEE.
     pub tee: TeeKind,
@@ -120,4 +150,7 @@ pub struct Claims {
     /// SNP-specific claims.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snp: Option<snp::SnpClaims>,
+    /// TDX-specific claims.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tdx: Option<tdx::TdxClaims>,
 }

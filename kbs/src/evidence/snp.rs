@@ -50,7 +50,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use aws_lc_rs::constant_time;
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, ParsedPublicKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use x509_parser::asn1_rs::{FromDer, Ia5String};
 use x509_parser::certificate::X509Certificate;
@@ -81,7 +81,7 @@ const OID_AMD_VEK_ARC: &str = "1.3.6.1.4.1.3704.1.";
 const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 
 /// Which AMD key signed the report (key_info bits 4:2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SigningKey {
     /// Versioned Chip Endorsement Key (chip-unique, from AMD KDS).
@@ -116,7 +116,7 @@ impl fmt::Display for RawTcb {
 }
 
 /// A decoded TCB version: the security patch level of each component.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TcbVersion {
     /// Bootloader SPL.
     pub bootloader: u8,
@@ -156,7 +156,7 @@ impl fmt::Display for TcbVersion {
 }
 
 /// CPUID family, model and stepping (report version 3 and later).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cpuid {
     /// Combined family (e.g. 0x19).
     pub family: u8,
@@ -167,7 +167,7 @@ pub struct Cpuid {
 }
 
 /// A firmware version, `major.minor.build`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirmwareVersion {
     /// Major version.
     pub major: u8,
@@ -184,7 +184,7 @@ impl fmt::Display for FirmwareVersion {
 }
 
 /// The guest policy the VM was launched with, decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnpPolicy {
     /// The raw 64-bit policy.
     pub raw: u64,
@@ -238,7 +238,7 @@ const fn bit(raw: u64, n: u32) -> bool {
 }
 
 /// PLATFORM_INFO: how the host platform was configured, decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlatformInfo {
     /// The raw 64-bit value.
     pub raw: u64,
@@ -796,7 +796,7 @@ impl VerifiedSnp {
 }
 
 /// SNP-specific claims, built only from verified evidence.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnpClaims {
     /// Report version.
     pub version: u32,
@@ -1209,6 +1209,7 @@ fn build_claims(report: &SnpReport, generation: Generation, product: &str) -> Cl
         report_data: hex::encode(report.report_data()),
         init_data_digest: hex::encode(report.host_data()),
         snp: Some(snp),
+        tdx: None,
     }
 }
 

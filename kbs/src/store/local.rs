@@ -356,6 +356,41 @@ impl SecretStore for LocalStore {
         Ok(Page { items, next })
     }
 
+    async fn destroy_versions(&self, name: &str, versions: &[u64]) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        let versions = versions.to_vec();
+        self.blocking(move |inner| {
+            let _writer = inner.write.lock().map_err(|_| poisoned())?;
+            let stem = file_stem(&name);
+            let record = {
+                let index = inner.index.read().map_err(|_| poisoned())?;
+                let existing = index.get(&name).ok_or(StoreError::NotFound)?;
+                StoredSecret {
+                    name: existing.name.clone(),
+                    labels: existing.labels.clone(),
+                    allowed_measurements: existing.allowed_measurements.clone(),
+                    versions: existing
+                        .versions
+                        .iter()
+                        .filter(|v| !versions.contains(&v.version))
+                        .map(|v| StoredVersion { version: v.version, created_at: v.created_at, value: v.value.clone() })
+                        .collect(),
+                }
+            };
+            if record.versions.is_empty() {
+                // Nothing left to serve: the secret is gone.
+                inner.remove_file(&stem)?;
+                inner.index.write().map_err(|_| poisoned())?.remove(&name);
+                return Ok(());
+            }
+            let bytes = inner.encrypt(&stem, &record)?;
+            inner.write_file(&stem, &bytes)?;
+            inner.index.write().map_err(|_| poisoned())?.insert(name.clone(), record);
+            Ok(())
+        })
+        .await
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_owned();
         self.blocking(move |inner| {
@@ -471,6 +506,23 @@ mod tests {
         let store = LocalStore::open(dir.path(), &Kek::new([7; 32])).unwrap();
         assert!(matches!(store.get("a/2").await, Err(StoreError::NotFound)));
         assert_eq!(store.list("", None, 100).await.unwrap().items.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn destroyed_versions_are_gone_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = Kek::new([7; 32]);
+        let store = LocalStore::open(dir.path(), &kek).unwrap();
+        store.put(new("d", b"v1")).await.unwrap();
+        store.put(new("d", b"v2")).await.unwrap();
+        store.destroy_versions("d", &[2]).await.unwrap();
+        drop(store);
+        let store = LocalStore::open(dir.path(), &kek).unwrap();
+        let rec = store.get("d").await.unwrap();
+        assert_eq!((rec.meta.version, rec.value.expose()), (1, b"v1".as_slice()));
+        store.destroy_versions("d", &[1]).await.unwrap();
+        assert!(matches!(store.get("d").await, Err(StoreError::NotFound)));
+        assert!(matches!(store.destroy_versions("d", &[1]).await, Err(StoreError::NotFound)));
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! that shows them, never logged. A store that cannot answer says
 //! [`StoreError::Unavailable`], never a wrong answer.
 
+pub mod cache;
 pub mod local;
 pub mod vault;
 
@@ -172,6 +173,8 @@ pub trait SecretStore: Send + Sync + fmt::Debug {
     async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError>;
     /// Deletes the secret and all its versions.
     async fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// Permanently destroys the values of `versions` (others are kept).
+    async fn destroy_versions(&self, name: &str, versions: &[u64]) -> Result<(), StoreError>;
 }
 
 /// Checks a secret name against the grammar:

@@ -1234,6 +1234,10 @@ impl SecretStore for VaultStore {
         Ok(Page { items, next: None })
     }
 
+    async fn destroy_versions(&self, name: &str, versions: &[u64]) -> Result<(), StoreError> {
+        VaultStore::destroy_versions(self, name, versions).await
+    }
+
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         validate_name(name)?;
         let inner = &self.inner;

@@ -1,0 +1,213 @@
+//! Per-stage costs of one SEV-SNP release, and "the floor": the crypto no
+//! broker can avoid (one P-384 ECDSA verify, one HPKE X25519 seal, one
+//! challenge open, one SHA-512 binding). `release/broker_core` runs the
+//! whole release flow in process (no TLS, no gRPC), so its ratio to
+//! `floor/snp_release` is the broker's overhead. docs/performance.md states
+//! the figures; `cargo bench -p kbs --bench release` reproduces them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attester_client::hpke::EphemeralKey;
+use attester_client::simulated::{Generation, SimulatedSnp, Vcek, test_ark_der, test_ask_der};
+use aws_lc_rs::signature::{
+    ECDSA_P384_SHA384_FIXED, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair, ParsedPublicKey,
+};
+use criterion::{Criterion, criterion_group, criterion_main};
+use kbs::audit::AuditLog;
+use kbs::challenge::ChallengeSealer;
+use kbs::evidence::anchors::{Generation as AmdGeneration, SnpAnchors};
+use kbs::evidence::collateral::VekResolver;
+use kbs::evidence::snp::SnpVerifier;
+use kbs::release::{Broker, EvidenceInput, ReleaseRequest, TEE_SNP};
+use kbs::seal::{self, RecipientKey};
+use kbs::store::cache::CachedStore;
+use kbs::store::local::{Kek, LocalStore};
+use kbs::store::{NewSecret, SecretStore, SecretValue};
+use kbs_proto::SuiteId;
+use time::OffsetDateTime;
+
+const MEASUREMENT: [u8; 48] = [0x5a; 48];
+const SECRET: &str = "models/llama/key";
+const X25519: SuiteId = SuiteId::X25519_SHA256_AES256GCM;
+
+fn verifier() -> SnpVerifier {
+    let mut anchors = SnpAnchors::amd().unwrap();
+    for generation in [AmdGeneration::Milan, AmdGeneration::Genoa, AmdGeneration::Turin] {
+        anchors.add_root(generation, test_ark_der()).unwrap();
+    }
+    SnpVerifier::new(anchors)
+}
+
+fn guest() -> SimulatedSnp {
+    SimulatedSnp::new(Generation::Genoa).measurement(MEASUREMENT)
+}
+
+fn sealer() -> ChallengeSealer {
+    ChallengeSealer::new(&[7; 32], &[]).unwrap()
+}
+
+fn names() -> Vec<String> {
+    vec![SECRET.to_owned()]
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn local_store(dir: &std::path::Path) -> LocalStore {
+    LocalStore::open(&dir.join("secrets"), &Kek::new([3; 32])).unwrap()
+}
+
+fn new_secret() -> NewSecret {
+    NewSecret {
+        name: SECRET.into(),
+        value: SecretValue::new(vec![0x42; 32]),
+        labels: BTreeMap::new(),
+        allowed_measurements: vec![hex::encode(MEASUREMENT)],
+        expected_version: None,
+    }
+}
+
+/// SNP report verification with the VEK chain cached: parse, cached chain
+/// lookup, validity windows, one P-384 verify, TCB/chip checks, binding,
+/// claims.
+fn snp_verify(c: &mut Criterion) {
+    let verifier = verifier();
+    let sim = guest();
+    let report_data = [9u8; 64];
+    let report = sim.report(&report_data).unwrap();
+    let extra = vec![test_ask_der().to_vec(), test_ark_der().to_vec()];
+    let now = OffsetDateTime::now_utc();
+    verifier.verify(&report, Vcek::Genoa.cert_der(), &extra, now, Some(&report_data)).unwrap();
+    assert_eq!(verifier.cached_veks(), 1);
+    c.bench_function("snp/verify_report_vek_cached", |b| {
+        b.iter(|| verifier.verify(black_box(&report), Vcek::Genoa.cert_der(), &extra, now, Some(&report_data)).unwrap())
+    });
+    let cold = || {
+        let fresh = SnpVerifier::with_cache_capacity(verifier.anchors().clone(), 0);
+        fresh.verify(&report, Vcek::Genoa.cert_der(), &extra, now, Some(&report_data)).unwrap()
+    };
+    let mut group = c.benchmark_group("snp");
+    group.sample_size(20);
+    group.bench_function("verify_report_vek_uncached", |b| b.iter(cold));
+    group.finish();
+}
+
+fn challenge(c: &mut Criterion) {
+    let sealer = sealer();
+    let names = names();
+    c.bench_function("challenge/seal", |b| b.iter(|| sealer.issue(TEE_SNP, black_box(&names), i64::MAX).unwrap()));
+    let token = sealer.issue(TEE_SNP, &names, i64::MAX).unwrap().token;
+    c.bench_function("challenge/open", |b| b.iter(|| sealer.open(black_box(&token), 0).unwrap()));
+}
+
+fn binding(c: &mut Criterion) {
+    let key = EphemeralKey::generate(X25519).unwrap();
+    let nonce = [1u8; 32];
+    c.bench_function("binding/report_data_sha512", |b| {
+        b.iter(|| kbs_proto::report_data(black_box(&nonce), X25519, key.public_key()))
+    });
+}
+
+fn hpke_seal(c: &mut Criterion) {
+    let value = [0x42u8; 32];
+    let info = kbs_proto::secret_info(&[1; 32]);
+    let aad = kbs_proto::secret_aad(SECRET, 1);
+    for (label, suite) in [("x25519", X25519), ("p256", SuiteId::P256_SHA256_AES256GCM)] {
+        let key = EphemeralKey::generate(suite).unwrap();
+        let recipient = RecipientKey::parse(suite, key.public_key()).unwrap();
+        c.bench_function(&format!("hpke/seal_{label}"), |b| {
+            b.iter(|| seal::seal(&recipient, &info, &aad, black_box(&value)).unwrap())
+        });
+    }
+}
+
+fn store_read(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let local: Arc<dyn SecretStore> = Arc::new(local_store(dir.path()));
+    rt.block_on(local.put(new_secret())).unwrap();
+    c.bench_function("store/local_get_uncached", |b| b.iter(|| rt.block_on(local.get(black_box(SECRET))).unwrap()));
+    let cached = CachedStore::new(Arc::clone(&local), Duration::from_secs(3600));
+    c.bench_function("store/local_get_cached", |b| b.iter(|| rt.block_on(cached.get(black_box(SECRET))).unwrap()));
+}
+
+/// The unavoidable crypto of one SNP release on this machine.
+fn floor(c: &mut Criterion) {
+    let pair = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+    let public = ParsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, pair.public_key().as_ref()).unwrap();
+    let signed = [0x11u8; 0x2A0];
+    let signature = pair.sign(&aws_lc_rs::rand::SystemRandom::new(), &signed).unwrap();
+    let sealer = sealer();
+    let token = sealer.issue(TEE_SNP, &names(), i64::MAX).unwrap().token;
+    let key = EphemeralKey::generate(X25519).unwrap();
+    let recipient = RecipientKey::parse(X25519, key.public_key()).unwrap();
+    let aad = kbs_proto::secret_aad(SECRET, 1);
+    let value = [0x42u8; 32];
+
+    c.bench_function("floor/p384_verify", |b| {
+        b.iter(|| public.verify_sig(black_box(&signed), signature.as_ref()).unwrap())
+    });
+    c.bench_function("floor/snp_release", |b| {
+        b.iter(|| {
+            let opened = sealer.open(black_box(&token), 0).unwrap();
+            let binding = kbs_proto::report_data(&opened.nonce, X25519, key.public_key());
+            public.verify_sig(black_box(&signed), signature.as_ref()).unwrap();
+            let info = kbs_proto::secret_info(&opened.nonce);
+            black_box(binding);
+            seal::seal(&recipient, &info, &aad, &value).unwrap()
+        })
+    });
+}
+
+/// The whole release flow of the broker core, in process: challenge open,
+/// request checks, report parse, cert table parse, cached VEK chain, one
+/// P-384 verify, binding, claims, store read (cached), policy, HPKE seal,
+/// audit record to a file. Evidence is signed outside the timed region.
+fn broker_core(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let store: Arc<dyn SecretStore> = CachedStore::wrap(Arc::new(local_store(dir.path())), Duration::from_secs(3600));
+    rt.block_on(store.put(new_secret())).unwrap();
+    let audit = Arc::new(AuditLog::file(&dir.path().join("audit.jsonl"), "bench").unwrap());
+    let broker = Broker::new(
+        sealer(),
+        Duration::from_secs(600),
+        verifier(),
+        VekResolver::new(None, None),
+        store,
+        audit,
+        kbs::release::system_clock(),
+    );
+    let sim = guest();
+    let cert_table = sim.cert_table().unwrap();
+    // Requests made ahead (each needs a fresh challenge and signature).
+    let make = || {
+        let issued = broker.challenge(TEE_SNP, &names()).unwrap();
+        let key = EphemeralKey::generate(X25519).unwrap();
+        let rd = kbs_proto::report_data(&issued.nonce, X25519, key.public_key());
+        ReleaseRequest {
+            challenge: issued.token,
+            evidence: EvidenceInput::Snp { report: sim.report(&rd).unwrap(), cert_table: cert_table.clone() },
+            suite: X25519,
+            public_key: key.public_key().to_vec(),
+            names: names(),
+            caller: "bench".into(),
+        }
+    };
+    rt.block_on(broker.release(make())).unwrap();
+    let mut group = c.benchmark_group("release");
+    group.sample_size(30);
+    group.bench_function("broker_core", |b| {
+        b.iter_batched(make, |req| rt.block_on(broker.release(req)).unwrap(), criterion::BatchSize::SmallInput)
+    });
+    group.bench_function("challenge_issue", |b| b.iter(|| broker.challenge(TEE_SNP, black_box(&names())).unwrap()));
+    group.finish();
+}
+
+criterion_group!(benches, floor, snp_verify, challenge, binding, hpke_seal, store_read, broker_core);
+criterion_main!(benches);

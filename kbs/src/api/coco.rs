@@ -1,0 +1,897 @@
+//! The Confidential Containers KBS protocol front end (protocol `0.4.0`),
+//! so unmodified Kata guest components (attestation-agent's `cc_kbc`,
+//! confidential-data-hub's `kbs:///` resources) can use this broker.
+//!
+//! It runs on its own HTTPS listener (same TLS identity as the gRPC
+//! listeners) and shares the broker core: verifiers, store, policy, audit.
+//!
+//! # Flow
+//! 1. `POST /kbs/v0/auth` `{version, tee, extra-params}`: the protocol
+//!    version must be `0.4.0`. The answer is `{nonce, extra-params}` with a
+//!    fresh 32-byte nonce (padded standard base64) and the hash algorithm
+//!    chosen from the client's `supported-hash-algorithms` (SHA-384 unless
+//!    the client offers only SHA-512). The `kbs-session-id` cookie carries
+//!    `{nonce, tee, hash, expiry}` sealed under the challenge key: there is
+//!    no session store, any replica can continue.
+//! 2. `POST /kbs/v0/attest` `{runtime-data {nonce, tee-pubkey}, tee-evidence
+//!    {primary_evidence, additional_evidence}, init-data?}`: in order, the
+//!    cookie (authentic, unexpired), the nonce (equal to the sealed one),
+//!    the key (EC P-256 or RSA, see [`jwe`]), then the evidence, which must
+//!    carry `report_data = HASH(JCS({"additional-evidence", "nonce",
+//!    "tee-pubkey"}))` zero-padded to 64 bytes, verified by the same code as
+//!    the gRPC path; then init-data, whose digest must equal the launch's
+//!    HOST_DATA / MRCONFIGID. The answer is `{token}`, an EAR-shaped JWT
+//!    (ES256, short-lived, signed by the broker's token key) carrying the
+//!    verified claims and the guest key; the cookie is replaced by it.
+//! 3. `GET /kbs/v0/resource/<repo>/<type>/<tag>` with `Authorization: Bearer
+//!    <token>` or the cookie: the token's claims are checked against the
+//!    release policy of the secret `repo/type/tag` and the value is
+//!    returned as a JWE (flattened JSON) encrypted to the token's key.
+//!
+//! Errors are RFC 7807 problem documents `{type, title, status, detail}`,
+//! where `detail` is the broker's stable reason code: 400 malformed, 401
+//! missing/bad session or token, 403 verification or policy refusal, 404
+//! missing resource (only ever after a valid token), 413 body too large,
+//! 503 store or collateral unavailable. Every attest and resource decision
+//! is one audit record, written before the answer leaves.
+//!
+//! The CoCo `sample` TEE (unsigned evidence) is accepted only when the
+//! broker runs in its explicit insecure dev mode; its claims report an
+//! all-zero measurement that a secret must allow explicitly.
+
+pub mod evidence;
+pub mod jcs;
+pub mod jwe;
+pub mod token;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256, Sha384, Sha512};
+use tokio::net::TcpListener;
+
+use crate::audit::{Event, SecretRef};
+use crate::config::Config;
+use crate::error::{Error, ReasonCode};
+use crate::evidence::{Claims, TeeKind};
+use crate::release::{Broker, claims_digest};
+
+use self::jwe::TeeKey;
+use self::token::TokenKey;
+
+/// The protocol version spoken, exactly.
+pub const PROTOCOL_VERSION: &str = "0.4.0";
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "kbs-session-id";
+/// Largest `/auth` body.
+pub const MAX_AUTH_BODY: usize = 16 * 1024;
+/// Largest `/attest` body (SNP evidence with its certificates as JSON
+/// number arrays, or a TDX quote with its event log).
+pub const MAX_ATTEST_BODY: usize = 1024 * 1024;
+/// Largest `additional_evidence` string.
+pub const MAX_ADDITIONAL_EVIDENCE: usize = 256 * 1024;
+/// Largest init-data body.
+pub const MAX_INIT_DATA: usize = 64 * 1024;
+/// Most concurrent connections on the listener.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time allowed for the TLS handshake and for request headers.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Measurement reported for the insecure `sample` TEE.
+pub const SAMPLE_MEASUREMENT: [u8; 48] = [0; 48];
+
+/// Session state codes: outside the `kbs.v1.Tee` values so a CoCo session
+/// can never be redeemed as a gRPC challenge, or the other way round.
+const CODE_SNP: u8 = 0x81;
+const CODE_TDX: u8 = 0x82;
+const CODE_SAMPLE: u8 = 0x8f;
+
+/// A CoCo TEE name this front end accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CocoTee {
+    Snp,
+    Tdx,
+    Sample,
+}
+
+impl CocoTee {
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "snp" => Some(Self::Snp),
+            "tdx" => Some(Self::Tdx),
+            "sample" => Some(Self::Sample),
+            _ => None,
+        }
+    }
+
+    const fn code(self) -> u8 {
+        match self {
+            Self::Snp => CODE_SNP,
+            Self::Tdx => CODE_TDX,
+            Self::Sample => CODE_SAMPLE,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        [Self::Snp, Self::Tdx, Self::Sample].into_iter().find(|t| t.code() == code)
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Snp => "snp",
+            Self::Tdx => "tdx",
+            Self::Sample => "sample",
+        }
+    }
+}
+
+/// The runtime-data hash the client and broker agreed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HashAlg {
+    Sha384,
+    Sha512,
+}
+
+impl HashAlg {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Sha384 => "sha384",
+            Self::Sha512 => "sha512",
+        }
+    }
+
+    fn label(self) -> String {
+        format!("kbs/v0 {}", self.name())
+    }
+
+    fn from_label(label: &str) -> Option<Self> {
+        [Self::Sha384, Self::Sha512].into_iter().find(|h| h.label() == label)
+    }
+
+    fn digest(self, bytes: &[u8]) -> Vec<u8> {
+        match self {
+            Self::Sha384 => Sha384::digest(bytes).to_vec(),
+            Self::Sha512 => Sha512::digest(bytes).to_vec(),
+        }
+    }
+
+    /// Picks from the client's `supported-hash-algorithms`: SHA-384 (the
+    /// guest's default) unless only SHA-512 is offered. Absent list: SHA-384.
+    fn negotiate(extra_params: &Value) -> Result<Self, Error> {
+        let Some(list) = extra_params.get("supported-hash-algorithms") else {
+            return Ok(Self::Sha384);
+        };
+        let names: Vec<String> = list
+            .as_array()
+            .ok_or_else(|| Error::InvalidRequest("supported-hash-algorithms is not a list".into()))?
+            .iter()
+            .take(16)
+            .filter_map(|v| v.as_str().map(|s| s.to_ascii_lowercase().replace('-', "")))
+            .collect();
+        if names.iter().any(|n| n == "sha384") {
+            Ok(Self::Sha384)
+        } else if names.iter().any(|n| n == "sha512") {
+            Ok(Self::Sha512)
+        } else {
+            Err(Error::InvalidRequest("no supported hash algorithm in common (sha384, sha512)".into()))
+        }
+    }
+}
+
+/// The report_data a CoCo guest binds: `HASH(JCS({"additional-evidence",
+/// "nonce", "tee-pubkey"}))`, zero-padded to 64 bytes.
+fn expected_report_data(
+    hash: HashAlg,
+    nonce: &str,
+    tee_pubkey: &Value,
+    additional_evidence: &str,
+) -> Result<[u8; 64], Error> {
+    let runtime = json!({
+        "additional-evidence": additional_evidence,
+        "nonce": nonce,
+        "tee-pubkey": tee_pubkey,
+    });
+    let canonical = jcs::to_vec(&runtime).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+    let digest = hash.digest(&canonical);
+    let mut out = [0u8; 64];
+    out.get_mut(..digest.len())
+        .ok_or_else(|| Error::Internal("digest longer than report_data".into()))?
+        .copy_from_slice(&digest);
+    Ok(out)
+}
+
+/// The peer address of a connection, for audit.
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
+
+/// The front end's state.
+pub struct CocoService {
+    broker: Arc<Broker>,
+    token_key: TokenKey,
+    token_ttl: Duration,
+    allow_sample: bool,
+    issuer: String,
+}
+
+impl std::fmt::Debug for CocoService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CocoService")
+            .field("token_key", &self.token_key)
+            .field("token_ttl", &self.token_ttl)
+            .field("allow_sample", &self.allow_sample)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A ready-to-serve front end: the service and its TLS configuration.
+#[derive(Debug, Clone)]
+pub struct CocoServer {
+    service: Arc<CocoService>,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+/// Why the front end could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CocoError {
+    /// The token key could not be read or generated.
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
+    /// The TLS identity is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+impl CocoService {
+    /// A front end over `broker`. `allow_sample` is the broker's insecure
+    /// dev mode.
+    pub fn new(broker: Arc<Broker>, token_key: TokenKey, token_ttl: Duration, allow_sample: bool) -> Self {
+        Self { broker, token_key, token_ttl, allow_sample, issuer: "kbs".into() }
+    }
+
+    /// The token key (its public JWK is what relying parties pin).
+    pub fn token_key(&self) -> &TokenKey {
+        &self.token_key
+    }
+
+    /// The HTTP routes.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/kbs/v0/auth", post(auth))
+            .route("/kbs/v0/attest", post(attest))
+            .route("/kbs/v0/resource/{*path}", get(resource))
+            .fallback(|| async { problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+            .with_state(self)
+    }
+}
+
+/// Builds the front end from `config`, when `[coco]` is set. `cert_pem`
+/// and `key_pem` are the server's TLS identity.
+pub fn build(
+    config: &Config,
+    broker: &Arc<Broker>,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Option<CocoServer>, CocoError> {
+    let Some(coco) = &config.coco else {
+        return Ok(None);
+    };
+    let token_key = match &coco.token_key_file {
+        Some(path) => TokenKey::from_file(path)?,
+        None => {
+            tracing::warn!(
+                "coco.token_key_file is not set: attestation tokens are signed by a per-process key and are \
+                 valid only at this replica"
+            );
+            TokenKey::generate()?
+        }
+    };
+    if config.insecure_simulated_tee {
+        tracing::warn!("INSECURE: the CoCo `sample` TEE is accepted: unsigned evidence from any machine passes");
+    }
+    let service =
+        Arc::new(CocoService::new(Arc::clone(broker), token_key, coco.token_ttl, config.insecure_simulated_tee));
+    Ok(Some(CocoServer { service, tls: tls_config(cert_pem, key_pem)? }))
+}
+
+fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, CocoError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CocoError::Tls(format!("certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CocoError::Tls(format!("key: {e}")))?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| CocoError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| CocoError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+impl CocoServer {
+    /// The service, for tests and in-process callers.
+    pub fn service(&self) -> &Arc<CocoService> {
+        &self.service
+    }
+}
+
+/// Serves HTTPS on `listener` until `shutdown` completes.
+pub async fn serve(
+    server: CocoServer,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.tls);
+    let router = Arc::clone(&server.service).router();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "coco listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, "coco listener at its connection limit; dropping a connection");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let app = router.clone().layer(axum::Extension(Peer(peer)));
+        tokio::spawn(async move {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                _ => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
+            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+                tracing::debug!(%peer, error = %e, "coco connection ended with an error");
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors as RFC 7807 problem documents.
+
+fn problem(status: StatusCode, detail: &str, title: &str) -> Response {
+    let body = json!({
+        "type": format!("urn:kbs:reason:{detail}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response
+}
+
+/// The HTTP status for a reason code, by the meaning the gRPC mapping
+/// already gives it (one table to maintain).
+fn http_status(reason: ReasonCode) -> StatusCode {
+    use tonic::Code;
+    match reason.grpc_code() {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        // A bad, foreign or expired session: the client must authenticate again.
+        Code::FailedPrecondition | Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Aborted => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(e: &Error) -> Response {
+    let reason = e.reason();
+    problem(http_status(reason), reason.as_str(), reason.public_message())
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn set_cookie(response: &mut Response, value: &str, max_age: Duration) {
+    let cookie = format!(
+        "{SESSION_COOKIE}={value}; Path=/kbs/v0; Max-Age={}; Secure; HttpOnly; SameSite=Strict",
+        max_age.as_secs()
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim_matches('"').to_owned())
+}
+
+fn peer_of(req: &Request) -> String {
+    req.extensions().get::<Peer>().map(|p| p.0.to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+/// Reads the body up to `limit` bytes; a larger body is a 413.
+async fn body_bytes(req: Request, limit: usize) -> Result<axum::body::Bytes, Response> {
+    let too_large = || {
+        problem(StatusCode::PAYLOAD_TOO_LARGE, ReasonCode::EvidenceTooLarge.as_str(), "the request body is too large")
+    };
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > u64::try_from(limit).unwrap_or(u64::MAX)) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| too_large())
+}
+
+// ---------------------------------------------------------------------------
+// Handlers.
+
+#[derive(Deserialize)]
+struct AuthRequest {
+    version: String,
+    tee: String,
+    #[serde(rename = "extra-params", default)]
+    extra_params: Value,
+}
+
+async fn auth(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
+    let body = match body_bytes(req, MAX_AUTH_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match svc.auth(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(reason = e.reason().as_str(), cause = %e, "coco auth refused");
+            error_response(&e)
+        }
+    }
+}
+
+impl CocoService {
+    fn auth(&self, body: &[u8]) -> Result<Response, Error> {
+        let request: AuthRequest =
+            serde_json::from_slice(body).map_err(|e| Error::InvalidRequest(format!("auth request: {e}")))?;
+        if request.version != PROTOCOL_VERSION {
+            return Err(Error::InvalidRequest(format!(
+                "protocol version {:?} is not {PROTOCOL_VERSION}",
+                request.version.chars().take(32).collect::<String>()
+            )));
+        }
+        let tee = CocoTee::from_name(&request.tee)
+            .filter(|t| *t != CocoTee::Sample || self.allow_sample)
+            .ok_or(crate::evidence::EvidenceError::UnsupportedTee("not offered on the CoCo front end"))?;
+        let hash = HashAlg::negotiate(&request.extra_params)?;
+        let issued = self.broker.seal_session(tee.code(), &[hash.label()])?;
+        let mut response = json_response(
+            StatusCode::OK,
+            &json!({
+                "nonce": STANDARD.encode(issued.nonce),
+                "extra-params": {"selected-hash-algorithm": hash.name()},
+            }),
+        );
+        set_cookie(&mut response, &URL_SAFE_NO_PAD.encode(&issued.token), self.broker.challenge_ttl());
+        Ok(response)
+    }
+}
+
+#[derive(Deserialize)]
+struct AttestRequest {
+    #[serde(rename = "runtime-data")]
+    runtime_data: RuntimeData,
+    #[serde(rename = "tee-evidence")]
+    tee_evidence: CompositeEvidence,
+    #[serde(rename = "init-data", default)]
+    init_data: Option<InitData>,
+}
+
+#[derive(Deserialize)]
+struct RuntimeData {
+    nonce: String,
+    #[serde(rename = "tee-pubkey")]
+    tee_pubkey: Value,
+}
+
+#[derive(Deserialize)]
+struct CompositeEvidence {
+    primary_evidence: Value,
+    #[serde(default)]
+    additional_evidence: String,
+}
+
+#[derive(Deserialize)]
+struct InitData {
+    #[allow(dead_code)]
+    format: String,
+    body: String,
+}
+
+/// What the audit record of one request accumulates.
+struct Audit {
+    event: Event,
+}
+
+impl Audit {
+    fn new(action: &'static str, attestation_id: Option<String>, caller: String) -> Self {
+        Self {
+            event: Event {
+                action,
+                decision: "deny",
+                reason: None,
+                reasons: Vec::new(),
+                attestation_id,
+                tee: None,
+                measurement: None,
+                claims_digest: None,
+                secrets: Vec::new(),
+                caller,
+            },
+        }
+    }
+
+    fn claims(&mut self, claims: &Claims) {
+        self.event.measurement = Some(claims.measurement.clone());
+        self.event.claims_digest = Some(claims_digest(claims));
+    }
+
+    /// Records the decision; if the record cannot be written, nothing is
+    /// released.
+    fn finish<T>(mut self, broker: &Broker, result: Result<T, Error>) -> Result<T, Error> {
+        match &result {
+            Ok(_) => self.event.decision = "allow",
+            Err(e) => {
+                self.event.reason = Some(e.reason().as_str());
+                if let Error::Denied { reasons, .. } = e {
+                    self.event.reasons.clone_from(reasons);
+                }
+                if self.event.reasons.is_empty() {
+                    self.event.reasons.push(e.to_string());
+                }
+                tracing::warn!(
+                    action = self.event.action,
+                    attestation_id = self.event.attestation_id.as_deref().unwrap_or(""),
+                    reason = e.reason().as_str(),
+                    cause = %e,
+                    "coco request refused"
+                );
+            }
+        }
+        if let Err(audit_err) = broker.audit().record(&self.event) {
+            tracing::error!(error = %audit_err, "audit write failed; refusing");
+            return Err(Error::Internal("audit log unavailable".into()));
+        }
+        result
+    }
+}
+
+async fn attest(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
+    let caller = peer_of(&req);
+    let cookie = session_cookie(req.headers());
+    let body = match body_bytes(req, MAX_ATTEST_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let attestation_id = match svc.broker.new_attestation_id() {
+        Ok(id) => id,
+        Err(e) => return error_response(&e),
+    };
+    let mut audit = Audit::new("coco.attest", Some(attestation_id.clone()), caller);
+    let result = svc.attest(cookie.as_deref(), &body, &attestation_id, &mut audit).await;
+    match audit.finish(&svc.broker, result) {
+        Ok(token) => {
+            let mut response = json_response(StatusCode::OK, &json!({ "token": token }));
+            set_cookie(&mut response, &token, svc.token_ttl);
+            response
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+impl CocoService {
+    async fn attest(
+        &self,
+        cookie: Option<&str>,
+        body: &[u8],
+        attestation_id: &str,
+        audit: &mut Audit,
+    ) -> Result<String, Error> {
+        // 1. The session: sealed by a broker holding the challenge key, unexpired.
+        let cookie = cookie.ok_or(Error::Unauthenticated("no kbs-session-id cookie; call /kbs/v0/auth first"))?;
+        let sealed = URL_SAFE_NO_PAD.decode(cookie).map_err(|_| crate::challenge::ChallengeError::Malformed)?;
+        let session = self.broker.open_session(&sealed)?;
+        let tee =
+            CocoTee::from_code(session.tee).ok_or(crate::challenge::ChallengeError::Mismatch("not a CoCo session"))?;
+        let hash = match session.secret_names.as_slice() {
+            [label] => HashAlg::from_label(label),
+            _ => None,
+        }
+        .ok_or(crate::challenge::ChallengeError::Mismatch("not a CoCo session"))?;
+        audit.event.tee = Some(tee.name());
+        if tee == CocoTee::Sample && !self.allow_sample {
+            return Err(crate::evidence::EvidenceError::UnsupportedTee("sample").into());
+        }
+
+        // 2. The request: shape, nonce, key.
+        let request: AttestRequest =
+            serde_json::from_slice(body).map_err(|e| Error::InvalidRequest(format!("attestation: {e}")))?;
+        let nonce = STANDARD.encode(session.nonce);
+        if request.runtime_data.nonce != nonce {
+            return Err(crate::challenge::ChallengeError::Mismatch("runtime-data nonce is not the session's").into());
+        }
+        if serde_json::to_vec(&request.runtime_data.tee_pubkey).map_or(usize::MAX, |v| v.len()) > jwe::MAX_JWK_LEN {
+            return Err(Error::InvalidRequest("tee-pubkey too large".into()));
+        }
+        let key =
+            TeeKey::from_jwk(&request.runtime_data.tee_pubkey).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let additional = &request.tee_evidence.additional_evidence;
+        if additional.len() > MAX_ADDITIONAL_EVIDENCE {
+            return Err(crate::evidence::EvidenceError::TooLarge {
+                len: additional.len(),
+                max: MAX_ADDITIONAL_EVIDENCE,
+            }
+            .into());
+        }
+
+        // 3. The evidence, bound to nonce, key and additional evidence.
+        let expected = expected_report_data(hash, &nonce, &request.runtime_data.tee_pubkey, additional)?;
+        let primary = &request.tee_evidence.primary_evidence;
+        let mut claims = match tee {
+            CocoTee::Snp => self.broker.verify_bound(&evidence::snp(primary)?, &expected).await?,
+            CocoTee::Tdx => self.broker.verify_bound(&evidence::tdx(primary)?, &expected).await?,
+            CocoTee::Sample => sample_claims(primary, &expected)?,
+        };
+        audit.claims(&claims);
+
+        // 4. Init-data, when sent, must be what the TEE was launched with.
+        if let Some(init_data) = &request.init_data {
+            check_init_data(init_data, &mut claims, tee)?;
+        }
+
+        // 5. The token.
+        let now = self.broker.now_utc().unix_timestamp();
+        let ttl = i64::try_from(self.token_ttl.as_secs()).unwrap_or(300);
+        let claims_json = serde_json::to_value(&claims).map_err(|e| Error::Internal(format!("claims: {e}")))?;
+        let token_claims = json!({
+            "eat_profile": "tag:github.com,2023:veraison/ear",
+            "iss": self.issuer,
+            "iat": now,
+            "exp": now.saturating_add(ttl),
+            "jti": attestation_id,
+            "ear.verifier-id": {"developer": "kbs", "build": concat!("kbs ", env!("CARGO_PKG_VERSION"))},
+            "submods": {
+                "cpu0": {
+                    "ear.status": "affirming",
+                    "ear.veraison.annotated-evidence": claims_json,
+                }
+            },
+            "tee": tee.name(),
+            "tee-pubkey": request.runtime_data.tee_pubkey,
+            "kbs.key-alg": key.alg(),
+        });
+        self.token_key.sign(&token_claims).map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+/// The insecure `sample` TEE: the evidence only repeats report_data.
+fn sample_claims(primary: &Value, expected: &[u8; 64]) -> Result<Claims, Error> {
+    let claimed = evidence::sample_report_data(primary)?;
+    let mut padded = [0u8; 64];
+    padded
+        .get_mut(..claimed.len())
+        .ok_or(crate::evidence::EvidenceError::ReportDataMismatch)?
+        .copy_from_slice(&claimed);
+    if &padded != expected {
+        return Err(crate::evidence::EvidenceError::ReportDataMismatch.into());
+    }
+    Ok(Claims {
+        tee: TeeKind::Sample,
+        measurement: hex::encode(SAMPLE_MEASUREMENT),
+        debug: false,
+        report_data: hex::encode(padded),
+        init_data_digest: hex::encode([0u8; 32]),
+        snp: None,
+        tdx: None,
+    })
+}
+
+/// Checks init-data against the launch binding: its digest, with the
+/// algorithm it names, truncated or zero-padded to the field's size, must
+/// equal HOST_DATA (SNP) or MRCONFIGID (TDX). The sample TEE has no such
+/// field; its claim takes the digest.
+fn check_init_data(init_data: &InitData, claims: &mut Claims, tee: CocoTee) -> Result<(), Error> {
+    if init_data.body.len() > MAX_INIT_DATA {
+        return Err(crate::evidence::EvidenceError::TooLarge { len: init_data.body.len(), max: MAX_INIT_DATA }.into());
+    }
+    let algorithm = init_data_algorithm(&init_data.body)?;
+    let body = init_data.body.as_bytes();
+    let digest = match algorithm.as_str() {
+        "sha256" => Sha256::digest(body).to_vec(),
+        "sha384" => Sha384::digest(body).to_vec(),
+        "sha512" => Sha512::digest(body).to_vec(),
+        _ => return Err(Error::InvalidRequest("init-data algorithm must be sha256, sha384 or sha512".into())),
+    };
+    let size = match tee {
+        CocoTee::Sample => 32,
+        _ => claims.init_data_digest.len() / 2,
+    };
+    let mut bound = vec![0u8; size];
+    for (slot, byte) in bound.iter_mut().zip(digest.iter()) {
+        *slot = *byte;
+    }
+    if tee == CocoTee::Sample {
+        claims.init_data_digest = hex::encode(&bound);
+        return Ok(());
+    }
+    if hex::encode(&bound) != claims.init_data_digest {
+        return Err(Error::Denied {
+            code: ReasonCode::PolicyDenied,
+            reasons: vec!["init_data_mismatch: init-data digest is not the launch's HOST_DATA/MRCONFIGID".into()],
+        });
+    }
+    Ok(())
+}
+
+/// The `algorithm` an init-data document names (TOML or JSON).
+fn init_data_algorithm(body: &str) -> Result<String, Error> {
+    let bad = || Error::InvalidRequest("init-data has no algorithm".into());
+    let value: Option<String> = match toml::from_str::<toml::Table>(body) {
+        Ok(table) => table.get("algorithm").and_then(|v| v.as_str()).map(str::to_owned),
+        Err(_) => serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("algorithm").and_then(Value::as_str).map(str::to_owned)),
+    };
+    Ok(value.ok_or_else(bad)?.to_ascii_lowercase().replace('-', ""))
+}
+
+async fn resource(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
+    let caller = peer_of(&req);
+    let path = req.uri().path().to_owned();
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").map(str::trim).map(str::to_owned));
+    let token = bearer.or_else(|| session_cookie(req.headers()));
+    let now = svc.broker.now_utc().unix_timestamp();
+    let Some(token) = token else {
+        return error_response(&Error::Unauthenticated("no attestation token"));
+    };
+    // Nothing about the resource is looked at before the token verifies.
+    let claims = match svc.token_key.verify(&token, now) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(cause = %e, "coco resource request with a bad token");
+            return error_response(&Error::Unauthenticated("bad or expired attestation token"));
+        }
+    };
+    let attestation_id = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+    let mut audit = Audit::new("coco.resource", attestation_id, caller);
+    let result = svc.resource(&claims, &path, &mut audit).await;
+    match audit.finish(&svc.broker, result) {
+        Ok(jwe) => json_response(StatusCode::OK, &jwe),
+        Err(e) => error_response(&e),
+    }
+}
+
+impl CocoService {
+    async fn resource(&self, token: &Value, path: &str, audit: &mut Audit) -> Result<Value, Error> {
+        audit.event.tee = token.get("tee").and_then(Value::as_str).and_then(CocoTee::from_name).map(CocoTee::name);
+        let name = path
+            .strip_prefix("/kbs/v0/resource/")
+            .filter(|n| n.split('/').count() == 3)
+            .ok_or_else(|| Error::InvalidRequest("resource path must be <repository>/<type>/<tag>".into()))?;
+        audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: None }];
+        let claims: Claims = token
+            .pointer("/submods/cpu0/ear.veraison.annotated-evidence")
+            .cloned()
+            .and_then(|c| serde_json::from_value(c).ok())
+            .ok_or(Error::Unauthenticated("attestation token carries no claims"))?;
+        audit.claims(&claims);
+        if claims.tee == TeeKind::Sample && !self.allow_sample {
+            return Err(crate::evidence::EvidenceError::UnsupportedTee("sample").into());
+        }
+        let key = token
+            .get("tee-pubkey")
+            .ok_or(Error::Unauthenticated("attestation token carries no key"))
+            .and_then(|k| TeeKey::from_jwk(k).map_err(|e| Error::InvalidRequest(e.to_string())))?;
+        let record = self.broker.read_for(&claims, name).await?;
+        audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: Some(record.meta.version) }];
+        key.encrypt(record.value.expose()).map_err(|e| Error::Internal(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known answer: the canonical runtime data written by hand, hashed
+    /// independently, must equal what the broker expects.
+    #[test]
+    fn report_data_known_answer() {
+        let jwk = json!({"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW", "x": "eA", "y": "eQ"});
+        let nonce = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let canonical = concat!(
+            r#"{"additional-evidence":"","nonce":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","#,
+            r#""tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}"#
+        );
+        let got = expected_report_data(HashAlg::Sha384, nonce, &jwk, "").unwrap();
+        let want = Sha384::digest(canonical.as_bytes());
+        assert_eq!(&got[..48], want.as_slice());
+        assert_eq!(&got[48..], &[0u8; 16]);
+        let got = expected_report_data(HashAlg::Sha512, nonce, &jwk, "").unwrap();
+        assert_eq!(got.as_slice(), Sha512::digest(canonical.as_bytes()).as_slice());
+        // Additional evidence is bound too.
+        assert_ne!(expected_report_data(HashAlg::Sha384, nonce, &jwk, "{}").unwrap()[..48], want[..]);
+    }
+
+    #[test]
+    fn hash_negotiation() {
+        assert_eq!(HashAlg::negotiate(&json!({})).unwrap(), HashAlg::Sha384);
+        assert_eq!(HashAlg::negotiate(&json!("")).unwrap(), HashAlg::Sha384);
+        let all = json!({"supported-hash-algorithms": ["sha256", "sha384", "sha512", "sm3"]});
+        assert_eq!(HashAlg::negotiate(&all).unwrap(), HashAlg::Sha384);
+        let only512 = json!({"supported-hash-algorithms": ["SHA512"]});
+        assert_eq!(HashAlg::negotiate(&only512).unwrap(), HashAlg::Sha512);
+        assert!(HashAlg::negotiate(&json!({"supported-hash-algorithms": ["sm3"]})).is_err());
+        assert!(HashAlg::negotiate(&json!({"supported-hash-algorithms": "sha384"})).is_err());
+        assert_eq!(HashAlg::from_label(&HashAlg::Sha512.label()), Some(HashAlg::Sha512));
+    }
+
+    #[test]
+    fn statuses_by_meaning() {
+        assert_eq!(http_status(ReasonCode::InvalidRequest), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(ReasonCode::SignatureInvalid), StatusCode::FORBIDDEN);
+        assert_eq!(http_status(ReasonCode::MeasurementNotAllowed), StatusCode::FORBIDDEN);
+        assert_eq!(http_status(ReasonCode::ChallengeExpired), StatusCode::UNAUTHORIZED);
+        assert_eq!(http_status(ReasonCode::Unauthenticated), StatusCode::UNAUTHORIZED);
+        assert_eq!(http_status(ReasonCode::SecretNotFound), StatusCode::NOT_FOUND);
+        assert_eq!(http_status(ReasonCode::StoreUnavailable), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(http_status(ReasonCode::Internal), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn cookies_are_found() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b; kbs-session-id=xyz; c=d"));
+        assert_eq!(session_cookie(&h).as_deref(), Some("xyz"));
+        assert_eq!(session_cookie(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn init_data_algorithm_from_toml_and_json() {
+        assert_eq!(init_data_algorithm("algorithm = \"sha384\"\nversion = \"0.1.0\"\n").unwrap(), "sha384");
+        assert_eq!(init_data_algorithm(r#"{"algorithm": "SHA-256"}"#).unwrap(), "sha256");
+        assert!(init_data_algorithm("version = 1").is_err());
+    }
+}

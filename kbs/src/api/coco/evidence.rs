@@ -1,0 +1,337 @@
+//! CoCo evidence shapes, decoded into the broker's [`EvidenceInput`].
+//!
+//! - `snp`: `{"attestation_report": <report>, "cert_chain": [<entry>] | null}`
+//!   as the guest attester serializes them with the `sev` crate: the report
+//!   is a JSON object of its fields (byte arrays as arrays of numbers, TCB
+//!   versions as `{fmc?, bootloader, tee, snp, microcode}`, the signature as
+//!   `{r, s}` in the report's little-endian layout), and each certificate
+//!   entry is `{"cert_type": "VCEK" | "VLEK" | "ASK" | "ARK" | .., "data":
+//!   [DER bytes]}`. The report is rebuilt byte for byte in the layout of
+//!   the SEV-SNP ABI (Table 23, ATTESTATION_REPORT) with reserved fields
+//!   zero, and handed to the same verifier as the gRPC path, which checks
+//!   the signature over those bytes: a field altered in the JSON fails it.
+//! - `tdx`: `{"quote": <standard base64>, "cc_eventlog": <base64> | null}`.
+//! - `sample` (insecure dev mode only): `{"svn": "..", "report_data": <base64>}`.
+//!
+//! Every size is capped before anything is allocated from it.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::evidence::EvidenceError;
+use crate::evidence::certtable::{self, CertKind};
+use crate::evidence::snp::REPORT_LEN;
+use crate::release::EvidenceInput;
+
+/// Largest TDX quote accepted (decoded).
+pub const MAX_QUOTE_LEN: usize = 64 * 1024;
+/// Most certificate entries accepted in an SNP `cert_chain`.
+pub const MAX_CERT_ENTRIES: usize = 8;
+/// Largest certificate accepted.
+pub const MAX_CERT_LEN: usize = 16 * 1024;
+
+fn malformed(what: &str) -> EvidenceError {
+    EvidenceError::Malformed(format!("CoCo evidence: {what}"))
+}
+
+#[derive(Deserialize)]
+struct SnpEvidenceJson {
+    attestation_report: SnpReportJson,
+    #[serde(default)]
+    cert_chain: Option<Vec<CertEntryJson>>,
+}
+
+#[derive(Deserialize)]
+struct TcbJson {
+    #[serde(default)]
+    fmc: Option<u8>,
+    bootloader: u8,
+    tee: u8,
+    snp: u8,
+    microcode: u8,
+}
+
+impl TcbJson {
+    /// The 8-byte TCB_VERSION: Turin and later carry an FMC SPL and use
+    /// `[fmc, bl, tee, snp, 0, 0, 0, ucode]`; earlier generations use
+    /// `[bl, tee, 0, 0, 0, 0, snp, ucode]`.
+    fn bytes(&self) -> [u8; 8] {
+        match self.fmc {
+            Some(fmc) => [fmc, self.bootloader, self.tee, self.snp, 0, 0, 0, self.microcode],
+            None => [self.bootloader, self.tee, 0, 0, 0, 0, self.snp, self.microcode],
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct VersionJson {
+    major: u8,
+    minor: u8,
+    build: u8,
+}
+
+#[derive(Deserialize)]
+struct SignatureJson {
+    r: Vec<u8>,
+    s: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct SnpReportJson {
+    version: u32,
+    guest_svn: u32,
+    policy: u64,
+    family_id: Vec<u8>,
+    image_id: Vec<u8>,
+    vmpl: u32,
+    sig_algo: u32,
+    current_tcb: TcbJson,
+    plat_info: u64,
+    key_info: u32,
+    report_data: Vec<u8>,
+    measurement: Vec<u8>,
+    host_data: Vec<u8>,
+    id_key_digest: Vec<u8>,
+    author_key_digest: Vec<u8>,
+    report_id: Vec<u8>,
+    report_id_ma: Vec<u8>,
+    reported_tcb: TcbJson,
+    #[serde(default)]
+    cpuid_fam_id: Option<u8>,
+    #[serde(default)]
+    cpuid_mod_id: Option<u8>,
+    #[serde(default)]
+    cpuid_step: Option<u8>,
+    chip_id: Vec<u8>,
+    committed_tcb: TcbJson,
+    current: VersionJson,
+    committed: VersionJson,
+    launch_tcb: TcbJson,
+    #[serde(default)]
+    launch_mit_vector: Option<u64>,
+    #[serde(default)]
+    current_mit_vector: Option<u64>,
+    signature: SignatureJson,
+}
+
+#[derive(Deserialize)]
+struct CertEntryJson {
+    cert_type: Value,
+    data: Vec<u8>,
+}
+
+/// Writes `bytes` at `offset`, which must be exactly `len` long.
+fn put(report: &mut [u8], offset: usize, len: usize, bytes: &[u8], field: &str) -> Result<(), EvidenceError> {
+    if bytes.len() != len {
+        return Err(malformed(&format!("attestation_report.{field} must be {len} bytes")));
+    }
+    report.get_mut(offset..offset + len).ok_or_else(|| malformed("report layout"))?.copy_from_slice(bytes);
+    Ok(())
+}
+
+impl SnpReportJson {
+    /// The report in the SEV-SNP ABI layout (offsets from Table 23).
+    fn to_bytes(&self) -> Result<Vec<u8>, EvidenceError> {
+        let mut r = vec![0u8; REPORT_LEN];
+        put(&mut r, 0x00, 4, &self.version.to_le_bytes(), "version")?;
+        put(&mut r, 0x04, 4, &self.guest_svn.to_le_bytes(), "guest_svn")?;
+        put(&mut r, 0x08, 8, &self.policy.to_le_bytes(), "policy")?;
+        put(&mut r, 0x10, 16, &self.family_id, "family_id")?;
+        put(&mut r, 0x20, 16, &self.image_id, "image_id")?;
+        put(&mut r, 0x30, 4, &self.vmpl.to_le_bytes(), "vmpl")?;
+        put(&mut r, 0x34, 4, &self.sig_algo.to_le_bytes(), "sig_algo")?;
+        put(&mut r, 0x38, 8, &self.current_tcb.bytes(), "current_tcb")?;
+        put(&mut r, 0x40, 8, &self.plat_info.to_le_bytes(), "plat_info")?;
+        put(&mut r, 0x48, 4, &self.key_info.to_le_bytes(), "key_info")?;
+        put(&mut r, 0x50, 64, &self.report_data, "report_data")?;
+        put(&mut r, 0x90, 48, &self.measurement, "measurement")?;
+        put(&mut r, 0xC0, 32, &self.host_data, "host_data")?;
+        put(&mut r, 0xE0, 48, &self.id_key_digest, "id_key_digest")?;
+        put(&mut r, 0x110, 48, &self.author_key_digest, "author_key_digest")?;
+        put(&mut r, 0x140, 32, &self.report_id, "report_id")?;
+        put(&mut r, 0x160, 32, &self.report_id_ma, "report_id_ma")?;
+        put(&mut r, 0x180, 8, &self.reported_tcb.bytes(), "reported_tcb")?;
+        let cpuid = [self.cpuid_fam_id, self.cpuid_mod_id, self.cpuid_step];
+        if self.version >= 3 {
+            let [f, m, s] = cpuid;
+            put(&mut r, 0x188, 3, &[f.unwrap_or(0), m.unwrap_or(0), s.unwrap_or(0)], "cpuid")?;
+        } else if cpuid.iter().any(|c| c.is_some_and(|v| v != 0)) {
+            return Err(malformed("CPUID fields in a version 2 report"));
+        }
+        put(&mut r, 0x1A0, 64, &self.chip_id, "chip_id")?;
+        put(&mut r, 0x1E0, 8, &self.committed_tcb.bytes(), "committed_tcb")?;
+        put(&mut r, 0x1E8, 3, &[self.current.build, self.current.minor, self.current.major], "current")?;
+        put(&mut r, 0x1EC, 3, &[self.committed.build, self.committed.minor, self.committed.major], "committed")?;
+        put(&mut r, 0x1F0, 8, &self.launch_tcb.bytes(), "launch_tcb")?;
+        if self.version >= 5 {
+            put(&mut r, 0x1F8, 8, &self.launch_mit_vector.unwrap_or(0).to_le_bytes(), "launch_mit_vector")?;
+            put(&mut r, 0x200, 8, &self.current_mit_vector.unwrap_or(0).to_le_bytes(), "current_mit_vector")?;
+        } else if self.launch_mit_vector.is_some_and(|v| v != 0) || self.current_mit_vector.is_some_and(|v| v != 0) {
+            return Err(malformed("mitigation vectors in a report before version 5"));
+        }
+        put(&mut r, 0x2A0, 72, &self.signature.r, "signature.r")?;
+        put(&mut r, 0x2E8, 72, &self.signature.s, "signature.s")?;
+        Ok(r)
+    }
+}
+
+fn cert_kind(cert_type: &Value) -> Result<Option<CertKind>, EvidenceError> {
+    match cert_type {
+        Value::String(s) => Ok(match s.as_str() {
+            "VCEK" => Some(CertKind::Vcek),
+            "VLEK" => Some(CertKind::Vlek),
+            "ASK" | "ASVK" => Some(CertKind::Ask),
+            "ARK" => Some(CertKind::Ark),
+            // CRLs, empty and unknown entries are not used.
+            _ => None,
+        }),
+        Value::Object(_) => Ok(None),
+        _ => Err(malformed("cert_chain entry has a bad cert_type")),
+    }
+}
+
+/// Decodes `tee: "snp"` evidence.
+pub fn snp(evidence: &Value) -> Result<EvidenceInput, EvidenceError> {
+    let parsed = SnpEvidenceJson::deserialize(evidence).map_err(|e| malformed(&format!("snp: {e}")))?;
+    let report = parsed.attestation_report.to_bytes()?;
+    let entries = parsed.cert_chain.unwrap_or_default();
+    if entries.len() > MAX_CERT_ENTRIES {
+        return Err(EvidenceError::TooLarge { len: entries.len(), max: MAX_CERT_ENTRIES });
+    }
+    let mut table = Vec::new();
+    for entry in &entries {
+        if entry.data.len() > MAX_CERT_LEN {
+            return Err(EvidenceError::TooLarge { len: entry.data.len(), max: MAX_CERT_LEN });
+        }
+        if let Some(kind) = cert_kind(&entry.cert_type)? {
+            if table.iter().any(|(k, _)| *k == kind) {
+                return Err(malformed("cert_chain repeats a certificate type"));
+            }
+            table.push((kind, entry.data.as_slice()));
+        }
+    }
+    let cert_table = if table.is_empty() { Vec::new() } else { certtable::build(&table)? };
+    Ok(EvidenceInput::Snp { report, cert_table })
+}
+
+/// Decodes `tee: "tdx"` evidence: the quote only (the event log is not
+/// part of the signed evidence and is not used for release decisions).
+pub fn tdx(evidence: &Value) -> Result<EvidenceInput, EvidenceError> {
+    let quote = evidence.get("quote").and_then(Value::as_str).ok_or_else(|| malformed("tdx: no quote"))?;
+    if quote.len() > MAX_QUOTE_LEN.div_ceil(3) * 4 + 4 {
+        return Err(EvidenceError::TooLarge { len: quote.len(), max: MAX_QUOTE_LEN });
+    }
+    let quote = STANDARD
+        .decode(quote)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(quote))
+        .map_err(|_| malformed("tdx: quote is not base64"))?;
+    Ok(EvidenceInput::Tdx { quote })
+}
+
+/// The sample TEE's evidence: its claimed report_data (unsigned).
+pub fn sample_report_data(evidence: &Value) -> Result<Vec<u8>, EvidenceError> {
+    let rd = evidence.get("report_data").and_then(Value::as_str).ok_or_else(|| malformed("sample: no report_data"))?;
+    if rd.len() > 128 {
+        return Err(EvidenceError::TooLarge { len: rd.len(), max: 128 });
+    }
+    let bytes = STANDARD.decode(rd).map_err(|_| malformed("sample: report_data is not base64"))?;
+    if bytes.len() > 64 {
+        return Err(malformed("sample: report_data longer than 64 bytes"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tcb(fmc: Option<u8>) -> Value {
+        json!({"fmc": fmc, "bootloader": 1, "tee": 2, "snp": 3, "microcode": 4})
+    }
+
+    fn report_json(version: u32) -> Value {
+        json!({
+            "version": version, "guest_svn": 7, "policy": 0x30000u64,
+            "family_id": vec![1u8; 16], "image_id": vec![2u8; 16], "vmpl": 0, "sig_algo": 1,
+            "current_tcb": tcb(None), "plat_info": 3, "key_info": 0,
+            "report_data": vec![9u8; 64], "measurement": vec![0x5au8; 48], "host_data": vec![0u8; 32],
+            "id_key_digest": vec![0u8; 48], "author_key_digest": vec![0u8; 48],
+            "report_id": vec![0u8; 32], "report_id_ma": vec![0xffu8; 32], "reported_tcb": tcb(None),
+            "cpuid_fam_id": 0x19, "cpuid_mod_id": 0x11, "cpuid_step": 1,
+            "chip_id": vec![0xc1u8; 64], "committed_tcb": tcb(None),
+            "current": {"major": 1, "minor": 55, "build": 21}, "committed": {"major": 1, "minor": 55, "build": 21},
+            "launch_tcb": tcb(None), "launch_mit_vector": null, "current_mit_vector": null,
+            "signature": {"r": vec![0xaau8; 72], "s": vec![0xbbu8; 72]},
+        })
+    }
+
+    #[test]
+    fn snp_report_layout() {
+        let ev = json!({"attestation_report": report_json(3), "cert_chain": [
+            {"cert_type": "VCEK", "data": [48, 1, 2]},
+            {"cert_type": "CRL", "data": [1]},
+            {"cert_type": {"OTHER": "00000000-0000-0000-0000-000000000001"}, "data": [1]},
+        ]});
+        let EvidenceInput::Snp { report, cert_table } = snp(&ev).unwrap() else { panic!() };
+        assert_eq!(report.len(), REPORT_LEN);
+        assert_eq!(&report[0..4], &3u32.to_le_bytes());
+        assert_eq!(&report[0x08..0x10], &0x30000u64.to_le_bytes());
+        assert_eq!(&report[0x38..0x40], &[1, 2, 0, 0, 0, 0, 3, 4]);
+        assert_eq!(&report[0x50..0x90], &[9u8; 64]);
+        assert_eq!(&report[0x90..0xC0], &[0x5au8; 48]);
+        assert_eq!(&report[0x188..0x18B], &[0x19, 0x11, 1]);
+        assert_eq!(&report[0x1E8..0x1EC], &[21, 55, 1, 0]);
+        assert_eq!(&report[0x2A0..0x2E8], &[0xaau8; 72]);
+        assert_eq!(&report[0x2E8..0x330], &[0xbbu8; 72]);
+        assert!(report[0x330..].iter().all(|b| *b == 0));
+        let table = certtable::parse(&cert_table).unwrap();
+        assert_eq!(table.vcek.as_deref(), Some(&[48u8, 1, 2][..]));
+        assert!(table.ark.is_none());
+    }
+
+    #[test]
+    fn turin_tcb_layout_follows_fmc() {
+        let mut r = report_json(5);
+        r["reported_tcb"] = tcb(Some(8));
+        r["launch_mit_vector"] = json!(5);
+        let EvidenceInput::Snp { report, .. } = snp(&json!({"attestation_report": r})).unwrap() else { panic!() };
+        assert_eq!(&report[0x180..0x188], &[8, 1, 2, 3, 0, 0, 0, 4]);
+        assert_eq!(&report[0x1F8..0x200], &5u64.to_le_bytes());
+    }
+
+    #[test]
+    fn malformed_snp_is_refused() {
+        let mut r = report_json(2);
+        r["measurement"] = json!(vec![0u8; 47]);
+        assert!(matches!(snp(&json!({"attestation_report": r})), Err(EvidenceError::Malformed(_))));
+        let r = report_json(2);
+        assert!(matches!(snp(&json!({"attestation_report": r})), Err(EvidenceError::Malformed(_))));
+        assert!(snp(&json!({"report": 1})).is_err());
+        let many: Vec<Value> = (0..9).map(|_| json!({"cert_type": "ARK", "data": [1]})).collect();
+        let ev = json!({"attestation_report": report_json(3), "cert_chain": many});
+        assert!(matches!(snp(&ev), Err(EvidenceError::TooLarge { .. })));
+        let twice = json!({"attestation_report": report_json(3), "cert_chain": [
+            {"cert_type": "ARK", "data": [1]}, {"cert_type": "ARK", "data": [2]}]});
+        assert!(snp(&twice).is_err());
+    }
+
+    #[test]
+    fn tdx_and_sample() {
+        let EvidenceInput::Tdx { quote } =
+            tdx(&json!({"quote": STANDARD.encode([1, 2, 3]), "cc_eventlog": null})).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(quote, vec![1, 2, 3]);
+        assert!(tdx(&json!({"quote": "%%%"})).is_err());
+        assert!(tdx(&json!({"quote": "A".repeat(200_000)})).is_err());
+        assert_eq!(
+            sample_report_data(&json!({"svn": "1", "report_data": STANDARD.encode([7u8; 48])})).unwrap(),
+            vec![7u8; 48]
+        );
+        assert!(sample_report_data(&json!({"svn": "1", "report_data": STANDARD.encode([7u8; 65])})).is_err());
+    }
+}

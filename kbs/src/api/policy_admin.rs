@@ -1,0 +1,243 @@
+//! Policy, reference-value and audit administration (Admin API).
+//!
+//! The logic behind the Admin calls on policies, reference values and the
+//! audit log; [`super::admin`] authenticates, authorizes and audits each
+//! call, then delegates here. Writes go to the store and reload this
+//! replica's policy snapshot at once; other replicas see them at their next
+//! refresh (see [`crate::policy`]).
+//!
+//! `TestPolicy` is a dry run: claims JSON is taken as given (it must parse
+//! as the normalized claims document); SNP and TDX evidence is verified
+//! with the broker's own verifiers, anchors and collateral, every check
+//! except the report_data binding, which belongs to a live challenge. Nothing is released and no secret is read: only the
+//! secret's metadata (labels, allow-list) when it exists.
+
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kbs_proto::v1::{
+    DeletePolicyRequest, DeletePolicyResponse, DeleteReferenceValuesRequest, DeleteReferenceValuesResponse,
+    GetPolicyRequest, GetReferenceValuesRequest, ListPoliciesRequest, ListPoliciesResponse, ListReferenceValuesRequest,
+    ListReferenceValuesResponse, Policy, PolicyDecision, PutReferenceValuesRequest, QueryAuditRequest,
+    QueryAuditResponse, ReferenceValues, SetPolicyRequest, TestPolicyRequest, test_policy_request,
+};
+
+use crate::error::Error;
+use crate::evidence::Claims;
+use crate::evidence::snp::SnpReport;
+use crate::evidence::tdx::TdxQuote;
+use crate::policy::{PolicyEngine, PolicyInfo, RefvalsInfo, placeholder_meta};
+use crate::release::{Broker, EvidenceInput};
+use crate::store::{SecretMeta, StoreError, validate_name};
+
+/// Default number of audit records a query returns.
+pub const DEFAULT_AUDIT_LIMIT: usize = 100;
+/// Most audit records a query returns.
+pub const MAX_AUDIT_LIMIT: usize = 1000;
+
+/// What the policy administration calls need.
+#[derive(Debug, Clone)]
+pub struct PolicyAdminContext {
+    broker: Arc<Broker>,
+    audit_path: Option<PathBuf>,
+}
+
+impl PolicyAdminContext {
+    /// Builds the context: the broker (its policy engine, store and
+    /// verifiers) and the audit file, if audit goes to a file.
+    pub fn new(broker: Arc<Broker>, audit_path: Option<PathBuf>) -> Self {
+        Self { broker, audit_path }
+    }
+
+    fn engine(&self) -> &PolicyEngine {
+        self.broker.policy()
+    }
+}
+
+fn policy_to_wire(p: PolicyInfo) -> Policy {
+    Policy { scope: p.scope, rego: p.rego, version: p.version, updated_at: p.updated_at, sha256: p.sha256 }
+}
+
+fn refvals_to_wire(r: RefvalsInfo) -> ReferenceValues {
+    ReferenceValues { name: r.name, json: r.json, version: r.version, updated_at: r.updated_at }
+}
+
+/// Sets (compiles and stores) a policy. A policy that does not compile is
+/// refused with the compiler's message; the old one stays.
+pub async fn set_policy(ctx: &PolicyAdminContext, req: SetPolicyRequest) -> Result<Policy, Error> {
+    Ok(policy_to_wire(ctx.engine().set_policy(&req.scope, &req.rego).await?))
+}
+
+/// Gets the policy set for exactly this scope (`*` shows the built-in
+/// default when none is stored; its version is 0).
+pub async fn get_policy(ctx: &PolicyAdminContext, req: GetPolicyRequest) -> Result<Policy, Error> {
+    Ok(policy_to_wire(ctx.engine().get_policy(&req.scope).await?))
+}
+
+/// Lists the policies in force, most specific first.
+pub async fn list_policies(ctx: &PolicyAdminContext, _req: ListPoliciesRequest) -> Result<ListPoliciesResponse, Error> {
+    let policies = ctx.engine().list_policies().await?;
+    Ok(ListPoliciesResponse { policies: policies.into_iter().map(policy_to_wire).collect() })
+}
+
+/// Deletes the policy set for this scope.
+pub async fn delete_policy(ctx: &PolicyAdminContext, req: DeletePolicyRequest) -> Result<DeletePolicyResponse, Error> {
+    ctx.engine().delete_policy(&req.scope).await?;
+    Ok(DeletePolicyResponse {})
+}
+
+/// Dry-runs a policy (the given Rego, or the one in force for the secret)
+/// against claims or evidence, and explains the decision.
+pub async fn test_policy(ctx: &PolicyAdminContext, req: TestPolicyRequest) -> Result<PolicyDecision, Error> {
+    let claims = match req.input {
+        Some(test_policy_request::Input::ClaimsJson(json)) => serde_json::from_str::<Claims>(&json)
+            .map_err(|e| Error::PolicyInvalid(format!("claims_json is not a claims document: {e}")))?,
+        Some(test_policy_request::Input::Snp(snp)) => {
+            // The dry run has no challenge: bind to the report's own
+            // report_data, so every other check still applies.
+            let report = SnpReport::parse(&snp.report)?;
+            let own = *report.report_data();
+            ctx.broker
+                .verify_bound(&EvidenceInput::Snp { report: snp.report, cert_table: snp.cert_table }, &own)
+                .await?
+        }
+        Some(test_policy_request::Input::Tdx(tdx)) => {
+            let own = TdxQuote::parse(&tdx.quote)?.report().report_data;
+            ctx.broker.verify_bound(&EvidenceInput::Tdx { quote: tdx.quote }, &own).await?
+        }
+        None => return Err(Error::PolicyInvalid("give claims_json or evidence".into())),
+    };
+    let name = if req.secret_name.is_empty() { "test/secret".to_owned() } else { req.secret_name };
+    let meta = secret_meta(ctx, &name).await?;
+    let decision = if req.rego.is_empty() {
+        ctx.engine().decide(&claims, &meta)
+    } else {
+        ctx.engine().decide_with(&req.rego, &claims, &meta)?
+    };
+    Ok(PolicyDecision {
+        allow: decision.allow,
+        reasons: decision.reasons,
+        claims_json: serde_json::to_string_pretty(&claims).unwrap_or_default(),
+        scope: decision.scope.unwrap_or_default(),
+    })
+}
+
+/// The secret's metadata when it exists (its labels and allow-list matter
+/// to policies), else a placeholder with neither.
+async fn secret_meta(ctx: &PolicyAdminContext, name: &str) -> Result<SecretMeta, Error> {
+    validate_name(name)?;
+    if name.starts_with(super::admin::RESERVED_PREFIX) {
+        return Err(Error::InvalidRequest("names under _kbs/ are reserved".into()));
+    }
+    match ctx.broker.store().metadata(name).await {
+        Ok(meta) => Ok(meta),
+        Err(StoreError::NotFound) => Ok(placeholder_meta(name)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Checks and stores a reference value set.
+pub async fn put_reference_values(
+    ctx: &PolicyAdminContext,
+    req: PutReferenceValuesRequest,
+) -> Result<ReferenceValues, Error> {
+    Ok(refvals_to_wire(ctx.engine().put_reference_values(&req.name, &req.json).await?))
+}
+
+/// Gets a reference value set.
+pub async fn get_reference_values(
+    ctx: &PolicyAdminContext,
+    req: GetReferenceValuesRequest,
+) -> Result<ReferenceValues, Error> {
+    Ok(refvals_to_wire(ctx.engine().get_reference_values(&req.name).await?))
+}
+
+/// Lists the reference value sets.
+pub async fn list_reference_values(
+    ctx: &PolicyAdminContext,
+    _req: ListReferenceValuesRequest,
+) -> Result<ListReferenceValuesResponse, Error> {
+    let sets = ctx.engine().list_reference_values().await?;
+    Ok(ListReferenceValuesResponse { sets: sets.into_iter().map(refvals_to_wire).collect() })
+}
+
+/// Deletes a reference value set.
+pub async fn delete_reference_values(
+    ctx: &PolicyAdminContext,
+    req: DeleteReferenceValuesRequest,
+) -> Result<DeleteReferenceValuesResponse, Error> {
+    ctx.engine().delete_reference_values(&req.name).await?;
+    Ok(DeleteReferenceValuesResponse {})
+}
+
+/// The most recent audit records of this replica's audit file, oldest
+/// first, filtered by time and action.
+pub async fn query_audit(ctx: &PolicyAdminContext, req: QueryAuditRequest) -> Result<QueryAuditResponse, Error> {
+    let Some(path) = ctx.audit_path.clone() else {
+        return Err(Error::PolicyInvalid(
+            "this broker writes its audit log to stdout; query it where it is shipped".into(),
+        ));
+    };
+    let limit = match usize::try_from(req.limit).unwrap_or(MAX_AUDIT_LIMIT) {
+        0 => DEFAULT_AUDIT_LIMIT,
+        n => n.min(MAX_AUDIT_LIMIT),
+    };
+    let records = tokio::task::spawn_blocking(move || read_audit(&path, req.since, &req.action, limit))
+        .await
+        .map_err(|e| Error::Internal(format!("audit query task: {e}")))??;
+    Ok(QueryAuditResponse { records })
+}
+
+fn read_audit(path: &std::path::Path, since: i64, action: &str, limit: usize) -> Result<Vec<String>, Error> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::Store(StoreError::Unavailable(format!("opening the audit log: {e}"))))?;
+    let mut kept: VecDeque<String> = VecDeque::with_capacity(limit);
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(|e| Error::Store(StoreError::Unavailable(format!("reading the audit log: {e}"))))?;
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if !action.is_empty() && record.get("action").and_then(|a| a.as_str()) != Some(action) {
+            continue;
+        }
+        if since > 0 {
+            let at = record
+                .get("time")
+                .and_then(|t| t.as_str())
+                .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+                .map(|t| t.unix_timestamp());
+            if at.is_none_or(|at| at < since) {
+                continue;
+            }
+        }
+        if kept.len() == limit {
+            kept.pop_front();
+        }
+        kept.push_back(line);
+    }
+    Ok(kept.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_query_filters_and_keeps_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let lines = [
+            r#"{"time":"2024-01-01T00:00:00Z","action":"release","n":1}"#,
+            r#"{"time":"2024-01-02T00:00:00Z","action":"secret.put","n":2}"#,
+            r#"{"time":"2024-01-03T00:00:00Z","action":"release","n":3}"#,
+            r#"{"time":"2024-01-04T00:00:00Z","action":"release","n":4}"#,
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let all = read_audit(&path, 0, "", 10).unwrap();
+        assert_eq!(all.len(), 4);
+        let releases = read_audit(&path, 0, "release", 2).unwrap();
+        assert_eq!(releases, vec![lines[2].to_owned(), lines[3].to_owned()]);
+        let since = time::macros::datetime!(2024-01-02 00:00 UTC).unix_timestamp();
+        assert_eq!(read_audit(&path, since, "", 10).unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,961 @@
+//! Intel DCAP collateral for TDX quotes: what it is, where it comes from.
+//!
+//! A TDX quote is judged against four signed documents Intel publishes
+//! through its Provisioning Certification Service (PCS) or a caching PCCS:
+//! the TCB info for the platform's FMSPC, the TD quoting enclave's (QE)
+//! identity, the root CA CRL and the PCK CA's CRL. Together they are one
+//! [`TdxCollateral`] set, checked for shape here ([`TdxCollateral::from_v3`])
+//! and for authenticity and freshness by the verifier
+//! ([`super::tdx::TdxVerifier`]). Real sets live about 30 days; a set past
+//! any `nextUpdate` is never used to accept a quote.
+//!
+//! # Sources
+//! Nothing a source returns is trusted; sources are about availability.
+//! - [`TdxCollateralDir`]: an offline directory, for air-gapped clusters.
+//!   It holds, by FMSPC (12 hex digits, any case) and PCK CA (`platform` or
+//!   `processor`), dcap-qvl `QuoteCollateralV3` JSON files:
+//!   ```text
+//!   <dir>/<fmspc>-<ca>.json    preferred
+//!   <dir>/<fmspc>.json         when one CA serves every platform
+//!   ```
+//!   or PCS responses saved as files ([`PcsFiles`], below).
+//! - [`PcsFetcher`]: a configured PCS or PCCS base URL, with an on-disk
+//!   cache laid out as a [`TdxCollateralDir`] (so the cache is also an
+//!   offline directory). A cached set is refreshed before its earliest
+//!   `nextUpdate` (by [`PcsConfig::refresh_before`]); after a failure the
+//!   fetcher backs off exponentially and serves the cached set meanwhile.
+//!
+//! # PCS files
+//! The PCS v4 API, as files (`kbsctl collateral fetch` writes both forms):
+//! ```text
+//! /tdx/certification/v4/tcb?fmspc=<FMSPC>      -> tcb-<fmspc>.json (+ tcb-<fmspc>.issuer-chain.pem, the
+//!                                                 TCB-Info-Issuer-Chain header, URL-decoded)
+//! /tdx/certification/v4/qe/identity            -> qe-identity.json (+ qe-identity.issuer-chain.pem, the
+//!                                                 SGX-Enclave-Identity-Issuer-Chain header)
+//! /sgx/certification/v4/pckcrl?ca=<ca>         -> pckcrl-<ca>.der or .pem (+ pckcrl-<ca>.issuer-chain.pem,
+//!                                                 the SGX-PCK-CRL-Issuer-Chain header)
+//! /sgx/certification/v4/rootcacrl (PCCS)       -> rootcacrl.der (DER, PEM, or the PCCS's hex text)
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use dcap_qvl::{QeIdentity, QuoteCollateralV3, TcbInfo};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use super::EvidenceError;
+use super::anchors;
+use super::collateral::backoff_delay;
+
+/// Largest collateral file or response accepted (real sets are 16-25 KiB).
+pub const MAX_COLLATERAL_LEN: usize = 1024 * 1024;
+
+/// Most certificates in one issuer chain.
+const MAX_CHAIN_CERTS: usize = 4;
+
+/// Bound on the resolver's in-memory map.
+const MEMO_CAPACITY: usize = 1024;
+
+/// Which Intel PCK CA issued a platform's PCK certificate; each has its
+/// own CRL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PckCa {
+    /// `Intel SGX PCK Platform CA` (multi-package platforms).
+    Platform,
+    /// `Intel SGX PCK Processor CA` (single-package platforms).
+    Processor,
+}
+
+impl PckCa {
+    /// The name the PCS API uses (`ca=platform`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Platform => "platform",
+            Self::Processor => "processor",
+        }
+    }
+
+    /// The CA named by a certificate common name, as Intel names them.
+    pub fn from_common_name(cn: &str) -> Option<Self> {
+        if cn.contains("Platform") {
+            Some(Self::Platform)
+        } else if cn.contains("Processor") {
+            Some(Self::Processor)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for PckCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An FMSPC: family, model, stepping, platform type and customized SKU.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fmspc(pub [u8; 6]);
+
+impl Fmspc {
+    /// Parses 12 hex digits, any case.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let bytes = hex::decode(text.trim()).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    /// Upper-case hex, as Intel writes it in URLs and TCB info.
+    pub fn to_hex_upper(self) -> String {
+        hex::encode_upper(self.0)
+    }
+}
+
+impl fmt::Display for Fmspc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Fmspc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fmspc({self})")
+    }
+}
+
+/// A parsed CRL: the parts the verifier needs.
+#[derive(Clone, Debug)]
+pub(crate) struct Crl {
+    /// Raw DER issuer name.
+    pub(crate) issuer: Vec<u8>,
+    pub(crate) this_update: OffsetDateTime,
+    pub(crate) next_update: OffsetDateTime,
+    /// Revoked serial numbers, big-endian without leading zeros.
+    pub(crate) revoked: Vec<Vec<u8>>,
+    /// The signed `TBSCertList`.
+    pub(crate) tbs: Vec<u8>,
+    /// The DER ECDSA signature.
+    pub(crate) signature: Vec<u8>,
+    pub(crate) algorithm_ok: bool,
+}
+
+impl Crl {
+    fn parse(der: &[u8], what: &str) -> Result<Self, EvidenceError> {
+        let invalid = |why: String| EvidenceError::CollateralInvalid(format!("{what}: {why}"));
+        let crl = match CertificateRevocationList::from_der(der) {
+            Ok(([], crl)) => crl,
+            Ok(_) => return Err(invalid("trailing bytes".into())),
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        let next_update = crl.next_update().ok_or_else(|| invalid("no nextUpdate".into()))?.to_datetime();
+        Ok(Self {
+            issuer: crl.issuer().as_raw().to_vec(),
+            this_update: crl.last_update().to_datetime(),
+            next_update,
+            revoked: crl.iter_revoked_certificates().map(|r| strip_zeros(r.raw_serial()).to_vec()).collect(),
+            tbs: crl.tbs_cert_list.as_ref().to_vec(),
+            signature: crl.signature_value.data.to_vec(),
+            algorithm_ok: crl.signature_algorithm.algorithm.to_id_string() == "1.2.840.10045.4.3.2"
+                && crl.signature_value.unused_bits == 0,
+        })
+    }
+
+    /// Whether the serial number (raw DER INTEGER content) is listed.
+    pub(crate) fn lists(&self, serial: &[u8]) -> bool {
+        let serial = strip_zeros(serial);
+        self.revoked.iter().any(|r| r.as_slice() == serial)
+    }
+}
+
+/// A serial number without its DER sign-padding zeros.
+fn strip_zeros(serial: &[u8]) -> &[u8] {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    serial.get(start..).unwrap_or_default()
+}
+
+/// One collateral set, parsed and shape-checked (not yet authenticated:
+/// the verifier checks signatures against its anchors).
+#[derive(Clone)]
+pub struct TdxCollateral {
+    v3: QuoteCollateralV3,
+    fmspc: Fmspc,
+    pck_ca: PckCa,
+    pub(crate) tcb_info: TcbInfo,
+    pub(crate) tcb_info_window: (OffsetDateTime, OffsetDateTime),
+    pub(crate) qe_identity_window: (OffsetDateTime, OffsetDateTime),
+    pub(crate) root_crl: Crl,
+    pub(crate) pck_crl: Crl,
+    /// TCB info signer, then the rest of its chain (DER).
+    pub(crate) tcb_info_chain: Vec<Vec<u8>>,
+    /// QE identity signer, then the rest of its chain (DER).
+    pub(crate) qe_identity_chain: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for TdxCollateral {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TdxCollateral")
+            .field("fmspc", &self.fmspc)
+            .field("pck_ca", &self.pck_ca)
+            .field("tcb_evaluation_data_number", &self.tcb_info.tcb_evaluation_data_number)
+            .field("expires_at", &self.expires_at())
+            .finish_non_exhaustive()
+    }
+}
+
+fn rfc3339(text: &str, what: &str) -> Result<OffsetDateTime, EvidenceError> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| EvidenceError::CollateralInvalid(format!("{what} {text:?}: {e}")))
+}
+
+fn chain(pem: &str, what: &str) -> Result<Vec<Vec<u8>>, EvidenceError> {
+    let certs = anchors::pem_certificates(pem.as_bytes())
+        .map_err(|e| EvidenceError::CollateralInvalid(format!("{what} issuer chain: {e}")))?;
+    if certs.is_empty() || certs.len() > MAX_CHAIN_CERTS {
+        return Err(EvidenceError::CollateralInvalid(format!("{what} issuer chain has {} certificates", certs.len())));
+    }
+    Ok(certs)
+}
+
+impl TdxCollateral {
+    /// Parses a dcap-qvl `QuoteCollateralV3` JSON document.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, EvidenceError> {
+        if bytes.len() > MAX_COLLATERAL_LEN {
+            return Err(EvidenceError::TooLarge { len: bytes.len(), max: MAX_COLLATERAL_LEN });
+        }
+        let v3: QuoteCollateralV3 = serde_json::from_slice(bytes)
+            .map_err(|e| EvidenceError::CollateralInvalid(format!("collateral JSON: {e}")))?;
+        Self::from_v3(v3)
+    }
+
+    /// Checks the shape of a set: the TCB info and QE identity parse and
+    /// are TDX documents, both CRLs parse and have a `nextUpdate`, the
+    /// issuer chains parse.
+    pub fn from_v3(mut v3: QuoteCollateralV3) -> Result<Self, EvidenceError> {
+        let invalid = EvidenceError::CollateralInvalid;
+        // The PCK chain always comes from the quote (certification data
+        // type 5), never from a collateral file.
+        v3.pck_certificate_chain = None;
+        let tcb_info: TcbInfo =
+            serde_json::from_str(&v3.tcb_info).map_err(|e| invalid(format!("TCB info does not parse: {e}")))?;
+        if tcb_info.id != "TDX" || tcb_info.version < 3 {
+            return Err(invalid(format!(
+                "TCB info is {:?} version {}, not TDX version 3",
+                tcb_info.id, tcb_info.version
+            )));
+        }
+        let fmspc =
+            Fmspc::from_hex(&tcb_info.fmspc).ok_or_else(|| invalid(format!("TCB info FMSPC {:?}", tcb_info.fmspc)))?;
+        let qe_identity: QeIdentity =
+            serde_json::from_str(&v3.qe_identity).map_err(|e| invalid(format!("QE identity does not parse: {e}")))?;
+        if qe_identity.id != "TD_QE" {
+            return Err(invalid(format!("QE identity is {:?}, not TD_QE", qe_identity.id)));
+        }
+        if v3.tcb_info_signature.len() != 64 || v3.qe_identity_signature.len() != 64 {
+            return Err(invalid("collateral signatures must be 64 bytes (r || s)".into()));
+        }
+        let root_crl = Crl::parse(&v3.root_ca_crl, "root CA CRL")?;
+        let pck_crl = Crl::parse(&v3.pck_crl, "PCK CRL")?;
+        let pck_crl_chain = chain(&v3.pck_crl_issuer_chain, "PCK CRL")?;
+        let pck_ca = pck_crl_chain
+            .first()
+            .and_then(|der| anchors::parse_der_cert(der).ok().map(|c| anchors::common_name(&c)))
+            .and_then(|cn| PckCa::from_common_name(&cn))
+            .ok_or_else(|| invalid("PCK CRL issuer is neither the Platform nor the Processor CA".into()))?;
+        Ok(Self {
+            tcb_info_window: (
+                rfc3339(&tcb_info.issue_date, "TCB info issueDate")?,
+                rfc3339(&tcb_info.next_update, "TCB info nextUpdate")?,
+            ),
+            qe_identity_window: (
+                rfc3339(&qe_identity.issue_date, "QE identity issueDate")?,
+                rfc3339(&qe_identity.next_update, "QE identity nextUpdate")?,
+            ),
+            tcb_info_chain: chain(&v3.tcb_info_issuer_chain, "TCB info")?,
+            qe_identity_chain: chain(&v3.qe_identity_issuer_chain, "QE identity")?,
+            fmspc,
+            pck_ca,
+            tcb_info,
+            root_crl,
+            pck_crl,
+            v3,
+        })
+    }
+
+    /// The dcap-qvl form, for the DCAP engine and for writing files.
+    pub fn as_v3(&self) -> &QuoteCollateralV3 {
+        &self.v3
+    }
+
+    /// The JSON document (`QuoteCollateralV3` layout).
+    pub fn to_json(&self) -> Result<Vec<u8>, EvidenceError> {
+        serde_json::to_vec_pretty(&self.v3).map_err(|e| EvidenceError::CollateralInvalid(e.to_string()))
+    }
+
+    /// The FMSPC the TCB info is for.
+    pub fn fmspc(&self) -> Fmspc {
+        self.fmspc
+    }
+
+    /// The PCK CA whose CRL the set carries.
+    pub fn pck_ca(&self) -> PckCa {
+        self.pck_ca
+    }
+
+    /// Intel's TCB evaluation data number of the TCB info.
+    pub fn tcb_evaluation_data_number(&self) -> u32 {
+        self.tcb_info.tcb_evaluation_data_number
+    }
+
+    /// The earliest `nextUpdate` of the four documents: after it the set
+    /// accepts nothing.
+    pub fn expires_at(&self) -> OffsetDateTime {
+        [self.tcb_info_window.1, self.qe_identity_window.1, self.root_crl.next_update, self.pck_crl.next_update]
+            .into_iter()
+            .min()
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// The latest issue date (`issueDate`/`thisUpdate`): before it the set
+    /// accepts nothing.
+    pub fn issued_at(&self) -> OffsetDateTime {
+        [self.tcb_info_window.0, self.qe_identity_window.0, self.root_crl.this_update, self.pck_crl.this_update]
+            .into_iter()
+            .max()
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// Whether every document is inside its window at `now`.
+    pub fn is_current(&self, now: OffsetDateTime) -> bool {
+        self.issued_at() <= now && now <= self.expires_at()
+    }
+}
+
+/// A PCS TCB info response body.
+#[derive(Deserialize)]
+struct TcbInfoResponse<'a> {
+    #[serde(rename = "tcbInfo", borrow)]
+    tcb_info: &'a serde_json::value::RawValue,
+    signature: String,
+}
+
+/// A PCS QE identity response body.
+#[derive(Deserialize)]
+struct QeIdentityResponse<'a> {
+    #[serde(rename = "enclaveIdentity", borrow)]
+    enclave_identity: &'a serde_json::value::RawValue,
+    signature: String,
+}
+
+/// The PCS responses of one collateral set, as bytes.
+#[derive(Clone, Debug, Default)]
+pub struct PcsFiles {
+    /// Body of `/tdx/certification/v4/tcb?fmspc=`.
+    pub tcb_info: Vec<u8>,
+    /// Its `TCB-Info-Issuer-Chain` header, URL-decoded (PEM).
+    pub tcb_info_issuer_chain: String,
+    /// Body of `/tdx/certification/v4/qe/identity`.
+    pub qe_identity: Vec<u8>,
+    /// Its `SGX-Enclave-Identity-Issuer-Chain` header, URL-decoded (PEM).
+    pub qe_identity_issuer_chain: String,
+    /// Body of `/sgx/certification/v4/pckcrl?ca=` (DER or PEM).
+    pub pck_crl: Vec<u8>,
+    /// Its `SGX-PCK-CRL-Issuer-Chain` header, URL-decoded (PEM).
+    pub pck_crl_issuer_chain: String,
+    /// The root CA CRL (DER, PEM, or hex text as a PCCS serves it).
+    pub root_ca_crl: Vec<u8>,
+}
+
+/// DER from a CRL as PCS/PCCS serve it: DER, PEM or hex text.
+fn crl_der(bytes: &[u8], what: &str) -> Result<Vec<u8>, EvidenceError> {
+    let invalid = |why: &str| EvidenceError::CollateralInvalid(format!("{what}: {why}"));
+    if bytes.first() == Some(&0x30) {
+        return Ok(bytes.to_vec());
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| invalid("neither DER nor text"))?;
+    let text = text.trim();
+    if text.starts_with("-----BEGIN") {
+        let block = x509_parser::pem::Pem::iter_from_buffer(text.as_bytes())
+            .next()
+            .ok_or_else(|| invalid("empty PEM"))?
+            .map_err(|e| invalid(&e.to_string()))?;
+        return Ok(block.contents);
+    }
+    hex::decode(text).map_err(|_| invalid("neither DER, PEM nor hex"))
+}
+
+impl PcsFiles {
+    /// Builds the collateral set these responses make.
+    pub fn into_collateral(self) -> Result<TdxCollateral, EvidenceError> {
+        let invalid = EvidenceError::CollateralInvalid;
+        let tcb: TcbInfoResponse<'_> =
+            serde_json::from_slice(&self.tcb_info).map_err(|e| invalid(format!("TCB info response: {e}")))?;
+        let qe: QeIdentityResponse<'_> =
+            serde_json::from_slice(&self.qe_identity).map_err(|e| invalid(format!("QE identity response: {e}")))?;
+        let v3 = QuoteCollateralV3 {
+            pck_crl_issuer_chain: self.pck_crl_issuer_chain,
+            root_ca_crl: crl_der(&self.root_ca_crl, "root CA CRL")?,
+            pck_crl: crl_der(&self.pck_crl, "PCK CRL")?,
+            tcb_info_issuer_chain: self.tcb_info_issuer_chain,
+            // The signature covers these exact bytes: keep them verbatim.
+            tcb_info: tcb.tcb_info.get().to_owned(),
+            tcb_info_signature: hex::decode(tcb.signature.trim())
+                .map_err(|_| invalid("TCB info signature is not hex".into()))?,
+            qe_identity_issuer_chain: self.qe_identity_issuer_chain,
+            qe_identity: qe.enclave_identity.get().to_owned(),
+            qe_identity_signature: hex::decode(qe.signature.trim())
+                .map_err(|_| invalid("QE identity signature is not hex".into()))?,
+            pck_certificate_chain: None,
+        };
+        TdxCollateral::from_v3(v3)
+    }
+
+    /// Reads the PCS files of `fmspc` and `ca` from `dir` (see the module
+    /// docs); `None` when the TCB info file is absent.
+    pub async fn read_dir(dir: &Path, fmspc: Fmspc, ca: PckCa) -> Result<Option<Self>, EvidenceError> {
+        let tcb_names = [format!("tcb-{}.json", hex::encode(fmspc.0)), format!("tcb-{}.json", fmspc.to_hex_upper())];
+        let mut tcb_info = None;
+        let mut tcb_stem = String::new();
+        for name in &tcb_names {
+            if let Some(bytes) = read_capped(&dir.join(name)).await? {
+                tcb_info = Some(bytes);
+                tcb_stem = name.trim_end_matches(".json").to_owned();
+                break;
+            }
+        }
+        let Some(tcb_info) = tcb_info else { return Ok(None) };
+        let required = |what: &str, found: Option<Vec<u8>>| {
+            found.ok_or_else(|| EvidenceError::CollateralUnavailable(format!("{} has no {what}", dir.display())))
+        };
+        let text = |bytes: Vec<u8>, what: &str| {
+            String::from_utf8(bytes).map_err(|_| EvidenceError::CollateralInvalid(format!("{what} is not text")))
+        };
+        let mut pck_crl = read_capped(&dir.join(format!("pckcrl-{ca}.der"))).await?;
+        if pck_crl.is_none() {
+            pck_crl = read_capped(&dir.join(format!("pckcrl-{ca}.pem"))).await?;
+        }
+        Ok(Some(Self {
+            tcb_info,
+            tcb_info_issuer_chain: text(
+                required(
+                    "TCB info issuer chain",
+                    read_capped(&dir.join(format!("{tcb_stem}.issuer-chain.pem"))).await?,
+                )?,
+                "TCB info issuer chain",
+            )?,
+            qe_identity: required("qe-identity.json", read_capped(&dir.join("qe-identity.json")).await?)?,
+            qe_identity_issuer_chain: text(
+                required("QE identity issuer chain", read_capped(&dir.join("qe-identity.issuer-chain.pem")).await?)?,
+                "QE identity issuer chain",
+            )?,
+            pck_crl: required("PCK CRL", pck_crl)?,
+            pck_crl_issuer_chain: text(
+                required(
+                    "PCK CRL issuer chain",
+                    read_capped(&dir.join(format!("pckcrl-{ca}.issuer-chain.pem"))).await?,
+                )?,
+                "PCK CRL issuer chain",
+            )?,
+            root_ca_crl: required("rootcacrl.der", read_capped(&dir.join("rootcacrl.der")).await?)?,
+        }))
+    }
+
+    /// Writes these files into `dir` (created if missing).
+    pub async fn write_dir(&self, dir: &Path, fmspc: Fmspc, ca: PckCa) -> Result<(), EvidenceError> {
+        let stem = format!("tcb-{}", hex::encode(fmspc.0));
+        let files: [(String, &[u8]); 7] = [
+            (format!("{stem}.json"), &self.tcb_info),
+            (format!("{stem}.issuer-chain.pem"), self.tcb_info_issuer_chain.as_bytes()),
+            ("qe-identity.json".into(), &self.qe_identity),
+            ("qe-identity.issuer-chain.pem".into(), self.qe_identity_issuer_chain.as_bytes()),
+            (format!("pckcrl-{ca}.der"), &self.pck_crl),
+            (format!("pckcrl-{ca}.issuer-chain.pem"), self.pck_crl_issuer_chain.as_bytes()),
+            ("rootcacrl.der".into(), &self.root_ca_crl),
+        ];
+        for (name, bytes) in files {
+            write_atomic(&dir.join(name), bytes).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a file of at most [`MAX_COLLATERAL_LEN`] bytes; `None` if absent.
+async fn read_capped(path: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(EvidenceError::CollateralUnavailable(format!("{}: {e}", path.display()))),
+    };
+    let mut bytes = Vec::new();
+    let cap = u64::try_from(MAX_COLLATERAL_LEN).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(cap)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| EvidenceError::CollateralUnavailable(format!("{}: {e}", path.display())))?;
+    if bytes.len() > MAX_COLLATERAL_LEN {
+        return Err(EvidenceError::CollateralUnavailable(format!(
+            "{} is larger than {MAX_COLLATERAL_LEN} bytes",
+            path.display()
+        )));
+    }
+    Ok(Some(bytes))
+}
+
+/// Writes a file atomically (temporary file, then rename).
+async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
+    let io = |e: std::io::Error| EvidenceError::CollateralUnavailable(format!("{}: {e}", path.display()));
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(io)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    tokio::fs::write(&tmp, bytes).await.map_err(io)?;
+    tokio::fs::rename(&tmp, path).await.map_err(io)?;
+    Ok(())
+}
+
+/// An offline collateral directory; see the module docs for the layout.
+#[derive(Clone, Debug)]
+pub struct TdxCollateralDir {
+    root: PathBuf,
+}
+
+impl TdxCollateralDir {
+    /// A directory rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the set of `fmspc` and `ca` is written.
+    pub fn path(&self, fmspc: Fmspc, ca: PckCa) -> PathBuf {
+        self.root.join(format!("{fmspc}-{ca}.json"))
+    }
+
+    /// The set for `fmspc` and `ca`, if the directory has one: a
+    /// `QuoteCollateralV3` file, else PCS files. A set for another FMSPC or
+    /// CA under these names is refused.
+    pub async fn lookup(&self, fmspc: Fmspc, ca: PckCa) -> Result<Option<TdxCollateral>, EvidenceError> {
+        let names = [
+            format!("{fmspc}-{ca}.json"),
+            format!("{}-{ca}.json", fmspc.to_hex_upper()),
+            format!("{fmspc}.json"),
+            format!("{}.json", fmspc.to_hex_upper()),
+        ];
+        let mut found = None;
+        for name in names {
+            if let Some(bytes) = read_capped(&self.root.join(&name)).await? {
+                found = Some(TdxCollateral::from_json(&bytes)?);
+                break;
+            }
+        }
+        if found.is_none()
+            && let Some(files) = PcsFiles::read_dir(&self.root, fmspc, ca).await?
+        {
+            found = Some(files.into_collateral()?);
+        }
+        match found {
+            Some(set) if set.fmspc() != fmspc || set.pck_ca() != ca => Err(EvidenceError::CollateralInvalid(format!(
+                "collateral filed under {fmspc}/{ca} is for {}/{}",
+                set.fmspc(),
+                set.pck_ca()
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    /// Stores a set under its FMSPC and CA, atomically.
+    pub async fn store(&self, set: &TdxCollateral) -> Result<(), EvidenceError> {
+        write_atomic(&self.path(set.fmspc(), set.pck_ca()), &set.to_json()?).await
+    }
+}
+
+/// Settings of a [`PcsFetcher`].
+#[derive(Clone, Debug)]
+pub struct PcsConfig {
+    /// Base URL of a PCCS or of Intel's PCS (`https://api.trustedservices.intel.com`);
+    /// the `/sgx|tdx/certification/v4/...` paths are appended. Plain
+    /// `http` only for loopback hosts.
+    pub base_url: String,
+    /// Where the root CA CRL comes from; by default the PCCS path
+    /// `{base}/sgx/certification/v4/rootcacrl`. For Intel's PCS, use the
+    /// root CA's CRL distribution point.
+    pub root_crl_url: Option<String>,
+    /// On-disk cache, laid out as a [`TdxCollateralDir`].
+    pub cache_dir: PathBuf,
+    /// A cached set is refreshed this long before its earliest `nextUpdate`.
+    pub refresh_before: Duration,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// First back-off after a failure; doubles per consecutive failure.
+    pub min_backoff: Duration,
+    /// Longest back-off.
+    pub max_backoff: Duration,
+}
+
+impl PcsConfig {
+    /// Defaults for `base_url` with the cache in `cache_dir`.
+    pub fn new(base_url: impl Into<String>, cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            root_crl_url: None,
+            cache_dir: cache_dir.into(),
+            refresh_before: Duration::from_secs(24 * 3600),
+            timeout: Duration::from_secs(15),
+            min_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Back-off state shared by all fetches.
+#[derive(Debug, Default)]
+struct FetchState {
+    backoff_until: Option<Instant>,
+    failures: u32,
+}
+
+/// Fetches collateral from a PCS or PCCS through an on-disk cache.
+pub struct PcsFetcher {
+    client: reqwest::Client,
+    config: PcsConfig,
+    cache: TdxCollateralDir,
+    /// Held for the whole of a fetch: one in flight at a time.
+    state: tokio::sync::Mutex<FetchState>,
+}
+
+impl fmt::Debug for PcsFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PcsFetcher").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(why: impl Into<String>) -> EvidenceError {
+    EvidenceError::CollateralUnavailable(why.into())
+}
+
+impl PcsFetcher {
+    /// A fetcher with `config`. Refuses a base URL that is not `https`
+    /// (plain `http` only for loopback hosts).
+    pub fn new(config: PcsConfig) -> Result<Self, EvidenceError> {
+        let mut https = true;
+        for url in std::iter::once(&config.base_url).chain(config.root_crl_url.as_ref()) {
+            let parsed = reqwest::Url::parse(url).map_err(|e| unavailable(format!("PCS URL {url:?}: {e}")))?;
+            let loopback = match parsed.host_str() {
+                Some("localhost") => true,
+                Some(host) => host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback()),
+                None => false,
+            };
+            match parsed.scheme() {
+                "https" => {}
+                "http" if loopback => https = false,
+                _ => return Err(unavailable("PCS URLs must be https (http only on loopback)")),
+            }
+        }
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .https_only(https)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("kbs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| unavailable(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            cache: TdxCollateralDir::new(config.cache_dir.clone()),
+            config,
+            state: tokio::sync::Mutex::new(FetchState::default()),
+        })
+    }
+
+    /// The cache directory.
+    pub fn cache(&self) -> &TdxCollateralDir {
+        &self.cache
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.config.base_url.trim_end_matches('/'))
+    }
+
+    /// The set for `fmspc` and `ca` at `now`: the cached one while it is
+    /// not due for refresh, else a fresh one from the service (then
+    /// cached). If the service fails or is backing off, the cached set is
+    /// returned if there is one (the verifier refuses it once expired).
+    pub async fn get(&self, fmspc: Fmspc, ca: PckCa, now: OffsetDateTime) -> Result<TdxCollateral, EvidenceError> {
+        let due = |set: &TdxCollateral| now + self.config.refresh_before >= set.expires_at();
+        let cached = self.cache.lookup(fmspc, ca).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring an unusable cached collateral set");
+            None
+        });
+        if let Some(set) = &cached
+            && !due(set)
+        {
+            return Ok(set.clone());
+        }
+        let mut state = self.state.lock().await;
+        // Another task may have refreshed it while this one waited.
+        if let Ok(Some(set)) = self.cache.lookup(fmspc, ca).await
+            && !due(&set)
+        {
+            return Ok(set);
+        }
+        let instant = Instant::now();
+        if let Some(until) = state.backoff_until
+            && instant < until
+        {
+            return cached.ok_or_else(|| {
+                unavailable(format!("PCS is backing off for {}s", until.duration_since(instant).as_secs()))
+            });
+        }
+        match self.fetch(fmspc, ca).await {
+            Ok((files, set)) => {
+                state.failures = 0;
+                state.backoff_until = None;
+                if let Err(e) = self.cache.store(&set).await {
+                    tracing::warn!(error = %e, "could not cache a collateral set");
+                }
+                if let Err(e) = files.write_dir(&self.cache.root().join("pcs"), fmspc, ca).await {
+                    tracing::debug!(error = %e, "could not keep the PCS responses");
+                }
+                Ok(set)
+            }
+            Err(why) => {
+                state.failures = state.failures.saturating_add(1);
+                let delay = backoff_delay(state.failures, None, self.config.min_backoff, self.config.max_backoff);
+                state.backoff_until = Some(instant + delay);
+                tracing::warn!(error = %why, delay_s = delay.as_secs(), "PCS request failed; backing off");
+                cached.ok_or(why)
+            }
+        }
+    }
+
+    /// Fetches the four documents of one set.
+    pub async fn fetch(&self, fmspc: Fmspc, ca: PckCa) -> Result<(PcsFiles, TdxCollateral), EvidenceError> {
+        let (tcb_info, tcb_headers) =
+            self.get_bytes(&self.url(&format!("tdx/certification/v4/tcb?fmspc={}", fmspc.to_hex_upper()))).await?;
+        let (qe_identity, qe_headers) = self.get_bytes(&self.url("tdx/certification/v4/qe/identity")).await?;
+        let (pck_crl, crl_headers) =
+            self.get_bytes(&self.url(&format!("sgx/certification/v4/pckcrl?ca={ca}&encoding=der"))).await?;
+        let root_url = self.config.root_crl_url.clone().unwrap_or_else(|| self.url("sgx/certification/v4/rootcacrl"));
+        let (root_ca_crl, _) = self.get_bytes(&root_url).await?;
+        let files = PcsFiles {
+            tcb_info,
+            tcb_info_issuer_chain: header(&tcb_headers, &["TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"])?,
+            qe_identity,
+            qe_identity_issuer_chain: header(&qe_headers, &["SGX-Enclave-Identity-Issuer-Chain"])?,
+            pck_crl,
+            pck_crl_issuer_chain: header(&crl_headers, &["SGX-PCK-CRL-Issuer-Chain"])?,
+            root_ca_crl,
+        };
+        let set = files.clone().into_collateral()?;
+        if set.fmspc() != fmspc || set.pck_ca() != ca {
+            return Err(unavailable(format!("PCS answered with collateral for {}/{}", set.fmspc(), set.pck_ca())));
+        }
+        Ok((files, set))
+    }
+
+    /// One GET, size-capped; non-200 is an error.
+    async fn get_bytes(&self, url: &str) -> Result<(Vec<u8>, reqwest::header::HeaderMap), EvidenceError> {
+        let mut resp =
+            self.client.get(url).send().await.map_err(|e| unavailable(format!("PCS: {}", e.without_url())))?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Err(unavailable(format!("PCS: HTTP {} for {}", resp.status(), path_of(url))));
+        }
+        if resp.content_length().is_some_and(|n| usize::try_from(n).map_or(true, |n| n > MAX_COLLATERAL_LEN)) {
+            return Err(unavailable("PCS response too large"));
+        }
+        let headers = resp.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| unavailable(format!("PCS: {}", e.without_url())))? {
+            if body.len().saturating_add(chunk.len()) > MAX_COLLATERAL_LEN {
+                return Err(unavailable("PCS response too large"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, headers))
+    }
+}
+
+/// The path part of a URL, for messages.
+fn path_of(url: &str) -> &str {
+    url.split_once("://").and_then(|(_, rest)| rest.find('/').and_then(|i| rest.get(i..))).unwrap_or(url)
+}
+
+/// The first of `names` present, percent-decoded.
+fn header(headers: &reqwest::header::HeaderMap, names: &[&str]) -> Result<String, EvidenceError> {
+    let raw = names
+        .iter()
+        .find_map(|n| headers.get(*n))
+        .ok_or_else(|| unavailable(format!("PCS response lacks the {} header", names.join(" / "))))?;
+    let raw = raw.to_str().map_err(|_| unavailable("PCS issuer-chain header is not ASCII"))?;
+    percent_decode(raw).ok_or_else(|| unavailable("PCS issuer-chain header is not percent-encoded UTF-8"))
+}
+
+/// Decodes `%XX` escapes (as PCS encodes PEM chains in headers).
+pub fn percent_decode(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = char::from(bytes.next()?).to_digit(16)?;
+            let lo = char::from(bytes.next()?).to_digit(16)?;
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Key of the resolver's memo.
+type MemoKey = ([u8; 6], PckCa);
+
+/// Finds the collateral set for a quote: a current set remembered in
+/// memory, else the offline directory, else the fetcher. The verifier
+/// decides whether what is found may be used.
+pub struct TdxCollateralResolver {
+    dir: Option<TdxCollateralDir>,
+    fetcher: Option<PcsFetcher>,
+    memo: Mutex<HashMap<MemoKey, Arc<TdxCollateral>>>,
+}
+
+impl fmt::Debug for TdxCollateralResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TdxCollateralResolver")
+            .field("dir", &self.dir)
+            .field("fetcher", &self.fetcher)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TdxCollateralResolver {
+    /// A resolver over an optional directory and an optional fetcher.
+    pub fn new(dir: Option<TdxCollateralDir>, fetcher: Option<PcsFetcher>) -> Self {
+        Self { dir, fetcher, memo: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether any source is configured.
+    pub fn is_configured(&self) -> bool {
+        self.dir.is_some() || self.fetcher.is_some()
+    }
+
+    /// The set for `fmspc` and `ca` at `now`, or `CollateralUnavailable`.
+    /// A current set wins over an expired one; an expired one is returned
+    /// only when nothing current exists (and is then refused by the
+    /// verifier with `collateral_expired`).
+    pub async fn resolve(
+        &self,
+        fmspc: Fmspc,
+        ca: PckCa,
+        now: OffsetDateTime,
+    ) -> Result<Arc<TdxCollateral>, EvidenceError> {
+        let key = (fmspc.0, ca);
+        if let Some(set) = self.memo.lock().unwrap_or_else(PoisonError::into_inner).get(&key)
+            && set.is_current(now)
+            && self.fetcher.as_ref().is_none_or(|f| now + f.config.refresh_before < set.expires_at())
+        {
+            return Ok(Arc::clone(set));
+        }
+        let mut stale: Option<TdxCollateral> = None;
+        let mut last_err = None;
+        if let Some(dir) = &self.dir {
+            match dir.lookup(fmspc, ca).await {
+                Ok(Some(set)) if set.is_current(now) => return Ok(self.remember(key, set)),
+                Ok(Some(set)) => stale = Some(set),
+                Ok(None) => {}
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if let Some(fetcher) = &self.fetcher {
+            match fetcher.get(fmspc, ca, now).await {
+                Ok(set) if set.is_current(now) => return Ok(self.remember(key, set)),
+                Ok(set) => stale = stale.or(Some(set)),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if let Some(set) = stale {
+            return Ok(Arc::new(set));
+        }
+        Err(last_err.unwrap_or_else(|| unavailable(format!("no TDX collateral for FMSPC {fmspc} ({ca} CA)"))))
+    }
+
+    fn remember(&self, key: MemoKey, set: TdxCollateral) -> Arc<TdxCollateral> {
+        let set = Arc::new(set);
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        if memo.len() >= MEMO_CAPACITY {
+            memo.clear();
+        }
+        memo.insert(key, Arc::clone(&set));
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fmspc_and_ca_names() {
+        let f = Fmspc::from_hex("B0c06F000000").unwrap();
+        assert_eq!(f.to_string(), "b0c06f000000");
+        assert_eq!(f.to_hex_upper(), "B0C06F000000");
+        assert!(Fmspc::from_hex("b0c06f00000").is_none());
+        assert_eq!(PckCa::from_common_name("Intel SGX PCK Platform CA"), Some(PckCa::Platform));
+        assert_eq!(PckCa::from_common_name("Intel SGX PCK Processor CA"), Some(PckCa::Processor));
+        assert_eq!(PckCa::from_common_name("Intel SGX Root CA"), None);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("-----BEGIN%20CERTIFICATE-----%0Aab%2B").unwrap(),
+            "-----BEGIN CERTIFICATE-----\nab+"
+        );
+        assert!(percent_decode("%G0").is_none());
+        assert!(percent_decode("%4").is_none());
+        assert_eq!(path_of("http://127.0.0.1:9/sgx/x?y=1"), "/sgx/x?y=1");
+    }
+
+    #[test]
+    fn crl_encodings() {
+        assert_eq!(crl_der(&[0x30, 1, 2], "x").unwrap(), vec![0x30, 1, 2]);
+        assert_eq!(crl_der(b"3001ff\n", "x").unwrap(), vec![0x30, 1, 0xff]);
+        assert!(crl_der(b"zz", "x").is_err());
+        assert_eq!(strip_zeros(&[0, 0, 5, 0]), &[5, 0]);
+        assert_eq!(strip_zeros(&[0, 0]), &[] as &[u8]);
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(matches!(TdxCollateral::from_json(b"{}"), Err(EvidenceError::CollateralInvalid(_))));
+        let big = vec![b' '; MAX_COLLATERAL_LEN + 1];
+        assert!(matches!(TdxCollateral::from_json(&big), Err(EvidenceError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let dir = std::env::temp_dir();
+        assert!(PcsFetcher::new(PcsConfig::new("http://pcs.example", &dir)).is_err());
+        assert!(PcsFetcher::new(PcsConfig::new("http://127.0.0.1:1", &dir)).is_ok());
+        assert!(PcsFetcher::new(PcsConfig::new("https://api.trustedservices.intel.com", &dir)).is_ok());
+        let mut c = PcsConfig::new("https://api.trustedservices.intel.com", &dir);
+        c.root_crl_url = Some("ftp://x".into());
+        assert!(PcsFetcher::new(c).is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! Rego compilation and evaluation with `regorus`.
+//!
+//! A policy is one Rego module in package `kbs.release` that defines
+//! `allow` (true to release) and `reasons` (a set or array of strings
+//! explaining a refusal). It is compiled once, when set or when the
+//! reference values change: parsed, checked, analyzed and scheduled by
+//! regorus, with the reference values as its data. Each evaluation starts
+//! an interpreter from that compiled form (no parsing, no analysis) with
+//! the request's input, under a time limit. Anything but `allow == true` is
+//! a refusal; an evaluation error is a refusal too.
+//!
+//! regorus' register VM (`rvm`) is faster but, in 0.14, treats a call with
+//! an undefined argument under `not` as true (`x := input.missing; not
+//! f(x)` succeeds), which would let a policy fail open; the interpreter is
+//! used instead.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use regorus::utils::limits::{ExecutionTimerConfig, set_fallback_execution_timer_config};
+use regorus::{CompiledPolicy, Engine, Value};
+
+/// The package every policy must declare.
+pub const PACKAGE: &str = "kbs.release";
+/// Largest policy source accepted.
+pub const MAX_POLICY_BYTES: usize = 64 * 1024;
+/// Wall-clock limit of one evaluation.
+pub const EVAL_TIME_LIMIT: Duration = Duration::from_millis(200);
+
+/// The broker's own entry point: one rule that yields both answers, so a
+/// policy's `reasons` are computed once per evaluation.
+const ENTRY_MODULE: &str = r#"package kbs.broker
+
+import rego.v1
+
+default allow := false
+
+allow if data.kbs.release.allow == true
+
+reasons := [r | some r in data.kbs.release.reasons]
+
+result := {"allow": allow, "reasons": reasons}
+"#;
+const ENTRY_POINT: &str = "data.kbs.broker.result";
+
+/// A policy compiled for evaluation, with its data. Cheap to clone;
+/// evaluations share it without locks.
+#[derive(Clone)]
+pub struct CompiledRego {
+    compiled: CompiledPolicy,
+}
+
+impl std::fmt::Debug for CompiledRego {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledRego").finish_non_exhaustive()
+    }
+}
+
+/// What a policy answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// `allow` was exactly `true`.
+    pub allow: bool,
+    /// The policy's reasons, as it gave them.
+    pub reasons: Vec<String>,
+}
+
+/// Bounds every regorus evaluation in this process (regorus applies its
+/// time limit process-wide to evaluations of compiled policies).
+fn install_time_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
+            limit: EVAL_TIME_LIMIT,
+            check_interval: NonZeroU32::MIN.saturating_add(63),
+        }));
+    });
+}
+
+impl CompiledRego {
+    /// Parses, checks and compiles `rego` with `data`. The error is the
+    /// compiler's message, for the operator who uploaded the policy.
+    pub fn compile(rego: &str, data: &Value) -> Result<Self, String> {
+        install_time_limit();
+        if rego.len() > MAX_POLICY_BYTES {
+            return Err(format!("policy is {} bytes, at most {MAX_POLICY_BYTES}", rego.len()));
+        }
+        let mut engine = Engine::new();
+        engine.add_policy("policy.rego".into(), rego.into()).map_err(|e| format!("{e:#}"))?;
+        let packages = engine.get_packages().map_err(|e| format!("{e:#}"))?;
+        let wanted = format!("data.{PACKAGE}");
+        if packages.iter().any(|p| p != &wanted) {
+            return Err(format!("the policy must declare `package {PACKAGE}`, found {packages:?}"));
+        }
+        engine.add_policy("kbs_broker.rego".into(), ENTRY_MODULE.into()).map_err(|e| format!("{e:#}"))?;
+        engine.add_data(data.clone()).map_err(|e| format!("{e:#}"))?;
+        let compiled = engine.compile_with_entrypoint(&ENTRY_POINT.into()).map_err(|e| format!("{e:#}"))?;
+        Ok(Self { compiled })
+    }
+
+    /// Evaluates with `input`.
+    pub fn evaluate(&self, input: Value) -> Result<Outcome, String> {
+        let result = self.compiled.eval_with_input(input).map_err(|e| format!("{e:#}"))?;
+        outcome(&result)
+    }
+}
+
+fn outcome(result: &Value) -> Result<Outcome, String> {
+    let object = result.as_object().map_err(|_| "the policy produced no decision".to_owned())?;
+    let allow = matches!(object.get(&Value::from("allow")), Some(Value::Bool(true)));
+    let reasons = match object.get(&Value::from("reasons")) {
+        Some(list) => list
+            .as_array()
+            .map_err(|_| "reasons is not a list".to_owned())?
+            .iter()
+            .map(|r| match r.as_string() {
+                Ok(s) => s.to_string(),
+                Err(_) => r.to_json_str().unwrap_or_else(|_| "unprintable reason".into()),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(Outcome { allow, reasons })
+}
+
+/// Converts JSON to a regorus value.
+pub fn to_value(json: serde_json::Value) -> Value {
+    Value::from(json)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn eval(rego: &str, input: serde_json::Value) -> Result<Outcome, String> {
+        CompiledRego::compile(rego, &Value::new_object())?.evaluate(to_value(input))
+    }
+
+    impl CompiledRego {
+        fn compile_empty(rego: &str) -> Result<Self, String> {
+            Self::compile(rego, &Value::new_object())
+        }
+    }
+
+    #[test]
+    fn compile_errors_carry_the_message() {
+        let err = CompiledRego::compile_empty("package kbs.release\nallow if {").unwrap_err();
+        assert!(!err.is_empty());
+        let err = CompiledRego::compile_empty("package other\nallow := true").unwrap_err();
+        assert!(err.contains("kbs.release"), "{err}");
+        let err = CompiledRego::compile_empty("package kbs.release\nallow if input.x == undefined_var").unwrap_err();
+        assert!(!err.is_empty());
+        assert!(CompiledRego::compile_empty(&"#".repeat(MAX_POLICY_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn only_true_allows() {
+        let allow = |rego: &str| eval(rego, serde_json::json!({})).unwrap().allow;
+        assert!(allow("package kbs.release\nallow := true"));
+        assert!(!allow("package kbs.release\nallow := \"yes\""));
+        assert!(!allow("package kbs.release\nallow := 1"));
+        assert!(!allow("package kbs.release\nallow if input.missing == 1"));
+        assert!(!allow("package kbs.release\nx := 1"));
+    }
+
+    #[test]
+    fn reasons_are_reported() {
+        let rego = r#"package kbs.release
+reasons contains "b_second" if true
+reasons contains sprintf("a_first: %v", [input.n]) if true
+allow if count(reasons) == 0
+"#;
+        let out = eval(rego, serde_json::json!({"n": 3})).unwrap();
+        assert!(!out.allow);
+        assert_eq!(out.reasons, vec!["a_first: 3".to_owned(), "b_second".to_owned()]);
+    }
+
+    /// A policy that runs far past the time limit without allocating much.
+    pub(crate) const RUNAWAY: &str = "package kbs.release\nallow if count([1 | some x in numbers.range(1, 6000); some y in numbers.range(1, 6000); x == y + 7000]) > 0";
+
+    #[test]
+    fn runaway_policies_are_stopped() {
+        // Tens of millions of iterations exceed the time limit: an error,
+        // which the caller turns into a refusal.
+        let rego = RUNAWAY;
+        assert!(eval(rego, serde_json::json!({})).is_err());
+    }
+}

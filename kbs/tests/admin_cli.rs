@@ -1,0 +1,297 @@
+//! The Admin listener and `kbsctl` against a real broker on loopback:
+//! secret management, roles, bearer tokens, client certificates (mTLS),
+//! config-file and environment settings, output formats and exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use kbs::config::Config;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use sha2::{Digest, Sha256};
+
+struct Broker {
+    dir: tempfile::TempDir,
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+struct ClientPki {
+    ca_pem: String,
+    issuer: rcgen::Issuer<'static, KeyPair>,
+}
+
+impl ClientPki {
+    fn new() -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "kbs admin client CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Self { ca_pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// Writes a client certificate with this CN to DIR/NAME.{pem,key}.
+    fn client(&self, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+fn token_entry(name: &str, token: &str, role: &str) -> String {
+    format!(
+        "\n[[admin.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n",
+        hex::encode(Sha256::digest(token.as_bytes()))
+    )
+}
+
+async fn start(pki: &ClientPki) -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let files = kbs::dev::init(
+        dir.path(),
+        &kbs::dev::DevOptions {
+            guest_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            snp_test_roots: vec![],
+        },
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("client-ca.pem"), &pki.ca_pem).unwrap();
+    let mut text = std::fs::read_to_string(&files.config).unwrap();
+    text.push_str(&token_entry("up", "uploader-token", "uploader"));
+    text.push_str(&token_entry("aud", "auditor-token", "auditor"));
+    text = text.replace("[[admin.tokens]]\nname = \"dev-admin\"", "[admin]\nclient_ca = \"client-ca.pem\"\n\n[[admin.clients]]\nname = \"ops\"\ncommon_name = \"ops.example\"\nrole = \"admin\"\n\n[[admin.clients]]\nname = \"reader\"\ncommon_name = \"reader.example\"\nrole = \"auditor\"\n\n[[admin.tokens]]\nname = \"dev-admin\"");
+    std::fs::write(&files.config, text).unwrap();
+    let config = Config::load(&files.config, |_| None).unwrap();
+    let app = kbs::server::build(&config, kbs::release::system_clock(), false).await.unwrap();
+    let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://localhost:{}", admin.local_addr().unwrap().port());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(kbs::server::run(app, guest, admin, async move {
+        let _ = rx.await;
+    }));
+    Broker { dir, url, _stop: tx }
+}
+
+impl Broker {
+    fn ca(&self) -> String {
+        self.dir.path().join("tls/ca.pem").display().to_string()
+    }
+
+    fn token_file(&self, token: &str) -> String {
+        let path = self.dir.path().join(format!("{}.tok", &hex::encode(Sha256::digest(token))[..8]));
+        std::fs::write(&path, token).unwrap();
+        path.display().to_string()
+    }
+
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("admin.token")).unwrap()
+    }
+
+    /// Runs kbsctl with `--url/--ca` set and HOME pointing at an empty dir.
+    async fn kbsctl(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kbsctl"));
+        cmd.env_clear()
+            .env("HOME", self.dir.path())
+            .args(["--url", &self.url, "--ca", &self.ca()])
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let input = stdin.map(<[u8]>::to_vec);
+        tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn().unwrap();
+            if let Some(input) = input {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(&input).unwrap();
+            }
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn secret_lifecycle_with_json_output() {
+    let pki = ClientPki::new();
+    let b = start(&pki).await;
+    let admin = b.token_file(&b.admin_token());
+    let value: Vec<u8> = (0..=255u8).rev().collect();
+    let put = b
+        .kbsctl(
+            &[
+                "--token-file",
+                &admin,
+                "--output",
+                "json",
+                "secret",
+                "put",
+                "m/k/a",
+                "--from-file",
+                "-",
+                "--label",
+                "team=ml",
+            ],
+            Some(&value),
+        )
+        .await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    let meta: serde_json::Value = serde_json::from_str(&stdout(&put)).unwrap();
+    assert_eq!(meta[0]["size"], 256);
+    assert_eq!(meta[0]["labels"]["team"], "ml");
+
+    let gen_ = b
+        .kbsctl(&["--token-file", &admin, "--output", "json", "secret", "generate", "m/k/a", "--bytes", "48"], None)
+        .await;
+    assert_eq!(gen_.status.code(), Some(0), "{}", stderr(&gen_));
+    let meta: serde_json::Value = serde_json::from_str(&stdout(&gen_)).unwrap();
+    assert_eq!((meta[0]["version"].as_u64(), meta[0]["size"].as_u64()), (Some(2), Some(48)));
+
+    // Check-and-set: a stale expected version is refused with exit 2.
+    let stale =
+        b.kbsctl(&["--token-file", &admin, "secret", "generate", "m/k/a", "--expected-version", "1"], None).await;
+    assert_eq!(stale.status.code(), Some(2));
+    assert!(stderr(&stale).contains("version_conflict"), "{}", stderr(&stale));
+
+    let list = b.kbsctl(&["--token-file", &admin, "secret", "list", "--prefix", "m/"], None).await;
+    assert_eq!(list.status.code(), Some(0));
+    assert!(stdout(&list).contains("m/k/a"));
+
+    let destroy = b
+        .kbsctl(&["--token-file", &admin, "--output", "json", "secret", "destroy", "m/k/a", "--version", "2"], None)
+        .await;
+    assert_eq!(destroy.status.code(), Some(0), "{}", stderr(&destroy));
+    let meta: serde_json::Value = serde_json::from_str(&stdout(&destroy)).unwrap();
+    assert_eq!(meta[0]["version"], 1);
+
+    let rm = b.kbsctl(&["--token-file", &admin, "secret", "rm", "m/k/a"], None).await;
+    assert_eq!(rm.status.code(), Some(0));
+    let show = b.kbsctl(&["--token-file", &admin, "secret", "show", "m/k/a"], None).await;
+    assert_eq!(show.status.code(), Some(2));
+    assert!(stderr(&show).contains("secret_not_found"));
+}
+
+#[tokio::test]
+async fn roles_and_credentials() {
+    let pki = ClientPki::new();
+    let b = start(&pki).await;
+    let uploader = b.token_file("uploader-token");
+    let auditor = b.token_file("auditor-token");
+    let v = b"v".as_slice();
+    let up = b.kbsctl(&["--token-file", &uploader, "secret", "put", "a/b", "--from-file", "-"], Some(v)).await;
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    let up_rm = b.kbsctl(&["--token-file", &uploader, "secret", "rm", "a/b"], None).await;
+    assert_eq!(up_rm.status.code(), Some(2));
+    assert!(stderr(&up_rm).contains("permission_denied"));
+    let aud_put = b.kbsctl(&["--token-file", &auditor, "secret", "put", "a/c", "--from-file", "-"], Some(v)).await;
+    assert!(stderr(&aud_put).contains("permission_denied"));
+    let aud_list = b.kbsctl(&["--token-file", &auditor, "secret", "list"], None).await;
+    assert_eq!(aud_list.status.code(), Some(0));
+    let bogus = b.token_file("not-a-token");
+    let bad = b.kbsctl(&["--token-file", &bogus, "secret", "list"], None).await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("unauthenticated"));
+    // No credential at all is a usage error before any connection.
+    let none = b.kbsctl(&["secret", "list"], None).await;
+    assert_eq!(none.status.code(), Some(1), "{}", stderr(&none));
+    // Reserved names are refused.
+    let admin = b.token_file(&b.admin_token());
+    let reserved = b.kbsctl(&["--token-file", &admin, "secret", "put", "_kbs/x", "--from-file", "-"], Some(v)).await;
+    assert!(stderr(&reserved).contains("invalid_request"));
+}
+
+#[tokio::test]
+async fn client_certificates_map_to_roles() {
+    let pki = ClientPki::new();
+    let b = start(&pki).await;
+    let (ops_c, ops_k) = pki.client(b.dir.path(), "ops.example");
+    let (rd_c, rd_k) = pki.client(b.dir.path(), "reader.example");
+    let (un_c, un_k) = pki.client(b.dir.path(), "stranger.example");
+    let v = b"v".as_slice();
+    let cert = |c: &PathBuf, k: &PathBuf| {
+        vec!["--client-cert".to_owned(), c.display().to_string(), "--client-key".to_owned(), k.display().to_string()]
+    };
+    let ops = cert(&ops_c, &ops_k);
+    let mut args: Vec<&str> = ops.iter().map(String::as_str).collect();
+    args.extend(["secret", "put", "c/d", "--from-file", "-"]);
+    let out = b.kbsctl(&args, Some(v)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let reader = cert(&rd_c, &rd_k);
+    let mut args: Vec<&str> = reader.iter().map(String::as_str).collect();
+    args.extend(["secret", "rm", "c/d"]);
+    let out = b.kbsctl(&args, None).await;
+    assert!(stderr(&out).contains("permission_denied"), "{}", stderr(&out));
+
+    let stranger = cert(&un_c, &un_k);
+    let mut args: Vec<&str> = stranger.iter().map(String::as_str).collect();
+    args.extend(["secret", "list"]);
+    let out = b.kbsctl(&args, None).await;
+    assert!(stderr(&out).contains("unauthenticated"), "{}", stderr(&out));
+
+    // A certificate from another CA does not get through TLS at all.
+    let other = ClientPki::new();
+    let other_dir = tempfile::tempdir().unwrap();
+    let (oc, ok) = other.client(other_dir.path(), "ops.example");
+    let foreign = cert(&oc, &ok);
+    let mut args: Vec<&str> = foreign.iter().map(String::as_str).collect();
+    args.extend(["secret", "list"]);
+    let out = b.kbsctl(&args, None).await;
+    assert_ne!(out.status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn settings_come_from_the_config_file() {
+    let pki = ClientPki::new();
+    let b = start(&pki).await;
+    let admin = b.token_file(&b.admin_token());
+    let cfg = b.dir.path().join(".config/kbsctl");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("config.toml"),
+        format!("url = \"{}\"\nca = \"{}\"\ntoken_file = \"{admin}\"\n", b.url, b.ca()),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kbsctl"));
+    cmd.env_clear().env("HOME", b.dir.path()).args(["--output", "json", "secret", "list"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "[]");
+    // A broken config file is a usage error.
+    std::fs::write(cfg.join("config.toml"), "url = 3\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kbsctl"));
+    cmd.env_clear().env("HOME", b.dir.path()).args(["secret", "list"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // An unreachable broker is exit 3.
+    std::fs::remove_file(cfg.join("config.toml")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kbsctl"));
+    cmd.env_clear().env("HOME", b.dir.path()).args([
+        "--url",
+        "https://127.0.0.1:1",
+        "--ca",
+        &b.ca(),
+        "--token-file",
+        &admin,
+        "secret",
+        "list",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}

@@ -1,0 +1,667 @@
+//! `kbs-bench`: a load generator for the key broker.
+//!
+//! N concurrent simulated guests each run the whole guest flow in a loop:
+//! `GetChallenge`, evidence signed here by the INSECURE simulated SEV-SNP
+//! TEE (real report format, test PKI), `ReleaseSecrets`, HPKE open, and a
+//! byte-for-byte check of the released secret. Each guest keeps one TLS
+//! connection (`--reconnect` makes a new one per release). For each
+//! concurrency level it prints releases/s, latency percentiles, errors by
+//! reason code and, when it can see the broker's CPU accounting, the
+//! broker's CPU time per release and its ratio to "the floor" (the
+//! unavoidable crypto of one release, measured in this process first).
+//!
+//! Targets:
+//! - `--kbs URL --ca CA.pem`: a running broker (started with
+//!   `--insecure-dev` and the test ARK). `--admin URL --admin-token-file F`
+//!   uploads the benchmark secret first; otherwise `--expect-file F` gives
+//!   the bytes to check. `--broker-pid PID` reads its CPU time and RSS from
+//!   `/proc/PID`.
+//! - `--spawn`: a broker in this process (a dev set-up in a temporary
+//!   directory), on its own runtime whose threads are named `kbs-broker`,
+//!   so its CPU time is the sum over those threads.
+//!
+//! Load is bounded in time and count and goes to 127.0.0.1 only.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use attester_client::client::{ClientConfig, Error as ClientError, KbsClient};
+use attester_client::evidence::EvidenceSource;
+use attester_client::simulated::{Generation, SimulatedSnp, test_ark_pem};
+use clap::{Parser, ValueEnum};
+use kbs_proto::SuiteId;
+use kbs_proto::v1::PutSecretRequest;
+use kbs_proto::v1::admin_client::AdminClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+/// Hard caps, whatever the flags say.
+const MAX_CONCURRENCY: usize = 1024;
+const MAX_PHASE: Duration = Duration::from_secs(3600);
+const MAX_RELEASES: u64 = 10_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TeeArg {
+    /// AMD SEV-SNP (simulated).
+    Snp,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "kbs-bench", about = "Load generator for the key broker (simulated guests; INSECURE test tool)")]
+struct Args {
+    /// Broker guest URL, https://127.0.0.1:PORT or https://localhost:PORT.
+    #[arg(long, conflicts_with = "spawn", required_unless_present = "spawn")]
+    kbs: Option<String>,
+    /// CA certificate (PEM) the broker's certificate chains to.
+    #[arg(long, requires = "kbs")]
+    ca: Option<PathBuf>,
+    /// Start a broker in this process (dev set-up in a temporary directory).
+    #[arg(long)]
+    spawn: bool,
+    /// Admin URL of the broker, to upload the benchmark secret.
+    #[arg(long, requires = "admin_token_file")]
+    admin: Option<String>,
+    /// Admin bearer token file.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// The bytes the secret must have (when not uploaded by this tool).
+    #[arg(long)]
+    expect_file: Option<PathBuf>,
+    /// The broker's process id: its CPU time (utime + stime) and RSS.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Which TEE the guests simulate.
+    #[arg(long, value_enum, default_value = "snp")]
+    tee: TeeArg,
+    /// Concurrent guests; a comma-separated list runs one phase per value.
+    #[arg(long, short = 'c', value_delimiter = ',', default_value = "1,8,64")]
+    concurrency: Vec<usize>,
+    /// Seconds per phase.
+    #[arg(long, short = 't', default_value_t = 10)]
+    duration: u64,
+    /// Stop a phase after this many releases (whichever comes first).
+    #[arg(long, short = 'n')]
+    releases: Option<u64>,
+    /// Secret name.
+    #[arg(long, default_value = "bench/model/key")]
+    secret: String,
+    /// Launch measurement of the simulated guests (96 hex digits).
+    #[arg(long, default_value_t = hex::encode([0x5a; 48]))]
+    measurement: String,
+    /// Per-release timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// A new TLS connection for every release (a pod's init container).
+    #[arg(long)]
+    reconnect: bool,
+    /// Skip measuring the floor.
+    #[arg(long)]
+    no_floor: bool,
+    /// Store cache TTL for the spawned broker (ms; 0 = off).
+    #[arg(long)]
+    spawn_cache_ttl_ms: Option<u64>,
+}
+
+/// Where the broker's CPU time comes from.
+#[derive(Debug, Clone)]
+enum CpuSource {
+    /// `/proc/PID/stat`.
+    Pid(u32),
+    /// Threads of this process whose name starts with the prefix.
+    Threads(&'static str),
+    None,
+}
+
+impl CpuSource {
+    /// CPU seconds so far, if readable.
+    fn seconds(&self, tick: f64) -> Option<f64> {
+        match self {
+            Self::Pid(pid) => proc_stat_ticks(&format!("/proc/{pid}/stat")).map(|t| t as f64 / tick),
+            Self::Threads(prefix) => {
+                let mut total = 0u64;
+                for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+                    let path = entry.path();
+                    let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+                    if comm.starts_with(prefix) {
+                        total += proc_stat_ticks(&path.join("stat").display().to_string()).unwrap_or(0);
+                    }
+                }
+                Some(total as f64 / tick)
+            }
+            Self::None => None,
+        }
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        let path = match self {
+            Self::Pid(pid) => format!("/proc/{pid}/status"),
+            Self::Threads(_) => "/proc/self/status".to_owned(),
+            Self::None => return None,
+        };
+        let text = std::fs::read_to_string(path).ok()?;
+        let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+/// utime + stime (clock ticks) from a `/proc/.../stat` file.
+fn proc_stat_ticks(path: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // The command name may contain spaces and parentheses; fields resume
+    // after the last ')'. Counting from field 3 (state), utime is field 14.
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// A broker running in this process on its own runtime.
+struct Spawned {
+    url: String,
+    ca: Vec<u8>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    _dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    fn start(secret: &str, value: &[u8], measurement: &str, cache_ttl_ms: Option<u64>) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kbs-broker")
+            // Blocking-pool threads must outlive the run for the per-thread
+            // CPU accounting to see all of the broker's time.
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
+            .enable_all()
+            .build()?;
+        let dir = tempfile::tempdir()?;
+        let ark = dir.path().join("test-ark.pem");
+        std::fs::write(&ark, test_ark_pem())?;
+        let files = kbs::dev::init(
+            dir.path(),
+            &kbs::dev::DevOptions {
+                guest_listen: "127.0.0.1:0".into(),
+                admin_listen: "127.0.0.1:0".into(),
+                snp_test_roots: vec![ark],
+            },
+        )?;
+        if let Some(ms) = cache_ttl_ms {
+            let text = std::fs::read_to_string(&files.config)?;
+            let text = text.replace("kek_file = \"kek\"\n", &format!("kek_file = \"kek\"\ncache_ttl_ms = {ms}\n"));
+            std::fs::write(&files.config, text)?;
+        }
+        let config = kbs::config::Config::load(&files.config, |_| None)?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let name = secret.to_owned();
+        let value = value.to_vec();
+        let allowed = vec![measurement.to_owned()];
+        let port = runtime.block_on(async move {
+            let app = kbs::server::build(&config, kbs::release::system_clock(), true).await?;
+            app.broker
+                .store()
+                .put(kbs::store::NewSecret {
+                    name,
+                    value: kbs::store::SecretValue::new(value),
+                    labels: BTreeMap::new(),
+                    allowed_measurements: allowed,
+                    expected_version: None,
+                })
+                .await?;
+            let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let port = guest.local_addr()?.port();
+            tokio::spawn(async move {
+                if let Err(e) = kbs::server::run(app, guest, admin, async move {
+                    let _ = rx.await;
+                })
+                .await
+                {
+                    eprintln!("spawned broker stopped: {e}");
+                }
+            });
+            anyhow::Ok(port)
+        })?;
+        Ok(Self {
+            url: format!("https://localhost:{port}"),
+            ca: std::fs::read(&files.ca)?,
+            stop: Some(tx),
+            runtime: Some(runtime),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// What one guest saw.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Everything a guest loop needs.
+struct Load {
+    config: ClientConfig,
+    source: Arc<dyn EvidenceSource>,
+    names: Vec<String>,
+    expected: Vec<u8>,
+    timeout: Duration,
+    reconnect: bool,
+    deadline: Instant,
+    budget: Arc<AtomicU64>,
+}
+
+fn classify(e: &ClientError) -> String {
+    match e {
+        ClientError::Refused { reason, .. } => reason.clone(),
+        ClientError::Rpc { code, .. } => format!("rpc_{code:?}").to_lowercase(),
+        ClientError::Connect(_) => "connect".into(),
+        ClientError::Protocol(_) => "protocol".into(),
+        ClientError::Open { .. } => "open_failed".into(),
+        ClientError::NoCommonSuite => "no_common_suite".into(),
+        ClientError::Config(_) | ClientError::InvalidRequest(_) => "client_config".into(),
+        ClientError::Key(_) | ClientError::Evidence(_) | ClientError::EvidenceTask(_) => "guest_side".into(),
+    }
+}
+
+/// One release: connect if needed, run the flow, check the bytes.
+async fn one(load: &Load, client: &mut Option<KbsClient>) -> Result<(), String> {
+    let attempt = async {
+        let mut c = match client.take() {
+            Some(c) => c,
+            None => KbsClient::connect(&load.config).await.map_err(|e| classify(&e))?,
+        };
+        let released = c.fetch_release(Arc::clone(&load.source), &load.names).await;
+        if !load.reconnect {
+            *client = Some(c);
+        }
+        let released = released.map_err(|e| classify(&e))?;
+        match released.secrets.first() {
+            Some(s) if released.secrets.len() == 1 && s.value.as_slice() == load.expected.as_slice() => Ok(()),
+            _ => Err("wrong_bytes".to_owned()),
+        }
+    };
+    match tokio::time::timeout(load.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => {
+            // The connection may be wedged; start afresh.
+            *client = None;
+            Err("timeout".to_owned())
+        }
+    }
+}
+
+async fn guest_loop(load: Arc<Load>, mut client: Option<KbsClient>) -> Tally {
+    let mut tally = Tally::default();
+    while Instant::now() < load.deadline {
+        // Claim one release from the shared budget.
+        if load.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            break;
+        }
+        let started = Instant::now();
+        match one(&load, &mut client).await {
+            Ok(()) => tally.latencies.push(started.elapsed()),
+            Err(reason) => *tally.errors.entry(reason).or_default() += 1,
+        }
+    }
+    tally
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
+    sorted.get(idx).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The floor: one P-384 ECDSA verify (aws-lc-rs), one HPKE X25519 seal, one
+/// challenge open, one SHA-512 binding; median of batches, CPU microseconds.
+fn measure_floor() -> anyhow::Result<f64> {
+    use aws_lc_rs::signature::{
+        ECDSA_P384_SHA384_FIXED, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair, ParsedPublicKey,
+    };
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pair = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let public = ParsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, pair.public_key().as_ref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let signed = [0x11u8; 0x2A0];
+    let signature = pair.sign(&rng, &signed).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sealer = kbs::challenge::ChallengeSealer::new(&[7; 32], &[])?;
+    let names = vec!["bench/model/key".to_owned()];
+    let token = sealer.issue(kbs::release::TEE_SNP, &names, i64::MAX)?.token;
+    let suite = SuiteId::X25519_SHA256_AES256GCM;
+    let key = attester_client::hpke::EphemeralKey::generate(suite)?;
+    let recipient = kbs::seal::RecipientKey::parse(suite, key.public_key())?;
+    let aad = kbs_proto::secret_aad("bench/model/key", 1);
+    let once = || -> anyhow::Result<()> {
+        let opened = sealer.open(&token, 0)?;
+        let binding = kbs_proto::report_data(&opened.nonce, suite, key.public_key());
+        public.verify_sig(&signed, signature.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        std::hint::black_box(binding);
+        kbs::seal::seal(&recipient, &kbs_proto::secret_info(&opened.nonce), &aad, &[0x42; 32])?;
+        Ok(())
+    };
+    for _ in 0..200 {
+        once()?;
+    }
+    // CPU time of this thread where the kernel reports it, so that other
+    // load on the machine does not inflate the floor; wall time otherwise.
+    let mut batches = Vec::new();
+    for _ in 0..15 {
+        let (cpu0, wall0) = (thread_cpu_ns(), Instant::now());
+        for _ in 0..200 {
+            once()?;
+        }
+        let per_op_us = match (cpu0, thread_cpu_ns()) {
+            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e3 / 200.0,
+            _ => wall0.elapsed().as_secs_f64() * 1e6 / 200.0,
+        };
+        batches.push(per_op_us);
+    }
+    batches.sort_by(f64::total_cmp);
+    batches.get(batches.len() / 2).copied().context("no floor batches")
+}
+
+struct Phase {
+    concurrency: usize,
+    ok: usize,
+    errors: BTreeMap<String, u64>,
+    wall: Duration,
+    sorted: Vec<Duration>,
+    cpu_per_release_us: Option<f64>,
+    rss_start: Option<u64>,
+    rss_end: Option<u64>,
+    rss_max: Option<u64>,
+}
+
+async fn run_phase(
+    args: &Args,
+    template: &Load,
+    concurrency: usize,
+    cpu: &CpuSource,
+    tick: f64,
+) -> anyhow::Result<Phase> {
+    let mut clients = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        clients.push(if args.reconnect { None } else { Some(KbsClient::connect(&template.config).await?) });
+    }
+    // Warm-up: one release per guest (VEK and store caches, connections).
+    let warm = Arc::new(Load {
+        config: template.config.clone(),
+        source: Arc::clone(&template.source),
+        names: template.names.clone(),
+        expected: template.expected.clone(),
+        timeout: template.timeout,
+        reconnect: template.reconnect,
+        deadline: Instant::now() + Duration::from_secs(60),
+        budget: Arc::new(AtomicU64::new(0)),
+    });
+    let mut warmed = Vec::with_capacity(concurrency);
+    for mut client in clients {
+        let warm = Arc::clone(&warm);
+        warmed.push(tokio::spawn(async move {
+            let r = one(&warm, &mut client).await;
+            (r, client)
+        }));
+    }
+    let mut clients = Vec::with_capacity(concurrency);
+    for handle in warmed {
+        let (result, client) = handle.await?;
+        if let Err(reason) = result {
+            bail!("warm-up release failed: {reason}");
+        }
+        clients.push(client);
+    }
+
+    let duration = Duration::from_secs(args.duration).min(MAX_PHASE);
+    let budget = args.releases.unwrap_or(MAX_RELEASES).min(MAX_RELEASES);
+    let load = Arc::new(Load {
+        config: template.config.clone(),
+        source: Arc::clone(&template.source),
+        names: template.names.clone(),
+        expected: template.expected.clone(),
+        timeout: template.timeout,
+        reconnect: template.reconnect,
+        deadline: Instant::now() + duration,
+        budget: Arc::new(AtomicU64::new(budget)),
+    });
+    let rss_start = cpu.rss_kib();
+    let rss_max = Arc::new(AtomicU64::new(rss_start.unwrap_or(0)));
+    let sampler = {
+        let cpu = cpu.clone();
+        let rss_max = Arc::clone(&rss_max);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Some(rss) = cpu.rss_kib() {
+                    rss_max.fetch_max(rss, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let cpu_start = cpu.seconds(tick);
+    let started = Instant::now();
+    let handles: Vec<_> = clients.into_iter().map(|c| tokio::spawn(guest_loop(Arc::clone(&load), c))).collect();
+    let mut latencies = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for handle in handles {
+        let tally = handle.await?;
+        latencies.extend(tally.latencies);
+        for (reason, n) in tally.errors {
+            *errors.entry(reason).or_default() += n;
+        }
+    }
+    let wall = started.elapsed();
+    let cpu_end = cpu.seconds(tick);
+    sampler.abort();
+    let rss_end = cpu.rss_kib();
+    latencies.sort_unstable();
+    let total = latencies.len() as u64 + errors.values().sum::<u64>();
+    let cpu_per_release_us = match (cpu_start, cpu_end) {
+        (Some(a), Some(b)) if total > 0 => Some((b - a) * 1e6 / total as f64),
+        _ => None,
+    };
+    Ok(Phase {
+        concurrency,
+        ok: latencies.len(),
+        errors,
+        wall,
+        sorted: latencies,
+        cpu_per_release_us,
+        rss_start,
+        rss_end,
+        rss_max: rss_start.map(|_| rss_max.load(Ordering::Relaxed).max(rss_end.unwrap_or(0))),
+    })
+}
+
+fn print_phase(p: &Phase, floor: Option<f64>) {
+    let rate = p.ok as f64 / p.wall.as_secs_f64().max(1e-9);
+    let cpu = p.cpu_per_release_us.map_or("-".to_owned(), |c| format!("{c:.0}"));
+    let ratio = match (p.cpu_per_release_us, floor) {
+        (Some(c), Some(f)) if f > 0.0 => format!("{:.2}", c / f),
+        _ => "-".to_owned(),
+    };
+    let kib = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{:.1}", v as f64 / 1024.0));
+    let errors: u64 = p.errors.values().sum();
+    println!(
+        "{:>4} {:>8} {:>6} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>6} {:>8} {:>8} {:>8}",
+        p.concurrency,
+        p.ok,
+        errors,
+        rate,
+        ms(percentile(&p.sorted, 50.0)),
+        ms(percentile(&p.sorted, 90.0)),
+        ms(percentile(&p.sorted, 99.0)),
+        ms(p.sorted.last().copied().unwrap_or_default()),
+        cpu,
+        ratio,
+        kib(p.rss_start),
+        kib(p.rss_end),
+        kib(p.rss_max),
+    );
+    for (reason, n) in &p.errors {
+        println!("       error {reason}: {n}");
+    }
+}
+
+async fn upload(admin: &str, ca: &[u8], token_file: &PathBuf, args: &Args, value: &[u8]) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(token_file).context("reading the admin token file")?;
+    let channel = Channel::from_shared(admin.to_owned())?
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?
+        .connect()
+        .await
+        .context("connecting to the admin listener")?;
+    let mut req = tonic::Request::new(PutSecretRequest {
+        name: args.secret.clone(),
+        value: value.to_vec(),
+        allowed_measurements: vec![args.measurement.clone()],
+        ..Default::default()
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {}", token.trim()).parse()?);
+    AdminClient::new(channel).put_secret(req).await.context("uploading the benchmark secret")?;
+    Ok(())
+}
+
+fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("https://").context("the broker URL must be https://")?;
+    let host = rest.split([':', '/']).next().unwrap_or_default();
+    if !matches!(host, "127.0.0.1" | "localhost") {
+        bail!("kbs-bench sends load to 127.0.0.1 only, not {host:?}");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.concurrency.iter().any(|&c| c == 0 || c > MAX_CONCURRENCY) {
+        bail!("--concurrency values must be within 1..={MAX_CONCURRENCY}");
+    }
+    let measurement: [u8; 48] = hex::decode(&args.measurement)
+        .ok()
+        .and_then(|m| m.try_into().ok())
+        .context("--measurement must be 96 hex digits")?;
+    let tick = clock_ticks_per_second();
+    let value: Vec<u8> = rand::random::<[u8; 32]>().to_vec();
+
+    let floor = if args.no_floor { None } else { Some(measure_floor()?) };
+
+    let (spawned, url, ca, cpu, expected) = if args.spawn {
+        let s = Spawned::start(&args.secret, &value, &args.measurement, args.spawn_cache_ttl_ms)?;
+        let (url, ca) = (s.url.clone(), s.ca.clone());
+        (Some(s), url, ca, CpuSource::Threads("kbs-broker"), value.clone())
+    } else {
+        let url = args.kbs.clone().context("--kbs or --spawn")?;
+        let ca_path = args.ca.clone().context("--ca is required with --kbs")?;
+        let ca = std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
+        let cpu = args.broker_pid.map_or(CpuSource::None, CpuSource::Pid);
+        (None, url, ca, cpu, Vec::new())
+    };
+    check_loopback(&url)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().thread_name("kbs-bench").enable_all().build()?;
+    let result = runtime.block_on(async {
+        let expected = match (&args.admin, &args.admin_token_file, &args.expect_file) {
+            _ if args.spawn => expected,
+            (Some(admin), Some(token), _) => {
+                check_loopback(admin)?;
+                upload(admin, &ca, token, &args, &value).await?;
+                value.clone()
+            }
+            (_, _, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            _ => bail!("with --kbs, give --admin and --admin-token-file (to upload the secret) or --expect-file"),
+        };
+        let source: Arc<dyn EvidenceSource> = match args.tee {
+            TeeArg::Snp => Arc::new(SimulatedSnp::new(Generation::Genoa).measurement(measurement)),
+        };
+        let template = Load {
+            config: ClientConfig::new(url.clone(), ca.clone()),
+            source,
+            names: vec![args.secret.clone()],
+            expected,
+            timeout: Duration::from_millis(args.timeout_ms),
+            reconnect: args.reconnect,
+            deadline: Instant::now(),
+            budget: Arc::new(AtomicU64::new(0)),
+        };
+        println!(
+            "kbs-bench: tee={:?} target={} {} phase={}s{} cpu={}",
+            args.tee,
+            url,
+            if args.spawn { "(spawned in process)" } else { "" },
+            args.duration,
+            args.releases.map(|n| format!(" or {n} releases")).unwrap_or_default(),
+            match &cpu {
+                CpuSource::Pid(pid) => format!("/proc/{pid}"),
+                CpuSource::Threads(p) => format!("threads named {p}*"),
+                CpuSource::None => "unknown (give --broker-pid)".into(),
+            }
+        );
+        if let Some(f) = floor {
+            println!("floor (P-384 verify + HPKE X25519 seal + challenge open + SHA-512 binding): {f:.0} us");
+        }
+        println!(
+            "{:>4} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8}",
+            "conc",
+            "ok",
+            "errors",
+            "rel/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "cpu us",
+            "ratio",
+            "rss0 MiB",
+            "rss1 MiB",
+            "rssmax"
+        );
+        let mut failed = false;
+        for &c in &args.concurrency {
+            let phase = run_phase(&args, &template, c, &cpu, tick).await?;
+            failed |= !phase.errors.is_empty();
+            print_phase(&phase, floor);
+        }
+        anyhow::Ok(failed)
+    });
+    drop(spawned);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    if result? {
+        bail!("some releases failed");
+    }
+    Ok(())
+}

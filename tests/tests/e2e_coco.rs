@@ -1,0 +1,765 @@
+//! End-to-end: the CoCo KBS protocol (`/kbs/v0`, version 0.4.0) over real
+//! HTTPS against a broker started in-process, with a client written from the
+//! protocol document: RCAR handshake, evidence from the simulated SNP TEE in
+//! the CoCo JSON shape bound to the JCS runtime data, resource GET, JWE
+//! decryption with the guest's EC P-256 or RSA key.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::sync::{Arc, Mutex};
+
+use attester_client::client::{ClientConfig, KbsClient};
+use attester_client::simulated::{
+    ARK_GUID, ASK_GUID, Generation, SimulatedSnp, SimulatedTdx, TdxTestPki, VCEK_GUID, decode_cert_table, test_ark_pem,
+};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::agreement::{self, ECDH_P256, PrivateKey, UnparsedPublicKey};
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
+use aws_lc_rs::rsa::{KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, PrivateDecryptingKey};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use kbs::config::Config;
+use kbs_proto::v1::PutSecretRequest;
+use kbs_proto::v1::admin_client::AdminClient;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha384};
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use tonic::Request;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+const MEASUREMENT: [u8; 48] = [0x5a; 48];
+const OTHER_MEASUREMENT: [u8; 48] = [0x77; 48];
+const MRTD: [u8; 48] = [0x7d; 48];
+const RESOURCE: &str = "default/model/key";
+
+/// A broker with the CoCo front end, started in-process on port 0.
+struct TestApp {
+    dir: TempDir,
+    coco_url: String,
+    guest_url: String,
+    admin_url: String,
+    ca: Vec<u8>,
+    token: String,
+    clock: Arc<Mutex<OffsetDateTime>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Options {
+    /// Start without the insecure dev mode (no simulated TEE, no `sample`).
+    production: bool,
+    /// Share the challenge key and token key of this broker's directory.
+    keys_from: Option<std::path::PathBuf>,
+}
+
+impl TestApp {
+    async fn start() -> TestApp {
+        Self::start_with(Options::default()).await
+    }
+
+    async fn start_with(options: Options) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let ark = dir.path().join("test-ark.pem");
+        std::fs::write(&ark, test_ark_pem()).unwrap();
+        let files = kbs::dev::init(
+            dir.path(),
+            &kbs::dev::DevOptions {
+                guest_listen: "127.0.0.1:0".into(),
+                admin_listen: "127.0.0.1:0".into(),
+                snp_test_roots: if options.production { vec![] } else { vec![ark] },
+            },
+        )
+        .unwrap();
+        let token_key = dir.path().join("coco-token.key");
+        match &options.keys_from {
+            Some(other) => {
+                std::fs::copy(other.join("challenge.key"), dir.path().join("challenge.key")).unwrap();
+                std::fs::copy(other.join("coco-token.key"), &token_key).unwrap();
+            }
+            None => std::fs::write(&token_key, kbs::api::coco::token::TokenKey::generate_pkcs8().unwrap()).unwrap(),
+        }
+        let mut text = std::fs::read_to_string(&files.config).unwrap();
+        if !options.production {
+            // The TDX test root and collateral, for simulated TDX quotes.
+            let pki = TdxTestPki::get().unwrap();
+            let root = dir.path().join("tdx-test-root.pem");
+            std::fs::write(&root, pki.root_pem()).unwrap();
+            let collateral = dir.path().join("tdx-collateral");
+            pki.write_collateral_dir(&collateral).unwrap();
+            text =
+                text.replacen("[dev]\n", &format!("[dev]\ntdx_test_roots = [{:?}]\n", root.display().to_string()), 1);
+            text.push_str(&format!("\n[tdx]\ncollateral_dir = {:?}\n", collateral.display().to_string()));
+        }
+        text.push_str(
+            "\n[coco]\nlisten = \"127.0.0.1:0\"\ntoken_key_file = \"coco-token.key\"\ntoken_ttl_seconds = 120\n",
+        );
+        std::fs::write(&files.config, text).unwrap();
+        let config = Config::load(&files.config, |_| None).unwrap();
+        assert!(config.coco.is_some());
+        let clock = Arc::new(Mutex::new(OffsetDateTime::now_utc()));
+        let clock_fn = {
+            let clock = Arc::clone(&clock);
+            Arc::new(move || *clock.lock().unwrap())
+        };
+        let app = kbs::server::build(&config, clock_fn, !options.production).await.unwrap();
+        let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let coco = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = |l: &tokio::net::TcpListener| l.local_addr().unwrap().port();
+        let coco_url = format!("https://localhost:{}", port(&coco));
+        let guest_url = format!("https://localhost:{}", port(&guest));
+        let admin_url = format!("https://localhost:{}", port(&admin));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(kbs::server::run_with_coco(app, guest, admin, Some(coco), async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            ca: std::fs::read(&files.ca).unwrap(),
+            token: std::fs::read_to_string(&files.admin_token).unwrap(),
+            dir,
+            coco_url,
+            guest_url,
+            admin_url,
+            clock,
+            stop: Some(tx),
+        }
+    }
+
+    fn http(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&self.ca).unwrap();
+        reqwest::Client::builder().tls_certs_only(vec![ca]).build().unwrap()
+    }
+
+    async fn admin(&self) -> AdminClient<Channel> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
+        let channel =
+            Channel::from_shared(self.admin_url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        AdminClient::new(channel)
+    }
+
+    async fn put(&self, name: &str, value: &[u8], allowed: &[[u8; 48]]) -> u64 {
+        let mut req = Request::new(PutSecretRequest {
+            name: name.into(),
+            value: value.to_vec(),
+            allowed_measurements: allowed.iter().map(hex::encode).collect(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().unwrap());
+        self.admin().await.put_secret(req).await.unwrap().into_inner().version
+    }
+
+    fn advance(&self, seconds: i64) {
+        *self.clock.lock().unwrap() += time::Duration::seconds(seconds);
+    }
+
+    fn audit_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The guest side, from the protocol document.
+
+/// The guest's ephemeral key pair.
+enum GuestKey {
+    Ec(PrivateKey),
+    Rsa(PrivateDecryptingKey),
+}
+
+impl GuestKey {
+    fn ec() -> Self {
+        Self::Ec(PrivateKey::generate(&ECDH_P256).unwrap())
+    }
+
+    fn rsa() -> Self {
+        Self::Rsa(PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap())
+    }
+
+    fn jwk(&self) -> Value {
+        self.jwk_with_alg(None)
+    }
+
+    fn jwk_with_alg(&self, alg: Option<&str>) -> Value {
+        match self {
+            Self::Ec(sk) => {
+                let pk = sk.compute_public_key().unwrap();
+                json!({
+                    "kty": "EC", "crv": "P-256", "alg": alg.unwrap_or("ECDH-ES+A256KW"),
+                    "x": URL_SAFE_NO_PAD.encode(&pk.as_ref()[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&pk.as_ref()[33..65]),
+                })
+            }
+            Self::Rsa(sk) => {
+                use x509_parser::prelude::FromDer;
+                let der = sk.public_key().as_der().unwrap();
+                let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(der.as_ref()).unwrap();
+                let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = spki.parsed() else { panic!() };
+                json!({
+                    "kty": "RSA", "alg": alg.unwrap_or("RSA-OAEP-256"),
+                    "n": URL_SAFE_NO_PAD.encode(rsa.modulus), "e": URL_SAFE_NO_PAD.encode(rsa.exponent),
+                })
+            }
+        }
+    }
+
+    /// Opens a flattened-JSON JWE (RFC 7516) addressed to this key.
+    fn decrypt(&self, jwe: &Value) -> Vec<u8> {
+        let field = |name: &str| URL_SAFE_NO_PAD.decode(jwe[name].as_str().unwrap()).unwrap();
+        let protected_b64 = jwe["protected"].as_str().unwrap();
+        let header: Value = serde_json::from_slice(&field("protected")).unwrap();
+        assert_eq!(header["enc"], "A256GCM");
+        let cek = match self {
+            Self::Ec(sk) => {
+                assert_eq!(header["alg"], "ECDH-ES+A256KW");
+                assert_eq!(header["epk"]["crv"], "P-256");
+                let mut epk = vec![4u8];
+                epk.extend(URL_SAFE_NO_PAD.decode(header["epk"]["x"].as_str().unwrap()).unwrap());
+                epk.extend(URL_SAFE_NO_PAD.decode(header["epk"]["y"].as_str().unwrap()).unwrap());
+                // RFC 7518 §4.6.2: Concat KDF, SHA-256, AlgorithmID = the alg,
+                // empty PartyUInfo/PartyVInfo, SuppPubInfo = 256.
+                let kek: Vec<u8> = agreement::agree(sk, UnparsedPublicKey::new(&ECDH_P256, &epk), (), |z| {
+                    let alg = b"ECDH-ES+A256KW";
+                    let mut h = sha2::Sha256::new();
+                    h.update([0, 0, 0, 1]);
+                    h.update(z);
+                    h.update((alg.len() as u32).to_be_bytes());
+                    h.update(alg);
+                    h.update([0u8; 8]);
+                    h.update(256u32.to_be_bytes());
+                    Ok(h.finalize().to_vec())
+                })
+                .unwrap();
+                let mut cek = vec![0u8; 32];
+                AesKek::new(&AES_256, &kek).unwrap().unwrap(&field("encrypted_key"), &mut cek).unwrap();
+                cek
+            }
+            Self::Rsa(sk) => {
+                assert_eq!(header["alg"], "RSA-OAEP-256");
+                let oaep = OaepPrivateDecryptingKey::new(sk.clone()).unwrap();
+                let mut out = vec![0u8; oaep.min_output_size()];
+                oaep.decrypt(&OAEP_SHA256_MGF1SHA256, &field("encrypted_key"), &mut out, None).unwrap().to_vec()
+            }
+        };
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &cek).unwrap());
+        let mut buf = field("ciphertext");
+        buf.extend(field("tag"));
+        let iv: [u8; 12] = field("iv").try_into().unwrap();
+        key.open_in_place(Nonce::assume_unique_for_key(iv), Aad::from(protected_b64.as_bytes()), &mut buf)
+            .unwrap()
+            .to_vec()
+    }
+}
+
+/// The SNP evidence as the guest attester serializes it: the report as its
+/// fields (SEV-SNP ABI, ATTESTATION_REPORT), the certificates as typed entries.
+fn snp_evidence(sim: &SimulatedSnp, report_data: &[u8; 64]) -> Value {
+    let r = sim.report(report_data).unwrap();
+    let u32_at = |o: usize| u32::from_le_bytes(r[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().unwrap());
+    let bytes = |o: usize, n: usize| r[o..o + n].to_vec();
+    let version = u32_at(0);
+    let turin = version >= 3 && r[0x188] == 0x1a;
+    let tcb = |o: usize| {
+        if turin {
+            json!({"fmc": r[o], "bootloader": r[o + 1], "tee": r[o + 2], "snp": r[o + 3], "microcode": r[o + 7]})
+        } else {
+            json!({"fmc": null, "bootloader": r[o], "tee": r[o + 1], "snp": r[o + 6], "microcode": r[o + 7]})
+        }
+    };
+    let opt = |present: bool, v: Value| if present { v } else { Value::Null };
+    let report = json!({
+        "version": version, "guest_svn": u32_at(4), "policy": u64_at(8),
+        "family_id": bytes(0x10, 16), "image_id": bytes(0x20, 16), "vmpl": u32_at(0x30), "sig_algo": u32_at(0x34),
+        "current_tcb": tcb(0x38), "plat_info": u64_at(0x40), "key_info": u32_at(0x48),
+        "report_data": bytes(0x50, 64), "measurement": bytes(0x90, 48), "host_data": bytes(0xC0, 32),
+        "id_key_digest": bytes(0xE0, 48), "author_key_digest": bytes(0x110, 48),
+        "report_id": bytes(0x140, 32), "report_id_ma": bytes(0x160, 32), "reported_tcb": tcb(0x180),
+        "cpuid_fam_id": opt(version >= 3, json!(r[0x188])),
+        "cpuid_mod_id": opt(version >= 3, json!(r[0x189])),
+        "cpuid_step": opt(version >= 3, json!(r[0x18A])),
+        "chip_id": bytes(0x1A0, 64), "committed_tcb": tcb(0x1E0),
+        "current": {"build": r[0x1E8], "minor": r[0x1E9], "major": r[0x1EA]},
+        "committed": {"build": r[0x1EC], "minor": r[0x1ED], "major": r[0x1EE]},
+        "launch_tcb": tcb(0x1F0),
+        "launch_mit_vector": opt(version >= 5, json!(u64_at(0x1F8))),
+        "current_mit_vector": opt(version >= 5, json!(u64_at(0x200))),
+        "signature": {"r": bytes(0x2A0, 72), "s": bytes(0x2E8, 72)},
+    });
+    let certs: Vec<Value> = decode_cert_table(&sim.cert_table().unwrap())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            let kind = match e.guid {
+                g if g == VCEK_GUID => "VCEK",
+                g if g == ASK_GUID => "ASK",
+                g if g == ARK_GUID => "ARK",
+                _ => "Empty",
+            };
+            json!({"cert_type": kind, "data": e.data})
+        })
+        .collect();
+    json!({"attestation_report": report, "cert_chain": certs})
+}
+
+/// One CoCo session: the HTTP client and the cookie jar of one guest.
+struct Session<'a> {
+    app: &'a TestApp,
+    http: reqwest::Client,
+    cookie: Option<String>,
+}
+
+/// How to break one step of a handshake.
+#[derive(Default)]
+struct Tamper {
+    /// Send this version instead of 0.4.0.
+    version: Option<&'static str>,
+    /// Bind the evidence to this nonce instead of the challenge's.
+    bind_nonce: Option<String>,
+    /// Send this nonce in runtime-data.
+    send_nonce: Option<String>,
+    /// Bind the evidence to this JWK instead of the one sent.
+    bind_key: Option<Value>,
+    /// Send this JWK instead of the guest's.
+    send_key: Option<Value>,
+    /// The `tee` to claim.
+    tee: Option<&'static str>,
+    /// Send this evidence instead.
+    evidence: Option<Value>,
+    /// Quote with this simulated TDX instead of the SNP one (`tee` "tdx").
+    tdx: Option<SimulatedTdx>,
+    /// Send this init-data document (TOML).
+    init_data: Option<String>,
+}
+
+#[derive(Debug)]
+struct Problem {
+    status: StatusCode,
+    detail: String,
+}
+
+async fn problem(resp: reqwest::Response) -> Problem {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    Problem { status, detail: body["detail"].as_str().unwrap_or("").to_owned() }
+}
+
+#[track_caller]
+fn assert_problem<T: std::fmt::Debug>(r: Result<T, Problem>, status: StatusCode, detail: &str) {
+    let p = r.expect_err("the broker must refuse");
+    assert_eq!((p.status, p.detail.as_str()), (status, detail), "{p:?}");
+}
+
+impl<'a> Session<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        Self { app, http: app.http(), cookie: None }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/kbs/v0/{path}", self.app.coco_url)
+    }
+
+    fn keep_cookie(&mut self, resp: &reqwest::Response) {
+        for v in resp.headers().get_all(reqwest::header::SET_COOKIE) {
+            let v = v.to_str().unwrap();
+            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
+            assert!(attrs.contains("Secure") && attrs.contains("HttpOnly"), "{v}");
+            if let Some(value) = pair.strip_prefix("kbs-session-id=") {
+                self.cookie = Some(value.to_owned());
+            }
+        }
+    }
+
+    fn with_cookie(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.cookie {
+            Some(c) => req.header(reqwest::header::COOKIE, format!("kbs-session-id={c}")),
+            None => req,
+        }
+    }
+
+    /// `POST /auth`: returns the nonce string.
+    async fn auth(&mut self, tee: &str, version: &str) -> Result<(String, Value), Problem> {
+        let body = json!({
+            "version": version, "tee": tee,
+            "extra-params": {"supported-hash-algorithms": ["sha256", "sha384", "sha512", "sm3"]},
+        });
+        let resp = self.http.post(self.url("auth")).json(&body).send().await.unwrap();
+        if resp.status() != StatusCode::OK {
+            return Err(problem(resp).await);
+        }
+        self.keep_cookie(&resp);
+        let challenge: Value = resp.json().await.unwrap();
+        let nonce = challenge["nonce"].as_str().unwrap().to_owned();
+        assert_eq!(STANDARD.decode(&nonce).unwrap().len(), 32, "32 random bytes, padded standard base64");
+        Ok((nonce, challenge["extra-params"].clone()))
+    }
+
+    /// Runs auth + attest for `sim` with `key`; returns the token.
+    async fn attest(&mut self, sim: &SimulatedSnp, key: &GuestKey, t: Tamper) -> Result<String, Problem> {
+        let tee = t.tee.unwrap_or("snp");
+        let (nonce, extra) = self.auth(tee, t.version.unwrap_or("0.4.0")).await?;
+        assert_eq!(extra["selected-hash-algorithm"], "sha384");
+        let jwk = t.send_key.clone().unwrap_or_else(|| key.jwk());
+        // report_data = SHA-384(JCS({"additional-evidence", "nonce", "tee-pubkey"})), zero-padded.
+        let bound_key = t.bind_key.clone().unwrap_or_else(|| jwk.clone());
+        let runtime = json!({
+            "additional-evidence": "",
+            "nonce": t.bind_nonce.clone().unwrap_or_else(|| nonce.clone()),
+            "tee-pubkey": bound_key,
+        });
+        let mut report_data = [0u8; 64];
+        report_data[..48].copy_from_slice(&Sha384::digest(jcs(&runtime)));
+        let evidence = match (&t.evidence, tee) {
+            (Some(e), _) => e.clone(),
+            (None, "sample") => json!({"svn": "1", "report_data": STANDARD.encode(&report_data[..48])}),
+            (None, "tdx") => {
+                let quote = t.tdx.as_ref().unwrap().quote(&report_data).unwrap();
+                json!({"quote": STANDARD.encode(quote), "cc_eventlog": null})
+            }
+            (None, _) => snp_evidence(sim, &report_data),
+        };
+        let mut body = json!({
+            "runtime-data": {"nonce": t.send_nonce.unwrap_or(nonce), "tee-pubkey": jwk},
+            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+        });
+        if let Some(init_data) = t.init_data {
+            body["init-data"] = json!({"format": "toml", "body": init_data});
+        }
+        let resp = self.with_cookie(self.http.post(self.url("attest")).json(&body)).send().await.unwrap();
+        if resp.status() != StatusCode::OK {
+            return Err(problem(resp).await);
+        }
+        self.keep_cookie(&resp);
+        let token = resp.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+        assert_eq!(self.cookie.as_deref(), Some(token.as_str()), "the cookie now carries the token");
+        Ok(token)
+    }
+
+    /// `GET /resource/<name>` with the cookie, or with a bearer token.
+    async fn get(&self, name: &str, bearer: Option<&str>) -> Result<Value, Problem> {
+        let req = self.http.get(self.url(&format!("resource/{name}")));
+        let req = match bearer {
+            Some(t) => req.bearer_auth(t),
+            None => self.with_cookie(req),
+        };
+        let resp = req.send().await.unwrap();
+        if resp.status() != StatusCode::OK {
+            return Err(problem(resp).await);
+        }
+        Ok(resp.json().await.unwrap())
+    }
+}
+
+/// RFC 8785 canonical JSON of the runtime data (strings and objects only):
+/// written here from the RFC, independently of the broker's implementation.
+fn jcs(v: &Value) -> Vec<u8> {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::to_string(k).unwrap());
+                    out.push(':');
+                    write(&m[*k], out);
+                }
+                out.push('}');
+            }
+            Value::String(s) => out.push_str(&serde_json::to_string(s).unwrap()),
+            other => panic!("runtime data holds only strings and objects, not {other}"),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out.into_bytes()
+}
+
+fn guest() -> SimulatedSnp {
+    SimulatedSnp::new(Generation::Genoa).measurement(MEASUREMENT)
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn snp_guest_gets_its_resource_with_ec_and_rsa_keys_by_cookie_and_bearer() {
+    let app = TestApp::start().await;
+    let value: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    app.put(RESOURCE, &value, &[MEASUREMENT]).await;
+    for key in [GuestKey::ec(), GuestKey::rsa()] {
+        for generation in [Generation::Milan, Generation::Genoa, Generation::Turin] {
+            let sim = SimulatedSnp::new(generation).measurement(MEASUREMENT);
+            let mut s = Session::new(&app);
+            let token = s.attest(&sim, &key, Tamper::default()).await.unwrap();
+            // The stock attestation-agent sends the cookie alone.
+            assert_eq!(key.decrypt(&s.get(RESOURCE, None).await.unwrap()), value, "{generation:?}");
+            // confidential-data-hub's token path sends the bearer token alone.
+            let fresh = Session::new(&app);
+            assert_eq!(key.decrypt(&fresh.get(RESOURCE, Some(&token)).await.unwrap()), value);
+        }
+    }
+
+    // The token is an ES256 JWT carrying the claims and the guest key.
+    let key = GuestKey::ec();
+    let token = Session::new(&app).attest(&guest(), &key, Tamper::default()).await.unwrap();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "ES256");
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["tee-pubkey"], key.jwk());
+    assert_eq!(claims["submods"]["cpu0"]["ear.status"], "affirming");
+    assert_eq!(claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["measurement"], hex::encode(MEASUREMENT));
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 120);
+
+    // The same secret, through the gRPC protocol.
+    let config = ClientConfig::new(app.guest_url.clone(), app.ca.clone());
+    let mut client = KbsClient::connect(&config).await.unwrap();
+    let secrets = client.fetch(Arc::new(guest()), &[RESOURCE.to_owned()]).await.unwrap();
+    assert_eq!(secrets[0].value.to_vec(), value);
+
+    // Every decision is audited, chained.
+    let log = app.audit_log();
+    assert!(log.contains("\"action\":\"coco.attest\""), "{log}");
+    assert!(log.contains("\"action\":\"coco.resource\""), "{log}");
+    assert!(!log.contains(&hex::encode(&value[..32])));
+    kbs::audit::verify_lines(log.as_bytes()).unwrap();
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_status_and_reason() {
+    let app = TestApp::start().await;
+    app.put(RESOURCE, b"k", &[MEASUREMENT]).await;
+    app.put("default/model/other", b"o", &[OTHER_MEASUREMENT]).await;
+    let key = GuestKey::ec();
+    let (bad, unauth, forbidden) = (StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN);
+
+    // Protocol version other than 0.4.0.
+    let r = Session::new(&app).attest(&guest(), &key, Tamper { version: Some("0.1.0"), ..Default::default() }).await;
+    assert_problem(r, bad, "invalid_request");
+    // A TEE this front end does not speak.
+    let r = Session::new(&app).attest(&guest(), &key, Tamper { tee: Some("sgx"), ..Default::default() }).await;
+    assert_problem(r, bad, "unsupported_tee");
+    // RSA1_5 (and unknown algorithms) are refused before any evidence work.
+    let rsa = GuestKey::rsa();
+    let t = Tamper { send_key: Some(rsa.jwk_with_alg(Some("RSA1_5"))), ..Default::default() };
+    assert_problem(Session::new(&app).attest(&guest(), &rsa, t).await, bad, "invalid_request");
+    let t = Tamper { send_key: Some(json!({"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"})), ..Default::default() };
+    assert_problem(Session::new(&app).attest(&guest(), &key, t).await, bad, "invalid_request");
+    // Malformed evidence.
+    let t = Tamper { evidence: Some(json!({"attestation_report": {"version": 2}})), ..Default::default() };
+    assert_problem(Session::new(&app).attest(&guest(), &key, t).await, bad, "evidence_malformed");
+
+    // A nonce other than the session's.
+    let t = Tamper { send_nonce: Some(STANDARD.encode([1u8; 32])), ..Default::default() };
+    assert_problem(Session::new(&app).attest(&guest(), &key, t).await, unauth, "challenge_mismatch");
+    // Evidence bound to another nonce, or to another key than the one sent.
+    let t = Tamper { bind_nonce: Some(STANDARD.encode([1u8; 32])), ..Default::default() };
+    assert_problem(Session::new(&app).attest(&guest(), &key, t).await, forbidden, "report_data_mismatch");
+    let t = Tamper { bind_key: Some(GuestKey::ec().jwk()), ..Default::default() };
+    assert_problem(Session::new(&app).attest(&guest(), &key, t).await, forbidden, "report_data_mismatch");
+    // Hardware evidence that fails verification.
+    let r = Session::new(&app).attest(&guest().foreign(), &key, Tamper::default()).await;
+    assert_problem(r, forbidden, "untrusted_root");
+
+    // Attest without the session cookie, or with a forged one.
+    let body = json!({"runtime-data": {"nonce": "x", "tee-pubkey": key.jwk()},
+                      "tee-evidence": {"primary_evidence": {}, "additional_evidence": ""}});
+    let s = Session::new(&app);
+    let resp = s.http.post(s.url("attest")).json(&body).send().await.unwrap();
+    assert_problem(Err::<(), _>(problem(resp).await), unauth, "unauthenticated");
+    let resp = s
+        .http
+        .post(s.url("attest"))
+        .header("cookie", format!("kbs-session-id={}", URL_SAFE_NO_PAD.encode([1u8; 80])))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(Err::<(), _>(problem(resp).await), unauth, "challenge_invalid");
+    // Oversized body.
+    let big = json!({"runtime-data": {"nonce": "x".repeat(2 << 20), "tee-pubkey": {}}});
+    let resp = s.http.post(s.url("attest")).json(&big).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Resource GET: no token, a bad token, the pre-attestation cookie.
+    assert_problem(Session::new(&app).get(RESOURCE, None).await, unauth, "unauthenticated");
+    assert_problem(Session::new(&app).get(RESOURCE, Some("a.b.c")).await, unauth, "unauthenticated");
+    let mut s = Session::new(&app);
+    s.auth("snp", "0.4.0").await.unwrap();
+    assert_problem(s.get(RESOURCE, None).await, unauth, "unauthenticated");
+    // Missing resources are reported only to attested guests (401 above,
+    // 404 below); policy refusals are 403.
+    let mut s = Session::new(&app);
+    let token = s.attest(&guest(), &key, Tamper::default()).await.unwrap();
+    assert_problem(s.get("default/model/missing", None).await, StatusCode::NOT_FOUND, "secret_not_found");
+    assert_problem(s.get("default/model/other", None).await, forbidden, "measurement_not_allowed");
+    assert_problem(s.get("default/model", None).await, bad, "invalid_request");
+    // A token whose payload was altered.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    claims["tee-pubkey"] = GuestKey::ec().jwk();
+    parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+    assert_problem(Session::new(&app).get(RESOURCE, Some(&parts.join("."))).await, unauth, "unauthenticated");
+    // A token from another broker.
+    let other = TestApp::start().await;
+    let foreign = Session::new(&other).attest(&guest(), &key, Tamper::default()).await.unwrap();
+    assert_problem(Session::new(&app).get(RESOURCE, Some(&foreign)).await, unauth, "unauthenticated");
+    // An expired token, by bearer or by cookie.
+    assert!(s.get(RESOURCE, Some(&token)).await.is_ok());
+    app.advance(121);
+    assert_problem(s.get(RESOURCE, Some(&token)).await, unauth, "unauthenticated");
+    assert_problem(s.get(RESOURCE, None).await, unauth, "unauthenticated");
+    // The stock client's answer to a 401: a new handshake, which works.
+    let token = s.attest(&guest(), &key, Tamper::default()).await.unwrap();
+    assert!(s.get(RESOURCE, Some(&token)).await.is_ok());
+
+    let log = app.audit_log();
+    assert!(log.contains("\"reason\":\"report_data_mismatch\""), "{log}");
+    assert!(log.contains("\"reason\":\"measurement_not_allowed\""), "{log}");
+    assert!(log.contains("\"reason\":\"secret_not_found\""), "{log}");
+    kbs::audit::verify_lines(log.as_bytes()).unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_session_cookie_is_refused() {
+    let app = TestApp::start().await;
+    let key = GuestKey::ec();
+    let mut s = Session::new(&app);
+    let (nonce, _) = s.auth("snp", "0.4.0").await.unwrap();
+    app.advance(61);
+    let runtime = json!({"additional-evidence": "", "nonce": nonce, "tee-pubkey": key.jwk()});
+    let mut rd = [0u8; 64];
+    rd[..48].copy_from_slice(&Sha384::digest(jcs(&runtime)));
+    let body = json!({
+        "runtime-data": {"nonce": nonce, "tee-pubkey": key.jwk()},
+        "tee-evidence": {"primary_evidence": snp_evidence(&guest(), &rd), "additional_evidence": ""},
+    });
+    let resp = s.with_cookie(s.http.post(s.url("attest")).json(&body)).send().await.unwrap();
+    assert_problem(Err::<(), _>(problem(resp).await), StatusCode::UNAUTHORIZED, "challenge_expired");
+}
+
+#[tokio::test]
+async fn a_session_started_at_one_replica_finishes_at_another() {
+    let a = TestApp::start().await;
+    let b = TestApp::start_with(Options { keys_from: Some(a.dir.path().to_path_buf()), ..Default::default() }).await;
+    a.put(RESOURCE, b"shared", &[MEASUREMENT]).await;
+    let key = GuestKey::ec();
+    // auth at a, attest at b (same challenge key), GET at a (same token key).
+    let mut at_a = Session::new(&a);
+    let (nonce, _) = at_a.auth("snp", "0.4.0").await.unwrap();
+    let mut at_b = Session::new(&b);
+    at_b.cookie = at_a.cookie.clone();
+    let runtime = json!({"additional-evidence": "", "nonce": nonce, "tee-pubkey": key.jwk()});
+    let mut rd = [0u8; 64];
+    rd[..48].copy_from_slice(&Sha384::digest(jcs(&runtime)));
+    let body = json!({
+        "runtime-data": {"nonce": nonce, "tee-pubkey": key.jwk()},
+        "tee-evidence": {"primary_evidence": snp_evidence(&guest(), &rd), "additional_evidence": ""},
+    });
+    let resp = at_b.with_cookie(at_b.http.post(at_b.url("attest")).json(&body)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    at_b.keep_cookie(&resp);
+    at_a.cookie = at_b.cookie.clone();
+    assert_eq!(key.decrypt(&at_a.get(RESOURCE, None).await.unwrap()), b"shared");
+    // A replica with other keys refuses both.
+    let c = TestApp::start().await;
+    c.put(RESOURCE, b"shared", &[MEASUREMENT]).await;
+    let mut at_c = Session::new(&c);
+    at_c.cookie = at_a.cookie.clone();
+    assert_problem(at_c.get(RESOURCE, None).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+}
+
+#[tokio::test]
+async fn the_sample_tee_works_only_in_insecure_dev_mode() {
+    let sample = [0u8; 48];
+    let key = GuestKey::ec();
+    let dev = TestApp::start().await;
+    dev.put(RESOURCE, b"sample-ok", &[sample]).await;
+    let mut s = Session::new(&dev);
+    s.attest(&guest(), &key, Tamper { tee: Some("sample"), ..Default::default() }).await.unwrap();
+    assert_eq!(key.decrypt(&s.get(RESOURCE, None).await.unwrap()), b"sample-ok");
+    // Sample evidence bound to another key is still refused.
+    let t = Tamper { tee: Some("sample"), bind_key: Some(GuestKey::ec().jwk()), ..Default::default() };
+    assert_problem(Session::new(&dev).attest(&guest(), &key, t).await, StatusCode::FORBIDDEN, "report_data_mismatch");
+
+    let prod = TestApp::start_with(Options { production: true, ..Default::default() }).await;
+    let r = Session::new(&prod).attest(&guest(), &key, Tamper { tee: Some("sample"), ..Default::default() }).await;
+    assert_problem(r, StatusCode::BAD_REQUEST, "unsupported_tee");
+    // A sample session minted by a dev broker is refused by a production
+    // broker even with the same keys.
+    let prod2 = TestApp::start_with(Options { production: true, keys_from: Some(dev.dir.path().to_path_buf()) }).await;
+    prod2.put(RESOURCE, b"sample-ok", &[sample]).await;
+    let mut s2 = Session::new(&prod2);
+    s2.cookie = s.cookie.clone();
+    assert_problem(s2.get(RESOURCE, None).await, StatusCode::BAD_REQUEST, "unsupported_tee");
+}
+
+#[tokio::test]
+async fn tdx_guest_gets_its_resource() {
+    let app = TestApp::start().await;
+    app.put(RESOURCE, b"tdx-key", &[MRTD]).await;
+    for (sim, key) in
+        [(SimulatedTdx::new().mr_td(MRTD), GuestKey::ec()), (SimulatedTdx::new().mr_td(MRTD).v5(true), GuestKey::rsa())]
+    {
+        let mut s = Session::new(&app);
+        let t = Tamper { tee: Some("tdx"), tdx: Some(sim), ..Default::default() };
+        s.attest(&guest(), &key, t).await.unwrap();
+        assert_eq!(key.decrypt(&s.get(RESOURCE, None).await.unwrap()), b"tdx-key");
+    }
+    // A quote bound to another key; a TD with another MRTD.
+    let key = GuestKey::ec();
+    let t = Tamper {
+        tee: Some("tdx"),
+        tdx: Some(SimulatedTdx::new().mr_td(MRTD)),
+        bind_key: Some(GuestKey::ec().jwk()),
+        ..Default::default()
+    };
+    assert_problem(Session::new(&app).attest(&guest(), &key, t).await, StatusCode::FORBIDDEN, "report_data_mismatch");
+    let mut s = Session::new(&app);
+    let t = Tamper { tee: Some("tdx"), tdx: Some(SimulatedTdx::new().mr_td([1; 48])), ..Default::default() };
+    s.attest(&guest(), &key, t).await.unwrap();
+    assert_problem(s.get(RESOURCE, None).await, StatusCode::FORBIDDEN, "measurement_not_allowed");
+    assert!(app.audit_log().contains("\"tee\":\"tdx\""));
+}
+
+#[tokio::test]
+async fn init_data_must_be_what_the_guest_was_launched_with() {
+    let app = TestApp::start().await;
+    app.put(RESOURCE, b"k", &[MEASUREMENT]).await;
+    let init_data = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"aa.toml\" = 'x'\n".to_owned();
+    // SNP HOST_DATA holds the first 32 bytes of the SHA-384 of the document.
+    let mut host_data = [0u8; 32];
+    host_data.copy_from_slice(&Sha384::digest(init_data.as_bytes())[..32]);
+    let key = GuestKey::ec();
+    let t = Tamper { init_data: Some(init_data.clone()), ..Default::default() };
+    let mut s = Session::new(&app);
+    s.attest(&guest().host_data(host_data), &key, t).await.unwrap();
+    assert_eq!(key.decrypt(&s.get(RESOURCE, None).await.unwrap()), b"k");
+    // Launched with other init-data: refused.
+    let t = Tamper { init_data: Some(init_data), ..Default::default() };
+    let r = Session::new(&app).attest(&guest().host_data([9; 32]), &key, t).await;
+    assert_problem(r, StatusCode::FORBIDDEN, "policy_denied");
+    assert!(app.audit_log().contains("init_data_mismatch"));
+}
+
+#[test]
+fn the_test_client_canonicalizes_like_rfc8785() {
+    let v = json!({"tee-pubkey": {"y": "b", "x": "a", "kty": "EC"}, "nonce": "n\"\u{1}", "additional-evidence": ""});
+    assert_eq!(
+        String::from_utf8(jcs(&v)).unwrap(),
+        r#"{"additional-evidence":"","nonce":"n\"\u0001","tee-pubkey":{"kty":"EC","x":"a","y":"b"}}"#
+    );
+}
