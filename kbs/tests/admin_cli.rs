@@ -295,3 +295,101 @@ async fn settings_come_from_the_config_file() {
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+/// Each role against each Admin call, plus no credential and a bad one.
+#[tokio::test]
+async fn authorization_matrix() {
+    use kbs_proto::v1::admin_client::AdminClient;
+    use kbs_proto::v1::*;
+    use tonic::Code;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+    let pki = ClientPki::new();
+    let b = start(&pki).await;
+    let ca = std::fs::read(b.ca()).unwrap();
+    let channel = Channel::from_shared(b.url.clone())
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let admin_token = b.admin_token();
+    let creds: [(&str, Option<&str>); 5] = [
+        ("admin", Some(admin_token.as_str())),
+        ("uploader", Some("uploader-token")),
+        ("auditor", Some("auditor-token")),
+        ("none", None),
+        ("bogus", Some("bogus-token")),
+    ];
+    // The code each caller gets for each call, in this order: put, generate,
+    // metadata, list, delete, destroy, set policy, get policy, list policies,
+    // delete policy, test policy, put refvals, get refvals, list refvals,
+    // delete refvals, query audit. `Ok` means the call was authorized (it may
+    // still fail for another reason, which is never an auth code).
+    const W: bool = true;
+    let allowed: [[bool; 16]; 3] = [
+        [W; 16],
+        [W, W, W, W, false, false, false, false, false, false, false, false, false, false, false, false],
+        [false, false, W, W, false, false, false, W, W, false, W, false, W, W, false, W],
+    ];
+    for (who, token) in creds {
+        let mut client = AdminClient::new(channel.clone());
+        macro_rules! call {
+            ($method:ident, $msg:expr) => {{
+                let mut req = tonic::Request::new($msg);
+                if let Some(t) = token {
+                    req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+                }
+                client.$method(req).await.err().map(|s| s.code())
+            }};
+        }
+        let codes = [
+            call!(put_secret, PutSecretRequest { name: format!("m/{who}/a"), value: vec![1], ..Default::default() }),
+            call!(
+                generate_secret,
+                GenerateSecretRequest { name: format!("m/{who}/b"), bytes: 16, ..Default::default() }
+            ),
+            call!(get_secret_metadata, GetSecretMetadataRequest { name: "m/x/y".into() }),
+            call!(list_secrets, ListSecretsRequest::default()),
+            call!(delete_secret, DeleteSecretRequest { name: "m/x/y".into() }),
+            call!(destroy_secret_versions, DestroySecretVersionsRequest { name: "m/x/y".into(), versions: vec![1] }),
+            call!(
+                set_policy,
+                SetPolicyRequest { scope: "m/".into(), rego: "package kbs.release\nallow := false\n".into() }
+            ),
+            call!(get_policy, GetPolicyRequest { scope: "m/".into() }),
+            call!(list_policies, ListPoliciesRequest {}),
+            call!(delete_policy, DeletePolicyRequest { scope: "zz/".into() }),
+            call!(
+                test_policy,
+                TestPolicyRequest {
+                    rego: "package kbs.release\nallow := false\n".into(),
+                    secret_name: "m/x/y".into(),
+                    input: Some(test_policy_request::Input::ClaimsJson("{}".into()))
+                }
+            ),
+            call!(put_reference_values, PutReferenceValuesRequest { name: "prod".into(), json: "{}".into() }),
+            call!(get_reference_values, GetReferenceValuesRequest { name: "prod".into() }),
+            call!(list_reference_values, ListReferenceValuesRequest {}),
+            call!(delete_reference_values, DeleteReferenceValuesRequest { name: "zz".into() }),
+            call!(query_audit, QueryAuditRequest::default()),
+        ];
+        for (i, code) in codes.iter().enumerate() {
+            let expect_auth_failure = match who {
+                "none" | "bogus" => Some(Code::Unauthenticated),
+                _ => {
+                    let row = ["admin", "uploader", "auditor"].iter().position(|r| *r == who).unwrap();
+                    (!allowed[row][i]).then_some(Code::PermissionDenied)
+                }
+            };
+            match expect_auth_failure {
+                Some(expected) => assert_eq!(*code, Some(expected), "{who} call #{i}"),
+                None => assert!(
+                    !matches!(code, Some(Code::Unauthenticated | Code::PermissionDenied)),
+                    "{who} call #{i} was refused: {code:?}"
+                ),
+            }
+        }
+    }
+}

@@ -198,3 +198,34 @@ async fn without_a_cache_a_failing_service_is_unavailable() {
     let resolver = TdxCollateralResolver::new(Some(TdxCollateralDir::new(cache.path())), None);
     assert!(resolver.resolve(fmspc, PckCa::Platform, at).await.unwrap().is_current(at));
 }
+
+/// `kbsctl collateral fetch` writes a directory the broker (and `kbsctl
+/// verify --collateral DIR`) reads offline.
+#[tokio::test]
+async fn kbsctl_fetches_collateral_for_an_air_gapped_broker() {
+    let set = TdxCollateral::from_json(&vector("dcap-qvl/tdx_quote_collateral.json")).unwrap();
+    let pcs = start_pcs(&set).await;
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("collateral");
+    let (url, dir_arg) = (pcs.url.clone(), dir.display().to_string());
+    let run = move |time: &'static str| {
+        let (url, dir_arg) = (url.clone(), dir_arg.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kbsctl"))
+                .args(["collateral", "fetch", "--fmspc", "B0C06F000000", "--pcs-url", &url, "--out", &dir_arg])
+                .args(["--time", time])
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = run("2025-07-01T00:00:00Z").await.unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let cached = TdxCollateralDir::new(&dir).lookup(Fmspc::from_hex("B0C06F000000").unwrap(), PckCa::Platform).await;
+    let cached = cached.unwrap().expect("the set is in the output directory");
+    let verifier = TdxVerifier::new(TdxAnchors::intel().unwrap(), TdxPolicy::default());
+    verifier.verify(&vector("dcap-qvl/tdx_quote"), &cached, datetime!(2025-07-01 00:00 UTC), None).unwrap();
+    // Collateral the service itself serves expired is refused, exit 2.
+    let late = run("2030-01-01T00:00:00Z").await.unwrap();
+    assert_eq!(late.status.code(), Some(2), "{}", String::from_utf8_lossy(&late.stderr));
+    assert!(String::from_utf8_lossy(&late.stderr).contains("collateral_expired"));
+}

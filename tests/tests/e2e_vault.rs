@@ -57,7 +57,18 @@ impl Bao {
                 }
             };
             let root = format!("root-{}", hex::encode(rand_bytes()));
-            let child = Command::new(&bin)
+            if let Some(bao) = Bao::start_at(&bin, port, &root).await {
+                return bao;
+            }
+        }
+        panic!("the OpenBao dev server did not start");
+    }
+
+    /// Starts a dev server on `port` with `root` as its root token.
+    async fn start_at(bin: &PathBuf, port: u16, root: &str) -> Option<Bao> {
+        let root = root.to_owned();
+        {
+            let child = Command::new(bin)
                 .args(["server", "-dev", "-dev-no-store-token"])
                 .arg(format!("-dev-root-token-id={root}"))
                 .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
@@ -73,12 +84,16 @@ impl Bao {
                     break;
                 }
                 if bao.get("sys/mounts/secret").await.is_some() {
-                    return bao;
+                    return Some(bao);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        panic!("the OpenBao dev server did not start");
+        None
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     async fn get(&self, path: &str) -> Option<serde_json::Value> {
@@ -149,7 +164,7 @@ async fn generated_key_reaches_the_guest_through_openbao() {
 
     // The operator has the broker generate the key: it exists only in the
     // broker and OpenBao.
-    let channel = Channel::from_shared(admin_url)
+    let channel = Channel::from_shared(admin_url.clone())
         .unwrap()
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)))
         .unwrap()
@@ -180,10 +195,67 @@ async fn generated_key_reaches_the_guest_through_openbao() {
     assert_eq!(got[0].value.as_slice(), stored.as_slice());
     assert_eq!(got[0].version, 1);
 
+    // 50 concurrent writers of one name: every write lands as a distinct
+    // version or fails with a conflict; none is lost silently.
+    let admin_channel = Channel::from_shared(admin_url.clone())
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for i in 0..50u8 {
+        let channel = admin_channel.clone();
+        let token = token.clone();
+        writers.push(tokio::spawn(async move {
+            let mut req = Request::new(kbs_proto::v1::PutSecretRequest {
+                name: "models/race/key".into(),
+                value: vec![i; 8],
+                ..Default::default()
+            });
+            req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            AdminClient::new(channel).put_secret(req).await.map(|r| r.into_inner().version)
+        }));
+    }
+    let mut landed = Vec::new();
+    for w in writers {
+        match w.await.unwrap() {
+            Ok(version) => landed.push(version),
+            Err(status) => assert_eq!(
+                status.metadata().get("kbs-reason").and_then(|v| v.to_str().ok()),
+                Some("version_conflict"),
+                "{status:?}"
+            ),
+        }
+    }
+    assert!(!landed.is_empty());
+    let distinct: std::collections::BTreeSet<u64> = landed.iter().copied().collect();
+    assert_eq!(distinct.len(), landed.len(), "two writers got the same version: {landed:?}");
+    let meta = bao.get("secret/metadata/kbs-e2e/models/race/key").await.unwrap();
+    assert_eq!(meta["data"]["current_version"].as_u64(), distinct.iter().max().copied());
+
     // OpenBao goes away: the broker says UNAVAILABLE, never a wrong answer
     // (the read cache is off here, so the outage is seen at once).
+    let port = bao.port();
+    let root = bao.root.clone();
     drop(bao);
-    let err = client.fetch(Arc::new(sim), &["models/llama/key".to_owned()]).await.unwrap_err();
+    let err = client.fetch(Arc::new(sim.clone()), &["models/llama/key".to_owned()]).await.unwrap_err();
     assert_eq!(err.reason(), Some("store_unavailable"), "{err:?}");
+
+    // OpenBao comes back (a dev server: empty, same root token): the same
+    // broker process recovers without a restart.
+    let bao = Bao::start_at(&bao_binary().unwrap(), port, &root).await.expect("OpenBao restarts on its port");
+    let mut req = Request::new(kbs_proto::v1::PutSecretRequest {
+        name: "models/llama/key".into(),
+        value: b"after the outage".to_vec(),
+        allowed_measurements: vec![hex::encode(MEASUREMENT)],
+        ..Default::default()
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    AdminClient::new(admin_channel).put_secret(req).await.unwrap();
+    let got = client.fetch(Arc::new(sim), &["models/llama/key".to_owned()]).await.unwrap();
+    assert_eq!(got[0].value.as_slice(), b"after the outage");
+    drop(bao);
     let _ = stop.send(());
 }

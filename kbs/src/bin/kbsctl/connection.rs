@@ -117,6 +117,10 @@ fn token(file: Option<PathBuf>) -> Result<Zeroizing<String>, Failure> {
 pub(crate) fn refused(status: tonic::Status) -> Failure {
     let reason = status.metadata().get("kbs-reason").and_then(|v| v.to_str().ok()).map(str::to_owned);
     match reason {
+        // The broker's message already starts with the reason code.
+        Some(reason) if status.message().starts_with(reason.as_str()) => {
+            Failure::Refused(format!("refused: {} ({:?})", status.message(), status.code()))
+        }
         Some(reason) => Failure::Refused(format!("refused: {reason}: {} ({:?})", status.message(), status.code())),
         None if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
             Failure::Unreachable(status.message().to_owned())

@@ -5,6 +5,7 @@
 //! 3 the broker could not be reached.
 
 mod audit;
+mod collateral;
 mod connection;
 mod policy;
 mod refval;
@@ -85,6 +86,9 @@ pub(crate) enum Command {
     /// Verify an audit file's hash chain, or query the broker's audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Fetch TDX collateral for an air-gapped broker.
+    #[command(subcommand)]
+    Collateral(collateral::CollateralCommand),
 }
 
 /// A failure, with its exit code.
@@ -155,5 +159,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut client = connection::connect(&cli).await?;
             secret::run(&mut client, cmd, cli.output).await
         }
+        Command::Collateral(cmd) => collateral::run(cmd).await,
     }
 }
