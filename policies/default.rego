@@ -51,10 +51,9 @@ reasons contains "debug_enabled" if {
 
 # --- VMPL -------------------------------------------------------------------
 
-reasons contains sprintf("vmpl_not_allowed: %v != 0", [vmpl]) if {
+reasons contains sprintf("vmpl_not_allowed: %v != 0", [object.get(object.get(input.claims, "snp", {}), "vmpl", "missing")]) if {
 	input.claims.tee == "snp"
-	vmpl := object.get(object.get(input.claims, "snp", {}), "vmpl", "missing")
-	vmpl != 0
+	not input.claims.snp.vmpl == 0
 }
 
 # --- measurement ----------------------------------------------------------
@@ -95,10 +94,10 @@ reasons contains "rtmr_not_allowed" if {
 # --- SNP TCB minimum per generation ---------------------------------------
 
 reasons contains sprintf("tcb_below_minimum: %v %v < %v", [component, have, want]) if {
+	some rv in sets
 	input.claims.tee == "snp"
 	snp := object.get(input.claims, "snp", {})
 	generation := object.get(snp, "generation", "missing")
-	some rv in sets
 	some component, want in rv.snp_min_tcb[generation]
 	have := object.get(object.get(snp, "reported_tcb", {}), component, -1)
 	have < want
@@ -128,5 +127,5 @@ reasons contains sprintf("tcb_status_not_allowed: %v", [tdx_tcb_status]) if {
 # --- unknown TEE kinds ------------------------------------------------------
 
 reasons contains sprintf("tee_not_supported: %v", [object.get(input.claims, "tee", "missing")]) if {
-	not object.get(input.claims, "tee", "missing") in {"snp", "tdx", "sample"}
+	not input.claims.tee in {"snp", "tdx", "sample"}
 }

@@ -13,9 +13,13 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use kbs::evidence::Claims;
 use kbs::evidence::anchors::{Generation as AmdGeneration, SnpAnchors};
 use kbs::evidence::snp::SnpVerifier;
-use kbs::policy::{DEFAULT_POLICY, PolicyEngine, decide_offline, placeholder_meta};
+use kbs::policy::{DEFAULT_POLICY, PolicyEngine, PreparedClaims, decide_offline, placeholder_meta};
 use kbs::store::SecretMeta;
 use time::OffsetDateTime;
+
+/// The broker's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 
@@ -50,8 +54,19 @@ fn policy(c: &mut Criterion) {
     assert!(engine.evaluate(&claims, &meta(false)).is_err());
     let mut group = c.benchmark_group("policy");
     group.measurement_time(Duration::from_secs(5));
-    group.bench_function("default_allow", |b| b.iter(|| engine.evaluate(black_box(&claims), &meta(true))));
-    group.bench_function("default_deny", |b| b.iter(|| engine.evaluate(black_box(&claims), &meta(false))));
+    let (allowed, refused) = (meta(true), meta(false));
+    // What one release with one secret costs: preparing the claims (once
+    // per release; also yields the audit digest) and one evaluation.
+    group.bench_function("default_allow", |b| b.iter(|| engine.evaluate(black_box(&claims), &allowed)));
+    // A refusal evaluates the policy's reasons too.
+    group.bench_function("default_deny", |b| b.iter(|| engine.evaluate(black_box(&claims), &refused)));
+    // A release prepares its claims once and evaluates each further secret
+    // against them: the cost of one more secret in the same release.
+    let prepared = PreparedClaims::new(&claims).unwrap();
+    group.bench_function("default_allow_prepared", |b| {
+        b.iter(|| engine.evaluate_prepared(black_box(&prepared), &allowed))
+    });
+    group.bench_function("prepare_claims", |b| b.iter(|| PreparedClaims::new(black_box(&claims))));
     // With a reference value set of 100 measurements and TCB minimums.
     let mut measurements: Vec<String> = (0..99u8).map(|i| hex::encode([i; 48])).collect();
     measurements.push(hex::encode(MEASUREMENT));

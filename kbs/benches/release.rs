@@ -30,6 +30,10 @@ use kbs::store::{NewSecret, SecretStore, SecretValue};
 use kbs_proto::SuiteId;
 use time::OffsetDateTime;
 
+/// The broker's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 const SECRET: &str = "models/llama/key";
 const X25519: SuiteId = SuiteId::X25519_SHA256_AES256GCM;
@@ -94,6 +98,31 @@ fn snp_verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("snp");
     group.sample_size(20);
     group.bench_function("verify_report_vek_uncached", |b| b.iter(cold));
+    group.finish();
+}
+
+/// TDX quote verification with the collateral in memory (what the resolver
+/// serves after warm-up): the broker's own ordered checks, then the full
+/// DCAP appraisal.
+fn tdx_verify(c: &mut Criterion) {
+    use attester_client::simulated::{Platform, SimulatedTdx, TdxTestPki};
+    use kbs::evidence::anchors::TdxAnchors;
+    use kbs::evidence::tdx::{TdxPolicy, TdxVerifier};
+    use kbs::evidence::tdx_collateral::TdxCollateral;
+    let pki = TdxTestPki::get().unwrap();
+    let mut anchors = TdxAnchors::intel().unwrap();
+    anchors.add_root(pki.root_der()).unwrap();
+    let verifier = TdxVerifier::new(anchors, TdxPolicy::default());
+    let collateral = TdxCollateral::from_json(pki.collateral_json(Platform::UpToDate).unwrap().as_bytes()).unwrap();
+    let report_data = [9u8; 64];
+    let quote = SimulatedTdx::new().mr_td(MEASUREMENT).quote(&report_data).unwrap();
+    let now = OffsetDateTime::now_utc();
+    verifier.verify(&quote, &collateral, now, Some(&report_data)).unwrap();
+    let mut group = c.benchmark_group("tdx");
+    group.sample_size(30);
+    group.bench_function("verify_quote_collateral_cached", |b| {
+        b.iter(|| verifier.verify(black_box(&quote), &collateral, now, Some(&report_data)).unwrap())
+    });
     group.finish();
 }
 
@@ -209,5 +238,5 @@ fn broker_core(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, floor, snp_verify, challenge, binding, hpke_seal, store_read, broker_core);
+criterion_group!(benches, floor, snp_verify, tdx_verify, challenge, binding, hpke_seal, store_read, broker_core);
 criterion_main!(benches);

@@ -48,6 +48,8 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
     dev: RawDev,
     #[serde(default)]
     coco: Option<RawCoco>,
@@ -205,6 +207,15 @@ struct RawToken {
 struct RawAudit {
     #[serde(default)]
     path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    refresh_seconds: Option<u64>,
+    #[serde(default)]
+    builtin_default: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -368,6 +379,14 @@ pub struct Config {
     pub admin_clients: Vec<ClientEntry>,
     /// Audit destination: a file path, or `None` for stdout.
     pub audit_path: Option<PathBuf>,
+    /// How often policies and reference values are re-read from the store
+    /// (`policy.refresh_seconds`, default 30): changes made through another
+    /// replica are in force here within it.
+    pub policy_refresh: Duration,
+    /// Whether the shipped default policy applies to `*` while the store
+    /// holds no `*` policy (`policy.builtin_default`, default true; false
+    /// refuses every secret no stored policy covers, as `no_policy`).
+    pub policy_builtin_default: bool,
     /// INSECURE: accept evidence from the simulated TEE (test roots).
     pub insecure_simulated_tee: bool,
     /// INSECURE: test ARKs pinned for every SNP generation.
@@ -495,6 +514,12 @@ impl Config {
             Some(ms) if ms <= 60_000 => Duration::from_millis(ms),
             Some(_) => return Err(ConfigError::Invalid("store.cache_ttl_ms must be within 0..=60000".into())),
         };
+        let policy_refresh = match raw.policy.refresh_seconds {
+            None => crate::policy::DEFAULT_REFRESH,
+            Some(secs @ 1..=3600) => Duration::from_secs(secs),
+            Some(_) => return Err(ConfigError::Invalid("policy.refresh_seconds must be within 1..=3600".into())),
+        };
+        let policy_builtin_default = raw.policy.builtin_default.unwrap_or(true);
         if max_secret_bytes == 0 || max_secret_bytes > 64 << 20 {
             return Err(ConfigError::Invalid("store.max_secret_bytes must be within 1..=64 MiB".into()));
         }
@@ -599,6 +624,8 @@ impl Config {
             admin_client_ca: raw.admin.client_ca.map(|p| resolve(&p)),
             admin_clients,
             audit_path,
+            policy_refresh,
+            policy_builtin_default,
             insecure_simulated_tee: raw.dev.insecure_simulated_tee,
             snp_test_roots: raw.dev.snp_test_roots.iter().map(|p| resolve(p)).collect(),
             tdx_test_roots: raw.dev.tdx_test_roots.iter().map(|p| resolve(p)).collect(),
@@ -679,6 +706,19 @@ mod tests {
         assert!(Config::from_toml(&token, Path::new("/")).is_err());
         let kds = format!("{MINIMAL}\n[snp]\nkds_url = \"http://example.com\"\n");
         assert!(Config::from_toml(&kds, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn policy_section_defaults_and_bounds() {
+        let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!(c.policy_refresh, crate::policy::DEFAULT_REFRESH);
+        assert!(c.policy_builtin_default);
+        let set = format!("{MINIMAL}\n[policy]\nrefresh_seconds = 2\nbuiltin_default = false\n");
+        let c = Config::from_toml(&set, Path::new("/")).unwrap();
+        assert_eq!((c.policy_refresh, c.policy_builtin_default), (Duration::from_secs(2), false));
+        for bad in ["refresh_seconds = 0", "refresh_seconds = 3601", "refresh = 5"] {
+            assert!(Config::from_toml(&format!("{MINIMAL}\n[policy]\n{bad}\n"), Path::new("/")).is_err(), "{bad}");
+        }
     }
 
     #[test]

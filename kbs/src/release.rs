@@ -26,7 +26,7 @@ use crate::evidence::snp::{SigningKey, SnpReport, SnpVerifier};
 use crate::evidence::tdx::{TdxQuote, TdxVerifier};
 use crate::evidence::tdx_collateral::TdxCollateralResolver;
 use crate::evidence::{Claims, EvidenceError, certtable};
-use crate::policy::PolicyEngine;
+use crate::policy::{PolicyEngine, PreparedClaims};
 use crate::seal::{self, RecipientKey};
 use crate::store::{SecretStore, validate_name};
 
@@ -271,13 +271,14 @@ impl Broker {
         let expected = kbs_proto::report_data(&challenge.nonce, req.suite, &req.public_key);
         let claims = self.verify(&req.evidence, now, &expected).await?;
         event.measurement = Some(claims.measurement.clone());
-        event.claims_digest = Some(claims_digest(&claims));
+        let prepared = PreparedClaims::new(&claims).map_err(Error::Internal)?;
+        event.claims_digest = Some(prepared.digest().to_owned());
 
         let info = kbs_proto::secret_info(&challenge.nonce);
         let mut secrets = Vec::with_capacity(req.names.len());
         for name in &req.names {
             let record = self.store.get(name).await?;
-            if let Err(denial) = self.policy.evaluate(&claims, &record.meta) {
+            if let Err(denial) = self.policy.evaluate_prepared(&prepared, &record.meta) {
                 event.reasons = denial.reasons.clone();
                 return Err(Error::Denied { code: denial.code, reasons: denial.reasons });
             }

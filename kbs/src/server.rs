@@ -180,11 +180,11 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     // re-read periodically so that changes made through other replicas
     // take effect here. A store that cannot be read yet leaves every
     // release refused until a refresh succeeds.
-    let policy = Arc::new(PolicyEngine::with_store(Arc::clone(&store), true));
+    let policy = Arc::new(PolicyEngine::with_store(Arc::clone(&store), config.policy_builtin_default));
     if let Err(e) = policy.refresh().await {
         tracing::error!(error = %e, "loading policies failed; releases are refused until a refresh succeeds");
     }
-    policy.spawn_refresher(crate::policy::DEFAULT_REFRESH);
+    policy.spawn_refresher(config.policy_refresh);
     let broker = Arc::new(
         Broker::new(
             sealer,
@@ -264,6 +264,23 @@ fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
     base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).ok()
 }
 
+/// Accepted connections with Nagle's algorithm off: a guest's two calls are
+/// small request/response exchanges, which Nagle and delayed ACKs would
+/// hold back by tens of milliseconds.
+fn no_delay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        accepted
+    })
+}
+
 /// Serves the guest and admin services on the given listeners until
 /// `shutdown` completes.
 pub async fn run(
@@ -294,12 +311,12 @@ pub async fn run(
         .tls_config(app.tls.clone())?
         .add_service(guest_health)
         .add_service(key_broker)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(guest), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(no_delay(guest), stopped(stop_rx.clone()));
     let admin_server = Server::builder()
         .tls_config(app.admin_tls)?
         .add_service(admin_health)
         .add_service(admin_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(admin), stopped(stop_rx));
+        .serve_with_incoming_shutdown(no_delay(admin), stopped(stop_rx));
     tokio::try_join!(guest_server, admin_server)?;
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! at another; under load, one replica is killed (its runtime torn down with
 //! every connection and in-flight request): each request then either
 //! succeeds with the right bytes or fails with an error, none hangs, and the
-//! surviving replicas carry on.
+//! surviving replicas carry on. A policy changed through one replica is in
+//! force at the others within their refresh period, without a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
@@ -110,6 +111,7 @@ fn rand_bytes() -> [u8; 16] {
 /// kill (listeners, connections and in-flight requests all dropped).
 struct Replica {
     url: String,
+    broker: std::sync::Arc<kbs::release::Broker>,
     runtime: Option<tokio::runtime::Runtime>,
     _dir: tempfile::TempDir,
 }
@@ -144,6 +146,9 @@ impl Replica {
             ),
         );
         assert!(text.contains("kind = \"vault\""));
+        // Policies re-read every second, so a change through one replica
+        // reaches the others quickly.
+        let text = format!("{text}\n[policy]\nrefresh_seconds = 1\n");
         std::fs::write(&files.config, text).unwrap();
         let id = id.to_owned();
         let config = Config::load(&files.config, |k| (k == "KBS_REPLICA_ID").then(|| id.clone())).unwrap();
@@ -172,7 +177,7 @@ impl Replica {
                 .await
                 .unwrap();
         }
-        Replica { url: format!("https://localhost:{port}"), runtime: Some(runtime), _dir: dir }
+        Replica { url: format!("https://localhost:{port}"), broker, runtime: Some(runtime), _dir: dir }
     }
 
     fn kill(&mut self) {
@@ -367,4 +372,66 @@ async fn replicas_share_challenges_and_survive_losing_one() {
     for r in &after {
         assert_eq!(r.outcome, Outcome::Ok, "{}->{} after the kill", r.issue, r.redeem);
     }
+}
+
+/// Exchanges at `url` until one ends as `want`, for at most `within`.
+async fn until_outcome(url: &str, ca: &[u8], want: &Outcome, within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut client = KeyBrokerClient::new(channel(url, ca).await);
+    loop {
+        let got = exchange(&mut client.clone(), &mut client).await;
+        if &got == want {
+            return start.elapsed();
+        }
+        assert!(matches!(got, Outcome::Ok | Outcome::Failed(_)), "{got:?}");
+        assert!(start.elapsed() < within, "still {got:?} after {within:?}, wanted {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_changes_reach_every_replica_without_restart() {
+    let Some(bin) = bao_binary() else {
+        eprintln!("KBS_SKIP_VAULT_TESTS=1: skipped");
+        return;
+    };
+    let bao = Bao::start(bin).await;
+    let shared = tempfile::tempdir().unwrap();
+    kbs::dev::init(shared.path(), &kbs::dev::DevOptions::default()).unwrap();
+    let ca = std::fs::read(shared.path().join("tls/ca.pem")).unwrap();
+    let a = Replica::start("kbs-a", shared.path(), &bao).await;
+    let b = Replica::start("kbs-b", shared.path(), &bao).await;
+    let bound = Duration::from_secs(15);
+    let denied = Outcome::Failed(tonic::Code::PermissionDenied);
+
+    // The built-in default releases the secret (its allow-list holds the
+    // guest's measurement), at both replicas.
+    for r in [&a, &b] {
+        let mut c = KeyBrokerClient::new(channel(&r.url, &ca).await);
+        assert_eq!(exchange(&mut c.clone(), &mut c).await, Outcome::Ok);
+    }
+
+    // A policy set through replica A that refuses this secret is in force
+    // at replica B, which was running all along.
+    let refuse = "package kbs.release\nimport rego.v1\nallow if false\nreasons contains \"frozen\" if true\n";
+    a.broker.policy().set_policy("models/scale/", refuse).await.unwrap();
+    let seen = until_outcome(&b.url, &ca, &denied, bound).await;
+    eprintln!("replica B refused {seen:?} after the change at A");
+    // And at A itself, at once.
+    let mut c = KeyBrokerClient::new(channel(&a.url, &ca).await);
+    assert_eq!(exchange(&mut c.clone(), &mut c).await, denied);
+
+    // A malformed policy is refused at upload; the one in force stays, at
+    // both replicas, across refreshes.
+    let err = a.broker.policy().set_policy("models/scale/", "package kbs.release\nallow if {").await.unwrap_err();
+    assert!(matches!(err, kbs::policy::PolicyError::Compile(_)), "{err}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for r in [&a, &b] {
+        let mut c = KeyBrokerClient::new(channel(&r.url, &ca).await);
+        assert_eq!(exchange(&mut c.clone(), &mut c).await, denied);
+    }
+
+    // Removing it through B: replica A releases again.
+    b.broker.policy().delete_policy("models/scale/").await.unwrap();
+    until_outcome(&a.url, &ca, &Outcome::Ok, bound).await;
 }

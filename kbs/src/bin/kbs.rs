@@ -6,8 +6,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kbs::config::Config;
 
+/// mimalloc: the release path allocates many small, short-lived objects
+/// (HTTP/2 frames, policy values), which it serves markedly faster than the
+/// system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
-#[command(name = "kbs", version, about = "Attested key broker for SEV-SNP confidential VMs")]
+#[command(name = "kbs", version, about = "Attested key broker for AMD SEV-SNP and Intel TDX confidential VMs")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

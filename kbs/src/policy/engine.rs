@@ -1,13 +1,15 @@
 //! Rego compilation and evaluation with `regorus`.
 //!
 //! A policy is one Rego module in package `kbs.release` that defines
-//! `allow` (true to release) and `reasons` (a set or array of strings
-//! explaining a refusal). It is compiled once, when set or when the
+//! `allow` (true to release) and may define `reasons` (a set or array of
+//! strings explaining a refusal). It is compiled once, when set or when the
 //! reference values change: parsed, checked, analyzed and scheduled by
-//! regorus, with the reference values as its data. Each evaluation starts
-//! an interpreter from that compiled form (no parsing, no analysis) with
-//! the request's input, under a time limit. Anything but `allow == true` is
-//! a refusal; an evaluation error is a refusal too.
+//! regorus, with the reference values as its data, once with `allow` as its
+//! entry point and once with `reasons`. Each evaluation starts an
+//! interpreter from that compiled form (no parsing, no analysis) with the
+//! request's input, under a time limit: `allow` on every request, `reasons`
+//! only to explain a refusal (or when a dry run asks for them). Anything
+//! but `allow == true` is a refusal; an evaluation error is a refusal too.
 //!
 //! regorus' register VM (`rvm`) is faster but, in 0.14, treats a call with
 //! an undefined argument under `not` as true (`x := input.missing; not
@@ -27,27 +29,18 @@ pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 /// Wall-clock limit of one evaluation.
 pub const EVAL_TIME_LIMIT: Duration = Duration::from_millis(200);
 
-/// The broker's own entry point: one rule that yields both answers, so a
-/// policy's `reasons` are computed once per evaluation.
-const ENTRY_MODULE: &str = r#"package kbs.broker
-
-import rego.v1
-
-default allow := false
-
-allow if data.kbs.release.allow == true
-
-reasons := [r | some r in data.kbs.release.reasons]
-
-result := {"allow": allow, "reasons": reasons}
-"#;
-const ENTRY_POINT: &str = "data.kbs.broker.result";
+/// The source name of the operator's module.
+const MODULE: &str = "policy.rego";
+const ALLOW_RULE: &str = "data.kbs.release.allow";
+const REASONS_RULE: &str = "data.kbs.release.reasons";
 
 /// A policy compiled for evaluation, with its data. Cheap to clone;
 /// evaluations share it without locks.
 #[derive(Clone)]
 pub struct CompiledRego {
-    compiled: CompiledPolicy,
+    allow: CompiledPolicy,
+    /// `None` when the policy defines no `reasons`.
+    reasons: Option<CompiledPolicy>,
 }
 
 impl std::fmt::Debug for CompiledRego {
@@ -57,7 +50,7 @@ impl std::fmt::Debug for CompiledRego {
 }
 
 /// What a policy answered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// `allow` was exactly `true`.
     pub allow: bool,
@@ -86,41 +79,52 @@ impl CompiledRego {
             return Err(format!("policy is {} bytes, at most {MAX_POLICY_BYTES}", rego.len()));
         }
         let mut engine = Engine::new();
-        engine.add_policy("policy.rego".into(), rego.into()).map_err(|e| format!("{e:#}"))?;
+        engine.add_policy(MODULE.into(), rego.into()).map_err(|e| format!("{e:#}"))?;
         let packages = engine.get_packages().map_err(|e| format!("{e:#}"))?;
         let wanted = format!("data.{PACKAGE}");
         if packages.iter().any(|p| p != &wanted) {
             return Err(format!("the policy must declare `package {PACKAGE}`, found {packages:?}"));
         }
-        engine.add_policy("kbs_broker.rego".into(), ENTRY_MODULE.into()).map_err(|e| format!("{e:#}"))?;
         engine.add_data(data.clone()).map_err(|e| format!("{e:#}"))?;
-        let compiled = engine.compile_with_entrypoint(&ENTRY_POINT.into()).map_err(|e| format!("{e:#}"))?;
-        Ok(Self { compiled })
+        let defines = |rule: &str| engine.has_declared_rule_rooted_at(MODULE, rule).unwrap_or(false);
+        if !defines("allow") {
+            return Err(format!("the policy must define `allow` (package {PACKAGE})"));
+        }
+        let reasons_defined = defines("reasons");
+        let allow = engine.compile_with_entrypoint(&ALLOW_RULE.into()).map_err(|e| format!("{e:#}"))?;
+        let reasons = match reasons_defined {
+            true => Some(engine.compile_with_entrypoint(&REASONS_RULE.into()).map_err(|e| format!("{e:#}"))?),
+            false => None,
+        };
+        Ok(Self { allow, reasons })
     }
 
-    /// Evaluates with `input`.
-    pub fn evaluate(&self, input: Value) -> Result<Outcome, String> {
-        let result = self.compiled.eval_with_input(input).map_err(|e| format!("{e:#}"))?;
-        outcome(&result)
+    /// Evaluates with `input`. The reasons are computed for a refusal, and
+    /// for an allowed release only when `reasons_if_allowed` is set.
+    pub fn evaluate(&self, input: Value, reasons_if_allowed: bool) -> Result<Outcome, String> {
+        let allow = self.allow.eval_with_input(input.clone()).map_err(|e| format!("{e:#}"))?;
+        let allow = allow == Value::Bool(true);
+        let reasons = match &self.reasons {
+            Some(compiled) if !allow || reasons_if_allowed => {
+                reasons(&compiled.eval_with_input(input).map_err(|e| format!("{e:#}"))?)?
+            }
+            _ => Vec::new(),
+        };
+        Ok(Outcome { allow, reasons })
     }
 }
 
-fn outcome(result: &Value) -> Result<Outcome, String> {
-    let object = result.as_object().map_err(|_| "the policy produced no decision".to_owned())?;
-    let allow = matches!(object.get(&Value::from("allow")), Some(Value::Bool(true)));
-    let reasons = match object.get(&Value::from("reasons")) {
-        Some(list) => list
-            .as_array()
-            .map_err(|_| "reasons is not a list".to_owned())?
-            .iter()
-            .map(|r| match r.as_string() {
-                Ok(s) => s.to_string(),
-                Err(_) => r.to_json_str().unwrap_or_else(|_| "unprintable reason".into()),
-            })
-            .collect(),
-        None => Vec::new(),
+fn reasons(value: &Value) -> Result<Vec<String>, String> {
+    let text = |r: &Value| match r.as_string() {
+        Ok(s) => s.to_string(),
+        Err(_) => r.to_json_str().unwrap_or_else(|_| "unprintable reason".into()),
     };
-    Ok(Outcome { allow, reasons })
+    match value {
+        Value::Undefined => Ok(Vec::new()),
+        Value::Set(set) => Ok(set.iter().map(text).collect()),
+        Value::Array(list) => Ok(list.iter().map(text).collect()),
+        _ => Err("reasons is neither a set nor an array".to_owned()),
+    }
 }
 
 /// Converts JSON to a regorus value.
@@ -133,7 +137,7 @@ pub(crate) mod tests {
     use super::*;
 
     fn eval(rego: &str, input: serde_json::Value) -> Result<Outcome, String> {
-        CompiledRego::compile(rego, &Value::new_object())?.evaluate(to_value(input))
+        CompiledRego::compile(rego, &Value::new_object())?.evaluate(to_value(input), true)
     }
 
     impl CompiledRego {
@@ -160,7 +164,28 @@ pub(crate) mod tests {
         assert!(!allow("package kbs.release\nallow := \"yes\""));
         assert!(!allow("package kbs.release\nallow := 1"));
         assert!(!allow("package kbs.release\nallow if input.missing == 1"));
-        assert!(!allow("package kbs.release\nx := 1"));
+    }
+
+    #[test]
+    fn a_policy_without_allow_is_refused_at_upload() {
+        let err = CompiledRego::compile_empty("package kbs.release\nx := 1").unwrap_err();
+        assert!(err.contains("must define `allow`"), "{err}");
+        // Rules whose names merely start with `allow` do not count.
+        assert!(CompiledRego::compile_empty("package kbs.release\nallowed := true").is_err());
+    }
+
+    #[test]
+    fn reasons_only_when_asked_or_refused() {
+        let rego = "package kbs.release\nreasons contains \"note\" if true\nallow if input.ok";
+        let compiled = CompiledRego::compile_empty(rego).unwrap();
+        let yes = to_value(serde_json::json!({"ok": true}));
+        assert_eq!(compiled.evaluate(yes.clone(), false).unwrap(), Outcome { allow: true, reasons: vec![] });
+        assert_eq!(compiled.evaluate(yes, true).unwrap().reasons, vec!["note".to_owned()]);
+        let no = compiled.evaluate(to_value(serde_json::json!({})), false).unwrap();
+        assert_eq!(no, Outcome { allow: false, reasons: vec!["note".to_owned()] });
+        // No `reasons` rule at all: a refusal without reasons.
+        let bare = CompiledRego::compile_empty("package kbs.release\nallow if input.ok").unwrap();
+        assert_eq!(bare.evaluate(to_value(serde_json::json!({})), false).unwrap(), Outcome::default());
     }
 
     #[test]

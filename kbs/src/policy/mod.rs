@@ -48,6 +48,7 @@
 pub mod engine;
 pub mod refvals;
 pub mod scope;
+mod value;
 
 #[cfg(test)]
 mod rego_tests;
@@ -271,8 +272,21 @@ impl PolicyEngine {
         self.decide(claims, meta).into_result()
     }
 
+    /// [`PolicyEngine::evaluate`] for claims prepared once per release.
+    pub fn evaluate_prepared(&self, claims: &PreparedClaims, meta: &SecretMeta) -> Result<(), Denial> {
+        self.decide_prepared(claims, meta).into_result()
+    }
+
     /// The full decision for `claims` and `meta`, with the deciding scope.
     pub fn decide(&self, claims: &Claims, meta: &SecretMeta) -> Decision {
+        match PreparedClaims::new(claims) {
+            Ok(prepared) => self.decide_prepared(&prepared, meta),
+            Err(e) => refusal(ReasonCode::PolicyDenied, &format!("policy_error: {e}")),
+        }
+    }
+
+    /// [`PolicyEngine::decide`] for claims prepared once per release.
+    pub fn decide_prepared(&self, claims: &PreparedClaims, meta: &SecretMeta) -> Decision {
         let snapshot = self.snapshot();
         if !snapshot.loaded {
             return refusal(
@@ -284,10 +298,7 @@ impl PolicyEngine {
             return refusal(ReasonCode::NoPolicy, &format!("no_policy: no policy covers {}", meta.name));
         };
         let mut decision = match &policy.compiled {
-            Ok(compiled) => match build_input(claims, meta) {
-                Ok(input) => decide_compiled(compiled, input),
-                Err(e) => refusal(ReasonCode::PolicyDenied, &format!("policy_error: {e}")),
-            },
+            Ok(compiled) => decide_compiled(compiled, build_input(claims, meta), false),
             Err(e) => refusal(ReasonCode::PolicyDenied, &format!("policy_error: the policy does not compile: {e}")),
         };
         decision.scope = Some(policy.info.scope.clone());
@@ -297,8 +308,8 @@ impl PolicyEngine {
     /// Dry run of `rego` (not stored) with the current reference values.
     pub fn decide_with(&self, rego: &str, claims: &Claims, meta: &SecretMeta) -> Result<Decision, PolicyError> {
         let compiled = CompiledRego::compile(rego, &self.snapshot().data).map_err(PolicyError::Compile)?;
-        let input = build_input(claims, meta).map_err(PolicyError::Claims)?;
-        Ok(decide_compiled(&compiled, input))
+        let claims = PreparedClaims::new(claims).map_err(PolicyError::Claims)?;
+        Ok(decide_compiled(&compiled, build_input(&claims, meta), true))
     }
 
     /// Every policy in force, most specific first.
@@ -514,8 +525,8 @@ pub fn decide_offline(
         }));
     }
     let compiled = CompiledRego::compile(rego, &data_value(&sets)).map_err(PolicyError::Compile)?;
-    let input = build_input(claims, meta).map_err(PolicyError::Claims)?;
-    Ok(decide_compiled(&compiled, input))
+    let claims = PreparedClaims::new(claims).map_err(PolicyError::Claims)?;
+    Ok(decide_compiled(&compiled, build_input(&claims, meta), true))
 }
 
 /// Metadata standing in for a secret that is not stored (dry runs).
@@ -623,23 +634,61 @@ fn data_value(sets: &[Arc<LoadedRefvals>]) -> regorus::Value {
     engine::to_value(serde_json::json!({ "reference_values": map }))
 }
 
-fn build_input(claims: &Claims, meta: &SecretMeta) -> Result<regorus::Value, String> {
-    let claims = serde_json::to_value(claims).map_err(|e| format!("claims do not serialize: {e}"))?;
-    Ok(engine::to_value(serde_json::json!({
-        "claims": claims,
-        // The wall clock, for policies with deadlines (tcb_grace.rego).
-        "now": time::OffsetDateTime::now_utc().unix_timestamp(),
-        "secret": {
-            "name": meta.name,
-            "version": meta.version,
-            "labels": meta.labels,
-            "allowed_measurements": meta.allowed_measurements,
-        },
-    })))
+/// Claims prepared once per release for every policy evaluation and the
+/// audit record: their JSON is hashed for the record, and they are
+/// converted once, directly, into the policy engine's value form, which
+/// each secret's evaluation then shares.
+#[derive(Clone)]
+pub struct PreparedClaims {
+    digest: String,
+    value: regorus::Value,
 }
 
-fn decide_compiled(compiled: &CompiledRego, input: regorus::Value) -> Decision {
-    match compiled.evaluate(input) {
+impl std::fmt::Debug for PreparedClaims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedClaims").field("digest", &self.digest).finish_non_exhaustive()
+    }
+}
+
+impl PreparedClaims {
+    /// Prepares `claims`.
+    pub fn new(claims: &Claims) -> Result<Self, String> {
+        let json = serde_json::to_vec(claims).map_err(|e| format!("claims do not serialize: {e}"))?;
+        let digest = hex::encode(Sha256::digest(&json));
+        let value = value::to_value(claims).map_err(|e| format!("claims do not convert: {e}"))?;
+        Ok(Self { digest, value })
+    }
+
+    /// SHA-256 of the claims' JSON, lowercase hex (the audit record's
+    /// `claims_digest`).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+fn build_input(claims: &PreparedClaims, meta: &SecretMeta) -> regorus::Value {
+    use regorus::Value;
+    let labels: BTreeMap<Value, Value> =
+        meta.labels.iter().map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str()))).collect();
+    let allowed: Vec<Value> = meta.allowed_measurements.iter().map(|m| Value::from(m.as_str())).collect();
+    let secret = BTreeMap::from([
+        (Value::from("name"), Value::from(meta.name.as_str())),
+        (Value::from("version"), Value::from(meta.version)),
+        (Value::from("labels"), Value::from(labels)),
+        (Value::from("allowed_measurements"), Value::from(allowed)),
+    ]);
+    Value::from(BTreeMap::from([
+        (Value::from("claims"), claims.value.clone()),
+        // The wall clock, for policies with deadlines (tcb_grace.rego).
+        (Value::from("now"), Value::from(time::OffsetDateTime::now_utc().unix_timestamp())),
+        (Value::from("secret"), Value::from(secret)),
+    ]))
+}
+
+/// `dry_run` asks for the policy's reasons even when it allows (the
+/// release path computes them only to explain a refusal).
+fn decide_compiled(compiled: &CompiledRego, input: regorus::Value, dry_run: bool) -> Decision {
+    match compiled.evaluate(input, dry_run) {
         Ok(Outcome { allow: true, reasons }) => Decision { allow: true, reasons, scope: None, code: None },
         Ok(Outcome { allow: false, mut reasons }) => {
             if reasons.is_empty() {
@@ -776,7 +825,13 @@ mod tests {
         assert_eq!(d.code.grpc_code(), tonic::Code::PermissionDenied);
 
         engine.set_policy("models/", "package kbs.release\nallow := true").await.unwrap();
-        engine.set_policy("models/secret*", "package kbs.release\nreasons contains \"nope\" if true").await.unwrap();
+        engine
+            .set_policy(
+                "models/secret*",
+                "package kbs.release\nreasons contains \"nope\" if true\nallow if count(reasons) == 0",
+            )
+            .await
+            .unwrap();
         assert_eq!(engine.evaluate(&sample_claims(false, 0, M), &meta("models/a", &[])), Ok(()));
         let d = engine.evaluate(&sample_claims(false, 0, M), &meta("models/secret/k", &[])).unwrap_err();
         assert_eq!((d.code, d.reasons), (ReasonCode::PolicyDenied, vec!["nope".to_owned()]));
