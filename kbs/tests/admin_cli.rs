@@ -173,12 +173,23 @@ async fn secret_lifecycle_with_json_output() {
     assert_eq!(list.status.code(), Some(0));
     assert!(stdout(&list).contains("m/k/a"));
 
+    // Destroying an old version leaves the newest served.
+    let destroy = b
+        .kbsctl(&["--token-file", &admin, "--output", "json", "secret", "destroy", "m/k/a", "--version", "1"], None)
+        .await;
+    assert_eq!(destroy.status.code(), Some(0), "{}", stderr(&destroy));
+    let meta: serde_json::Value = serde_json::from_str(&stdout(&destroy)).unwrap();
+    assert_eq!(meta[0]["version"], 2);
+    // Destroying the newest: nothing is served (no fallback).
     let destroy = b
         .kbsctl(&["--token-file", &admin, "--output", "json", "secret", "destroy", "m/k/a", "--version", "2"], None)
         .await;
     assert_eq!(destroy.status.code(), Some(0), "{}", stderr(&destroy));
-    let meta: serde_json::Value = serde_json::from_str(&stdout(&destroy)).unwrap();
-    assert_eq!(meta[0]["version"], 1);
+    let out: serde_json::Value = serde_json::from_str(&stdout(&destroy)).unwrap();
+    assert_eq!(out["served"], false);
+    let show = b.kbsctl(&["--token-file", &admin, "secret", "show", "m/k/a"], None).await;
+    assert_eq!(show.status.code(), Some(2));
+    assert!(stderr(&show).contains("secret_not_found"));
 
     let rm = b.kbsctl(&["--token-file", &admin, "secret", "rm", "m/k/a"], None).await;
     assert_eq!(rm.status.code(), Some(0));

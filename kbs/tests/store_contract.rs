@@ -63,6 +63,18 @@ async fn contract(store: Arc<dyn SecretStore>) {
     assert_eq!(store.get("c/a/key").await.unwrap().value.expose(), b"v2");
     assert_eq!(store.metadata("c/a/key").await.unwrap().versions, vec![2]);
 
+    // Destroying the newest version: the secret is not served (never an
+    // older version instead) until a new version is written, which gets a
+    // new number.
+    store.put(new("c/d/key", b"d1", None)).await.unwrap();
+    store.put(new("c/d/key", b"d2", None)).await.unwrap();
+    store.destroy_versions("c/d/key", &[2]).await.unwrap();
+    assert!(matches!(store.get("c/d/key").await, Err(StoreError::NotFound)));
+    assert!(matches!(store.metadata("c/d/key").await, Err(StoreError::NotFound)));
+    assert!(store.list("c/d/", None, 10).await.unwrap().items.is_empty());
+    assert_eq!(store.put(new("c/d/key", b"d3", None)).await.unwrap().version, 3);
+    assert_eq!(store.get("c/d/key").await.unwrap().value.expose(), b"d3");
+
     // Delete: gone, and NotFound everywhere afterwards.
     store.delete("c/b/2").await.unwrap();
     assert!(matches!(store.get("c/b/2").await, Err(StoreError::NotFound)));

@@ -395,7 +395,8 @@ impl Admin for AdminService {
             self.store.destroy_versions(&req.name, &req.versions).await?;
             match self.store.metadata(&req.name).await {
                 Ok(meta) => Ok(to_wire(meta)),
-                // Every version destroyed: nothing is left.
+                // The newest version (perhaps every version) destroyed:
+                // nothing is served until a new version is written.
                 Err(crate::store::StoreError::NotFound) => {
                     Ok(SecretMetadata { name: req.name.clone(), ..Default::default() })
                 }

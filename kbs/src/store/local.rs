@@ -93,11 +93,29 @@ struct StoredSecret {
     labels: BTreeMap<String, String>,
     allowed_measurements: Vec<String>,
     versions: Vec<StoredVersion>,
+    /// The newest version ever written. Version numbers are never reused,
+    /// and a secret whose newest version was destroyed is not served until
+    /// a new version is written (as Vault/OpenBao KV v2 behaves). Files
+    /// written before this field existed read as 0: the newest kept version.
+    #[serde(default)]
+    current_version: u64,
 }
 
 impl StoredSecret {
+    fn current_version(&self) -> u64 {
+        self.versions.last().map_or(0, |v| v.version).max(self.current_version)
+    }
+
+    /// The version served: the newest one, unless it was destroyed.
+    fn live(&self) -> Result<&StoredVersion, StoreError> {
+        match self.versions.last() {
+            Some(newest) if newest.version == self.current_version() => Ok(newest),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
     fn meta(&self) -> Result<SecretMeta, StoreError> {
-        let current = self.versions.last().ok_or_else(|| StoreError::Corrupt("secret has no versions".into()))?;
+        let current = self.live()?;
         let size = B64.decode(current.value.as_bytes()).map(|v| Zeroizing::new(v).len()).unwrap_or(0);
         Ok(SecretMeta {
             name: self.name.clone(),
@@ -111,7 +129,7 @@ impl StoredSecret {
     }
 
     fn current_value(&self) -> Result<SecretValue, StoreError> {
-        let current = self.versions.last().ok_or_else(|| StoreError::Corrupt("secret has no versions".into()))?;
+        let current = self.live()?;
         B64.decode(current.value.as_bytes())
             .map(SecretValue::new)
             .map_err(|_| StoreError::Corrupt("value is not base64".into()))
@@ -288,7 +306,7 @@ impl SecretStore for LocalStore {
             let (record, version) = {
                 let index = inner.index.read().map_err(|_| poisoned())?;
                 let existing = index.get(&secret.name);
-                let current = existing.and_then(|s| s.versions.last()).map(|v| v.version).unwrap_or(0);
+                let current = existing.map_or(0, StoredSecret::current_version);
                 if let Some(expected) = secret.expected_version
                     && expected != current
                 {
@@ -315,6 +333,7 @@ impl SecretStore for LocalStore {
                     labels: secret.labels.clone(),
                     allowed_measurements: secret.allowed_measurements.clone(),
                     versions,
+                    current_version: version,
                 };
                 (record, version)
             };
@@ -347,11 +366,17 @@ impl SecretStore for LocalStore {
             if !name.starts_with(prefix) || after.is_some_and(|a| name.as_str() <= a) {
                 continue;
             }
+            // Secrets whose newest version was destroyed are not listed.
+            let meta = match secret.meta() {
+                Ok(meta) => meta,
+                Err(StoreError::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
             if items.len() == limit {
                 next = items.last().map(|m: &SecretMeta| m.name.clone());
                 break;
             }
-            items.push(secret.meta()?);
+            items.push(meta);
         }
         Ok(Page { items, next })
     }
@@ -364,7 +389,7 @@ impl SecretStore for LocalStore {
             let stem = file_stem(&name);
             let record = {
                 let index = inner.index.read().map_err(|_| poisoned())?;
-                let existing = index.get(&name).ok_or(StoreError::NotFound)?;
+                let existing = index.get(&name).filter(|s| !s.versions.is_empty()).ok_or(StoreError::NotFound)?;
                 StoredSecret {
                     name: existing.name.clone(),
                     labels: existing.labels.clone(),
@@ -375,14 +400,11 @@ impl SecretStore for LocalStore {
                         .filter(|v| !versions.contains(&v.version))
                         .map(|v| StoredVersion { version: v.version, created_at: v.created_at, value: v.value.clone() })
                         .collect(),
+                    current_version: existing.current_version(),
                 }
             };
-            if record.versions.is_empty() {
-                // Nothing left to serve: the secret is gone.
-                inner.remove_file(&stem)?;
-                inner.index.write().map_err(|_| poisoned())?.remove(&name);
-                return Ok(());
-            }
+            // Kept even when no version is left, so that the next version
+            // written gets a new number.
             let bytes = inner.encrypt(&stem, &record)?;
             inner.write_file(&stem, &bytes)?;
             inner.index.write().map_err(|_| poisoned())?.insert(name.clone(), record);
@@ -515,14 +537,25 @@ mod tests {
         let store = LocalStore::open(dir.path(), &kek).unwrap();
         store.put(new("d", b"v1")).await.unwrap();
         store.put(new("d", b"v2")).await.unwrap();
+        store.put(new("d", b"v3")).await.unwrap();
         store.destroy_versions("d", &[2]).await.unwrap();
         drop(store);
         let store = LocalStore::open(dir.path(), &kek).unwrap();
-        let rec = store.get("d").await.unwrap();
-        assert_eq!((rec.meta.version, rec.value.expose()), (1, b"v1".as_slice()));
-        store.destroy_versions("d", &[1]).await.unwrap();
+        assert_eq!(store.metadata("d").await.unwrap().versions, vec![1, 3]);
+        // The newest destroyed: nothing is served, not even version 1.
+        store.destroy_versions("d", &[3]).await.unwrap();
         assert!(matches!(store.get("d").await, Err(StoreError::NotFound)));
+        drop(store);
+        let store = LocalStore::open(dir.path(), &kek).unwrap();
+        assert!(matches!(store.get("d").await, Err(StoreError::NotFound)));
+        store.destroy_versions("d", &[1]).await.unwrap();
         assert!(matches!(store.destroy_versions("d", &[1]).await, Err(StoreError::NotFound)));
+        // Version numbers are never reused, even after every version is gone
+        // and across a restart.
+        drop(store);
+        let store = LocalStore::open(dir.path(), &kek).unwrap();
+        assert_eq!(store.put(new("d", b"v4")).await.unwrap().version, 4);
+        assert_eq!(store.get("d").await.unwrap().value.expose(), b"v4");
     }
 
     #[tokio::test]

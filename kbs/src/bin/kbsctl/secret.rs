@@ -186,7 +186,14 @@ pub(crate) async fn run(client: &mut Client, cmd: &SecretCommand, output: Output
                 .map_err(refused)?
                 .into_inner();
             if meta.version == 0 {
-                println!("destroyed every version of {name}");
+                // The newest version is gone (perhaps every version): the
+                // broker serves nothing until a new version is written.
+                match output {
+                    Output::Json => {
+                        println!("{}", serde_json::json!({ "name": name, "destroyed": versions, "served": false }))
+                    }
+                    Output::Table => println!("destroyed; {name} is not served until a new version is written"),
+                }
             } else {
                 print_meta(&[meta], output);
             }
