@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use kbs_proto::SuiteId;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::audit::{AuditLog, Event, SecretRef};
@@ -365,10 +364,10 @@ fn refuse_reserved(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// SHA-256 of the claims' JSON, for audit.
+/// SHA-256 of the claims' JSON, for audit (what
+/// [`PreparedClaims::digest`] holds).
 pub fn claims_digest(claims: &Claims) -> String {
-    let json = serde_json::to_vec(claims).unwrap_or_default();
-    hex::encode(Sha256::digest(json))
+    crate::policy::claims_digest(claims).unwrap_or_default()
 }
 
 /// Building blocks for front ends whose protocol shape differs from

@@ -106,7 +106,14 @@ impl CompiledRego {
         let allow = allow == Value::Bool(true);
         let reasons = match &self.reasons {
             Some(compiled) if !allow || reasons_if_allowed => {
-                reasons(&compiled.eval_with_input(input).map_err(|e| format!("{e:#}"))?)?
+                match compiled.eval_with_input(input).map_err(|e| format!("{e:#}")).and_then(|r| reasons(&r)) {
+                    Ok(reasons) => reasons,
+                    // A refusal whose reasons cannot be had is an error (and
+                    // so still a refusal); a dry run of an allowing policy
+                    // reports the decision the release path would make.
+                    Err(e) if !allow => return Err(e),
+                    Err(e) => vec![format!("reasons_error: {e}")],
+                }
             }
             _ => Vec::new(),
         };
@@ -183,6 +190,13 @@ pub(crate) mod tests {
         assert_eq!(compiled.evaluate(yes, true).unwrap().reasons, vec!["note".to_owned()]);
         let no = compiled.evaluate(to_value(serde_json::json!({})), false).unwrap();
         assert_eq!(no, Outcome { allow: false, reasons: vec!["note".to_owned()] });
+        // `reasons` that err: a refusal is an error; a dry run of an
+        // allowing policy still allows and says why there are no reasons.
+        let rego = "package kbs.release\nreasons := 1 / input.zero\nallow if input.ok";
+        let compiled = CompiledRego::compile_empty(rego).unwrap();
+        let allowed = compiled.evaluate(to_value(serde_json::json!({"ok": true, "zero": 0})), true).unwrap();
+        assert!(allowed.allow && allowed.reasons[0].starts_with("reasons_error"), "{allowed:?}");
+        assert!(compiled.evaluate(to_value(serde_json::json!({"ok": false, "zero": 0})), false).is_err());
         // No `reasons` rule at all: a refusal without reasons.
         let bare = CompiledRego::compile_empty("package kbs.release\nallow if input.ok").unwrap();
         assert_eq!(bare.evaluate(to_value(serde_json::json!({})), false).unwrap(), Outcome::default());

@@ -653,8 +653,7 @@ impl std::fmt::Debug for PreparedClaims {
 impl PreparedClaims {
     /// Prepares `claims`.
     pub fn new(claims: &Claims) -> Result<Self, String> {
-        let json = serde_json::to_vec(claims).map_err(|e| format!("claims do not serialize: {e}"))?;
-        let digest = hex::encode(Sha256::digest(&json));
+        let digest = claims_digest(claims)?;
         let value = value::to_value(claims).map_err(|e| format!("claims do not convert: {e}"))?;
         Ok(Self { digest, value })
     }
@@ -664,6 +663,12 @@ impl PreparedClaims {
     pub fn digest(&self) -> &str {
         &self.digest
     }
+}
+
+/// SHA-256 of the claims' JSON, lowercase hex.
+pub fn claims_digest(claims: &Claims) -> Result<String, String> {
+    let json = serde_json::to_vec(claims).map_err(|e| format!("claims do not serialize: {e}"))?;
+    Ok(hex::encode(Sha256::digest(&json)))
 }
 
 fn build_input(claims: &PreparedClaims, meta: &SecretMeta) -> regorus::Value {
