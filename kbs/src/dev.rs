@@ -32,6 +32,23 @@ pub struct DevOptions {
     pub admin_listen: String,
     /// Enable the INSECURE simulated TEE with these test SNP roots (PEM).
     pub snp_test_roots: Vec<PathBuf>,
+    /// Enable the INSECURE simulated TEE with these test SGX roots (PEM)
+    /// for TDX.
+    pub tdx_test_roots: Vec<PathBuf>,
+    /// A directory of TDX collateral (`tdx.collateral_dir`).
+    pub tdx_collateral_dir: Option<PathBuf>,
+    /// The secret read cache's TTL (`store.cache_ttl_ms`); the broker's
+    /// default when `None`.
+    pub cache_ttl_ms: Option<u64>,
+}
+
+/// The canonical paths of `paths`, as a TOML array's items.
+fn toml_paths(paths: &[PathBuf]) -> Result<String, std::io::Error> {
+    let quoted = paths
+        .iter()
+        .map(|p| Ok(format!("{:?}", fs::canonicalize(p)?.display().to_string())))
+        .collect::<Result<Vec<String>, std::io::Error>>()?;
+    Ok(quoted.join(", "))
 }
 
 /// Why dev set-up failed.
@@ -96,19 +113,23 @@ pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
     write_private(&admin_token, token.as_bytes())?;
     let token_digest = hex::encode(Sha256::digest(token.as_bytes()));
 
-    let dev_section = if options.snp_test_roots.is_empty() {
-        String::new()
-    } else {
-        let roots = options
-            .snp_test_roots
-            .iter()
-            .map(|p| Ok(format!("{:?}", fs::canonicalize(p)?.display().to_string())))
-            .collect::<Result<Vec<String>, std::io::Error>>()?;
-        format!(
-            "\n# INSECURE: accept evidence from the simulated TEE. Needs `kbs serve --insecure-dev`.\n[dev]\ninsecure_simulated_tee = true\nsnp_test_roots = [{}]\n",
-            roots.join(", ")
-        )
-    };
+    let mut dev_section = String::new();
+    if !options.snp_test_roots.is_empty() || !options.tdx_test_roots.is_empty() {
+        dev_section.push_str(
+            "\n# INSECURE: accept evidence from the simulated TEE. Needs `kbs serve --insecure-dev`.\n[dev]\ninsecure_simulated_tee = true\n",
+        );
+        if !options.snp_test_roots.is_empty() {
+            dev_section.push_str(&format!("snp_test_roots = [{}]\n", toml_paths(&options.snp_test_roots)?));
+        }
+        if !options.tdx_test_roots.is_empty() {
+            dev_section.push_str(&format!("tdx_test_roots = [{}]\n", toml_paths(&options.tdx_test_roots)?));
+        }
+    }
+    // Last, so that callers may append more `[tdx]` settings.
+    if let Some(dir) = &options.tdx_collateral_dir {
+        dev_section.push_str(&format!("\n[tdx]\ncollateral_dir = {}\n", toml_paths(std::slice::from_ref(dir))?));
+    }
+    let cache_ttl = options.cache_ttl_ms.map(|ms| format!("cache_ttl_ms = {ms}\n")).unwrap_or_default();
     let config = dir.join("kbs.toml");
     fs::write(
         &config,
@@ -129,7 +150,7 @@ ttl_seconds = 60
 kind = "local"
 dir = "secrets"
 kek_file = "kek"
-
+{cache_ttl}
 [audit]
 path = "audit.jsonl"
 
@@ -143,4 +164,48 @@ role = "admin"
         ),
     )?;
     Ok(DevFiles { config, ca, admin_token })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn every_option_lands_in_a_configuration_that_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root.pem");
+        fs::write(&root, "not read by Config::load").unwrap();
+        let collateral = dir.path().join("collateral");
+        fs::create_dir(&collateral).unwrap();
+
+        let listen = DevOptions {
+            guest_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            ..DevOptions::default()
+        };
+        let plain = init(dir.path(), &listen).unwrap();
+        let config = Config::load(&plain.config, |_| None).unwrap();
+        assert!(!config.insecure_simulated_tee);
+        assert!(config.tdx.collateral_dir.is_none());
+
+        let options = DevOptions {
+            snp_test_roots: vec![root.clone()],
+            tdx_test_roots: vec![root.clone()],
+            tdx_collateral_dir: Some(collateral.clone()),
+            cache_ttl_ms: Some(250),
+            ..listen
+        };
+        let files = init(dir.path(), &options).unwrap();
+        let config = Config::load(&files.config, |_| None).unwrap();
+        let root = fs::canonicalize(root).unwrap();
+        assert!(config.insecure_simulated_tee);
+        assert_eq!(config.snp_test_roots, vec![root.clone()]);
+        assert_eq!(config.tdx_test_roots, vec![root]);
+        assert_eq!(config.tdx.collateral_dir, Some(fs::canonicalize(collateral).unwrap()));
+        assert_eq!(config.store_cache_ttl, std::time::Duration::from_millis(250));
+        // `[tdx]` is the last section, so more settings can be appended.
+        let text = fs::read_to_string(&files.config).unwrap();
+        assert!(text.trim_end().rsplit_once("\n[").unwrap().1.starts_with("tdx]"), "{text}");
+    }
 }

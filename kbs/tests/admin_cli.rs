@@ -58,7 +58,7 @@ async fn start(pki: &ClientPki) -> Broker {
         &kbs::dev::DevOptions {
             guest_listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
-            snp_test_roots: vec![],
+            ..Default::default()
         },
     )
     .unwrap();

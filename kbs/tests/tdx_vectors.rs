@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use kbs::evidence::anchors::{INTEL_SGX_ROOT_CA_SHA256, TdxAnchors};
-use kbs::evidence::tdx::{MAX_QUOTE_LEN, TdBody, TdxPolicy, TdxQuote, TdxVerifier};
+use kbs::evidence::tdx::{APPRAISAL_MEMO_TTL, MAX_QUOTE_LEN, TdBody, TdxPolicy, TdxQuote, TdxVerifier};
 use kbs::evidence::tdx_collateral::{Fmspc, PckCa, TdxCollateral, TdxCollateralDir};
 use kbs::evidence::{EvidenceError, TeeKind};
 use proptest::prelude::*;
@@ -173,6 +173,65 @@ fn tampered_quotes_and_collateral_are_refused() {
 }
 
 #[test]
+fn the_appraisal_memo_still_checks_what_each_quote_changes() {
+    let at: OffsetDateTime = datetime!(2025-07-01 00:00 UTC);
+    let minutes = time::Duration::minutes;
+    let c = collateral("tdx_quote");
+    let quote = vector("dcap-qvl/tdx_quote");
+    // A v4 quote: REPORTDATA ends the 584-byte body after the 48-byte
+    // header; the AK's signature follows the 4-byte signature data length.
+    let (report_data_at, signature_at) = (48 + 520, 48 + 584 + 4);
+    let v = verifier();
+    let first = v.verify(&quote, &c, at, None).unwrap();
+    assert_eq!(v.memo_stats(), (1, 0));
+
+    // The same TD again: served by the memo, with the same claims.
+    let again = v.verify(&quote, &c, at + minutes(1), None).unwrap();
+    assert_eq!(v.memo_stats(), (1, 1));
+    assert_eq!(serde_json::to_value(&again.claims).unwrap(), serde_json::to_value(&first.claims).unwrap());
+
+    // The parts the memo key leaves out are checked on every quote.
+    let mut q = quote.clone();
+    q[report_data_at + 7] ^= 1;
+    assert!(matches!(v.verify(&q, &c, at, None), Err(EvidenceError::SignatureInvalid)));
+    let mut q = quote.clone();
+    q[signature_at + 40] ^= 1;
+    assert!(matches!(v.verify(&q, &c, at, None), Err(EvidenceError::SignatureInvalid)));
+    let mut expected = [0u8; 64];
+    hex::decode_to_slice(&first.claims.report_data, &mut expected).unwrap();
+    expected[0] ^= 1;
+    assert!(matches!(v.verify(&quote, &c, at, Some(&expected)), Err(EvidenceError::ReportDataMismatch)));
+    assert_eq!(v.memo_stats(), (1, 4), "each of these was a memo hit");
+
+    // Time is checked on every quote: a hit after the collateral's
+    // earliest expiry is refused.
+    let late = c.expires_at() - minutes(5);
+    v.verify(&quote, &c, late, None).unwrap();
+    let hits = v.memo_stats().1;
+    let err = v.verify(&quote, &c, late + minutes(6), None).unwrap_err();
+    assert!(matches!(err, EvidenceError::CollateralExpired(_)), "{err}");
+    assert_eq!(v.memo_stats().1, hits + 1);
+
+    // An appraisal stands for APPRAISAL_MEMO_TTL of verification time, and
+    // never for a time before it was made.
+    let v = verifier();
+    v.verify(&quote, &c, at, None).unwrap();
+    v.verify(&quote, &c, at - minutes(1), None).unwrap();
+    v.verify(&quote, &c, at + APPRAISAL_MEMO_TTL, None).unwrap();
+    assert_eq!(v.memo_stats(), (1, 0));
+
+    // Other collateral is another key; failures are never remembered.
+    let mut v3 = c.as_v3().clone();
+    v3.tcb_info = v3.tcb_info.replacen("\"tcbEvaluationDataNumber\":17", "\"tcbEvaluationDataNumber\":18", 1);
+    let forged = TdxCollateral::from_v3(v3).unwrap();
+    assert_ne!(forged.digest(), c.digest());
+    assert!(matches!(v.verify(&quote, &forged, at, None), Err(EvidenceError::CollateralInvalid(_))));
+    let err = v.verify(&vector("dcap-qvl/tdx_quote_outdated"), &collateral("tdx_quote_outdated"), at, None);
+    assert!(err.is_err());
+    assert_eq!(v.memo_stats(), (1, 0));
+}
+
+#[test]
 fn trustee_quotes_parse_and_chain_to_the_intel_root() {
     let at = datetime!(2025-06-01 00:00 UTC);
     let cases = [
@@ -241,6 +300,18 @@ proptest! {
         // Everything up to the PCK chain is signed or bound (the chain is
         // checked by signature; the quote's copy of the root is ignored).
         prop_assert!(verifier().verify(&q, &c, now, None).is_err());
+    }
+
+    #[test]
+    fn mutated_real_quotes_never_verify_once_the_genuine_one_is_remembered(pos in 0usize..1258, bit in 0u8..8) {
+        let quote = vector("dcap-qvl/tdx_quote");
+        let c = collateral("tdx_quote");
+        let now: OffsetDateTime = datetime!(2025-07-01 00:00 UTC);
+        let v = verifier();
+        v.verify(&quote, &c, now, None).unwrap();
+        let mut q = quote;
+        q[pos] ^= 1 << bit;
+        prop_assert!(v.verify(&q, &c, now, None).is_err());
     }
 
     #[test]

@@ -69,6 +69,7 @@ impl TestApp {
                 guest_listen: "127.0.0.1:0".into(),
                 admin_listen: "127.0.0.1:0".into(),
                 snp_test_roots: if options.production { vec![] } else { vec![ark] },
+                ..Default::default()
             },
         )
         .unwrap();

@@ -51,6 +51,7 @@ impl TestApp {
                 guest_listen: "127.0.0.1:0".into(),
                 admin_listen: "127.0.0.1:0".into(),
                 snp_test_roots: vec![ark],
+                ..Default::default()
             },
         )
         .unwrap();

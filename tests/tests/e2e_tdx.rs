@@ -41,27 +41,34 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let ark = dir.path().join("test-ark.pem");
         std::fs::write(&ark, test_ark_pem()).unwrap();
+        // The TDX test root and collateral, made in this process.
+        let pki = TdxTestPki::get().unwrap();
+        let root = dir.path().join("tdx-test-root.pem");
+        std::fs::write(&root, pki.root_pem()).unwrap();
+        let collateral = dir.path().join("tdx-collateral");
+        pki.write_collateral_dir(&collateral).unwrap();
         let files = kbs::dev::init(
             dir.path(),
             &kbs::dev::DevOptions {
                 guest_listen: "127.0.0.1:0".into(),
                 admin_listen: "127.0.0.1:0".into(),
                 snp_test_roots: vec![ark],
+                tdx_test_roots: vec![root],
+                tdx_collateral_dir: Some(collateral),
+                cache_ttl_ms: None,
             },
         )
         .unwrap();
-        // The TDX test root and collateral, added to the dev configuration.
-        let pki = TdxTestPki::get().unwrap();
-        let root = dir.path().join("tdx-test-root.pem");
-        std::fs::write(&root, pki.root_pem()).unwrap();
-        let collateral = dir.path().join("tdx-collateral");
-        pki.write_collateral_dir(&collateral).unwrap();
+        // The `[tdx]` section comes last: more settings append to it.
         let text = std::fs::read_to_string(&files.config).unwrap();
-        assert!(text.contains("[dev]\n"), "{text}");
-        let text =
-            text.replacen("[dev]\n", &format!("[dev]\ntdx_test_roots = [{:?}]\n", root.display().to_string()), 1);
-        let text = format!("{text}\n[tdx]\ncollateral_dir = {:?}\n{tdx_extra}\n", collateral.display().to_string());
-        std::fs::write(&files.config, text).unwrap();
+        assert!(
+            text.trim_end().ends_with(&format!(
+                "collateral_dir = {:?}",
+                dir.path().join("tdx-collateral").canonicalize().unwrap().display().to_string()
+            )),
+            "{text}"
+        );
+        std::fs::write(&files.config, format!("{text}{tdx_extra}\n")).unwrap();
 
         let config = Config::load(&files.config, |_| None).unwrap();
         let app = kbs::server::build(&config, kbs::release::system_clock(), true).await.unwrap();

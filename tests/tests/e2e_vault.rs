@@ -136,6 +136,7 @@ async fn generated_key_reaches_the_guest_through_openbao() {
             guest_listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
             snp_test_roots: vec![ark],
+            ..Default::default()
         },
     )
     .unwrap();

@@ -129,6 +129,7 @@ impl Replica {
                 guest_listen: "127.0.0.1:0".into(),
                 admin_listen: "127.0.0.1:0".into(),
                 snp_test_roots: vec![ark],
+                ..Default::default()
             },
         )
         .unwrap();

@@ -27,7 +27,9 @@
 //! PCK's signature over it, QE auth data (32 bytes), and certification data
 //! type 5: the PEM chain PCK, Platform CA, root.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
@@ -134,6 +136,10 @@ pub struct TdxTestPki {
     attestation_key: Vec<u8>,
     root_crl: Vec<u8>,
     pck_crl: Vec<u8>,
+    /// The PCK signature over each platform's QE report, made once: a real
+    /// QE has its attestation key certified when it makes the key, and
+    /// every later quote carries the same certification data.
+    qe_report_signatures: Mutex<HashMap<(Platform, Pck), Vec<u8>>>,
 }
 
 impl std::fmt::Debug for TdxTestPki {
@@ -316,6 +322,7 @@ impl TdxTestPki {
             attestation_key,
             root_crl,
             pck_crl,
+            qe_report_signatures: Mutex::default(),
         })
     }
 
@@ -590,8 +597,15 @@ impl SimulatedTdx {
         put(&mut qe_report, 258, &QE_ISVSVN.to_le_bytes());
         let bound = Sha256::new().chain_update(&ak_public).chain_update(auth_data).finalize();
         put(&mut qe_report, 320, &bound);
-        let signer = pki.pck(self.platform, if self.pck == Pck::Revoked { Pck::Revoked } else { Pck::Own });
-        let qe_signature = sign_p256(&signer.pkcs8, &qe_report)?;
+        let signer_kind = if self.pck == Pck::Revoked { Pck::Revoked } else { Pck::Own };
+        let signer = pki.pck(self.platform, signer_kind);
+        let qe_signature = {
+            let mut signed = pki.qe_report_signatures.lock().unwrap_or_else(PoisonError::into_inner);
+            match signed.entry((self.platform, signer_kind)) {
+                Entry::Occupied(e) => e.get().clone(),
+                Entry::Vacant(e) => e.insert(sign_p256(&signer.pkcs8, &qe_report)?).clone(),
+            }
+        };
         let carried = match self.pck {
             Pck::Wrong => &pki.other,
             Pck::Own | Pck::Revoked => signer,

@@ -63,6 +63,13 @@ enum Command {
         /// INSECURE: enable the simulated TEE, pinning this test SNP root (PEM).
         #[arg(long)]
         snp_test_root: Vec<PathBuf>,
+        /// INSECURE: enable the simulated TEE, pinning this test SGX root
+        /// (PEM) for TDX.
+        #[arg(long)]
+        tdx_test_root: Vec<PathBuf>,
+        /// TDX collateral directory (`tdx.collateral_dir`).
+        #[arg(long)]
+        tdx_collateral_dir: Option<PathBuf>,
     },
 }
 
@@ -113,8 +120,15 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::DevInit { dir, guest_listen, admin_listen, snp_test_root } => {
-            let options = kbs::dev::DevOptions { guest_listen, admin_listen, snp_test_roots: snp_test_root };
+        Command::DevInit { dir, guest_listen, admin_listen, snp_test_root, tdx_test_root, tdx_collateral_dir } => {
+            let options = kbs::dev::DevOptions {
+                guest_listen,
+                admin_listen,
+                snp_test_roots: snp_test_root,
+                tdx_test_roots: tdx_test_root,
+                tdx_collateral_dir,
+                cache_ttl_ms: None,
+            };
             match kbs::dev::init(&dir, &options) {
                 Ok(files) => {
                     println!("config:      {}", files.config.display());

@@ -61,10 +61,23 @@
 //!     constant time (`ReportDataMismatch`).
 //! 14. **Claims**, built only now.
 //!
+//! **Appraisal memo.** Checks 2-11 cost a dozen ECDSA verifications and a
+//! full DCAP appraisal, and come out the same for every quote one TD on one
+//! platform sends, whose only differences are REPORTDATA and the attestation
+//! key's signature over it. The verifier remembers each successful
+//! appraisal for [`APPRAISAL_MEMO_TTL`] of verification time, keyed by
+//! SHA-256 of the collateral set and of the whole quote with those two
+//! fields zeroed. A quote with a remembered key still runs every check that
+//! depends on the time or on its own bytes: the validity periods of checks
+//! 2 and 4, revocation (5), the quote signature (8), the attributes (9),
+//! then 12-14. Failures are never remembered; new collateral is a new key.
+//!
 //! Trust anchors, collateral and the clock are inputs: the verifier does no
 //! I/O, so production and tests run the same code with different roots.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_lc_rs::constant_time;
 use dcap_qvl::QuoteClaims;
@@ -105,6 +118,16 @@ pub const QE_REPORT_LEN: usize = 384;
 
 /// Offset of `report_data` inside an SGX report.
 const QE_REPORT_DATA_OFFSET: usize = 320;
+
+/// Offset of REPORTDATA inside every kind of TD report body.
+const REPORT_DATA_OFFSET_IN_BODY: usize = 520;
+
+/// How long a full appraisal of a quote stands for later quotes that differ
+/// from it only in REPORTDATA and the attestation key's signature.
+pub const APPRAISAL_MEMO_TTL: time::Duration = time::Duration::minutes(10);
+
+/// Most appraisals remembered (one per platform and TD image in practice).
+const APPRAISAL_MEMO_CAPACITY: usize = 4096;
 
 /// Most certificates in the quote's PCK chain (PCK, CA, root).
 const MAX_PCK_CHAIN_CERTS: usize = 4;
@@ -243,6 +266,8 @@ pub struct TdxQuote {
     raw: Vec<u8>,
     version: u16,
     body_kind: TdBody,
+    /// Where REPORTDATA starts in `raw`.
+    report_data_at: usize,
     signed_len: usize,
     report: TdReport,
     signature: [u8; 64],
@@ -343,6 +368,7 @@ impl TdxQuote {
         } else {
             TdBody::Td10
         };
+        let report_data_at = bytes.len().saturating_sub(r.rest.len()).saturating_add(REPORT_DATA_OFFSET_IN_BODY);
         let report = parse_body(&mut r, body_kind)?;
         let signed_len = bytes.len().saturating_sub(r.rest.len());
 
@@ -383,6 +409,7 @@ impl TdxQuote {
             raw: bytes.to_vec(),
             version,
             body_kind,
+            report_data_at,
             signed_len,
             report,
             signature,
@@ -435,6 +462,29 @@ impl TdxQuote {
             self.qe_report.get(258).copied().unwrap_or(0),
             self.qe_report.get(259).copied().unwrap_or(0),
         ])
+    }
+
+    /// The appraisal memo's key for this quote under `collateral`: SHA-256
+    /// of the collateral's digest and of the whole quote with REPORTDATA
+    /// and the attestation key's signature zeroed, the only two parts that
+    /// differ between quotes of one TD on one platform. Zeroing (rather
+    /// than cutting out) keeps the key unambiguous: the positions zeroed
+    /// follow from bytes that are hashed.
+    fn appraisal_key(&self, collateral: &TdxCollateral) -> [u8; 32] {
+        let raw = self.raw.as_slice();
+        let rd = self.report_data_at;
+        let sig = self.signed_len.saturating_add(4);
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(b"kbs tdx appraisal v1\0");
+        ctx.update(collateral.digest());
+        ctx.update(raw.get(..rd).unwrap_or_default());
+        ctx.update(&[0; 64]);
+        ctx.update(raw.get(rd.saturating_add(64)..sig).unwrap_or_default());
+        ctx.update(&[0; 64]);
+        ctx.update(raw.get(sig.saturating_add(64)..).unwrap_or_default());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
     }
 
     /// The FMSPC and PCK CA named by the (not yet verified) PCK
@@ -579,9 +629,13 @@ pub fn parse_tcb_status(name: &str) -> Option<TcbStatus> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
 }
 
-/// A PCK chain that verified to a pinned root (check 2).
+/// A PCK chain whose signatures verified to a pinned root (check 2; the
+/// validity periods are checked at each use).
+#[derive(Clone)]
 struct VerifiedPck {
     root: TdxRoot,
+    /// PCK, PCK CA and root validity periods.
+    windows: [CertWindow; 3],
     leaf_key: Vec<u8>,
     leaf_serial: Vec<u8>,
     ca_serial: Vec<u8>,
@@ -674,12 +728,66 @@ impl VerifiedTdx {
     }
 }
 
-/// The TDX verifier: trust anchors and the accepted TCB statuses. Cheap to
-/// share (`Send + Sync`); verification is pure.
+/// The TDX verifier: trust anchors, the accepted TCB statuses and the
+/// appraisal memo. Cheap to share (`Send + Sync`; clones share the memo);
+/// verification does no I/O.
 #[derive(Clone, Debug)]
 pub struct TdxVerifier {
     anchors: TdxAnchors,
     policy: TdxPolicy,
+    memo: Arc<Mutex<AppraisalMemo>>,
+}
+
+/// What a full verification (checks 2-11) established about a quote under
+/// one collateral set that holds for every quote differing from it only in
+/// REPORTDATA and the attestation key's signature over it: the PCK chain,
+/// the collateral's signatures, the QE report and its binding of the
+/// attestation key, the TCB level and dcap-qvl's appraisal.
+#[derive(Clone)]
+struct Appraised {
+    pck: VerifiedPck,
+    /// The collateral signers' validity periods and serial numbers.
+    signers: Vec<(CertWindow, Vec<u8>)>,
+    status: TcbStatus,
+    advisory_ids: Vec<String>,
+    /// The verification time of the full appraisal.
+    at: OffsetDateTime,
+}
+
+/// Full appraisals by [`TdxQuote::appraisal_key`]. Only successes are
+/// remembered, for [`APPRAISAL_MEMO_TTL`] of verification time.
+#[derive(Default)]
+struct AppraisalMemo {
+    entries: HashMap<[u8; 32], Appraised>,
+    hits: u64,
+}
+
+impl fmt::Debug for AppraisalMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppraisalMemo").field("entries", &self.entries.len()).field("hits", &self.hits).finish()
+    }
+}
+
+impl AppraisalMemo {
+    fn get(&mut self, key: &[u8; 32], now: OffsetDateTime) -> Option<Appraised> {
+        let entry = self.entries.get(key)?;
+        if now < entry.at || now - entry.at >= APPRAISAL_MEMO_TTL {
+            return None;
+        }
+        self.hits = self.hits.saturating_add(1);
+        Some(entry.clone())
+    }
+
+    fn insert(&mut self, key: [u8; 32], appraised: Appraised) {
+        if self.entries.len() >= APPRAISAL_MEMO_CAPACITY && !self.entries.contains_key(&key) {
+            let now = appraised.at;
+            self.entries.retain(|_, e| now >= e.at && now - e.at < APPRAISAL_MEMO_TTL);
+            if self.entries.len() >= APPRAISAL_MEMO_CAPACITY {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(key, appraised);
+    }
 }
 
 /// Accepts whatever dcap-qvl verified; the broker applies its own policy.
@@ -694,7 +802,14 @@ impl dcap_qvl::Policy for AppraiseOnly {
 impl TdxVerifier {
     /// A verifier over `anchors` accepting the TCB statuses of `policy`.
     pub fn new(anchors: TdxAnchors, policy: TdxPolicy) -> Self {
-        Self { anchors, policy }
+        Self { anchors, policy, memo: Arc::default() }
+    }
+
+    /// How many appraisals the memo holds, and how many verifications it
+    /// has served.
+    pub fn memo_stats(&self) -> (usize, u64) {
+        let memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        (memo.entries.len(), memo.hits)
     }
 
     /// The anchors this verifier trusts.
@@ -731,29 +846,31 @@ impl TdxVerifier {
         now: OffsetDateTime,
         expected_report_data: Option<&[u8; 64]>,
     ) -> Result<VerifiedTdx, EvidenceError> {
-        // 2. PCK chain to a pinned root.
-        let pck = self.pck_chain(&quote, now)?;
-        // 3-5. Collateral: authentic, current, nothing revoked.
-        check_collateral(&pck, collateral, now)?;
-        // 6-8. QE report, its binding of the AK, the quote signature.
-        check_signatures(&quote, &pck.leaf_key)?;
-        // 9. TD attributes a verifier must refuse.
-        check_attributes(quote.report())?;
-        // 10. A TCB level matches the platform.
-        check_tcb_level(&quote, &pck, collateral)?;
-        // 11. Full DCAP appraisal with the same root and time.
-        let now_secs = u64::try_from(now.unix_timestamp())
-            .map_err(|_| EvidenceError::CertificateExpired("verification time is before 1970".into()))?;
-        let appraisal = dcap_qvl::verify::QuoteVerifier::new(pck.root.der.to_vec())
-            .allow_debug(true)
-            .verify_with_policy(quote.raw(), collateral.as_v3(), now_secs, &AppraiseOnly)
-            .map_err(|e| EvidenceError::TcbMismatch(format!("DCAP appraisal: {e:#}")))?;
+        let key = quote.appraisal_key(collateral);
+        let remembered = self.memo.lock().unwrap_or_else(PoisonError::into_inner).get(&key, now);
+        let appraised = match remembered {
+            // Everything but the per-quote parts was verified for these
+            // bytes and this collateral: check what depends on the time and
+            // on this quote's own REPORTDATA.
+            Some(appraised) => {
+                appraised.pck.check_windows(now)?;
+                check_collateral_current(&appraised.pck, collateral, &appraised.signers, now)?;
+                check_quote_signature(&quote)?;
+                check_attributes(quote.report())?;
+                appraised
+            }
+            None => {
+                let appraised = self.appraise(&quote, collateral, now)?;
+                self.memo.lock().unwrap_or_else(PoisonError::into_inner).insert(key, appraised.clone());
+                appraised
+            }
+        };
         // 12. The TCB status is one the broker accepts.
-        let status = appraisal.tcb.status;
+        let status = appraised.status;
         if !self.policy.accepted_tcb_statuses.contains(&status) {
             return Err(EvidenceError::TcbStatusNotAllowed(format!(
                 "{status} (advisories: {})",
-                appraisal.tcb.advisory_ids.join(", ")
+                appraised.advisory_ids.join(", ")
             )));
         }
         // 13. The quote is bound to this request.
@@ -762,20 +879,52 @@ impl TdxVerifier {
                 .map_err(|_| EvidenceError::ReportDataMismatch)?;
         }
         // 14. Claims.
-        let claims = build_claims(&quote, &pck, &appraisal, collateral);
-        Ok(VerifiedTdx { claims, pck_sha256: pck.leaf_sha256, quote })
+        let claims = build_claims(&quote, &appraised, collateral);
+        Ok(VerifiedTdx { claims, pck_sha256: appraised.pck.leaf_sha256, quote })
+    }
+
+    /// Checks 2-11, in full.
+    fn appraise(
+        &self,
+        quote: &TdxQuote,
+        collateral: &TdxCollateral,
+        now: OffsetDateTime,
+    ) -> Result<Appraised, EvidenceError> {
+        // 2. PCK chain to a pinned root.
+        let pck = self.pck_chain(quote)?;
+        pck.check_windows(now)?;
+        // 3-5. Collateral: authentic, current, nothing revoked.
+        let signers = check_collateral_authentic(&pck, collateral)?;
+        check_collateral_current(&pck, collateral, &signers, now)?;
+        // 6-8. QE report, its binding of the AK, the quote signature.
+        check_qe_report(quote, &pck.leaf_key)?;
+        check_quote_signature(quote)?;
+        // 9. TD attributes a verifier must refuse.
+        check_attributes(quote.report())?;
+        // 10. A TCB level matches the platform.
+        check_tcb_level(quote, &pck, collateral)?;
+        // 11. Full DCAP appraisal with the same root and time.
+        let now_secs = u64::try_from(now.unix_timestamp())
+            .map_err(|_| EvidenceError::CertificateExpired("verification time is before 1970".into()))?;
+        let appraisal = dcap_qvl::verify::QuoteVerifier::new(pck.root.der.to_vec())
+            .allow_debug(true)
+            .verify_with_policy(quote.raw(), collateral.as_v3(), now_secs, &AppraiseOnly)
+            .map_err(|e| EvidenceError::TcbMismatch(format!("DCAP appraisal: {e:#}")))?;
+        Ok(Appraised { pck, signers, status: appraisal.tcb.status, advisory_ids: appraisal.tcb.advisory_ids, at: now })
     }
 
     /// Checks the quote's PCK chain (check 2) and its signatures (checks
     /// 6-8) without collateral: what can be said of a quote whose
     /// collateral is not at hand. Not enough to accept it.
     pub fn verify_without_collateral(&self, quote: &TdxQuote, now: OffsetDateTime) -> Result<(), EvidenceError> {
-        let pck = self.pck_chain(quote, now)?;
-        check_signatures(quote, &pck.leaf_key)
+        let pck = self.pck_chain(quote)?;
+        pck.check_windows(now)?;
+        check_qe_report(quote, &pck.leaf_key)?;
+        check_quote_signature(quote)
     }
 
-    /// Check 2.
-    fn pck_chain(&self, quote: &TdxQuote, now: OffsetDateTime) -> Result<VerifiedPck, EvidenceError> {
+    /// Check 2, but for the validity periods ([`VerifiedPck::check_windows`]).
+    fn pck_chain(&self, quote: &TdxQuote) -> Result<VerifiedPck, EvidenceError> {
         let chain = quote.pck_chain();
         let leaf_der = chain.first().ok_or_else(|| EvidenceError::Malformed("empty PCK chain".into()))?;
         let leaf = anchors::parse_der_cert(leaf_der)?;
@@ -822,17 +971,12 @@ impl TdxVerifier {
         let ca_key = ca.public_key().subject_public_key.data.to_vec();
         anchors::verify_p256_cert_signature(&leaf, &ca_key)?;
         let windows = [CertWindow::of(&leaf), CertWindow::of(&ca), root.window.clone()];
-        if let Some(w) = windows.iter().find(|w| !w.contains(now)) {
-            return Err(EvidenceError::CertificateExpired(format!(
-                "{} is valid from {} to {}, not at {now}",
-                w.label, w.not_before, w.not_after
-            )));
-        }
         let ext = dcap_qvl::intel::parse_pck_extension(leaf_der)
             .map_err(|e| EvidenceError::CertificateMalformed(format!("PCK SGX extension: {e}")))?;
         let ca_kind = pck_ca_of(&leaf)?;
         Ok(VerifiedPck {
             root,
+            windows,
             leaf_key: leaf.public_key().subject_public_key.data.to_vec(),
             leaf_serial: leaf.raw_serial().to_vec(),
             ca_serial: ca.raw_serial().to_vec(),
@@ -847,8 +991,25 @@ impl TdxVerifier {
     }
 }
 
-/// Checks 3-5.
-fn check_collateral(pck: &VerifiedPck, c: &TdxCollateral, now: OffsetDateTime) -> Result<(), EvidenceError> {
+impl VerifiedPck {
+    /// Check 2's validity periods: every link is valid at `now`.
+    fn check_windows(&self, now: OffsetDateTime) -> Result<(), EvidenceError> {
+        match self.windows.iter().find(|w| !w.contains(now)) {
+            Some(w) => Err(EvidenceError::CertificateExpired(format!(
+                "{} is valid from {} to {}, not at {now}",
+                w.label, w.not_before, w.not_after
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Check 3: the collateral is authentic. Returns the signers' validity
+/// periods and serial numbers, for checks 4 and 5.
+fn check_collateral_authentic(
+    pck: &VerifiedPck,
+    c: &TdxCollateral,
+) -> Result<Vec<(CertWindow, Vec<u8>)>, EvidenceError> {
     let invalid = EvidenceError::CollateralInvalid;
     // 3. Authenticity.
     if c.fmspc() != pck.fmspc || c.pck_ca() != pck.ca {
@@ -887,6 +1048,17 @@ fn check_collateral(pck: &VerifiedPck, c: &TdxCollateral, now: OffsetDateTime) -
         anchors::verify_p256_der(key, &crl.tbs, &crl.signature)
             .map_err(|()| invalid(format!("{what} signature does not verify")))?;
     }
+    Ok(signers)
+}
+
+/// Checks 4 and 5: the collateral is current at `now` and revokes neither
+/// the PCK, its CA nor a collateral signer.
+fn check_collateral_current(
+    pck: &VerifiedPck,
+    c: &TdxCollateral,
+    signers: &[(CertWindow, Vec<u8>)],
+    now: OffsetDateTime,
+) -> Result<(), EvidenceError> {
     // 4. Freshness.
     let windows = [
         ("TCB info", c.tcb_info_window),
@@ -901,7 +1073,7 @@ fn check_collateral(pck: &VerifiedPck, c: &TdxCollateral, now: OffsetDateTime) -
             )));
         }
     }
-    for (window, _) in &signers {
+    for (window, _) in signers {
         if !window.contains(now) {
             return Err(EvidenceError::CollateralExpired(format!(
                 "collateral signer {} is valid from {} to {}, not at {now}",
@@ -922,8 +1094,8 @@ fn check_collateral(pck: &VerifiedPck, c: &TdxCollateral, now: OffsetDateTime) -
     Ok(())
 }
 
-/// Checks 6-8.
-fn check_signatures(quote: &TdxQuote, pck_key: &[u8]) -> Result<(), EvidenceError> {
+/// Checks 6 and 7.
+fn check_qe_report(quote: &TdxQuote, pck_key: &[u8]) -> Result<(), EvidenceError> {
     // 6. The PCK signed the QE report.
     anchors::verify_p256_raw(pck_key, quote.qe_report(), &quote.qe_report_signature)
         .map_err(|()| EvidenceError::SignatureInvalid)?;
@@ -936,7 +1108,11 @@ fn check_signatures(quote: &TdxQuote, pck_key: &[u8]) -> Result<(), EvidenceErro
     if reported != Some(digest.as_slice()) {
         return Err(EvidenceError::SignatureInvalid);
     }
-    // 8. The attestation key signed header, descriptor and body.
+    Ok(())
+}
+
+/// Check 8: the attestation key signed header, descriptor and body.
+fn check_quote_signature(quote: &TdxQuote) -> Result<(), EvidenceError> {
     let mut key = Vec::with_capacity(65);
     key.push(0x04);
     key.extend_from_slice(&quote.attestation_key);
@@ -992,8 +1168,9 @@ fn check_tcb_level(quote: &TdxQuote, pck: &VerifiedPck, c: &TdxCollateral) -> Re
 }
 
 /// Check 14: the claims document.
-fn build_claims(quote: &TdxQuote, pck: &VerifiedPck, appraisal: &QuoteClaims, c: &TdxCollateral) -> Claims {
+fn build_claims(quote: &TdxQuote, appraised: &Appraised, c: &TdxCollateral) -> Claims {
     let r = quote.report();
+    let pck = &appraised.pck;
     let [rtmr0, rtmr1, rtmr2, rtmr3] = r.rtmr.map(hex::encode);
     let tdx = TdxClaims {
         version: quote.version(),
@@ -1018,8 +1195,8 @@ fn build_claims(quote: &TdxQuote, pck: &VerifiedPck, appraisal: &QuoteClaims, c:
         pce_svn: pck.pce_svn,
         cpu_svn: hex::encode(pck.cpu_svn),
         qe_svn: quote.qe_isv_svn(),
-        tcb_status: appraisal.tcb.status.to_string(),
-        advisory_ids: appraisal.tcb.advisory_ids.clone(),
+        tcb_status: appraised.status.to_string(),
+        advisory_ids: appraised.advisory_ids.clone(),
         tcb_evaluation_data_number: c.tcb_evaluation_data_number(),
         report_data: hex::encode(r.report_data),
     };
@@ -1089,6 +1266,36 @@ mod tests {
         assert!(TdxQuote::parse(&q).is_ok());
         q.push(1);
         assert!(matches!(TdxQuote::parse(&q), Err(EvidenceError::ReservedNonZero(_))));
+    }
+
+    #[test]
+    fn the_appraisal_key_ignores_only_report_data_and_the_quote_signature() {
+        let vectors = std::env::var_os("KBS_TEST_VECTORS").map_or_else(
+            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"),
+            std::path::PathBuf::from,
+        );
+        let c = TdxCollateral::from_json(&std::fs::read(vectors.join("dcap-qvl/tdx_quote_collateral.json")).unwrap())
+            .unwrap();
+        for (v, body) in [(4, TdBody::Td10), (5, TdBody::Td10), (5, TdBody::Td15), (5, TdBody::Td15Ex)] {
+            let good = blank(v, body);
+            let q = TdxQuote::parse(&good).unwrap();
+            let key = q.appraisal_key(&c);
+            let rd = q.report_data_at;
+            let sig = q.signed_len + 4;
+            for i in 0..good.len() {
+                let mut bad = good.clone();
+                bad[i] ^= 0x80;
+                let Ok(p) = TdxQuote::parse(&bad) else { continue };
+                let ignored = (rd..rd + 64).contains(&i) || (sig..sig + 64).contains(&i);
+                assert_eq!(p.appraisal_key(&c) == key, ignored, "v{v} {body:?} byte {i}");
+                if (rd..rd + 64).contains(&i) {
+                    assert_ne!(p.report().report_data, q.report().report_data);
+                }
+                if (sig..sig + 64).contains(&i) {
+                    assert_ne!(p.signature, q.signature);
+                }
+            }
+        }
     }
 
     #[test]

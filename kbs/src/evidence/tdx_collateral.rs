@@ -199,6 +199,9 @@ pub struct TdxCollateral {
     pub(crate) tcb_info_chain: Vec<Vec<u8>>,
     /// QE identity signer, then the rest of its chain (DER).
     pub(crate) qe_identity_chain: Vec<Vec<u8>>,
+    /// SHA-256 of the whole set (its JSON form), naming it in the
+    /// verifier's appraisal memo.
+    digest: [u8; 32],
 }
 
 impl fmt::Debug for TdxCollateral {
@@ -270,7 +273,9 @@ impl TdxCollateral {
             .and_then(|der| anchors::parse_der_cert(der).ok().map(|c| anchors::common_name(&c)))
             .and_then(|cn| PckCa::from_common_name(&cn))
             .ok_or_else(|| invalid("PCK CRL issuer is neither the Platform nor the Processor CA".into()))?;
+        let json = serde_json::to_vec(&v3).map_err(|e| invalid(format!("collateral does not serialize: {e}")))?;
         Ok(Self {
+            digest: anchors::sha256(&json),
             tcb_info_window: (
                 rfc3339(&tcb_info.issue_date, "TCB info issueDate")?,
                 rfc3339(&tcb_info.next_update, "TCB info nextUpdate")?,
@@ -288,6 +293,12 @@ impl TdxCollateral {
             pck_crl,
             v3,
         })
+    }
+
+    /// SHA-256 of the whole set: two sets with the same digest are the
+    /// same documents, signatures, chains and CRLs.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
     }
 
     /// The dcap-qvl form, for the DCAP engine and for writing files.

@@ -212,18 +212,13 @@ impl Spawned {
         let dir = tempfile::tempdir()?;
         let ark = dir.path().join("test-ark.pem");
         std::fs::write(&ark, test_ark_pem())?;
-        let files = kbs::dev::init(
-            dir.path(),
-            &kbs::dev::DevOptions {
-                guest_listen: "127.0.0.1:0".into(),
-                admin_listen: "127.0.0.1:0".into(),
-                snp_test_roots: vec![ark],
-            },
-        )?;
-        let mut text = std::fs::read_to_string(&files.config)?;
-        if let Some(ms) = cache_ttl_ms {
-            text = text.replace("kek_file = \"kek\"\n", &format!("kek_file = \"kek\"\ncache_ttl_ms = {ms}\n"));
-        }
+        let mut options = kbs::dev::DevOptions {
+            guest_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            snp_test_roots: vec![ark],
+            cache_ttl_ms,
+            ..Default::default()
+        };
         if tee == TeeArg::Tdx {
             // The TDX test root and its collateral, made in this process.
             let pki = TdxTestPki::get()?;
@@ -231,11 +226,10 @@ impl Spawned {
             std::fs::write(&root, pki.root_pem())?;
             let collateral = dir.path().join("tdx-collateral");
             pki.write_collateral_dir(&collateral)?;
-            text =
-                text.replacen("[dev]\n", &format!("[dev]\ntdx_test_roots = [{:?}]\n", root.display().to_string()), 1);
-            text = format!("{text}\n[tdx]\ncollateral_dir = {:?}\n", collateral.display().to_string());
+            options.tdx_test_roots = vec![root];
+            options.tdx_collateral_dir = Some(collateral);
         }
-        std::fs::write(&files.config, text)?;
+        let files = kbs::dev::init(dir.path(), &options)?;
         let config = kbs::config::Config::load(&files.config, |_| None)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let name = secret.to_owned();
