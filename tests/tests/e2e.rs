@@ -2,99 +2,30 @@
 //! evidence in the SNP binary format signed under the test PKI.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use attester_client::client::{ClientConfig, KbsClient};
 use attester_client::hpke::EphemeralKey;
-use attester_client::simulated::{Chip, Generation, POLICY_DEBUG, SimulatedSnp, Tcb, Vcek, test_ark_pem};
+use attester_client::simulated::{Chip, Generation, POLICY_DEBUG, SimulatedSnp, Tcb, Vcek};
 use kbs::config::Config;
 use kbs_proto::v1::admin_client::AdminClient;
-use kbs_proto::v1::key_broker_client::KeyBrokerClient;
 use kbs_proto::v1::{
     GetChallengeRequest, ListSecretsRequest, PutSecretRequest, ReleaseSecretsRequest, ReleaseSecretsResponse,
     SnpEvidence, Tee, release_secrets_request,
 };
 use kbs_proto::{NONCE_LEN, SuiteId};
-use tempfile::TempDir;
-use time::OffsetDateTime;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Request};
+
+#[path = "support/app.rs"]
+mod app;
+
+use app::TestApp;
 
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 const OTHER_MEASUREMENT: [u8; 48] = [0x77; 48];
 const SECRET: &str = "models/llama/key";
 
-/// A broker started in-process on port 0, with a movable clock.
-struct TestApp {
-    dir: TempDir,
-    guest_url: String,
-    admin_url: String,
-    ca: Vec<u8>,
-    token: String,
-    clock: Arc<Mutex<OffsetDateTime>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
 impl TestApp {
-    async fn start() -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        let ark = dir.path().join("test-ark.pem");
-        std::fs::write(&ark, test_ark_pem()).unwrap();
-        let files = kbs::dev::init(
-            dir.path(),
-            &kbs::dev::DevOptions {
-                guest_listen: "127.0.0.1:0".into(),
-                admin_listen: "127.0.0.1:0".into(),
-                snp_test_roots: vec![ark],
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let config = Config::load(&files.config, |_| None).unwrap();
-        let clock = Arc::new(Mutex::new(OffsetDateTime::now_utc()));
-        let clock_fn = {
-            let clock = Arc::clone(&clock);
-            Arc::new(move || *clock.lock().unwrap())
-        };
-        let app = kbs::server::build(&config, clock_fn, true).await.unwrap();
-        let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let guest_url = format!("https://localhost:{}", guest.local_addr().unwrap().port());
-        let admin_url = format!("https://localhost:{}", admin.local_addr().unwrap().port());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(kbs::server::run(app, guest, admin, async move {
-            let _ = rx.await;
-        }));
-        TestApp {
-            ca: std::fs::read(&files.ca).unwrap(),
-            token: std::fs::read_to_string(&files.admin_token).unwrap(),
-            dir,
-            guest_url,
-            admin_url,
-            clock,
-            stop: Some(tx),
-        }
-    }
-
-    async fn channel(&self, url: &str) -> Channel {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
-        Channel::from_shared(url.to_owned()).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
-    }
-
-    async fn guest(&self) -> KeyBrokerClient<Channel> {
-        KeyBrokerClient::new(self.channel(&self.guest_url).await)
-    }
-
-    async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel(&self.admin_url).await)
-    }
-
-    fn authed<T>(&self, msg: T) -> Request<T> {
-        let mut req = Request::new(msg);
-        req.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().unwrap());
-        req
-    }
-
     async fn put(&self, name: &str, value: &[u8], allowed: &[[u8; 48]]) -> u64 {
         let req = PutSecretRequest {
             name: name.into(),
@@ -103,15 +34,6 @@ impl TestApp {
             ..Default::default()
         };
         self.admin().await.put_secret(self.authed(req)).await.unwrap().into_inner().version
-    }
-
-    fn advance(&self, seconds: i64) {
-        let mut now = self.clock.lock().unwrap();
-        *now += time::Duration::seconds(seconds);
-    }
-
-    fn audit_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
     }
 
     async fn fetch(
@@ -124,14 +46,6 @@ impl TestApp {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let secrets = client.fetch(Arc::new(sim), &names).await?;
         Ok(secrets.into_iter().map(|s| (s.name.clone(), s.value.to_vec())).collect())
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

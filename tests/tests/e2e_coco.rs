@@ -5,11 +5,11 @@
 //! decryption with the guest's EC P-256 or RSA key.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use attester_client::client::{ClientConfig, KbsClient};
 use attester_client::simulated::{
-    ARK_GUID, ASK_GUID, Generation, SimulatedSnp, SimulatedTdx, TdxTestPki, VCEK_GUID, decode_cert_table, test_ark_pem,
+    ARK_GUID, ASK_GUID, Generation, SimulatedSnp, SimulatedTdx, VCEK_GUID, decode_cert_table,
 };
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::agreement::{self, ECDH_P256, PrivateKey, UnparsedPublicKey};
@@ -18,128 +18,28 @@ use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
 use aws_lc_rs::rsa::{KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, PrivateDecryptingKey};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use kbs::config::Config;
 use kbs_proto::v1::PutSecretRequest;
-use kbs_proto::v1::admin_client::AdminClient;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha384};
-use tempfile::TempDir;
-use time::OffsetDateTime;
 use tonic::Request;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+#[path = "support/app.rs"]
+mod app;
+
+use app::{Options, TestApp};
+
+/// A dev-mode broker with the CoCo front end.
+fn coco() -> Options {
+    Options { coco: true, ..Default::default() }
+}
 
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 const OTHER_MEASUREMENT: [u8; 48] = [0x77; 48];
 const MRTD: [u8; 48] = [0x7d; 48];
 const RESOURCE: &str = "default/model/key";
 
-/// A broker with the CoCo front end, started in-process on port 0.
-struct TestApp {
-    dir: TempDir,
-    coco_url: String,
-    guest_url: String,
-    admin_url: String,
-    ca: Vec<u8>,
-    token: String,
-    clock: Arc<Mutex<OffsetDateTime>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-#[derive(Default)]
-struct Options {
-    /// Start without the insecure dev mode (no simulated TEE, no `sample`).
-    production: bool,
-    /// Share the challenge key and token key of this broker's directory.
-    keys_from: Option<std::path::PathBuf>,
-}
-
 impl TestApp {
-    async fn start() -> TestApp {
-        Self::start_with(Options::default()).await
-    }
-
-    async fn start_with(options: Options) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        let ark = dir.path().join("test-ark.pem");
-        std::fs::write(&ark, test_ark_pem()).unwrap();
-        let files = kbs::dev::init(
-            dir.path(),
-            &kbs::dev::DevOptions {
-                guest_listen: "127.0.0.1:0".into(),
-                admin_listen: "127.0.0.1:0".into(),
-                snp_test_roots: if options.production { vec![] } else { vec![ark] },
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let token_key = dir.path().join("coco-token.key");
-        match &options.keys_from {
-            Some(other) => {
-                std::fs::copy(other.join("challenge.key"), dir.path().join("challenge.key")).unwrap();
-                std::fs::copy(other.join("coco-token.key"), &token_key).unwrap();
-            }
-            None => std::fs::write(&token_key, kbs::api::coco::token::TokenKey::generate_pkcs8().unwrap()).unwrap(),
-        }
-        let mut text = std::fs::read_to_string(&files.config).unwrap();
-        if !options.production {
-            // The TDX test root and collateral, for simulated TDX quotes.
-            let pki = TdxTestPki::get().unwrap();
-            let root = dir.path().join("tdx-test-root.pem");
-            std::fs::write(&root, pki.root_pem()).unwrap();
-            let collateral = dir.path().join("tdx-collateral");
-            pki.write_collateral_dir(&collateral).unwrap();
-            text =
-                text.replacen("[dev]\n", &format!("[dev]\ntdx_test_roots = [{:?}]\n", root.display().to_string()), 1);
-            text.push_str(&format!("\n[tdx]\ncollateral_dir = {:?}\n", collateral.display().to_string()));
-        }
-        text.push_str(
-            "\n[coco]\nlisten = \"127.0.0.1:0\"\ntoken_key_file = \"coco-token.key\"\ntoken_ttl_seconds = 120\n",
-        );
-        std::fs::write(&files.config, text).unwrap();
-        let config = Config::load(&files.config, |_| None).unwrap();
-        assert!(config.coco.is_some());
-        let clock = Arc::new(Mutex::new(OffsetDateTime::now_utc()));
-        let clock_fn = {
-            let clock = Arc::clone(&clock);
-            Arc::new(move || *clock.lock().unwrap())
-        };
-        let app = kbs::server::build(&config, clock_fn, !options.production).await.unwrap();
-        let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let coco = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = |l: &tokio::net::TcpListener| l.local_addr().unwrap().port();
-        let coco_url = format!("https://localhost:{}", port(&coco));
-        let guest_url = format!("https://localhost:{}", port(&guest));
-        let admin_url = format!("https://localhost:{}", port(&admin));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(kbs::server::run_with_coco(app, guest, admin, Some(coco), async move {
-            let _ = rx.await;
-        }));
-        TestApp {
-            ca: std::fs::read(&files.ca).unwrap(),
-            token: std::fs::read_to_string(&files.admin_token).unwrap(),
-            dir,
-            coco_url,
-            guest_url,
-            admin_url,
-            clock,
-            stop: Some(tx),
-        }
-    }
-
-    fn http(&self) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(&self.ca).unwrap();
-        reqwest::Client::builder().tls_certs_only(vec![ca]).build().unwrap()
-    }
-
-    async fn admin(&self) -> AdminClient<Channel> {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
-        let channel =
-            Channel::from_shared(self.admin_url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-        AdminClient::new(channel)
-    }
-
     async fn put(&self, name: &str, value: &[u8], allowed: &[[u8; 48]]) -> u64 {
         let mut req = Request::new(PutSecretRequest {
             name: name.into(),
@@ -149,22 +49,6 @@ impl TestApp {
         });
         req.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().unwrap());
         self.admin().await.put_secret(req).await.unwrap().into_inner().version
-    }
-
-    fn advance(&self, seconds: i64) {
-        *self.clock.lock().unwrap() += time::Duration::seconds(seconds);
-    }
-
-    fn audit_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -496,7 +380,7 @@ fn guest() -> SimulatedSnp {
 
 #[tokio::test]
 async fn snp_guest_gets_its_resource_with_ec_and_rsa_keys_by_cookie_and_bearer() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(coco()).await;
     let value: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     app.put(RESOURCE, &value, &[MEASUREMENT]).await;
     for key in [GuestKey::ec(), GuestKey::rsa()] {
@@ -523,7 +407,7 @@ async fn snp_guest_gets_its_resource_with_ec_and_rsa_keys_by_cookie_and_bearer()
     assert_eq!(claims["tee-pubkey"], key.jwk());
     assert_eq!(claims["submods"]["cpu0"]["ear.status"], "affirming");
     assert_eq!(claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["measurement"], hex::encode(MEASUREMENT));
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 120);
+    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 300);
 
     // The same secret, through the gRPC protocol.
     let config = ClientConfig::new(app.guest_url.clone(), app.ca.clone());
@@ -541,7 +425,7 @@ async fn snp_guest_gets_its_resource_with_ec_and_rsa_keys_by_cookie_and_bearer()
 
 #[tokio::test]
 async fn every_refusal_has_its_status_and_reason() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(coco()).await;
     app.put(RESOURCE, b"k", &[MEASUREMENT]).await;
     app.put("default/model/other", b"o", &[OTHER_MEASUREMENT]).await;
     let key = GuestKey::ec();
@@ -615,12 +499,12 @@ async fn every_refusal_has_its_status_and_reason() {
     parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
     assert_problem(Session::new(&app).get(RESOURCE, Some(&parts.join("."))).await, unauth, "unauthenticated");
     // A token from another broker.
-    let other = TestApp::start().await;
+    let other = TestApp::start_with(coco()).await;
     let foreign = Session::new(&other).attest(&guest(), &key, Tamper::default()).await.unwrap();
     assert_problem(Session::new(&app).get(RESOURCE, Some(&foreign)).await, unauth, "unauthenticated");
     // An expired token, by bearer or by cookie.
     assert!(s.get(RESOURCE, Some(&token)).await.is_ok());
-    app.advance(121);
+    app.advance(301);
     assert_problem(s.get(RESOURCE, Some(&token)).await, unauth, "unauthenticated");
     assert_problem(s.get(RESOURCE, None).await, unauth, "unauthenticated");
     // The stock client's answer to a 401: a new handshake, which works.
@@ -636,7 +520,7 @@ async fn every_refusal_has_its_status_and_reason() {
 
 #[tokio::test]
 async fn an_expired_session_cookie_is_refused() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(coco()).await;
     let key = GuestKey::ec();
     let mut s = Session::new(&app);
     let (nonce, _) = s.auth("snp", "0.4.0").await.unwrap();
@@ -654,8 +538,10 @@ async fn an_expired_session_cookie_is_refused() {
 
 #[tokio::test]
 async fn a_session_started_at_one_replica_finishes_at_another() {
-    let a = TestApp::start().await;
-    let b = TestApp::start_with(Options { keys_from: Some(a.dir.path().to_path_buf()), ..Default::default() }).await;
+    let a = TestApp::start_with(coco()).await;
+    let b =
+        TestApp::start_with(Options { coco: true, keys_from: Some(a.dir.path().to_path_buf()), ..Default::default() })
+            .await;
     a.put(RESOURCE, b"shared", &[MEASUREMENT]).await;
     let key = GuestKey::ec();
     // auth at a, attest at b (same challenge key), GET at a (same token key).
@@ -676,7 +562,7 @@ async fn a_session_started_at_one_replica_finishes_at_another() {
     at_a.cookie = at_b.cookie.clone();
     assert_eq!(key.decrypt(&at_a.get(RESOURCE, None).await.unwrap()), b"shared");
     // A replica with other keys refuses both.
-    let c = TestApp::start().await;
+    let c = TestApp::start_with(coco()).await;
     c.put(RESOURCE, b"shared", &[MEASUREMENT]).await;
     let mut at_c = Session::new(&c);
     at_c.cookie = at_a.cookie.clone();
@@ -687,7 +573,7 @@ async fn a_session_started_at_one_replica_finishes_at_another() {
 async fn the_sample_tee_works_only_in_insecure_dev_mode() {
     let sample = [0u8; 48];
     let key = GuestKey::ec();
-    let dev = TestApp::start().await;
+    let dev = TestApp::start_with(coco()).await;
     dev.put(RESOURCE, b"sample-ok", &[sample]).await;
     let mut s = Session::new(&dev);
     s.attest(&guest(), &key, Tamper { tee: Some("sample"), ..Default::default() }).await.unwrap();
@@ -696,12 +582,14 @@ async fn the_sample_tee_works_only_in_insecure_dev_mode() {
     let t = Tamper { tee: Some("sample"), bind_key: Some(GuestKey::ec().jwk()), ..Default::default() };
     assert_problem(Session::new(&dev).attest(&guest(), &key, t).await, StatusCode::FORBIDDEN, "report_data_mismatch");
 
-    let prod = TestApp::start_with(Options { production: true, ..Default::default() }).await;
+    let prod = TestApp::start_with(Options { production: true, ..coco() }).await;
     let r = Session::new(&prod).attest(&guest(), &key, Tamper { tee: Some("sample"), ..Default::default() }).await;
     assert_problem(r, StatusCode::BAD_REQUEST, "unsupported_tee");
     // A sample session minted by a dev broker is refused by a production
     // broker even with the same keys.
-    let prod2 = TestApp::start_with(Options { production: true, keys_from: Some(dev.dir.path().to_path_buf()) }).await;
+    let prod2 =
+        TestApp::start_with(Options { production: true, keys_from: Some(dev.dir.path().to_path_buf()), ..coco() })
+            .await;
     prod2.put(RESOURCE, b"sample-ok", &[sample]).await;
     let mut s2 = Session::new(&prod2);
     s2.cookie = s.cookie.clone();
@@ -710,7 +598,7 @@ async fn the_sample_tee_works_only_in_insecure_dev_mode() {
 
 #[tokio::test]
 async fn tdx_guest_gets_its_resource() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(coco()).await;
     app.put(RESOURCE, b"tdx-key", &[MRTD]).await;
     for (sim, key) in
         [(SimulatedTdx::new().mr_td(MRTD), GuestKey::ec()), (SimulatedTdx::new().mr_td(MRTD).v5(true), GuestKey::rsa())]
@@ -738,7 +626,7 @@ async fn tdx_guest_gets_its_resource() {
 
 #[tokio::test]
 async fn init_data_must_be_what_the_guest_was_launched_with() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(coco()).await;
     app.put(RESOURCE, b"k", &[MEASUREMENT]).await;
     let init_data = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"aa.toml\" = 'x'\n".to_owned();
     // SNP HOST_DATA holds the first 32 bytes of the SHA-384 of the document.

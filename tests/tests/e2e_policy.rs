@@ -8,13 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use attester_client::hpke::EphemeralKey;
-use attester_client::simulated::{Generation, SimulatedSnp, test_ark_pem};
-use kbs::config::Config;
+use attester_client::simulated::{Generation, SimulatedSnp};
 use kbs::error::ReasonCode;
 use kbs::evidence::anchors::SnpAnchors;
 use kbs::evidence::snp::SnpVerifier;
 use kbs::policy::{DEFAULT_POLICY, PolicyEngine, decide_offline, placeholder_meta};
-use kbs_proto::v1::admin_client::AdminClient;
 use kbs_proto::v1::key_broker_client::KeyBrokerClient;
 use kbs_proto::v1::{
     GetChallengeRequest, GetPolicyRequest, ListPoliciesRequest, PutReferenceValuesRequest, PutSecretRequest,
@@ -22,74 +20,18 @@ use kbs_proto::v1::{
     test_policy_request,
 };
 use kbs_proto::{NONCE_LEN, SuiteId};
-use tempfile::TempDir;
 use time::macros::datetime;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-use tonic::{Code, Request};
+use tonic::Code;
+
+#[path = "support/app.rs"]
+mod app;
+
+use app::TestApp;
 
 const MEASUREMENT_A: [u8; 48] = [0x5a; 48];
 const MEASUREMENT_B: [u8; 48] = [0x77; 48];
 
-/// A broker started in-process on port 0.
-struct TestApp {
-    dir: TempDir,
-    guest_url: String,
-    admin_url: String,
-    ca: Vec<u8>,
-    token: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
 impl TestApp {
-    async fn start() -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        let ark = dir.path().join("test-ark.pem");
-        std::fs::write(&ark, test_ark_pem()).unwrap();
-        let files = kbs::dev::init(
-            dir.path(),
-            &kbs::dev::DevOptions {
-                guest_listen: "127.0.0.1:0".into(),
-                admin_listen: "127.0.0.1:0".into(),
-                snp_test_roots: vec![ark],
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let config = Config::load(&files.config, |_| None).unwrap();
-        let app = kbs::server::build(&config, kbs::release::system_clock(), true).await.unwrap();
-        let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let guest_url = format!("https://localhost:{}", guest.local_addr().unwrap().port());
-        let admin_url = format!("https://localhost:{}", admin.local_addr().unwrap().port());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(kbs::server::run(app, guest, admin, async move {
-            let _ = rx.await;
-        }));
-        TestApp {
-            ca: std::fs::read(&files.ca).unwrap(),
-            token: std::fs::read_to_string(&files.admin_token).unwrap(),
-            dir,
-            guest_url,
-            admin_url,
-            stop: Some(tx),
-        }
-    }
-
-    async fn channel(&self, url: &str) -> Channel {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
-        Channel::from_shared(url.to_owned()).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
-    }
-
-    async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel(&self.admin_url).await)
-    }
-
-    fn authed<T>(&self, msg: T) -> Request<T> {
-        let mut req = Request::new(msg);
-        req.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().unwrap());
-        req
-    }
-
     async fn put(&self, name: &str, value: &[u8], labels: &[(&str, &str)]) {
         let req = PutSecretRequest {
             name: name.into(),
@@ -108,10 +50,6 @@ impl TestApp {
     async fn set_policy(&self, scope: &str, rego: &str) -> Result<kbs_proto::v1::Policy, tonic::Status> {
         let req = SetPolicyRequest { scope: scope.into(), rego: rego.into() };
         self.admin().await.set_policy(self.authed(req)).await.map(|r| r.into_inner())
-    }
-
-    fn audit_path(&self) -> PathBuf {
-        self.dir.path().join("audit.jsonl")
     }
 
     fn audit_records(&self) -> Vec<serde_json::Value> {
@@ -154,14 +92,6 @@ impl TestApp {
                 (s.name.clone(), value.to_vec())
             })
             .collect())
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

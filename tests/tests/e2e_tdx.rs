@@ -8,97 +8,25 @@ use std::sync::Arc;
 
 use attester_client::client::{ClientConfig, KbsClient};
 use attester_client::hpke::EphemeralKey;
-use attester_client::simulated::{Generation, Pck, Platform, SimulatedSnp, SimulatedTdx, TdxTestPki, test_ark_pem};
-use kbs::config::Config;
+use attester_client::simulated::{Generation, Pck, Platform, SimulatedSnp, SimulatedTdx};
 use kbs_proto::v1::admin_client::AdminClient;
-use kbs_proto::v1::key_broker_client::KeyBrokerClient;
 use kbs_proto::v1::{
     GetChallengeRequest, PutReferenceValuesRequest, PutSecretRequest, ReleaseSecretsRequest, ReleaseSecretsResponse,
     TdxEvidence, Tee, release_secrets_request,
 };
 use kbs_proto::{NONCE_LEN, SuiteId};
-use tempfile::TempDir;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Request};
+
+#[path = "support/app.rs"]
+mod app;
+
+use app::{Options, TestApp};
 
 const MRTD: [u8; 48] = [0x7d; 48];
 const SNP_MEASUREMENT: [u8; 48] = [0x5a; 48];
 const SECRET: &str = "models/llama/key";
 
-/// A broker started in-process on port 0, accepting the simulated TEEs.
-struct TestApp {
-    dir: TempDir,
-    guest_url: String,
-    admin_url: String,
-    ca: Vec<u8>,
-    token: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
 impl TestApp {
-    /// `tdx_extra`: more lines for the `[tdx]` section.
-    async fn start(tdx_extra: &str) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        let ark = dir.path().join("test-ark.pem");
-        std::fs::write(&ark, test_ark_pem()).unwrap();
-        // The TDX test root and collateral, made in this process.
-        let pki = TdxTestPki::get().unwrap();
-        let root = dir.path().join("tdx-test-root.pem");
-        std::fs::write(&root, pki.root_pem()).unwrap();
-        let collateral = dir.path().join("tdx-collateral");
-        pki.write_collateral_dir(&collateral).unwrap();
-        let files = kbs::dev::init(
-            dir.path(),
-            &kbs::dev::DevOptions {
-                guest_listen: "127.0.0.1:0".into(),
-                admin_listen: "127.0.0.1:0".into(),
-                snp_test_roots: vec![ark],
-                tdx_test_roots: vec![root],
-                tdx_collateral_dir: Some(collateral),
-                cache_ttl_ms: None,
-            },
-        )
-        .unwrap();
-        // The `[tdx]` section comes last: more settings append to it.
-        let text = std::fs::read_to_string(&files.config).unwrap();
-        assert!(
-            text.trim_end().ends_with(&format!(
-                "collateral_dir = {:?}",
-                dir.path().join("tdx-collateral").canonicalize().unwrap().display().to_string()
-            )),
-            "{text}"
-        );
-        std::fs::write(&files.config, format!("{text}{tdx_extra}\n")).unwrap();
-
-        let config = Config::load(&files.config, |_| None).unwrap();
-        let app = kbs::server::build(&config, kbs::release::system_clock(), true).await.unwrap();
-        let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let guest_url = format!("https://localhost:{}", guest.local_addr().unwrap().port());
-        let admin_url = format!("https://localhost:{}", admin.local_addr().unwrap().port());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(kbs::server::run(app, guest, admin, async move {
-            let _ = rx.await;
-        }));
-        TestApp {
-            ca: std::fs::read(&files.ca).unwrap(),
-            token: std::fs::read_to_string(&files.admin_token).unwrap(),
-            dir,
-            guest_url,
-            admin_url,
-            stop: Some(tx),
-        }
-    }
-
-    async fn channel(&self, url: &str) -> Channel {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
-        Channel::from_shared(url.to_owned()).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
-    }
-
-    async fn guest(&self) -> KeyBrokerClient<Channel> {
-        KeyBrokerClient::new(self.channel(&self.guest_url).await)
-    }
-
     async fn put(&self, name: &str, value: &[u8], allowed: &[[u8; 48]]) {
         let mut req = Request::new(PutSecretRequest {
             name: name.into(),
@@ -125,18 +53,6 @@ impl TestApp {
         let mut client = KbsClient::connect(&config).await?;
         let secrets = client.fetch(source, &[SECRET.to_owned()]).await?;
         Ok(secrets.into_iter().map(|s| (s.name.clone(), s.value.to_vec())).collect())
-    }
-
-    fn audit_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -202,7 +118,7 @@ fn guest() -> SimulatedTdx {
 
 #[tokio::test]
 async fn tdx_and_snp_guests_get_their_secrets_from_one_broker() {
-    let app = TestApp::start("").await;
+    let app = TestApp::start().await;
     let value: Vec<u8> = (0..=255u8).collect();
     app.put(SECRET, &value, &[MRTD, SNP_MEASUREMENT]).await;
     for sim in [guest(), guest().v5(false), guest().v5(true)] {
@@ -224,7 +140,7 @@ async fn tdx_and_snp_guests_get_their_secrets_from_one_broker() {
 
 #[tokio::test]
 async fn every_broken_tdx_link_is_refused_with_its_reason() {
-    let app = TestApp::start("").await;
+    let app = TestApp::start().await;
     app.put(SECRET, b"k", &[MRTD]).await;
     let pd = Code::PermissionDenied;
 
@@ -282,14 +198,18 @@ async fn every_broken_tdx_link_is_refused_with_its_reason() {
 async fn out_of_date_tcbs_are_released_when_the_operator_accepts_them() {
     // The policy's reference values allow OutOfDate, but the verifier's
     // configuration (the default: UpToDate only) still refuses it.
-    let strict = TestApp::start("").await;
+    let strict = TestApp::start().await;
     strict.put(SECRET, b"k", &[MRTD]).await;
     strict.put_default_refvals(r#"{"tdx_tcb_statuses": ["UpToDate", "OutOfDate"]}"#).await;
     let r = Exchange::new(guest().platform(Platform::OutOfDate)).run(&strict, |_| {}).await;
     assert_refused(r, Code::PermissionDenied, "tcb_status_not_allowed");
 
     // Both accept it: released.
-    let app = TestApp::start("accepted_tcb_statuses = [\"UpToDate\", \"OutOfDate\"]").await;
+    let app = TestApp::start_with(Options {
+        tdx_extra: "accepted_tcb_statuses = [\"UpToDate\", \"OutOfDate\"]".into(),
+        ..Default::default()
+    })
+    .await;
     app.put(SECRET, b"k", &[MRTD]).await;
     // The verifier lets it through; the default policy still wants UpToDate.
     let r = Exchange::new(guest().platform(Platform::OutOfDate)).run(&app, |_| {}).await;
@@ -304,7 +224,7 @@ async fn out_of_date_tcbs_are_released_when_the_operator_accepts_them() {
 
 #[tokio::test]
 async fn a_tdx_evidence_for_an_snp_challenge_is_refused() {
-    let app = TestApp::start("").await;
+    let app = TestApp::start().await;
     app.put(SECRET, b"k", &[MRTD]).await;
     let mut rpc = app.guest().await;
     let challenge = rpc

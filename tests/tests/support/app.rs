@@ -1,0 +1,174 @@
+//! A broker in the test process for end-to-end tests: a `kbs dev-init`
+//! set-up in a temporary directory (the simulated TEE's SNP and TDX test
+//! roots, the TDX test collateral, optionally the CoCo front end), real TLS
+//! listeners on loopback ports, a clock the test moves, and clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use attester_client::simulated::{TdxTestPki, test_ark_pem};
+use kbs::config::Config;
+use kbs_proto::v1::admin_client::AdminClient;
+use kbs_proto::v1::key_broker_client::KeyBrokerClient;
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use tonic::Request;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+/// How to start a [`TestApp`].
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Without the insecure dev mode: no simulated TEE, no test roots.
+    pub production: bool,
+    /// More lines for the `[tdx]` section (dev mode only).
+    pub tdx_extra: String,
+    /// Enable the CoCo KBS protocol front end ([`TestApp::coco_url`]).
+    pub coco: bool,
+    /// Share the challenge key (and CoCo token key) of the broker whose
+    /// directory this is, as replicas do.
+    pub keys_from: Option<PathBuf>,
+}
+
+/// A running broker; stopped when dropped.
+pub struct TestApp {
+    /// Its directory: configuration, keys, store, audit log.
+    pub dir: TempDir,
+    /// `https://localhost:PORT` of the KeyBroker service.
+    pub guest_url: String,
+    /// `https://localhost:PORT` of the Admin service.
+    pub admin_url: String,
+    /// `https://localhost:PORT` of the CoCo front end (empty without it).
+    pub coco_url: String,
+    /// The dev CA (PEM) its certificates chain to.
+    pub ca: Vec<u8>,
+    /// The admin bearer token.
+    pub token: String,
+    /// The broker's clock.
+    pub clock: Arc<Mutex<OffsetDateTime>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    /// A dev-mode broker without the CoCo front end.
+    pub async fn start() -> TestApp {
+        Self::start_with(Options::default()).await
+    }
+
+    /// A broker as `options` say.
+    pub async fn start_with(options: Options) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = kbs::dev::DevOptions {
+            guest_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            coco_listen: options.coco.then(|| "127.0.0.1:0".to_owned()),
+            ..Default::default()
+        };
+        if !options.production {
+            let ark = dir.path().join("test-ark.pem");
+            std::fs::write(&ark, test_ark_pem()).unwrap();
+            let pki = TdxTestPki::get().unwrap();
+            let root = dir.path().join("tdx-test-root.pem");
+            std::fs::write(&root, pki.root_pem()).unwrap();
+            let collateral = dir.path().join("tdx-collateral");
+            pki.write_collateral_dir(&collateral).unwrap();
+            dev.snp_test_roots = vec![ark];
+            dev.tdx_test_roots = vec![root];
+            dev.tdx_collateral_dir = Some(collateral);
+        }
+        let files = kbs::dev::init(dir.path(), &dev).unwrap();
+        if let Some(other) = &options.keys_from {
+            std::fs::copy(other.join("challenge.key"), dir.path().join("challenge.key")).unwrap();
+            if options.coco {
+                std::fs::copy(other.join("coco-token.key"), dir.path().join("coco-token.key")).unwrap();
+            }
+        }
+        if !options.tdx_extra.is_empty() {
+            assert!(!options.production, "tdx_extra needs the dev mode's [tdx] section");
+            let text = std::fs::read_to_string(&files.config).unwrap();
+            std::fs::write(&files.config, format!("{text}{}\n", options.tdx_extra)).unwrap();
+        }
+        let config = Config::load(&files.config, |_| None).unwrap();
+        assert_eq!(config.coco.is_some(), options.coco);
+
+        let clock = Arc::new(Mutex::new(OffsetDateTime::now_utc()));
+        let clock_fn = {
+            let clock = Arc::clone(&clock);
+            Arc::new(move || *clock.lock().unwrap())
+        };
+        let app = kbs::server::build(&config, clock_fn, !options.production).await.unwrap();
+        let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let url = |l: &tokio::net::TcpListener| format!("https://localhost:{}", l.local_addr().unwrap().port());
+        let (guest, admin) = (bind().await, bind().await);
+        let coco = if options.coco { Some(bind().await) } else { None };
+        let (guest_url, admin_url) = (url(&guest), url(&admin));
+        let coco_url = coco.as_ref().map(url).unwrap_or_default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(kbs::server::run_with_coco(app, guest, admin, coco, async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            ca: std::fs::read(&files.ca).unwrap(),
+            token: std::fs::read_to_string(&files.admin_token).unwrap(),
+            dir,
+            guest_url,
+            admin_url,
+            coco_url,
+            clock,
+            stop: Some(tx),
+        }
+    }
+
+    /// A gRPC channel to `url` that trusts the dev CA.
+    pub async fn channel(&self, url: &str) -> Channel {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca));
+        Channel::from_shared(url.to_owned()).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
+    }
+
+    /// A KeyBroker client.
+    pub async fn guest(&self) -> KeyBrokerClient<Channel> {
+        KeyBrokerClient::new(self.channel(&self.guest_url).await)
+    }
+
+    /// An Admin client (requests need [`TestApp::authed`]).
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(&self.admin_url).await)
+    }
+
+    /// An HTTPS client that trusts the dev CA (for the CoCo front end).
+    pub fn http(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&self.ca).unwrap();
+        reqwest::Client::builder().tls_certs_only(vec![ca]).build().unwrap()
+    }
+
+    /// `msg` with the admin bearer token.
+    pub fn authed<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        req.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().unwrap());
+        req
+    }
+
+    /// Moves the broker's clock forward.
+    pub fn advance(&self, seconds: i64) {
+        let mut now = self.clock.lock().unwrap();
+        *now += time::Duration::seconds(seconds);
+    }
+
+    /// The audit log file.
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    /// The audit log's text (empty before the first record).
+    pub fn audit_log(&self) -> String {
+        std::fs::read_to_string(self.audit_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
