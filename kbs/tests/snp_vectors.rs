@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -29,18 +28,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Inside every real VEK's validity.
 const NOW: OffsetDateTime = datetime!(2025-06-01 00:00 UTC);
 
-fn vectors_dir() -> PathBuf {
-    std::env::var_os("KBS_TEST_VECTORS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"))
-}
+#[path = "../../tests/tests/support/vectors.rs"]
+mod vectors;
 
-fn vector(rel: &str) -> Vec<u8> {
-    let path = vectors_dir().join(rel);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("test vector {} is missing ({e}); set KBS_TEST_VECTORS to the shared vectors directory", path.display())
-    })
-}
+use vectors::vector;
 
 fn pem_to_der(pem: &[u8]) -> Vec<Vec<u8>> {
     x509_parser::pem::Pem::iter_from_buffer(pem).map(|p| p.unwrap().contents).collect()

@@ -6,8 +6,6 @@
 //! `$CARGO_MANIFEST_DIR/../../shared/vectors`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::PathBuf;
-
 use kbs::evidence::anchors::{INTEL_SGX_ROOT_CA_SHA256, TdxAnchors};
 use kbs::evidence::tdx::{APPRAISAL_MEMO_TTL, MAX_QUOTE_LEN, TdBody, TdxPolicy, TdxQuote, TdxVerifier};
 use kbs::evidence::tdx_collateral::{Fmspc, PckCa, TdxCollateral, TdxCollateralDir};
@@ -16,18 +14,10 @@ use proptest::prelude::*;
 use time::OffsetDateTime;
 use time::macros::datetime;
 
-fn vectors_dir() -> PathBuf {
-    std::env::var_os("KBS_TEST_VECTORS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"))
-}
+#[path = "../../tests/tests/support/vectors.rs"]
+mod vectors;
 
-fn vector(rel: &str) -> Vec<u8> {
-    let path = vectors_dir().join(rel);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("test vector {} is missing ({e}); set KBS_TEST_VECTORS to the shared vectors directory", path.display())
-    })
-}
+use vectors::vector;
 
 fn verifier() -> TdxVerifier {
     TdxVerifier::new(TdxAnchors::intel().unwrap(), TdxPolicy::default())

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use attester_client::hpke::EphemeralKey;
 use attester_client::simulated::{Generation, SimulatedSnp};
@@ -244,18 +243,10 @@ async fn audit_chain_detects_edits_and_removals() {
     assert!(matches!(kbs::audit::verify_file(&edited), Err(kbs::audit::AuditError::Broken { line: 2, .. })));
 }
 
-fn vectors_dir() -> PathBuf {
-    std::env::var_os("KBS_TEST_VECTORS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"))
-}
+#[path = "support/vectors.rs"]
+mod vectors;
 
-fn vector(rel: &str) -> Vec<u8> {
-    let path = vectors_dir().join(rel);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("test vector {} is missing ({e}); set KBS_TEST_VECTORS to the shared vectors directory", path.display())
-    })
-}
+use vectors::vector;
 
 /// Verifies a captured Milan report with the real AMD anchors, at a time
 /// inside its VCEK's validity; its report_data binds nothing of ours.

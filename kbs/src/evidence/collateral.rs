@@ -297,6 +297,44 @@ pub fn backoff_delay(failures: u32, retry_after: Option<Duration>, min: Duration
     exponential.max(retry_after.unwrap_or_default()).min(max)
 }
 
+/// Checks a vendor service URL (`what` names it in errors): `Ok(true)` for
+/// `https`, `Ok(false)` for plain `http` to a loopback host (a test or a
+/// local PCCS); anything else is refused.
+pub(crate) fn vendor_url_is_https(url: &str, what: &str) -> Result<bool, EvidenceError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| unavailable(format!("{what} URL {url:?}: {e}")))?;
+    let loopback = match parsed.host_str() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(true),
+        "http" if loopback => Ok(false),
+        _ => Err(unavailable(format!("{what} URLs must be https (http only on loopback)"))),
+    }
+}
+
+/// The HTTP client of a vendor service fetcher: bounded time, at most three
+/// redirects, `https` only unless every configured URL is on loopback.
+pub(crate) fn vendor_client(
+    timeout: Duration,
+    connect_timeout: Duration,
+    https_only: bool,
+) -> Result<reqwest::Client, EvidenceError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .https_only(https_only)
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .user_agent(concat!("kbs/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| unavailable(format!("HTTP client: {e}")))
+}
+
 /// Parses a `Retry-After` value: delay-seconds or an HTTP-date.
 fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -335,28 +373,8 @@ impl KdsFetcher {
     /// A fetcher with `config`. Refuses a base URL that is not `https`
     /// (plain `http` only for loopback hosts).
     pub fn new(config: KdsConfig) -> Result<Self, EvidenceError> {
-        let url = reqwest::Url::parse(&config.base_url).map_err(|e| unavailable(format!("KDS base URL: {e}")))?;
-        let loopback = match url.host_str() {
-            Some("localhost") => true,
-            Some(host) => host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()),
-            None => false,
-        };
-        let https = url.scheme() == "https";
-        if !(https || (url.scheme() == "http" && loopback)) {
-            return Err(unavailable("KDS base URL must be https (http only on loopback)"));
-        }
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.connect_timeout)
-            .https_only(https)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .user_agent(concat!("kbs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| unavailable(format!("HTTP client: {e}")))?;
+        let https = vendor_url_is_https(&config.base_url, "KDS")?;
+        let client = vendor_client(config.timeout, config.connect_timeout, https)?;
         Ok(Self {
             client,
             cache: VekDirectory::new(config.cache_dir.clone()),
@@ -589,6 +607,21 @@ impl VekResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vendor_urls_are_https_or_plain_http_on_loopback_only() {
+        assert!(vendor_url_is_https("https://kdsintf.amd.com", "KDS").unwrap());
+        for url in ["http://127.0.0.1:8080", "http://localhost/x", "http://[::1]:1"] {
+            assert!(!vendor_url_is_https(url, "KDS").unwrap(), "{url}");
+        }
+        for url in ["http://kdsintf.amd.com", "http://10.0.0.1", "ftp://127.0.0.1", "kdsintf.amd.com", ""] {
+            let err = vendor_url_is_https(url, "PCS").unwrap_err();
+            assert!(matches!(err, EvidenceError::CollateralUnavailable(_)), "{url}: {err}");
+            assert!(err.to_string().contains("PCS"), "{url}: {err}");
+        }
+        let config = KdsConfig { base_url: "http://kdsintf.amd.com".into(), ..KdsConfig::new("/nonexistent") };
+        assert!(KdsFetcher::new(config).is_err());
+    }
 
     #[test]
     fn urls_follow_kds() {

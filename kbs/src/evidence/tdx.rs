@@ -631,7 +631,6 @@ pub fn parse_tcb_status(name: &str) -> Option<TcbStatus> {
 
 /// A PCK chain whose signatures verified to a pinned root (check 2; the
 /// validity periods are checked at each use).
-#[derive(Clone)]
 struct VerifiedPck {
     root: TdxRoot,
     /// PCK, PCK CA and root validity periods.
@@ -743,7 +742,6 @@ pub struct TdxVerifier {
 /// REPORTDATA and the attestation key's signature over it: the PCK chain,
 /// the collateral's signatures, the QE report and its binding of the
 /// attestation key, the TCB level and dcap-qvl's appraisal.
-#[derive(Clone)]
 struct Appraised {
     pck: VerifiedPck,
     /// The collateral signers' validity periods and serial numbers.
@@ -758,7 +756,7 @@ struct Appraised {
 /// remembered, for [`APPRAISAL_MEMO_TTL`] of verification time.
 #[derive(Default)]
 struct AppraisalMemo {
-    entries: HashMap<[u8; 32], Appraised>,
+    entries: HashMap<[u8; 32], Arc<Appraised>>,
     hits: u64,
 }
 
@@ -769,16 +767,16 @@ impl fmt::Debug for AppraisalMemo {
 }
 
 impl AppraisalMemo {
-    fn get(&mut self, key: &[u8; 32], now: OffsetDateTime) -> Option<Appraised> {
+    fn get(&mut self, key: &[u8; 32], now: OffsetDateTime) -> Option<Arc<Appraised>> {
         let entry = self.entries.get(key)?;
         if now < entry.at || now - entry.at >= APPRAISAL_MEMO_TTL {
             return None;
         }
         self.hits = self.hits.saturating_add(1);
-        Some(entry.clone())
+        Some(Arc::clone(entry))
     }
 
-    fn insert(&mut self, key: [u8; 32], appraised: Appraised) {
+    fn insert(&mut self, key: [u8; 32], appraised: Arc<Appraised>) {
         if self.entries.len() >= APPRAISAL_MEMO_CAPACITY && !self.entries.contains_key(&key) {
             let now = appraised.at;
             self.entries.retain(|_, e| now >= e.at && now - e.at < APPRAISAL_MEMO_TTL);
@@ -860,8 +858,8 @@ impl TdxVerifier {
                 appraised
             }
             None => {
-                let appraised = self.appraise(&quote, collateral, now)?;
-                self.memo.lock().unwrap_or_else(PoisonError::into_inner).insert(key, appraised.clone());
+                let appraised = Arc::new(self.appraise(&quote, collateral, now)?);
+                self.memo.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::clone(&appraised));
                 appraised
             }
         };

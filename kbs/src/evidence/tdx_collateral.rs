@@ -55,7 +55,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::EvidenceError;
 use super::anchors;
-use super::collateral::backoff_delay;
+use super::collateral::{backoff_delay, vendor_client, vendor_url_is_https};
 
 /// Largest collateral file or response accepted (real sets are 16-25 KiB).
 pub const MAX_COLLATERAL_LEN: usize = 1024 * 1024;
@@ -664,29 +664,9 @@ impl PcsFetcher {
     pub fn new(config: PcsConfig) -> Result<Self, EvidenceError> {
         let mut https = true;
         for url in std::iter::once(&config.base_url).chain(config.root_crl_url.as_ref()) {
-            let parsed = reqwest::Url::parse(url).map_err(|e| unavailable(format!("PCS URL {url:?}: {e}")))?;
-            let loopback = match parsed.host_str() {
-                Some("localhost") => true,
-                Some(host) => host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback()),
-                None => false,
-            };
-            match parsed.scheme() {
-                "https" => {}
-                "http" if loopback => https = false,
-                _ => return Err(unavailable("PCS URLs must be https (http only on loopback)")),
-            }
+            https &= vendor_url_is_https(url, "PCS")?;
         }
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .https_only(https)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .user_agent(concat!("kbs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| unavailable(format!("HTTP client: {e}")))?;
+        let client = vendor_client(config.timeout, config.timeout, https)?;
         Ok(Self {
             client,
             cache: TdxCollateralDir::new(config.cache_dir.clone()),

