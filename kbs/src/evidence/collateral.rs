@@ -302,18 +302,9 @@ pub fn backoff_delay(failures: u32, retry_after: Option<Duration>, min: Duration
 /// local PCCS); anything else is refused.
 pub(crate) fn vendor_url_is_https(url: &str, what: &str) -> Result<bool, EvidenceError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| unavailable(format!("{what} URL {url:?}: {e}")))?;
-    let loopback = match parsed.host_str() {
-        Some("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    };
     match parsed.scheme() {
         "https" => Ok(true),
-        "http" if loopback => Ok(false),
+        "http" if crate::store::vault::is_loopback(&parsed) => Ok(false),
         _ => Err(unavailable(format!("{what} URLs must be https (http only on loopback)"))),
     }
 }

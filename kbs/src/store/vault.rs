@@ -765,7 +765,8 @@ fn build_http_client(config: &VaultConfig, address: &reqwest::Url) -> Result<req
     builder.build().map_err(|e| ConnectError::Config(format!("building the HTTP client: {e}")))
 }
 
-fn is_loopback(address: &reqwest::Url) -> bool {
+/// Whether `address` names this machine (`localhost` or a loopback IP).
+pub(crate) fn is_loopback(address: &reqwest::Url) -> bool {
     match address.host_str() {
         Some("localhost") => true,
         Some(host) => host
