@@ -116,6 +116,9 @@ pub enum Pck {
     Wrong,
 }
 
+/// The `format` of a saved PKI file.
+const SAVED_FORMAT: &str = "kbs-tdx-test-pki/1";
+
 /// One certified key.
 struct Leaf {
     pkcs8: Vec<u8>,
@@ -237,13 +240,128 @@ fn sign_p256(pkcs8: &[u8], message: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(sig.as_ref().to_vec())
 }
 
+/// The process-wide test PKI.
+static PKI: OnceLock<Result<TdxTestPki, &'static str>> = OnceLock::new();
+
+/// Largest saved PKI file read back (a saved PKI is about 8 KiB).
+const MAX_SAVED_BYTES: u64 = 1 << 20;
+
 impl TdxTestPki {
-    /// The process-wide test PKI, made on first use.
+    /// The process-wide test PKI: the one [`TdxTestPki::install_saved`]
+    /// installed, else one made on first use.
     pub fn get() -> Result<&'static TdxTestPki, Error> {
-        static PKI: OnceLock<Result<TdxTestPki, &'static str>> = OnceLock::new();
         PKI.get_or_init(|| Self::generate().map_err(|_| "test PKI generation failed"))
             .as_ref()
             .map_err(|e| Error::Simulated(e))
+    }
+
+    /// A new test PKI, not the process-wide one (to [`save`](Self::save)).
+    pub fn generate_new() -> Result<Self, Error> {
+        Self::generate()
+    }
+
+    /// Writes this PKI, **private keys included**, to `path` (mode 0600 on
+    /// Unix; an existing file is refused), so that another process can
+    /// sign quotes under it with [`TdxTestPki::install_saved`]: a load
+    /// generator driving a separately started development broker that pins
+    /// this PKI's root. Test keys only; nothing here is secret elsewhere.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), Error> {
+        use std::io::Write as _;
+        let leaf = |l: &Leaf| serde_json::json!({ "pkcs8": hex::encode(&l.pkcs8), "pem": l.pem });
+        let saved = serde_json::json!({
+            "format": SAVED_FORMAT,
+            "made_at": self.made_at.unix_timestamp(),
+            "root_der": hex::encode(&self.root_der),
+            "root_pem": self.root_pem,
+            "ca_pem": self.ca_pem,
+            "pcks": self.pcks.iter().map(leaf).collect::<Vec<_>>(),
+            "revoked": leaf(&self.revoked),
+            "other": leaf(&self.other),
+            "tcb_signer": leaf(&self.tcb_signer),
+            "attestation_key": hex::encode(&self.attestation_key),
+            "root_crl": hex::encode(&self.root_crl),
+            "pck_crl": hex::encode(&self.pck_crl),
+        });
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(|_| Error::Simulated("cannot create the saved test PKI file"))?;
+        file.write_all(saved.to_string().as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|_| Error::Simulated("cannot write the saved test PKI file"))
+    }
+
+    /// Reads a PKI written by [`TdxTestPki::save`]. Every key is checked
+    /// to parse; the file is not trusted to be well formed.
+    pub fn load(path: &std::path::Path) -> Result<Self, Error> {
+        use std::io::Read as _;
+        let bad = |_| Error::Simulated("not a saved test PKI");
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(|_| Error::Simulated("cannot open the saved test PKI file"))?
+            .take(MAX_SAVED_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|_| Error::Simulated("cannot read the saved test PKI file"))?;
+        if text.len() as u64 > MAX_SAVED_BYTES {
+            return Err(Error::Simulated("the saved test PKI file is too large"));
+        }
+        let saved: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+        if saved.get("format").and_then(serde_json::Value::as_str) != Some(SAVED_FORMAT) {
+            return Err(Error::Simulated("not a saved test PKI (format)"));
+        }
+        let string = |key: &str| {
+            saved.get(key).and_then(serde_json::Value::as_str).ok_or(Error::Simulated("saved test PKI: missing field"))
+        };
+        let bytes = |key: &str| hex::decode(string(key)?).map_err(|_| Error::Simulated("saved test PKI: bad hex"));
+        let leaf = |value: Option<&serde_json::Value>| {
+            let field = |key: &str| value.and_then(|v| v.get(key)).and_then(serde_json::Value::as_str);
+            let pkcs8 = hex::decode(field("pkcs8").unwrap_or_default())
+                .map_err(|_| Error::Simulated("saved test PKI: bad hex"))?;
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
+                .map_err(|_| Error::Simulated("saved test PKI: a key is not P-256 PKCS#8"))?;
+            let pem = field("pem").ok_or(Error::Simulated("saved test PKI: missing certificate"))?.to_owned();
+            Ok::<_, Error>(Leaf { pkcs8, pem })
+        };
+        let pcks = match saved.get("pcks").and_then(serde_json::Value::as_array) {
+            Some(list) if list.len() == Platform::ALL.len() => {
+                list.iter().map(|l| leaf(Some(l))).collect::<Result<Vec<_>, _>>()?
+            }
+            _ => return Err(Error::Simulated("saved test PKI: one PCK per platform expected")),
+        };
+        let made_at = saved
+            .get("made_at")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+            .ok_or(Error::Simulated("saved test PKI: bad made_at"))?;
+        let attestation_key = bytes("attestation_key")?;
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &attestation_key)
+            .map_err(|_| Error::Simulated("saved test PKI: the attestation key is not P-256 PKCS#8"))?;
+        Ok(Self {
+            made_at,
+            root_der: bytes("root_der")?,
+            root_pem: string("root_pem")?.to_owned(),
+            ca_pem: string("ca_pem")?.to_owned(),
+            pcks,
+            revoked: leaf(saved.get("revoked"))?,
+            other: leaf(saved.get("other"))?,
+            tcb_signer: leaf(saved.get("tcb_signer"))?,
+            attestation_key,
+            root_crl: bytes("root_crl")?,
+            pck_crl: bytes("pck_crl")?,
+            qe_report_signatures: Mutex::default(),
+        })
+    }
+
+    /// Makes the PKI saved at `path` this process's test PKI. Refused once
+    /// the process has one (made or installed).
+    pub fn install_saved(path: &std::path::Path) -> Result<&'static TdxTestPki, Error> {
+        let pki = Self::load(path)?;
+        PKI.set(Ok(pki)).map_err(|_| Error::Simulated("this process already has its test PKI"))?;
+        Self::get()
     }
 
     fn generate() -> Result<Self, Error> {
@@ -704,5 +822,92 @@ mod tests {
         assert_eq!(sim.tee(), Tee::Tdx);
         assert!(matches!(sim.snp_report(&rd), Err(Error::UnsupportedTee(Tee::Snp))));
         assert_eq!(sim.tdx_quote(&rd).unwrap().quote.len(), sim.quote(&rd).unwrap().len());
+    }
+
+    fn same_leaf(a: &Leaf, b: &Leaf) -> bool {
+        a.pkcs8 == b.pkcs8 && a.pem == b.pem
+    }
+
+    #[test]
+    fn a_saved_pki_loads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pki.json");
+        let pki = TdxTestPki::generate_new().unwrap();
+        pki.save(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        // Never overwritten.
+        assert!(pki.save(&path).is_err());
+        let loaded = TdxTestPki::load(&path).unwrap();
+        assert_eq!(loaded.made_at, pki.made_at);
+        assert_eq!(loaded.root_der, pki.root_der);
+        assert_eq!(loaded.root_pem, pki.root_pem);
+        assert_eq!(loaded.ca_pem, pki.ca_pem);
+        assert_eq!(loaded.pcks.len(), pki.pcks.len());
+        assert!(loaded.pcks.iter().zip(&pki.pcks).all(|(a, b)| same_leaf(a, b)));
+        assert!(same_leaf(&loaded.revoked, &pki.revoked));
+        assert!(same_leaf(&loaded.other, &pki.other));
+        assert!(same_leaf(&loaded.tcb_signer, &pki.tcb_signer));
+        assert_eq!(loaded.attestation_key, pki.attestation_key);
+        assert_eq!(loaded.root_crl, pki.root_crl);
+        assert_eq!(loaded.pck_crl, pki.pck_crl);
+        // Another PKI is another PKI.
+        assert_ne!(TdxTestPki::generate_new().unwrap().root_der, pki.root_der);
+    }
+
+    #[test]
+    fn broken_saved_pkis_are_refused_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.json");
+        TdxTestPki::generate_new().unwrap().save(&good).unwrap();
+        let text = std::fs::read_to_string(&good).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let try_load = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            TdxTestPki::load(&path)
+        };
+        let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = value.clone();
+            edit(&mut v);
+            v.to_string()
+        };
+        assert!(TdxTestPki::load(&dir.path().join("missing.json")).is_err());
+        let other_key = hex::encode(
+            EcdsaKeyPair::generate_pkcs8(&aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap()
+                .as_ref(),
+        );
+        let cases: Vec<(&str, String)> = vec![
+            ("not JSON", "{".into()),
+            ("an array", "[]".into()),
+            ("no format", edited(&|v| v["format"] = serde_json::Value::Null)),
+            ("another format", edited(&|v| v["format"] = "kbs-tdx-test-pki/2".into())),
+            ("no root", edited(&|v| v["root_der"] = serde_json::Value::Null)),
+            ("bad hex", edited(&|v| v["pck_crl"] = "zz".into())),
+            ("made_at text", edited(&|v| v["made_at"] = "now".into())),
+            ("made_at out of range", edited(&|v| v["made_at"] = i64::MAX.into())),
+            ("two PCKs", edited(&|v| v["pcks"].as_array_mut().unwrap().truncate(2))),
+            ("a PCK without a key", edited(&|v| v["pcks"][1]["pkcs8"] = serde_json::Value::Null)),
+            ("a P-384 key", edited(&|v| v["tcb_signer"]["pkcs8"] = other_key.clone().into())),
+            ("no certificate", edited(&|v| v["other"]["pem"] = serde_json::Value::Null)),
+            ("a bad attestation key", edited(&|v| v["attestation_key"] = "00".into())),
+        ];
+        for (what, bytes) in &cases {
+            assert!(try_load("case.json", bytes.as_bytes()).is_err(), "{what} was accepted");
+        }
+        // Every truncation of a good file is refused.
+        for len in (0..text.len()).step_by(97) {
+            assert!(try_load("cut.json", &text.as_bytes()[..len]).is_err(), "cut at {len} was accepted");
+        }
+        // Too large to be one.
+        let mut huge = text.into_bytes();
+        huge.resize(usize::try_from(MAX_SAVED_BYTES).unwrap() + 2, b' ');
+        assert!(try_load("huge.json", &huge).is_err());
+        // The unedited file still loads (the cases above failed for their edit).
+        assert!(try_load("same.json", value.to_string().as_bytes()).is_ok());
     }
 }

@@ -15,7 +15,9 @@
 //!   `--insecure-dev` and the test ARK). `--admin URL --admin-token-file F`
 //!   uploads the benchmark secret first; otherwise `--expect-file F` gives
 //!   the bytes to check. `--broker-pid PID` reads its CPU time and RSS from
-//!   `/proc/PID`.
+//!   `/proc/PID`. TDX guests sign under a test PKI the broker must pin:
+//!   `--write-tdx-pki DIR` makes one (its root and collateral go to `kbs
+//!   dev-init`), and `--tdx-pki DIR/pki.json` signs with it.
 //! - `--spawn`: a broker in this process (a dev set-up in a temporary
 //!   directory), on its own runtime whose threads are named `kbs-broker`,
 //!   so its CPU time is the sum over those threads.
@@ -53,8 +55,8 @@ const MAX_RELEASES: u64 = 10_000_000;
 enum TeeArg {
     /// AMD SEV-SNP (simulated).
     Snp,
-    /// Intel TDX (simulated; with `--spawn` only, since the test PKI and
-    /// collateral are made in this process).
+    /// Intel TDX (simulated). The test PKI is made in this process, or
+    /// for a separately started broker, read from `--tdx-pki`.
     Tdx,
 }
 
@@ -62,7 +64,7 @@ enum TeeArg {
 #[command(name = "kbs-bench", about = "Load generator for the key broker (simulated guests; INSECURE test tool)")]
 struct Args {
     /// Broker guest URL, https://127.0.0.1:PORT or https://localhost:PORT.
-    #[arg(long, conflicts_with = "spawn", required_unless_present = "spawn")]
+    #[arg(long, conflicts_with = "spawn", required_unless_present_any = ["spawn", "write_tdx_pki"])]
     kbs: Option<String>,
     /// CA certificate (PEM) the broker's certificate chains to.
     #[arg(long, requires = "kbs")]
@@ -112,6 +114,33 @@ struct Args {
     /// Store cache TTL for the spawned broker (ms; 0 = off).
     #[arg(long)]
     spawn_cache_ttl_ms: Option<u64>,
+    /// Write a new TDX test PKI to this directory and exit: `pki.json`
+    /// (keys included, for `--tdx-pki`), `root.pem` (for `kbs dev-init
+    /// --tdx-test-root`) and `collateral/` (for `--tdx-collateral-dir`).
+    #[arg(long, exclusive = true)]
+    write_tdx_pki: Option<PathBuf>,
+    /// The TDX test PKI (a `pki.json` from `--write-tdx-pki`) that the
+    /// running broker pins, for `--tee tdx` against `--kbs`.
+    #[arg(long, conflicts_with = "spawn")]
+    tdx_pki: Option<PathBuf>,
+}
+
+/// `--write-tdx-pki`: the files a development broker and later runs need.
+fn write_tdx_pki(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pki = TdxTestPki::generate_new()?;
+    let (saved, root, collateral) = (dir.join("pki.json"), dir.join("root.pem"), dir.join("collateral"));
+    pki.save(&saved).with_context(|| format!("writing {} (it must not exist yet)", saved.display()))?;
+    std::fs::write(&root, pki.root_pem()).with_context(|| format!("writing {}", root.display()))?;
+    pki.write_collateral_dir(&collateral)?;
+    println!("INSECURE TDX test PKI written to {}", dir.display());
+    println!(
+        "broker:     kbs dev-init ... --tdx-test-root {} --tdx-collateral-dir {}",
+        root.display(),
+        collateral.display()
+    );
+    println!("kbs-bench:  kbs-bench --tee tdx --tdx-pki {} --kbs ...", saved.display());
+    Ok(())
 }
 
 /// Where the broker's CPU time comes from.
@@ -595,6 +624,13 @@ fn check_loopback(url: &str) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.write_tdx_pki {
+        return write_tdx_pki(dir);
+    }
+    // Before anything asks for the process's test PKI.
+    if let Some(path) = &args.tdx_pki {
+        TdxTestPki::install_saved(path).with_context(|| format!("loading the TDX test PKI {}", path.display()))?;
+    }
     if args.concurrency.iter().any(|&c| c == 0 || c > MAX_CONCURRENCY) {
         bail!("--concurrency values must be within 1..={MAX_CONCURRENCY}");
     }
@@ -612,8 +648,12 @@ fn main() -> anyhow::Result<()> {
         let (url, ca) = (s.url.clone(), s.ca.clone());
         (Some(s), url, ca, CpuSource::Threads("kbs-broker"), value.clone())
     } else {
-        if args.tee == TeeArg::Tdx {
-            bail!("--tee tdx needs --spawn: the TDX test PKI and collateral are made in this process");
+        match (args.tee, &args.tdx_pki) {
+            (TeeArg::Tdx, None) => {
+                bail!("--tee tdx with --kbs needs --tdx-pki: the test PKI the broker pins (see --write-tdx-pki)")
+            }
+            (TeeArg::Snp, Some(_)) => bail!("--tdx-pki is for --tee tdx"),
+            _ => {}
         }
         let url = args.kbs.clone().context("--kbs or --spawn")?;
         let ca_path = args.ca.clone().context("--ca is required with --kbs")?;
