@@ -523,10 +523,10 @@ impl Config {
         if max_secret_bytes == 0 || max_secret_bytes > 64 << 20 {
             return Err(ConfigError::Invalid("store.max_secret_bytes must be within 1..=64 MiB".into()));
         }
+        // The fetchers' own check, on the parsed URL (a prefix test would
+        // pass `http://127.attacker.example` or `http://localhost.attacker.example`).
         if let Some(url) = &raw.snp.kds_url
-            && !url.starts_with("https://")
-            && !url.starts_with("http://127.")
-            && !url.starts_with("http://localhost")
+            && crate::evidence::collateral::vendor_url_is_https(url, "snp.kds_url").is_err()
         {
             return Err(ConfigError::Invalid("snp.kds_url must be https:// (or http on loopback)".into()));
         }
@@ -563,7 +563,7 @@ impl Config {
             return Err(ConfigError::Invalid("dev.tdx_test_roots needs dev.insecure_simulated_tee = true".into()));
         }
         for url in raw.tdx.pccs_url.iter().chain(raw.tdx.root_crl_url.iter()) {
-            if !url.starts_with("https://") && !url.starts_with("http://127.") && !url.starts_with("http://localhost") {
+            if crate::evidence::collateral::vendor_url_is_https(url, "tdx").is_err() {
                 return Err(ConfigError::Invalid("tdx URLs must be https:// (or http on loopback)".into()));
             }
         }
@@ -687,6 +687,34 @@ mod tests {
             "[dev]\ntdx_test_roots = [\"root.pem\"]\n",
         ] {
             assert!(Config::from_toml(&format!("{MINIMAL}\n{bad}"), Path::new("/")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vendor_urls_are_https_or_plain_http_to_a_loopback_host() {
+        let load = |section: &str, key: &str, url: &str| {
+            let extra = if section == "tdx" { "cache_dir = \"c\"\n" } else { "" };
+            Config::from_toml(&format!("{MINIMAL}\n[{section}]\n{key} = \"{url}\"\n{extra}"), Path::new("/"))
+        };
+        for (section, key) in [("snp", "kds_url"), ("tdx", "pccs_url"), ("tdx", "root_crl_url")] {
+            let extra_pccs = |url: &str| match key {
+                // root_crl_url alone does not enable the PCCS fetcher; give it one.
+                "root_crl_url" => format!("{url}\"\npccs_url = \"https://pccs.example"),
+                _ => url.to_owned(),
+            };
+            for good in ["https://kds.example", "http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:2"] {
+                assert!(load(section, key, &extra_pccs(good)).is_ok(), "{key} = {good}");
+            }
+            for bad in [
+                "http://kds.example",
+                "http://127.attacker.example",
+                "http://localhost.attacker.example",
+                "http://10.0.0.1",
+                "ftp://127.0.0.1",
+                "not a url",
+            ] {
+                assert!(matches!(load(section, key, &extra_pccs(bad)), Err(ConfigError::Invalid(_))), "{key} = {bad}");
+            }
         }
     }
 
