@@ -25,12 +25,9 @@ async fn a_saved_tdx_pki_signs_quotes_a_broker_pinning_it_accepts() {
     let path = files.path().join("pki.json");
     // The writing process: a new PKI, saved; the broker is given the root
     // and collateral of this original.
-    let original = TdxTestPki::generate_new().unwrap();
+    let original = TdxTestPki::generate().unwrap();
     original.save(&path).unwrap();
-    let root = files.path().join("root.pem");
-    std::fs::write(&root, original.root_pem()).unwrap();
-    let collateral = files.path().join("collateral");
-    original.write_collateral_dir(&collateral).unwrap();
+    let (root, _) = original.write_broker_files(files.path()).unwrap();
 
     // The signing process: the saved PKI becomes its own, once.
     let installed = TdxTestPki::install_saved(&path).unwrap();

@@ -255,11 +255,6 @@ impl TdxTestPki {
             .map_err(|e| Error::Simulated(e))
     }
 
-    /// A new test PKI, not the process-wide one (to [`save`](Self::save)).
-    pub fn generate_new() -> Result<Self, Error> {
-        Self::generate()
-    }
-
     /// Writes this PKI, **private keys included**, to `path` (mode 0600 on
     /// Unix; an existing file is refused), so that another process can
     /// sign quotes under it with [`TdxTestPki::install_saved`]: a load
@@ -316,13 +311,17 @@ impl TdxTestPki {
         let string = |key: &str| {
             saved.get(key).and_then(serde_json::Value::as_str).ok_or(Error::Simulated("saved test PKI: missing field"))
         };
-        let bytes = |key: &str| hex::decode(string(key)?).map_err(|_| Error::Simulated("saved test PKI: bad hex"));
-        let leaf = |value: Option<&serde_json::Value>| {
-            let field = |key: &str| value.and_then(|v| v.get(key)).and_then(serde_json::Value::as_str);
-            let pkcs8 = hex::decode(field("pkcs8").unwrap_or_default())
-                .map_err(|_| Error::Simulated("saved test PKI: bad hex"))?;
+        let from_hex = |text: &str| hex::decode(text).map_err(|_| Error::Simulated("saved test PKI: bad hex"));
+        let bytes = |key: &str| from_hex(string(key)?);
+        let p256_key = |text: &str| {
+            let pkcs8 = from_hex(text)?;
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
                 .map_err(|_| Error::Simulated("saved test PKI: a key is not P-256 PKCS#8"))?;
+            Ok::<_, Error>(pkcs8)
+        };
+        let leaf = |value: Option<&serde_json::Value>| {
+            let field = |key: &str| value.and_then(|v| v.get(key)).and_then(serde_json::Value::as_str);
+            let pkcs8 = p256_key(field("pkcs8").unwrap_or_default())?;
             let pem = field("pem").ok_or(Error::Simulated("saved test PKI: missing certificate"))?.to_owned();
             Ok::<_, Error>(Leaf { pkcs8, pem })
         };
@@ -337,9 +336,7 @@ impl TdxTestPki {
             .and_then(serde_json::Value::as_i64)
             .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
             .ok_or(Error::Simulated("saved test PKI: bad made_at"))?;
-        let attestation_key = bytes("attestation_key")?;
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &attestation_key)
-            .map_err(|_| Error::Simulated("saved test PKI: the attestation key is not P-256 PKCS#8"))?;
+        let attestation_key = p256_key(string("attestation_key")?)?;
         Ok(Self {
             made_at,
             root_der: bytes("root_der")?,
@@ -364,7 +361,8 @@ impl TdxTestPki {
         Self::get()
     }
 
-    fn generate() -> Result<Self, Error> {
+    /// A new test PKI, not the process-wide one (to [`save`](Self::save)).
+    pub fn generate() -> Result<Self, Error> {
         let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| OffsetDateTime::now_utc());
         let from = now - Duration::days(1);
         let until = now + Duration::days(365);
@@ -549,6 +547,17 @@ impl TdxTestPki {
                 .map_err(|_| Error::Simulated("cannot write collateral"))?;
         }
         Ok(())
+    }
+
+    /// Writes into `dir` what a development broker needs to accept this
+    /// PKI's quotes: the root as `tdx-test-root.pem` (for `kbs dev-init
+    /// --tdx-test-root`) and the collateral directory `tdx-collateral`
+    /// (for `--tdx-collateral-dir`). Returns those two paths.
+    pub fn write_broker_files(&self, dir: &std::path::Path) -> Result<(std::path::PathBuf, std::path::PathBuf), Error> {
+        let (root, collateral) = (dir.join("tdx-test-root.pem"), dir.join("tdx-collateral"));
+        std::fs::write(&root, self.root_pem()).map_err(|_| Error::Simulated("cannot write the test root"))?;
+        self.write_collateral_dir(&collateral)?;
+        Ok((root, collateral))
     }
 }
 
@@ -832,7 +841,7 @@ mod tests {
     fn a_saved_pki_loads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pki.json");
-        let pki = TdxTestPki::generate_new().unwrap();
+        let pki = TdxTestPki::generate().unwrap();
         pki.save(&path).unwrap();
         #[cfg(unix)]
         {
@@ -855,14 +864,14 @@ mod tests {
         assert_eq!(loaded.root_crl, pki.root_crl);
         assert_eq!(loaded.pck_crl, pki.pck_crl);
         // Another PKI is another PKI.
-        assert_ne!(TdxTestPki::generate_new().unwrap().root_der, pki.root_der);
+        assert_ne!(TdxTestPki::generate().unwrap().root_der, pki.root_der);
     }
 
     #[test]
     fn broken_saved_pkis_are_refused_without_panicking() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.json");
-        TdxTestPki::generate_new().unwrap().save(&good).unwrap();
+        TdxTestPki::generate().unwrap().save(&good).unwrap();
         let text = std::fs::read_to_string(&good).unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         let try_load = |name: &str, bytes: &[u8]| {

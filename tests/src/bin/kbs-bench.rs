@@ -115,8 +115,9 @@ struct Args {
     #[arg(long)]
     spawn_cache_ttl_ms: Option<u64>,
     /// Write a new TDX test PKI to this directory and exit: `pki.json`
-    /// (keys included, for `--tdx-pki`), `root.pem` (for `kbs dev-init
-    /// --tdx-test-root`) and `collateral/` (for `--tdx-collateral-dir`).
+    /// (keys included, for `--tdx-pki`), `tdx-test-root.pem` (for `kbs
+    /// dev-init --tdx-test-root`) and `tdx-collateral/` (for
+    /// `--tdx-collateral-dir`).
     #[arg(long, exclusive = true)]
     write_tdx_pki: Option<PathBuf>,
     /// The TDX test PKI (a `pki.json` from `--write-tdx-pki`) that the
@@ -128,11 +129,10 @@ struct Args {
 /// `--write-tdx-pki`: the files a development broker and later runs need.
 fn write_tdx_pki(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let pki = TdxTestPki::generate_new()?;
-    let (saved, root, collateral) = (dir.join("pki.json"), dir.join("root.pem"), dir.join("collateral"));
+    let pki = TdxTestPki::generate()?;
+    let saved = dir.join("pki.json");
     pki.save(&saved).with_context(|| format!("writing {} (it must not exist yet)", saved.display()))?;
-    std::fs::write(&root, pki.root_pem()).with_context(|| format!("writing {}", root.display()))?;
-    pki.write_collateral_dir(&collateral)?;
+    let (root, collateral) = pki.write_broker_files(dir)?;
     println!("INSECURE TDX test PKI written to {}", dir.display());
     println!(
         "broker:     kbs dev-init ... --tdx-test-root {} --tdx-collateral-dir {}",
@@ -250,11 +250,7 @@ impl Spawned {
         };
         if tee == TeeArg::Tdx {
             // The TDX test root and its collateral, made in this process.
-            let pki = TdxTestPki::get()?;
-            let root = dir.path().join("tdx-test-root.pem");
-            std::fs::write(&root, pki.root_pem())?;
-            let collateral = dir.path().join("tdx-collateral");
-            pki.write_collateral_dir(&collateral)?;
+            let (root, collateral) = TdxTestPki::get()?.write_broker_files(dir.path())?;
             options.tdx_test_roots = vec![root];
             options.tdx_collateral_dir = Some(collateral);
         }

@@ -67,11 +67,7 @@ impl TestApp {
         if !options.production {
             let ark = dir.path().join("test-ark.pem");
             std::fs::write(&ark, test_ark_pem()).unwrap();
-            let pki = TdxTestPki::get().unwrap();
-            let root = dir.path().join("tdx-test-root.pem");
-            std::fs::write(&root, pki.root_pem()).unwrap();
-            let collateral = dir.path().join("tdx-collateral");
-            pki.write_collateral_dir(&collateral).unwrap();
+            let (root, collateral) = TdxTestPki::get().unwrap().write_broker_files(dir.path()).unwrap();
             dev.snp_test_roots = vec![ark];
             dev.tdx_test_roots = vec![root];
             dev.tdx_collateral_dir = Some(collateral);
