@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::evidence::amd_crl::Revocation;
+
 /// Why configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -155,6 +157,12 @@ struct RawSnp {
     kds_cache_dir: Option<PathBuf>,
     #[serde(default)]
     intermediates: Vec<PathBuf>,
+    #[serde(default)]
+    crl_dir: Option<PathBuf>,
+    #[serde(default)]
+    revocation: Option<Revocation>,
+    #[serde(default)]
+    crl_refresh_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,7 +313,7 @@ pub enum StoreConfig {
 }
 
 /// SEV-SNP collateral settings.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SnpConfig {
     /// Offline VCEK/VLEK directory.
     pub collateral_dir: Option<PathBuf>,
@@ -315,6 +323,30 @@ pub struct SnpConfig {
     pub kds_cache_dir: Option<PathBuf>,
     /// Operator-supplied ASK/ASVK files (accepted only if signed by a pinned ARK).
     pub intermediates: Vec<PathBuf>,
+    /// Offline AMD CRL directory (`vcek/v1/<Product>/crl`, `vlek/v1/<Product>/crl`).
+    pub crl_dir: Option<PathBuf>,
+    /// How revocation is treated: `require` by default when a CRL source
+    /// (`crl_dir` or `kds_url`) is configured, `best_effort` otherwise.
+    pub revocation: Revocation,
+    /// How often CRLs are re-read and re-fetched.
+    pub crl_refresh: Duration,
+}
+
+/// Default of `snp.crl_refresh_seconds`.
+pub const DEFAULT_CRL_REFRESH: Duration = Duration::from_secs(3600);
+
+impl Default for SnpConfig {
+    fn default() -> Self {
+        Self {
+            collateral_dir: None,
+            kds_url: None,
+            kds_cache_dir: None,
+            intermediates: Vec::new(),
+            crl_dir: None,
+            revocation: Revocation::BestEffort,
+            crl_refresh: DEFAULT_CRL_REFRESH,
+        }
+    }
 }
 
 /// Intel TDX settings. TDX is enabled when a collateral source is set
@@ -526,10 +558,26 @@ impl Config {
         // The fetchers' own check, on the parsed URL (a prefix test would
         // pass `http://127.attacker.example` or `http://localhost.attacker.example`).
         if let Some(url) = &raw.snp.kds_url
-            && crate::evidence::collateral::vendor_url_is_https(url, "snp.kds_url").is_err()
+            && let Err(e) = crate::evidence::collateral::vendor_url_is_https(url, "snp.kds_url")
         {
-            return Err(ConfigError::Invalid("snp.kds_url must be https:// (or http on loopback)".into()));
+            return Err(ConfigError::Invalid(format!("snp.kds_url must be https:// (or http on loopback): {e}")));
         }
+        let crl_source = raw.snp.crl_dir.is_some() || raw.snp.kds_url.is_some();
+        let revocation = match raw.snp.revocation {
+            Some(Revocation::Require) if !crl_source => {
+                return Err(ConfigError::Invalid(
+                    "snp.revocation = \"require\" needs a CRL source: snp.crl_dir or snp.kds_url".into(),
+                ));
+            }
+            Some(r) => r,
+            None if crl_source => Revocation::Require,
+            None => Revocation::BestEffort,
+        };
+        let crl_refresh = match raw.snp.crl_refresh_seconds {
+            None => DEFAULT_CRL_REFRESH,
+            Some(secs @ 60..=86_400) => Duration::from_secs(secs),
+            Some(_) => return Err(ConfigError::Invalid("snp.crl_refresh_seconds must be within 60..=86400".into())),
+        };
         let mut admin_tokens = Vec::new();
         for t in raw.admin.tokens {
             let digest =
@@ -563,8 +611,8 @@ impl Config {
             return Err(ConfigError::Invalid("dev.tdx_test_roots needs dev.insecure_simulated_tee = true".into()));
         }
         for url in raw.tdx.pccs_url.iter().chain(raw.tdx.root_crl_url.iter()) {
-            if crate::evidence::collateral::vendor_url_is_https(url, "tdx").is_err() {
-                return Err(ConfigError::Invalid("tdx URLs must be https:// (or http on loopback)".into()));
+            if let Err(e) = crate::evidence::collateral::vendor_url_is_https(url, "tdx") {
+                return Err(ConfigError::Invalid(format!("tdx URLs must be https:// (or http on loopback): {e}")));
             }
         }
         if raw.tdx.pccs_url.is_some() && raw.tdx.cache_dir.is_none() {
@@ -612,6 +660,9 @@ impl Config {
                 kds_url: raw.snp.kds_url,
                 kds_cache_dir: raw.snp.kds_cache_dir.map(|p| resolve(&p)),
                 intermediates: raw.snp.intermediates.iter().map(|p| resolve(p)).collect(),
+                crl_dir: raw.snp.crl_dir.map(|p| resolve(&p)),
+                revocation,
+                crl_refresh,
             },
             tdx: TdxConfig {
                 collateral_dir: raw.tdx.collateral_dir.map(|p| resolve(&p)),
@@ -687,6 +738,34 @@ mod tests {
             "[dev]\ntdx_test_roots = [\"root.pem\"]\n",
         ] {
             assert!(Config::from_toml(&format!("{MINIMAL}\n{bad}"), Path::new("/")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn revocation_is_required_once_a_crl_source_is_configured() {
+        let load = |snp: &str| Config::from_toml(&format!("{MINIMAL}\n[snp]\n{snp}"), Path::new("/etc/kbs"));
+        let none = load("").unwrap();
+        assert_eq!(
+            (none.snp.revocation, none.snp.crl_dir, none.snp.crl_refresh),
+            (Revocation::BestEffort, None, DEFAULT_CRL_REFRESH)
+        );
+        let dir = load("crl_dir = \"crl\"\n").unwrap();
+        assert_eq!(dir.snp.revocation, Revocation::Require);
+        assert_eq!(dir.snp.crl_dir.as_deref(), Some(Path::new("/etc/kbs/crl")));
+        let kds = load("kds_url = \"https://kds.example\"\nkds_cache_dir = \"kds\"\n").unwrap();
+        assert_eq!(kds.snp.revocation, Revocation::Require);
+        let relaxed = load("crl_dir = \"crl\"\nrevocation = \"best_effort\"\ncrl_refresh_seconds = 600\n").unwrap();
+        assert_eq!(
+            (relaxed.snp.revocation, relaxed.snp.crl_refresh),
+            (Revocation::BestEffort, Duration::from_secs(600))
+        );
+        for bad in [
+            "revocation = \"require\"\n",
+            "crl_dir = \"crl\"\nrevocation = \"off\"\n",
+            "crl_dir = \"crl\"\ncrl_refresh_seconds = 59\n",
+            "crl_dir = \"crl\"\ncrl_refresh_seconds = 86401\n",
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
         }
     }
 

@@ -170,6 +170,11 @@ impl Broker {
         self
     }
 
+    /// The SEV-SNP verifier (its CRLs are refreshed from outside).
+    pub fn snp_verifier(&self) -> &SnpVerifier {
+        &self.snp
+    }
+
     /// The policy engine (shared with the admin service).
     pub fn policy(&self) -> &Arc<PolicyEngine> {
         &self.policy

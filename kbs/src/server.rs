@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kbs_proto::v1::admin_server::AdminServer;
 use kbs_proto::v1::key_broker_server::KeyBrokerServer;
@@ -21,6 +22,7 @@ use crate::api::policy_admin::PolicyAdminContext;
 use crate::audit::AuditLog;
 use crate::challenge::ChallengeSealer;
 use crate::config::{Config, StoreConfig};
+use crate::evidence::amd_crl::{CrlRefresh, CrlSources, Revocation};
 use crate::evidence::anchors::TdxAnchors;
 use crate::evidence::anchors::{Generation, SnpAnchors};
 use crate::evidence::collateral::{KdsConfig, KdsFetcher, VekDirectory, VekResolver};
@@ -164,18 +166,19 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         })?,
     });
     let directory = config.snp.collateral_dir.as_ref().map(|d| VekDirectory::new(d.clone()));
-    let fetcher = match &config.snp.kds_url {
-        Some(url) => {
-            let cache = config.snp.kds_cache_dir.clone().ok_or_else(|| {
+    let kds_fetcher = || -> Result<Option<KdsFetcher>, StartError> {
+        let Some(url) = &config.snp.kds_url else { return Ok(None) };
+        let cache =
+            config.snp.kds_cache_dir.clone().ok_or_else(|| {
                 StartError::Refused("snp.kds_url needs snp.kds_cache_dir for its on-disk cache".into())
             })?;
-            let mut kds = KdsConfig::new(cache);
-            kds.base_url = url.clone();
-            Some(KdsFetcher::new(kds).map_err(|e| StartError::Refused(format!("KDS fetcher: {e}")))?)
-        }
-        None => None,
+        let mut kds = KdsConfig::new(cache);
+        kds.base_url = url.clone();
+        Ok(Some(KdsFetcher::new(kds).map_err(|e| StartError::Refused(format!("KDS fetcher: {e}")))?))
     };
-    let resolver = VekResolver::new(directory, fetcher);
+    let resolver = VekResolver::new(directory, kds_fetcher()?);
+    // CRLs have their own fetcher (and request budget), sharing the cache.
+    let crl_sources = CrlSources::new(config.snp.crl_dir.clone(), kds_fetcher()?);
     // Policies and reference values: loaded from the store now, then
     // re-read periodically so that changes made through other replicas
     // take effect here. A store that cannot be read yet leaves every
@@ -185,11 +188,12 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         tracing::error!(error = %e, "loading policies failed; releases are refused until a refresh succeeds");
     }
     policy.spawn_refresher(config.policy_refresh);
+    let crl_clock = Arc::clone(&clock);
     let broker = Arc::new(
         Broker::new(
             sealer,
             config.challenge_ttl,
-            SnpVerifier::new(anchors),
+            SnpVerifier::new(anchors).with_revocation(config.snp.revocation),
             resolver,
             Arc::clone(&store),
             Arc::clone(&audit),
@@ -198,6 +202,7 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         .with_policy(policy)
         .with_tdx(tdx_support(config)?),
     );
+    start_crl_refresh(&broker, crl_sources, crl_clock, config.snp.crl_refresh).await;
     let admin = AdminService::new(
         store,
         audit,
@@ -221,6 +226,49 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     let coco = crate::api::coco::build(config, &broker, cert.as_slice(), key.as_slice())
         .map_err(|e| StartError::Refused(format!("coco: {e}")))?;
     Ok(App { broker, admin, tls, admin_tls, coco })
+}
+
+/// Installs the CRLs the offline sources (the CRL directory and the KDS
+/// cache) hold now, then refreshes them, KDS included, in the background:
+/// at once and every `every`. Without a source, revocation is not checked.
+async fn start_crl_refresh(broker: &Arc<Broker>, sources: CrlSources, clock: Clock, every: Duration) {
+    let revocation = broker.snp_verifier().revocation();
+    if sources.is_empty() {
+        tracing::warn!("SEV-SNP revocation is not checked: no CRL source (snp.crl_dir or snp.kds_url) is configured");
+        return;
+    }
+    log_crl_refresh(&sources.refresh(broker.snp_verifier(), clock(), false).await, revocation);
+    if revocation == Revocation::Require {
+        let now = clock();
+        let current = broker.snp_verifier().crls();
+        for generation in Generation::ALL {
+            if !current.iter().any(|c| c.generation() == generation && c.current_at(now)) {
+                tracing::warn!(%generation, "no current AMD CRL yet: its SEV-SNP reports are refused until one is installed");
+            }
+        }
+    }
+    let weak = Arc::downgrade(broker);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticker.tick().await;
+            let Some(broker) = weak.upgrade() else { break };
+            log_crl_refresh(&sources.refresh(broker.snp_verifier(), clock(), true).await, revocation);
+        }
+    });
+}
+
+fn log_crl_refresh(refresh: &CrlRefresh, revocation: Revocation) {
+    for (generation, kind, source) in &refresh.installed {
+        tracing::info!(%generation, ?kind, %source, "AMD CRL installed");
+    }
+    for problem in &refresh.problems {
+        match revocation {
+            Revocation::Require => tracing::warn!(%problem, "AMD CRL not updated"),
+            Revocation::BestEffort => tracing::info!(%problem, "AMD CRL not updated"),
+        }
+    }
 }
 
 /// The TDX verifier and collateral sources of `config`, or `None` when no

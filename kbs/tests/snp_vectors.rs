@@ -1122,6 +1122,58 @@ async fn kds_fetcher_caches_and_degrades_to_the_cache() {
 }
 
 #[tokio::test]
+async fn kds_crls_are_verified_before_they_are_installed_or_cached() {
+    use attester_client::simulated::{TestCrl, test_ark_der};
+    use kbs::evidence::amd_crl::{CrlSources, Revocation};
+    use kbs::evidence::anchors::IntermediateKind;
+
+    let stub = kds_stub(HashMap::from([
+        ("/vcek/v1/Milan/crl".to_owned(), TestCrl::Foreign.der().to_vec()),
+        ("/vcek/v1/Genoa/crl".to_owned(), TestCrl::RevokesAsk.der().to_vec()),
+        ("/vcek/v1/Turin/crl".to_owned(), b"<html>KDS is down</html>".to_vec()),
+    ]))
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    let mut anchors = SnpAnchors::empty();
+    anchors.add_root(Generation::Genoa, test_ark_der()).unwrap();
+    let verifier = SnpVerifier::new(anchors.clone()).with_revocation(Revocation::Require);
+    let sources = CrlSources::new(None, Some(fetcher(&stub.base, cache.path())));
+
+    // Without `fetch`, nothing is asked of KDS and the cache is empty.
+    let refresh = sources.refresh(&verifier, NOW, false).await;
+    assert!(refresh.installed.is_empty() && refresh.problems.is_empty(), "{refresh:?}");
+    assert_eq!(stub.hits.load(Ordering::SeqCst), 0);
+
+    let refresh = sources.refresh(&verifier, NOW, true).await;
+    // Milan, Genoa, Turin; ASKs then ASVKs, at KDS's exact paths (404s
+    // for the /vlek/ ones here). The error page for Turin's ASK CRL starts
+    // a back-off, so Turin's ASVK CRL is not asked for.
+    let paths = stub.paths.lock().unwrap().clone();
+    assert_eq!(
+        paths,
+        ["/vcek/v1/Milan/crl", "/vlek/v1/Milan/crl", "/vcek/v1/Genoa/crl", "/vlek/v1/Genoa/crl", "/vcek/v1/Turin/crl"]
+    );
+    let installed: Vec<_> = refresh.installed.iter().map(|(g, k, _)| (*g, *k)).collect();
+    assert_eq!(installed, vec![(Generation::Genoa, IntermediateKind::Ask)]);
+    let problems = refresh.problems.join("\n");
+    assert!(problems.contains("not a CRL"), "{problems}");
+    assert!(problems.contains("backing off"), "{problems}");
+    assert!(problems.contains("not issued by a pinned AMD root"), "{problems}");
+    // Only the CRL that verified is cached, in the KDS layout.
+    assert!(cache.path().join("vcek/v1/Genoa/crl").is_file());
+    assert!(!cache.path().join("vcek/v1/Turin/crl").exists());
+    assert!(!cache.path().join("vcek/v1/Milan/crl").exists());
+
+    // A new broker reads the cache without asking KDS.
+    let restarted = SnpVerifier::new(anchors).with_revocation(Revocation::Require);
+    let sources = CrlSources::new(None, Some(fetcher(&stub.base, cache.path())));
+    let refresh = sources.refresh(&restarted, NOW, false).await;
+    assert_eq!(refresh.installed.len(), 1, "{refresh:?}");
+    assert_eq!(stub.hits.load(Ordering::SeqCst), 5);
+    assert_eq!(restarted.crls().len(), 1);
+}
+
+#[tokio::test]
 async fn kds_404_is_remembered_and_v2_reports_try_milan_then_genoa() {
     let stub = kds_stub(HashMap::new()).await;
     let cache = tempfile::tempdir().unwrap();

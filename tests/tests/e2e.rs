@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use attester_client::client::{ClientConfig, KbsClient};
 use attester_client::hpke::EphemeralKey;
-use attester_client::simulated::{Chip, Generation, POLICY_DEBUG, SimulatedSnp, Tcb, Vcek};
+use attester_client::simulated::{Chip, Generation, POLICY_DEBUG, SimulatedSnp, Tcb, TestCrl, Vcek, test_crl_dir};
 use kbs::config::Config;
 use kbs_proto::v1::admin_client::AdminClient;
 use kbs_proto::v1::{
@@ -19,7 +19,7 @@ use tonic::{Code, Request};
 #[path = "support/app.rs"]
 mod app;
 
-use app::TestApp;
+use app::{Options, TestApp};
 
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 const OTHER_MEASUREMENT: [u8; 48] = [0x77; 48];
@@ -266,6 +266,52 @@ async fn every_broken_link_is_refused_with_its_reason() {
     assert!(log.contains("\"reason\":\"chip_id_mismatch\""));
     assert!(log.contains("measurement_not_allowed: 7777"));
     kbs::audit::verify_lines(log.as_bytes()).unwrap();
+}
+
+/// A dev broker whose SNP section names `crl_dir` (revocation is then
+/// required by default), holding the secret for [`guest`].
+async fn broker_with_crls(crl_dir: &std::path::Path) -> TestApp {
+    let extra_config = format!("[snp]\ncrl_dir = \"{}\"\n", crl_dir.display());
+    let app = TestApp::start_with(Options { extra_config, ..Default::default() }).await;
+    app.put(SECRET, b"model key", &[MEASUREMENT]).await;
+    app
+}
+
+#[tokio::test]
+async fn revoked_asks_and_missing_crls_are_refused() {
+    // The test ARK's CRLs, revoking nothing: released.
+    let app = broker_with_crls(&test_crl_dir()).await;
+    let got = app.fetch(guest(), &[SECRET]).await.unwrap();
+    assert_eq!(got, vec![(SECRET.to_owned(), b"model key".to_vec())]);
+
+    // No CRL at all, and revocation required: refused, retryable.
+    let empty = tempfile::tempdir().unwrap();
+    let app = broker_with_crls(empty.path()).await;
+    assert_refused(Exchange::new(guest()).run(&app, |_| {}).await, Code::Unavailable, "collateral_unavailable");
+    assert!(app.audit_log().contains("no CRL for Genoa Ask"), "{}", app.audit_log());
+
+    // The test ASK revoked: refused as revoked, for every generation (the
+    // test ARK signs them all), and recorded as such.
+    let revoking = tempfile::tempdir().unwrap();
+    for product in ["Milan", "Genoa", "Turin"] {
+        let path = revoking.path().join(format!("vcek/v1/{product}/crl"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, TestCrl::RevokesAsk.der()).unwrap();
+    }
+    let app = broker_with_crls(revoking.path()).await;
+    for generation in [Generation::Milan, Generation::Genoa, Generation::Turin] {
+        let sim = SimulatedSnp::new(generation).measurement(MEASUREMENT);
+        assert_refused(Exchange::new(sim).run(&app, |_| {}).await, Code::PermissionDenied, "certificate_revoked");
+    }
+    let audit = app.audit_log();
+    let releases: Vec<&str> = audit.lines().filter(|l| l.contains("\"action\":\"release\"")).collect();
+    assert_eq!(releases.len(), 3, "{audit}");
+    assert!(
+        releases
+            .iter()
+            .all(|l| l.contains("\"decision\":\"deny\"") && l.contains("\"reason\":\"certificate_revoked\"")),
+        "{audit}"
+    );
 }
 
 #[tokio::test]

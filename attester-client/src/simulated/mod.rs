@@ -48,8 +48,8 @@ pub use cert_table::{
     ARK_GUID, ASK_GUID, CERT_TABLE_ENTRY_LEN, CertTableEntry, VCEK_GUID, decode_cert_table, encode_cert_table,
 };
 pub use pki::{
-    Chip, Generation, Pki, Tcb, Vcek, fixture_dir, foreign_ark_pem, test_ark_der, test_ark_pem, test_ask_der,
-    test_ask_pem,
+    Chip, Generation, Pki, Tcb, TestCrl, Vcek, fixture_dir, foreign_ark_pem, test_ark_der, test_ark_pem, test_ask_der,
+    test_ask_pem, test_crl_dir,
 };
 pub use tdx::{
     INTEL_QE_VENDOR_ID, Pck, Platform, SimulatedTdx, TD_ATTR_DEBUG, TD_ATTR_MIGRATABLE, TD_ATTR_SEPT_VE_DISABLE,

@@ -341,6 +341,45 @@ pub fn foreign_ark_pem() -> &'static [u8] {
     Pki::Foreign.ark_pem()
 }
 
+/// The committed test CRLs (`testdata/snp-pki/crl`, made by
+/// `generate-crl.sh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TestCrl {
+    /// The test ARK's CRL revoking nothing, 2024-01-01 to 2049-12-31, as
+    /// [`test_crl_dir`] holds it for every product.
+    Empty,
+    /// The test ARK's later CRL (from 2024-06-01) revoking the test ASK.
+    RevokesAsk,
+    /// The test ARK's CRL for 2024 only.
+    Expired,
+    /// Revokes nothing, signed with RSA PKCS#1 v1.5 instead of RSASSA-PSS.
+    Pkcs1,
+    /// The foreign ARK's CRL.
+    Foreign,
+}
+
+impl TestCrl {
+    /// Every test CRL.
+    pub const ALL: [TestCrl; 5] = [Self::Empty, Self::RevokesAsk, Self::Expired, Self::Pkcs1, Self::Foreign];
+
+    /// The CRL, DER.
+    pub fn der(self) -> &'static [u8] {
+        match self {
+            Self::Empty => include_bytes!("../../testdata/snp-pki/crl/vcek/v1/Genoa/crl"),
+            Self::RevokesAsk => include_bytes!("../../testdata/snp-pki/crl/ark-revokes-ask.crl"),
+            Self::Expired => include_bytes!("../../testdata/snp-pki/crl/ark-expired.crl"),
+            Self::Pkcs1 => include_bytes!("../../testdata/snp-pki/crl/ark-pkcs1.crl"),
+            Self::Foreign => include_bytes!("../../testdata/snp-pki/crl/foreign-ark.crl"),
+        }
+    }
+}
+
+/// An offline CRL directory laid out as KDS serves CRLs
+/// (`vcek/v1/<Product>/crl`), holding [`TestCrl::Empty`] for every product.
+pub fn test_crl_dir() -> PathBuf {
+    fixture_dir().join("crl")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
 use x509_parser::signature_algorithm::SignatureAlgorithm;
+use x509_parser::x509::AlgorithmIdentifier;
 
 use super::EvidenceError;
 
@@ -201,6 +202,9 @@ pub(crate) struct Intermediate {
     pub(crate) kind: IntermediateKind,
     pub(crate) fingerprint: [u8; 32],
     pub(crate) subject: Vec<u8>,
+    /// Serial number, big-endian without sign-padding zeros: what its
+    /// ARK's CRL lists when AMD revokes it.
+    pub(crate) serial: Vec<u8>,
     pub(crate) key: Arc<ParsedPublicKey>,
     /// The intermediate's own validity.
     pub(crate) window: CertWindow,
@@ -477,6 +481,15 @@ impl SnpAnchors {
         self.intermediates.iter().filter(move |i| i.subject == issuer)
     }
 
+    /// The pinned roots whose subject is `issuer`: generation, key and
+    /// fingerprint, for checking a CRL they issued.
+    pub(crate) fn roots_named<'a>(
+        &'a self,
+        issuer: &'a [u8],
+    ) -> impl Iterator<Item = (Generation, &'a ParsedPublicKey, [u8; 32])> + 'a {
+        self.roots.iter().filter(move |r| r.subject == issuer).map(|r| (r.generation, r.key.as_ref(), r.fingerprint))
+    }
+
     /// Whether `der` is a pinned root or an intermediate already accepted.
     pub(crate) fn knows(&self, fingerprint: &[u8; 32]) -> bool {
         self.roots.iter().any(|r| &r.fingerprint == fingerprint)
@@ -522,6 +535,7 @@ impl SnpAnchors {
                 kind,
                 fingerprint,
                 subject: cert.subject().as_raw().to_vec(),
+                serial: strip_serial_zeros(cert.raw_serial()).to_vec(),
                 key,
                 window: CertWindow::of(&cert),
                 root_window: root.window.clone(),
@@ -598,19 +612,25 @@ fn rsa_key(cert: &X509Certificate<'_>) -> Result<ParsedPublicKey, EvidenceError>
 /// MGF1-SHA-384, 48-byte salt, trailer 1; the inner and outer algorithm
 /// identifiers must agree (RFC 5280, 4.1.1.2).
 pub(crate) fn check_amd_signature_algorithm(cert: &X509Certificate<'_>) -> Result<(), EvidenceError> {
-    let bad = |what: &str| {
-        EvidenceError::ChainInvalid(format!(
-            "{}: signature algorithm is not RSASSA-PSS/SHA-384 ({what})",
-            common_name(cert)
-        ))
-    };
-    if cert.signature_algorithm != cert.tbs_certificate.signature {
+    check_amd_algorithm(&cert.signature_algorithm, &cert.tbs_certificate.signature)
+        .map_err(|what| EvidenceError::ChainInvalid(format!("{}: {what}", common_name(cert))))
+}
+
+/// [`check_amd_signature_algorithm`] for any signed AMD object (a
+/// certificate or a CRL): `outer` is the algorithm next to the signature,
+/// `inner` the one inside the signed part. The error says what is wrong.
+pub(crate) fn check_amd_algorithm(
+    outer: &AlgorithmIdentifier<'_>,
+    inner: &AlgorithmIdentifier<'_>,
+) -> Result<(), String> {
+    let bad = |what: &str| format!("signature algorithm is not RSASSA-PSS/SHA-384 ({what})");
+    if outer != inner {
         return Err(bad("inner and outer algorithms differ"));
     }
-    if cert.signature_algorithm.algorithm.to_id_string() != OID_RSASSA_PSS {
+    if outer.algorithm.to_id_string() != OID_RSASSA_PSS {
         return Err(bad("not RSASSA-PSS"));
     }
-    let Ok(SignatureAlgorithm::RSASSA_PSS(params)) = SignatureAlgorithm::try_from(&cert.signature_algorithm) else {
+    let Ok(SignatureAlgorithm::RSASSA_PSS(params)) = SignatureAlgorithm::try_from(outer) else {
         return Err(bad("bad parameters"));
     };
     if params.hash_algorithm_oid().to_id_string() != OID_SHA384 {
@@ -624,6 +644,13 @@ pub(crate) fn check_amd_signature_algorithm(cert: &X509Certificate<'_>) -> Resul
         return Err(bad("salt or trailer"));
     }
     Ok(())
+}
+
+/// A DER serial number without its sign-padding zeros, the form CRL
+/// entries are compared in.
+pub(crate) fn strip_serial_zeros(serial: &[u8]) -> &[u8] {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    serial.get(start..).unwrap_or_default()
 }
 
 /// Verifies that `issuer_key` signed `cert` with AMD's algorithm.

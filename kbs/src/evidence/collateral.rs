@@ -47,7 +47,7 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::EvidenceError;
-use super::anchors::{self, Generation, MAX_CERT_LEN};
+use super::anchors::{self, Generation, IntermediateKind, MAX_CERT_LEN};
 use super::snp::{RawTcb, SigningKey, SnpReport};
 
 /// AMD's production KDS.
@@ -101,6 +101,22 @@ pub fn kds_vcek_url(base_url: &str, generation: Generation, chip_id: &[u8; 64], 
         kds_hwid(generation, chip_id),
         kds_query(generation, tcb)
     )
+}
+
+/// The KDS URL of the CRL `generation`'s ARK issues for `kind`'s
+/// certificates: `{base}/vcek/v1/{Product}/crl` for ASKs,
+/// `{base}/vlek/v1/{Product}/crl` for ASVKs.
+pub fn kds_crl_url(base_url: &str, generation: Generation, kind: IntermediateKind) -> String {
+    format!("{}/{}", base_url.trim_end_matches('/'), crl_path(generation, kind))
+}
+
+/// The path of a CRL under a KDS base URL or a CRL directory.
+pub fn crl_path(generation: Generation, kind: IntermediateKind) -> String {
+    let arc = match kind {
+        IntermediateKind::Ask => "vcek",
+        IntermediateKind::Asvk => "vlek",
+    };
+    format!("{arc}/v1/{}/crl", generation.kds_product())
 }
 
 fn unavailable(why: impl Into<String>) -> EvidenceError {
@@ -216,33 +232,33 @@ impl VekDirectory {
         tcb: RawTcb,
         der: &[u8],
     ) -> Result<(), EvidenceError> {
-        let path = self.vcek_path(generation, chip_id, tcb);
-        let io = |e: std::io::Error| unavailable(format!("{}: {e}", path.display()));
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(io)?;
-        }
-        let tmp = path.with_extension(format!("der.tmp{}", std::process::id()));
-        tokio::fs::write(&tmp, der).await.map_err(io)?;
-        tokio::fs::rename(&tmp, &path).await.map_err(io)?;
-        Ok(())
+        super::tdx_collateral::write_atomic(&self.vcek_path(generation, chip_id, tcb), der).await
     }
 }
 
 /// Reads one VEK file, capped at [`MAX_CERT_LEN`]; PEM is converted to DER.
 async fn read_vek(path: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
+    let Some(bytes) = read_capped(path, MAX_CERT_LEN).await? else {
+        return Ok(None);
+    };
+    if bytes.starts_with(b"-----BEGIN") {
+        return Ok(anchors::pem_certificates(&bytes)?.into_iter().next());
+    }
+    Ok(Some(bytes))
+}
+
+/// Reads a whole file of at most `cap` bytes; `None` if it does not exist.
+pub(crate) async fn read_capped(path: &Path, cap: usize) -> Result<Option<Vec<u8>>, EvidenceError> {
     let file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(unavailable(format!("{}: {e}", path.display()))),
     };
     let mut bytes = Vec::new();
-    let cap = u64::try_from(MAX_CERT_LEN).unwrap_or(u64::MAX).saturating_add(1);
-    file.take(cap).read_to_end(&mut bytes).await.map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
-    if bytes.len() > MAX_CERT_LEN {
-        return Err(unavailable(format!("{} is larger than {MAX_CERT_LEN} bytes", path.display())));
-    }
-    if bytes.starts_with(b"-----BEGIN") {
-        return Ok(anchors::pem_certificates(&bytes)?.into_iter().next());
+    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(limit).read_to_end(&mut bytes).await.map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+    if bytes.len() > cap {
+        return Err(unavailable(format!("{} is larger than {cap} bytes", path.display())));
     }
     Ok(Some(bytes))
 }
@@ -259,7 +275,7 @@ pub struct KdsConfig {
     pub timeout: Duration,
     /// Connection timeout.
     pub connect_timeout: Duration,
-    /// Largest response body accepted.
+    /// Largest VCEK response accepted (CRLs: [`super::amd_crl::MAX_CRL_LEN`]).
     pub max_response_len: usize,
     /// First back-off after a failure; doubles per consecutive failure.
     pub min_backoff: Duration,
@@ -404,36 +420,24 @@ impl KdsFetcher {
         if let Some(der) = self.cache.lookup(generation, SigningKey::Vcek, chip_id, tcb).await? {
             return Ok(der);
         }
-        let now = Instant::now();
-        if let Some(until) = state.backoff_until
-            && now < until
-        {
-            return Err(unavailable(format!("KDS is backing off for {}s", until.duration_since(now).as_secs())));
-        }
         let url = self.vcek_url(generation, chip_id, tcb);
+        let now = Instant::now();
         if let Some(at) = state.not_found.get(&url)
             && now.duration_since(*at) < self.config.not_found_ttl
         {
             return Err(unavailable("KDS has no VCEK for this chip and TCB (cached)"));
         }
-        while state.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
-            state.recent.pop_front();
-        }
-        if state.recent.len() >= self.config.max_requests_per_minute {
-            return Err(unavailable("KDS request budget for this minute is spent"));
-        }
-        state.recent.push_back(now);
-
-        match self.get(&url).await {
-            Ok(Fetched::Vcek(der)) => {
-                state.failures = 0;
-                state.backoff_until = None;
+        let check_cert = |body: &[u8]| {
+            anchors::parse_der_cert(body).map(|_| ()).map_err(|e| format!("response is not a certificate: {e}"))
+        };
+        match self.request(&mut state, &url, self.config.max_response_len, check_cert).await? {
+            Some(der) => {
                 if let Err(e) = self.cache.store_vcek(generation, chip_id, tcb, &der).await {
                     tracing::warn!(error = %e, "could not cache a VCEK");
                 }
                 Ok(der)
             }
-            Ok(Fetched::NotFound) => {
+            None => {
                 if state.not_found.len() >= NOT_FOUND_CAPACITY {
                     let ttl = self.config.not_found_ttl;
                     state.not_found.retain(|_, at| now.duration_since(*at) < ttl);
@@ -444,6 +448,61 @@ impl KdsFetcher {
                 state.not_found.insert(url, now);
                 Err(unavailable("KDS has no VCEK for this chip and TCB"))
             }
+        }
+    }
+
+    /// The URL of the CRL of `generation`'s ARK for `kind`'s certificates.
+    pub fn crl_url(&self, generation: Generation, kind: IntermediateKind) -> String {
+        kds_crl_url(&self.config.base_url, generation, kind)
+    }
+
+    /// The current CRL of `generation`'s ARK for `kind` (ASKs on the
+    /// `/vcek/` path, ASVKs on `/vlek/`), fresh from KDS, under the same
+    /// request budget and back-off as VCEKs. Only something that parses as
+    /// a CRL is returned; the caller verifies and caches it.
+    pub async fn fetch_crl(&self, generation: Generation, kind: IntermediateKind) -> Result<Vec<u8>, EvidenceError> {
+        let url = self.crl_url(generation, kind);
+        let mut state = self.state.lock().await;
+        let check_crl =
+            |body: &[u8]| super::amd_crl::parse_shape(body).map_err(|e| format!("response is not a CRL: {e}"));
+        match self.request(&mut state, &url, super::amd_crl::MAX_CRL_LEN, check_crl).await? {
+            Some(der) => Ok(der),
+            None => Err(unavailable(format!("KDS has no {generation} CRL for {kind:?} certificates"))),
+        }
+    }
+
+    /// One request under the budget: refused while backing off or when
+    /// this minute's budget is spent; a failure or a 429/503 starts a
+    /// back-off. `Ok(None)` is a 404; a 200's body must be at most `cap`
+    /// bytes and pass `check`.
+    async fn request(
+        &self,
+        state: &mut FetchState,
+        url: &str,
+        cap: usize,
+        check: impl Fn(&[u8]) -> Result<(), String>,
+    ) -> Result<Option<Vec<u8>>, EvidenceError> {
+        let now = Instant::now();
+        if let Some(until) = state.backoff_until
+            && now < until
+        {
+            return Err(unavailable(format!("KDS is backing off for {}s", until.duration_since(now).as_secs())));
+        }
+        while state.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+            state.recent.pop_front();
+        }
+        if state.recent.len() >= self.config.max_requests_per_minute {
+            return Err(unavailable("KDS request budget for this minute is spent"));
+        }
+        state.recent.push_back(now);
+
+        match self.get(url, cap, check).await {
+            Ok(Fetched::Body(body)) => {
+                state.failures = 0;
+                state.backoff_until = None;
+                Ok(Some(body))
+            }
+            Ok(Fetched::NotFound) => Ok(None),
             Ok(Fetched::Busy(retry_after)) => {
                 state.failures = state.failures.saturating_add(1);
                 let delay =
@@ -463,7 +522,7 @@ impl KdsFetcher {
     }
 
     /// One GET, with the response size capped.
-    async fn get(&self, url: &str) -> Result<Fetched, String> {
+    async fn get(&self, url: &str, cap: usize, check: impl Fn(&[u8]) -> Result<(), String>) -> Result<Fetched, String> {
         let mut resp = self.client.get(url).send().await.map_err(|e| e.without_url().to_string())?;
         let status = resp.status();
         match status.as_u16() {
@@ -479,7 +538,6 @@ impl KdsFetcher {
             }
             _ => return Err(format!("HTTP {status}")),
         }
-        let cap = self.config.max_response_len;
         if resp.content_length().is_some_and(|n| usize::try_from(n).map_or(true, |n| n > cap)) {
             return Err("response too large".into());
         }
@@ -490,15 +548,15 @@ impl KdsFetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        // Only a certificate is worth caching; an error page is not.
-        anchors::parse_der_cert(&body).map_err(|e| format!("response is not a certificate: {e}"))?;
-        Ok(Fetched::Vcek(body))
+        // Only what parses is worth caching; an error page is not.
+        check(&body)?;
+        Ok(Fetched::Body(body))
     }
 }
 
 /// What one KDS request produced.
 enum Fetched {
-    Vcek(Vec<u8>),
+    Body(Vec<u8>),
     NotFound,
     Busy(Option<Duration>),
 }

@@ -5,6 +5,7 @@
 //! roots. Each verifier stops at its first failed check and says which one
 //! in an [`EvidenceError`].
 
+pub mod amd_crl;
 pub mod anchors;
 pub mod certtable;
 pub mod collateral;

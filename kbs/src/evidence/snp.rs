@@ -28,7 +28,11 @@
 //!    (`ChainInvalid`). The outcome is cached by the VEK's SHA-256, so the
 //!    hot path costs one P-384 verification.
 //! 3. **Validity**: the VEK, its intermediate and the ARK are each valid at
-//!    `now` (`CertificateExpired`).
+//!    `now` (`CertificateExpired`). Then **revocation**: the intermediate
+//!    is not listed in its ARK's CRL (`Revoked`), and, when revocation is
+//!    required, a CRL current at `now` is installed for the generation and
+//!    kind (`CollateralUnavailable`, `CollateralExpired`); see
+//!    [`super::amd_crl`]. This runs on cached chains too.
 //! 4. **Report signature**: ECDSA P-384/SHA-384 over bytes `[0, 0x2A0)`
 //!    under the VEK's key (`SignatureInvalid`).
 //! 5. **TCB binding**: the VEK's SPL extensions, laid out per generation,
@@ -55,6 +59,7 @@ use time::OffsetDateTime;
 use x509_parser::asn1_rs::{FromDer, Ia5String};
 use x509_parser::certificate::X509Certificate;
 
+use super::amd_crl::{AmdCrl, Revocation};
 use super::anchors::{self, CertWindow, Generation, Intermediate, IntermediateKind, MAX_CERT_LEN, SnpAnchors};
 use super::{Claims, EvidenceError, TeeKind};
 
@@ -725,6 +730,9 @@ struct VerifiedVek {
     key: ParsedPublicKey,
     /// VEK, intermediate, ARK: checked against `now` on every use.
     windows: [CertWindow; 3],
+    /// The intermediate's serial number, checked against its ARK's CRL
+    /// on every use.
+    signer_serial: Vec<u8>,
     spl: VekSpl,
     hwid: Option<Vec<u8>>,
 }
@@ -760,11 +768,29 @@ impl VekCache {
 pub struct SnpVerifier {
     anchors: SnpAnchors,
     cache: RwLock<VekCache>,
+    revocation: Revocation,
+    /// The newest verified CRL per generation and kind.
+    crls: RwLock<HashMap<(Generation, IntermediateKind), Arc<AmdCrl>>>,
+}
+
+/// What [`SnpVerifier::install_crl`] did with one generation's CRL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CrlInstall {
+    /// It is now the CRL in force for its generation and kind.
+    Installed,
+    /// The same CRL was already installed.
+    Unchanged,
+    /// A newer CRL (later `thisUpdate`) is installed and stays.
+    Older,
 }
 
 impl fmt::Debug for SnpVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SnpVerifier").field("anchors", &self.anchors).field("cached_veks", &self.cached_veks()).finish()
+        f.debug_struct("SnpVerifier")
+            .field("anchors", &self.anchors)
+            .field("cached_veks", &self.cached_veks())
+            .field("revocation", &self.revocation)
+            .finish_non_exhaustive()
     }
 }
 
@@ -868,7 +894,89 @@ impl SnpVerifier {
     /// A verifier whose verified-VEK cache holds at most `capacity` entries
     /// (0 disables caching).
     pub fn with_cache_capacity(anchors: SnpAnchors, capacity: usize) -> Self {
-        Self { anchors, cache: RwLock::new(VekCache { map: HashMap::new(), order: VecDeque::new(), capacity }) }
+        Self {
+            anchors,
+            cache: RwLock::new(VekCache { map: HashMap::new(), order: VecDeque::new(), capacity }),
+            revocation: Revocation::default(),
+            crls: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The same verifier with revocation treated per `revocation`.
+    #[must_use]
+    pub fn with_revocation(mut self, revocation: Revocation) -> Self {
+        self.revocation = revocation;
+        self
+    }
+
+    /// How revocation is treated.
+    pub fn revocation(&self) -> Revocation {
+        self.revocation
+    }
+
+    /// Verifies `der` as the CRL for `kind`'s certificates (see
+    /// [`AmdCrl::verify`]) and installs it for each generation whose ARK
+    /// signed it, unless a newer one is installed. A CRL already past its
+    /// `nextUpdate` at `now` is refused (`CollateralExpired`).
+    pub fn install_crl(
+        &self,
+        der: &[u8],
+        kind: IntermediateKind,
+        now: OffsetDateTime,
+    ) -> Result<Vec<(Generation, CrlInstall)>, EvidenceError> {
+        let crls = AmdCrl::verify(der, kind, &self.anchors)?;
+        let mut out = Vec::with_capacity(crls.len());
+        let mut installed = self.crls.write().unwrap_or_else(PoisonError::into_inner);
+        for crl in crls {
+            if now > crl.next_update() {
+                return Err(EvidenceError::CollateralExpired(format!(
+                    "the {} {kind:?} CRL's nextUpdate {} has passed",
+                    crl.generation(),
+                    crl.next_update()
+                )));
+            }
+            let generation = crl.generation();
+            let outcome = match installed.get(&(generation, kind)) {
+                Some(old) if old.sha256() == crl.sha256() => CrlInstall::Unchanged,
+                Some(old) if old.this_update() > crl.this_update() => CrlInstall::Older,
+                _ => {
+                    installed.insert((generation, kind), Arc::new(crl));
+                    CrlInstall::Installed
+                }
+            };
+            out.push((generation, outcome));
+        }
+        Ok(out)
+    }
+
+    /// The installed CRLs.
+    pub fn crls(&self) -> Vec<Arc<AmdCrl>> {
+        self.crls.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// Check 3b: the VEK's intermediate is not revoked, and under
+    /// [`Revocation::Require`] a current CRL says so.
+    fn check_revocation(&self, vek: &VerifiedVek, now: OffsetDateTime) -> Result<(), EvidenceError> {
+        let crl = self.crls.read().unwrap_or_else(PoisonError::into_inner).get(&(vek.generation, vek.signer)).cloned();
+        let what = || format!("{} {:?}", vek.generation, vek.signer);
+        match crl {
+            // Listed is revoked, however old the CRL: AMD does not un-revoke.
+            Some(crl) if crl.lists(&vek.signer_serial) => Err(EvidenceError::Revoked(format!(
+                "the {} with serial {} is listed in the ARK's CRL of {}",
+                what(),
+                hex::encode(&vek.signer_serial),
+                crl.this_update()
+            ))),
+            Some(crl) if crl.current_at(now) => Ok(()),
+            _ if self.revocation == Revocation::BestEffort => Ok(()),
+            Some(crl) => Err(EvidenceError::CollateralExpired(format!(
+                "the {} CRL is valid from {} to {}, not at {now}",
+                what(),
+                crl.this_update(),
+                crl.next_update()
+            ))),
+            None => Err(EvidenceError::CollateralUnavailable(format!("no CRL for {} is installed", what()))),
+        }
     }
 
     /// The anchors this verifier trusts.
@@ -939,6 +1047,9 @@ impl SnpVerifier {
             )));
         }
 
+        // 3b. Its intermediate is not revoked.
+        self.check_revocation(&vek, now)?;
+
         // 4. The report signature under the VEK.
         let signature = report.signature_p384()?;
         vek.key.verify_sig(report.signed_bytes(), &signature).map_err(|_| EvidenceError::SignatureInvalid)?;
@@ -1005,6 +1116,7 @@ impl SnpVerifier {
             product_name,
             key,
             windows: [vek_window(&vek), signer.window.clone(), signer.root_window.clone()],
+            signer_serial: signer.serial.clone(),
             spl,
             hwid,
         });
@@ -1362,6 +1474,7 @@ mod tests {
             product_name: String::new(),
             key,
             windows: [window.clone(), window.clone(), window],
+            signer_serial: vec![1],
             spl: VekSpl::default(),
             hwid: None,
         });

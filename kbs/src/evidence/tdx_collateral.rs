@@ -162,7 +162,10 @@ impl Crl {
             issuer: crl.issuer().as_raw().to_vec(),
             this_update: crl.last_update().to_datetime(),
             next_update,
-            revoked: crl.iter_revoked_certificates().map(|r| strip_zeros(r.raw_serial()).to_vec()).collect(),
+            revoked: crl
+                .iter_revoked_certificates()
+                .map(|r| anchors::strip_serial_zeros(r.raw_serial()).to_vec())
+                .collect(),
             tbs: crl.tbs_cert_list.as_ref().to_vec(),
             signature: crl.signature_value.data.to_vec(),
             algorithm_ok: crl.signature_algorithm.algorithm.to_id_string() == "1.2.840.10045.4.3.2"
@@ -172,15 +175,9 @@ impl Crl {
 
     /// Whether the serial number (raw DER INTEGER content) is listed.
     pub(crate) fn lists(&self, serial: &[u8]) -> bool {
-        let serial = strip_zeros(serial);
+        let serial = anchors::strip_serial_zeros(serial);
         self.revoked.iter().any(|r| r.as_slice() == serial)
     }
-}
-
-/// A serial number without its DER sign-padding zeros.
-fn strip_zeros(serial: &[u8]) -> &[u8] {
-    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
-    serial.get(start..).unwrap_or_default()
 }
 
 /// One collateral set, parsed and shape-checked (not yet authenticated:
@@ -521,7 +518,7 @@ async fn read_capped(path: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
 }
 
 /// Writes a file atomically (temporary file, then rename).
-async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
+pub(crate) async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
     let io = |e: std::io::Error| EvidenceError::CollateralUnavailable(format!("{}: {e}", path.display()));
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await.map_err(io)?;
@@ -928,8 +925,8 @@ mod tests {
         assert_eq!(crl_der(&[0x30, 1, 2], "x").unwrap(), vec![0x30, 1, 2]);
         assert_eq!(crl_der(b"3001ff\n", "x").unwrap(), vec![0x30, 1, 0xff]);
         assert!(crl_der(b"zz", "x").is_err());
-        assert_eq!(strip_zeros(&[0, 0, 5, 0]), &[5, 0]);
-        assert_eq!(strip_zeros(&[0, 0]), &[] as &[u8]);
+        assert_eq!(anchors::strip_serial_zeros(&[0, 0, 5, 0]), &[5, 0]);
+        assert_eq!(anchors::strip_serial_zeros(&[0, 0]), &[] as &[u8]);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Options {
     pub production: bool,
     /// More lines for the `[tdx]` section (dev mode only).
     pub tdx_extra: String,
+    /// More configuration appended as is, e.g. an `[snp]` section.
+    pub extra_config: String,
     /// Enable the CoCo KBS protocol front end ([`TestApp::coco_url`]).
     pub coco: bool,
     /// Share the challenge key (and CoCo token key) of the broker whose
@@ -81,8 +83,10 @@ impl TestApp {
         }
         if !options.tdx_extra.is_empty() {
             assert!(!options.production, "tdx_extra needs the dev mode's [tdx] section");
+        }
+        if !options.tdx_extra.is_empty() || !options.extra_config.is_empty() {
             let text = std::fs::read_to_string(&files.config).unwrap();
-            std::fs::write(&files.config, format!("{text}{}\n", options.tdx_extra)).unwrap();
+            std::fs::write(&files.config, format!("{text}{}\n{}\n", options.tdx_extra, options.extra_config)).unwrap();
         }
         let config = Config::load(&files.config, |_| None).unwrap();
         assert_eq!(config.coco.is_some(), options.coco);
