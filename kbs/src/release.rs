@@ -233,7 +233,6 @@ impl Broker {
                     .iter()
                     .map(|s| SecretRef { name: s.name.clone(), version: Some(s.version) })
                     .collect();
-                tracing::info!(attestation_id, secrets = released.secrets.len(), "released");
             }
             Err(e) => {
                 event.reason = Some(e.reason().as_str());
@@ -246,6 +245,11 @@ impl Broker {
         if let Err(audit_err) = self.audit.record(&event) {
             tracing::error!(attestation_id, error = %audit_err, "audit write failed; refusing");
             return Err(Error::Internal("audit log unavailable".into()));
+        }
+        // Every release is in the audit record; the operational log has
+        // refusals (above) and, at debug level, releases.
+        if let Ok(released) = &result {
+            tracing::debug!(attestation_id, secrets = released.secrets.len(), "released");
         }
         result
     }

@@ -71,6 +71,15 @@ fn only_crls_a_pinned_ark_signed_with_amds_algorithm_verify() {
     assert!(revoking.iter().all(|c| c.revoked_count() == 1 && c.lists(&ask_serial())));
     // Sign padding does not hide a serial.
     assert!(revoking[0].lists(&[&[0u8][..], &ask_serial()].concat()));
+    // Several entries: each is found, and nothing else.
+    let three = AmdCrl::verify(TestCrl::RevokesThree.der(), IntermediateKind::Ask, &anchors).unwrap();
+    assert_eq!(three[0].revoked_count(), 3);
+    for serial in [&[0x01][..], &[0xff; 19][..], &ask_serial()] {
+        assert!(three[0].lists(serial), "{}", hex::encode(serial));
+    }
+    for serial in [&[0x02][..], &[0xff; 18][..], &[0xff; 20][..], &ask_serial()[1..], &[][..]] {
+        assert!(!three[0].lists(serial), "{}", hex::encode(serial));
+    }
 
     let refused = |crl: TestCrl, anchors: &SnpAnchors, why: &str| {
         let err = AmdCrl::verify(crl.der(), IntermediateKind::Ask, anchors).unwrap_err();

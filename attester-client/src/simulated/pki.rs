@@ -350,6 +350,8 @@ pub enum TestCrl {
     Empty,
     /// The test ARK's later CRL (from 2024-06-01) revoking the test ASK.
     RevokesAsk,
+    /// Like [`TestCrl::RevokesAsk`], revoking serials 01 and 38 x FF too.
+    RevokesThree,
     /// The test ARK's CRL for 2024 only.
     Expired,
     /// Revokes nothing, signed with RSA PKCS#1 v1.5 instead of RSASSA-PSS.
@@ -360,13 +362,15 @@ pub enum TestCrl {
 
 impl TestCrl {
     /// Every test CRL.
-    pub const ALL: [TestCrl; 5] = [Self::Empty, Self::RevokesAsk, Self::Expired, Self::Pkcs1, Self::Foreign];
+    pub const ALL: [TestCrl; 6] =
+        [Self::Empty, Self::RevokesAsk, Self::RevokesThree, Self::Expired, Self::Pkcs1, Self::Foreign];
 
     /// The CRL, DER.
     pub fn der(self) -> &'static [u8] {
         match self {
             Self::Empty => include_bytes!("../../testdata/snp-pki/crl/vcek/v1/Genoa/crl"),
             Self::RevokesAsk => include_bytes!("../../testdata/snp-pki/crl/ark-revokes-ask.crl"),
+            Self::RevokesThree => include_bytes!("../../testdata/snp-pki/crl/ark-revokes-three.crl"),
             Self::Expired => include_bytes!("../../testdata/snp-pki/crl/ark-expired.crl"),
             Self::Pkcs1 => include_bytes!("../../testdata/snp-pki/crl/ark-pkcs1.crl"),
             Self::Foreign => include_bytes!("../../testdata/snp-pki/crl/foreign-ark.crl"),

@@ -11,9 +11,10 @@ use kbs::evidence::anchors::{Generation, IntermediateKind, SnpAnchors};
 use libfuzzer_sys::fuzz_target;
 
 const TEST_ARK: &[u8] = include_bytes!("../../../attester-client/testdata/snp-pki/ark.der");
-const SIGNED: [&[u8]; 4] = [
+const SIGNED: [&[u8]; 5] = [
     include_bytes!("../../../attester-client/testdata/snp-pki/crl/vcek/v1/Genoa/crl"),
     include_bytes!("../../../attester-client/testdata/snp-pki/crl/ark-revokes-ask.crl"),
+    include_bytes!("../../../attester-client/testdata/snp-pki/crl/ark-revokes-three.crl"),
     include_bytes!("../../../attester-client/testdata/snp-pki/crl/ark-expired.crl"),
     include_bytes!("../../../attester-client/testdata/snp-pki/crl/ark-pkcs1.crl"),
 ];

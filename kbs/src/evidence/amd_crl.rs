@@ -76,7 +76,8 @@ pub struct AmdCrl {
     kind: IntermediateKind,
     this_update: OffsetDateTime,
     next_update: OffsetDateTime,
-    /// Revoked serial numbers, big-endian without sign-padding zeros.
+    /// Revoked serial numbers, big-endian without sign-padding zeros,
+    /// sorted and without duplicates (looked up on every verification).
     revoked: Vec<Vec<u8>>,
     sha256: [u8; 32],
 }
@@ -140,6 +141,8 @@ fn parse(der: &[u8]) -> Result<Parsed, EvidenceError> {
         }
         revoked.push(anchors::strip_serial_zeros(entry.raw_serial()).to_vec());
     }
+    revoked.sort_unstable();
+    revoked.dedup();
     Ok(Parsed {
         issuer: crl.issuer().as_raw().to_vec(),
         tbs: crl.tbs_cert_list.as_ref().to_vec(),
@@ -216,7 +219,7 @@ impl AmdCrl {
         self.next_update
     }
 
-    /// How many certificates it revokes.
+    /// How many distinct certificates it revokes.
     pub fn revoked_count(&self) -> usize {
         self.revoked.len()
     }
@@ -234,7 +237,7 @@ impl AmdCrl {
     /// Whether it lists the serial number (big-endian, sign padding allowed).
     pub fn lists(&self, serial: &[u8]) -> bool {
         let serial = anchors::strip_serial_zeros(serial);
-        self.revoked.iter().any(|r| r.as_slice() == serial)
+        self.revoked.binary_search_by(|r| r.as_slice().cmp(serial)).is_ok()
     }
 }
 

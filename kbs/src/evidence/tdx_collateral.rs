@@ -608,6 +608,8 @@ pub struct PcsConfig {
     pub refresh_before: Duration,
     /// Whole-request timeout.
     pub timeout: Duration,
+    /// Connection timeout (at most `timeout` is ever waited).
+    pub connect_timeout: Duration,
     /// First back-off after a failure; doubles per consecutive failure.
     pub min_backoff: Duration,
     /// Longest back-off.
@@ -623,6 +625,7 @@ impl PcsConfig {
             cache_dir: cache_dir.into(),
             refresh_before: Duration::from_secs(24 * 3600),
             timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
             min_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(15 * 60),
         }
@@ -663,7 +666,7 @@ impl PcsFetcher {
         for url in std::iter::once(&config.base_url).chain(config.root_crl_url.as_ref()) {
             https &= vendor_url_is_https(url, "PCS")?;
         }
-        let client = vendor_client(config.timeout, config.timeout, https)?;
+        let client = vendor_client(config.timeout, config.connect_timeout.min(config.timeout), https)?;
         Ok(Self {
             client,
             cache: TdxCollateralDir::new(config.cache_dir.clone()),
