@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use kbs::evidence::anchors::{
     ARK_GENOA_SHA256, ARK_MILAN_SHA256, ARK_TURIN_SHA256, ASK_GENOA_SHA256, ASK_MILAN_SHA256, ASK_TURIN_SHA256,
-    Generation, IntermediateKind, SnpAnchors,
+    ASVK_GENOA_SHA256, ASVK_MILAN_SHA256, ASVK_TURIN_SHA256, Generation, IntermediateKind, SnpAnchors,
 };
 use kbs::evidence::certtable::{self, CertKind};
 use kbs::evidence::collateral::{KdsConfig, KdsFetcher, VekDirectory, VekResolver};
@@ -39,13 +39,6 @@ fn pem_to_der(pem: &[u8]) -> Vec<Vec<u8>> {
 
 fn amd() -> SnpAnchors {
     SnpAnchors::amd().unwrap()
-}
-
-fn amd_with_milan_asvk() -> SnpAnchors {
-    let mut anchors = amd();
-    // The bundle holds ASK, ARK and ASVK: only the ASVK is new.
-    assert_eq!(anchors.add_intermediate(&vector("trustee/snp/milan_ask_ark_asvk.pem")).unwrap(), 1);
-    anchors
 }
 
 fn verifier() -> SnpVerifier {
@@ -165,7 +158,7 @@ fn load_pass_vectors() -> Vec<Pass> {
 
 #[test]
 fn every_pass_vector_verifies_with_the_expected_claims() {
-    let verifier = SnpVerifier::new(amd_with_milan_asvk());
+    let verifier = SnpVerifier::new(amd());
     for p in pass_vectors() {
         let report = vector(p.report);
         let expected = report_data(&report);
@@ -206,7 +199,7 @@ fn every_pass_vector_verifies_with_the_expected_claims() {
 
 #[test]
 fn vector_specific_claims() {
-    let verifier = SnpVerifier::new(amd_with_milan_asvk());
+    let verifier = SnpVerifier::new(amd());
     // trustee VCEK report: current_tcb is newer than reported_tcb, and only
     // reported_tcb is bound to the VCEK.
     let r = vector("trustee/snp/test-report.bin");
@@ -246,37 +239,37 @@ fn vector_specific_claims() {
 fn vlek_report_verifies_inside_and_expires_outside_its_validity() {
     let report = vector("trustee/snp/test-vlek-report.bin");
     let vlek = vector("trustee/snp/test-vlek.der");
+    let mut anchors = amd();
+    // AMD's ASVKs are built in: the bundles in the vectors add nothing.
     for bundle in ["trustee/snp/milan_ask_ark_asvk.pem", "go-sev-guest/ask_ark_milan_vlek.pem"] {
-        let mut anchors = amd();
-        assert_eq!(anchors.add_intermediate(&vector(bundle)).unwrap(), 1, "{bundle}");
-        assert!(
-            anchors
-                .intermediate_fingerprints()
-                .iter()
-                .any(|(g, k, _)| *g == Generation::Milan && *k == IntermediateKind::Asvk)
-        );
-        let verifier = SnpVerifier::new(anchors);
-        verifier.verify(&report, &vlek, &[], datetime!(2025-06-01 00:00 UTC), None).unwrap();
-        assert!(matches!(
-            verifier.verify(&report, &vlek, &[], datetime!(2026-11-28 00:00 UTC), None),
-            Err(EvidenceError::CertificateExpired(_))
-        ));
+        assert_eq!(anchors.add_intermediate(&vector(bundle)).unwrap(), 0, "{bundle}");
     }
+    let verifier = SnpVerifier::new(anchors);
+    verifier.verify(&report, &vlek, &[], datetime!(2025-06-01 00:00 UTC), None).unwrap();
+    assert!(matches!(
+        verifier.verify(&report, &vlek, &[], datetime!(2026-11-28 00:00 UTC), None),
+        Err(EvidenceError::CertificateExpired(_))
+    ));
 }
 
 #[test]
 fn vlek_report_needs_the_asvk() {
     let report = vector("trustee/snp/test-vlek-report.bin");
     let vlek = vector("trustee/snp/test-vlek.der");
-    let verifier = verifier();
-    // With the VCEK-signing ASK only, nothing pinned vouches for the VLEK.
+    // ARK-Milan and the VCEK-signing ASK only: nothing pinned vouches for the VLEK.
+    let milan = pem_to_der(&vector("go-sev-guest/ask_ark_milan.pem"));
+    let mut anchors = SnpAnchors::empty();
+    anchors.add_root(Generation::Milan, &milan[1]).unwrap();
+    anchors.add_intermediate(&milan[0]).unwrap();
+    let verifier = SnpVerifier::new(anchors);
     assert!(matches!(verifier.verify(&report, &vlek, &[], NOW, None), Err(EvidenceError::UntrustedRoot(_))));
     // Handing the ASK and ARK in as guest certificates changes nothing.
-    let milan = pem_to_der(&vector("go-sev-guest/ask_ark_milan.pem"));
     assert!(matches!(verifier.verify(&report, &vlek, &milan, NOW, None), Err(EvidenceError::UntrustedRoot(_))));
     // The ASVK from the guest's table works: it is signed by the pinned ARK.
     let asvk = pem_to_der(&vector("go-sev-guest/ask_ark_milan_vlek.pem"));
     verifier.verify(&report, &vlek, &asvk, NOW, None).unwrap();
+    // AMD's anchors have it built in.
+    SnpVerifier::new(amd()).verify(&report, &vlek, &[], NOW, None).unwrap();
 }
 
 #[test]
@@ -545,6 +538,16 @@ fn pinned_fingerprints_match_the_shipped_certificates_and_provenance() {
     assert_provenance(provenance, "SEV-VLEK-Milan", &asvks[&Generation::Milan]);
     assert_provenance(provenance, "SEV-VLEK-Genoa", &asvks[&Generation::Genoa]);
     assert_provenance(provenance, "SEV-VLEK-Turin", &asvks[&Generation::Turin]);
+    // The built-in ASVKs are those certificates, pinned by fingerprint.
+    assert_eq!(
+        [asvks[&Generation::Milan], asvks[&Generation::Genoa], asvks[&Generation::Turin]],
+        [ASVK_MILAN_SHA256, ASVK_GENOA_SHA256, ASVK_TURIN_SHA256]
+    );
+    let built_in: Vec<_> = anchors.intermediate_fingerprints();
+    assert_eq!(built_in.len(), 6);
+    for (generation, fp) in asvks {
+        assert!(built_in.contains(&(generation, IntermediateKind::Asvk, fp)), "{generation}");
+    }
 }
 
 /// Checks `"<name> AA:BB:CC:DD:..:YY:ZZ"` in the provenance text against `fp`.
@@ -1227,7 +1230,7 @@ async fn offline_directory_layouts() {
     std::fs::write(&vlek_path, pem).unwrap();
 
     let resolver = VekResolver::new(Some(dir), None);
-    let verifier = SnpVerifier::new(amd_with_milan_asvk());
+    let verifier = SnpVerifier::new(amd());
     for (report, expected) in [(az, az_vek), (gsg, vector("go-sev-guest/vcek.der")), (vlek, vlek_der)] {
         let der = resolver.resolve(&report).await.unwrap();
         assert_eq!(der, expected);
@@ -1253,7 +1256,7 @@ fn real_reports() -> &'static [Vec<u8>] {
 
 fn shared_verifier() -> &'static SnpVerifier {
     static V: OnceLock<SnpVerifier> = OnceLock::new();
-    V.get_or_init(|| SnpVerifier::new(amd_with_milan_asvk()))
+    V.get_or_init(|| SnpVerifier::new(amd()))
 }
 
 proptest! {
