@@ -244,8 +244,8 @@ impl AmdCrl {
 /// Where CRLs come from: an offline directory the operator fills, and AMD
 /// KDS behind an on-disk cache. Both use KDS's path layout,
 /// `vcek/v1/<Product>/crl` and `vlek/v1/<Product>/crl`, so the fetcher's
-/// cache directory is also a valid offline directory (and `wget -x` of the
-/// KDS URLs fills one).
+/// cache directory is also a valid offline directory (and `wget -x -nH`
+/// of the KDS URLs fills one).
 pub struct CrlSources {
     dir: Option<PathBuf>,
     kds: Option<KdsFetcher>,
