@@ -361,10 +361,6 @@ pub enum TestCrl {
 }
 
 impl TestCrl {
-    /// Every test CRL.
-    pub const ALL: [TestCrl; 6] =
-        [Self::Empty, Self::RevokesAsk, Self::RevokesThree, Self::Expired, Self::Pkcs1, Self::Foreign];
-
     /// The CRL, DER.
     pub fn der(self) -> &'static [u8] {
         match self {

@@ -59,16 +59,6 @@ pub enum Revocation {
     BestEffort,
 }
 
-impl Revocation {
-    /// The configuration spelling.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Require => "require",
-            Self::BestEffort => "best_effort",
-        }
-    }
-}
-
 /// A CRL issued and signed by a pinned ARK.
 #[derive(Clone, Debug)]
 pub struct AmdCrl {
