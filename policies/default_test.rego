@@ -53,6 +53,17 @@ test_allows_measurement_from_secret_allow_list if {
 		with data.reference_values as {}
 }
 
+# A guest whose claims carry no measurement at all is refused, and the
+# reason still says why.
+test_refuses_missing_measurement if {
+	claims := object.remove(snp_claims({}), ["measurement"])
+	r := release.reasons with input as {"claims": claims, "secret": secret([m1], {})}
+		with data.reference_values as refs
+	r == {"measurement_not_allowed: missing for models/llama/key"}
+	not release.allow with input as {"claims": claims, "secret": secret([m1], {})}
+		with data.reference_values as refs
+}
+
 test_refuses_unknown_measurement if {
 	r := release.reasons with input as {"claims": snp_claims({"measurement": m2}), "secret": secret([m1], {})}
 		with data.reference_values as refs

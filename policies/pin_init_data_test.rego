@@ -50,3 +50,9 @@ test_still_refuses_debug if {
 	c := object.union(claims(d32), {"debug": true})
 	"debug_enabled" in release.reasons with input as {"claims": c, "secret": secret} with data.reference_values as refs
 }
+
+test_refuses_missing_measurement if {
+	c := object.remove(claims(d32), ["measurement"])
+	release.reasons == {"measurement_not_allowed: missing for models/llama/key"} with input as {"claims": c, "secret": secret}
+		with data.reference_values as refs
+}

@@ -54,7 +54,7 @@ measurement_allowed if {
 	lower(m) == input.claims.measurement
 }
 
-reasons contains sprintf("measurement_not_allowed: %v for %v", [input.claims.measurement, input.secret.name]) if {
+reasons contains sprintf("measurement_not_allowed: %v for %v", [object.get(input.claims, "measurement", "missing"), input.secret.name]) if {
 	not measurement_allowed
 }
 

@@ -46,3 +46,9 @@ test_older_firmware_refused_even_during_grace if {
 test_no_grace_without_clock if {
 	not release.allow with input as {"claims": claims(22), "secret": secret} with data.reference_values as refs
 }
+
+test_refuses_missing_measurement if {
+	c := object.remove(claims(23), ["measurement"])
+	release.reasons == {"measurement_not_allowed: missing for models/llama/key"} with input as {"claims": c, "secret": secret, "now": 5000}
+		with data.reference_values as refs
+}

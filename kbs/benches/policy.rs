@@ -1,6 +1,7 @@
 //! Cost of one policy decision with the shipped default policy, on claims
 //! from a verified (simulated, real-format) SNP report: scope lookup,
-//! input conversion and Rego evaluation, as the release path runs them per
+//! input conversion and the decision (the native check of the default
+//! policy, then Rego for a refusal), as the release path runs them per
 //! secret. `cargo bench -p kbs --bench policy`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -67,6 +68,16 @@ fn policy(c: &mut Criterion) {
         b.iter(|| engine.evaluate_prepared(black_box(&prepared), &allowed))
     });
     group.bench_function("prepare_claims", |b| b.iter(|| PreparedClaims::new(black_box(&claims))));
+    // The same allowing decision in regorus' interpreter: what the native
+    // check of the default policy saves (a refusal still runs the Rego).
+    let compiled = kbs::policy::CompiledRego::compile(DEFAULT_POLICY, &regorus_empty()).unwrap();
+    let input = kbs::policy::engine::to_value(serde_json::json!({
+        "claims": claims, "now": 0,
+        "secret": {"name": allowed.name, "version": allowed.version, "labels": allowed.labels,
+                   "allowed_measurements": allowed.allowed_measurements},
+    }));
+    assert!(compiled.evaluate(input.clone(), false).unwrap().allow);
+    group.bench_function("default_allow_rego", |b| b.iter(|| compiled.evaluate(black_box(input.clone()), false)));
     // With a reference value set of 100 measurements and TCB minimums.
     let mut measurements: Vec<String> = (0..99u8).map(|i| hex::encode([i; 48])).collect();
     measurements.push(hex::encode(MEASUREMENT));

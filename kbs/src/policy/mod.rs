@@ -44,8 +44,15 @@
 //! the secret's allow-list are refused. Setting a `*` policy replaces it;
 //! an engine built with `builtin_default = false` has none, and a secret no
 //! policy covers is refused with `no_policy`.
+//!
+//! On the release path the default (wherever it is in force, built in or
+//! stored with the same text) is first checked natively ([`native`]): a
+//! release it certainly allows is decided there, without the interpreter;
+//! every other case, and every refusal with its reasons, is the Rego's.
+//! Dry runs always run the Rego.
 
 pub mod engine;
+pub mod native;
 pub mod refvals;
 pub mod scope;
 mod value;
@@ -298,6 +305,14 @@ impl PolicyEngine {
             return refusal(ReasonCode::NoPolicy, &format!("no_policy: no policy covers {}", meta.name));
         };
         let mut decision = match &policy.compiled {
+            // The shipped default is checked natively when it certainly
+            // allows; anything else, and every refusal, is the Rego's.
+            Ok(_)
+                if policy.info.sha256 == native::DEFAULT_POLICY_SHA256
+                    && native::default_policy_allows(&claims.value, meta, &snapshot.data) =>
+            {
+                Decision { allow: true, reasons: Vec::new(), scope: None, code: None }
+            }
             Ok(compiled) => decide_compiled(compiled, build_input(claims, meta), false),
             Err(e) => refusal(ReasonCode::PolicyDenied, &format!("policy_error: the policy does not compile: {e}")),
         };
