@@ -213,7 +213,8 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     );
     let cert = read("server.tls_cert", &config.tls_cert)?;
     let key = read("server.tls_key", &config.tls_key)?;
-    let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert.as_slice(), key.as_slice()));
+    let tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(cert.as_slice(), key.as_slice())).timeout(HANDSHAKE_TIMEOUT);
     let admin_tls = match &config.admin_client_ca {
         // Client certificates are optional at the TLS layer so that bearer
         // tokens keep working; a presented certificate must chain to this CA.
@@ -312,6 +313,25 @@ fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
     base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).ok()
 }
 
+/// A TLS handshake not finished in this time is abandoned and its
+/// connection closed, so that clients cannot hold connections (and the
+/// tasks serving them) without ever completing one. The CoCo front end
+/// uses the same bound.
+pub const HANDSHAKE_TIMEOUT: Duration = crate::api::coco::HANDSHAKE_TIMEOUT;
+/// HTTP/2 PINGs on a connection with no traffic for this long...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and the connection is closed if one is not answered in this time:
+/// dead peers do not keep connections open.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Calls one connection may have open at once (a guest makes two, one
+/// after the other; `kbs-bench` and the CoCo clients one at a time).
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// A guest call not answered in this time fails (`CANCELLED`) and its work
+/// is dropped, as when the guest goes away; calls that wait on the network
+/// (an uncached VEK from KDS, a secret from OpenBao) normally end sooner,
+/// on those clients' own timeouts.
+pub const GUEST_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Accepted connections with Nagle's algorithm off: a guest's two calls are
 /// small request/response exchanges, which Nagle and delayed ACKs would
 /// hold back by tens of milliseconds.
@@ -355,12 +375,19 @@ pub async fn run(
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin_service = AdminServer::new(app.admin).max_decoding_message_size(80 << 20);
 
-    let guest_server = Server::builder()
+    let hardened = || {
+        Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+    };
+    let guest_server = hardened()
+        .timeout(GUEST_CALL_TIMEOUT)
         .tls_config(app.tls.clone())?
         .add_service(guest_health)
         .add_service(key_broker)
         .serve_with_incoming_shutdown(no_delay(guest), stopped(stop_rx.clone()));
-    let admin_server = Server::builder()
+    let admin_server = hardened()
         .tls_config(app.admin_tls)?
         .add_service(admin_health)
         .add_service(admin_service)

@@ -424,3 +424,47 @@ async fn secrets_survive_a_broker_restart() {
     let record = again.broker.store().get(SECRET).await.unwrap();
     assert_eq!(record.value.expose(), b"persisted");
 }
+
+/// A client that connects and never completes a TLS handshake, on the guest
+/// or the admin listener, is disconnected after the handshake timeout
+/// instead of holding its connection for ever; guests that do handshake
+/// are unaffected.
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_handshake_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestApp::start().await;
+    let port = |url: &str| url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let silent = |port: u16| async move {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        // EOF or a reset, within the timeout plus slack; never data.
+        let outcome = tokio::time::timeout(kbs::server::HANDSHAKE_TIMEOUT * 2, tcp.read(&mut buf)).await;
+        match outcome {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("the broker sent {n} bytes to a client that said nothing"),
+            Err(_) => panic!("a silent connection was still open after {:?}", started.elapsed()),
+        }
+        started.elapsed()
+    };
+    // A client that stops half-way through its ClientHello is no better.
+    let partial = |port: u16| async move {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+        let mut buf = [0u8; 64];
+        let outcome = tokio::time::timeout(kbs::server::HANDSHAKE_TIMEOUT * 2, tcp.read(&mut buf)).await;
+        assert!(matches!(outcome, Ok(Ok(0)) | Ok(Err(_))), "a half-open handshake stayed open: {outcome:?}");
+    };
+    let (guest_port, admin_port) = (port(&app.guest_url), port(&app.admin_url));
+    let (guest_wait, admin_wait, (), ()) =
+        tokio::join!(silent(guest_port), silent(admin_port), partial(guest_port), partial(admin_port));
+    // Closed by the timeout, not at once (which would refuse real clients too).
+    assert!(guest_wait >= kbs::server::HANDSHAKE_TIMEOUT / 2, "closed after {guest_wait:?}");
+    assert!(admin_wait >= kbs::server::HANDSHAKE_TIMEOUT / 2, "closed after {admin_wait:?}");
+
+    // Afterwards, guests are served as before.
+    app.put(SECRET, b"k", &[MEASUREMENT]).await;
+    let got = app.fetch(guest(), &[SECRET]).await.unwrap();
+    assert_eq!(got, vec![(SECRET.to_owned(), b"k".to_vec())]);
+}
