@@ -71,11 +71,7 @@ fn policy(c: &mut Criterion) {
     // The same allowing decision in regorus' interpreter: what the native
     // check of the default policy saves (a refusal still runs the Rego).
     let compiled = kbs::policy::CompiledRego::compile(DEFAULT_POLICY, &regorus_empty()).unwrap();
-    let input = kbs::policy::engine::to_value(serde_json::json!({
-        "claims": claims, "now": 0,
-        "secret": {"name": allowed.name, "version": allowed.version, "labels": allowed.labels,
-                   "allowed_measurements": allowed.allowed_measurements},
-    }));
+    let input = kbs::policy::policy_input(&kbs::policy::engine::to_value(serde_json::json!(claims)), &allowed, 0);
     assert!(compiled.evaluate(input.clone(), false).unwrap().allow);
     group.bench_function("default_allow_rego", |b| b.iter(|| compiled.evaluate(black_box(input.clone()), false)));
     // With a reference value set of 100 measurements and TCB minimums.

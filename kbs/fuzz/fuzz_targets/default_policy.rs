@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use kbs::policy::engine::to_value;
 use kbs::policy::native::default_policy_allows;
-use kbs::policy::{CompiledRego, DEFAULT_POLICY, placeholder_meta};
+use kbs::policy::{CompiledRego, DEFAULT_POLICY, placeholder_meta, policy_input};
 use kbs::store::SecretMeta;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
@@ -25,16 +25,12 @@ fuzz_target!(|data: &[u8]| {
     let meta = SecretMeta { labels, allowed_measurements: allowed, ..placeholder_meta("models/m") };
     let data = to_value(json!({ "reference_values": sets }));
 
-    if !default_policy_allows(&to_value(claims.clone()), &meta, &data) {
+    let claims = to_value(claims);
+    if !default_policy_allows(&claims, &meta, &data) {
         return;
     }
     let compiled = CompiledRego::compile(DEFAULT_POLICY, &data).expect("the default policy compiles");
-    let input = json!({
-        "claims": claims,
-        "secret": {"name": meta.name, "version": meta.version, "labels": meta.labels,
-                   "allowed_measurements": meta.allowed_measurements},
-        "now": 0,
-    });
-    let rego = compiled.evaluate(to_value(input), false).map(|o| o.allow).unwrap_or(false);
+    let input = policy_input(&claims, &meta, 0);
+    let rego = compiled.evaluate(input, false).map(|o| o.allow).unwrap_or(false);
     assert!(rego, "native allowed what the Rego refused");
 });

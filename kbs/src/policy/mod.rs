@@ -687,6 +687,13 @@ pub fn claims_digest(claims: &Claims) -> Result<String, String> {
 }
 
 fn build_input(claims: &PreparedClaims, meta: &SecretMeta) -> regorus::Value {
+    // The wall clock, for policies with deadlines (tcb_grace.rego).
+    policy_input(&claims.value, meta, time::OffsetDateTime::now_utc().unix_timestamp())
+}
+
+/// The policy's `input`: `claims` (their policy form), the secret's
+/// name, version, labels and allow-list, and `now` (Unix seconds).
+pub fn policy_input(claims: &regorus::Value, meta: &SecretMeta, now: i64) -> regorus::Value {
     use regorus::Value;
     let labels: BTreeMap<Value, Value> =
         meta.labels.iter().map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str()))).collect();
@@ -698,9 +705,8 @@ fn build_input(claims: &PreparedClaims, meta: &SecretMeta) -> regorus::Value {
         (Value::from("allowed_measurements"), Value::from(allowed)),
     ]);
     Value::from(BTreeMap::from([
-        (Value::from("claims"), claims.value.clone()),
-        // The wall clock, for policies with deadlines (tcb_grace.rego).
-        (Value::from("now"), Value::from(time::OffsetDateTime::now_utc().unix_timestamp())),
+        (Value::from("claims"), claims.clone()),
+        (Value::from("now"), Value::from(now)),
         (Value::from("secret"), Value::from(secret)),
     ]))
 }

@@ -71,7 +71,8 @@ fn check(claims: &Value, secret: &SecretMeta, data: &Value) -> Option<()> {
 
     // `measurement_not_allowed`: the secret's allow-list or a set's list.
     let measurement = string(&claims["measurement"])?;
-    let listed = |m: &str| m.is_ascii() && m.to_ascii_lowercase() == measurement;
+    // Rego's `lower`; ASCII only here (checked for each item below).
+    let listed = |m: &str| m.to_ascii_lowercase() == measurement;
     let mut allowed = false;
     for m in &secret.allowed_measurements {
         if !m.is_ascii() {
@@ -244,7 +245,7 @@ mod tests {
     use serde_json::{Value as Json, json};
 
     use super::*;
-    use crate::policy::{CompiledRego, DEFAULT_POLICY, engine};
+    use crate::policy::{CompiledRego, DEFAULT_POLICY, engine, policy_input};
 
     const M: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
     const N: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
@@ -284,13 +285,8 @@ mod tests {
     /// What the Rego decides, with the same values.
     fn rego_allows(claims: &Json, secret: &SecretMeta, data: &Value) -> bool {
         let compiled = CompiledRego::compile(DEFAULT_POLICY, data).unwrap();
-        let input = json!({
-            "claims": claims,
-            "secret": {"name": secret.name, "version": secret.version, "labels": secret.labels,
-                       "allowed_measurements": secret.allowed_measurements},
-            "now": 0,
-        });
-        compiled.evaluate(engine::to_value(input), false).map(|o| o.allow).unwrap_or(false)
+        let input = policy_input(&engine::to_value(claims.clone()), secret, 0);
+        compiled.evaluate(input, false).map(|o| o.allow).unwrap_or(false)
     }
 
     fn native_allows(claims: &Json, secret: &SecretMeta, data: &Value) -> bool {
