@@ -339,10 +339,12 @@ async fn authorization_matrix() {
     // delete refvals, query audit. `Ok` means the call was authorized (it may
     // still fail for another reason, which is never an auth code).
     const W: bool = true;
-    let allowed: [[bool; 16]; 3] = [
-        [W; 16],
-        [W, W, W, W, false, false, false, false, false, false, false, false, false, false, false, false],
-        [false, false, W, W, false, false, false, W, W, false, W, false, W, W, false, W],
+    // The 17th call is a dry run of the stored policy (no Rego given), which
+    // auditors may make; the 11th gives its own Rego, which only admins may.
+    let allowed: [[bool; 17]; 3] = [
+        [W; 17],
+        [W, W, W, W, false, false, false, false, false, false, false, false, false, false, false, false, false],
+        [false, false, W, W, false, false, false, W, W, false, false, false, W, W, false, W, W],
     ];
     for (who, token) in creds {
         let mut client = AdminClient::new(channel.clone());
@@ -385,6 +387,14 @@ async fn authorization_matrix() {
             call!(list_reference_values, ListReferenceValuesRequest {}),
             call!(delete_reference_values, DeleteReferenceValuesRequest { name: "zz".into() }),
             call!(query_audit, QueryAuditRequest::default()),
+            call!(
+                test_policy,
+                TestPolicyRequest {
+                    rego: String::new(),
+                    secret_name: "m/x/y".into(),
+                    input: Some(test_policy_request::Input::ClaimsJson("{}".into()))
+                }
+            ),
         ];
         for (i, code) in codes.iter().enumerate() {
             let expect_auth_failure = match who {
@@ -403,4 +413,51 @@ async fn authorization_matrix() {
             }
         }
     }
+}
+
+/// A dry run of caller-supplied Rego that asks for terabytes: an auditor may
+/// not run its own Rego at all, and an admin's is refused by the policy
+/// bounds; either way the broker keeps serving.
+#[tokio::test]
+async fn no_dry_run_stops_the_broker() {
+    use kbs_proto::v1::admin_client::AdminClient;
+    use kbs_proto::v1::*;
+    use tonic::Code;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+    let pki = ClientPki::new();
+    let b = start(&pki).await;
+    let ca = std::fs::read(b.ca()).unwrap();
+    let channel = Channel::from_shared(b.url.clone())
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AdminClient::new(channel);
+    let authed = |token: &str, msg: TestPolicyRequest| {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    let bomb = || TestPolicyRequest {
+        rego: "package kbs.release\nallow if count(numbers.range(0, 1000000000000)) > 0\n".into(),
+        secret_name: "m/x/y".into(),
+        input: Some(test_policy_request::Input::ClaimsJson(
+            r#"{"tee":"snp","measurement":"00","debug":false,"report_data":"00","init_data_digest":""}"#.into(),
+        )),
+    };
+    let status = client.test_policy(authed("auditor-token", bomb())).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    let admin_token = b.admin_token();
+    let decision = client.test_policy(authed(&admin_token, bomb())).await.unwrap().into_inner();
+    assert!(!decision.allow);
+    assert!(decision.reasons.iter().any(|r| r.contains("kbs policy bound")), "{:?}", decision.reasons);
+
+    // Still serving.
+    let mut req = tonic::Request::new(ListSecretsRequest::default());
+    req.metadata_mut().insert("authorization", format!("Bearer {admin_token}").parse().unwrap());
+    client.list_secrets(req).await.unwrap();
 }

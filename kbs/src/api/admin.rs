@@ -15,7 +15,9 @@
 //! | GetSecretMetadata, ListSecrets | yes | yes | yes |
 //! | DeleteSecret, DestroySecretVersions | yes | no | no |
 //! | SetPolicy, DeletePolicy, PutReferenceValues, DeleteReferenceValues | yes | no | no |
-//! | GetPolicy, ListPolicies, TestPolicy, Get/ListReferenceValues | yes | no | yes |
+//! | GetPolicy, ListPolicies, Get/ListReferenceValues | yes | no | yes |
+//! | TestPolicy of the policy in force | yes | no | yes |
+//! | TestPolicy of Rego given in the request | yes | no | no |
 //! | QueryAudit | yes | no | yes |
 //!
 //! Secret values are write-only: no call returns one.
@@ -67,8 +69,12 @@ pub enum Call {
     Destroy,
     /// SetPolicy, DeletePolicy, PutReferenceValues, DeleteReferenceValues.
     WritePolicy,
-    /// GetPolicy, ListPolicies, TestPolicy, Get/ListReferenceValues.
+    /// GetPolicy, ListPolicies, Get/ListReferenceValues, and TestPolicy of
+    /// the policy in force.
     ReadPolicy,
+    /// TestPolicy of Rego given in the request: running code of the
+    /// caller's choosing in the broker is an admin's call.
+    DryRunRego,
     /// QueryAudit.
     ReadAudit,
 }
@@ -84,6 +90,7 @@ impl Call {
             Self::Destroy => "DestroySecretVersions",
             Self::WritePolicy => "policy write",
             Self::ReadPolicy => "policy read",
+            Self::DryRunRego => "TestPolicy with Rego",
             Self::ReadAudit => "QueryAudit",
         }
     }
@@ -443,7 +450,8 @@ impl Admin for AdminService {
     }
 
     async fn test_policy(&self, request: Request<TestPolicyRequest>) -> Result<Response<PolicyDecision>, Status> {
-        self.authorize(&request, Call::ReadPolicy)?;
+        let call = if request.get_ref().rego.is_empty() { Call::ReadPolicy } else { Call::DryRunRego };
+        self.authorize(&request, call)?;
         respond(policy_admin::test_policy(&self.policies, request.into_inner()).await)
     }
 
@@ -508,6 +516,10 @@ mod tests {
         assert!(Call::ReadAudit.allowed(Role::Auditor));
         assert!(!Call::ReadAudit.allowed(Role::Uploader));
         assert!(!Call::WritePolicy.allowed(Role::Auditor));
+        assert!(Call::ReadPolicy.allowed(Role::Auditor));
+        assert!(!Call::DryRunRego.allowed(Role::Auditor));
+        assert!(!Call::DryRunRego.allowed(Role::Uploader));
+        assert!(Call::DryRunRego.allowed(Role::Admin));
     }
 
     #[test]

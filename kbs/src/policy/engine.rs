@@ -11,6 +11,11 @@
 //! only to explain a refusal (or when a dry run asks for them). Anything
 //! but `allow == true` is a refusal; an evaluation error is a refusal too.
 //!
+//! Builtins whose result can be far larger than their input are bounded
+//! (see [`super::bounds`]), so that no policy, uploaded or dry-run, can ask
+//! for one allocation that aborts the process; a panic inside the
+//! interpreter is caught and refuses the request.
+//!
 //! regorus' register VM (`rvm`) is faster but, in 0.14, treats a call with
 //! an undefined argument under `not` as true (`x := input.missing; not
 //! f(x)` succeeds), which would let a policy fail open; the interpreter is
@@ -79,6 +84,7 @@ impl CompiledRego {
             return Err(format!("policy is {} bytes, at most {MAX_POLICY_BYTES}", rego.len()));
         }
         let mut engine = Engine::new();
+        super::bounds::install(&mut engine)?;
         engine.add_policy(MODULE.into(), rego.into()).map_err(|e| format!("{e:#}"))?;
         let packages = engine.get_packages().map_err(|e| format!("{e:#}"))?;
         let wanted = format!("data.{PACKAGE}");
@@ -102,6 +108,13 @@ impl CompiledRego {
     /// Evaluates with `input`. The reasons are computed for a refusal, and
     /// for an allowed release only when `reasons_if_allowed` is set.
     pub fn evaluate(&self, input: Value, reasons_if_allowed: bool) -> Result<Outcome, String> {
+        // A panic inside the interpreter (a regorus bug reachable from a
+        // policy's text) is a refusal of this request, not a lost worker.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.evaluate_inner(input, reasons_if_allowed)))
+            .unwrap_or_else(|_| Err("the policy evaluation panicked".to_owned()))
+    }
+
+    fn evaluate_inner(&self, input: Value, reasons_if_allowed: bool) -> Result<Outcome, String> {
         let allow = self.allow.eval_with_input(input.clone()).map_err(|e| format!("{e:#}"))?;
         let allow = allow == Value::Bool(true);
         let reasons = match &self.reasons {
@@ -223,5 +236,93 @@ allow if count(reasons) == 0
         // which the caller turns into a refusal.
         let rego = RUNAWAY;
         assert!(eval(rego, serde_json::json!({})).is_err());
+    }
+
+    /// Evaluates `rego` (which must define `allow`) and returns the error.
+    fn refused(rego: &str) -> String {
+        let full = format!("package kbs.release\n{rego}");
+        match eval(&full, serde_json::json!({})) {
+            Err(e) => e,
+            Ok(out) => panic!("{rego}: evaluated to {out:?}"),
+        }
+    }
+
+    #[test]
+    fn builtins_that_would_allocate_without_bound_are_refused() {
+        // Each of these aborted or panicked the process before: a single
+        // allocation of terabytes, a division by zero, an arithmetic
+        // overflow, or a non-ASCII digit in a format width.
+        for rego in [
+            "allow if count(numbers.range(0, 1000000000000)) > 0",
+            "allow if count(numbers.range(1000000000000, 0)) > 0",
+            "allow if count(numbers.range_step(0, 1000000000000, 1)) > 0",
+            "allow if count(numbers.range_step(0, 10, 0)) > 0",
+            "allow if count(numbers.range_step(0, 10, -1)) > 0",
+            "allow if sprintf(\"%099999999999d\", [1]) != \"\"",
+            "allow if sprintf(\"%0999999999d\", [1]) != \"\"",
+            "allow if sprintf(\"%\u{b2}d\", [1]) != \"\"",
+            "allow if sprintf(\"%.99999999d\", [1]) != \"\"",
+        ] {
+            let err = refused(rego);
+            assert!(err.contains("kbs policy bound"), "{rego}: {err}");
+        }
+    }
+
+    #[test]
+    fn builtins_that_multiply_their_input_are_bounded() {
+        // 64 KiB doubled by one concat is fine; the same string joined
+        // 100 times, replaced into every character or split into
+        // characters is past the bounds.
+        let big = "s0 := concat(\"\", [\"x\" | some _ in numbers.range(1, 65536)])\n";
+        let ok = format!("{big}allow if count(concat(\"\", [s0, s0])) == 131072");
+        assert!(eval(&format!("package kbs.release\n{ok}"), serde_json::json!({})).unwrap().allow);
+        for tail in [
+            "allow if count(concat(s0, [\"a\" | some _ in numbers.range(1, 100)])) > 0",
+            "allow if count(replace(s0, \"\", s0)) > 0",
+            "allow if count(replace(s0, \"x\", s0)) > 0",
+            "allow if count(split(concat(\"\", [s0, s0]), \"\")) > 0",
+            "allow if count(sprintf(\"%v%v%v%v%v%v%v%v%v%v%v%v%v%v%v%v%v\", [s0, s0, s0, s0, s0, s0, s0, s0, s0, s0, s0, s0, s0, s0, s0, s0, s0])) > 0",
+            "a0 := [1 | some _ in numbers.range(1, 60000)]\nallow if count(array.concat(a0, a0)) > 0",
+            "allow if count(strings.replace_n({\"x\": s0}, s0)) > 0",
+            "allow if count(json.marshal_with_options([s0], {\"indent\": s0})) > 0",
+        ] {
+            let err = refused(&format!("{big}{tail}"));
+            assert!(err.contains("kbs policy bound"), "{tail}: {err}");
+        }
+    }
+
+    #[test]
+    fn bounded_builtins_answer_as_the_originals_do() {
+        let cases = [
+            ("numbers.range(1, 3)", serde_json::json!([1, 2, 3])),
+            ("numbers.range(3, 1)", serde_json::json!([3, 2, 1])),
+            ("numbers.range(2, 2)", serde_json::json!([2])),
+            ("numbers.range_step(0, 10, 4)", serde_json::json!([0, 4, 8])),
+            ("numbers.range_step(10, 0, 4)", serde_json::json!([10, 6, 2])),
+            ("sprintf(\"%05d|%v|%s|%.2f\", [42, [1], \"a\", 1.5])", serde_json::json!("00042|[1]|a|1.50")),
+            ("sprintf(\"%%\", [])", serde_json::json!("%")),
+            ("concat(\", \", [\"a\", \"b\"])", serde_json::json!("a, b")),
+            ("concat(\"-\", {\"b\", \"a\"})", serde_json::json!("a-b")),
+            ("replace(\"aXbX\", \"X\", \"yy\")", serde_json::json!("ayybyy")),
+            ("split(\"a,b\", \",\")", serde_json::json!(["a", "b"])),
+            ("split(\"ab\", \"\")", serde_json::json!(["a", "b"])),
+            ("array.concat([1], [2, 3])", serde_json::json!([1, 2, 3])),
+        ];
+        for (call, want) in cases {
+            let rego = format!("package kbs.release\nout := {call}\nallow if out == input.want");
+            let out = eval(&rego, serde_json::json!({ "want": want })).unwrap();
+            assert!(out.allow, "{call} did not give {want}");
+        }
+        // Undefined and type errors stay as they were.
+        assert!(
+            !eval("package kbs.release\nallow if count(numbers.range(1.5, 3)) > 0", serde_json::json!({}))
+                .map(|o| o.allow)
+                .unwrap_or(false)
+        );
+        assert!(
+            eval("package kbs.release\nallow if concat(1, [\"a\"]) == \"a\"", serde_json::json!({}))
+                .map(|o| !o.allow)
+                .unwrap_or(true)
+        );
     }
 }

@@ -51,6 +51,7 @@
 //! every other case, and every refusal with its reasons, is the Rego's.
 //! Dry runs always run the Rego.
 
+pub mod bounds;
 pub mod engine;
 pub mod native;
 pub mod refvals;
