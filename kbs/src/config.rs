@@ -76,6 +76,12 @@ struct RawServer {
     tls_key: PathBuf,
     #[serde(default)]
     replica_id: Option<String>,
+    #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    max_connections_per_peer: Option<usize>,
+    #[serde(default)]
+    idle_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,6 +391,11 @@ pub struct Config {
     pub tls_key: PathBuf,
     /// This replica's id, for audit records.
     pub replica_id: String,
+    /// Connection caps of each listener (guest, admin, CoCo).
+    pub connection_limits: crate::connections::Limits,
+    /// A CoCo connection whose peer sends nothing for this long is closed,
+    /// and a CoCo request (body included) must arrive within it.
+    pub idle_timeout: Duration,
     /// Challenge sealing key file (32 bytes raw or 64 hex digits).
     pub challenge_key_file: PathBuf,
     /// Older challenge keys still accepted.
@@ -472,6 +483,25 @@ impl Config {
         }
         if !(5..=600).contains(&raw.challenge.ttl_seconds) {
             return Err(ConfigError::Invalid("challenge.ttl_seconds must be within 5..=600".into()));
+        }
+        let connection_limits = crate::connections::Limits {
+            total: raw.server.max_connections.unwrap_or(crate::connections::DEFAULT_MAX_CONNECTIONS),
+            per_peer: raw
+                .server
+                .max_connections_per_peer
+                .unwrap_or(crate::connections::DEFAULT_MAX_CONNECTIONS_PER_PEER),
+        };
+        if !(1..=1_000_000).contains(&connection_limits.total)
+            || !(1..=connection_limits.total).contains(&connection_limits.per_peer)
+        {
+            return Err(ConfigError::Invalid(
+                "server.max_connections must be within 1..=1000000 and server.max_connections_per_peer within 1..=max_connections"
+                    .into(),
+            ));
+        }
+        let idle_timeout = Duration::from_secs(raw.server.idle_timeout_seconds.unwrap_or(30));
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&idle_timeout) {
+            return Err(ConfigError::Invalid("server.idle_timeout_seconds must be within 1..=3600".into()));
         }
         let store_cache_ms: Option<u64>;
         let (store, max_secret_bytes) = match raw.store {
@@ -649,6 +679,8 @@ impl Config {
             tls_cert: resolve(&raw.server.tls_cert),
             tls_key: resolve(&raw.server.tls_key),
             replica_id: raw.server.replica_id.unwrap_or_else(|| "kbs-0".into()),
+            connection_limits,
+            idle_timeout,
             challenge_key_file: resolve(&raw.challenge.key_file),
             previous_challenge_key_files: raw.challenge.previous_key_files.iter().map(|p| resolve(p)).collect(),
             challenge_ttl: Duration::from_secs(raw.challenge.ttl_seconds),
@@ -825,6 +857,31 @@ mod tests {
         assert_eq!((c.policy_refresh, c.policy_builtin_default), (Duration::from_secs(2), false));
         for bad in ["refresh_seconds = 0", "refresh_seconds = 3601", "refresh = 5"] {
             assert!(Config::from_toml(&format!("{MINIMAL}\n[policy]\n{bad}\n"), Path::new("/")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn connection_bounds_defaults_and_limits() {
+        let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!(c.connection_limits, crate::connections::Limits::default());
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        let with = |lines: &str| MINIMAL.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1);
+        let c = Config::from_toml(
+            &with("max_connections = 10\nmax_connections_per_peer = 10\nidle_timeout_seconds = 5"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.connection_limits, crate::connections::Limits { total: 10, per_peer: 10 });
+        assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        for bad in [
+            "max_connections = 0",
+            "max_connections = 1000001",
+            "max_connections_per_peer = 0",
+            "max_connections = 10\nmax_connections_per_peer = 11",
+            "idle_timeout_seconds = 0",
+            "idle_timeout_seconds = 3601",
+        ] {
+            assert!(Config::from_toml(&with(bad), Path::new("/")).is_err(), "{bad}");
         }
     }
 

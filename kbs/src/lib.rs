@@ -24,13 +24,15 @@
 //! - [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV v2).
 //! - [`audit`]: hash-chained JSON-lines audit log.
 //! - [`release`]: the release flow every front end shares.
-//! - [`api`]: gRPC services; [`server`]: wiring and serving.
+//! - [`api`]: gRPC services; [`server`]: wiring and serving;
+//!   [`connections`]: connection caps and idle bounds of the listeners.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod audit;
 pub mod challenge;
 pub mod config;
+pub mod connections;
 pub mod dev;
 pub mod error;
 pub mod evidence;

@@ -12,7 +12,6 @@ use std::time::Duration;
 use kbs_proto::v1::admin_server::AdminServer;
 use kbs_proto::v1::key_broker_server::KeyBrokerServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use zeroize::Zeroizing;
 
@@ -22,6 +21,7 @@ use crate::api::policy_admin::PolicyAdminContext;
 use crate::audit::AuditLog;
 use crate::challenge::ChallengeSealer;
 use crate::config::{Config, StoreConfig};
+use crate::connections::{self, Admission};
 use crate::evidence::amd_crl::{CrlRefresh, CrlSources, Revocation};
 use crate::evidence::anchors::TdxAnchors;
 use crate::evidence::anchors::{Generation, SnpAnchors};
@@ -82,6 +82,10 @@ pub struct App {
     admin: AdminService,
     tls: ServerTlsConfig,
     admin_tls: ServerTlsConfig,
+    /// Largest Admin message decoded.
+    admin_max_message: usize,
+    /// Connection caps of each listener.
+    connection_limits: connections::Limits,
     /// The CoCo KBS protocol front end, when `[coco]` is configured.
     pub coco: Option<crate::api::coco::CocoServer>,
 }
@@ -226,7 +230,12 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     };
     let coco = crate::api::coco::build(config, &broker, cert.as_slice(), key.as_slice())
         .map_err(|e| StartError::Refused(format!("coco: {e}")))?;
-    Ok(App { broker, admin, tls, admin_tls, coco })
+    let admin_max_message = config
+        .max_secret_bytes
+        .max(crate::policy::refvals::MAX_REFVALS_BYTES)
+        .max(MAX_REQUEST_BYTES)
+        .saturating_add(ADMIN_MESSAGE_OVERHEAD);
+    Ok(App { broker, admin, tls, admin_tls, admin_max_message, connection_limits: config.connection_limits, coco })
 }
 
 /// Installs the CRLs the offline sources (the CRL directory and the KDS
@@ -331,23 +340,12 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 /// (an uncached VEK from KDS, a secret from OpenBao) normally end sooner,
 /// on those clients' own timeouts.
 pub const GUEST_CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Accepted connections with Nagle's algorithm off: a guest's two calls are
-/// small request/response exchanges, which Nagle and delayed ACKs would
-/// hold back by tens of milliseconds.
-fn no_delay(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        if let Ok(stream) = &accepted
-            && let Err(e) = stream.set_nodelay(true)
-        {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-        accepted
-    })
-}
+/// The same bound for Admin calls (a dry run on evidence may wait on
+/// collateral like a release does).
+pub const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Room in an Admin message for what comes with the largest value: name,
+/// labels, allow-list.
+const ADMIN_MESSAGE_OVERHEAD: usize = 64 * 1024;
 
 /// Serves the guest and admin services on the given listeners until
 /// `shutdown` completes.
@@ -373,7 +371,14 @@ pub async fn run(
 
     let key_broker = KeyBrokerServer::new(KeyBrokerService::new(Arc::clone(&app.broker)))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin_service = AdminServer::new(app.admin).max_decoding_message_size(80 << 20);
+    // Admin calls are authenticated from their headers before their message
+    // is read, and no message may be larger than the largest secret (or
+    // policy input) plus room for the rest of the request.
+    let authenticator = app.admin.authenticator();
+    let admin_service = tonic::service::interceptor::InterceptedService::new(
+        AdminServer::new(app.admin).max_decoding_message_size(app.admin_max_message),
+        authenticator,
+    );
 
     let hardened = || {
         Server::builder()
@@ -386,12 +391,19 @@ pub async fn run(
         .tls_config(app.tls.clone())?
         .add_service(guest_health)
         .add_service(key_broker)
-        .serve_with_incoming_shutdown(no_delay(guest), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            connections::incoming(guest, Admission::new("guest", app.connection_limits)),
+            stopped(stop_rx.clone()),
+        );
     let admin_server = hardened()
+        .timeout(ADMIN_CALL_TIMEOUT)
         .tls_config(app.admin_tls)?
         .add_service(admin_health)
         .add_service(admin_service)
-        .serve_with_incoming_shutdown(no_delay(admin), stopped(stop_rx));
+        .serve_with_incoming_shutdown(
+            connections::incoming(admin, Admission::new("admin", app.connection_limits)),
+            stopped(stop_rx),
+        );
     tokio::try_join!(guest_server, admin_server)?;
     Ok(())
 }

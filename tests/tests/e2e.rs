@@ -468,3 +468,35 @@ async fn silent_connections_are_closed_after_the_handshake_timeout() {
     let got = app.fetch(guest(), &[SECRET]).await.unwrap();
     assert_eq!(got, vec![(SECRET.to_owned(), b"k".to_vec())]);
 }
+
+/// One peer address holds at most `max_connections_per_peer` connections on
+/// each gRPC listener: the next is closed at once, not after the handshake
+/// timeout.
+#[tokio::test]
+async fn one_peer_cannot_hold_every_connection_of_a_grpc_listener() {
+    use tokio::io::AsyncReadExt;
+    let app =
+        TestApp::start_with(Options { server_extra: "max_connections_per_peer = 2".into(), ..Default::default() })
+            .await;
+    let port = |url: &str| url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    for listener in [port(&app.guest_url), port(&app.admin_url)] {
+        let connect = || tokio::net::TcpStream::connect(("127.0.0.1", listener));
+        let held = [connect().await.unwrap(), connect().await.unwrap()];
+        let mut third = connect().await.unwrap();
+        let mut buf = [0u8; 16];
+        let outcome = tokio::time::timeout(kbs::server::HANDSHAKE_TIMEOUT / 4, third.read(&mut buf)).await;
+        assert!(matches!(outcome, Ok(Ok(0)) | Ok(Err(_))), "a third connection from one peer was kept: {outcome:?}");
+        drop(held);
+    }
+    // The caps are per listener: with the admin listener full, a guest is
+    // served. (That slots come back when connections end is
+    // `kbs::connections`' unit test.)
+    app.put(SECRET, b"k", &[MEASUREMENT]).await;
+    let admin_port = port(&app.admin_url);
+    let _held = [
+        tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap(),
+        tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap(),
+    ];
+    let got = app.fetch(guest(), &[SECRET]).await.unwrap();
+    assert_eq!(got, vec![(SECRET.to_owned(), b"k".to_vec())]);
+}

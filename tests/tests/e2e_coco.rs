@@ -652,3 +652,96 @@ fn the_test_client_canonicalizes_like_rfc8785() {
         r#"{"additional-evidence":"","nonce":"n\"\u0001","tee-pubkey":{"kty":"EC","x":"a","y":"b"}}"#
     );
 }
+
+/// A TLS client of the CoCo listener that trusts the dev CA.
+fn tls_connector(app: &TestApp) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&app.ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Reads until the peer closes (EOF or a reset) or `within` passes; returns
+/// what was read and whether it closed.
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: std::time::Duration) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+/// No peer can hold the CoCo listener's connections: one address gets at
+/// most `max_connections_per_peer` at once (the next is closed at once), a
+/// connection that goes silent after its TLS handshake is closed after the
+/// idle bound, and a request whose body is trickled in is answered 408
+/// at the same bound. Real clients are served afterwards.
+#[tokio::test]
+async fn idle_slow_and_crowding_peers_cannot_hold_the_coco_listener() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::start_with(Options {
+        coco: true,
+        server_extra: "max_connections_per_peer = 3\nidle_timeout_seconds = 2".into(),
+        ..Default::default()
+    })
+    .await;
+    let port: u16 = app.coco_url.rsplit(':').next().unwrap().parse().unwrap();
+    let connector = tls_connector(&app);
+    let tls = || async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap()
+    };
+
+    // Three idle TLS connections (HTTP/1.1 and HTTP/2 alike send nothing
+    // more): a fourth from the same address is closed at once.
+    let mut held = vec![tls().await, tls().await, tls().await];
+    let mut fourth = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (_, closed) = read_until_closed(&mut fourth, std::time::Duration::from_millis(1500)).await;
+    assert!(closed, "a fourth connection from one peer was kept");
+
+    // The idle ones are closed by the idle bound (2 s), not before 1 s.
+    let started = std::time::Instant::now();
+    for conn in &mut held {
+        let (_, closed) = read_until_closed(conn, std::time::Duration::from_secs(10)).await;
+        assert!(closed, "an idle connection stayed open for {:?}", started.elapsed());
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "closed after {:?}", started.elapsed());
+    drop(held);
+
+    // A body trickled a byte every 300 ms: answered 408 at the bound.
+    let mut slow = tls().await;
+    slow.write_all(b"POST /kbs/v0/auth HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for _ in 0..30 {
+            if slow.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(12), trickle).await.unwrap();
+    let (answer, _) = read_until_closed(&mut slow, std::time::Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Real clients still get through.
+    let response = app.http().post(format!("{}/kbs/v0/auth", app.coco_url)).body("{}").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}

@@ -195,11 +195,31 @@ impl AdminService {
         Ok(Caller { id: format!("cert:{}", entry.name), role: entry.role })
     }
 
+    /// Authenticates a call from its headers and TLS session alone, before
+    /// its message is read: the interceptor of the Admin service, so that
+    /// no unauthenticated caller can make the broker buffer and decode a
+    /// message. The caller it finds travels with the request to
+    /// [`Self::authorize`].
+    pub fn authenticator(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+        let service = self.clone();
+        move |mut request: Request<()>| {
+            let caller = service.authenticate(&request).map_err(|e| {
+                tracing::warn!(peer = %super::peer(&request), cause = %e, "admin call unauthenticated");
+                e.to_status()
+            })?;
+            request.extensions_mut().insert(caller);
+            Ok(request)
+        }
+    }
+
     fn authorize<T>(&self, request: &Request<T>, call: Call) -> Result<Caller, Status> {
-        let caller = self.authenticate(request).map_err(|e| {
-            tracing::warn!(peer = %super::peer(request), call = call.name(), cause = %e, "admin call unauthenticated");
-            e.to_status()
-        })?;
+        let caller = match request.extensions().get::<Caller>() {
+            Some(caller) => caller.clone(),
+            None => self.authenticate(request).map_err(|e| {
+                tracing::warn!(peer = %super::peer(request), call = call.name(), cause = %e, "admin call unauthenticated");
+                e.to_status()
+            })?,
+        };
         if !call.allowed(caller.role) {
             tracing::warn!(caller = caller.id, role = caller.role.as_str(), call = call.name(), "admin call forbidden");
             return Err(Error::Forbidden { role: caller.role.as_str(), call: call.name() }.to_status());

@@ -83,8 +83,8 @@ pub const MAX_ATTEST_BODY: usize = 1024 * 1024;
 pub const MAX_ADDITIONAL_EVIDENCE: usize = 256 * 1024;
 /// Largest init-data body.
 pub const MAX_INIT_DATA: usize = 64 * 1024;
-/// Most concurrent connections on the listener.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Requests one HTTP/2 connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 /// Time allowed for the TLS handshake and for request headers.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Measurement reported for the insecure `sample` TEE.
@@ -238,6 +238,8 @@ impl std::fmt::Debug for CocoService {
 pub struct CocoServer {
     service: Arc<CocoService>,
     tls: Arc<rustls::ServerConfig>,
+    limits: crate::connections::Limits,
+    idle_timeout: Duration,
 }
 
 /// Why the front end could not be built.
@@ -300,7 +302,12 @@ pub fn build(
     }
     let service =
         Arc::new(CocoService::new(Arc::clone(broker), token_key, coco.token_ttl, config.insecure_simulated_tee));
-    Ok(Some(CocoServer { service, tls: tls_config(cert_pem, key_pem)? }))
+    Ok(Some(CocoServer {
+        service,
+        tls: tls_config(cert_pem, key_pem)?,
+        limits: config.connection_limits,
+        idle_timeout: config.idle_timeout,
+    }))
 }
 
 fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, CocoError> {
@@ -336,8 +343,18 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let acceptor = tokio_rustls::TlsAcceptor::from(server.tls);
-    let router = Arc::clone(&server.service).router();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let idle = server.idle_timeout;
+    // A request, body included, must arrive and be answered within the
+    // idle bound: a body trickled a byte at a time does not hold a slot.
+    let router = Arc::clone(&server.service).router().layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(idle, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => problem(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long"),
+            }
+        },
+    ));
+    let admission = crate::connections::Admission::new("coco", server.limits);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -352,14 +369,15 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(%peer, "coco listener at its connection limit; dropping a connection");
-            continue;
-        };
+        let Some(ticket) = admission.admit(peer) else { continue };
         let acceptor = acceptor.clone();
         let app = router.clone().layer(axum::Extension(Peer(peer)));
         tokio::spawn(async move {
-            let _slot = slot;
+            let _ticket = ticket;
+            // A peer that sends nothing for the idle bound (after the
+            // handshake, between requests, or half-way through one) loses
+            // its connection.
+            let tcp = crate::connections::IdleTimeout::new(tcp, idle);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 _ => return,
@@ -367,6 +385,7 @@ pub async fn serve(
             let service = hyper_util::service::TowerToHyperService::new(app);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
+            builder.http2().timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
             if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
                 tracing::debug!(%peer, error = %e, "coco connection ended with an error");
             }

@@ -25,6 +25,8 @@ pub struct Options {
     pub tdx_extra: String,
     /// More configuration appended as is, e.g. an `[snp]` section.
     pub extra_config: String,
+    /// More lines for the `[server]` section.
+    pub server_extra: String,
     /// Enable the CoCo KBS protocol front end ([`TestApp::coco_url`]).
     pub coco: bool,
     /// Share the challenge key (and CoCo token key) of the broker whose
@@ -83,6 +85,11 @@ impl TestApp {
         }
         if !options.tdx_extra.is_empty() {
             assert!(!options.production, "tdx_extra needs the dev mode's [tdx] section");
+        }
+        if !options.server_extra.is_empty() {
+            let text = std::fs::read_to_string(&files.config).unwrap();
+            let text = text.replacen("[server]\n", &format!("[server]\n{}\n", options.server_extra), 1);
+            std::fs::write(&files.config, text).unwrap();
         }
         if !options.tdx_extra.is_empty() || !options.extra_config.is_empty() {
             let text = std::fs::read_to_string(&files.config).unwrap();

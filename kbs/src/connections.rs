@@ -1,0 +1,270 @@
+//! Admission of TCP connections on every listener, and the idle bound of
+//! the CoCo listener's connections.
+//!
+//! Each listener admits at most `max_connections` connections at once, and
+//! at most `max_connections_per_peer` from one IP address, so that no one
+//! peer can hold every slot (and the task and buffers behind each) by
+//! opening connections and leaving them idle. A connection past either cap
+//! is closed as soon as it is accepted; its slot is released when the
+//! connection ends, however it ends.
+
+use std::collections::HashMap;
+use std::future::Future as _;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// Connections one listener admits at once, by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Connections one peer address may hold on one listener, by default.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
+
+/// The caps of one listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections at once.
+    pub total: usize,
+    /// Connections at once from one IP address.
+    pub per_peer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { total: DEFAULT_MAX_CONNECTIONS, per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER }
+    }
+}
+
+/// Who holds the slots of one listener.
+#[derive(Debug)]
+pub struct Admission {
+    name: &'static str,
+    slots: Arc<Semaphore>,
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_peer: usize,
+}
+
+/// A connection's slot, given back when dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    _slot: OwnedSemaphorePermit,
+    peer: IpAddr,
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = peers.get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                peers.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// The admission of the listener `name` (for the log), with `limits`.
+    pub fn new(name: &'static str, limits: Limits) -> Self {
+        Self {
+            name,
+            slots: Arc::new(Semaphore::new(limits.total.max(1))),
+            peers: Arc::new(Mutex::new(HashMap::new())),
+            per_peer: limits.per_peer.max(1),
+        }
+    }
+
+    /// A slot for a connection from `peer`, or `None` when the listener or
+    /// that peer is at its cap (the caller closes the connection).
+    pub fn admit(&self, peer: SocketAddr) -> Option<Ticket> {
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            tracing::warn!(listener = self.name, %peer, "listener at its connection limit; closing a connection");
+            return None;
+        };
+        let ip = peer.ip();
+        let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = peers.entry(ip).or_insert(0);
+        if *count >= self.per_peer {
+            tracing::warn!(listener = self.name, %peer, "peer at its connection limit; closing a connection");
+            return None;
+        }
+        *count += 1;
+        Some(Ticket { _slot: slot, peer: ip, peers: Arc::clone(&self.peers) })
+    }
+
+    /// Connections open now (for tests and diagnostics).
+    pub fn open(&self) -> usize {
+        self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().sum()
+    }
+}
+
+/// An admitted TCP connection: the stream and its slot.
+#[derive(Debug)]
+pub struct Admitted {
+    stream: TcpStream,
+    _ticket: Ticket,
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Admitted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+/// The connections of `listener` that `admission` admits, with Nagle's
+/// algorithm off (a guest's calls are small request/response exchanges,
+/// which Nagle and delayed ACKs would hold back by tens of milliseconds).
+pub fn incoming(
+    listener: TcpListener,
+    admission: Admission,
+) -> impl tokio_stream::Stream<Item = io::Result<Admitted>> + Send + 'static {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |accepted| match accepted {
+        Ok(stream) => {
+            let peer = stream.peer_addr().ok()?;
+            let ticket = admission.admit(peer)?;
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+            Some(Ok(Admitted { stream, _ticket: ticket }))
+        }
+        Err(e) => Some(Err(e)),
+    })
+}
+
+/// A stream that fails a read with `TimedOut` once the peer has sent
+/// nothing for `idle`: a connection that is opened and left silent, or
+/// that stops half-way through a request, is closed.
+#[derive(Debug)]
+pub struct IdleTimeout<S> {
+    inner: S,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<S> IdleTimeout<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, idle: Duration) -> Self {
+        Self { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let next = Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "peer idle"))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::from((ip, port))
+    }
+
+    #[test]
+    fn caps_per_peer_and_in_total_and_gives_slots_back() {
+        let admission = Admission::new("test", Limits { total: 3, per_peer: 2 });
+        let a1 = admission.admit(addr([10, 0, 0, 1], 1)).unwrap();
+        let a2 = admission.admit(addr([10, 0, 0, 1], 2)).unwrap();
+        assert!(admission.admit(addr([10, 0, 0, 1], 3)).is_none(), "third from one peer");
+        let b1 = admission.admit(addr([10, 0, 0, 2], 1)).unwrap();
+        assert!(admission.admit(addr([10, 0, 0, 3], 1)).is_none(), "fourth in total");
+        assert_eq!(admission.open(), 3);
+        drop(a1);
+        assert_eq!(admission.open(), 2);
+        let a3 = admission.admit(addr([10, 0, 0, 1], 4)).unwrap();
+        drop((a2, a3, b1));
+        assert_eq!(admission.open(), 0);
+        assert!(admission.peers.lock().unwrap().is_empty(), "no entry left for peers that have gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out_and_a_talking_one_does_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(64);
+        let mut server = IdleTimeout::new(server, Duration::from_secs(30));
+        let mut client = client;
+        let mut buf = [0u8; 8];
+        // Bytes every 20 s keep it open past 30 s.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            client.write_all(b"x").await.unwrap();
+            assert_eq!(server.read(&mut buf).await.unwrap(), 1);
+        }
+        // Then silence: the read fails after 30 s.
+        let err = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}
