@@ -349,3 +349,21 @@ async fn cli_exit_codes_for_protocol_and_connection_failures() {
     assert_eq!(output.status.code(), Some(4), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(!out.exists());
 }
+
+/// `kbs-attester completion SHELL` prints a script for that shell, and
+/// `--version` names the git revision.
+#[test]
+fn completions_and_version() {
+    let run =
+        |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_kbs-attester")).args(args).output().unwrap();
+    for (shell, marker) in
+        [("bash", "complete -F"), ("zsh", "#compdef kbs-attester"), ("fish", "complete -c kbs-attester")]
+    {
+        let out = run(&["completion", shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker) && script.contains("fetch"), "{shell}");
+    }
+    let version = String::from_utf8(run(&["--version"]).stdout).unwrap();
+    assert!(version.starts_with("kbs-attester 0.1.0 (") && version.trim_end().ends_with(')'), "{version}");
+}

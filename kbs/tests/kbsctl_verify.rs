@@ -1,5 +1,6 @@
 //! `kbsctl verify` on captured hardware reports: claims on stdout and exit 0,
 //! or `rejected: <reason>` on stderr and exit 2; exit 1 for usage errors.
+//! And kbsctl in a shell: a closed stdout, completions, `--version`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::PathBuf;
@@ -124,4 +125,62 @@ fn usage_and_io_errors_exit_1() {
         "yesterday",
     ]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// A reader that goes away (`kbsctl verify ... | head -0`) ends the command
+/// quietly, as it does `ls`: no panic, no message, exit 141 (what a shell
+/// reports for a process ended by SIGPIPE).
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kbsctl"))
+        .args([
+            "verify",
+            "--tee",
+            "snp",
+            "--evidence",
+            &path("virtee-sev/report_milan.bin"),
+            "--cert",
+            &path("virtee-sev/vcek_milan.der"),
+            "--time",
+            "2026-11-28T00:00:00Z",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(out.status.code(), Some(141));
+}
+
+/// `kbsctl completion SHELL` prints a script the shell accepts, naming the
+/// subcommands; `--version` names the git revision.
+#[test]
+fn completions_and_version() {
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef kbsctl"), ("fish", "complete -c kbsctl")] {
+        let out = kbsctl(&["completion", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}");
+        for sub in ["secret", "policy", "verify", "audit"] {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let bash = kbsctl(&["completion", "bash"]).stdout;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kbsctl.bash");
+    std::fs::write(&file, bash).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert_eq!(kbsctl(&["completion", "tcsh"]).status.code(), Some(1), "an unknown shell is a usage error");
+
+    let version = String::from_utf8(kbsctl(&["--version"]).stdout).unwrap();
+    let revision = version.trim().strip_prefix("kbsctl 0.1.0 (").and_then(|v| v.strip_suffix(')')).unwrap_or_default();
+    assert!(
+        revision == "unknown" || (revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit())),
+        "{version}"
+    );
 }

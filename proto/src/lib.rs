@@ -20,6 +20,10 @@ pub mod v1 {
     tonic::include_proto!("kbs.v1");
 }
 
+/// The workspace version and the git revision it was built from, for the
+/// binaries' `--version` (`unknown` outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KBS_GIT_REVISION"), ")");
+
 /// Length of a challenge nonce.
 pub const NONCE_LEN: usize = 32;
 /// Length of the TEE report_data field (SNP and TDX alike).

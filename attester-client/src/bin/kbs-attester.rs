@@ -23,7 +23,7 @@ Exit codes:
 On any failure nothing is written to --out.";
 
 #[derive(Debug, Parser)]
-#[command(name = "kbs-attester", version, about, after_help = EXIT_CODES)]
+#[command(name = "kbs-attester", version = kbs_proto::VERSION, about, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,6 +34,11 @@ enum Command {
     /// Attest to the broker, fetch the named secrets and write each to OUT/NAME (mode 0400).
     #[command(after_help = EXIT_CODES)]
     Fetch(Box<FetchArgs>),
+    /// Print a shell completion script.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +117,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Fetch(args) => fetch(*args).await,
+        Command::Completion { shell } => completion(shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,6 +125,18 @@ async fn main() -> ExitCode {
             eprintln!("error: {}", failure.line);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// Writes the completion script; a reader that went away ends it quietly.
+fn completion(shell: clap_complete::Shell) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "kbs-attester", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::new(1, format!("writing to stdout: {e}"))),
     }
 }
 
@@ -327,7 +345,7 @@ mod tests {
             "/run/secrets",
         ])
         .unwrap();
-        let Command::Fetch(args) = ok.command;
+        let Command::Fetch(args) = ok.command else { panic!("not fetch") };
         assert_eq!(args.secrets, vec!["a/b/c", "d"]);
         assert_eq!(args.evidence, EvidenceKind::ConfigfsTsm);
         assert!(
@@ -379,7 +397,7 @@ mod tests {
             &"ab".repeat(48),
         ])
         .unwrap();
-        let Command::Fetch(args) = parsed.command;
+        let Command::Fetch(args) = parsed.command else { panic!("not fetch") };
         assert!(args.sim.build().is_ok());
         assert!(evidence_source(&args).is_ok());
 
@@ -402,7 +420,7 @@ mod tests {
             &"ab".repeat(48),
         ])
         .unwrap();
-        let Command::Fetch(args) = tdx.command;
+        let Command::Fetch(args) = tdx.command else { panic!("not fetch") };
         let source = evidence_source(&args).map_err(|f| f.line).unwrap();
         assert_eq!(source.tee(), Tee::Tdx);
     }

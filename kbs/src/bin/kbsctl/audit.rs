@@ -37,17 +37,17 @@ pub(crate) fn verify(file: &std::path::Path, output: Output) -> Result<(), Failu
         Ok((count, last)) => {
             match output {
                 Output::Json => {
-                    println!("{}", serde_json::json!({"ok": true, "records": count, "last": hex::encode(last)}))
+                    outln!("{}", serde_json::json!({"ok": true, "records": count, "last": hex::encode(last)}))
                 }
                 Output::Table => {
-                    println!("ok: {count} records, chain intact (last record SHA-256 {})", hex::encode(last))
+                    outln!("ok: {count} records, chain intact (last record SHA-256 {})", hex::encode(last))
                 }
             }
             Ok(())
         }
         Err(kbs::audit::AuditError::Broken { line, why }) => {
             if output == Output::Json {
-                println!("{}", serde_json::json!({"ok": false, "line": line, "why": why}));
+                outln!("{}", serde_json::json!({"ok": false, "line": line, "why": why}));
             }
             Err(Failure::Refused(format!("broken: {}: line {line}: {why}", file.display())))
         }
@@ -77,7 +77,7 @@ pub(crate) async fn query(
         .map_err(refused)?
         .into_inner();
     for record in resp.records {
-        println!("{record}");
+        outln!("{record}");
     }
     Ok(())
 }

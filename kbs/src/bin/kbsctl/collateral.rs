@@ -60,7 +60,7 @@ pub(crate) async fn run(cmd: &CollateralCommand) -> Result<(), Failure> {
             set.expires_at()
         )));
     }
-    println!("{}", out.display());
+    outln!("{}", out.display());
     eprintln!("collateral for FMSPC {fmspc} ({}) valid until {}", ca.as_str(), set.expires_at());
     Ok(())
 }

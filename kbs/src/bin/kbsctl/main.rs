@@ -2,7 +2,24 @@
 //!
 //! Exit codes: 0 success; 1 usage, configuration or local I/O error;
 //! 2 refused (by the broker, or evidence rejected by `verify`);
-//! 3 the broker could not be reached.
+//! 3 the broker could not be reached; 141 stdout closed by its reader.
+
+/// Prints a line to stdout (see [`stdout`]).
+macro_rules! outln {
+    () => {
+        $crate::stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Prints to stdout (see [`stdout`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::stdout(format_args!($($arg)*))
+    };
+}
 
 mod audit;
 mod collateral;
@@ -27,10 +44,11 @@ Exit codes:
   0  success
   1  usage, configuration or local I/O error
   2  refused: the broker refused the call, or `verify` rejected the evidence
-  3  the broker could not be reached";
+  3  the broker could not be reached
+  141  stdout was closed by its reader (e.g. `| head`): the output stops quietly";
 
 #[derive(Parser, Debug)]
-#[command(name = "kbsctl", version, about = "Operator CLI for the key broker", after_help = EXIT_CODES)]
+#[command(name = "kbsctl", version = kbs_proto::VERSION, about = "Operator CLI for the key broker", after_help = EXIT_CODES)]
 pub(crate) struct Cli {
     /// Config file (default ~/.config/kbsctl/config.toml).
     #[arg(long, global = true, env = "KBSCTL_CONFIG")]
@@ -89,6 +107,26 @@ pub(crate) enum Command {
     /// Fetch TDX collateral for an air-gapped broker.
     #[command(subcommand)]
     Collateral(collateral::CollateralCommand),
+    /// Print a shell completion script (e.g. `kbsctl completion bash >
+    /// /etc/bash_completion.d/kbsctl`).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes to stdout. A reader that went away (`kbsctl ... | head`) ends the
+/// command quietly with exit 141, as SIGPIPE ends `ls`; any other write
+/// error is exit 1.
+pub(crate) fn stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// A failure, with its exit code.
@@ -160,5 +198,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             secret::run(&mut client, cmd, cli.output).await
         }
         Command::Collateral(cmd) => collateral::run(cmd).await,
+        Command::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "kbsctl", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
+            Ok(())
+        }
     }
 }

@@ -101,7 +101,7 @@ pub(crate) async fn run(client: &mut Client, cmd: &PolicyCommand, output: Output
             let p = client.get_policy(GetPolicyRequest { scope: scope.clone() }).await.map_err(refused)?.into_inner();
             match output {
                 Output::Json => print_policies(&[p], output, true),
-                Output::Table => print!("{}", p.rego),
+                Output::Table => out!("{}", p.rego),
             }
         }
         PolicyCommand::List => {
@@ -110,7 +110,7 @@ pub(crate) async fn run(client: &mut Client, cmd: &PolicyCommand, output: Output
         }
         PolicyCommand::Rm { scope } => {
             client.delete_policy(DeletePolicyRequest { scope: scope.clone() }).await.map_err(refused)?;
-            println!("deleted policy {scope}");
+            outln!("deleted policy {scope}");
         }
         PolicyCommand::Test(args) => return test(args, output),
     }
@@ -166,7 +166,7 @@ pub(crate) fn decide(claims: &Claims, policy: &Path, context: &PolicyContext, ou
 
 fn print_decision(d: &Decision, output: Output) {
     match output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             serde_json::json!({
                 "allow": d.allow,
@@ -176,11 +176,11 @@ fn print_decision(d: &Decision, output: Output) {
         ),
         Output::Table => {
             match (d.allow, d.code) {
-                (true, _) => println!("allow"),
-                (false, code) => println!("deny ({})", code.map(|c| c.as_str()).unwrap_or("policy_denied")),
+                (true, _) => outln!("allow"),
+                (false, code) => outln!("deny ({})", code.map(|c| c.as_str()).unwrap_or("policy_denied")),
             }
             for reason in &d.reasons {
-                println!("  - {reason}");
+                outln!("  - {reason}");
             }
         }
     }
@@ -203,14 +203,14 @@ fn print_policies(policies: &[Policy], output: Output, with_source: bool) {
                     serde_json::Value::Object(v)
                 })
                 .collect();
-            println!("{}", serde_json::Value::Array(items));
+            outln!("{}", serde_json::Value::Array(items));
         }
         Output::Table => {
-            println!("{:<40} {:>7} {:<20} SHA-256", "SCOPE", "VERSION", "UPDATED");
+            outln!("{:<40} {:>7} {:<20} SHA-256", "SCOPE", "VERSION", "UPDATED");
             for p in policies {
                 let updated =
                     if p.version == 0 { "built-in".to_owned() } else { crate::refval::time_text(p.updated_at) };
-                println!("{:<40} {:>7} {:<20} {}", p.scope, p.version, updated, p.sha256);
+                outln!("{:<40} {:>7} {:<20} {}", p.scope, p.version, updated, p.sha256);
             }
         }
     }

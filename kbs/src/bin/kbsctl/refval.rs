@@ -58,7 +58,7 @@ pub(crate) async fn run(client: &mut Client, cmd: &RefvalCommand, output: Output
                 .ok()
                 .and_then(|v| serde_json::to_string_pretty(&v).ok())
                 .unwrap_or(set.json);
-            println!("{pretty}");
+            outln!("{pretty}");
         }
         RefvalCommand::List => {
             let list = client.list_reference_values(ListReferenceValuesRequest {}).await.map_err(refused)?.into_inner();
@@ -69,7 +69,7 @@ pub(crate) async fn run(client: &mut Client, cmd: &RefvalCommand, output: Output
                 .delete_reference_values(DeleteReferenceValuesRequest { name: name.clone() })
                 .await
                 .map_err(refused)?;
-            println!("deleted reference values {name}");
+            outln!("deleted reference values {name}");
         }
     }
     Ok(())
@@ -87,16 +87,16 @@ fn print_sets(sets: &[ReferenceValues], output: Output, summary: bool) {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::Value::Array(items));
+            outln!("{}", serde_json::Value::Array(items));
         }
         Output::Table => {
-            println!("{:<32} {:>7} {:<20} {}", "NAME", "VERSION", "UPDATED", if summary { "KEYS" } else { "" });
+            outln!("{:<32} {:>7} {:<20} {}", "NAME", "VERSION", "UPDATED", if summary { "KEYS" } else { "" });
             for s in sets {
                 let keys = serde_json::from_str::<serde_json::Value>(&s.json)
                     .ok()
                     .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>().join(",")))
                     .unwrap_or_default();
-                println!("{:<32} {:>7} {:<20} {}", s.name, s.version, time_text(s.updated_at), keys);
+                outln!("{:<32} {:>7} {:<20} {}", s.name, s.version, time_text(s.updated_at), keys);
             }
         }
     }

@@ -106,16 +106,16 @@ fn print_meta(items: &[SecretMetadata], output: Output) {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&json).unwrap_or_default());
         return;
     }
-    println!("{:<40} {:>7} {:>7} {:<20} ALLOWED MEASUREMENTS", "NAME", "VERSION", "SIZE", "CREATED");
+    outln!("{:<40} {:>7} {:>7} {:<20} ALLOWED MEASUREMENTS", "NAME", "VERSION", "SIZE", "CREATED");
     for m in items {
         let created = time::OffsetDateTime::from_unix_timestamp(m.created_at)
             .ok()
             .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
             .unwrap_or_default();
-        println!("{:<40} {:>7} {:>7} {:<20} {}", m.name, m.version, m.size, created, m.allowed_measurements.len());
+        outln!("{:<40} {:>7} {:>7} {:<20} {}", m.name, m.version, m.size, created, m.allowed_measurements.len());
     }
 }
 
@@ -190,9 +190,9 @@ pub(crate) async fn run(client: &mut Client, cmd: &SecretCommand, output: Output
                 // broker serves nothing until a new version is written.
                 match output {
                     Output::Json => {
-                        println!("{}", serde_json::json!({ "name": name, "destroyed": versions, "served": false }))
+                        outln!("{}", serde_json::json!({ "name": name, "destroyed": versions, "served": false }))
                     }
-                    Output::Table => println!("destroyed; {name} is not served until a new version is written"),
+                    Output::Table => outln!("destroyed; {name} is not served until a new version is written"),
                 }
             } else {
                 print_meta(&[meta], output);
@@ -201,9 +201,9 @@ pub(crate) async fn run(client: &mut Client, cmd: &SecretCommand, output: Output
         SecretCommand::Rm { name } => {
             client.delete_secret(DeleteSecretRequest { name: name.clone() }).await.map_err(refused)?;
             if output == Output::Json {
-                println!("{}", serde_json::json!({ "deleted": name }));
+                outln!("{}", serde_json::json!({ "deleted": name }));
             } else {
-                println!("deleted {name}");
+                outln!("deleted {name}");
             }
         }
     }

@@ -67,7 +67,7 @@ impl EvidenceArgs {
 pub(crate) fn run(args: &VerifyArgs, output: crate::Output) -> Result<(), Failure> {
     let claims = verified_claims(&args.evidence)?;
     let json = serde_json::to_string_pretty(&claims).map_err(|e| Failure::Usage(format!("encoding claims: {e}")))?;
-    println!("{json}");
+    outln!("{json}");
     match &args.policy {
         Some(policy) => crate::policy::decide(&claims, policy, &args.context, output),
         None => Ok(()),
