@@ -10,7 +10,8 @@
 #   - a TDX TCB status outside the allowed list (default: UpToDate only).
 #
 # Reference value sets that apply to a secret: those named in its `refvals`
-# label (comma-separated), else the set named `default`.
+# label (comma-separated; each must exist), else the set named `default`
+# (when there is one).
 package kbs.release
 
 import rego.v1
@@ -32,6 +33,14 @@ set_names contains "default" if not input.secret.labels.refvals
 sets contains rv if {
 	some name in set_names
 	rv := data.reference_values[name]
+}
+
+# A set named by the secret's label that does not exist refuses: a typo or
+# a deleted set must not silently drop the checks it stood for.
+reasons contains sprintf("policy_denied: reference value set %v, named by the secret's refvals label, does not exist", [name]) if {
+	input.secret.labels.refvals
+	some name in set_names
+	not data.reference_values[name]
 }
 
 # --- debug ----------------------------------------------------------------

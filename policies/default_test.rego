@@ -103,10 +103,16 @@ test_minimum_of_another_generation_does_not_apply if {
 }
 
 test_secret_label_selects_sets if {
-	sets := {"default": {"measurements": [m2]}, "llama": {"measurements": [m1]}}
+	sets := {"default": {"measurements": [m2]}, "other": {"measurements": []}, "llama": {"measurements": [m1]}}
 	release.allow with input as {"claims": snp_claims({}), "secret": secret([], {"refvals": "other, llama"})}
 		with data.reference_values as sets
 	not release.allow with input as {"claims": snp_claims({}), "secret": secret([], {})}
+		with data.reference_values as sets
+}
+
+test_a_label_naming_a_missing_set_refuses if {
+	sets := {"llama": {"measurements": [m1]}}
+	release.reasons == {"policy_denied: reference value set typo, named by the secret's refvals label, does not exist"} with input as {"claims": snp_claims({}), "secret": secret([m1], {"refvals": "llama, typo"})}
 		with data.reference_values as sets
 }
 

@@ -30,6 +30,14 @@ sets contains rv if {
 	rv := data.reference_values[name]
 }
 
+# A set named by the secret's label that does not exist refuses: a typo or
+# a deleted set must not silently drop the checks it stood for.
+reasons contains sprintf("policy_denied: reference value set %v, named by the secret's refvals label, does not exist", [name]) if {
+	input.secret.labels.refvals
+	some name in set_names
+	not data.reference_values[name]
+}
+
 reasons contains "debug_enabled" if not input.claims.debug == false
 
 reasons contains "debug_enabled" if {

@@ -498,3 +498,132 @@ async fn unauthenticated_calls_are_refused_before_their_message_is_read() {
     let out = b.kbsctl(&["--token-file", &admin, "secret", "list"], None).await;
     assert!(!stdout(&out).contains("m/big"), "{}", stdout(&out));
 }
+
+/// An Admin client of `b` with the bearer `token`.
+async fn admin_client(b: &Broker) -> kbs_proto::v1::admin_client::AdminClient<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let ca = std::fs::read(b.ca()).unwrap();
+    let channel = Channel::from_shared(b.url.clone())
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    kbs_proto::v1::admin_client::AdminClient::new(channel)
+}
+
+fn bearer<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+/// Paging through the secrets never shows the broker's own records under
+/// `_kbs/`, in a page or in a page token.
+#[tokio::test]
+async fn page_tokens_do_not_reveal_reserved_names() {
+    use kbs_proto::v1::*;
+    let pki = ClientPki::new();
+    let b = start(&pki).await;
+    let admin = b.admin_token();
+    let mut client = admin_client(&b).await;
+    // Reserved records sort before `a/`, between `A/` and `a/`, and the
+    // policy scope names them.
+    for scope in ["*", "a/", "zz/"] {
+        let rego = "package kbs.release\nallow := false\n".to_owned();
+        client.set_policy(bearer(&admin, SetPolicyRequest { scope: scope.into(), rego })).await.unwrap();
+    }
+    client
+        .put_reference_values(bearer(&admin, PutReferenceValuesRequest { name: "prod".into(), json: "{}".into() }))
+        .await
+        .unwrap();
+    for name in ["A/s", "a/s", "zz/s"] {
+        let put = PutSecretRequest { name: name.into(), value: vec![1], ..Default::default() };
+        client.put_secret(bearer(&admin, put)).await.unwrap();
+    }
+    for page_size in [1, 2, 3, 100] {
+        let (mut names, mut token) = (Vec::new(), String::new());
+        loop {
+            let req = ListSecretsRequest { prefix: String::new(), page_size, page_token: token.clone() };
+            let page = client.list_secrets(bearer(&admin, req)).await.unwrap().into_inner();
+            assert!(!page.next_page_token.starts_with("_kbs/"), "token {:?}", page.next_page_token);
+            names.extend(page.secrets.into_iter().map(|s| s.name));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(names, ["A/s", "a/s", "zz/s"], "page size {page_size}");
+    }
+}
+
+/// An uploader adds versions but cannot change who may receive an existing
+/// secret: the allow-list and labels an admin set are carried over, and a
+/// version that gives others is refused.
+#[tokio::test]
+async fn uploaders_cannot_change_release_conditions() {
+    use kbs_proto::v1::*;
+    use tonic::Code;
+    let pki = ClientPki::new();
+    let b = start(&pki).await;
+    let admin = b.admin_token();
+    let mut client = admin_client(&b).await;
+    let (m1, m2) = ("ab".repeat(48), "cd".repeat(48));
+    let labels = std::collections::HashMap::from([("refvals".to_owned(), "prod".to_owned())]);
+    let first = PutSecretRequest {
+        name: "m/key".into(),
+        value: vec![1],
+        labels: labels.clone(),
+        allowed_measurements: vec![m1.clone()],
+        ..Default::default()
+    };
+    client.put_secret(bearer(&admin, first)).await.unwrap();
+
+    // Another allow-list, other labels, or both: refused, by put and generate.
+    let put = |allowed: Vec<String>, labels: std::collections::HashMap<String, String>| PutSecretRequest {
+        name: "m/key".into(),
+        value: vec![2],
+        labels,
+        allowed_measurements: allowed,
+        ..Default::default()
+    };
+    let lax = std::collections::HashMap::from([("refvals".to_owned(), "lax".to_owned())]);
+    for req in [
+        put(vec![m2.clone()], labels.clone()),
+        put(vec![m1.clone()], lax.clone()),
+        put(vec![m2.clone()], Default::default()),
+    ] {
+        let status = client.put_secret(bearer("uploader-token", req)).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    let generate = GenerateSecretRequest {
+        name: "m/key".into(),
+        bytes: 32,
+        allowed_measurements: vec![m2.clone()],
+        ..Default::default()
+    };
+    let status = client.generate_secret(bearer("uploader-token", generate)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // None given: the admin's carry over. The same given: accepted.
+    let meta = client.put_secret(bearer("uploader-token", put(vec![], Default::default()))).await.unwrap().into_inner();
+    assert_eq!((meta.version, &meta.allowed_measurements, &meta.labels), (2, &vec![m1.clone()], &labels));
+    let generate = GenerateSecretRequest { name: "m/key".into(), bytes: 32, ..Default::default() };
+    let meta = client.generate_secret(bearer("uploader-token", generate)).await.unwrap().into_inner();
+    assert_eq!((meta.version, &meta.allowed_measurements, &meta.labels), (3, &vec![m1.clone()], &labels));
+    let meta =
+        client.put_secret(bearer("uploader-token", put(vec![m1.clone()], labels.clone()))).await.unwrap().into_inner();
+    assert_eq!(meta.version, 4);
+
+    // A new secret is the uploader's to describe; an admin may change any.
+    let own = PutSecretRequest {
+        name: "m/own".into(),
+        value: vec![3],
+        allowed_measurements: vec![m2.clone()],
+        ..Default::default()
+    };
+    client.put_secret(bearer("uploader-token", own)).await.unwrap();
+    let meta = client.put_secret(bearer(&admin, put(vec![m2.clone()], lax))).await.unwrap().into_inner();
+    assert_eq!(meta.allowed_measurements, vec![m2]);
+}

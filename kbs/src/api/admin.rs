@@ -253,11 +253,45 @@ impl AdminService {
     ) -> Result<Response<SecretMetadata>, Status> {
         let name = secret.as_ref().map(|s| s.name.clone()).unwrap_or_default();
         let result = match secret {
-            Ok(secret) => self.store.put(secret).await.map_err(Error::from),
+            Ok(mut secret) => match self.keep_release_conditions(who, &mut secret).await {
+                Ok(()) => self.store.put(secret).await.map_err(Error::from),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         self.audit(action, who, &name, result.as_ref().map(|m| Some(m.version)));
         result.map(|m| Response::new(to_wire(m))).map_err(|e| e.to_status())
+    }
+
+    /// Only an admin changes the release conditions of an existing secret
+    /// (its allow-list and its labels, which policies read, e.g. `refvals`):
+    /// a new version from anyone else carries the current ones over when it
+    /// gives none, and is refused when it gives others. The write is made
+    /// conditional on the version whose conditions were read.
+    async fn keep_release_conditions(&self, who: &Caller, secret: &mut NewSecret) -> Result<(), Error> {
+        if who.role == Role::Admin {
+            return Ok(());
+        }
+        let current = match self.store.metadata(&secret.name).await {
+            Ok(current) => current,
+            Err(crate::store::StoreError::NotFound) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let given = !secret.labels.is_empty() || !secret.allowed_measurements.is_empty();
+        let same = secret.labels == current.labels
+            && secret.allowed_measurements.iter().collect::<std::collections::BTreeSet<_>>()
+                == current.allowed_measurements.iter().collect::<std::collections::BTreeSet<_>>();
+        if given && !same {
+            tracing::warn!(caller = who.id, secret = secret.name, "a non-admin tried to change release conditions");
+            return Err(Error::Forbidden {
+                role: who.role.as_str(),
+                call: "changing the allow-list or labels of an existing secret",
+            });
+        }
+        secret.labels = current.labels;
+        secret.allowed_measurements = current.allowed_measurements;
+        secret.expected_version.get_or_insert(current.version);
+        Ok(())
     }
 
     fn new_secret(
@@ -386,12 +420,30 @@ impl Admin for AdminService {
         if req.prefix.len() > crate::store::MAX_NAME_LEN || req.page_token.len() > crate::store::MAX_NAME_LEN {
             return Err(Error::InvalidRequest("prefix or page token too long".into()).to_status());
         }
-        let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
-        let page = self.store.list(&req.prefix, after, limit).await.map_err(|e| Error::from(e).to_status())?;
-        Ok(Response::new(ListSecretsResponse {
-            secrets: page.items.into_iter().filter(|m| !m.name.starts_with(RESERVED_PREFIX)).map(to_wire).collect(),
-            next_page_token: page.next.unwrap_or_default(),
-        }))
+        // The broker's own records (policies, reference values) are never
+        // listed, and the page token is always the name of a listed secret,
+        // so that it cannot reveal theirs either: pages are filled after
+        // filtering, reading on past reserved names.
+        let mut after = (!req.page_token.is_empty()).then(|| req.page_token.clone());
+        let mut secrets = Vec::new();
+        let more = loop {
+            let page = self
+                .store
+                .list(&req.prefix, after.as_deref(), limit - secrets.len())
+                .await
+                .map_err(|e| Error::from(e).to_status())?;
+            let read_to = page.items.last().map(|m| m.name.clone());
+            secrets.extend(page.items.into_iter().filter(|m| !m.name.starts_with(RESERVED_PREFIX)).map(to_wire));
+            match (page.next, read_to) {
+                (Some(_), Some(last)) if secrets.len() < limit => after = Some(last),
+                (next, _) => break next.is_some(),
+            }
+        };
+        let next_page_token = match (more, secrets.last()) {
+            (true, Some(last)) => last.name.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListSecretsResponse { secrets, next_page_token }))
     }
 
     async fn delete_secret(

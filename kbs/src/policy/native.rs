@@ -29,7 +29,7 @@ use crate::store::SecretMeta;
 
 /// SHA-256 (lowercase hex) of the policy source this module implements:
 /// `policies/default.rego` as shipped.
-pub const DEFAULT_POLICY_SHA256: &str = "89869761e844fbf95ca6813895b7bae323c9ee497d0a500ddf6e0ea9eaaf7fb4";
+pub const DEFAULT_POLICY_SHA256: &str = "3e83cbf6f3f292e7bf304a6f1c1298c91c98ce7e1a45d49503756859393b4456";
 
 /// True when the default policy certainly allows the release of `secret`
 /// to a guest with these `claims` (the policy form of the claims, the
@@ -100,13 +100,16 @@ fn check(claims: &Value, secret: &SecretMeta, data: &Value) -> Option<()> {
 }
 
 /// The sets that apply: those named in the `refvals` label (split on
-/// commas, trimmed, empty names dropped), else `default`; names without a
-/// set are skipped. Every set must be an object.
+/// commas, trimmed, empty names dropped), each of which must exist (the
+/// Rego refuses a name without a set), else `default` when it exists.
+/// Every set must be an object.
 fn reference_sets<'a>(secret: &SecretMeta, data: &'a Value) -> Option<Vec<&'a Value>> {
     let all = &data["reference_values"];
     let mut sets = Vec::new();
+    let labelled = secret.labels.contains_key("refvals");
     let mut add = |name: &str| -> Option<()> {
         match &all[name] {
+            Value::Undefined if labelled => None,
             Value::Undefined => Some(()),
             set @ Value::Object(_) => {
                 sets.push(set);
@@ -384,6 +387,15 @@ mod tests {
             "statuses": {"measurements": [M], "tdx_tcb_statuses": ["OutOfDate"]},
         }));
         agree(&snp_claims(), &secret(&[("refvals", "missing")], &[]), &sets, false);
+        // A label naming a set that does not exist is refused, even when the
+        // allow-list or another named set would admit the guest: a typo or a
+        // deleted set must not drop the checks that set stood for.
+        agree(&snp_claims(), &secret(&[("refvals", "missing")], &[M]), &sets, false);
+        agree(&snp_claims(), &secret(&[("refvals", "default, missing")], &[]), &sets, false);
+        agree(&tdx_claims(), &secret(&[("refvals", "rtmrs,missing")], &[M]), &sets, false);
+        // With no label, a missing `default` set is no refusal: the
+        // allow-list alone decides.
+        agree(&snp_claims(), &secret(&[], &[M]), &data(json!({"other": {"measurements": []}})), true);
         agree(&snp_claims(), &secret(&[("refvals", "")], &[]), &sets, false);
         agree(&snp_claims(), &secret(&[("refvals", "default,low")], &[]), &sets, false);
         // A missing component counts as -1, below any minimum.
