@@ -122,6 +122,8 @@ enum RawStore {
         #[serde(default)]
         insecure_skip_verify: bool,
         #[serde(default)]
+        insecure_plain_http: bool,
+        #[serde(default)]
         request_timeout_seconds: Option<u64>,
         #[serde(default)]
         max_secret_bytes: Option<usize>,
@@ -516,6 +518,7 @@ impl Config {
                 namespace,
                 ca_bundle,
                 insecure_skip_verify,
+                insecure_plain_http,
                 request_timeout_seconds,
                 max_secret_bytes,
                 cache_ttl_ms,
@@ -525,6 +528,16 @@ impl Config {
                 use crate::store::vault::{VaultAuth, VaultConfig};
                 if !address.starts_with("https://") && !address.starts_with("http://") {
                     return Err(ConfigError::Invalid("store.address must be an http(s) URL".into()));
+                }
+                let plain_remote = reqwest::Url::parse(&address)
+                    .map(|url| url.scheme() == "http" && !crate::store::vault::is_loopback(&url))
+                    .map_err(|e| ConfigError::Invalid(format!("store.address: {e}")))?;
+                if plain_remote && !insecure_plain_http {
+                    return Err(ConfigError::Invalid(
+                        "store.address is plain http to another machine: tokens and secrets would cross the network \
+                         in clear (use https, or set store.insecure_plain_http for a development set-up)"
+                            .into(),
+                    ));
                 }
                 let auth = match auth {
                     RawVaultAuth::Token { token_file } => VaultAuth::token_from_file(&resolve(&token_file))
@@ -559,6 +572,7 @@ impl Config {
                 vault.namespace = namespace;
                 vault.ca_bundle = ca_bundle.map(|p| resolve(&p));
                 vault.insecure_skip_verify = insecure_skip_verify;
+                vault.insecure_plain_http = insecure_plain_http;
                 if let Some(secs) = request_timeout_seconds {
                     if !(1..=300).contains(&secs) {
                         return Err(ConfigError::Invalid(
@@ -857,6 +871,28 @@ mod tests {
         assert_eq!((c.policy_refresh, c.policy_builtin_default), (Duration::from_secs(2), false));
         for bad in ["refresh_seconds = 0", "refresh_seconds = 3601", "refresh = 5"] {
             assert!(Config::from_toml(&format!("{MINIMAL}\n[policy]\n{bad}\n"), Path::new("/")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_http_to_a_remote_vault_needs_the_insecure_switch() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "t").unwrap();
+        let vault = |address: &str, extra: &str| {
+            let local = "[store]\n        kind = \"local\"\n        dir = \"secrets\"\n        kek_file = \"kek\"\n";
+            let store = format!(
+                "[store]\nkind = \"vault\"\naddress = \"{address}\"\n{extra}\n[store.auth]\nmethod = \"token\"\ntoken_file = \"token\"\n"
+            );
+            Config::from_toml(&MINIMAL.replace(local, &store), dir.path())
+        };
+        for ok in ["https://vault.example:8200", "http://127.0.0.1:8200", "http://localhost:8200", "http://[::1]:8200"]
+        {
+            assert!(vault(ok, "").is_ok(), "{ok}: {:?}", vault(ok, "").err());
+        }
+        for bad in ["http://vault.example:8200", "http://10.0.0.5:8200", "http://127.attacker.example"] {
+            assert!(vault(bad, "").is_err(), "{bad}");
+            let c = vault(bad, "insecure_plain_http = true").unwrap();
+            assert!(matches!(c.store, StoreConfig::Vault(v) if v.insecure_plain_http), "{bad}");
         }
     }
 

@@ -745,3 +745,22 @@ async fn idle_slow_and_crowding_peers_cannot_hold_the_coco_listener() {
     let response = app.http().post(format!("{}/kbs/v0/auth", app.coco_url)).body("{}").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
+
+/// A body over the limit gets a readable 413 problem document over HTTP/1.1
+/// and HTTP/2, and the client's next request is served.
+#[tokio::test]
+async fn an_oversized_body_gets_a_readable_413() {
+    let app = TestApp::start_with(coco()).await;
+    let ca = reqwest::Certificate::from_pem(&app.ca).unwrap();
+    let http1 = reqwest::Client::builder().tls_certs_only(vec![ca]).http1_only().build().unwrap();
+    for http in [http1, app.http()] {
+        let url = format!("{}/kbs/v0/attest", app.coco_url);
+        let declared = http.post(&url).body(vec![b' '; 2 << 20]).send().await.unwrap();
+        assert_eq!(declared.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let problem: Value = declared.json().await.unwrap();
+        assert_eq!(problem["detail"], "evidence_too_large");
+        // The client goes on.
+        let next = http.post(format!("{}/kbs/v0/auth", app.coco_url)).body("{}").send().await.unwrap();
+        assert_eq!(next.status(), StatusCode::BAD_REQUEST);
+    }
+}

@@ -239,6 +239,10 @@ pub struct VaultConfig {
     pub ca_bundle: Option<PathBuf>,
     /// Turns certificate verification off (logs a warning). Development only.
     pub insecure_skip_verify: bool,
+    /// Allows a plain `http://` address that is not on this machine (logs
+    /// a warning): tokens and secrets then cross the network in clear.
+    /// Without it, such an address is refused.
+    pub insecure_plain_http: bool,
     /// How to authenticate.
     pub auth: VaultAuth,
     /// Timeout of one HTTP request (default [`DEFAULT_REQUEST_TIMEOUT`]).
@@ -256,6 +260,7 @@ impl VaultConfig {
             namespace: None,
             ca_bundle: None,
             insecure_skip_verify: false,
+            insecure_plain_http: false,
             auth,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
@@ -760,7 +765,13 @@ fn build_http_client(config: &VaultConfig, address: &reqwest::Url) -> Result<req
         builder = builder.tls_certs_only(Vec::new());
     }
     if address.scheme() == "http" && !is_loopback(address) {
-        tracing::warn!(address = %address, "the Vault/OpenBao address is plain http: tokens and secrets cross the network in clear");
+        if !config.insecure_plain_http {
+            return Err(ConnectError::Config(format!(
+                "{address} is plain http to another machine: tokens and secrets would cross the network in clear \
+                 (use https, or set insecure_plain_http for a development set-up)"
+            )));
+        }
+        tracing::warn!(address = %address, "INSECURE: the Vault/OpenBao address is plain http: tokens and secrets cross the network in clear");
     }
     builder.build().map_err(|e| ConnectError::Config(format!("building the HTTP client: {e}")))
 }
