@@ -8,6 +8,10 @@
 //! this replica at once (its writes invalidate the name before they
 //! return).
 //!
+//! A read that was in flight while a write went through this cache (a put,
+//! a delete, a destroyed version) does not cache what it read, so a
+//! destroyed version is never put back after its invalidation.
+//!
 //! Only successful reads are cached; a missing secret or a store that is
 //! down is asked again on the next request, so an operator's put or an
 //! outage ending takes effect immediately. The cache is bounded in entries
@@ -40,6 +44,10 @@ struct Entry {
 struct Entries {
     map: HashMap<String, Entry>,
     bytes: usize,
+    /// Counts the writes made through this cache. A read inserts what it
+    /// read only if no write happened since it began: a read in flight
+    /// while a version is destroyed must not put that version back.
+    writes: u64,
 }
 
 impl Entries {
@@ -116,15 +124,25 @@ impl CachedStore {
     }
 
     fn invalidate(&self, name: &str) {
-        self.entries.write().unwrap_or_else(PoisonError::into_inner).remove(name);
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.writes = entries.writes.wrapping_add(1);
+        entries.remove(name);
     }
 
-    fn insert(&self, record: &SecretRecord, now: Instant) {
+    fn writes(&self) -> u64 {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).writes
+    }
+
+    /// Caches `record`, read when the write count was `writes_before`.
+    fn insert(&self, record: &SecretRecord, now: Instant, writes_before: u64) {
         let size = record.value.len();
         if self.max_entries == 0 || size > self.max_bytes {
             return;
         }
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.writes != writes_before {
+            return;
+        }
         entries.remove(&record.meta.name);
         entries.make_room(now, self.max_entries, self.max_bytes, size);
         entries.bytes = entries.bytes.saturating_add(size);
@@ -148,10 +166,11 @@ impl SecretStore for CachedStore {
         {
             return Ok(entry.record.clone());
         }
+        let writes_before = self.writes();
         let record = self.inner.get(name).await?;
         // A record filed under another name would poison the cache.
         if record.meta.name == name {
-            self.insert(&record, now);
+            self.insert(&record, now, writes_before);
         }
         Ok(record)
     }
@@ -309,6 +328,73 @@ mod tests {
         // Too big to cache, but still served.
         assert_eq!(cache.get("big").await.unwrap().value.len(), 100);
         assert!(!cache.entries.read().unwrap().map.contains_key("big"));
+    }
+
+    /// A store whose reads can be held between reading and returning.
+    #[derive(Debug, Default)]
+    struct Gated {
+        inner: Counting,
+        hold: tokio::sync::Mutex<()>,
+    }
+
+    #[async_trait]
+    impl SecretStore for Gated {
+        async fn put(&self, secret: NewSecret) -> Result<SecretMeta, StoreError> {
+            self.inner.put(secret).await
+        }
+        async fn get(&self, name: &str) -> Result<SecretRecord, StoreError> {
+            let read = self.inner.get(name).await;
+            let _held = self.hold.lock().await;
+            read
+        }
+        async fn metadata(&self, name: &str) -> Result<SecretMeta, StoreError> {
+            self.inner.metadata(name).await
+        }
+        async fn list(&self, p: &str, a: Option<&str>, l: usize) -> Result<Page, StoreError> {
+            self.inner.list(p, a, l).await
+        }
+        async fn delete(&self, name: &str) -> Result<(), StoreError> {
+            self.inner.delete(name).await
+        }
+        async fn destroy_versions(&self, name: &str, versions: &[u64]) -> Result<(), StoreError> {
+            self.inner.secrets.lock().unwrap().remove(name);
+            self.inner.destroy_versions(name, versions).await
+        }
+    }
+
+    /// A read in flight while a version is destroyed (or deleted, or
+    /// replaced) must not put what it read back into the cache after the
+    /// write has invalidated it.
+    #[tokio::test]
+    async fn a_read_in_flight_during_a_write_is_not_cached() {
+        for write in ["destroy", "delete", "put"] {
+            let inner = Arc::new(Gated::default());
+            inner.inner.set("a", b"old");
+            let cache = Arc::new(CachedStore::new(inner.clone(), Duration::from_secs(60)));
+            let hold = inner.hold.lock().await;
+            let reader = tokio::spawn({
+                let cache = Arc::clone(&cache);
+                async move { cache.get("a").await }
+            });
+            // The reader has read "old" and waits.
+            while inner.inner.reads.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+            match write {
+                "destroy" => cache.destroy_versions("a", &[1]).await.unwrap(),
+                "delete" => cache.delete("a").await.unwrap(),
+                _ => {
+                    cache.put(new_secret("a", b"new")).await.unwrap();
+                }
+            }
+            drop(hold);
+            assert_eq!(reader.await.unwrap().unwrap().value.expose(), b"old");
+            let after = cache.get("a").await.map(|r| r.value.expose().to_vec());
+            match write {
+                "put" => assert_eq!(after.unwrap(), b"new", "{write}"),
+                _ => assert!(matches!(after, Err(StoreError::NotFound)), "{write}: {after:?}"),
+            }
+        }
     }
 
     #[test]
