@@ -154,6 +154,22 @@ impl ChallengeSealer {
         })
     }
 
+    /// A sealer for a broker in the insecure dev mode: the sealing keys are
+    /// derived from the key files with a label of that mode, so a dev
+    /// broker that shares key files with a production one (a copied
+    /// set-up) issues challenges and sessions the production broker
+    /// refuses, and the other way round.
+    pub fn new_insecure_dev(current: &[u8; 32], previous: &[Zeroizing<[u8; 32]>]) -> Result<Self, ChallengeError> {
+        let derive = |key: &[u8; 32]| -> Zeroizing<[u8; 32]> {
+            let mut h = Sha256::new();
+            h.update(b"kbs.v1 insecure-dev challenge key");
+            h.update(key);
+            Zeroizing::new(h.finalize().into())
+        };
+        let previous: Vec<Zeroizing<[u8; 32]>> = previous.iter().map(|k| derive(k)).collect();
+        Self::new(&derive(current), &previous)
+    }
+
     /// The identifier of the current key (not secret), for logs.
     pub fn key_id(&self) -> String {
         hex::encode(self.current.id)
@@ -266,6 +282,18 @@ mod tests {
 
     fn names() -> Vec<String> {
         vec!["models/llama/key".to_owned(), "models/llama/config".to_owned()]
+    }
+
+    #[test]
+    fn dev_and_production_sealers_with_one_key_refuse_each_other() {
+        let key = [5u8; 32];
+        let production = ChallengeSealer::new(&key, &[]).unwrap();
+        let dev = ChallengeSealer::new_insecure_dev(&key, &[]).unwrap();
+        let from_dev = dev.issue(1, &[], 1_000).unwrap();
+        assert_eq!(production.open(&from_dev.token, 0).unwrap_err(), ChallengeError::UnknownKey);
+        let from_production = production.issue(1, &[], 1_000).unwrap();
+        assert_eq!(dev.open(&from_production.token, 0).unwrap_err(), ChallengeError::UnknownKey);
+        assert!(dev.open(&from_dev.token, 0).is_ok());
     }
 
     #[test]

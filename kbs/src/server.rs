@@ -133,7 +133,11 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         .iter()
         .map(|p| read_key32("challenge.previous_key_files", p))
         .collect::<Result<Vec<_>, _>>()?;
-    let sealer = ChallengeSealer::new(&current, &previous).map_err(|e| StartError::Refused(e.to_string()))?;
+    let sealer = match config.insecure_simulated_tee {
+        true => ChallengeSealer::new_insecure_dev(&current, &previous),
+        false => ChallengeSealer::new(&current, &previous),
+    }
+    .map_err(|e| StartError::Refused(e.to_string()))?;
     let store: Arc<dyn SecretStore> = match &config.store {
         StoreConfig::Local { dir, kek_file } => {
             let kek = Kek::from_file(kek_file).map_err(|e| StartError::File {

@@ -586,14 +586,14 @@ async fn the_sample_tee_works_only_in_insecure_dev_mode() {
     let r = Session::new(&prod).attest(&guest(), &key, Tamper { tee: Some("sample"), ..Default::default() }).await;
     assert_problem(r, StatusCode::BAD_REQUEST, "unsupported_tee");
     // A sample session minted by a dev broker is refused by a production
-    // broker even with the same keys.
+    // broker even with the same keys: a dev broker's token is no token there.
     let prod2 =
         TestApp::start_with(Options { production: true, keys_from: Some(dev.dir.path().to_path_buf()), ..coco() })
             .await;
     prod2.put(RESOURCE, b"sample-ok", &[sample]).await;
     let mut s2 = Session::new(&prod2);
     s2.cookie = s.cookie.clone();
-    assert_problem(s2.get(RESOURCE, None).await, StatusCode::BAD_REQUEST, "unsupported_tee");
+    assert_problem(s2.get(RESOURCE, None).await, StatusCode::UNAUTHORIZED, "unauthenticated");
 }
 
 #[tokio::test]
@@ -763,4 +763,50 @@ async fn an_oversized_body_gets_a_readable_413() {
         let next = http.post(format!("{}/kbs/v0/auth", app.coco_url)).body("{}").send().await.unwrap();
         assert_eq!(next.status(), StatusCode::BAD_REQUEST);
     }
+}
+
+/// A dev broker that shares its key files with a production one (a copied
+/// set-up) cannot mint what the production broker accepts: neither its
+/// tokens for guests whose evidence only the dev broker's test roots vouch
+/// for, nor its challenges.
+#[tokio::test]
+async fn tokens_and_challenges_of_a_dev_broker_are_refused_in_production() {
+    let key = GuestKey::ec();
+    let dev = TestApp::start_with(coco()).await;
+    dev.put(RESOURCE, b"dev", &[MEASUREMENT]).await;
+    let mut s = Session::new(&dev);
+    s.attest(&guest(), &key, Tamper::default()).await.unwrap();
+    assert_eq!(key.decrypt(&s.get(RESOURCE, None).await.unwrap()), b"dev");
+
+    let prod =
+        TestApp::start_with(Options { production: true, keys_from: Some(dev.dir.path().to_path_buf()), ..coco() })
+            .await;
+    prod.put(RESOURCE, b"production", &[MEASUREMENT]).await;
+    let mut at_prod = Session::new(&prod);
+    at_prod.cookie = s.cookie.clone();
+    assert_problem(at_prod.get(RESOURCE, None).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+
+    // A gRPC challenge of the dev broker is not one at the production broker.
+    let challenge = dev
+        .guest()
+        .await
+        .get_challenge(kbs_proto::v1::GetChallengeRequest {
+            tee: kbs_proto::v1::Tee::Snp as i32,
+            secret_names: vec![RESOURCE.into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let release = kbs_proto::v1::ReleaseSecretsRequest {
+        challenge: challenge.challenge,
+        evidence: Some(kbs_proto::v1::release_secrets_request::Evidence::Snp(kbs_proto::v1::SnpEvidence {
+            report: vec![0; 1184],
+            cert_table: Vec::new(),
+        })),
+        hpke_suite: Some(kbs_proto::SuiteId::X25519_SHA256_AES256GCM.to_wire()),
+        hpke_public_key: vec![9; 32],
+        secret_names: vec![RESOURCE.into()],
+    };
+    let status = prod.guest().await.release_secrets(release).await.unwrap_err();
+    assert_eq!(status.metadata().get("kbs-reason").unwrap(), "challenge_invalid", "{status:?}");
 }

@@ -297,9 +297,13 @@ pub fn build(
             TokenKey::generate()?
         }
     };
-    if config.insecure_simulated_tee {
-        tracing::warn!("INSECURE: the CoCo `sample` TEE is accepted: unsigned evidence from any machine passes");
-    }
+    let token_key = match config.insecure_simulated_tee {
+        true => {
+            tracing::warn!("INSECURE: the CoCo `sample` TEE is accepted: unsigned evidence from any machine passes");
+            token_key.insecure_dev()
+        }
+        false => token_key,
+    };
     let service =
         Arc::new(CocoService::new(Arc::clone(broker), token_key, coco.token_ttl, config.insecure_simulated_tee));
     Ok(Some(CocoServer {

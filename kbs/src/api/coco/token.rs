@@ -35,16 +35,26 @@ pub enum TokenError {
     /// Past `exp`, or issued in the future.
     #[error("token is expired or not yet valid")]
     Expired,
+    /// Minted by a broker in the other trust mode (insecure dev or not).
+    #[error("token was minted by a broker in another trust mode")]
+    OtherMode,
     /// The key file is unusable.
     #[error("token key: {0}")]
     Key(String),
 }
+
+/// The claim that marks a token minted by a broker in the insecure dev
+/// mode. A broker verifies only tokens of its own mode, so a dev broker
+/// that shares the token key file with a production one (a copied set-up)
+/// mints nothing the production broker accepts.
+const INSECURE_DEV_CLAIM: &str = "kbs-insecure-dev";
 
 /// The broker's token signing key.
 pub struct TokenKey {
     pair: EcdsaKeyPair,
     kid: String,
     rng: SystemRandom,
+    insecure_dev: bool,
 }
 
 impl std::fmt::Debug for TokenKey {
@@ -56,7 +66,14 @@ impl std::fmt::Debug for TokenKey {
 impl TokenKey {
     fn from_pair(pair: EcdsaKeyPair) -> Self {
         let kid = hex::encode(Sha256::digest(pair.public_key().as_ref()).get(..8).unwrap_or_default());
-        Self { pair, kid, rng: SystemRandom::new() }
+        Self { pair, kid, rng: SystemRandom::new(), insecure_dev: false }
+    }
+
+    /// The key of a broker in the insecure dev mode: its tokens carry the
+    /// dev mark, and it accepts only tokens that do.
+    pub fn insecure_dev(mut self) -> Self {
+        self.insecure_dev = true;
+        self
     }
 
     /// A fresh key for this process only.
@@ -123,7 +140,11 @@ impl TokenKey {
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
         let enc = |v: &Value| serde_json::to_vec(v).map(|b| URL_SAFE_NO_PAD.encode(b));
         let header = enc(&header).map_err(|_| TokenError::Malformed("header"))?;
-        let payload = enc(claims).map_err(|_| TokenError::Malformed("claims"))?;
+        let mut claims = claims.clone();
+        if let (true, Some(object)) = (self.insecure_dev, claims.as_object_mut()) {
+            object.insert(INSECURE_DEV_CLAIM.into(), Value::Bool(true));
+        }
+        let payload = enc(&claims).map_err(|_| TokenError::Malformed("claims"))?;
         let input = format!("{header}.{payload}");
         let sig = self.pair.sign(&self.rng, input.as_bytes()).map_err(|_| TokenError::Key("signing failed".into()))?;
         Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())))
@@ -162,6 +183,9 @@ impl TokenKey {
         if now >= exp || iat > now.saturating_add(MAX_SKEW_SECONDS) {
             return Err(TokenError::Expired);
         }
+        if claims.get(INSECURE_DEV_CLAIM).is_some() != self.insecure_dev {
+            return Err(TokenError::OtherMode);
+        }
         Ok(claims)
     }
 }
@@ -172,6 +196,19 @@ mod tests {
 
     fn claims(iat: i64, exp: i64) -> Value {
         json!({"iat": iat, "exp": exp, "tee-pubkey": {"kty": "EC"}})
+    }
+
+    #[test]
+    fn tokens_are_good_only_in_the_mode_that_minted_them() {
+        let der = TokenKey::generate_pkcs8().unwrap();
+        let production = TokenKey::from_pkcs8(&der).unwrap();
+        let dev = TokenKey::from_pkcs8(&der).unwrap().insecure_dev();
+        let from_dev = dev.sign(&claims(0, 100)).unwrap();
+        assert_eq!(production.verify(&from_dev, 10), Err(TokenError::OtherMode));
+        assert!(dev.verify(&from_dev, 10).is_ok());
+        let from_production = production.sign(&claims(0, 100)).unwrap();
+        assert_eq!(dev.verify(&from_production, 10), Err(TokenError::OtherMode));
+        assert!(production.verify(&from_production, 10).unwrap().get(INSECURE_DEV_CLAIM).is_none());
     }
 
     #[test]
