@@ -22,7 +22,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::error::ReasonCode;
+use crate::reason::ReasonCode;
 use kbs_proto::NONCE_LEN as CHALLENGE_NONCE_LEN;
 
 const TOKEN_VERSION: u8 = 1;

@@ -23,8 +23,10 @@
 //! - [`seal`]: HPKE sealing to the guest's key.
 //! - [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV v2).
 //! - [`audit`]: hash-chained JSON-lines audit log.
+//! - [`reason`]: stable reason codes (a leaf); [`error`]: the error type.
 //! - [`release`]: the release flow every front end shares.
-//! - [`api`]: gRPC services; [`server`]: wiring and serving.
+//! - [`api`]: gRPC services and the gRPC status map; [`server`]: wiring and
+//!   serving.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -35,6 +37,7 @@ pub mod dev;
 pub mod error;
 pub mod evidence;
 pub mod policy;
+pub mod reason;
 pub mod release;
 pub mod seal;
 pub mod server;

@@ -18,7 +18,7 @@ use std::fmt;
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use crate::error::ReasonCode;
+use crate::reason::ReasonCode;
 
 /// Largest secret value accepted by default (1 MiB).
 pub const DEFAULT_MAX_SECRET_BYTES: usize = 1 << 20;
