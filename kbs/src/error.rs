@@ -7,6 +7,7 @@
 
 use crate::challenge::ChallengeError;
 use crate::evidence::EvidenceError;
+use crate::names::ReservedName;
 use crate::reason::ReasonCode;
 use crate::store::StoreError;
 
@@ -55,6 +56,12 @@ pub enum Error {
     /// message about the operator's own upload) is returned to the caller.
     #[error("invalid policy input: {0}")]
     PolicyInvalid(String),
+}
+
+impl From<ReservedName> for Error {
+    fn from(e: ReservedName) -> Self {
+        Self::InvalidRequest(e.to_string())
+    }
 }
 
 impl Error {

@@ -21,6 +21,7 @@
 //!   trust anchors; collateral sources (VCEKs; Intel DCAP collateral).
 //! - [`policy`]: which verified workload may receive which secret.
 //! - [`seal`]: HPKE sealing to the guest's key.
+//! - [`names`]: the reserved namespace of secret names (a leaf).
 //! - [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV v2).
 //! - [`audit`]: hash-chained JSON-lines audit log.
 //! - [`reason`]: stable reason codes (a leaf); [`error`]: the error type.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod evidence;
+pub mod names;
 pub mod policy;
 pub mod reason;
 pub mod release;

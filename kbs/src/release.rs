@@ -25,6 +25,7 @@ use crate::evidence::snp::{SigningKey, SnpReport, SnpVerifier};
 use crate::evidence::tdx::{TdxQuote, TdxVerifier};
 use crate::evidence::tdx_collateral::TdxCollateralResolver;
 use crate::evidence::{Claims, EvidenceError, certtable};
+use crate::names::check_not_reserved;
 use crate::policy::{PolicyEngine, PreparedClaims};
 use crate::seal::{self, RecipientKey};
 use crate::store::{SecretStore, validate_name};
@@ -356,19 +357,10 @@ fn check_names(names: &[String]) -> Result<(), Error> {
     let mut seen = BTreeSet::new();
     for name in names {
         validate_name(name).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        refuse_reserved(name)?;
+        check_not_reserved(name)?;
         if !seen.insert(name) {
             return Err(Error::InvalidRequest("duplicate secret name".into()));
         }
-    }
-    Ok(())
-}
-
-/// Policies and reference values live in the store under a reserved
-/// prefix; they are never released as secrets.
-fn refuse_reserved(name: &str) -> Result<(), Error> {
-    if name.starts_with(crate::api::admin::RESERVED_PREFIX) {
-        return Err(Error::InvalidRequest("names under _kbs/ are reserved".into()));
     }
     Ok(())
 }
@@ -425,7 +417,9 @@ impl Broker {
     /// Not found is reported only to callers that verified `claims`.
     pub async fn read_for(&self, claims: &Claims, name: &str) -> Result<crate::store::SecretRecord, Error> {
         validate_name(name).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        refuse_reserved(name)?;
+        // Policies and reference values live in the store under the
+        // reserved prefix; they are never released as secrets.
+        check_not_reserved(name)?;
         let record = self.store.get(name).await?;
         if let Err(denial) = self.policy.evaluate(claims, &record.meta) {
             return Err(Error::Denied { code: denial.code, reasons: denial.reasons });

@@ -40,15 +40,13 @@ use super::policy_admin::{self, PolicyAdminContext};
 use crate::audit::{AuditLog, Event, SecretRef};
 use crate::config::{ClientEntry, Role, TokenEntry};
 use crate::error::Error;
+use crate::names::{check_not_reserved, is_reserved};
 use crate::store::{NewSecret, SecretMeta, SecretStore, SecretValue, normalize_measurement, validate_name};
 
 /// Largest page a list returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Largest generated secret.
 pub const MAX_GENERATED_BYTES: u32 = 4096;
-/// Names under this prefix are the broker's own (policies, reference
-/// values); the secret calls refuse them.
-pub const RESERVED_PREFIX: &str = "_kbs/";
 
 /// Every Admin call, for authorization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,10 +269,7 @@ impl AdminService {
 /// Secret names must follow the grammar and stay out of the reserved prefix.
 fn check_secret_name(name: &str) -> Result<(), Error> {
     validate_name(name)?;
-    if name.starts_with(RESERVED_PREFIX) {
-        return Err(Error::InvalidRequest(format!("names under {RESERVED_PREFIX} are reserved")));
-    }
-    Ok(())
+    Ok(check_not_reserved(name)?)
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -362,7 +357,7 @@ impl Admin for AdminService {
         let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
         let page = self.store.list(&req.prefix, after, limit).await.map_err(|e| Error::from(e).to_status())?;
         Ok(Response::new(ListSecretsResponse {
-            secrets: page.items.into_iter().filter(|m| !m.name.starts_with(RESERVED_PREFIX)).map(to_wire).collect(),
+            secrets: page.items.into_iter().filter(|m| !is_reserved(&m.name)).map(to_wire).collect(),
             next_page_token: page.next.unwrap_or_default(),
         }))
     }

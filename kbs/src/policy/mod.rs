@@ -840,6 +840,8 @@ mod tests {
         assert_eq!(code_of("tcb_status_not_allowed: OutOfDate"), ReasonCode::TcbStatusNotAllowed);
         assert_eq!(code_of("tcb_below_minimum: snp 8 < 23"), ReasonCode::PolicyDenied);
         assert_eq!(code_of("anything else"), ReasonCode::PolicyDenied);
+        // Policies and reference values are stored in the reserved namespace.
+        assert!(crate::names::is_reserved(POLICY_PREFIX) && crate::names::is_reserved(REFVALS_PREFIX));
         for code in POLICY_CODES {
             assert_eq!(code_of(&format!("{code}: detail")), code);
         }
