@@ -1,9 +1,13 @@
-//! Secret names the whole broker agrees on: the reserved namespace.
+//! Secret names the whole broker agrees on: their length limit and the
+//! reserved namespace.
 //!
 //! A leaf: it imports no other module of the crate. The name grammar is
 //! [`crate::store::validate_name`].
 
 use std::fmt;
+
+/// Longest secret name, in bytes (names in challenges, the store, scopes).
+pub const MAX_NAME_LEN: usize = 256;
 
 /// Names under this prefix are the broker's own: policies and reference
 /// values live in the secret store under it (`crate::policy::POLICY_PREFIX`,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use kbs_proto::SuiteId;
+use kbs_proto::v1::Tee;
 use time::OffsetDateTime;
 
 use crate::audit::{AuditLog, Event, SecretRef};
@@ -30,10 +31,12 @@ use crate::policy::{PolicyEngine, PreparedClaims};
 use crate::seal::{self, RecipientKey};
 use crate::store::{SecretStore, validate_name};
 
-/// `kbs.v1.Tee` wire values.
-pub const TEE_SNP: u8 = 1;
-/// `kbs.v1.Tee` wire values.
-pub const TEE_TDX: u8 = 2;
+/// `kbs.v1.Tee::Snp`, as a challenge carries it.
+pub const TEE_SNP: u8 = Tee::Snp as u8;
+/// `kbs.v1.Tee::Tdx`, as a challenge carries it.
+pub const TEE_TDX: u8 = Tee::Tdx as u8;
+// The proto values fit a challenge's one byte unchanged.
+const _: () = assert!(TEE_SNP as i32 == Tee::Snp as i32 && TEE_TDX as i32 == Tee::Tdx as i32);
 
 /// The wall clock, injectable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;

@@ -40,7 +40,7 @@ use super::policy_admin::{self, PolicyAdminContext};
 use crate::audit::{AuditLog, Event, SecretRef};
 use crate::config::{ClientEntry, Role, TokenEntry};
 use crate::error::Error;
-use crate::names::{check_not_reserved, is_reserved};
+use crate::names::{MAX_NAME_LEN, check_not_reserved, is_reserved};
 use crate::store::{NewSecret, SecretMeta, SecretStore, SecretValue, normalize_measurement, validate_name};
 
 /// Largest page a list returns.
@@ -351,7 +351,7 @@ impl Admin for AdminService {
             0 => 100,
             n => n.min(MAX_PAGE_SIZE),
         };
-        if req.prefix.len() > crate::store::MAX_NAME_LEN || req.page_token.len() > crate::store::MAX_NAME_LEN {
+        if req.prefix.len() > MAX_NAME_LEN || req.page_token.len() > MAX_NAME_LEN {
             return Err(Error::InvalidRequest("prefix or page token too long".into()).to_status());
         }
         let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());

@@ -14,8 +14,8 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use crate::names::{ReservedName, check_not_reserved};
-use crate::store::{MAX_NAME_LEN, validate_name};
+use crate::names::{MAX_NAME_LEN, ReservedName, check_not_reserved};
+use crate::store::validate_name;
 
 /// A parsed, canonical scope.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
