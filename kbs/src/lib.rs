@@ -16,18 +16,22 @@
 //! sealed to another key.
 //!
 //! # Layout
+//! Lowest layer first; a module imports only modules of lower layers
+//! (ARCHITECTURE.md at the repository root, checked by
+//! `tests/architecture.rs`).
+//! - [`reason`]: stable reason codes; [`names`]: the secret-name limit and
+//!   the reserved namespace. Leaves.
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
-//! - [`evidence`]: parsing and verification of SNP reports and TDX quotes;
+//!   [`evidence`]: parsing and verification of SNP reports and TDX quotes;
 //!   trust anchors; collateral sources (VCEKs; Intel DCAP collateral).
-//! - [`policy`]: which verified workload may receive which secret.
-//! - [`seal`]: HPKE sealing to the guest's key.
-//! - [`names`]: the reserved namespace of secret names (a leaf).
-//! - [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV v2).
-//! - [`audit`]: hash-chained JSON-lines audit log.
-//! - [`reason`]: stable reason codes (a leaf); [`error`]: the error type.
-//! - [`release`]: the release flow every front end shares.
-//! - [`api`]: gRPC services and the gRPC status map; [`server`]: wiring and
-//!   serving.
+//!   [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV
+//!   v2). [`audit`]: hash-chained JSON-lines audit log.
+//! - [`error`]: the error type.
+//! - [`seal`]: HPKE sealing to the guest's key. [`policy`]: which verified
+//!   workload may receive which secret.
+//! - [`release`]: the release flow every front end shares. [`config`].
+//! - [`api`]: gRPC services, the gRPC status map, the CoCo front end.
+//! - [`server`]: wiring and serving. [`dev`]: `kbs dev-init`.
 #![forbid(unsafe_code)]
 
 pub mod api;
