@@ -571,20 +571,7 @@ struct Audit {
 
 impl Audit {
     fn new(action: &'static str, attestation_id: Option<String>, caller: String) -> Self {
-        Self {
-            event: Event {
-                action,
-                decision: "deny",
-                reason: None,
-                reasons: Vec::new(),
-                attestation_id,
-                tee: None,
-                measurement: None,
-                claims_digest: None,
-                secrets: Vec::new(),
-                caller,
-            },
-        }
+        Self { event: Event { attestation_id, ..Event::new(action, caller) } }
     }
 
     fn claims(&mut self, claims: &Claims) {
@@ -614,10 +601,7 @@ impl Audit {
                 );
             }
         }
-        if let Err(audit_err) = broker.audit().record(&self.event) {
-            tracing::error!(error = %audit_err, "audit write failed; refusing");
-            return Err(Error::Internal("audit log unavailable".into()));
-        }
+        broker.record_decision(&self.event)?;
         result
     }
 }
