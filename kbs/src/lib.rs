@@ -20,7 +20,8 @@
 //! (ARCHITECTURE.md at the repository root, checked by
 //! `tests/architecture.rs`).
 //! - [`reason`]: stable reason codes; [`names`]: the secret-name limit and
-//!   the reserved namespace. Leaves.
+//!   the reserved namespace; [`fetch`]: what outbound HTTP clients share.
+//!   Leaves.
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
 //!   [`evidence`]: parsing and verification of SNP reports and TDX quotes;
 //!   trust anchors; collateral sources (VCEKs; Intel DCAP collateral).
@@ -41,6 +42,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod evidence;
+pub mod fetch;
 pub mod names;
 pub mod policy;
 pub mod reason;

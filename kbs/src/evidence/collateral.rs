@@ -320,7 +320,7 @@ pub(crate) fn vendor_url_is_https(url: &str, what: &str) -> Result<bool, Evidenc
     let parsed = reqwest::Url::parse(url).map_err(|e| unavailable(format!("{what} URL {url:?}: {e}")))?;
     match parsed.scheme() {
         "https" => Ok(true),
-        "http" if crate::store::vault::is_loopback(&parsed) => Ok(false),
+        "http" if crate::fetch::is_loopback(&parsed) => Ok(false),
         _ => Err(unavailable(format!("{what} URLs must be https (http only on loopback)"))),
     }
 }

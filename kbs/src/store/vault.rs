@@ -759,23 +759,10 @@ fn build_http_client(config: &VaultConfig, address: &reqwest::Url) -> Result<req
         // (it may be missing in minimal containers).
         builder = builder.tls_certs_only(Vec::new());
     }
-    if address.scheme() == "http" && !is_loopback(address) {
+    if address.scheme() == "http" && !crate::fetch::is_loopback(address) {
         tracing::warn!(address = %address, "the Vault/OpenBao address is plain http: tokens and secrets cross the network in clear");
     }
     builder.build().map_err(|e| ConnectError::Config(format!("building the HTTP client: {e}")))
-}
-
-/// Whether `address` names this machine (`localhost` or a loopback IP).
-pub(crate) fn is_loopback(address: &reqwest::Url) -> bool {
-    match address.host_str() {
-        Some("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
 }
 
 /// Renews or re-obtains the token ahead of expiry, until the store is
