@@ -1,8 +1,8 @@
 //! The import rules of ARCHITECTURE.md, checked by reading the source tree.
 //!
 //! 1. Verifier modules are pure: no network, file system or clock, no
-//!    transport (tonic), no store, API or server code, and none of the
-//!    modules that fetch and cache collateral.
+//!    transport (tonic), no store, API or server code, and neither the
+//!    modules that fetch and cache collateral nor the fetch toolkit.
 //! 2. `attester-client` does not depend on `kbs`.
 //! 3. The top-level modules of `kbs/src` import each other without cycles.
 //! 4. Each top-level module imports only modules of lower layers
@@ -43,6 +43,7 @@ const VERIFIER_FORBIDDEN: &[&str] = &[
     "crate::evidence::collateral",
     "crate::evidence::tdx_collateral",
     "crate::evidence::amd_crl",
+    "crate::fetch",
     "SystemTime::now",
     "Instant::now",
     "OffsetDateTime::now_utc",
