@@ -55,6 +55,25 @@ pub struct Event {
     pub caller: String,
 }
 
+impl Event {
+    /// The record of `action` by `caller`, saying `deny` until the decision
+    /// is filled in: a record that is never completed refuses.
+    pub fn new(action: &'static str, caller: String) -> Self {
+        Self {
+            action,
+            decision: "deny",
+            reason: None,
+            reasons: Vec::new(),
+            attestation_id: None,
+            tee: None,
+            measurement: None,
+            claims_digest: None,
+            secrets: Vec::new(),
+            caller,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Record<'a> {
     time: String,
@@ -67,6 +86,9 @@ struct Record<'a> {
 enum Sink {
     Stdout,
     File(File),
+    /// Every write fails (tests of the fail-closed rule).
+    #[cfg(test)]
+    Failing,
 }
 
 struct State {
@@ -109,6 +131,12 @@ impl AuditLog {
         Self { replica: replica.into(), state: Mutex::new(State { sink: Sink::Stdout, prev: [0; 32] }) }
     }
 
+    /// An audit log whose every write fails.
+    #[cfg(test)]
+    pub(crate) fn failing() -> Self {
+        Self { replica: "test".into(), state: Mutex::new(State { sink: Sink::Failing, prev: [0; 32] }) }
+    }
+
     /// Audit to a file, appending and continuing the chain of what is there.
     /// A file whose chain is already broken is refused: the operator must
     /// look at it before the broker writes more.
@@ -145,6 +173,8 @@ impl AuditLog {
                 f.write_all(&line)?;
                 f.flush()?;
             }
+            #[cfg(test)]
+            Sink::Failing => return Err(AuditError::Io(std::io::Error::other("test sink refuses writes"))),
         }
         state.prev = digest;
         Ok(())

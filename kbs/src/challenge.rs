@@ -22,7 +22,8 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::error::ReasonCode;
+use crate::names::MAX_NAME_LEN;
+use crate::reason::ReasonCode;
 use kbs_proto::NONCE_LEN as CHALLENGE_NONCE_LEN;
 
 const TOKEN_VERSION: u8 = 1;
@@ -31,8 +32,6 @@ const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
 const TAG_LEN: usize = 16;
 /// Largest number of secrets one challenge may name.
 pub const MAX_SECRETS_PER_CHALLENGE: usize = 64;
-/// Largest accepted secret name, in bytes.
-pub const MAX_NAME_LEN: usize = 256;
 /// Largest token we will try to open.
 pub const MAX_TOKEN_LEN: usize =
     HEADER_LEN + TAG_LEN + CHALLENGE_NONCE_LEN + 1 + 8 + 2 + MAX_SECRETS_PER_CHALLENGE * (2 + MAX_NAME_LEN);

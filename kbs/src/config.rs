@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::evidence::EvidenceError;
 use crate::evidence::amd_crl::Revocation;
 
 /// Why configuration was refused.
@@ -530,7 +531,7 @@ impl Config {
                     return Err(ConfigError::Invalid("store.address must be an http(s) URL".into()));
                 }
                 let plain_remote = reqwest::Url::parse(&address)
-                    .map(|url| url.scheme() == "http" && !crate::store::vault::is_loopback(&url))
+                    .map(|url| url.scheme() == "http" && !crate::fetch::is_loopback(&url))
                     .map_err(|e| ConfigError::Invalid(format!("store.address: {e}")))?;
                 if plain_remote && !insecure_plain_http {
                     return Err(ConfigError::Invalid(
@@ -602,7 +603,7 @@ impl Config {
         // The fetchers' own check, on the parsed URL (a prefix test would
         // pass `http://127.attacker.example` or `http://localhost.attacker.example`).
         if let Some(url) = &raw.snp.kds_url
-            && let Err(e) = crate::evidence::collateral::vendor_url_is_https(url, "snp.kds_url")
+            && let Err(e) = crate::fetch::vendor_url_is_https(url, "snp.kds_url").map_err(EvidenceError::from)
         {
             return Err(ConfigError::Invalid(format!("snp.kds_url must be https:// (or http on loopback): {e}")));
         }
@@ -655,7 +656,7 @@ impl Config {
             return Err(ConfigError::Invalid("dev.tdx_test_roots needs dev.insecure_simulated_tee = true".into()));
         }
         for url in raw.tdx.pccs_url.iter().chain(raw.tdx.root_crl_url.iter()) {
-            if let Err(e) = crate::evidence::collateral::vendor_url_is_https(url, "tdx") {
+            if let Err(e) = crate::fetch::vendor_url_is_https(url, "tdx").map_err(EvidenceError::from) {
                 return Err(ConfigError::Invalid(format!("tdx URLs must be https:// (or http on loopback): {e}")));
             }
         }

@@ -16,16 +16,24 @@
 //! sealed to another key.
 //!
 //! # Layout
+//! Lowest layer first; a module imports only modules of lower layers
+//! (ARCHITECTURE.md at the repository root, checked by
+//! `tests/architecture.rs`).
+//! - [`reason`]: stable reason codes; [`names`]: the secret-name limit and
+//!   the reserved namespace; [`fetch`]: what outbound HTTP clients share.
+//!   Leaves.
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
-//! - [`evidence`]: parsing and verification of SNP reports and TDX quotes;
+//!   [`evidence`]: parsing and verification of SNP reports and TDX quotes;
 //!   trust anchors; collateral sources (VCEKs; Intel DCAP collateral).
-//! - [`policy`]: which verified workload may receive which secret.
-//! - [`seal`]: HPKE sealing to the guest's key.
-//! - [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV v2).
-//! - [`audit`]: hash-chained JSON-lines audit log.
-//! - [`release`]: the release flow every front end shares.
-//! - [`api`]: gRPC services; [`server`]: wiring and serving;
-//!   [`connections`]: connection caps and idle bounds of the listeners.
+//!   [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV
+//!   v2). [`audit`]: hash-chained JSON-lines audit log.
+//! - [`error`]: the error type.
+//! - [`seal`]: HPKE sealing to the guest's key. [`policy`]: which verified
+//!   workload may receive which secret.
+//! - [`release`]: the release flow every front end shares. [`config`].
+//! - [`api`]: gRPC services, the gRPC status map, the CoCo front end.
+//! - [`server`]: wiring and serving; [`connections`]: connection caps and
+//!   idle bounds of the listeners. [`dev`]: `kbs dev-init`.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -36,7 +44,10 @@ pub mod connections;
 pub mod dev;
 pub mod error;
 pub mod evidence;
+pub mod fetch;
+pub mod names;
 pub mod policy;
+pub mod reason;
 pub mod release;
 pub mod seal;
 pub mod server;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use kbs_proto::SuiteId;
+use kbs_proto::v1::Tee;
 use time::OffsetDateTime;
 
 use crate::audit::{AuditLog, Event, SecretRef};
@@ -25,14 +26,17 @@ use crate::evidence::snp::{SigningKey, SnpReport, SnpVerifier};
 use crate::evidence::tdx::{TdxQuote, TdxVerifier};
 use crate::evidence::tdx_collateral::TdxCollateralResolver;
 use crate::evidence::{Claims, EvidenceError, certtable};
+use crate::names::check_not_reserved;
 use crate::policy::{PolicyEngine, PreparedClaims};
 use crate::seal::{self, RecipientKey};
 use crate::store::{SecretStore, validate_name};
 
-/// `kbs.v1.Tee` wire values.
-pub const TEE_SNP: u8 = 1;
-/// `kbs.v1.Tee` wire values.
-pub const TEE_TDX: u8 = 2;
+/// `kbs.v1.Tee::Snp`, as a challenge carries it.
+pub const TEE_SNP: u8 = Tee::Snp as u8;
+/// `kbs.v1.Tee::Tdx`, as a challenge carries it.
+pub const TEE_TDX: u8 = Tee::Tdx as u8;
+// The proto values fit a challenge's one byte unchanged.
+const _: () = assert!(TEE_SNP as i32 == Tee::Snp as i32 && TEE_TDX as i32 == Tee::Tdx as i32);
 
 /// The wall clock, injectable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
@@ -194,6 +198,21 @@ impl Broker {
         (self.clock)()
     }
 
+    /// Writes the audit record of a decision, failing closed: if it cannot
+    /// be written the caller is refused (`internal`) whatever the decision,
+    /// so nothing is released without a record.
+    pub fn record_decision(&self, event: &Event) -> Result<(), Error> {
+        self.audit.record(event).map_err(|audit_err| {
+            tracing::error!(
+                action = event.action,
+                attestation_id = event.attestation_id.as_deref().unwrap_or(""),
+                error = %audit_err,
+                "audit write failed; refusing"
+            );
+            Error::Internal("audit log unavailable".into())
+        })
+    }
+
     /// Issues a challenge for `tee` and `names`.
     pub fn challenge(&self, tee: u8, names: &[String]) -> Result<IssuedChallenge, Error> {
         let supported = tee == TEE_SNP || (tee == TEE_TDX && self.tdx.is_some());
@@ -210,19 +229,13 @@ impl Broker {
     pub async fn release(&self, req: ReleaseRequest) -> Result<Released, Error> {
         let attestation_id = self.attestation_id()?;
         let mut event = Event {
-            action: "release",
-            decision: "deny",
-            reason: None,
-            reasons: Vec::new(),
             attestation_id: Some(attestation_id.clone()),
             tee: Some(match req.evidence {
                 EvidenceInput::Snp { .. } => "snp",
                 EvidenceInput::Tdx { .. } => "tdx",
             }),
-            measurement: None,
-            claims_digest: None,
             secrets: req.names.iter().map(|n| SecretRef { name: n.clone(), version: None }).collect(),
-            caller: req.caller.clone(),
+            ..Event::new("release", req.caller.clone())
         };
         let result = self.release_inner(&req, &attestation_id, &mut event).await;
         match &result {
@@ -242,10 +255,7 @@ impl Broker {
                 tracing::warn!(attestation_id, reason = e.reason().as_str(), cause = %e, "release refused");
             }
         }
-        if let Err(audit_err) = self.audit.record(&event) {
-            tracing::error!(attestation_id, error = %audit_err, "audit write failed; refusing");
-            return Err(Error::Internal("audit log unavailable".into()));
-        }
+        self.record_decision(&event)?;
         // Every release is in the audit record; the operational log has
         // refusals (above) and, at debug level, releases.
         if let Ok(released) = &result {
@@ -356,19 +366,10 @@ fn check_names(names: &[String]) -> Result<(), Error> {
     let mut seen = BTreeSet::new();
     for name in names {
         validate_name(name).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        refuse_reserved(name)?;
+        check_not_reserved(name)?;
         if !seen.insert(name) {
             return Err(Error::InvalidRequest("duplicate secret name".into()));
         }
-    }
-    Ok(())
-}
-
-/// Policies and reference values live in the store under a reserved
-/// prefix; they are never released as secrets.
-fn refuse_reserved(name: &str) -> Result<(), Error> {
-    if name.starts_with(crate::api::admin::RESERVED_PREFIX) {
-        return Err(Error::InvalidRequest("names under _kbs/ are reserved".into()));
     }
     Ok(())
 }
@@ -425,11 +426,67 @@ impl Broker {
     /// Not found is reported only to callers that verified `claims`.
     pub async fn read_for(&self, claims: &Claims, name: &str) -> Result<crate::store::SecretRecord, Error> {
         validate_name(name).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        refuse_reserved(name)?;
+        // Policies and reference values live in the store under the
+        // reserved prefix; they are never released as secrets.
+        check_not_reserved(name)?;
         let record = self.store.get(name).await?;
         if let Err(denial) = self.policy.evaluate(claims, &record.meta) {
             return Err(Error::Denied { code: denial.code, reasons: denial.reasons });
         }
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::anchors::SnpAnchors;
+    use crate::reason::ReasonCode;
+    use crate::store::local::{Kek, LocalStore};
+
+    fn broker(dir: &std::path::Path, audit: AuditLog) -> Broker {
+        let store = Arc::new(LocalStore::open(&dir.join("secrets"), &Kek::new([3; 32])).unwrap());
+        Broker::new(
+            ChallengeSealer::new(&[7; 32], &[]).unwrap(),
+            Duration::from_secs(60),
+            SnpVerifier::new(SnpAnchors::amd().unwrap()),
+            VekResolver::new(None, None),
+            store,
+            Arc::new(audit),
+            system_clock(),
+        )
+    }
+
+    fn forged_request() -> ReleaseRequest {
+        ReleaseRequest {
+            challenge: vec![0; 16],
+            evidence: EvidenceInput::Snp { report: vec![0; 16], cert_table: Vec::new() },
+            suite: SuiteId::X25519_SHA256_AES256GCM,
+            public_key: vec![0; 32],
+            names: vec!["models/a".into()],
+            caller: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_decision_without_its_record_is_refused() {
+        // Recorded: the refusal keeps its own reason, and is in the log.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let recorded = broker(dir.path(), AuditLog::file(&path, "r0").unwrap());
+        let refused = recorded.release(forged_request()).await.unwrap_err();
+        assert_ne!(refused.reason(), ReasonCode::Internal, "{refused}");
+        assert_eq!(crate::audit::verify_file(&path).unwrap().0, 1);
+        let line = std::fs::read_to_string(&path).unwrap();
+        assert!(line.contains(r#""action":"release","decision":"deny""#), "{line}");
+
+        // Not recorded: refused as internal, whatever the decision was.
+        let dir = tempfile::tempdir().unwrap();
+        let unrecorded = broker(dir.path(), AuditLog::failing());
+        let refused = unrecorded.release(forged_request()).await.unwrap_err();
+        assert_eq!(refused.reason(), ReasonCode::Internal, "{refused}");
+        let allow = Event { decision: "allow", ..Event::new("coco.resource", "test".into()) };
+        assert!(matches!(unrecorded.record_decision(&allow), Err(Error::Internal(_))));
+        assert!(recorded.record_decision(&allow).is_ok());
     }
 }

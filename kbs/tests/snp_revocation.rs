@@ -9,11 +9,11 @@
 use attester_client::simulated::{
     Generation as SimGeneration, SimulatedSnp, TestCrl, Vcek, test_ark_der, test_ask_der, test_ask_pem, test_crl_dir,
 };
-use kbs::error::ReasonCode;
 use kbs::evidence::EvidenceError;
 use kbs::evidence::amd_crl::{AmdCrl, CrlSources, MAX_CRL_LEN, Revocation};
 use kbs::evidence::anchors::{Generation, IntermediateKind, SnpAnchors};
 use kbs::evidence::snp::{CrlInstall, SnpVerifier};
+use kbs::reason::ReasonCode;
 use time::OffsetDateTime;
 use time::macros::datetime;
 use x509_parser::prelude::FromDer;

@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use attester_client::hpke::EphemeralKey;
 use attester_client::simulated::{Generation, SimulatedSnp};
-use kbs::error::ReasonCode;
 use kbs::evidence::anchors::SnpAnchors;
 use kbs::evidence::snp::SnpVerifier;
 use kbs::policy::{DEFAULT_POLICY, PolicyEngine, decide_offline, placeholder_meta};
+use kbs::reason::ReasonCode;
 use kbs_proto::v1::key_broker_client::KeyBrokerClient;
 use kbs_proto::v1::{
     GetChallengeRequest, GetPolicyRequest, ListPoliciesRequest, PutReferenceValuesRequest, PutSecretRequest,

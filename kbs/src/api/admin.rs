@@ -42,15 +42,13 @@ use super::policy_admin::{self, PolicyAdminContext};
 use crate::audit::{AuditLog, Event, SecretRef};
 use crate::config::{ClientEntry, Role, TokenEntry};
 use crate::error::Error;
+use crate::names::{MAX_NAME_LEN, check_not_reserved, is_reserved};
 use crate::store::{NewSecret, SecretMeta, SecretStore, SecretValue, normalize_measurement, validate_name};
 
 /// Largest page a list returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Largest generated secret.
 pub const MAX_GENERATED_BYTES: u32 = 4096;
-/// Names under this prefix are the broker's own (policies, reference
-/// values); the secret calls refuse them.
-pub const RESERVED_PREFIX: &str = "_kbs/";
 
 /// Every Admin call, for authorization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,10 +330,7 @@ impl AdminService {
 /// Secret names must follow the grammar and stay out of the reserved prefix.
 fn check_secret_name(name: &str) -> Result<(), Error> {
     validate_name(name)?;
-    if name.starts_with(RESERVED_PREFIX) {
-        return Err(Error::InvalidRequest(format!("names under {RESERVED_PREFIX} are reserved")));
-    }
-    Ok(())
+    Ok(check_not_reserved(name)?)
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -417,7 +412,7 @@ impl Admin for AdminService {
             0 => 100,
             n => n.min(MAX_PAGE_SIZE),
         };
-        if req.prefix.len() > crate::store::MAX_NAME_LEN || req.page_token.len() > crate::store::MAX_NAME_LEN {
+        if req.prefix.len() > MAX_NAME_LEN || req.page_token.len() > MAX_NAME_LEN {
             return Err(Error::InvalidRequest("prefix or page token too long".into()).to_status());
         }
         // The broker's own records (policies, reference values) are never
@@ -433,7 +428,7 @@ impl Admin for AdminService {
                 .await
                 .map_err(|e| Error::from(e).to_status())?;
             let read_to = page.items.last().map(|m| m.name.clone());
-            secrets.extend(page.items.into_iter().filter(|m| !m.name.starts_with(RESERVED_PREFIX)).map(to_wire));
+            secrets.extend(page.items.into_iter().filter(|m| !is_reserved(&m.name)).map(to_wire));
             match (page.next, read_to) {
                 (Some(_), Some(last)) if secrets.len() < limit => after = Some(last),
                 (next, _) => break next.is_some(),

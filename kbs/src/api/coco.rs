@@ -63,8 +63,9 @@ use tokio::net::TcpListener;
 
 use crate::audit::{Event, SecretRef};
 use crate::config::Config;
-use crate::error::{Error, ReasonCode};
+use crate::error::Error;
 use crate::evidence::{Claims, TeeKind};
+use crate::reason::ReasonCode;
 use crate::release::{Broker, claims_digest};
 
 use self::jwe::TeeKey;
@@ -412,19 +413,45 @@ fn problem(status: StatusCode, detail: &str, title: &str) -> Response {
     response
 }
 
-/// The HTTP status for a reason code, by the meaning the gRPC mapping
-/// already gives it (one table to maintain).
+/// The HTTP status for a reason code, by the meaning the gRPC map gives it
+/// ([`crate::api::status`]); an exhaustive match, so a new code cannot go
+/// unmapped.
 fn http_status(reason: ReasonCode) -> StatusCode {
-    use tonic::Code;
-    match reason.grpc_code() {
-        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
+    match reason {
+        ReasonCode::InvalidRequest
+        | ReasonCode::EvidenceMalformed
+        | ReasonCode::EvidenceTooLarge
+        | ReasonCode::UnsupportedVersion
+        | ReasonCode::UnsupportedTee
+        | ReasonCode::UnsupportedHpkeSuite
+        | ReasonCode::CertificateMalformed => StatusCode::BAD_REQUEST,
+        ReasonCode::UntrustedRoot
+        | ReasonCode::CertificateChainInvalid
+        | ReasonCode::CertificateExpired
+        | ReasonCode::SignatureInvalid
+        | ReasonCode::TcbMismatch
+        | ReasonCode::ChipIdMismatch
+        | ReasonCode::ReportDataMismatch
+        | ReasonCode::CertificateRevoked
+        | ReasonCode::TcbStatusNotAllowed
+        | ReasonCode::TdAttributesNotAllowed
+        | ReasonCode::DebugEnabled
+        | ReasonCode::VmplNotAllowed
+        | ReasonCode::MeasurementNotAllowed
+        | ReasonCode::PolicyDenied
+        | ReasonCode::NoPolicy
+        | ReasonCode::PermissionDenied => StatusCode::FORBIDDEN,
         // A bad, foreign or expired session: the client must authenticate again.
-        Code::FailedPrecondition | Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::Aborted => StatusCode::CONFLICT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        ReasonCode::ChallengeExpired
+        | ReasonCode::ChallengeInvalid
+        | ReasonCode::ChallengeMismatch
+        | ReasonCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ReasonCode::SecretNotFound => StatusCode::NOT_FOUND,
+        ReasonCode::StoreUnavailable | ReasonCode::CollateralUnavailable | ReasonCode::CollateralExpired => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ReasonCode::VersionConflict => StatusCode::CONFLICT,
+        ReasonCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -567,20 +594,7 @@ struct Audit {
 
 impl Audit {
     fn new(action: &'static str, attestation_id: Option<String>, caller: String) -> Self {
-        Self {
-            event: Event {
-                action,
-                decision: "deny",
-                reason: None,
-                reasons: Vec::new(),
-                attestation_id,
-                tee: None,
-                measurement: None,
-                claims_digest: None,
-                secrets: Vec::new(),
-                caller,
-            },
-        }
+        Self { event: Event { attestation_id, ..Event::new(action, caller) } }
     }
 
     fn claims(&mut self, claims: &Claims) {
@@ -610,10 +624,7 @@ impl Audit {
                 );
             }
         }
-        if let Err(audit_err) = broker.audit().record(&self.event) {
-            tracing::error!(error = %audit_err, "audit write failed; refusing");
-            return Err(Error::Internal("audit log unavailable".into()));
-        }
+        broker.record_decision(&self.event)?;
         result
     }
 }
@@ -901,6 +912,20 @@ mod tests {
         assert_eq!(http_status(ReasonCode::SecretNotFound), StatusCode::NOT_FOUND);
         assert_eq!(http_status(ReasonCode::StoreUnavailable), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(http_status(ReasonCode::Internal), StatusCode::INTERNAL_SERVER_ERROR);
+        // The HTTP map agrees with the gRPC one, meaning for meaning.
+        for code in ReasonCode::ALL {
+            let by_meaning = match code.grpc_code() {
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Aborted => StatusCode::CONFLICT,
+                tonic::Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+                other => panic!("{code} maps to gRPC {other:?}, which has no HTTP meaning here"),
+            };
+            assert_eq!(http_status(code), by_meaning, "{code}");
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::error::Error;
 use crate::evidence::Claims;
 use crate::evidence::snp::SnpReport;
 use crate::evidence::tdx::TdxQuote;
+use crate::names::check_not_reserved;
 use crate::policy::{PolicyEngine, PolicyInfo, RefvalsInfo, placeholder_meta};
 use crate::release::{Broker, EvidenceInput};
 use crate::store::{SecretMeta, StoreError, validate_name};
@@ -128,9 +129,7 @@ pub async fn test_policy(ctx: &PolicyAdminContext, req: TestPolicyRequest) -> Re
 /// to policies), else a placeholder with neither.
 async fn secret_meta(ctx: &PolicyAdminContext, name: &str) -> Result<SecretMeta, Error> {
     validate_name(name)?;
-    if name.starts_with(super::admin::RESERVED_PREFIX) {
-        return Err(Error::InvalidRequest("names under _kbs/ are reserved".into()));
-    }
+    check_not_reserved(name)?;
     match ctx.broker.store().metadata(name).await {
         Ok(meta) => Ok(meta),
         Err(StoreError::NotFound) => Ok(placeholder_meta(name)),

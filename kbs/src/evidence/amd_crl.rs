@@ -33,9 +33,9 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::EvidenceError;
 use super::anchors::{self, Generation, IntermediateKind, SnpAnchors};
-use super::collateral::{KdsFetcher, crl_path, read_capped};
+use super::collateral::{KdsFetcher, crl_path};
 use super::snp::{CrlInstall, SnpVerifier};
-use super::tdx_collateral::write_atomic;
+use crate::fetch::{read_capped, write_atomic};
 
 /// Largest CRL accepted, from a file or from KDS. AMD's are about 1 KiB.
 pub const MAX_CRL_LEN: usize = 256 * 1024;
@@ -282,7 +282,7 @@ impl CrlSources {
                 let path = crl_path(generation, kind);
                 for dir in self.dir.iter().chain(cache.iter()) {
                     let file = dir.join(&path);
-                    match read_capped(&file, MAX_CRL_LEN).await {
+                    match read_capped(&file, MAX_CRL_LEN).await.map_err(EvidenceError::from) {
                         Ok(Some(der)) => install(verifier, &der, kind, now, &file.display().to_string(), &mut report),
                         Ok(None) => {}
                         Err(e) => report.problems.push(e.to_string()),
@@ -296,7 +296,7 @@ impl CrlSources {
                         install(verifier, &der, kind, now, &source, &mut report);
                         if report.installed.len() > before
                             && let Some(cache) = &cache
-                            && let Err(e) = write_atomic(&cache.join(&path), &der).await
+                            && let Err(e) = write_atomic(&cache.join(&path), &der).await.map_err(EvidenceError::from)
                         {
                             report.problems.push(format!("caching {source}: {e}"));
                         }

@@ -85,8 +85,9 @@ pub const ASVK_TURIN_SHA256: [u8; 32] = [
     0x88, 0x91, 0x5b, 0x4f, 0x65, 0xb0, 0x8b, 0xde, 0xca, 0xf8, 0xdf, 0x1a, 0x3c,
 ];
 
-/// Largest certificate accepted anywhere in the AMD chain. AMD's are 1.3-1.7
-/// KiB; the cap keeps a hostile "certificate" from costing more than a parse.
+/// Largest certificate accepted anywhere: the AMD chain, the Intel PCK chain,
+/// certificates in CoCo evidence. AMD's are 1.3-1.7 KiB; the cap keeps a
+/// hostile "certificate" from costing more than a parse.
 pub const MAX_CERT_LEN: usize = 16 * 1024;
 
 /// Largest operator intermediate file ([`SnpAnchors::add_intermediate`]).

@@ -43,12 +43,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::EvidenceError;
 use super::anchors::{self, Generation, IntermediateKind, MAX_CERT_LEN};
 use super::snp::{RawTcb, SigningKey, SnpReport};
+use crate::fetch::{
+    FetchError, backoff_delay, parse_retry_after, read_capped, vendor_client, vendor_url_is_https, write_atomic,
+};
 
 /// AMD's production KDS.
 pub const DEFAULT_KDS_BASE_URL: &str = "https://kdsintf.amd.com";
@@ -121,6 +123,14 @@ pub fn crl_path(generation: Generation, kind: IntermediateKind) -> String {
 
 fn unavailable(why: impl Into<String>) -> EvidenceError {
     EvidenceError::CollateralUnavailable(why.into())
+}
+
+/// A file or URL the collateral sources could not use: the collateral is
+/// unavailable.
+impl From<FetchError> for EvidenceError {
+    fn from(e: FetchError) -> Self {
+        unavailable(e.to_string())
+    }
 }
 
 /// An offline directory of VCEK/VLEK files; see the module docs for the
@@ -232,7 +242,7 @@ impl VekDirectory {
         tcb: RawTcb,
         der: &[u8],
     ) -> Result<(), EvidenceError> {
-        super::tdx_collateral::write_atomic(&self.vcek_path(generation, chip_id, tcb), der).await
+        Ok(write_atomic(&self.vcek_path(generation, chip_id, tcb), der).await?)
     }
 }
 
@@ -243,22 +253,6 @@ async fn read_vek(path: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
     };
     if bytes.starts_with(b"-----BEGIN") {
         return Ok(anchors::pem_certificates(&bytes)?.into_iter().next());
-    }
-    Ok(Some(bytes))
-}
-
-/// Reads a whole file of at most `cap` bytes; `None` if it does not exist.
-pub(crate) async fn read_capped(path: &Path, cap: usize) -> Result<Option<Vec<u8>>, EvidenceError> {
-    let file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(unavailable(format!("{}: {e}", path.display()))),
-    };
-    let mut bytes = Vec::new();
-    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
-    file.take(limit).read_to_end(&mut bytes).await.map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
-    if bytes.len() > cap {
-        return Err(unavailable(format!("{} is larger than {cap} bytes", path.display())));
     }
     Ok(Some(bytes))
 }
@@ -302,54 +296,6 @@ impl KdsConfig {
             not_found_ttl: Duration::from_secs(10 * 60),
         }
     }
-}
-
-/// The delay before KDS is asked again after `failures` consecutive
-/// failures (1 for the first): `min * 2^(failures-1)`, at least what the
-/// server asked for in `Retry-After`, never more than `max`.
-pub fn backoff_delay(failures: u32, retry_after: Option<Duration>, min: Duration, max: Duration) -> Duration {
-    let exp = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
-    let exponential = min.saturating_mul(exp);
-    exponential.max(retry_after.unwrap_or_default()).min(max)
-}
-
-/// Checks a vendor service URL (`what` names it in errors): `Ok(true)` for
-/// `https`, `Ok(false)` for plain `http` to a loopback host (a test or a
-/// local PCCS); anything else is refused.
-pub(crate) fn vendor_url_is_https(url: &str, what: &str) -> Result<bool, EvidenceError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| unavailable(format!("{what} URL {url:?}: {e}")))?;
-    match parsed.scheme() {
-        "https" => Ok(true),
-        "http" if crate::store::vault::is_loopback(&parsed) => Ok(false),
-        _ => Err(unavailable(format!("{what} URLs must be https (http only on loopback)"))),
-    }
-}
-
-/// The HTTP client of a vendor service fetcher: bounded time, at most three
-/// redirects, `https` only unless every configured URL is on loopback.
-pub(crate) fn vendor_client(
-    timeout: Duration,
-    connect_timeout: Duration,
-    https_only: bool,
-) -> Result<reqwest::Client, EvidenceError> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(connect_timeout)
-        .https_only(https_only)
-        .redirect(reqwest::redirect::Policy::limited(3))
-        .user_agent(concat!("kbs/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| unavailable(format!("HTTP client: {e}")))
-}
-
-/// Parses a `Retry-After` value: delay-seconds or an HTTP-date.
-fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or_default())
 }
 
 /// Rate, back-off and negative-cache state shared by all fetches.
@@ -658,18 +604,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vendor_urls_are_https_or_plain_http_on_loopback_only() {
-        assert!(vendor_url_is_https("https://kdsintf.amd.com", "KDS").unwrap());
-        for url in ["http://127.0.0.1:8080", "http://localhost/x", "http://[::1]:1"] {
-            assert!(!vendor_url_is_https(url, "KDS").unwrap(), "{url}");
-        }
-        for url in ["http://kdsintf.amd.com", "http://10.0.0.1", "ftp://127.0.0.1", "kdsintf.amd.com", ""] {
-            let err = vendor_url_is_https(url, "PCS").unwrap_err();
-            assert!(matches!(err, EvidenceError::CollateralUnavailable(_)), "{url}: {err}");
-            assert!(err.to_string().contains("PCS"), "{url}: {err}");
-        }
+    fn fetch_errors_are_unavailable_collateral() {
         let config = KdsConfig { base_url: "http://kdsintf.amd.com".into(), ..KdsConfig::new("/nonexistent") };
-        assert!(KdsFetcher::new(config).is_err());
+        let err = KdsFetcher::new(config).unwrap_err();
+        assert!(matches!(err, EvidenceError::CollateralUnavailable(_)), "{err}");
+        assert_eq!(err.to_string(), "collateral unavailable: KDS URLs must be https (http only on loopback)");
     }
 
     #[test]
@@ -694,34 +633,6 @@ mod tests {
         );
         assert_eq!(tcb_file_stem(Generation::Milan, tcb), "3-0-8-115");
         assert_eq!(tcb_file_stem(Generation::Turin, turin), "2-3-4-9-1");
-    }
-
-    #[test]
-    fn backoff_is_exponential_capped_and_honours_retry_after() {
-        let min = Duration::from_secs(5);
-        let max = Duration::from_secs(600);
-        assert_eq!(backoff_delay(1, None, min, max), Duration::from_secs(5));
-        assert_eq!(backoff_delay(2, None, min, max), Duration::from_secs(10));
-        assert_eq!(backoff_delay(4, None, min, max), Duration::from_secs(40));
-        assert_eq!(backoff_delay(60, None, min, max), max);
-        assert_eq!(backoff_delay(1, Some(Duration::from_secs(120)), min, max), Duration::from_secs(120));
-        assert_eq!(backoff_delay(1, Some(Duration::from_secs(1_000_000)), min, max), max);
-        assert_eq!(backoff_delay(0, None, min, max), min);
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now - Duration::from_secs(10)),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now + Duration::from_secs(10)),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]

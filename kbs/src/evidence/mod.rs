@@ -15,7 +15,7 @@ pub mod tdx_collateral;
 
 use serde::Serialize;
 
-use crate::error::ReasonCode;
+use crate::reason::ReasonCode;
 
 /// Why evidence was refused. Malformed input ("the attacker sent garbage")
 /// and failed checks are different variants; neither is a broker bug.

@@ -624,9 +624,29 @@ impl TdxPolicy {
     }
 }
 
+/// Every TCB status dcap-qvl reports: the one table of them, read by the
+/// configuration, reference values and `kbsctl`. Their names are dcap-qvl's
+/// (Intel's spelling; see [`parse_tcb_status`], [`tcb_status_names`]).
+pub const TCB_STATUSES: [TcbStatus; 9] = [
+    TcbStatus::UpToDate,
+    TcbStatus::SWHardeningNeeded,
+    TcbStatus::ConfigurationNeeded,
+    TcbStatus::ConfigurationAndSWHardeningNeeded,
+    TcbStatus::OutOfDate,
+    TcbStatus::OutOfDateConfigurationNeeded,
+    TcbStatus::Revoked,
+    TcbStatus::TDRelaunchAdvised,
+    TcbStatus::TDRelaunchAdvisedConfigurationNeeded,
+];
+
 /// A TCB status by Intel's name.
 pub fn parse_tcb_status(name: &str) -> Option<TcbStatus> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+}
+
+/// The names of [`TCB_STATUSES`], in order.
+pub fn tcb_status_names() -> Vec<String> {
+    TCB_STATUSES.iter().map(ToString::to_string).collect()
 }
 
 /// A PCK chain whose signatures verified to a pinned root (check 2; the
@@ -1350,6 +1370,33 @@ mod tests {
         assert_eq!(TdxPolicy::default().accepted_tcb_statuses, vec![TcbStatus::UpToDate]);
         let p = TdxPolicy::from_names(&["UpToDate", "SWHardeningNeeded", "UpToDate"]).unwrap();
         assert_eq!(p.accepted_tcb_statuses.len(), 2);
+    }
+
+    #[test]
+    fn tcb_status_table_is_dcap_qvls() {
+        // No catch-all: a status a newer dcap-qvl adds fails to compile
+        // here until it is listed in TCB_STATUSES.
+        let position = |status: TcbStatus| match status {
+            TcbStatus::UpToDate => 0,
+            TcbStatus::SWHardeningNeeded => 1,
+            TcbStatus::ConfigurationNeeded => 2,
+            TcbStatus::ConfigurationAndSWHardeningNeeded => 3,
+            TcbStatus::OutOfDate => 4,
+            TcbStatus::OutOfDateConfigurationNeeded => 5,
+            TcbStatus::Revoked => 6,
+            TcbStatus::TDRelaunchAdvised => 7,
+            TcbStatus::TDRelaunchAdvisedConfigurationNeeded => 8,
+        };
+        for (i, status) in TCB_STATUSES.iter().enumerate() {
+            assert_eq!(position(*status), i, "{status}");
+        }
+        let names = super::tcb_status_names();
+        assert_eq!(names.len(), TCB_STATUSES.len());
+        for (name, status) in names.iter().zip(TCB_STATUSES) {
+            assert_eq!(parse_tcb_status(name), Some(status), "{name}");
+        }
+        assert_eq!(names[0], "UpToDate");
+        assert_eq!(names[8], "TDRelaunchAdvisedConfigurationNeeded");
     }
 
     #[test]

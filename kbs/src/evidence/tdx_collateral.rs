@@ -39,7 +39,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -48,14 +47,13 @@ use dcap_qvl::{QeIdentity, QuoteCollateralV3, TcbInfo};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::EvidenceError;
 use super::anchors;
-use super::collateral::{backoff_delay, vendor_client, vendor_url_is_https};
+use crate::fetch::{backoff_delay, vendor_client, vendor_url_is_https, write_atomic};
 
 /// Largest collateral file or response accepted (real sets are 16-25 KiB).
 pub const MAX_COLLATERAL_LEN: usize = 1024 * 1024;
@@ -497,38 +495,7 @@ impl PcsFiles {
 
 /// Reads a file of at most [`MAX_COLLATERAL_LEN`] bytes; `None` if absent.
 async fn read_capped(path: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
-    let file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(EvidenceError::CollateralUnavailable(format!("{}: {e}", path.display()))),
-    };
-    let mut bytes = Vec::new();
-    let cap = u64::try_from(MAX_COLLATERAL_LEN).unwrap_or(u64::MAX).saturating_add(1);
-    file.take(cap)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| EvidenceError::CollateralUnavailable(format!("{}: {e}", path.display())))?;
-    if bytes.len() > MAX_COLLATERAL_LEN {
-        return Err(EvidenceError::CollateralUnavailable(format!(
-            "{} is larger than {MAX_COLLATERAL_LEN} bytes",
-            path.display()
-        )));
-    }
-    Ok(Some(bytes))
-}
-
-/// Writes a file atomically (temporary file, then rename).
-pub(crate) async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
-    let io = |e: std::io::Error| EvidenceError::CollateralUnavailable(format!("{}: {e}", path.display()));
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(io)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    tokio::fs::write(&tmp, bytes).await.map_err(io)?;
-    tokio::fs::rename(&tmp, path).await.map_err(io)?;
-    Ok(())
+    Ok(crate::fetch::read_capped(path, MAX_COLLATERAL_LEN).await?)
 }
 
 /// An offline collateral directory; see the module docs for the layout.
@@ -587,7 +554,7 @@ impl TdxCollateralDir {
 
     /// Stores a set under its FMSPC and CA, atomically.
     pub async fn store(&self, set: &TdxCollateral) -> Result<(), EvidenceError> {
-        write_atomic(&self.path(set.fmspc(), set.pck_ca()), &set.to_json()?).await
+        Ok(write_atomic(&self.path(set.fmspc(), set.pck_ca()), &set.to_json()?).await?)
     }
 }
 

@@ -68,8 +68,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::ReasonCode;
 use crate::evidence::Claims;
+use crate::reason::ReasonCode;
 use crate::store::{NewSecret, SecretMeta, SecretStore, SecretValue, StoreError};
 pub use engine::{CompiledRego, Outcome};
 pub use scope::{Scope, ScopeError};
@@ -738,17 +738,21 @@ fn reason_key(reason: &str) -> &str {
     reason.split(':').next().unwrap_or_default().trim()
 }
 
+/// The codes a policy reason may carry to the guest, by their stable names
+/// ([`ReasonCode::as_str`]); every other reason is `policy_denied`.
+const POLICY_CODES: [ReasonCode; 6] = [
+    ReasonCode::DebugEnabled,
+    ReasonCode::VmplNotAllowed,
+    ReasonCode::MeasurementNotAllowed,
+    ReasonCode::TcbStatusNotAllowed,
+    ReasonCode::TdAttributesNotAllowed,
+    ReasonCode::NoPolicy,
+];
+
 /// The guest-visible code of a policy reason.
 pub fn code_of(reason: &str) -> ReasonCode {
-    match reason_key(reason) {
-        "debug_enabled" => ReasonCode::DebugEnabled,
-        "vmpl_not_allowed" => ReasonCode::VmplNotAllowed,
-        "measurement_not_allowed" => ReasonCode::MeasurementNotAllowed,
-        "tcb_status_not_allowed" => ReasonCode::TcbStatusNotAllowed,
-        "td_attributes_not_allowed" => ReasonCode::TdAttributesNotAllowed,
-        "no_policy" => ReasonCode::NoPolicy,
-        _ => ReasonCode::PolicyDenied,
-    }
+    let key = reason_key(reason);
+    POLICY_CODES.into_iter().find(|code| code.as_str() == key).unwrap_or(ReasonCode::PolicyDenied)
 }
 
 fn priority(reason: &str) -> u8 {
@@ -837,6 +841,14 @@ mod tests {
         assert_eq!(code_of("tcb_status_not_allowed: OutOfDate"), ReasonCode::TcbStatusNotAllowed);
         assert_eq!(code_of("tcb_below_minimum: snp 8 < 23"), ReasonCode::PolicyDenied);
         assert_eq!(code_of("anything else"), ReasonCode::PolicyDenied);
+        // Policies and reference values are stored in the reserved namespace.
+        assert!(crate::names::is_reserved(POLICY_PREFIX) && crate::names::is_reserved(REFVALS_PREFIX));
+        for code in POLICY_CODES {
+            assert_eq!(code_of(&format!("{code}: detail")), code);
+        }
+        // Codes that are not the policy's to give stay policy_denied.
+        assert_eq!(code_of("internal: x"), ReasonCode::PolicyDenied);
+        assert_eq!(code_of("secret_not_found"), ReasonCode::PolicyDenied);
     }
 
     #[tokio::test]

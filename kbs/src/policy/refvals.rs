@@ -11,11 +11,12 @@
 //! | `measurements` | array of 96-hex-digit strings (SNP MEASUREMENT or TDX MRTD) |
 //! | `tdx_rtmrs` | array of `[rtmr0, rtmr1, rtmr2, rtmr3]`, each 96 hex digits |
 //! | `snp_min_tcb` | `{generation: {component: 0..=255}}`, generation `milan`/`genoa`/`turin`, component `bootloader`/`tee`/`snp`/`microcode`/`fmc` |
-//! | `tdx_tcb_statuses` | array of Intel TCB status names (`UpToDate`, ...) |
+//! | `tdx_tcb_statuses` | array of Intel TCB status names (`UpToDate`, ...; [`crate::evidence::tdx::TCB_STATUSES`]) |
 //! | `init_data_digests` | array of hex strings (up to 64 bytes) |
 
 use serde_json::{Map, Value};
 
+use crate::evidence::tdx::{parse_tcb_status, tcb_status_names};
 use crate::store::normalize_measurement;
 
 /// Largest stored set, in bytes of JSON.
@@ -23,16 +24,6 @@ pub const MAX_REFVALS_BYTES: usize = 256 * 1024;
 
 const GENERATIONS: [&str; 3] = ["milan", "genoa", "turin"];
 const TCB_COMPONENTS: [&str; 5] = ["bootloader", "tee", "snp", "microcode", "fmc"];
-/// Intel's TCB status names.
-pub const TDX_TCB_STATUSES: [&str; 7] = [
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-];
 
 /// Checks a set's name: one name segment, `[A-Za-z0-9._-]{1,64}`.
 pub fn validate_set_name(name: &str) -> Result<(), String> {
@@ -82,9 +73,8 @@ pub fn normalize(json: &str) -> Result<Value, String> {
     if let Some(v) = object.get("tdx_tcb_statuses") {
         let Value::Array(list) = v else { return Err("tdx_tcb_statuses must be an array of strings".into()) };
         for status in list {
-            match status.as_str() {
-                Some(s) if TDX_TCB_STATUSES.contains(&s) => {}
-                _ => return Err(format!("tdx_tcb_statuses: {status} is not one of {TDX_TCB_STATUSES:?}")),
+            if status.as_str().and_then(parse_tcb_status).is_none() {
+                return Err(format!("tdx_tcb_statuses: {status} is not one of {:?}", tcb_status_names()));
             }
         }
     }
@@ -146,6 +136,26 @@ mod tests {
         .unwrap();
         assert_eq!(v["measurements"][0], "ab".repeat(48));
         assert_eq!(v["custom"]["x"], 1);
+    }
+
+    #[test]
+    fn accepts_every_intel_tcb_status() {
+        // dcap-qvl reports the TD 1.5 relaunch statuses too; a reference set
+        // naming them must be accepted, or policies cannot allow them.
+        for status in [
+            "UpToDate",
+            "SWHardeningNeeded",
+            "ConfigurationNeeded",
+            "ConfigurationAndSWHardeningNeeded",
+            "OutOfDate",
+            "OutOfDateConfigurationNeeded",
+            "Revoked",
+            "TDRelaunchAdvised",
+            "TDRelaunchAdvisedConfigurationNeeded",
+        ] {
+            let v = normalize(&format!(r#"{{"tdx_tcb_statuses":["{status}"]}}"#));
+            assert_eq!(v.map(|v| v["tdx_tcb_statuses"][0].clone()), Ok(serde_json::json!(status)), "{status}");
+        }
     }
 
     #[test]

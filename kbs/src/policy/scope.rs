@@ -14,8 +14,8 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use crate::api::admin::RESERVED_PREFIX;
-use crate::store::{MAX_NAME_LEN, validate_name};
+use crate::names::{MAX_NAME_LEN, ReservedName, check_not_reserved};
+use crate::store::validate_name;
 
 /// A parsed, canonical scope.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -46,9 +46,10 @@ impl Scope {
         if text.len() > MAX_NAME_LEN + 1 {
             return Err(err("longer than 257 bytes"));
         }
-        if text.starts_with(RESERVED_PREFIX) || text == RESERVED_PREFIX.trim_end_matches('/') {
-            return Err(err("names under _kbs/ are reserved"));
-        }
+        // The reserved namespace, also when named without its slash.
+        check_not_reserved(text)
+            .and_then(|()| check_not_reserved(&format!("{text}/")))
+            .map_err(|_| err(ReservedName::MESSAGE))?;
         if let Some(prefix) = text.strip_suffix('*') {
             // A prefix: every name it can start must be possible, so the
             // prefix (without a trailing "/") must itself be a valid name.
@@ -124,6 +125,9 @@ mod tests {
         {
             assert!(Scope::parse(bad).is_err(), "{bad:?}");
         }
+        let reserved = Scope::parse("_kbs").unwrap_err().to_string();
+        assert!(reserved.ends_with("names under _kbs/ are reserved"), "{reserved}");
+        assert!(Scope::parse("models/_kbs/x").is_ok());
     }
 
     #[test]

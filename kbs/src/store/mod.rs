@@ -18,12 +18,11 @@ use std::fmt;
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use crate::error::ReasonCode;
+use crate::names::MAX_NAME_LEN;
+use crate::reason::ReasonCode;
 
 /// Largest secret value accepted by default (1 MiB).
 pub const DEFAULT_MAX_SECRET_BYTES: usize = 1 << 20;
-/// Longest secret name, in bytes.
-pub const MAX_NAME_LEN: usize = 256;
 const MAX_SEGMENTS: usize = 16;
 const MAX_SEGMENT_LEN: usize = 64;
 

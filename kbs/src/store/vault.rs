@@ -764,7 +764,7 @@ fn build_http_client(config: &VaultConfig, address: &reqwest::Url) -> Result<req
         // (it may be missing in minimal containers).
         builder = builder.tls_certs_only(Vec::new());
     }
-    if address.scheme() == "http" && !is_loopback(address) {
+    if address.scheme() == "http" && !crate::fetch::is_loopback(address) {
         if !config.insecure_plain_http {
             return Err(ConnectError::Config(format!(
                 "{address} is plain http to another machine: tokens and secrets would cross the network in clear \
@@ -774,19 +774,6 @@ fn build_http_client(config: &VaultConfig, address: &reqwest::Url) -> Result<req
         tracing::warn!(address = %address, "INSECURE: the Vault/OpenBao address is plain http: tokens and secrets cross the network in clear");
     }
     builder.build().map_err(|e| ConnectError::Config(format!("building the HTTP client: {e}")))
-}
-
-/// Whether `address` names this machine (`localhost` or a loopback IP).
-pub(crate) fn is_loopback(address: &reqwest::Url) -> bool {
-    match address.host_str() {
-        Some("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
 }
 
 /// Renews or re-obtains the token ahead of expiry, until the store is

@@ -21,16 +21,14 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::evidence::EvidenceError;
+use crate::evidence::anchors::MAX_CERT_LEN;
 use crate::evidence::certtable::{self, CertKind};
 use crate::evidence::snp::REPORT_LEN;
+use crate::evidence::tdx::MAX_QUOTE_LEN;
 use crate::release::EvidenceInput;
 
-/// Largest TDX quote accepted (decoded).
-pub const MAX_QUOTE_LEN: usize = 64 * 1024;
 /// Most certificate entries accepted in an SNP `cert_chain`.
 pub const MAX_CERT_ENTRIES: usize = 8;
-/// Largest certificate accepted.
-pub const MAX_CERT_LEN: usize = 16 * 1024;
 
 fn malformed(what: &str) -> EvidenceError {
     EvidenceError::Malformed(format!("CoCo evidence: {what}"))

@@ -5,22 +5,10 @@
 use std::path::Path;
 
 use kbs::evidence::anchors::TdxAnchors;
-use kbs::evidence::tdx::{TdxPolicy, TdxQuote, TdxVerifier};
+use kbs::evidence::tdx::{TCB_STATUSES, TcbStatus, TdxPolicy, TdxQuote, TdxVerifier};
 use kbs::evidence::tdx_collateral::{MAX_COLLATERAL_LEN, PcsFiles, TdxCollateral};
 
 use crate::Failure;
-
-/// Every status but `Revoked`: offline verification reports the status.
-const ALL_STATUSES: [&str; 8] = [
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "TDRelaunchAdvised",
-    "TDRelaunchAdvisedConfigurationNeeded",
-];
 
 fn rejected(e: &kbs::evidence::EvidenceError) -> Failure {
     Failure::Refused(format!("rejected: {}: {e}", e.reason()))
@@ -84,6 +72,8 @@ pub(crate) fn verify(quote: &[u8], collateral: &Path, time: Option<&str>) -> Res
     let parsed = TdxQuote::parse(&quote).map_err(|e| rejected(&e))?;
     let set = collateral_for(&parsed, collateral)?;
     let anchors = TdxAnchors::intel().map_err(|e| Failure::Usage(format!("Intel anchors: {e}")))?;
-    let policy = TdxPolicy::from_names(&ALL_STATUSES).map_err(Failure::Usage)?;
+    // Every status but `Revoked`: offline verification reports the status.
+    let policy =
+        TdxPolicy { accepted_tcb_statuses: TCB_STATUSES.into_iter().filter(|s| *s != TcbStatus::Revoked).collect() };
     TdxVerifier::new(anchors, policy).verify_parsed(parsed, &set, now, None).map(|v| v.claims).map_err(|e| rejected(&e))
 }
