@@ -3,7 +3,10 @@
 #   1. a broker starts with dev TLS (and, loudly, the simulated TEE enabled);
 #   2. an operator stores a 32-byte model key that only one measurement may have;
 #   3. a simulated SEV-SNP guest with that measurement fetches it;
-#   4. a guest with another measurement is refused, with its reason code.
+#   4. a guest with another measurement is refused, with its reason code;
+#   5. the operator encrypts a small generated model directory under a new
+#      model key; the guest decrypts it (same SHA-256 sums), and a tampered
+#      copy is refused with nothing written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,9 +19,11 @@ BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/debug"
 
 WORK="$(mktemp -d)"
 BROKER_PID=""
+PLAIN_DIR=""
 cleanup() {
     if [ -n "$BROKER_PID" ]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
     rm -rf "$WORK"
+    if [ -n "$PLAIN_DIR" ]; then rm -rf "$PLAIN_DIR"; fi
 }
 trap cleanup EXIT
 
@@ -74,6 +79,67 @@ fi
 echo "guest B refused: $(grep -o 'error: .*' "$WORK/guest-b.log" | tail -1)"
 grep -q measurement_not_allowed "$WORK/guest-b.log" || { cat "$WORK/guest-b.log"; echo "unexpected refusal" >&2; exit 1; }
 if [ -e "$WORK/guest-b/models/llama/key" ]; then echo "guest B wrote a key" >&2; exit 1; fi
+
+say "operator: generate a small model and encrypt it under a new key (models/demo/weights-key)"
+mkdir -p "$WORK/model/shards"
+printf '{"architectures": ["DemoForCausalLM"], "hidden_size": 64}\n' > "$WORK/model/config.json"
+printf '{"version": "1.0", "model": {"vocab": {}}}\n' > "$WORK/model/tokenizer.json"
+head -c 3000000 /dev/urandom > "$WORK/model/shards/model-00001-of-00002.safetensors"
+head -c 1234567 /dev/urandom > "$WORK/model/shards/model-00002-of-00002.safetensors"
+# --generate: the key is drawn here, the files are encrypted, the key is
+# uploaded (PutSecret) and only then are the encrypted files put in place.
+"$BIN/kbsctl" model encrypt --secret models/demo/weights-key --generate --allow-measurement "$GOOD" \
+    "$WORK/model" "$WORK/model-enc"
+"$BIN/kbsctl" model inspect "$WORK/model-enc"
+
+# The plaintext belongs in memory: /dev/shm (tmpfs) when there is one.
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = "tmpfs" ]; then
+    PLAIN_DIR="$(mktemp -d /dev/shm/kbs-demo.XXXXXX)"
+    PERSIST=()
+else
+    PLAIN_DIR="$(mktemp -d)"
+    PERSIST=(--allow-persistent-disk)
+    echo "(no tmpfs at /dev/shm: decrypting to $PLAIN_DIR with --allow-persistent-disk)"
+fi
+
+say "guest A: attest once, fetch the key the headers name, decrypt the model"
+"$BIN/kbs-attester" model decrypt --kbs "https://localhost:$GUEST_PORT" --ca "$KBS_CA" \
+    --in "$WORK/model-enc" --out "$PLAIN_DIR/model" "${PERSIST[@]}" \
+    --evidence simulated --sim-measurement "$GOOD" 2>"$WORK/guest-a-model.log" \
+    || { cat "$WORK/guest-a-model.log"; echo "guest A could not decrypt the model" >&2; exit 1; }
+sums() { (cd "$1" && find . -type f | LC_ALL=C sort | xargs sha256sum); }
+sums "$WORK/model" > "$WORK/model.sha256"
+sums "$PLAIN_DIR/model" > "$WORK/decrypted.sha256"
+cat "$WORK/decrypted.sha256"
+cmp -s "$WORK/model.sha256" "$WORK/decrypted.sha256" \
+    || { diff "$WORK/model.sha256" "$WORK/decrypted.sha256" >&2; echo "decrypted model differs" >&2; exit 1; }
+echo "the SHA-256 sums of the decrypted model match the operator's"
+
+say "guest A: a copy with one flipped bit in a shard is refused"
+cp -r "$WORK/model-enc" "$WORK/model-tampered"
+python3 - "$WORK/model-tampered/shards/model-00002-of-00002.safetensors" <<'PY'
+import sys
+path = sys.argv[1]
+with open(path, "r+b") as f:
+    f.seek(1100000)
+    b = f.read(1)
+    f.seek(1100000)
+    f.write(bytes([b[0] ^ 0x01]))
+PY
+if "$BIN/kbs-attester" model decrypt --kbs "https://localhost:$GUEST_PORT" --ca "$KBS_CA" \
+    --in "$WORK/model-tampered" --out "$PLAIN_DIR/tampered" "${PERSIST[@]}" \
+    --evidence simulated --sim-measurement "$GOOD" 2>"$WORK/guest-a-tampered.log"; then
+    echo "the tampered model must have been refused" >&2
+    exit 1
+fi
+echo "refused: $(grep -o 'error: .*' "$WORK/guest-a-tampered.log" | tail -1)"
+grep -q "failed to authenticate" "$WORK/guest-a-tampered.log" \
+    || { cat "$WORK/guest-a-tampered.log"; echo "unexpected refusal" >&2; exit 1; }
+if [ -n "$(find "$PLAIN_DIR/tampered" -type f 2>/dev/null)" ]; then
+    echo "plaintext was left behind" >&2
+    exit 1
+fi
+echo "no plaintext was left behind"
 
 say "audit log (one hash-chained record per decision)"
 cut -c1-200 "$WORK/kbs/audit.jsonl"

@@ -11,7 +11,8 @@
 //!    an [`evidence::EvidenceSource`] (configfs-tsm on Linux >= 6.7);
 //! 3. it sends the evidence (`ReleaseSecrets`) and opens every returned secret
 //!    with the ephemeral private key, which never leaves this process;
-//! 4. [`output`] writes the values to a directory, all or nothing.
+//! 4. [`output`] writes the values to a directory, all or nothing; or
+//!    [`model`] uses them to decrypt encrypted model files.
 //!
 //! # Threat model
 //! The host, the cloud operator and the network are untrusted. The broker is
@@ -34,6 +35,7 @@
 pub mod client;
 pub mod evidence;
 pub mod hpke;
+pub mod model;
 pub mod output;
 #[cfg(feature = "insecure-simulated-tee")]
 pub mod simulated;

@@ -36,7 +36,9 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-const SECRETS: [(&str, u64, &[u8]); 2] = [("models/llama/key", 3, b"llama-key"), ("demo/cfg/token", 1, b"token")];
+// The first is 32 bytes, so it also serves as a model key.
+const SECRETS: [(&str, u64, &[u8]); 2] =
+    [("models/llama/key", 3, b"llama-key-32-bytes-long-for-aes!"), ("demo/cfg/token", 1, b"token")];
 
 /// How the fake broker answers `ReleaseSecrets`.
 #[derive(Clone, Copy, Debug)]
@@ -298,6 +300,56 @@ async fn run_cli(server: &FakeServer, ca_dir: &Path, out: &Path, extra: &[&str])
         .env_remove("KBS_CA")
         .env_remove("RUST_LOG");
     tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+/// Runs `kbs-attester model decrypt` against `server`.
+async fn run_model_cli(server: &FakeServer, dir: &Path, input: &Path, out: &Path) -> std::process::Output {
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kbs-attester"));
+    cmd.args(["model", "decrypt", "--kbs", &format!("https://127.0.0.1:{}", server.addr.port())])
+        .arg("--ca")
+        .arg(&ca)
+        .args(["--domain", "kbs.test", "--evidence", "simulated", "--allow-persistent-disk"])
+        .arg("--in")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .env_remove("KBS_URL")
+        .env_remove("KBS_CA")
+        .env_remove("RUST_LOG");
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_decrypts_models_and_refuses_tampered_ones() {
+    use kbs_proto::model::{self, EncryptOptions, ModelKey};
+    let server = start(Mode::Release, vec![SuiteId::X25519_SHA256_AES256GCM]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (name, version, value) = SECRETS[0];
+    let key = ModelKey::new(name, version, value).unwrap();
+    let plain: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+    let mut sealed = Vec::new();
+    let opts = EncryptOptions { chunk_size: 4096, threads: 1 };
+    model::encrypt(&mut std::io::Cursor::new(&plain), plain.len() as u64, &mut sealed, &key, &opts).unwrap();
+    let input = dir.path().join("enc");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    std::fs::write(input.join("sub/w.bin"), &sealed).unwrap();
+
+    let out = dir.path().join("plain");
+    let output = run_model_cli(&server, dir.path(), &input, &out).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read(out.join("sub/w.bin")).unwrap(), plain);
+
+    // Trailing bytes: exit 8 with the reason, and nothing written.
+    sealed.push(0);
+    std::fs::write(input.join("sub/w.bin"), &sealed).unwrap();
+    let out = dir.path().join("plain2");
+    let output = run_model_cli(&server, dir.path(), &input, &out).await;
+    assert_eq!(output.status.code(), Some(8));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("trailing data"), "{stderr}");
+    assert!(!out.join("sub/w.bin").exists() && !out.join("sub/w.bin.partial").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,8 @@
 
 use sha2::{Digest, Sha512};
 
+pub mod model;
+
 /// Generated protobuf and gRPC code for package `kbs.v1`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod v1 {

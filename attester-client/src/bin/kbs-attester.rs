@@ -19,7 +19,9 @@ Exit codes:
   4  the broker could not be reached or the call failed without a reason code
   5  the TEE evidence could not be collected
   6  the broker's answer was invalid (missing secrets, undecryptable values)
-  7  the secrets could not be written
+  7  the secrets (or decrypted files) could not be written
+  8  model decrypt: an encrypted file was refused (wrong key or version,
+     modified header or chunk, truncated, trailing data); the reason is printed
 On any failure nothing is written to --out.";
 
 #[derive(Debug, Parser)]
@@ -39,10 +41,53 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Encrypted model files (see docs/model-format.md).
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Attest once, fetch every key the headers name, and decrypt the files
+    /// into OUT (same relative paths). Each file is written as NAME.partial
+    /// and renamed only after every file authenticated completely; on any
+    /// failure no plaintext is left. OUT must be on tmpfs or ramfs unless
+    /// --allow-persistent-disk is given.
+    #[command(after_help = EXIT_CODES)]
+    Decrypt(Box<DecryptArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+struct DecryptArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// An encrypted file, or a directory of them (recursive).
+    #[arg(long = "in", value_name = "PATH")]
+    input: PathBuf,
+    /// Directory to write the plaintext files to; created (0700) if missing.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Allow OUT on a persistent file system (the plaintext weights are
+    /// then readable by whoever can read that disk).
+    #[arg(long)]
+    allow_persistent_disk: bool,
 }
 
 #[derive(Debug, clap::Args)]
 struct FetchArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Secret to fetch (repeatable), e.g. `models/llama/key`.
+    #[arg(long = "secret", value_name = "NAME", required = true, num_args = 1..)]
+    secrets: Vec<String>,
+    /// Directory to write the secrets to; created (0700) if missing.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+/// Where the broker is and where the evidence comes from.
+#[derive(Debug, clap::Args)]
+struct BrokerArgs {
     /// Broker URL (https only).
     #[arg(long, env = "KBS_URL", value_name = "URL")]
     kbs: String,
@@ -52,12 +97,6 @@ struct FetchArgs {
     /// TLS name to verify instead of the URL's host.
     #[arg(long, value_name = "NAME")]
     domain: Option<String>,
-    /// Secret to fetch (repeatable), e.g. `models/llama/key`.
-    #[arg(long = "secret", value_name = "NAME", required = true, num_args = 1..)]
-    secrets: Vec<String>,
-    /// Directory to write the secrets to; created (0700) if missing.
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
     /// Where the evidence comes from.
     #[arg(long, value_enum, default_value_t = EvidenceKind::ConfigfsTsm)]
     evidence: EvidenceKind,
@@ -118,6 +157,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Fetch(args) => fetch(*args).await,
         Command::Completion { shell } => completion(shell),
+        Command::Model(ModelCommand::Decrypt(args)) => model_decrypt(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,8 +180,8 @@ fn completion(shell: clap_complete::Shell) -> Result<(), Failure> {
     }
 }
 
-async fn fetch(args: FetchArgs) -> Result<(), Failure> {
-    let source = evidence_source(&args)?;
+/// The client configuration from the broker options.
+fn client_config(args: &BrokerArgs) -> Result<ClientConfig, Failure> {
     let ca_pem = std::fs::read(&args.ca)
         .map_err(|e| Failure::new(1, format!("cannot read CA file {}: {e}", args.ca.display())))?;
     let timeout = Duration::from_secs(args.timeout);
@@ -149,7 +189,33 @@ async fn fetch(args: FetchArgs) -> Result<(), Failure> {
     config.domain_name = args.domain.clone();
     config.connect_timeout = timeout;
     config.request_timeout = timeout;
+    Ok(config)
+}
 
+async fn model_decrypt(args: DecryptArgs) -> Result<(), Failure> {
+    use attester_client::model::{self, DecryptOptions};
+    let source = evidence_source(&args.broker)?;
+    let config = client_config(&args.broker)?;
+    let mut client = KbsClient::connect(&config).await.map_err(client_failure)?;
+    let options = DecryptOptions { allow_persistent_disk: args.allow_persistent_disk };
+    let done =
+        model::decrypt_models(&mut client, source, &args.input, &args.out, &options).await.map_err(|e| match e {
+            model::Error::Fetch(inner) => client_failure(inner),
+            model::Error::Input { .. } | model::Error::NotAFile(_) | model::Error::NoInput(_) => {
+                Failure::new(1, chain(&e))
+            }
+            model::Error::PersistentOutput { .. } => Failure::new(2, chain(&e)),
+            model::Error::NotAModelKey(_) => Failure::new(6, chain(&e)),
+            model::Error::Output { .. } => Failure::new(7, chain(&e)),
+            model::Error::Model { .. } => Failure::new(8, chain(&e)),
+        })?;
+    tracing::info!(attestation_id = %done.attestation_id, files = done.files.len(), bytes = done.bytes, "decrypted");
+    Ok(())
+}
+
+async fn fetch(args: FetchArgs) -> Result<(), Failure> {
+    let source = evidence_source(&args.broker)?;
+    let config = client_config(&args.broker)?;
     let mut client = KbsClient::connect(&config).await.map_err(client_failure)?;
     let secrets = client.fetch(source, &args.secrets).await.map_err(client_failure)?;
     let written = output::write_secrets(&args.out, &secrets).map_err(|e| Failure::new(7, chain(&e)))?;
@@ -159,7 +225,7 @@ async fn fetch(args: FetchArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn evidence_source(args: &FetchArgs) -> Result<Arc<dyn EvidenceSource>, Failure> {
+fn evidence_source(args: &BrokerArgs) -> Result<Arc<dyn EvidenceSource>, Failure> {
     #[cfg(feature = "insecure-simulated-tee")]
     if args.evidence != EvidenceKind::Simulated && args.sim.any_set() {
         return Err(Failure::new(2, "--sim-* options need --evidence simulated"));
@@ -347,9 +413,35 @@ mod tests {
         .unwrap();
         let Command::Fetch(args) = ok.command else { panic!("not fetch") };
         assert_eq!(args.secrets, vec!["a/b/c", "d"]);
-        assert_eq!(args.evidence, EvidenceKind::ConfigfsTsm);
+        assert_eq!(args.broker.evidence, EvidenceKind::ConfigfsTsm);
         assert!(
             Cli::try_parse_from(["kbs-attester", "fetch", "--kbs", "https://x", "--ca", "c", "--out", "o"]).is_err()
+        );
+    }
+
+    #[test]
+    fn model_decrypt_takes_the_broker_options_in_and_out() {
+        let parsed = Cli::try_parse_from([
+            "kbs-attester",
+            "model",
+            "decrypt",
+            "--kbs",
+            "https://kbs:8443",
+            "--ca",
+            "ca.pem",
+            "--in",
+            "/models/enc",
+            "--out",
+            "/run/models",
+        ])
+        .unwrap();
+        let Command::Model(ModelCommand::Decrypt(args)) = parsed.command else { panic!("not model decrypt") };
+        assert_eq!(args.input, PathBuf::from("/models/enc"));
+        assert!(!args.allow_persistent_disk);
+        assert_eq!(args.broker.kbs, "https://kbs:8443");
+        assert!(
+            Cli::try_parse_from(["kbs-attester", "model", "decrypt", "--kbs", "https://x", "--ca", "c", "--out", "o"])
+                .is_err()
         );
     }
 
@@ -398,8 +490,8 @@ mod tests {
         ])
         .unwrap();
         let Command::Fetch(args) = parsed.command else { panic!("not fetch") };
-        assert!(args.sim.build().is_ok());
-        assert!(evidence_source(&args).is_ok());
+        assert!(args.broker.sim.build().is_ok());
+        assert!(evidence_source(&args.broker).is_ok());
 
         let tdx = Cli::try_parse_from([
             "kbs-attester",
@@ -421,7 +513,7 @@ mod tests {
         ])
         .unwrap();
         let Command::Fetch(args) = tdx.command else { panic!("not fetch") };
-        let source = evidence_source(&args).map_err(|f| f.line).unwrap();
+        let source = evidence_source(&args.broker).map_err(|f| f.line).unwrap();
         assert_eq!(source.tee(), Tee::Tdx);
     }
 }

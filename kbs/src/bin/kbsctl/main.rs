@@ -24,6 +24,7 @@ macro_rules! out {
 mod audit;
 mod collateral;
 mod connection;
+mod model;
 mod policy;
 mod refval;
 mod secret;
@@ -113,6 +114,9 @@ pub(crate) enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Encrypt model files, inspect them, rewrap them after a key rotation.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 /// Writes to stdout. A reader that went away (`kbsctl ... | head`) ends the
@@ -204,5 +208,53 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             out!("{}", String::from_utf8_lossy(&script));
             Ok(())
         }
+        Command::Model(cmd) => model::run(&cli, cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn model_encrypt_parses_beside_the_global_output_flag() {
+        let cli = Cli::try_parse_from([
+            "kbsctl",
+            "--output",
+            "json",
+            "model",
+            "encrypt",
+            "--secret",
+            "m/k",
+            "--generate",
+            "in",
+            "out",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, Output::Json);
+        assert!(matches!(cli.command, Command::Model(model::ModelCommand::Encrypt(_))));
+        // --key-file and --generate exclude each other.
+        assert!(
+            Cli::try_parse_from([
+                "kbsctl",
+                "model",
+                "encrypt",
+                "--secret",
+                "m",
+                "--generate",
+                "--key-file",
+                "k",
+                "i",
+                "o"
+            ])
+            .is_err()
+        );
     }
 }

@@ -1,0 +1,441 @@
+//! `kbsctl model ...`: encrypt model files for release to attested guests,
+//! inspect their headers, rewrap them under a new model-key version. The
+//! format is `kbs_proto::model` (docs/model-format.md).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, IsTerminal, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use kbs_proto::model::{self, EncryptOptions, Header, ModelKey};
+use kbs_proto::v1::{GetSecretMetadataRequest, PutSecretRequest};
+use tempfile::NamedTempFile;
+use zeroize::Zeroizing;
+
+use crate::connection::{self, refused};
+use crate::{Cli, Failure, Output};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ModelCommand {
+    /// Encrypt a file, or a directory tree file by file, under a model key.
+    ///
+    /// With --generate a fresh key is drawn here, the files are encrypted,
+    /// the key is uploaded with PutSecret (check-and-set on the version seen
+    /// before), and only then are the outputs renamed into place. With
+    /// --key-file the key comes from a file (offline preparation); upload it
+    /// with `kbsctl secret put NAME --from-file F`.
+    Encrypt(EncryptArgs),
+    /// Show the headers of encrypted files (no key needed).
+    Inspect {
+        /// Encrypted files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Rewrap headers under a new model-key version; bodies are unchanged.
+    /// Each header is rewritten in place after it opened under the old key.
+    Rewrap(RewrapArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct EncryptArgs {
+    /// The broker secret that holds (or will hold) the model key.
+    #[arg(long)]
+    secret: String,
+    /// Secret version to record in the headers [default with --key-file: 1;
+    /// with --generate: the version the upload will create].
+    #[arg(long)]
+    version: Option<u64>,
+    /// Model key: 32 raw bytes or 64 hex digits.
+    #[arg(long, value_name = "FILE", required_unless_present = "generate", conflicts_with = "generate")]
+    key_file: Option<PathBuf>,
+    /// Draw a new model key and upload it to the broker.
+    #[arg(long)]
+    generate: bool,
+    /// With --generate: launch measurement allowed to receive the key; repeatable.
+    #[arg(long = "allow-measurement", requires = "generate")]
+    allow_measurement: Vec<String>,
+    /// With --generate: label `key=value` on the secret; repeatable.
+    #[arg(long = "label", requires = "generate")]
+    label: Vec<String>,
+    /// Plaintext bytes per chunk, in KiB (4 ..= 65536).
+    #[arg(long, default_value_t = 1024)]
+    chunk_kib: u32,
+    /// Chunks encrypted in parallel [default: the number of cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Plaintext file or directory.
+    #[arg(value_name = "IN")]
+    in_path: PathBuf,
+    /// Output file (for a file) or directory (for a directory).
+    #[arg(value_name = "OUT")]
+    out_path: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct RewrapArgs {
+    /// The current model key (32 raw bytes or 64 hex digits).
+    #[arg(long, value_name = "FILE")]
+    key_file: PathBuf,
+    /// The new model key.
+    #[arg(long, value_name = "FILE")]
+    new_key_file: PathBuf,
+    /// The new key's version in the broker.
+    #[arg(long, value_name = "N")]
+    to_version: u64,
+    /// Encrypted files or directories.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+/// Runs one `model` subcommand.
+pub(crate) async fn run(cli: &Cli, cmd: &ModelCommand) -> Result<(), Failure> {
+    match cmd {
+        ModelCommand::Encrypt(args) => encrypt(cli, args).await,
+        ModelCommand::Inspect { paths } => inspect(paths, cli.output),
+        ModelCommand::Rewrap(args) => rewrap(args, cli.output),
+    }
+}
+
+/// Reads a key file: 32 raw bytes, or 64 hex digits (surrounding
+/// whitespace ignored).
+pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let raw = Zeroizing::new(std::fs::read(path).map_err(|e| io_failure(path, &e))?);
+    if raw.len() == model::KEY_LEN {
+        return Ok(raw);
+    }
+    let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or_default();
+    if text.len() == 2 * model::KEY_LEN
+        && let Ok(bytes) = hex::decode(text)
+    {
+        return Ok(Zeroizing::new(bytes));
+    }
+    Err(Failure::Usage(format!("{}: a model key is 32 raw bytes or 64 hex digits", path.display())))
+}
+
+fn io_failure(path: &Path, e: &std::io::Error) -> Failure {
+    Failure::Usage(format!("{}: {e}", path.display()))
+}
+
+fn model_failure(path: &Path, e: &model::Error) -> Failure {
+    match e {
+        model::Error::Io(io) => io_failure(path, io),
+        other => Failure::Refused(format!("{}: {}", path.display(), chain(other))),
+    }
+}
+
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+/// The regular files under `root` (or `root` itself), with their paths
+/// relative to it, sorted. Symbolic links and special files are refused.
+pub(crate) fn walk(root: &Path) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
+    let meta = std::fs::symlink_metadata(root).map_err(|e| io_failure(root, &e))?;
+    if meta.is_file() {
+        return Ok(vec![(root.to_path_buf(), PathBuf::new())]);
+    }
+    let mut out = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = root.join(&rel);
+        let entries = std::fs::read_dir(&dir).map_err(|e| io_failure(&dir, &e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_failure(&dir, &e))?;
+            let kind = entry.file_type().map_err(|e| io_failure(&entry.path(), &e))?;
+            let child = rel.join(entry.file_name());
+            if kind.is_dir() {
+                pending.push(child);
+            } else if kind.is_file() {
+                out.push((entry.path(), child));
+            } else {
+                return Err(Failure::Usage(format!("{}: not a regular file or directory", entry.path().display())));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// One encrypted output, not yet in place.
+struct Pending {
+    temp: NamedTempFile,
+    target: PathBuf,
+    plaintext_len: u64,
+}
+
+async fn encrypt(cli: &Cli, args: &EncryptArgs) -> Result<(), Failure> {
+    let chunk_size = args
+        .chunk_kib
+        .checked_mul(1024)
+        .filter(|c| (model::MIN_CHUNK_SIZE..=model::MAX_CHUNK_SIZE).contains(c))
+        .ok_or_else(|| Failure::Usage("--chunk-kib must be 4 ..= 65536".into()))?;
+    let mut options = EncryptOptions { chunk_size, ..EncryptOptions::default() };
+    if let Some(t) = args.threads {
+        options.threads = t.max(1);
+    }
+    let inputs = walk(&args.in_path)?;
+    if inputs.is_empty() {
+        return Err(Failure::Usage(format!("{}: no files to encrypt", args.in_path.display())));
+    }
+    let single = inputs.len() == 1 && inputs.first().is_some_and(|(_, rel)| rel.as_os_str().is_empty());
+
+    // The key, and for --generate the connection and the version to expect.
+    let (key, mut upload) = if args.generate {
+        let mut client = connection::connect(cli).await?;
+        let current = match client.get_secret_metadata(GetSecretMetadataRequest { name: args.secret.clone() }).await {
+            Ok(meta) => meta.into_inner().version,
+            Err(status) if status.code() == tonic::Code::NotFound => 0,
+            Err(status) => return Err(refused(status)),
+        };
+        let version = args.version.unwrap_or(current.saturating_add(1));
+        if version != current.saturating_add(1) {
+            return Err(Failure::Usage(format!(
+                "--version {version}: the broker's current version of {} is {current}, so an upload creates {}",
+                args.secret,
+                current.saturating_add(1)
+            )));
+        }
+        let key = ModelKey::generate(&args.secret, version).map_err(|e| Failure::Usage(chain(&e)))?;
+        (key, Some((client, current)))
+    } else {
+        let path = args.key_file.as_deref().ok_or_else(|| Failure::Usage("--key-file or --generate".into()))?;
+        let bytes = read_key_file(path)?;
+        let key =
+            ModelKey::new(&args.secret, args.version.unwrap_or(1), &bytes).map_err(|e| Failure::Usage(chain(&e)))?;
+        (key, None)
+    };
+
+    let progress = std::io::stderr().is_terminal();
+    let mut pending = Vec::with_capacity(inputs.len());
+    for (src, rel) in &inputs {
+        let target = if single { args.out_path.clone() } else { args.out_path.join(rel) };
+        let done = tokio::task::block_in_place(|| encrypt_one(src, &target, &key, &options))?;
+        if progress {
+            eprintln!("encrypted {} ({} bytes)", src.display(), done.plaintext_len);
+        }
+        pending.push(done);
+    }
+
+    let mut version = key.version();
+    if let Some((client, current)) = upload.as_mut() {
+        let labels = args
+            .label
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| Failure::Usage(format!("label {kv:?} is not key=value")))
+            })
+            .collect::<Result<_, _>>()?;
+        let meta = client
+            .put_secret(PutSecretRequest {
+                name: args.secret.clone(),
+                value: key.expose_bytes().to_vec(),
+                labels,
+                allowed_measurements: args.allow_measurement.clone(),
+                expected_version: Some(*current),
+            })
+            .await
+            .map_err(refused)?
+            .into_inner();
+        if meta.version != key.version() {
+            // The store numbered it differently (e.g. after deletions):
+            // record the version it assigned; the bodies stay as they are.
+            let assigned = key.with_version(meta.version).map_err(|e| Failure::Usage(chain(&e)))?;
+            for p in &pending {
+                tokio::task::block_in_place(|| rewrap_in_place(p.temp.path(), &key, &assigned))?;
+            }
+            version = meta.version;
+        }
+    }
+    let total: u64 = pending.iter().map(|p| p.plaintext_len).sum();
+    let count = pending.len();
+    let mut written = Vec::with_capacity(count);
+    for p in pending {
+        p.temp.persist(&p.target).map_err(|e| io_failure(&p.target, &e.error))?;
+        written.push(p.target);
+    }
+    match cli.output {
+        Output::Json => outln!(
+            "{}",
+            serde_json::json!({
+                "secret": args.secret, "version": version, "files": written, "plaintext_bytes": total,
+                "uploaded": args.generate,
+            })
+        ),
+        Output::Table => outln!(
+            "encrypted {count} file(s), {total} bytes, under {} version {version}{}",
+            args.secret,
+            if args.generate { " (key uploaded)" } else { "" }
+        ),
+    }
+    Ok(())
+}
+
+/// Encrypts `src` into a temporary file beside `target`.
+fn encrypt_one(src: &Path, target: &Path, key: &ModelKey, options: &EncryptOptions) -> Result<Pending, Failure> {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| io_failure(&parent, &e))?;
+    let input = File::open(src).map_err(|e| io_failure(src, &e))?;
+    let len = input.metadata().map_err(|e| io_failure(src, &e))?.len();
+    let temp = tempfile::Builder::new()
+        .prefix(".kbs-model-")
+        .suffix(".tmp")
+        .tempfile_in(&parent)
+        .map_err(|e| io_failure(&parent, &e))?;
+    let mut writer = BufWriter::with_capacity(1 << 20, temp.as_file());
+    model::encrypt(&mut BufReader::new(input), len, &mut writer, key, options).map_err(|e| model_failure(src, &e))?;
+    writer.flush().map_err(|e| io_failure(temp.path(), &e))?;
+    drop(writer);
+    temp.as_file().sync_all().map_err(|e| io_failure(temp.path(), &e))?;
+    Ok(Pending { temp, target: target.to_path_buf(), plaintext_len: len })
+}
+
+/// Replaces the header of `path` by its rewrap from `old` to `new` (same
+/// name, so same length), after it opened under `old`.
+fn rewrap_in_place(path: &Path, old: &ModelKey, new: &ModelKey) -> Result<Header, Failure> {
+    let mut file = File::options().read(true).write(true).open(path).map_err(|e| io_failure(path, &e))?;
+    let header = Header::read_from(&mut file).map_err(|e| model_failure(path, &e))?;
+    let rewrapped = header.rewrap(old, new).map_err(|e| model_failure(path, &e))?;
+    let bytes = rewrapped.to_bytes();
+    if bytes.len() != header.encoded_len() {
+        return Err(Failure::Usage(format!("{}: the new header has another length", path.display())));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(|e| io_failure(path, &e))?;
+    file.write_all(&bytes).map_err(|e| io_failure(path, &e))?;
+    file.sync_all().map_err(|e| io_failure(path, &e))?;
+    Ok(rewrapped)
+}
+
+fn rewrap(args: &RewrapArgs, output: Output) -> Result<(), Failure> {
+    let old_bytes = read_key_file(&args.key_file)?;
+    let new_bytes = read_key_file(&args.new_key_file)?;
+    let mut files = Vec::new();
+    for root in &args.paths {
+        files.extend(walk(root)?.into_iter().map(|(p, _)| p));
+    }
+    // Check every file first, so a wrong key changes nothing.
+    let mut plan = Vec::with_capacity(files.len());
+    for path in &files {
+        let mut file = File::open(path).map_err(|e| io_failure(path, &e))?;
+        let header = Header::read_from(&mut file).map_err(|e| model_failure(path, &e))?;
+        let old = ModelKey::new(header.secret_name(), header.secret_version(), &old_bytes)
+            .map_err(|e| Failure::Usage(chain(&e)))?;
+        let new =
+            ModelKey::new(header.secret_name(), args.to_version, &new_bytes).map_err(|e| Failure::Usage(chain(&e)))?;
+        header.unlock(&old).map_err(|e| model_failure(path, &e))?;
+        plan.push((path, old, new));
+    }
+    let mut done = Vec::with_capacity(plan.len());
+    for (path, old, new) in &plan {
+        rewrap_in_place(path, old, new)?;
+        done.push(serde_json::json!({ "file": path, "secret": new.name(), "version": new.version() }));
+        if output == Output::Table {
+            outln!("rewrapped {} to {} version {}", path.display(), new.name(), new.version());
+        }
+    }
+    if output == Output::Json {
+        outln!("{}", serde_json::Value::Array(done));
+    }
+    Ok(())
+}
+
+fn inspect(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
+    let mut rows = Vec::new();
+    let mut bad = 0usize;
+    for root in paths {
+        for (path, _) in walk(root)? {
+            let mut file = File::open(&path).map_err(|e| io_failure(&path, &e))?;
+            let size = file.metadata().map_err(|e| io_failure(&path, &e))?.len();
+            let row = match Header::read_from(&mut file) {
+                Ok(h) => {
+                    let expected = h.file_len().unwrap_or(0);
+                    let status = match size.cmp(&expected) {
+                        std::cmp::Ordering::Equal => "ok".to_owned(),
+                        std::cmp::Ordering::Less => format!("truncated ({expected} bytes expected)"),
+                        std::cmp::Ordering::Greater => format!("trailing data ({expected} bytes expected)"),
+                    };
+                    if status != "ok" {
+                        bad += 1;
+                    }
+                    serde_json::json!({
+                        "file": path, "status": status, "format_version": model::FORMAT_VERSION,
+                        "flags": h.flags(), "secret": h.secret_name(), "version": h.secret_version(),
+                        "chunk_size": h.chunk_size(), "chunks": h.chunk_count(),
+                        "plaintext_bytes": h.plaintext_len(), "file_bytes": size,
+                    })
+                }
+                Err(e) => {
+                    bad += 1;
+                    serde_json::json!({ "file": path, "status": chain(&e), "file_bytes": size })
+                }
+            };
+            rows.push(row);
+        }
+    }
+    if output == Output::Json {
+        outln!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+    } else {
+        outln!("{:<40} {:<28} {:>7} {:>12} {:>9} STATUS", "FILE", "SECRET", "VERSION", "PLAINTEXT", "CHUNK");
+        for r in &rows {
+            outln!(
+                "{:<40} {:<28} {:>7} {:>12} {:>9} {}",
+                r["file"].as_str().unwrap_or_default(),
+                r["secret"].as_str().unwrap_or("-"),
+                r["version"].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                r["plaintext_bytes"].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                r["chunk_size"].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                r["status"].as_str().unwrap_or_default(),
+            );
+        }
+    }
+    if bad > 0 {
+        return Err(Failure::Refused(format!("{bad} file(s) are not valid encrypted model files")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_are_raw_or_hex() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw");
+        std::fs::write(&raw, [7u8; 32]).unwrap();
+        assert_eq!(read_key_file(&raw).unwrap().as_slice(), &[7u8; 32]);
+        let hexed = dir.path().join("hex");
+        std::fs::write(&hexed, format!("{}\n", "07".repeat(32))).unwrap();
+        assert_eq!(read_key_file(&hexed).unwrap().as_slice(), &[7u8; 32]);
+        for bad in [&b"short"[..], &[0u8; 33][..], "zz".repeat(32).as_bytes()] {
+            std::fs::write(&raw, bad).unwrap();
+            assert!(matches!(read_key_file(&raw), Err(Failure::Usage(_))));
+        }
+    }
+
+    #[test]
+    fn walk_lists_files_relative_and_refuses_links() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/w.bin"), b"1").unwrap();
+        std::fs::write(dir.path().join("top.json"), b"2").unwrap();
+        let files = walk(dir.path()).unwrap();
+        let rels: Vec<_> = files.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(rels, vec![PathBuf::from("a/b/w.bin"), PathBuf::from("top.json")]);
+        let single = walk(&dir.path().join("top.json")).unwrap();
+        assert_eq!(single[0].1, PathBuf::new());
+        std::os::unix::fs::symlink("top.json", dir.path().join("link")).unwrap();
+        assert!(walk(dir.path()).is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! End-to-end model decryption: the operator encrypts a model directory
+//! under a broker secret; a simulated guest attests once, receives every key
+//! the headers name and decrypts the tree; tampering, a rotated key without
+//! a rewrap, and a guest the policy refuses all leave no plaintext.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+use attester_client::client::{ClientConfig, KbsClient};
+use attester_client::model::{DecryptOptions, Error, decrypt_models};
+use attester_client::simulated::{Generation, SimulatedSnp};
+use kbs_proto::model::{self, EncryptOptions, Header, ModelKey};
+use kbs_proto::v1::PutSecretRequest;
+use sha2::{Digest, Sha256};
+
+#[path = "support/app.rs"]
+mod app;
+
+use app::TestApp;
+
+const MEASUREMENT: [u8; 48] = [0x5a; 48];
+const WEIGHTS_KEY: &str = "models/llama/key";
+const TOKENIZER_KEY: &str = "models/llama/tokenizer-key";
+
+fn guest(measurement: [u8; 48]) -> Arc<SimulatedSnp> {
+    Arc::new(SimulatedSnp::new(Generation::Genoa).measurement(measurement))
+}
+
+async fn put(app: &TestApp, name: &str, value: &[u8]) -> u64 {
+    let req = PutSecretRequest {
+        name: name.into(),
+        value: value.to_vec(),
+        allowed_measurements: vec![hex::encode(MEASUREMENT)],
+        ..Default::default()
+    };
+    app.admin().await.put_secret(app.authed(req)).await.unwrap().into_inner().version
+}
+
+/// Encrypts `plain` (relative path, bytes) into `dir`, each under its key.
+fn encrypt_tree(dir: &Path, files: &[(&str, Vec<u8>, &ModelKey)]) {
+    for (rel, plain, key) in files {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut out = Vec::new();
+        let opts = EncryptOptions { chunk_size: 64 * 1024, threads: 2 };
+        model::encrypt(&mut Cursor::new(plain), plain.len() as u64, &mut out, key, &opts).unwrap();
+        std::fs::write(path, out).unwrap();
+    }
+}
+
+fn sha256(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// No file anywhere under `dir` (directories may remain).
+fn is_empty_dir(dir: &Path) -> bool {
+    !dir.exists()
+        || std::fs::read_dir(dir).unwrap().all(|e| {
+            let e = e.unwrap();
+            e.file_type().unwrap().is_dir() && is_empty_dir(&e.path())
+        })
+}
+
+async fn decrypt(app: &TestApp, measurement: [u8; 48], input: &Path, out: &Path) -> Result<usize, Error> {
+    let config = ClientConfig::new(app.guest_url.clone(), app.ca.clone());
+    let mut client = KbsClient::connect(&config).await.unwrap();
+    let options = DecryptOptions { allow_persistent_disk: true };
+    decrypt_models(&mut client, guest(measurement), input, out, &options).await.map(|d| d.files.len())
+}
+
+#[tokio::test]
+async fn a_guest_decrypts_a_model_tree_and_tampering_leaves_nothing() {
+    let app = TestApp::start().await;
+    let weights_key = ModelKey::generate(WEIGHTS_KEY, 1).unwrap();
+    let tokenizer_key = ModelKey::generate(TOKENIZER_KEY, 1).unwrap();
+    assert_eq!(put(&app, WEIGHTS_KEY, weights_key.expose_bytes()).await, 1);
+    assert_eq!(put(&app, TOKENIZER_KEY, tokenizer_key.expose_bytes()).await, 1);
+
+    let work = tempfile::tempdir().unwrap();
+    let plain_weights: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let files = [
+        ("config.json", br#"{"hidden": 64}"#.to_vec(), &weights_key),
+        ("shards/model-00001-of-00001.safetensors", plain_weights.clone(), &weights_key),
+        ("tokenizer.json", b"{\"vocab\": []}".to_vec(), &tokenizer_key),
+    ];
+    let enc = work.path().join("enc");
+    encrypt_tree(&enc, &files);
+
+    let out = work.path().join("out");
+    assert_eq!(decrypt(&app, MEASUREMENT, &enc, &out).await.unwrap(), 3);
+    for (rel, plain, _) in &files {
+        assert_eq!(sha256(&out.join(rel)), hex::encode(Sha256::digest(plain)), "{rel}");
+    }
+
+    // One flipped bit in the last chunk of the weights: refused with the
+    // chunk's index, and no plaintext of any file is left.
+    let tampered = work.path().join("tampered");
+    encrypt_tree(&tampered, &files);
+    let weights = tampered.join(files[1].0);
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x04;
+    std::fs::write(&weights, bytes).unwrap();
+    let out2 = work.path().join("out2");
+    let err = decrypt(&app, MEASUREMENT, &tampered, &out2).await.unwrap_err();
+    assert!(matches!(&err, Error::Model { source: model::Error::ChunkAuthentication { index: 3 }, .. }), "{err:?}");
+    assert!(is_empty_dir(&out2));
+
+    // A guest the secret does not allow gets nothing.
+    let out3 = work.path().join("out3");
+    let err = decrypt(&app, [0x77; 48], &enc, &out3).await.unwrap_err();
+    assert!(matches!(&err, Error::Fetch(e) if e.reason() == Some("measurement_not_allowed")), "{err:?}");
+    assert!(is_empty_dir(&out3));
+}
+
+#[tokio::test]
+async fn a_rotated_key_needs_a_rewrap() {
+    let app = TestApp::start().await;
+    let v1 = ModelKey::generate(WEIGHTS_KEY, 1).unwrap();
+    put(&app, WEIGHTS_KEY, v1.expose_bytes()).await;
+    let work = tempfile::tempdir().unwrap();
+    let enc = work.path().join("enc");
+    let plain = b"weights".repeat(10_000);
+    encrypt_tree(&enc, &[("w.bin", plain.clone(), &v1)]);
+
+    // The broker now serves version 2; the header still names version 1.
+    let v2 = ModelKey::generate(WEIGHTS_KEY, 2).unwrap();
+    assert_eq!(put(&app, WEIGHTS_KEY, v2.expose_bytes()).await, 2);
+    let out = work.path().join("out");
+    let err = decrypt(&app, MEASUREMENT, &enc, &out).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Model { source: model::Error::WrongSecretVersion { header: 1, key: 2 }, .. }),
+        "{err:?}"
+    );
+    assert!(is_empty_dir(&out));
+
+    // Rewrap the header (the body is untouched), then the guest succeeds.
+    let path = enc.join("w.bin");
+    let bytes = std::fs::read(&path).unwrap();
+    let (header, len) = Header::parse(&bytes).unwrap();
+    let rewrapped = header.rewrap(&v1, &v2).unwrap();
+    std::fs::write(&path, [&rewrapped.to_bytes()[..], &bytes[len..]].concat()).unwrap();
+    let out = work.path().join("out-after");
+    assert_eq!(decrypt(&app, MEASUREMENT, &enc, &out).await.unwrap(), 1);
+    assert_eq!(std::fs::read(out.join("w.bin")).unwrap(), plain);
+}
