@@ -82,6 +82,9 @@ pub enum ReasonCode {
     PermissionDenied,
     /// A bug or an unexpected local failure.
     Internal,
+    // NVIDIA GPU / NVSwitch evidence.
+    /// GPU evidence failed a check (signature, chain, FWID, nonce, device).
+    GpuEvidenceInvalid,
 }
 
 impl ReasonCode {
@@ -121,6 +124,7 @@ impl ReasonCode {
             Self::Unauthenticated => "unauthenticated",
             Self::PermissionDenied => "permission_denied",
             Self::Internal => "internal",
+            Self::GpuEvidenceInvalid => "gpu_evidence_invalid",
         }
     }
 
@@ -150,7 +154,8 @@ impl ReasonCode {
             | Self::MeasurementNotAllowed
             | Self::PolicyDenied
             | Self::NoPolicy
-            | Self::PermissionDenied => Code::PermissionDenied,
+            | Self::PermissionDenied
+            | Self::GpuEvidenceInvalid => Code::PermissionDenied,
             Self::ChallengeExpired | Self::ChallengeInvalid | Self::ChallengeMismatch => Code::FailedPrecondition,
             Self::VersionConflict => Code::Aborted,
             Self::SecretNotFound => Code::NotFound,
@@ -196,6 +201,7 @@ impl ReasonCode {
             Self::Unauthenticated => "authentication required",
             Self::PermissionDenied => "the caller lacks the role for this call",
             Self::Internal => "internal error",
+            Self::GpuEvidenceInvalid => "the GPU evidence does not verify",
         }
     }
 }
