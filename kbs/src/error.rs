@@ -85,6 +85,8 @@ pub enum ReasonCode {
     // NVIDIA GPU / NVSwitch evidence.
     /// GPU evidence failed a check (signature, chain, FWID, nonce, device).
     GpuEvidenceInvalid,
+    /// A GPU certificate is revoked, or its OCSP status is not good.
+    GpuRevoked,
 }
 
 impl ReasonCode {
@@ -125,6 +127,7 @@ impl ReasonCode {
             Self::PermissionDenied => "permission_denied",
             Self::Internal => "internal",
             Self::GpuEvidenceInvalid => "gpu_evidence_invalid",
+            Self::GpuRevoked => "gpu_revoked",
         }
     }
 
@@ -155,7 +158,8 @@ impl ReasonCode {
             | Self::PolicyDenied
             | Self::NoPolicy
             | Self::PermissionDenied
-            | Self::GpuEvidenceInvalid => Code::PermissionDenied,
+            | Self::GpuEvidenceInvalid
+            | Self::GpuRevoked => Code::PermissionDenied,
             Self::ChallengeExpired | Self::ChallengeInvalid | Self::ChallengeMismatch => Code::FailedPrecondition,
             Self::VersionConflict => Code::Aborted,
             Self::SecretNotFound => Code::NotFound,
@@ -202,6 +206,7 @@ impl ReasonCode {
             Self::PermissionDenied => "the caller lacks the role for this call",
             Self::Internal => "internal error",
             Self::GpuEvidenceInvalid => "the GPU evidence does not verify",
+            Self::GpuRevoked => "a GPU certificate is revoked or its status is not good",
         }
     }
 }

@@ -504,7 +504,7 @@ fn bit_flips_in_the_chain_fail() {
     let ders: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(&c.chain).map(|p| p.unwrap().contents).collect();
     assert_eq!(ders.len(), 5);
     for (i, der) in ders.iter().enumerate() {
-        for pos in (0..der.len()).step_by(37) {
+        for pos in 0..der.len() {
             let mut flipped = ders.clone();
             flipped[i][pos] ^= 0x10;
             let pem = to_pem(&flipped);
@@ -664,5 +664,99 @@ proptest! {
         pem.extend_from_slice(b"\n-----END CERTIFICATE-----\n");
         prop_assert!(verifier().verify(&c.report, &pem, NOW, &c.nonce).is_err());
         prop_assert!(verifier().verify(&c.report, &bytes, NOW, &c.nonce).is_err());
+    }
+}
+
+mod ocsp {
+    //! The stapled OCSP responses of google/go-nvattest-tools' H100 set
+    //! (SHA-384 CertIDs, delegated responders, 24-hour windows on 2025-08-21).
+
+    use kbs::evidence::gpu::ocsp::{OcspError, verify_ocsp_response};
+
+    use super::*;
+
+    const OCSP: &str = "nvidia/google-go-nvattest-tools/testing/testdata/ocsp";
+    /// Inside every device-chain response's window.
+    const FRESH: OffsetDateTime = datetime!(2025-08-21 12:00 UTC);
+
+    fn response(level: u8) -> Vec<u8> {
+        let text = vector(&format!("{OCSP}/test_gpu_certificate_l{level}_base64encoded_ocsp_response.dat"));
+        let text: Vec<u8> = text.into_iter().filter(|b| !b.is_ascii_whitespace()).collect();
+        B64.decode(text).unwrap()
+    }
+
+    fn chain() -> Vec<Vec<u8>> {
+        let pem = vector(&format!("{GOOGLE}/test_gpu_attestation_certificate_chain.dat"));
+        x509_parser::pem::Pem::iter_from_buffer(&pem).map(|p| p.unwrap().contents).collect()
+    }
+
+    /// (response level, index of its target in the chain, target, responder).
+    const CASES: [(u8, usize, &str, &str); 3] = [
+        (4, 1, "GH100 A01 GSP BROM", "NVIDIA OCSP Responder L3 GH100 ICA1 Identity"),
+        (3, 2, "NVIDIA GH100 Provisioner ICA 1", "NVIDIA OCSP Responder L2 GH100 Identity"),
+        (2, 3, "NVIDIA GH100 Identity", "NVIDIA OCSP Responder L1-A 02"),
+    ];
+
+    #[test]
+    fn device_chain_responses_are_good_in_their_window() {
+        let chain = chain();
+        for (level, at, subject, responder) in CASES {
+            let good = verify_ocsp_response(&response(level), &chain[at], &chain[at + 1], FRESH)
+                .unwrap_or_else(|e| panic!("L{level}: {e}"));
+            assert_eq!(good.subject, subject);
+            assert_eq!(good.responder, responder);
+            assert_eq!(good.next_update - good.this_update, time::Duration::days(1));
+            assert!(good.produced_at.date() == datetime!(2025-08-21 00:00 UTC).date());
+            // Fresh from thisUpdate to nextUpdate, inclusive; stale outside.
+            assert!(verify_ocsp_response(&response(level), &chain[at], &chain[at + 1], good.this_update).is_ok());
+            assert!(verify_ocsp_response(&response(level), &chain[at], &chain[at + 1], good.next_update).is_ok());
+            for when in [good.this_update - time::Duration::SECOND, good.next_update + time::Duration::SECOND, NOW] {
+                let err = verify_ocsp_response(&response(level), &chain[at], &chain[at + 1], when).unwrap_err();
+                assert!(matches!(err, OcspError::Stale(_)), "L{level} at {when}: {err}");
+                assert_eq!(err.reason(), ReasonCode::CollateralExpired);
+            }
+        }
+    }
+
+    #[test]
+    fn a_response_is_only_about_its_own_certificate() {
+        let chain = chain();
+        // L4 (about the BROM certificate) presented for the ICA.
+        let err = verify_ocsp_response(&response(4), &chain[2], &chain[3], FRESH).unwrap_err();
+        assert!(matches!(err, OcspError::Unauthentic(ref m) if m.contains("CertID")), "{err}");
+        // Another device's BROM certificate under the same ICA.
+        let other = x509_parser::pem::Pem::iter_from_buffer(&case("trustee_hopper_coco_report1").chain)
+            .map(|p| p.unwrap().contents)
+            .collect::<Vec<_>>();
+        let err = verify_ocsp_response(&response(4), &other[1], &other[2], FRESH).unwrap_err();
+        assert!(matches!(err, OcspError::Unauthentic(_)), "{err}");
+        // A target its claimed issuer did not sign.
+        let err = verify_ocsp_response(&response(4), &chain[1], &chain[3], FRESH).unwrap_err();
+        assert!(matches!(err, OcspError::Unauthentic(_)), "{err}");
+    }
+
+    #[test]
+    fn every_flipped_byte_and_truncation_is_refused() {
+        let chain = chain();
+        let original = response(4);
+        for pos in 0..original.len() {
+            let mut flipped = original.clone();
+            flipped[pos] ^= 1 << (pos % 8);
+            assert!(verify_ocsp_response(&flipped, &chain[1], &chain[2], FRESH).is_err(), "flip at {pos}");
+        }
+        for len in 0..original.len() {
+            let err = verify_ocsp_response(&original[..len], &chain[1], &chain[2], FRESH).unwrap_err();
+            assert!(matches!(err, OcspError::Malformed(_)), "cut at {len}: {err}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic_the_ocsp_parser(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let chain = chain();
+            prop_assert!(verify_ocsp_response(&bytes, &chain[1], &chain[2], FRESH).is_err());
+        }
     }
 }

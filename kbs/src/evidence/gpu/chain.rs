@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
 use super::GpuError;
+use super::der;
 use super::spdm::DIGEST_LEN;
 use crate::evidence::anchors::{self, CertWindow};
 
@@ -50,8 +51,10 @@ const OID_SECP384R1: &str = "1.3.132.0.34";
 const OID_FWID_RIOT: &str = "2.23.133.5.4.1";
 /// TCG DiceTcbInfo, Blackwell.
 const OID_FWID_DICE_TCB_INFO: &str = "2.23.133.5.4.1.1";
+/// DER of `AlgorithmIdentifier { ecdsa-with-SHA384 }` (no parameters).
+const ECDSA_WITH_SHA384_ALGORITHM: [u8; 12] = [0x30, 0x0A, 0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x03];
 /// DER of the OID id-sha384 (2.16.840.1.101.3.4.2.2), without tag and length.
-const SHA384_OID_DER: [u8; 9] = [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+pub(crate) const SHA384_OID_DER: [u8; 9] = [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
 /// NVIDIA's device-identity otherName in the leaf's subjectAltName.
 const OID_NVIDIA_DEVICE_ID: &str = "1.3.6.1.4.1.412.274.1";
 
@@ -137,8 +140,25 @@ pub fn pem_chain(pem: &[u8]) -> Result<Vec<Vec<u8>>, GpuError> {
     Ok(ders)
 }
 
-/// Parses one DER certificate; no trailing bytes.
+/// Parses one DER certificate; no trailing bytes. The unsigned outer layout
+/// is checked byte for byte first (`SEQUENCE { SEQUENCE tbs, the DER of
+/// ecdsa-with-SHA384, BIT STRING }`): x509-parser accepts some wrong tags
+/// there, and bytes outside the signed part must not vary unnoticed.
 pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, GpuError> {
+    let strict = || -> Option<()> {
+        let (body, rest) = der::expect(der, der::SEQUENCE)?;
+        let (tbs, body) = der::split_tlv(body)?;
+        let (alg, body) = der::split_tlv(body)?;
+        let (_sig, body) = der::expect(body, der::BIT_STRING)?;
+        (tbs.first() == Some(&der::SEQUENCE)
+            && alg == ECDSA_WITH_SHA384_ALGORITHM
+            && body.is_empty()
+            && rest.is_empty())
+        .then_some(())
+    };
+    if strict().is_none() {
+        return Err(GpuError::CertificateMalformed("not a DER ECDSA P-384/SHA-384 certificate".into()));
+    }
     anchors::parse_der_cert(der).map_err(|e| GpuError::CertificateMalformed(e.to_string()))
 }
 
@@ -158,7 +178,7 @@ pub(crate) fn p384_key<'a>(cert: &'a X509Certificate<'_>) -> Result<&'a [u8], Gp
 
 /// Verifies that `issuer` signed `cert` with ECDSA P-384/SHA-384, the only
 /// algorithm of NVIDIA's device PKI; inner and outer algorithms agree.
-fn verify_link(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Result<(), GpuError> {
+pub(crate) fn verify_link(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Result<(), GpuError> {
     let name = anchors::common_name(cert);
     if cert.issuer().as_raw() != issuer.subject().as_raw() {
         return Err(GpuError::ChainInvalid(format!(
@@ -327,50 +347,6 @@ pub(crate) fn device_id(leaf: &X509Certificate<'_>) -> Option<String> {
     })
 }
 
-/// Just enough DER for the FWID extensions: definite lengths up to 64 KiB.
-mod der {
-    pub(super) const INTEGER: u8 = 0x02;
-    pub(super) const OCTET_STRING: u8 = 0x04;
-    pub(super) const OID: u8 = 0x06;
-    pub(super) const UTF8_STRING: u8 = 0x0C;
-    pub(super) const SEQUENCE: u8 = 0x30;
-    pub(super) const CONTEXT_CONSTRUCTED_0: u8 = 0xA0;
-    pub(super) const CONTEXT_CONSTRUCTED_6: u8 = 0xA6;
-
-    /// `(tag, content, rest)`.
-    pub(super) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = match first {
-            0..=0x7F => (usize::from(first), rest),
-            0x81 => {
-                let (&b, rest) = rest.split_first()?;
-                (usize::from(b), rest)
-            }
-            0x82 => {
-                let (bytes, rest) = rest.split_first_chunk::<2>()?;
-                (usize::from(u16::from_be_bytes(*bytes)), rest)
-            }
-            _ => return None,
-        };
-        let content = rest.get(..len)?;
-        Some((tag, content, rest.get(len..)?))
-    }
-
-    /// The content of a TLV with tag `tag`, and what follows it.
-    pub(super) fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (got, content, rest) = tlv(input)?;
-        (got == tag).then_some((content, rest))
-    }
-
-    /// The whole first TLV (tag and length included), and what follows it.
-    pub(super) fn split_tlv(input: &[u8]) -> Option<(&[u8], &[u8])> {
-        let (_, _, rest) = tlv(input)?;
-        let len = input.len().checked_sub(rest.len())?;
-        Some((input.get(..len)?, rest))
-    }
-}
-
 /// NVIDIA Device Identity CA (PEM), as NVIDIA ships it in nvtrust
 /// (`verifier_device_root.pem`) and trustee (`nvidia_device_root.pem`).
 const NVIDIA_DEVICE_IDENTITY_CA_PEM: &str = "\
@@ -399,17 +375,6 @@ mod tests {
         assert_eq!(anchors.root_fingerprints(), vec![NVIDIA_DEVICE_IDENTITY_CA_SHA256]);
         assert!(format!("{anchors:?}").contains("102bf659"));
         assert!(GpuAnchors::empty().root_fingerprints().is_empty());
-    }
-
-    #[test]
-    fn der_reader_is_bounded() {
-        assert_eq!(der::tlv(&[0x04, 0x01, 0xAA, 0xBB]), Some((0x04, &[0xAA][..], &[0xBB][..])));
-        assert_eq!(der::tlv(&[0x04, 0x81, 0x01, 0xAA]), Some((0x04, &[0xAA][..], &[][..])));
-        assert_eq!(der::tlv(&[0x04, 0x02, 0xAA]), None);
-        assert_eq!(der::tlv(&[0x04, 0x80]), None);
-        assert_eq!(der::tlv(&[0x04, 0x83, 0, 0, 1]), None);
-        assert_eq!(der::tlv(&[0x04]), None);
-        assert_eq!(der::split_tlv(&[0x30, 0x00, 0x05]), Some((&[0x30, 0x00][..], &[0x05][..])));
     }
 
     #[test]

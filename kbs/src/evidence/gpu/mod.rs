@@ -45,11 +45,15 @@
 //! 9. **Claims** ([`GpuDeviceClaims`]), built only now.
 //!
 //! The verifier is pure: report, chain, anchors and `now` come in as
-//! arguments; it does no I/O and reads no clock. Revocation (OCSP), the
-//! reference values (RIMs) and the binding of devices to the CPU evidence
-//! are separate steps whose results belong next to these claims.
+//! arguments; it does no I/O and reads no clock. Revocation is a separate
+//! pure step ([`ocsp::verify_ocsp_response`], on stapled or cached OCSP
+//! responses for the device chain's certificates but the leaf and the
+//! root); the reference values (RIMs) and the binding of devices to the CPU
+//! evidence are further steps whose results belong next to these claims.
 
 pub mod chain;
+mod der;
+pub mod ocsp;
 mod reader;
 pub mod spdm;
 
