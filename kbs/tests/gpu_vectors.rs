@@ -718,6 +718,51 @@ mod ocsp {
         }
     }
 
+    /// The certificates a RIM's XML signature carries, leaf first.
+    fn rim_chain(name: &str) -> Vec<Vec<u8>> {
+        let xml = String::from_utf8(vector(&format!("{GOOGLE}/rim/{name}"))).unwrap();
+        xml.split("<ds:X509Certificate>")
+            .skip(1)
+            .map(|rest| {
+                let b64 = rest.split("</ds:X509Certificate>").next().unwrap();
+                B64.decode(b64.chars().filter(|c| !c.is_whitespace()).collect::<String>()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rim_chain_responses_are_good_in_their_window() {
+        let driver = rim_chain("NV_GPU_DRIVER_GH100_550.90.07.xml");
+        let vbios = rim_chain("NV_GPU_VBIOS_1010_0200_882_96009F0001.xml");
+        assert_eq!((driver.len(), vbios.len()), (4, 4));
+        let at = datetime!(2025-10-24 12:00 UTC);
+        let cases = [
+            ("test_gpu_driver_rim_l4", &driver, 0, "NVIDIA OCSP Responder L3 GH100 002"),
+            ("test_gpu_vbios_l4", &vbios, 0, "NVIDIA OCSP Responder L3 GH100 002"),
+            ("test_gpu_driver_rim_l3", &driver, 1, "NVIDIA OCSP Responder L2 Reference Value GH100"),
+            ("test_gpu_rim_l2", &driver, 2, "NVIDIA OCSP Responder L1 CoRIM Root"),
+        ];
+        for (file, chain, i, responder) in cases {
+            let der = response_file(file);
+            let good =
+                verify_ocsp_response(&der, &chain[i], &chain[i + 1], at).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(good.responder, responder);
+            // Stale now: OCSP windows are a day long.
+            assert!(matches!(verify_ocsp_response(&der, &chain[i], &chain[i + 1], NOW), Err(OcspError::Stale(_))));
+        }
+        // The two L4 signers differ: each response is about its own.
+        let err = verify_ocsp_response(&response_file("test_gpu_driver_rim_l4"), &vbios[0], &vbios[1], at).unwrap_err();
+        assert!(matches!(err, OcspError::Unauthentic(_)), "{err}");
+    }
+
+    fn response_file(file: &str) -> Vec<u8> {
+        let text: Vec<u8> = vector(&format!("{OCSP}/{file}_base64encoded_ocsp_response.dat"))
+            .into_iter()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        B64.decode(text).unwrap()
+    }
+
     #[test]
     fn a_response_is_only_about_its_own_certificate() {
         let chain = chain();
