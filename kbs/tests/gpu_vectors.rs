@@ -671,7 +671,7 @@ mod ocsp {
     //! The stapled OCSP responses of google/go-nvattest-tools' H100 set
     //! (SHA-384 CertIDs, delegated responders, 24-hour windows on 2025-08-21).
 
-    use kbs::evidence::gpu::ocsp::{OcspError, verify_ocsp_response};
+    use kbs::evidence::gpu::ocsp::{OcspError, verify_chain_ocsp, verify_ocsp_response};
 
     use super::*;
 
@@ -761,6 +761,39 @@ mod ocsp {
             .filter(|b| !b.is_ascii_whitespace())
             .collect();
         B64.decode(text).unwrap()
+    }
+
+    #[test]
+    fn a_device_chain_is_good_only_with_a_fresh_response_for_each_covered_certificate() {
+        let c = case("google_spt_hopper_full");
+        let all = vec![response(2), response(3), response(4)];
+        let good = verify_chain_ocsp(&c.chain, &all, FRESH).unwrap();
+        let subjects: Vec<&str> = good.iter().map(|g| g.subject.as_str()).collect();
+        assert_eq!(subjects, ["GH100 A01 GSP BROM", "NVIDIA GH100 Provisioner ICA 1", "NVIDIA GH100 Identity"]);
+        // Order does not matter; unrelated responses are ignored.
+        let mut shuffled = vec![response_file("test_gpu_rim_l2"), response(4), response(2), response(3)];
+        shuffled.reverse();
+        assert_eq!(verify_chain_ocsp(&c.chain, &shuffled, FRESH).unwrap(), good);
+        // One missing: refused, naming it.
+        let err = verify_chain_ocsp(&c.chain, &all[1..], FRESH).unwrap_err();
+        assert_eq!(err, OcspError::Missing("NVIDIA GH100 Identity".into()));
+        assert_eq!(err.reason(), ReasonCode::CollateralUnavailable);
+        // Stale now.
+        assert!(matches!(verify_chain_ocsp(&c.chain, &all, NOW), Err(OcspError::Stale(_))));
+        // Another device's chain: the BROM response is not about its BROM.
+        let other = &case("trustee_hopper_coco_report1").chain;
+        assert!(
+            matches!(verify_chain_ocsp(other, &all, FRESH), Err(OcspError::Missing(m)) if m == "GH100 A01 GSP BROM")
+        );
+        // Too many responses.
+        assert!(matches!(verify_chain_ocsp(&c.chain, &vec![response(2); 17], FRESH), Err(OcspError::Malformed(_))));
+        // Recorded in the claims.
+        let claims = verify(c).unwrap().with_revocation(&good);
+        let value = serde_json::to_value(&claims).unwrap();
+        assert_eq!(value["revocation"]["device_chain"], "good");
+        assert_eq!(value["revocation"]["certificates"][0]["subject"], "GH100 A01 GSP BROM");
+        assert_eq!(value["revocation"]["certificates"][2]["next_update"], "2025-08-22T06:47:08Z");
+        assert!(serde_json::to_value(verify(c).unwrap()).unwrap().get("revocation").is_none());
     }
 
     #[test]

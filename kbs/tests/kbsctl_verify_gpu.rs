@@ -105,3 +105,40 @@ fn usage_errors_exit_1() {
     // Neither CPU nor GPU evidence.
     assert_eq!(kbsctl(&["verify"]).status.code(), Some(1));
 }
+
+#[test]
+fn stapled_ocsp_responses_are_checked_when_given() {
+    let report = path("nvidia/google-go-nvattest-tools/testing/testdata/test_raw_gpu_attestation_report.dat");
+    let chain = path("nvidia/google-go-nvattest-tools/testing/testdata/test_gpu_attestation_certificate_chain.dat");
+    let ocsp = |level: u8| {
+        path(&format!(
+            "nvidia/google-go-nvattest-tools/testing/testdata/ocsp/test_gpu_certificate_l{level}_base64encoded_ocsp_response.dat"
+        ))
+    };
+    let (l2, l3, l4) = (ocsp(2), ocsp(3), ocsp(4));
+    let base = ["verify", "--gpu", &report, "--gpu-chain", &chain, "--gpu-nonce", NONCE];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        kbsctl(&args)
+    };
+    let all = ["--gpu-ocsp", &l2, "--gpu-ocsp", &l3, "--gpu-ocsp", &l4];
+    let mut fresh = all.to_vec();
+    fresh.extend_from_slice(&["--time", "2025-08-21T12:00:00Z"]);
+    let out = run(&fresh);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["revocation"]["device_chain"], "good");
+    assert_eq!(claims["revocation"]["certificates"].as_array().unwrap().len(), 3);
+    // Stale at the default time (now).
+    let out = run(&all);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("rejected: collateral_expired: "));
+    // One missing.
+    let out = run(&["--gpu-ocsp", &l2, "--gpu-ocsp", &l3, "--time", "2025-08-21T12:00:00Z"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("rejected: collateral_unavailable: "));
+    // Not a response at all: a usage error.
+    let out = run(&["--gpu-ocsp", &report, "--time", "2025-08-21T12:00:00Z"]);
+    assert_eq!(out.status.code(), Some(1));
+}

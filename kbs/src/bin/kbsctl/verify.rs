@@ -58,6 +58,11 @@ pub(crate) struct GpuArgs {
     /// nonce is reported, not checked: inspection only.
     #[arg(long, requires = "gpu")]
     gpu_nonce: Option<String>,
+    /// OCSP responses (DER or base64) for the chain's certificates but the
+    /// leaf and the root; when given, each must show its certificate good
+    /// at --time. Repeat for each.
+    #[arg(long, requires = "gpu")]
+    gpu_ocsp: Vec<PathBuf>,
 }
 
 /// TEE kinds `verify` knows.
@@ -85,7 +90,13 @@ impl EvidenceArgs {
 pub(crate) fn run(args: &VerifyArgs, output: crate::Output) -> Result<(), Failure> {
     if let Some(report) = &args.gpu.gpu {
         let chain = args.gpu.gpu_chain.as_deref().ok_or_else(|| Failure::Usage("--gpu needs --gpu-chain".into()))?;
-        let claims = verify_gpu(report, chain, args.gpu.gpu_nonce.as_deref(), args.evidence.time.as_deref())?;
+        let claims = verify_gpu(
+            report,
+            chain,
+            args.gpu.gpu_nonce.as_deref(),
+            &args.gpu.gpu_ocsp,
+            args.evidence.time.as_deref(),
+        )?;
         let json =
             serde_json::to_string_pretty(&claims).map_err(|e| Failure::Usage(format!("encoding claims: {e}")))?;
         println!("{json}");
@@ -119,11 +130,13 @@ pub(crate) fn verified_claims(args: &EvidenceArgs) -> Result<kbs::evidence::Clai
 }
 
 /// Verifies one NVIDIA device's evidence with the pinned NVIDIA root; the
-/// nonce is checked only when one is given.
+/// nonce is checked only when one is given, revocation only when OCSP
+/// responses are.
 fn verify_gpu(
     report: &Path,
     chain: &Path,
     nonce: Option<&str>,
+    ocsp: &[PathBuf],
     time: Option<&str>,
 ) -> Result<kbs::evidence::gpu::GpuDeviceClaims, Failure> {
     use kbs::evidence::gpu::{GpuAnchors, GpuNonce, GpuVerifier};
@@ -142,7 +155,25 @@ fn verify_gpu(
         Some(nonce) => verifier.verify(&report, &chain, now, nonce),
         None => verifier.inspect_without_nonce(&report, &chain, now),
     };
-    result.map_err(|e| Failure::Refused(format!("rejected: {}: {e}", e.reason())))
+    let claims = result.map_err(|e| Failure::Refused(format!("rejected: {}: {e}", e.reason())))?;
+    if ocsp.is_empty() {
+        return Ok(claims);
+    }
+    let responses =
+        ocsp.iter().map(|p| read_file(p).and_then(|b| der_or_base64(b, p))).collect::<Result<Vec<_>, _>>()?;
+    let good = kbs::evidence::gpu::ocsp::verify_chain_ocsp(&chain, &responses, now)
+        .map_err(|e| Failure::Refused(format!("rejected: {}: {e}", e.reason())))?;
+    Ok(claims.with_revocation(&good))
+}
+
+/// DER as is (it starts with a SEQUENCE tag), or base64 text.
+fn der_or_base64(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>, Failure> {
+    if bytes.first() == Some(&0x30) {
+        return Ok(bytes);
+    }
+    let text: Vec<u8> = bytes.into_iter().filter(|b| !b.is_ascii_whitespace()).collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text)
+        .map_err(|e| Failure::Usage(format!("{}: neither DER nor base64: {e}", path.display())))
 }
 
 /// `--time` (RFC 3339), or now.

@@ -281,9 +281,61 @@ pub struct GpuDeviceClaims {
     pub evidence: EvidenceChecks,
     /// Zero bytes found after the signature (unsigned, tolerated).
     pub trailing_zeros: usize,
+    /// Revocation of the device chain, when it was checked
+    /// ([`GpuDeviceClaims::with_revocation`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationClaims>,
+}
+
+/// The device chain's revocation, as checked with OCSP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationClaims {
+    /// The outcome (only success is recorded; failures refuse the device).
+    pub device_chain: ChainRevocation,
+    /// One entry per certificate checked, issuer-most last.
+    pub certificates: Vec<RevocationEntry>,
+}
+
+/// The device chain's revocation outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainRevocation {
+    /// Every certificate OCSP covers was shown good at the check time.
+    Good,
+}
+
+/// One certificate's OCSP status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationEntry {
+    /// The certificate's common name.
+    pub subject: String,
+    /// Who signed the response.
+    pub responder: String,
+    /// The response's window, RFC 3339.
+    pub this_update: String,
+    /// The response's window, RFC 3339.
+    pub next_update: String,
 }
 
 impl GpuDeviceClaims {
+    /// Records the result of [`ocsp::verify_chain_ocsp`] for this device.
+    pub fn with_revocation(mut self, good: &[ocsp::OcspGood]) -> Self {
+        let rfc3339 = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        self.revocation = Some(RevocationClaims {
+            device_chain: ChainRevocation::Good,
+            certificates: good
+                .iter()
+                .map(|g| RevocationEntry {
+                    subject: g.subject.clone(),
+                    responder: g.responder.clone(),
+                    this_update: rfc3339(g.this_update),
+                    next_update: rfc3339(g.next_update),
+                })
+                .collect(),
+        });
+        self
+    }
+
     /// The digest at a 1-based SPDM index, hex.
     pub fn measurement(&self, index: u8) -> Option<&str> {
         self.measurements.iter().find(|m| m.index == index).map(|m| m.digest.as_str())
@@ -414,6 +466,7 @@ impl GpuVerifier {
                 opaque_format: report.response.opaque.format,
             },
             trailing_zeros: report.trailing_zeros,
+            revocation: None,
         })
     }
 }

@@ -48,6 +48,9 @@ pub const MAX_SINGLE_RESPONSES: usize = 16;
 /// Most certificates accepted in one response.
 pub const MAX_RESPONDER_CERTS: usize = 4;
 
+/// Most responses accepted for one device chain.
+pub const MAX_STAPLED_RESPONSES: usize = 16;
+
 /// DER of id-pkix-ocsp-basic (1.3.6.1.5.5.7.48.1.1).
 const OID_OCSP_BASIC: [u8; 9] = [0x2B, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
 /// DER of ecdsa-with-SHA384 (1.2.840.10045.4.3.3).
@@ -77,6 +80,9 @@ pub enum OcspError {
     /// The responder does not know the certificate.
     #[error("OCSP status unknown")]
     Unknown,
+    /// No response covers this certificate.
+    #[error("no OCSP response for {0}")]
+    Missing(String),
 }
 
 impl OcspError {
@@ -87,6 +93,7 @@ impl OcspError {
             Self::Unauthentic(_) => ReasonCode::GpuEvidenceInvalid,
             Self::Stale(_) => ReasonCode::CollateralExpired,
             Self::Revoked { .. } | Self::Unknown => ReasonCode::GpuRevoked,
+            Self::Missing(_) => ReasonCode::CollateralUnavailable,
         }
     }
 }
@@ -201,6 +208,53 @@ pub fn verify_ocsp_response(
         CertStatus::Revoked { revoked_at, reason } => Err(OcspError::Revoked { revoked_at, reason }),
         CertStatus::Unknown => Err(OcspError::Unknown),
     }
+}
+
+/// Checks a device chain's revocation with the given (stapled or cached)
+/// responses: every certificate OCSP covers (all but the leaf and the
+/// root) must have a response that shows it good at `now`. A revoked or
+/// unknown status for a certificate wins over any good one; then a fresh
+/// good one over a stale one; no authentic response at all is `Missing`.
+/// The chain itself is assumed verified ([`super::GpuVerifier`]).
+pub fn verify_chain_ocsp(
+    chain_pem: &[u8],
+    responses: &[Vec<u8>],
+    now: OffsetDateTime,
+) -> Result<Vec<OcspGood>, OcspError> {
+    if responses.len() > MAX_STAPLED_RESPONSES {
+        return Err(OcspError::Malformed(format!("{} responses, at most {MAX_STAPLED_RESPONSES}", responses.len())));
+    }
+    let ders = chain::pem_chain(chain_pem).map_err(|e| OcspError::Malformed(e.to_string()))?;
+    if ders.len() != chain::CHAIN_LEN {
+        return Err(OcspError::Malformed(format!("{} certificates, expected {}", ders.len(), chain::CHAIN_LEN)));
+    }
+    let mut out = Vec::new();
+    for pair in ders.windows(2).skip(1) {
+        let [target, issuer] = pair else { continue };
+        let mut good: Option<OcspGood> = None;
+        let mut stale = None;
+        for response in responses {
+            match verify_ocsp_response(response, target, issuer, now) {
+                Ok(g) => {
+                    if good.as_ref().is_none_or(|have| g.this_update > have.this_update) {
+                        good = Some(g);
+                    }
+                }
+                Err(e @ (OcspError::Revoked { .. } | OcspError::Unknown)) => return Err(e),
+                Err(e @ OcspError::Stale(_)) => stale = Some(e),
+                Err(_) => {}
+            }
+        }
+        match (good, stale) {
+            (Some(g), _) => out.push(g),
+            (None, Some(e)) => return Err(e),
+            (None, None) => {
+                let name = chain::parse_cert(target).map(|c| anchors::common_name(&c)).unwrap_or_default();
+                return Err(OcspError::Missing(name));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The certificate in the response that `responderID` names: signed by
@@ -390,6 +444,7 @@ mod tests {
         assert_eq!(OcspError::Unauthentic("x".into()).reason(), ReasonCode::GpuEvidenceInvalid);
         assert_eq!(OcspError::Stale("x".into()).reason(), ReasonCode::CollateralExpired);
         assert_eq!(OcspError::Unknown.reason(), ReasonCode::GpuRevoked);
+        assert_eq!(OcspError::Missing("x".into()).reason(), ReasonCode::CollateralUnavailable);
         assert_eq!(ReasonCode::GpuRevoked.grpc_code(), tonic::Code::PermissionDenied);
         assert_eq!(ReasonCode::GpuRevoked.as_str(), "gpu_revoked");
     }
