@@ -838,3 +838,191 @@ mod ocsp {
         }
     }
 }
+
+mod synthetic {
+    //! A test PKI of the NVIDIA shape, for the checks no genuine chain can
+    //! fail: a leaf that certifies another firmware or another device key,
+    //! an unknown chip, a CA as leaf, an expired intermediate. The report is
+    //! the genuine H100's, re-signed with the test leaf's key.
+
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+    use rcgen::{
+        BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+        PKCS_ECDSA_P384_SHA384,
+    };
+
+    use super::*;
+
+    /// The genuine H100 report's FWID.
+    const FWID: &str =
+        "f5c384aebb579217a2c66b17ed0f28e6a9b8d639041acd7b4721cec004f7275494ba94bb5cdfdb3055ee051762b1f75d";
+
+    struct Spec {
+        leaf_cn: &'static str,
+        device_cn: &'static str,
+        /// None: no FWID extension.
+        fwid: Option<[u8; 48]>,
+        /// The FWID extension names the ICA's key instead of the device's.
+        foreign_device_key: bool,
+        leaf_is_ca: bool,
+        ica_not_after: OffsetDateTime,
+        /// The FWID in Blackwell's DiceTcbInfo shape instead of RIoT's.
+        dice_tcb_info: bool,
+    }
+
+    impl Default for Spec {
+        fn default() -> Self {
+            Self {
+                leaf_cn: "GH100 A01 GSP FMC LF",
+                device_cn: "GH100 A01 GSP BROM",
+                fwid: Some(hex::decode(FWID).unwrap().try_into().unwrap()),
+                foreign_device_key: false,
+                leaf_is_ca: false,
+                ica_not_after: datetime!(2099-01-01 00:00 UTC),
+                dice_tcb_info: false,
+            }
+        }
+    }
+
+    struct Pki {
+        root: Vec<u8>,
+        chain: Vec<u8>,
+        report: Vec<u8>,
+    }
+
+    fn params(cn: &str, ca: bool) -> CertificateParams {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.distinguished_name.push(DnType::OrganizationName, "Test NVIDIA");
+        if ca {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        p.not_before = datetime!(2020-01-01 00:00 UTC);
+        p.not_after = datetime!(2099-01-01 00:00 UTC);
+        p
+    }
+
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n @ 0..=0x7F => out.push(u8::try_from(n).unwrap()),
+            n @ 0x80..=0xFF => out.extend_from_slice(&[0x81, u8::try_from(n).unwrap()]),
+            n => out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// RIoT CompositeDeviceID: `SEQ { INT 1, SPKI, SEQ { sha384, OCTET fwid } }`.
+    fn riot(spki: &[u8], fwid: &[u8; 48]) -> Vec<u8> {
+        let sha384 = [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+        let fwid_seq = tlv(0x30, &[tlv(0x06, &sha384), tlv(0x04, fwid)].concat());
+        tlv(0x30, &[tlv(0x02, &[1]), spki.to_vec(), fwid_seq].concat())
+    }
+
+    /// DiceTcbInfo: `SEQ { [0] vendor, [1] model, [6] fwids SEQ OF SEQ { sha384, OCTET } }`.
+    fn dice_tcb_info(fwid: &[u8; 48]) -> Vec<u8> {
+        let sha384 = [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+        let fwid_seq = tlv(0x30, &[tlv(0x06, &sha384), tlv(0x04, fwid)].concat());
+        let other = tlv(0x30, &[tlv(0x06, &sha384), tlv(0x04, &[0; 48])].concat());
+        tlv(0x30, &[tlv(0x80, b"NVIDIA"), tlv(0x81, b"GB100 A01 GSP"), tlv(0xA6, &[fwid_seq, other].concat())].concat())
+    }
+
+    fn spki(der: &[u8]) -> Vec<u8> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        cert.public_key().raw.to_vec()
+    }
+
+    fn build(spec: &Spec) -> Pki {
+        let key = || KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+        let (root_key, identity_key, ica_key, device_key, leaf_key) = (key(), key(), key(), key(), key());
+        let root_params = params("Test NVIDIA Device Identity CA", true);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::from_params(&root_params, &root_key);
+        let identity_params = params("Test NVIDIA GH100 Identity", true);
+        let identity = identity_params.signed_by(&identity_key, &root_issuer).unwrap();
+        let identity_issuer = Issuer::from_params(&identity_params, &identity_key);
+        let mut ica_params = params("Test NVIDIA GH100 Provisioner ICA 1", true);
+        ica_params.not_after = spec.ica_not_after;
+        let ica = ica_params.signed_by(&ica_key, &identity_issuer).unwrap();
+        let ica_issuer = Issuer::from_params(&ica_params, &ica_key);
+        let device_params = params(spec.device_cn, true);
+        let device = device_params.signed_by(&device_key, &ica_issuer).unwrap();
+        let device_issuer = Issuer::from_params(&device_params, &device_key);
+        let mut leaf_params = params(spec.leaf_cn, spec.leaf_is_ca);
+        if let Some(fwid) = &spec.fwid {
+            let named = if spec.foreign_device_key { spki(ica.der()) } else { spki(device.der()) };
+            let ext = if spec.dice_tcb_info {
+                CustomExtension::from_oid_content(&[2, 23, 133, 5, 4, 1, 1], dice_tcb_info(fwid))
+            } else {
+                CustomExtension::from_oid_content(&[2, 23, 133, 5, 4, 1], riot(&named, fwid))
+            };
+            leaf_params.custom_extensions.push(ext);
+        }
+        let leaf = leaf_params.signed_by(&leaf_key, &device_issuer).unwrap();
+        let chain = to_pem(&[leaf, device, ica, identity, root.clone()].map(|c| c.der().to_vec()));
+        // The genuine H100 report, re-signed by the test leaf.
+        let mut report = case("trustee_hopper_report").report.clone();
+        let signed_len = report.len() - 96;
+        let signer = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &leaf_key.serialize_der()).unwrap();
+        let signature = signer.sign(&SystemRandom::new(), &report[..signed_len]).unwrap();
+        report.truncate(signed_len);
+        report.extend_from_slice(signature.as_ref());
+        Pki { root: root.der().to_vec(), chain, report }
+    }
+
+    fn run(spec: &Spec) -> Result<GpuDeviceClaims, GpuError> {
+        let pki = build(spec);
+        let mut anchors = GpuAnchors::empty();
+        anchors.add_root(&pki.root).unwrap();
+        GpuVerifier::new(anchors).verify(&pki.report, &pki.chain, NOW, &nonce(NONCE_931D))
+    }
+
+    #[test]
+    fn the_test_pki_passes_as_built() {
+        let claims = run(&Spec::default()).unwrap();
+        assert_eq!(claims.chip, "GH100");
+        assert_eq!(claims.evidence.fwid, FwidCheck::Match);
+        assert_eq!(claims.fwid.as_deref(), Some(FWID));
+        // Only a pinned root is trusted: the NVIDIA anchors refuse it.
+        let pki = build(&Spec::default());
+        assert!(matches!(
+            verify(&Case { report: pki.report, chain: pki.chain, ..case("trustee_hopper_report").clone() }),
+            Err(GpuError::UntrustedRoot(_))
+        ));
+    }
+
+    #[test]
+    fn a_leaf_certifying_other_firmware_is_refused() {
+        let err = run(&Spec { fwid: Some([0x11; 48]), ..Spec::default() }).unwrap_err();
+        assert!(matches!(err, GpuError::FwidMismatch(ref m) if m.contains("another firmware")), "{err}");
+        let err = run(&Spec { fwid: None, ..Spec::default() }).unwrap_err();
+        assert!(matches!(err, GpuError::FwidMismatch(ref m) if m.contains("no FWID")), "{err}");
+        // The DiceTcbInfo shape: its first FWID is compared.
+        assert_eq!(run(&Spec { dice_tcb_info: true, ..Spec::default() }).unwrap().evidence.fwid, FwidCheck::Match);
+        let err = run(&Spec { dice_tcb_info: true, fwid: Some([0x22; 48]), ..Spec::default() }).unwrap_err();
+        assert!(matches!(err, GpuError::FwidMismatch(_)), "{err}");
+        let err = run(&Spec { foreign_device_key: true, ..Spec::default() }).unwrap_err();
+        assert!(matches!(err, GpuError::FwidMismatch(ref m) if m.contains("device key")), "{err}");
+    }
+
+    #[test]
+    fn unknown_or_inconsistent_chips_are_refused() {
+        let err = run(&Spec { leaf_cn: "GA100 A01 GSP FMC LF", device_cn: "GA100 A01 GSP BROM", ..Spec::default() })
+            .unwrap_err();
+        assert!(matches!(err, GpuError::UnsupportedDevice(ref m) if m.contains("GA100")), "{err}");
+        let err = run(&Spec { device_cn: "GB100 A01 GSP BROM", ..Spec::default() }).unwrap_err();
+        assert!(matches!(err, GpuError::UnsupportedDevice(_)), "{err}");
+        assert_eq!(err.reason(), ReasonCode::GpuEvidenceInvalid);
+    }
+
+    #[test]
+    fn shape_and_validity_of_the_chain_are_checked() {
+        let err = run(&Spec { leaf_is_ca: true, ..Spec::default() }).unwrap_err();
+        assert!(matches!(err, GpuError::ChainInvalid(ref m) if m.contains("leaf")), "{err}");
+        let err = run(&Spec { ica_not_after: datetime!(2024-01-01 00:00 UTC), ..Spec::default() }).unwrap_err();
+        assert!(matches!(err, GpuError::CertificateExpired(ref m) if m.contains("Provisioner ICA")), "{err}");
+    }
+}
