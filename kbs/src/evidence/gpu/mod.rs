@@ -19,7 +19,9 @@
 //!    the signature but up to [`spdm::MAX_TRAILING_ZEROS`] zero bytes
 //!    (`Malformed`).
 //! 2. **Parse the chain**: PEM, at most [`chain::MAX_CHAIN_LEN`] bytes
-//!    (`TooLarge`), DER certificates that parse (`CertificateMalformed`).
+//!    (`TooLarge`); DER ECDSA P-384/SHA-384 certificates whose unsigned
+//!    outer layout is byte-exact and that parse (`CertificateMalformed`); at
+//!    least two and at most six of them (`ChainInvalid`).
 //! 3. **Report signature**: ECDSA P-384/SHA-384 (`r || s`) over the request
 //!    and the response before the signature, under the first certificate's
 //!    key (`SignatureInvalid`). It runs before the chain checks so that a
@@ -46,7 +48,7 @@
 //!
 //! The verifier is pure: report, chain, anchors and `now` come in as
 //! arguments; it does no I/O and reads no clock. Revocation is a separate
-//! pure step ([`ocsp::verify_ocsp_response`], on stapled or cached OCSP
+//! pure step ([`ocsp::verify_chain_ocsp`], on stapled or cached OCSP
 //! responses for the device chain's certificates but the leaf and the
 //! root); the reference values (RIMs) and the binding of devices to the CPU
 //! evidence are further steps whose results belong next to these claims.
