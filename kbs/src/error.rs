@@ -87,6 +87,8 @@ pub enum ReasonCode {
     GpuEvidenceInvalid,
     /// A GPU certificate is revoked, or its OCSP status is not good.
     GpuRevoked,
+    /// The devices presented are not the expected set (count, duplicates).
+    GpuCountMismatch,
 }
 
 impl ReasonCode {
@@ -128,6 +130,7 @@ impl ReasonCode {
             Self::Internal => "internal",
             Self::GpuEvidenceInvalid => "gpu_evidence_invalid",
             Self::GpuRevoked => "gpu_revoked",
+            Self::GpuCountMismatch => "gpu_count_mismatch",
         }
     }
 
@@ -159,7 +162,8 @@ impl ReasonCode {
             | Self::NoPolicy
             | Self::PermissionDenied
             | Self::GpuEvidenceInvalid
-            | Self::GpuRevoked => Code::PermissionDenied,
+            | Self::GpuRevoked
+            | Self::GpuCountMismatch => Code::PermissionDenied,
             Self::ChallengeExpired | Self::ChallengeInvalid | Self::ChallengeMismatch => Code::FailedPrecondition,
             Self::VersionConflict => Code::Aborted,
             Self::SecretNotFound => Code::NotFound,
@@ -207,6 +211,7 @@ impl ReasonCode {
             Self::Internal => "internal error",
             Self::GpuEvidenceInvalid => "the GPU evidence does not verify",
             Self::GpuRevoked => "a GPU certificate is revoked or its status is not good",
+            Self::GpuCountMismatch => "the GPUs presented are not the expected set",
         }
     }
 }

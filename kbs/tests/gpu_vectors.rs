@@ -1026,3 +1026,84 @@ mod synthetic {
         assert!(matches!(err, GpuError::CertificateExpired(ref m) if m.contains("Provisioner ICA")), "{err}");
     }
 }
+
+mod device_set {
+    //! Set checks on the multi-device vectors: nvtrust's and google's PPCIe
+    //! systems (8 H100 + 4 NVSwitch), google's MPT system (8 Blackwell),
+    //! NVAT's repeated switch.
+
+    use kbs::evidence::gpu::set::{DeviceSetError, DeviceSetExpectation, check_device_set};
+
+    use super::*;
+
+    fn claims(prefix: &str, n: usize) -> Vec<GpuDeviceClaims> {
+        (0..n).map(|i| verify(case(&format!("{prefix}{i}"))).unwrap()).collect()
+    }
+
+    fn ppcie() -> Vec<GpuDeviceClaims> {
+        let mut all = claims("nvtrust_ppcie_gpu_", 8);
+        all.extend(claims("nvtrust_ppcie_switch_", 4));
+        all
+    }
+
+    const HGX: DeviceSetExpectation = DeviceSetExpectation { gpus: 8, switches: 4 };
+
+    #[test]
+    fn whole_systems_pass_with_their_expected_shape() {
+        let summary = check_device_set(&ppcie(), &HGX).unwrap();
+        assert_eq!((summary.gpus, summary.switches, summary.mode), (8, 4, Some(FeatureFlag::Ppcie)));
+        let mut google = claims("google_ppcie_hopper_gpu", 8);
+        google.extend(claims("google_ppcie_ls10_switch", 4));
+        // This set's firmware predates the feature flag.
+        assert_eq!(check_device_set(&google, &HGX).unwrap().mode, None);
+        let mpt = claims("google_mpt_blackwell_gpu", 8);
+        let summary = check_device_set(&mpt, &DeviceSetExpectation { gpus: 8, switches: 0 }).unwrap();
+        assert_eq!(summary.mode, Some(FeatureFlag::Mpt));
+    }
+
+    #[test]
+    fn a_set_that_is_not_the_expected_one_is_refused() {
+        let all = ppcie();
+        // A GPU dropped, a switch dropped, or no switches expected.
+        for (devices, expected) in
+            [(&all[1..], HGX), (&all[..11], HGX), (&all[..], DeviceSetExpectation { gpus: 8, switches: 0 })]
+        {
+            let err = check_device_set(devices, &expected).unwrap_err();
+            assert!(matches!(err, DeviceSetError::CountMismatch { .. }), "{err}");
+            assert_eq!(err.reason(), ReasonCode::GpuCountMismatch);
+        }
+        // One GPU twice in place of another.
+        let mut doubled = all.clone();
+        doubled[1] = doubled[0].clone();
+        let err = check_device_set(&doubled, &HGX).unwrap_err();
+        assert_eq!(err, DeviceSetError::Duplicate(all[0].device_key_sha256.clone()));
+        assert_eq!(err.reason(), ReasonCode::GpuCountMismatch);
+        // NVAT's four copies of one switch.
+        let repeated = claims("nvat_multi_switch_ls10_", 4);
+        let err = check_device_set(&repeated, &DeviceSetExpectation { gpus: 0, switches: 4 }).unwrap_err();
+        assert!(matches!(err, DeviceSetError::Duplicate(_)), "{err}");
+    }
+
+    #[test]
+    fn devices_must_share_one_checked_nonce_and_mode() {
+        // Devices of two attestations (different nonces).
+        let mut mixed = claims("nvtrust_ppcie_gpu_", 7);
+        mixed.push(verify(case("google_ppcie_hopper_gpu0")).unwrap());
+        let err = check_device_set(&mixed, &DeviceSetExpectation { gpus: 8, switches: 0 }).unwrap_err();
+        assert_eq!(err, DeviceSetError::NonceDiffers);
+        // Inspection-only claims never count.
+        let c = case("nvtrust_ppcie_gpu_0");
+        let mut uninspected = claims("nvtrust_ppcie_gpu_", 8);
+        uninspected[3] = verifier().inspect_without_nonce(&c.report, &c.chain, NOW).unwrap();
+        let err = check_device_set(&uninspected, &DeviceSetExpectation { gpus: 8, switches: 0 }).unwrap_err();
+        assert_eq!(err, DeviceSetError::NonceNotChecked(3));
+        assert_eq!(err.reason(), ReasonCode::GpuEvidenceInvalid);
+        // Mixed modes (the claims edited: no real set mixes them).
+        let mut modes = ppcie();
+        modes[2].feature = Some(FeatureFlag::Spt);
+        assert_eq!(check_device_set(&modes, &HGX).unwrap_err(), DeviceSetError::MixedModes);
+        // An empty set is only right when nothing is expected.
+        assert!(check_device_set(&[], &DeviceSetExpectation { gpus: 0, switches: 0 }).is_ok());
+        assert!(check_device_set(&[], &DeviceSetExpectation { gpus: 1, switches: 0 }).is_err());
+    }
+}

@@ -50,13 +50,17 @@
 //! arguments; it does no I/O and reads no clock. Revocation is a separate
 //! pure step ([`ocsp::verify_chain_ocsp`], on stapled or cached OCSP
 //! responses for the device chain's certificates but the leaf and the
-//! root); the reference values (RIMs) and the binding of devices to the CPU
-//! evidence are further steps whose results belong next to these claims.
+//! root), and so are the checks on the whole set of devices a VM presents
+//! ([`set::check_device_set`]: one checked nonce, distinct devices, the
+//! expected counts, one mode); the reference values (RIMs) and the binding
+//! of the set to the CPU evidence are further steps whose results belong
+//! next to these claims.
 
 pub mod chain;
 mod der;
 pub mod ocsp;
 mod reader;
+pub mod set;
 pub mod spdm;
 
 use aws_lc_rs::constant_time;
