@@ -79,11 +79,18 @@ pub enum ReasonCode {
     PermissionDenied,
     /// A bug or an unexpected local failure.
     Internal,
+    /// NVIDIA GPU or NVSwitch evidence failed a check (signature, chain,
+    /// FWID, nonce, device).
+    GpuEvidenceInvalid,
+    /// A GPU certificate is revoked, or its OCSP status is not good.
+    GpuRevoked,
+    /// The devices presented are not the expected set (count, duplicates).
+    GpuCountMismatch,
 }
 
 impl ReasonCode {
     /// Every reason code, in declaration order.
-    pub const ALL: [ReasonCode; 33] = [
+    pub const ALL: [ReasonCode; 36] = [
         Self::InvalidRequest,
         Self::EvidenceMalformed,
         Self::EvidenceTooLarge,
@@ -117,6 +124,9 @@ impl ReasonCode {
         Self::Unauthenticated,
         Self::PermissionDenied,
         Self::Internal,
+        Self::GpuEvidenceInvalid,
+        Self::GpuRevoked,
+        Self::GpuCountMismatch,
     ];
 
     /// The stable string form.
@@ -155,6 +165,9 @@ impl ReasonCode {
             Self::Unauthenticated => "unauthenticated",
             Self::PermissionDenied => "permission_denied",
             Self::Internal => "internal",
+            Self::GpuEvidenceInvalid => "gpu_evidence_invalid",
+            Self::GpuRevoked => "gpu_revoked",
+            Self::GpuCountMismatch => "gpu_count_mismatch",
         }
     }
 
@@ -194,6 +207,9 @@ impl ReasonCode {
             Self::Unauthenticated => "authentication required",
             Self::PermissionDenied => "the caller lacks the role for this call",
             Self::Internal => "internal error",
+            Self::GpuEvidenceInvalid => "the GPU evidence does not verify",
+            Self::GpuRevoked => "a GPU certificate is revoked or its status is not good",
+            Self::GpuCountMismatch => "the GPUs presented are not the expected set",
         }
     }
 }
@@ -246,6 +262,9 @@ mod tests {
             ReasonCode::Unauthenticated => 30,
             ReasonCode::PermissionDenied => 31,
             ReasonCode::Internal => 32,
+            ReasonCode::GpuEvidenceInvalid => 33,
+            ReasonCode::GpuRevoked => 34,
+            ReasonCode::GpuCountMismatch => 35,
         };
         for (i, code) in ReasonCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i, "{code}");

@@ -452,6 +452,7 @@ fn http_status(reason: ReasonCode) -> StatusCode {
         }
         ReasonCode::VersionConflict => StatusCode::CONFLICT,
         ReasonCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ReasonCode::GpuEvidenceInvalid | ReasonCode::GpuRevoked | ReasonCode::GpuCountMismatch => StatusCode::FORBIDDEN,
     }
 }
 

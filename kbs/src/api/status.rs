@@ -44,6 +44,7 @@ impl ReasonCode {
             Self::StoreUnavailable | Self::CollateralUnavailable | Self::CollateralExpired => Code::Unavailable,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Internal => Code::Internal,
+            Self::GpuEvidenceInvalid | Self::GpuRevoked | Self::GpuCountMismatch => Code::PermissionDenied,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod amd_crl;
 pub mod anchors;
 pub mod certtable;
 pub mod collateral;
+pub mod gpu;
 pub mod snp;
 pub mod tdx;
 pub mod tdx_collateral;
@@ -91,6 +92,9 @@ pub enum EvidenceError {
     /// bits, migratable, SEPT_VE_DISABLE off, service TDs).
     #[error("TD attributes not allowed: {0}")]
     AttributesNotAllowed(String),
+    /// NVIDIA GPU or NVSwitch evidence was refused.
+    #[error(transparent)]
+    Gpu(#[from] gpu::GpuError),
 }
 
 impl EvidenceError {
@@ -116,6 +120,7 @@ impl EvidenceError {
             Self::Revoked(_) => ReasonCode::CertificateRevoked,
             Self::TcbStatusNotAllowed(_) => ReasonCode::TcbStatusNotAllowed,
             Self::AttributesNotAllowed(_) => ReasonCode::TdAttributesNotAllowed,
+            Self::Gpu(e) => e.reason(),
         }
     }
 }

@@ -93,9 +93,10 @@ pub(crate) enum Command {
     /// Manage secrets (values are write-only).
     #[command(subcommand)]
     Secret(secret::SecretCommand),
-    /// Verify captured evidence offline with the shipped AMD anchors and
-    /// print its claims as JSON (and, with --policy, the policy's decision).
-    Verify(verify::VerifyArgs),
+    /// Verify captured evidence offline with the shipped AMD, Intel or
+    /// (with --gpu) NVIDIA anchors and print its claims as JSON (and, with
+    /// --policy, the policy's decision).
+    Verify(Box<verify::VerifyArgs>),
     /// Manage release policies; `policy test` dry-runs a policy offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),

@@ -10,6 +10,8 @@ use crate::Failure;
 pub(crate) struct VerifyArgs {
     #[command(flatten)]
     evidence: EvidenceArgs,
+    #[command(flatten)]
+    gpu: GpuArgs,
     /// Also evaluate this Rego policy on the verified claims, offline
     /// (exit 2 if it refuses).
     #[arg(long)]
@@ -22,11 +24,11 @@ pub(crate) struct VerifyArgs {
 #[derive(clap::Args, Debug)]
 pub(crate) struct EvidenceArgs {
     /// TEE kind.
-    #[arg(long, value_enum)]
-    tee: Tee,
+    #[arg(long, value_enum, required_unless_present = "gpu", conflicts_with = "gpu")]
+    tee: Option<Tee>,
     /// The SNP report (raw 1184 bytes, or hex text) or the TDX quote (raw or hex).
-    #[arg(long)]
-    evidence: PathBuf,
+    #[arg(long, required_unless_present = "gpu", conflicts_with = "gpu")]
+    evidence: Option<PathBuf>,
     /// SNP: the VCEK or VLEK (DER or PEM).
     #[arg(long, required_if_eq("tee", "snp"))]
     cert: Option<PathBuf>,
@@ -40,6 +42,27 @@ pub(crate) struct EvidenceArgs {
     /// Verification time (RFC 3339); default now.
     #[arg(long)]
     time: Option<String>,
+}
+
+/// An NVIDIA GPU or NVSwitch's evidence, verified instead of a CPU TEE's.
+#[derive(clap::Args, Debug)]
+pub(crate) struct GpuArgs {
+    /// NVIDIA GPU or NVSwitch attestation report (raw SPDM request and
+    /// response, or hex text), verified instead of CPU evidence.
+    #[arg(long, requires = "gpu_chain", conflicts_with = "policy")]
+    gpu: Option<PathBuf>,
+    /// The device's certificate chain (PEM, leaf first, as NVML returns it).
+    #[arg(long, requires = "gpu")]
+    gpu_chain: Option<PathBuf>,
+    /// The nonce the report must carry (64 hex digits). Without it the
+    /// nonce is reported, not checked: inspection only.
+    #[arg(long, requires = "gpu")]
+    gpu_nonce: Option<String>,
+    /// OCSP responses (DER or base64) for the chain's certificates but the
+    /// leaf and the root; when given, each must show its certificate good
+    /// at --time. Repeat for each.
+    #[arg(long, requires = "gpu")]
+    gpu_ocsp: Vec<PathBuf>,
 }
 
 /// TEE kinds `verify` knows.
@@ -59,12 +82,26 @@ impl EvidenceArgs {
         chain: Vec<PathBuf>,
         time: Option<String>,
     ) -> Self {
-        Self { tee, evidence, cert, collateral, chain, time }
+        Self { tee: Some(tee), evidence: Some(evidence), cert, collateral, chain, time }
     }
 }
 
 /// Runs `verify`: prints the claims, then the policy's decision if asked.
 pub(crate) fn run(args: &VerifyArgs, output: crate::Output) -> Result<(), Failure> {
+    if let Some(report) = &args.gpu.gpu {
+        let chain = args.gpu.gpu_chain.as_deref().ok_or_else(|| Failure::Usage("--gpu needs --gpu-chain".into()))?;
+        let claims = verify_gpu(
+            report,
+            chain,
+            args.gpu.gpu_nonce.as_deref(),
+            &args.gpu.gpu_ocsp,
+            args.evidence.time.as_deref(),
+        )?;
+        let json =
+            serde_json::to_string_pretty(&claims).map_err(|e| Failure::Usage(format!("encoding claims: {e}")))?;
+        println!("{json}");
+        return Ok(());
+    }
     let claims = verified_claims(&args.evidence)?;
     let json = serde_json::to_string_pretty(&claims).map_err(|e| Failure::Usage(format!("encoding claims: {e}")))?;
     outln!("{json}");
@@ -76,16 +113,75 @@ pub(crate) fn run(args: &VerifyArgs, output: crate::Output) -> Result<(), Failur
 
 /// Verifies the evidence; its claims, or the refusal.
 pub(crate) fn verified_claims(args: &EvidenceArgs) -> Result<kbs::evidence::Claims, Failure> {
-    match args.tee {
+    let (Some(tee), Some(evidence)) = (args.tee, args.evidence.as_deref()) else {
+        return Err(Failure::Usage("--tee and --evidence are required".into()));
+    };
+    match tee {
         Tee::Snp => {
             let cert = args.cert.as_deref().ok_or_else(|| Failure::Usage("--tee snp needs --cert".into()))?;
-            verify(&args.evidence, cert, &args.chain, args.time.as_deref())
+            verify(evidence, cert, &args.chain, args.time.as_deref())
         }
         Tee::Tdx => {
             let collateral =
                 args.collateral.as_deref().ok_or_else(|| Failure::Usage("--tee tdx needs --collateral".into()))?;
-            crate::verify_tdx::verify(&read_file(&args.evidence)?, collateral, args.time.as_deref())
+            crate::verify_tdx::verify(&read_file(evidence)?, collateral, args.time.as_deref())
         }
+    }
+}
+
+/// Verifies one NVIDIA device's evidence with the pinned NVIDIA root; the
+/// nonce is checked only when one is given, revocation only when OCSP
+/// responses are.
+fn verify_gpu(
+    report: &Path,
+    chain: &Path,
+    nonce: Option<&str>,
+    ocsp: &[PathBuf],
+    time: Option<&str>,
+) -> Result<kbs::evidence::gpu::GpuDeviceClaims, Failure> {
+    use kbs::evidence::gpu::{GpuAnchors, GpuNonce, GpuVerifier};
+
+    let report = raw_or_hex(read_file(report)?);
+    let chain = read_file(chain)?;
+    let now = parse_time(time)?;
+    let nonce = nonce
+        .map(|hex| {
+            GpuNonce::from_hex(hex.trim()).ok_or_else(|| Failure::Usage("--gpu-nonce must be 64 hex digits".into()))
+        })
+        .transpose()?;
+    let anchors = GpuAnchors::nvidia().map_err(|e| Failure::Usage(format!("NVIDIA anchors: {e}")))?;
+    let verifier = GpuVerifier::new(anchors);
+    let result = match &nonce {
+        Some(nonce) => verifier.verify(&report, &chain, now, nonce),
+        None => verifier.inspect_without_nonce(&report, &chain, now),
+    };
+    let claims = result.map_err(|e| Failure::Refused(format!("rejected: {}: {e}", e.reason())))?;
+    if ocsp.is_empty() {
+        return Ok(claims);
+    }
+    let responses =
+        ocsp.iter().map(|p| read_file(p).and_then(|b| der_or_base64(b, p))).collect::<Result<Vec<_>, _>>()?;
+    let good = kbs::evidence::gpu::ocsp::verify_chain_ocsp(&chain, &responses, now)
+        .map_err(|e| Failure::Refused(format!("rejected: {}: {e}", e.reason())))?;
+    Ok(claims.with_revocation(&good))
+}
+
+/// DER as is (it starts with a SEQUENCE tag), or base64 text.
+fn der_or_base64(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>, Failure> {
+    if bytes.first() == Some(&0x30) {
+        return Ok(bytes);
+    }
+    let text: Vec<u8> = bytes.into_iter().filter(|b| !b.is_ascii_whitespace()).collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text)
+        .map_err(|e| Failure::Usage(format!("{}: neither DER nor base64: {e}", path.display())))
+}
+
+/// `--time` (RFC 3339), or now.
+fn parse_time(time: Option<&str>) -> Result<time::OffsetDateTime, Failure> {
+    match time {
+        Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| Failure::Usage(format!("--time {t:?}: {e}"))),
+        None => Ok(time::OffsetDateTime::now_utc()),
     }
 }
 
@@ -117,11 +213,7 @@ fn verify(
     let report = raw_or_hex(read_file(evidence)?);
     let vek = pem_or_der(read_file(cert)?)
         .ok_or_else(|| Failure::Usage(format!("{}: no certificate found", cert.display())))?;
-    let now = match time {
-        Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| Failure::Usage(format!("--time {t:?}: {e}")))?,
-        None => time::OffsetDateTime::now_utc(),
-    };
+    let now = parse_time(time)?;
     let mut anchors = SnpAnchors::amd().map_err(|e| Failure::Usage(format!("AMD anchors: {e}")))?;
     for path in chain {
         let bytes = read_file(path)?;

@@ -1,0 +1,535 @@
+//! NVIDIA GPU and NVSwitch evidence: checked parsing and the pure verifier.
+//!
+//! A device proves itself with an attestation report (an SPDM 1.1
+//! GET_MEASUREMENTS request carrying the verifier's nonce, and the signed
+//! MEASUREMENTS response; see [`spdm`]) and a five-certificate chain to the
+//! NVIDIA Device Identity CA (see [`chain`]). Hopper (GH100: H100, H200),
+//! Blackwell (GB100: B200, GB200) and NVSwitch LS10 share the format.
+//!
+//! [`GpuVerifier::verify`] runs these checks in this order and stops at the
+//! first failure, each failure its own [`GpuError`] variant:
+//!
+//! 1. **Parse the report** ([`spdm::GpuReport::parse`]), before any
+//!    cryptography: at most [`spdm::MAX_REPORT_LEN`] bytes (`TooLarge`);
+//!    SPDM 1.1 (`UnsupportedVersion`); the request and response codes and
+//!    parameters of a signed all-blocks request on slot 0; measurement
+//!    blocks with increasing indices, DMTF SHA-384 digests, lengths that add
+//!    up; opaque data in a known layout (legacy TLVs, or `NVDAOD` up to
+//!    major [`spdm::MAX_NVDAOD_MAJOR`]) with each type once; nothing after
+//!    the signature but up to [`spdm::MAX_TRAILING_ZEROS`] zero bytes
+//!    (`Malformed`).
+//! 2. **Parse the chain**: PEM, at most [`chain::MAX_CHAIN_LEN`] bytes
+//!    (`TooLarge`); DER ECDSA P-384/SHA-384 certificates whose unsigned
+//!    outer layout is byte-exact and that parse (`CertificateMalformed`); at
+//!    least two and at most six of them (`ChainInvalid`).
+//! 3. **Report signature**: ECDSA P-384/SHA-384 (`r || s`) over the request
+//!    and the response before the signature, under the first certificate's
+//!    key (`SignatureInvalid`). It runs before the chain checks so that a
+//!    chain whose first certificate is not the signer is reported as what
+//!    it is; the key is trusted only once check 4 passes.
+//! 4. **Chain**: exactly [`chain::CHAIN_LEN`] certificates, the leaf an
+//!    end-entity certificate and the others CAs, each signed (ECDSA
+//!    P-384/SHA-384) by the next with matching names (`ChainInvalid`), the
+//!    last byte-identical to a pinned root ([`chain::GpuAnchors`],
+//!    `UntrustedRoot`).
+//! 5. **Validity**: every certificate is valid at `now` (`CertificateExpired`).
+//! 6. **Device**: the leaf and the device identity certificate name the same
+//!    known chip, which gives the architecture and class
+//!    (`UnsupportedDevice`).
+//! 7. **FWID**: the leaf's FWID extension (Hopper and NVSwitch: RIoT shape,
+//!    whose embedded key must be the device identity certificate's key;
+//!    Blackwell: DiceTcbInfo `fwids[0]`) equals the report's FWID when the
+//!    report carries one (`FwidMismatch`). Older firmware reports none; the
+//!    claims then say `absent_in_report`, for the policy to judge.
+//! 8. **Nonce**: the request's nonce equals `expected_nonce`, in constant
+//!    time (`NonceMismatch`). [`GpuVerifier::inspect_without_nonce`], for
+//!    offline inspection only, skips this check and reports the nonce.
+//! 9. **Claims** ([`GpuDeviceClaims`]), built only now.
+//!
+//! The verifier is pure: report, chain, anchors and `now` come in as
+//! arguments; it does no I/O and reads no clock. Revocation is a separate
+//! pure step ([`ocsp::verify_chain_ocsp`], on stapled or cached OCSP
+//! responses for the device chain's certificates but the leaf and the
+//! root), and so are the checks on the whole set of devices a VM presents
+//! ([`set::check_device_set`]: one checked nonce, distinct devices, the
+//! expected counts, one mode); the reference values (RIMs) and the binding
+//! of the set to the CPU evidence are further steps whose results belong
+//! next to these claims.
+
+pub mod chain;
+mod der;
+pub mod ocsp;
+mod reader;
+pub mod set;
+pub mod spdm;
+
+use aws_lc_rs::constant_time;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+
+pub use self::chain::{GpuAnchors, NVIDIA_DEVICE_IDENTITY_CA_SHA256};
+pub use self::spdm::{FeatureFlag, GpuNonce, GpuReport, Nvdec0, OpaqueFormat};
+use crate::reason::ReasonCode;
+use crate::evidence::anchors;
+
+/// Why GPU evidence was refused. Malformed input and failed checks are
+/// different variants; neither is a broker bug.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GpuError {
+    /// Larger than the cap for its kind.
+    #[error("GPU {what} too large: {len} bytes, at most {max}")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Received length.
+        len: usize,
+        /// Cap.
+        max: usize,
+    },
+    /// The report does not parse.
+    #[error("malformed GPU report: {0}")]
+    Malformed(String),
+    /// An SPDM or opaque-data version the broker does not know.
+    #[error("unsupported GPU evidence version: {0}")]
+    UnsupportedVersion(String),
+    /// A certificate does not parse, or is not P-384.
+    #[error("malformed GPU certificate: {0}")]
+    CertificateMalformed(String),
+    /// The chain does not end at a pinned NVIDIA root.
+    #[error("GPU chain does not end at a pinned root: {0}")]
+    UntrustedRoot(String),
+    /// A link of the chain does not verify, or the chain has the wrong shape.
+    #[error("GPU certificate chain invalid: {0}")]
+    ChainInvalid(String),
+    /// A certificate is not valid at the verification time.
+    #[error("GPU certificate not valid at verification time: {0}")]
+    CertificateExpired(String),
+    /// The report signature does not verify under the leaf's key.
+    #[error("GPU report signature invalid")]
+    SignatureInvalid,
+    /// The chain is for a chip this broker does not know.
+    #[error("unsupported GPU device: {0}")]
+    UnsupportedDevice(String),
+    /// The leaf's FWID differs from the report's.
+    #[error("GPU FWID mismatch: {0}")]
+    FwidMismatch(String),
+    /// The report's nonce is not the expected one.
+    #[error("GPU report nonce does not match")]
+    NonceMismatch,
+}
+
+impl GpuError {
+    /// The stable reason code: malformed input is the client's error
+    /// (`evidence_malformed` and friends); every failed check is
+    /// `gpu_evidence_invalid`.
+    pub fn reason(&self) -> ReasonCode {
+        match self {
+            Self::TooLarge { .. } => ReasonCode::EvidenceTooLarge,
+            Self::Malformed(_) => ReasonCode::EvidenceMalformed,
+            Self::UnsupportedVersion(_) => ReasonCode::UnsupportedVersion,
+            Self::CertificateMalformed(_) => ReasonCode::CertificateMalformed,
+            Self::UntrustedRoot(_)
+            | Self::ChainInvalid(_)
+            | Self::CertificateExpired(_)
+            | Self::SignatureInvalid
+            | Self::UnsupportedDevice(_)
+            | Self::FwidMismatch(_)
+            | Self::NonceMismatch => ReasonCode::GpuEvidenceInvalid,
+        }
+    }
+}
+
+/// GPU or NVSwitch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceClass {
+    /// A GPU.
+    Gpu,
+    /// An NVSwitch.
+    Nvswitch,
+}
+
+/// The device architecture, from the chip its certificates name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuArch {
+    /// GH100 (H100, H200).
+    Hopper,
+    /// GB100 (B200, GB200).
+    Blackwell,
+    /// NVSwitch LS10.
+    Ls10,
+}
+
+impl GpuArch {
+    /// The architecture of a chip name as NVIDIA's certificates spell it;
+    /// chips without known-good evidence are refused.
+    pub fn from_chip(chip: &str) -> Option<Self> {
+        match chip {
+            "GH100" => Some(Self::Hopper),
+            "GB100" => Some(Self::Blackwell),
+            "LS_10" => Some(Self::Ls10),
+            _ => None,
+        }
+    }
+
+    /// GPU or NVSwitch.
+    pub const fn class(self) -> DeviceClass {
+        match self {
+            Self::Hopper | Self::Blackwell => DeviceClass::Gpu,
+            Self::Ls10 => DeviceClass::Nvswitch,
+        }
+    }
+}
+
+/// Outcome of the FWID check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FwidCheck {
+    /// The report's FWID equals the leaf's.
+    Match,
+    /// The report carries no FWID (older firmware, NVSwitches).
+    AbsentInReport,
+}
+
+/// Whether the nonce was checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonceCheck {
+    /// Equal to the expected nonce.
+    Match,
+    /// Not checked: offline inspection only; such claims never release anything.
+    NotChecked,
+}
+
+/// What the verifier established about the evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceChecks {
+    /// Report signature under the leaf (always true in built claims).
+    pub signature: bool,
+    /// Chain to a pinned root, valid at `now` (always true in built claims).
+    pub chain: bool,
+    /// The FWID check.
+    pub fwid: FwidCheck,
+    /// The nonce check.
+    pub nonce: NonceCheck,
+    /// Layout of the opaque data.
+    pub opaque_format: OpaqueFormat,
+}
+
+/// One measurement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuMeasurement {
+    /// SPDM block index, 1-based (RIM index `i` is block `i + 1`).
+    pub index: u8,
+    /// SHA-384, lowercase hex.
+    pub digest: String,
+}
+
+/// Verified claims about one GPU or NVSwitch, built only from evidence that
+/// passed every check. Revocation, reference-value appraisal and binding
+/// results are added by later steps as further optional fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuDeviceClaims {
+    /// GPU or NVSwitch.
+    pub class: DeviceClass,
+    /// Always `nvidia`.
+    pub vendor: String,
+    /// Architecture.
+    pub arch: GpuArch,
+    /// The chip as the certificates name it (`GH100`, `GB100`, `LS_10`).
+    pub chip: String,
+    /// The leaf's serial number, hex: NVIDIA's `ueid`. It changes with the
+    /// firmware; [`Self::device_key_sha256`] does not.
+    pub ueid: String,
+    /// SHA-256 of the device identity (BROM) certificate's public key
+    /// (SubjectPublicKeyInfo DER), hex: the stable per-chip identity.
+    pub device_key_sha256: String,
+    /// The leaf's NVIDIA device id (`NVIDIA:GH100:…`), if it names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// The nonce the device signed, hex.
+    pub nonce: String,
+    /// FWID (SHA-384 of the running firmware), hex, when the report has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fwid: Option<String>,
+    /// Driver version (GPUs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+    /// VBIOS (GPU) or BIOS (NVSwitch) version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vbios_version: Option<String>,
+    /// Project (board), e.g. `G520`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Project SKU, e.g. `0280`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_sku: Option<String>,
+    /// Chip SKU, e.g. `895`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chip_sku: Option<String>,
+    /// Opaque data version (type 34), when present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opaque_data_version: Option<u16>,
+    /// Multi-GPU mode, when reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature: Option<FeatureFlag>,
+    /// NVDEC0 status, when reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvdec0: Option<Nvdec0>,
+    /// PDIs (GPU: NVLink peers; NVSwitch: its own), hex, as reported.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pdis: Vec<String>,
+    /// Every measurement block, by index.
+    pub measurements: Vec<GpuMeasurement>,
+    /// What was checked.
+    pub evidence: EvidenceChecks,
+    /// Zero bytes found after the signature (unsigned, tolerated).
+    pub trailing_zeros: usize,
+    /// Revocation of the device chain, when it was checked
+    /// ([`GpuDeviceClaims::with_revocation`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationClaims>,
+}
+
+/// The device chain's revocation, as checked with OCSP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationClaims {
+    /// The outcome (only success is recorded; failures refuse the device).
+    pub device_chain: ChainRevocation,
+    /// One entry per certificate checked, issuer-most last.
+    pub certificates: Vec<RevocationEntry>,
+}
+
+/// The device chain's revocation outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainRevocation {
+    /// Every certificate OCSP covers was shown good at the check time.
+    Good,
+}
+
+/// One certificate's OCSP status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationEntry {
+    /// The certificate's common name.
+    pub subject: String,
+    /// Who signed the response.
+    pub responder: String,
+    /// The response's window, RFC 3339.
+    pub this_update: String,
+    /// The response's window, RFC 3339.
+    pub next_update: String,
+}
+
+impl GpuDeviceClaims {
+    /// Records the result of [`ocsp::verify_chain_ocsp`] for this device.
+    pub fn with_revocation(mut self, good: &[ocsp::OcspGood]) -> Self {
+        let rfc3339 = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        self.revocation = Some(RevocationClaims {
+            device_chain: ChainRevocation::Good,
+            certificates: good
+                .iter()
+                .map(|g| RevocationEntry {
+                    subject: g.subject.clone(),
+                    responder: g.responder.clone(),
+                    this_update: rfc3339(g.this_update),
+                    next_update: rfc3339(g.next_update),
+                })
+                .collect(),
+        });
+        self
+    }
+
+    /// The digest at a 1-based SPDM index, hex.
+    pub fn measurement(&self, index: u8) -> Option<&str> {
+        self.measurements.iter().find(|m| m.index == index).map(|m| m.digest.as_str())
+    }
+}
+
+/// Verifies NVIDIA device evidence against pinned anchors.
+#[derive(Clone, Debug)]
+pub struct GpuVerifier {
+    anchors: GpuAnchors,
+}
+
+impl GpuVerifier {
+    /// A verifier over `anchors` (production: [`GpuAnchors::nvidia`]).
+    pub fn new(anchors: GpuAnchors) -> Self {
+        Self { anchors }
+    }
+
+    /// Runs every check (see the module docs), the nonce against
+    /// `expected_nonce`, at time `now`.
+    pub fn verify(
+        &self,
+        report: &[u8],
+        chain_pem: &[u8],
+        now: OffsetDateTime,
+        expected_nonce: &GpuNonce,
+    ) -> Result<GpuDeviceClaims, GpuError> {
+        self.run(report, chain_pem, now, Some(expected_nonce))
+    }
+
+    /// Every check but the nonce, which is reported instead: for offline
+    /// inspection of captured evidence (`kbsctl verify --gpu`) only. A
+    /// release decision must never use this: without the nonce check any
+    /// old report of a genuine device passes.
+    pub fn inspect_without_nonce(
+        &self,
+        report: &[u8],
+        chain_pem: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<GpuDeviceClaims, GpuError> {
+        self.run(report, chain_pem, now, None)
+    }
+
+    fn run(
+        &self,
+        report_bytes: &[u8],
+        chain_pem: &[u8],
+        now: OffsetDateTime,
+        expected_nonce: Option<&GpuNonce>,
+    ) -> Result<GpuDeviceClaims, GpuError> {
+        // 1. Report.
+        let report = GpuReport::parse(report_bytes)?;
+        let fields = report.opaque_fields()?;
+        let report_fwid = report.fwid()?;
+        // 2. Chain.
+        let ders = chain::pem_chain(chain_pem)?;
+        let certs = ders.iter().map(|der| chain::parse_cert(der)).collect::<Result<Vec<_>, _>>()?;
+        let (Some(leaf), Some(device)) = (certs.first(), certs.get(1)) else {
+            return Err(GpuError::ChainInvalid(format!("{} certificates, expected {}", certs.len(), chain::CHAIN_LEN)));
+        };
+        // 3. Signature.
+        chain::verify_report_signature(leaf, report.signed, &report.response.signature)?;
+        // 4, 5. Chain and validity.
+        chain::verify_chain(&certs, &ders, &self.anchors, now)?;
+        // 6. Device.
+        let chip = chip_of(leaf);
+        if chip_of(device) != chip {
+            return Err(GpuError::UnsupportedDevice(format!(
+                "leaf names chip {chip}, device certificate {}",
+                chip_of(device)
+            )));
+        }
+        let arch = GpuArch::from_chip(&chip).ok_or_else(|| GpuError::UnsupportedDevice(format!("chip {chip}")))?;
+        // 7. FWID.
+        let leaf_fwid = chain::leaf_fwid(leaf)?;
+        let device_spki = device.public_key().raw;
+        if let Some(spki) = leaf_fwid.as_ref().and_then(|f| f.device_spki.as_deref())
+            && spki != device_spki
+        {
+            return Err(GpuError::FwidMismatch("the leaf's FWID extension names another device key".into()));
+        }
+        let fwid = match (report_fwid, &leaf_fwid) {
+            (None, _) => FwidCheck::AbsentInReport,
+            (Some(reported), Some(certified)) if reported == certified.fwid => FwidCheck::Match,
+            (Some(_), Some(_)) => return Err(GpuError::FwidMismatch("the leaf certifies another firmware".into())),
+            (Some(_), None) => return Err(GpuError::FwidMismatch("the leaf has no FWID extension".into())),
+        };
+        // 8. Nonce.
+        let nonce = match expected_nonce {
+            Some(expected) => {
+                constant_time::verify_slices_are_equal(&report.request.nonce.0, &expected.0)
+                    .map_err(|_| GpuError::NonceMismatch)?;
+                NonceCheck::Match
+            }
+            None => NonceCheck::NotChecked,
+        };
+        // 9. Claims.
+        Ok(GpuDeviceClaims {
+            class: arch.class(),
+            vendor: "nvidia".into(),
+            arch,
+            chip,
+            ueid: hex::encode(anchors::strip_serial_zeros(leaf.raw_serial())),
+            device_key_sha256: hex::encode(anchors::sha256(device_spki)),
+            device_id: chain::device_id(leaf),
+            nonce: report.request.nonce.to_hex(),
+            fwid: report_fwid.filter(|_| fwid == FwidCheck::Match).map(hex::encode),
+            driver_version: fields.driver_version,
+            vbios_version: fields.vbios_version,
+            project: fields.project,
+            project_sku: fields.project_sku,
+            chip_sku: fields.chip_sku,
+            opaque_data_version: fields.opaque_data_version,
+            feature: fields.feature,
+            nvdec0: fields.nvdec0,
+            pdis: fields.pdis,
+            measurements: report
+                .response
+                .blocks
+                .iter()
+                .map(|b| GpuMeasurement { index: b.index, digest: hex::encode(b.digest) })
+                .collect(),
+            evidence: EvidenceChecks {
+                signature: true,
+                chain: true,
+                fwid,
+                nonce,
+                opaque_format: report.response.opaque.format,
+            },
+            trailing_zeros: report.trailing_zeros,
+            revocation: None,
+        })
+    }
+}
+
+/// The chip a device certificate names: the first word of its common name
+/// (`GH100 A01 GSP FMC LF` → `GH100`).
+fn chip_of(cert: &X509Certificate<'_>) -> String {
+    anchors::common_name(cert).split(' ').next().unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_split_malformed_from_failed() {
+        let malformed = [
+            GpuError::TooLarge { what: "report", len: 2, max: 1 },
+            GpuError::Malformed("x".into()),
+            GpuError::UnsupportedVersion("x".into()),
+            GpuError::CertificateMalformed("x".into()),
+        ];
+        for e in malformed {
+            assert_eq!(e.reason().grpc_code(), tonic::Code::InvalidArgument, "{e}");
+        }
+        let failed = [
+            GpuError::UntrustedRoot("x".into()),
+            GpuError::ChainInvalid("x".into()),
+            GpuError::CertificateExpired("x".into()),
+            GpuError::SignatureInvalid,
+            GpuError::UnsupportedDevice("x".into()),
+            GpuError::FwidMismatch("x".into()),
+            GpuError::NonceMismatch,
+        ];
+        for e in failed {
+            assert_eq!(e.reason(), ReasonCode::GpuEvidenceInvalid, "{e}");
+            assert_eq!(e.reason().grpc_code(), tonic::Code::PermissionDenied);
+        }
+    }
+
+    #[test]
+    fn arch_names() {
+        assert_eq!(GpuArch::from_chip("GH100"), Some(GpuArch::Hopper));
+        assert_eq!(GpuArch::from_chip("GB100"), Some(GpuArch::Blackwell));
+        assert_eq!(GpuArch::from_chip("LS_10"), Some(GpuArch::Ls10));
+        assert_eq!(GpuArch::from_chip("GA100"), None);
+        assert_eq!(GpuArch::Ls10.class(), DeviceClass::Nvswitch);
+        assert_eq!(GpuArch::Blackwell.class(), DeviceClass::Gpu);
+        assert_eq!(serde_json::to_string(&GpuArch::Ls10).unwrap(), "\"ls10\"");
+        assert_eq!(serde_json::to_string(&FwidCheck::AbsentInReport).unwrap(), "\"absent_in_report\"");
+    }
+
+    #[test]
+    fn nonces_parse_from_hex() {
+        assert_eq!(GpuNonce::from_hex(&"ab".repeat(32)), Some(GpuNonce([0xab; 32])));
+        assert_eq!(GpuNonce::from_hex(&"ab".repeat(31)), None);
+        assert_eq!(GpuNonce::from_hex("zz"), None);
+        assert_eq!(GpuNonce([1; 32]).to_hex(), "01".repeat(32));
+    }
+}
