@@ -13,13 +13,13 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use kbs::reason::ReasonCode;
 use kbs::evidence::EvidenceError;
 use kbs::evidence::gpu::spdm::MAX_REPORT_LEN;
 use kbs::evidence::gpu::{
     DeviceClass, FeatureFlag, FwidCheck, GpuAnchors, GpuArch, GpuDeviceClaims, GpuError, GpuNonce, GpuReport,
     GpuVerifier, NVIDIA_DEVICE_IDENTITY_CA_SHA256, NonceCheck, Nvdec0, OpaqueFormat,
 };
+use kbs::reason::ReasonCode;
 use proptest::prelude::*;
 use time::OffsetDateTime;
 use time::macros::datetime;

@@ -70,8 +70,8 @@ use x509_parser::certificate::X509Certificate;
 
 pub use self::chain::{GpuAnchors, NVIDIA_DEVICE_IDENTITY_CA_SHA256};
 pub use self::spdm::{FeatureFlag, GpuNonce, GpuReport, Nvdec0, OpaqueFormat};
-use crate::reason::ReasonCode;
 use crate::evidence::anchors;
+use crate::reason::ReasonCode;
 
 /// Why GPU evidence was refused. Malformed input and failed checks are
 /// different variants; neither is a broker bug.

@@ -36,8 +36,8 @@ use x509_parser::certificate::X509Certificate;
 
 use super::chain::{self, SHA384_OID_DER};
 use super::der;
-use crate::reason::ReasonCode;
 use crate::evidence::anchors;
+use crate::reason::ReasonCode;
 
 /// Largest response accepted (real: about 2 KiB).
 pub const MAX_OCSP_LEN: usize = 16 * 1024;
