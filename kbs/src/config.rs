@@ -56,6 +56,17 @@ struct RawConfig {
     dev: RawDev,
     #[serde(default)]
     coco: Option<RawCoco>,
+    #[serde(default)]
+    rate_limit: RawRateLimit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    #[serde(default)]
+    per_peer_per_second: Option<u32>,
+    #[serde(default)]
+    global_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -396,6 +407,9 @@ pub struct Config {
     pub replica_id: String,
     /// Connection caps of each listener (guest, admin, CoCo).
     pub connection_limits: crate::connections::Limits,
+    /// Rate limits of the guest-facing calls (challenges, releases, CoCo
+    /// `/auth` and `/attest`).
+    pub rate_limits: crate::rate::RateLimits,
     /// A CoCo connection whose peer sends nothing for this long is closed,
     /// and a CoCo request (body included) must arrive within it.
     pub idle_timeout: Duration,
@@ -500,6 +514,15 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "server.max_connections must be within 1..=1000000 and server.max_connections_per_peer within 1..=max_connections"
                     .into(),
+            ));
+        }
+        let rate_limits = crate::rate::RateLimits {
+            per_peer_per_second: raw.rate_limit.per_peer_per_second.unwrap_or(crate::rate::DEFAULT_PER_PEER_PER_SECOND),
+            global_per_second: raw.rate_limit.global_per_second.unwrap_or(crate::rate::DEFAULT_GLOBAL_PER_SECOND),
+        };
+        if rate_limits.per_peer_per_second == 0 || rate_limits.global_per_second < rate_limits.per_peer_per_second {
+            return Err(ConfigError::Invalid(
+                "rate_limit.per_peer_per_second must be at least 1 and at most rate_limit.global_per_second".into(),
             ));
         }
         let idle_timeout = Duration::from_secs(raw.server.idle_timeout_seconds.unwrap_or(30));
@@ -696,6 +719,7 @@ impl Config {
             replica_id: raw.server.replica_id.unwrap_or_else(|| "kbs-0".into()),
             connection_limits,
             idle_timeout,
+            rate_limits,
             challenge_key_file: resolve(&raw.challenge.key_file),
             previous_challenge_key_files: raw.challenge.previous_key_files.iter().map(|p| resolve(p)).collect(),
             challenge_ttl: Duration::from_secs(raw.challenge.ttl_seconds),
@@ -894,6 +918,18 @@ mod tests {
             assert!(vault(bad, "").is_err(), "{bad}");
             let c = vault(bad, "insecure_plain_http = true").unwrap();
             assert!(matches!(c.store, StoreConfig::Vault(v) if v.insecure_plain_http), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_default_and_bounds() {
+        let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!(c.rate_limits, crate::rate::RateLimits::default());
+        let with = |lines: &str| format!("{MINIMAL}\n[rate_limit]\n{lines}\n");
+        let c = Config::from_toml(&with("per_peer_per_second = 7\nglobal_per_second = 70"), Path::new("/")).unwrap();
+        assert_eq!(c.rate_limits, crate::rate::RateLimits { per_peer_per_second: 7, global_per_second: 70 });
+        for bad in ["per_peer_per_second = 0", "per_peer_per_second = 10\nglobal_per_second = 9", "burst = 3"] {
+            assert!(Config::from_toml(&with(bad), Path::new("/")).is_err(), "{bad}");
         }
     }
 

@@ -164,6 +164,13 @@ kek_file = "kek"
 [audit]
 path = "audit.jsonl"
 
+# A development set-up drives load from one address (kbs-bench, the demo):
+# rate limits high enough not to get in its way. Production keeps the
+# defaults (2000 calls/s per address, 50000/s in total) or sets its own.
+[rate_limit]
+per_peer_per_second = 1000000
+global_per_second = 1000000
+
 [[admin.tokens]]
 name = "dev-admin"
 sha256 = "{token_digest}"

@@ -14,6 +14,12 @@ use crate::store::StoreError;
 /// Every error the broker's request paths produce.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Too many calls from the caller's address, or in total.
+    #[error("rate limited: try again in {retry_after:?}")]
+    RateLimited {
+        /// When a call would be admitted again.
+        retry_after: std::time::Duration,
+    },
     /// The client sent a malformed request.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -65,9 +71,19 @@ impl From<ReservedName> for Error {
 }
 
 impl Error {
+    /// Whole seconds after which a refused call may be tried again (at
+    /// least 1), for `retry-after`; `None` for other errors.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            _ => None,
+        }
+    }
+
     /// The stable reason code.
     pub fn reason(&self) -> ReasonCode {
         match self {
+            Self::RateLimited { .. } => ReasonCode::RateLimited,
             Self::InvalidRequest(_) => ReasonCode::InvalidRequest,
             Self::Evidence(e) => e.reason(),
             Self::Challenge(e) => e.reason(),

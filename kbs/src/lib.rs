@@ -20,7 +20,8 @@
 //! (ARCHITECTURE.md at the repository root, checked by
 //! `tests/architecture.rs`).
 //! - [`reason`]: stable reason codes; [`names`]: the secret-name limit and
-//!   the reserved namespace; [`fetch`]: what outbound HTTP clients share.
+//!   the reserved namespace; [`fetch`]: what outbound HTTP clients share;
+//!   [`rate`]: request rate limits of the guest-facing calls.
 //!   Leaves.
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
 //!   [`evidence`]: parsing and verification of SNP reports and TDX quotes;
@@ -47,6 +48,7 @@ pub mod evidence;
 pub mod fetch;
 pub mod names;
 pub mod policy;
+pub mod rate;
 pub mod reason;
 pub mod release;
 pub mod seal;

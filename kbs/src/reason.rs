@@ -86,11 +86,14 @@ pub enum ReasonCode {
     GpuRevoked,
     /// The devices presented are not the expected set (count, duplicates).
     GpuCountMismatch,
+    /// Too many calls from this address, or in total: try again after the
+    /// time the answer gives.
+    RateLimited,
 }
 
 impl ReasonCode {
     /// Every reason code, in declaration order.
-    pub const ALL: [ReasonCode; 36] = [
+    pub const ALL: [ReasonCode; 37] = [
         Self::InvalidRequest,
         Self::EvidenceMalformed,
         Self::EvidenceTooLarge,
@@ -127,6 +130,7 @@ impl ReasonCode {
         Self::GpuEvidenceInvalid,
         Self::GpuRevoked,
         Self::GpuCountMismatch,
+        Self::RateLimited,
     ];
 
     /// The stable string form.
@@ -168,6 +172,7 @@ impl ReasonCode {
             Self::GpuEvidenceInvalid => "gpu_evidence_invalid",
             Self::GpuRevoked => "gpu_revoked",
             Self::GpuCountMismatch => "gpu_count_mismatch",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -210,6 +215,7 @@ impl ReasonCode {
             Self::GpuEvidenceInvalid => "the GPU evidence does not verify",
             Self::GpuRevoked => "a GPU certificate is revoked or its status is not good",
             Self::GpuCountMismatch => "the GPUs presented are not the expected set",
+            Self::RateLimited => "too many requests; try again later",
         }
     }
 }
@@ -265,6 +271,7 @@ mod tests {
             ReasonCode::GpuEvidenceInvalid => 33,
             ReasonCode::GpuRevoked => 34,
             ReasonCode::GpuCountMismatch => 35,
+            ReasonCode::RateLimited => 36,
         };
         for (i, code) in ReasonCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i, "{code}");

@@ -28,6 +28,7 @@ use crate::evidence::tdx_collateral::TdxCollateralResolver;
 use crate::evidence::{Claims, EvidenceError, certtable};
 use crate::names::check_not_reserved;
 use crate::policy::{PolicyEngine, PreparedClaims};
+use crate::rate::{RateLimiter, RateLimits};
 use crate::seal::{self, RecipientKey};
 use crate::store::{SecretStore, validate_name};
 
@@ -114,6 +115,7 @@ pub struct Broker {
     rng: SystemRandom,
     policy: Arc<PolicyEngine>,
     tdx: Option<TdxSupport>,
+    rate: RateLimiter,
 }
 
 /// What the broker needs to accept TDX evidence: the verifier and where
@@ -157,7 +159,23 @@ impl Broker {
             rng: SystemRandom::new(),
             policy: Arc::new(PolicyEngine::builtin()),
             tdx: None,
+            rate: RateLimiter::new(RateLimits::default()),
         }
+    }
+
+    /// Holds guest-facing calls to `limits` (see [`crate::rate`]).
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+        self.rate = RateLimiter::new(limits);
+        self
+    }
+
+    /// Admits one guest-facing call from `peer` under the rate limits, or
+    /// refuses it (`rate_limited`) before any work is done for it.
+    pub fn admit(&self, peer: Option<std::net::IpAddr>) -> Result<(), Error> {
+        self.rate.admit(peer).map_err(|retry_after| {
+            tracing::debug!(peer = ?peer, ?retry_after, "call rate limited");
+            Error::RateLimited { retry_after }
+        })
     }
 
     /// Accepts TDX evidence, verified by `tdx`. Without it (`None`), TDX

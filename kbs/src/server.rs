@@ -208,6 +208,7 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
             clock,
         )
         .with_policy(policy)
+        .with_rate_limits(config.rate_limits)
         .with_tdx(tdx_support(config)?),
     );
     start_crl_refresh(&broker, crl_sources, crl_clock, config.snp.crl_refresh).await;

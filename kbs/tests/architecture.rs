@@ -64,7 +64,7 @@ const VERIFIER_EXCEPTIONS: &[(&str, &str)] = &[
 /// (and in ARCHITECTURE.md).
 const LAYERS: &[&[&str]] = &[
     // Leaves: vocabulary and helpers every layer shares.
-    &["reason", "names", "fetch", "connections"],
+    &["reason", "names", "fetch", "connections", "rate"],
     // The domain: challenges, verification, secret storage, the audit log.
     &["audit", "challenge", "evidence", "store"],
     // The error type that composes theirs.

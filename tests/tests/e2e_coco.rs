@@ -810,3 +810,39 @@ async fn tokens_and_challenges_of_a_dev_broker_are_refused_in_production() {
     let status = prod.guest().await.release_secrets(release).await.unwrap_err();
     assert_eq!(status.metadata().get("kbs-reason").unwrap(), "challenge_invalid", "{status:?}");
 }
+
+/// Guest-facing calls past the rate limit are refused before any work:
+/// gRPC with RESOURCE_EXHAUSTED, `rate_limited` and `retry-after`; the CoCo
+/// front end with 429 and `Retry-After`.
+#[tokio::test]
+async fn calls_past_the_rate_limit_are_refused_with_a_retry_time() {
+    let app = TestApp::start_with(Options { coco: true, rate_limit: Some((5, 1000)), ..Default::default() }).await;
+    let mut guest = app.guest().await;
+    let ask = || kbs_proto::v1::GetChallengeRequest {
+        tee: kbs_proto::v1::Tee::Snp as i32,
+        secret_names: vec![RESOURCE.into()],
+    };
+    let mut refused = None;
+    for _ in 0..20 {
+        if let Err(status) = guest.get_challenge(ask()).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let status = refused.expect("20 challenges at once were all served under a limit of 5 a second");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.metadata().get("kbs-reason").unwrap(), "rate_limited");
+    let after: u64 = status.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&after), "{after}");
+
+    // The same peer on the CoCo front end shares its bucket.
+    let resp = app.http().post(format!("{}/kbs/v0/auth", app.coco_url)).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().get(reqwest::header::RETRY_AFTER).is_some());
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["detail"], "rate_limited");
+
+    // After the wait, served again.
+    tokio::time::sleep(std::time::Duration::from_secs(after)).await;
+    guest.get_challenge(ask()).await.unwrap();
+}

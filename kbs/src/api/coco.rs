@@ -453,12 +453,19 @@ fn http_status(reason: ReasonCode) -> StatusCode {
         ReasonCode::VersionConflict => StatusCode::CONFLICT,
         ReasonCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ReasonCode::GpuEvidenceInvalid | ReasonCode::GpuRevoked | ReasonCode::GpuCountMismatch => StatusCode::FORBIDDEN,
+        ReasonCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
 fn error_response(e: &Error) -> Response {
     let reason = e.reason();
-    problem(http_status(reason), reason.as_str(), reason.public_message())
+    let mut response = problem(http_status(reason), reason.as_str(), reason.public_message());
+    if let Some(after) = e.retry_after()
+        && let Ok(value) = HeaderValue::from_str(&after.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -517,6 +524,9 @@ struct AuthRequest {
 }
 
 async fn auth(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
+    if let Err(e) = svc.broker.admit(req.extensions().get::<Peer>().map(|p| p.0.ip())) {
+        return error_response(&e);
+    }
     let body = match body_bytes(req, MAX_AUTH_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -631,6 +641,9 @@ impl Audit {
 }
 
 async fn attest(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
+    if let Err(e) = svc.broker.admit(req.extensions().get::<Peer>().map(|p| p.0.ip())) {
+        return error_response(&e);
+    }
     let caller = peer_of(&req);
     let cookie = session_cookie(req.headers());
     let body = match body_bytes(req, MAX_ATTEST_BODY).await {

@@ -37,6 +37,7 @@ fn tee_code(tee: i32) -> u8 {
 #[tonic::async_trait]
 impl KeyBroker for KeyBrokerService {
     async fn get_challenge(&self, request: Request<GetChallengeRequest>) -> Result<Response<Challenge>, Status> {
+        self.broker.admit(request.remote_addr().map(|a| a.ip())).map_err(|e| e.to_status())?;
         let req = request.into_inner();
         let issued = self.broker.challenge(tee_code(req.tee), &req.secret_names).map_err(|e| {
             tracing::info!(reason = e.reason().as_str(), cause = %e, "challenge refused");
@@ -54,6 +55,7 @@ impl KeyBroker for KeyBrokerService {
         &self,
         request: Request<ReleaseSecretsRequest>,
     ) -> Result<Response<ReleaseSecretsResponse>, Status> {
+        self.broker.admit(request.remote_addr().map(|a| a.ip())).map_err(|e| e.to_status())?;
         let caller = super::peer(&request);
         let req = request.into_inner();
         let evidence = match req.evidence {

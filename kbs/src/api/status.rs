@@ -45,6 +45,7 @@ impl ReasonCode {
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Internal => Code::Internal,
             Self::GpuEvidenceInvalid | Self::GpuRevoked | Self::GpuCountMismatch => Code::PermissionDenied,
+            Self::RateLimited => Code::ResourceExhausted,
         }
     }
 }
@@ -68,6 +69,11 @@ impl Error {
         let mut status = tonic::Status::new(reason.grpc_code(), message);
         if let Ok(value) = reason.as_str().parse() {
             status.metadata_mut().insert("kbs-reason", value);
+        }
+        if let Some(after) = self.retry_after()
+            && let Ok(value) = after.to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", value);
         }
         status
     }

@@ -27,6 +27,8 @@ pub struct Options {
     pub extra_config: String,
     /// More lines for the `[server]` section.
     pub server_extra: String,
+    /// Rate limits (per peer, in total) instead of the dev set-up's.
+    pub rate_limit: Option<(u32, u32)>,
     /// Enable the CoCo KBS protocol front end ([`TestApp::coco_url`]).
     pub coco: bool,
     /// Share the challenge key (and CoCo token key) of the broker whose
@@ -85,6 +87,13 @@ impl TestApp {
         }
         if !options.tdx_extra.is_empty() {
             assert!(!options.production, "tdx_extra needs the dev mode's [tdx] section");
+        }
+        if let Some((per_peer, global)) = options.rate_limit {
+            let text = std::fs::read_to_string(&files.config).unwrap();
+            let text = text
+                .replacen("per_peer_per_second = 1000000", &format!("per_peer_per_second = {per_peer}"), 1)
+                .replacen("global_per_second = 1000000", &format!("global_per_second = {global}"), 1);
+            std::fs::write(&files.config, text).unwrap();
         }
         if !options.server_extra.is_empty() {
             let text = std::fs::read_to_string(&files.config).unwrap();
