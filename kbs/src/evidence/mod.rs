@@ -9,6 +9,7 @@ pub mod amd_crl;
 pub mod anchors;
 pub mod certtable;
 pub mod collateral;
+pub mod pcs;
 pub mod snp;
 pub mod tdx;
 pub mod tdx_collateral;
