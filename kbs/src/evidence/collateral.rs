@@ -52,7 +52,7 @@ use super::amd_crl::MAX_CRL_LEN;
 use super::anchors::{self, Generation, IntermediateKind, MAX_CERT_LEN};
 use super::snp::{CrlInstall, RawTcb, SigningKey, SnpReport, SnpVerifier};
 use crate::fetch::{
-    FetchError, backoff_delay, parse_retry_after, read_capped, vendor_client, vendor_url_is_https, write_atomic,
+    Backoff, FetchError, parse_retry_after, read_capped, vendor_client, vendor_url_is_https, write_atomic,
 };
 
 /// AMD's production KDS.
@@ -304,8 +304,7 @@ impl KdsConfig {
 /// Rate, back-off and negative-cache state shared by all fetches.
 #[derive(Debug, Default)]
 struct FetchState {
-    backoff_until: Option<Instant>,
-    failures: u32,
+    backoff: Backoff,
     recent: VecDeque<Instant>,
     not_found: HashMap<String, Instant>,
 }
@@ -432,10 +431,8 @@ impl KdsFetcher {
         check: impl Fn(&[u8]) -> Result<(), String>,
     ) -> Result<Option<Vec<u8>>, EvidenceError> {
         let now = Instant::now();
-        if let Some(until) = state.backoff_until
-            && now < until
-        {
-            return Err(unavailable(format!("KDS is backing off for {}s", until.duration_since(now).as_secs())));
+        if let Some(remaining) = state.backoff.remaining(now) {
+            return Err(unavailable(format!("KDS is backing off for {}s", remaining.as_secs())));
         }
         while state.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
             state.recent.pop_front();
@@ -447,23 +444,17 @@ impl KdsFetcher {
 
         match self.get(url, cap, check).await {
             Ok(Fetched::Body(body)) => {
-                state.failures = 0;
-                state.backoff_until = None;
+                state.backoff.succeeded();
                 Ok(Some(body))
             }
             Ok(Fetched::NotFound) => Ok(None),
             Ok(Fetched::Busy(retry_after)) => {
-                state.failures = state.failures.saturating_add(1);
-                let delay =
-                    backoff_delay(state.failures, retry_after, self.config.min_backoff, self.config.max_backoff);
-                state.backoff_until = Some(now + delay);
+                let delay = state.backoff.failed(now, retry_after, self.config.min_backoff, self.config.max_backoff);
                 tracing::warn!(delay_s = delay.as_secs(), "KDS is rate limiting; backing off");
                 Err(unavailable("KDS is rate limiting"))
             }
             Err(why) => {
-                state.failures = state.failures.saturating_add(1);
-                let delay = backoff_delay(state.failures, None, self.config.min_backoff, self.config.max_backoff);
-                state.backoff_until = Some(now + delay);
+                let delay = state.backoff.failed(now, None, self.config.min_backoff, self.config.max_backoff);
                 tracing::warn!(error = %why, delay_s = delay.as_secs(), "KDS request failed; backing off");
                 Err(unavailable(format!("KDS request failed: {why}")))
             }

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::EvidenceError;
 use super::tdx_collateral::{Fmspc, MAX_COLLATERAL_LEN, PckCa, PcsFiles, TdxCollateral};
-use crate::fetch::{backoff_delay, vendor_client, vendor_url_is_https, write_atomic};
+use crate::fetch::{Backoff, vendor_client, vendor_url_is_https, write_atomic};
 
 /// Bound on the resolver's in-memory map.
 const MEMO_CAPACITY: usize = 1024;
@@ -211,20 +211,13 @@ impl PcsConfig {
     }
 }
 
-/// Back-off state shared by all fetches.
-#[derive(Debug, Default)]
-struct FetchState {
-    backoff_until: Option<Instant>,
-    failures: u32,
-}
-
 /// Fetches collateral from a PCS or PCCS through an on-disk cache.
 pub struct PcsFetcher {
     client: reqwest::Client,
     config: PcsConfig,
     cache: TdxCollateralDir,
     /// Held for the whole of a fetch: one in flight at a time.
-    state: tokio::sync::Mutex<FetchState>,
+    state: tokio::sync::Mutex<Backoff>,
 }
 
 impl fmt::Debug for PcsFetcher {
@@ -250,7 +243,7 @@ impl PcsFetcher {
             client,
             cache: TdxCollateralDir::new(config.cache_dir.clone()),
             config,
-            state: tokio::sync::Mutex::new(FetchState::default()),
+            state: tokio::sync::Mutex::new(Backoff::default()),
         })
     }
 
@@ -286,17 +279,12 @@ impl PcsFetcher {
             return Ok(set);
         }
         let instant = Instant::now();
-        if let Some(until) = state.backoff_until
-            && instant < until
-        {
-            return cached.ok_or_else(|| {
-                unavailable(format!("PCS is backing off for {}s", until.duration_since(instant).as_secs()))
-            });
+        if let Some(remaining) = state.remaining(instant) {
+            return cached.ok_or_else(|| unavailable(format!("PCS is backing off for {}s", remaining.as_secs())));
         }
         match self.fetch(fmspc, ca).await {
             Ok((files, set)) => {
-                state.failures = 0;
-                state.backoff_until = None;
+                state.succeeded();
                 if let Err(e) = self.cache.store(&set).await {
                     tracing::warn!(error = %e, "could not cache a collateral set");
                 }
@@ -306,9 +294,7 @@ impl PcsFetcher {
                 Ok(set)
             }
             Err(why) => {
-                state.failures = state.failures.saturating_add(1);
-                let delay = backoff_delay(state.failures, None, self.config.min_backoff, self.config.max_backoff);
-                state.backoff_until = Some(instant + delay);
+                let delay = state.failed(instant, None, self.config.min_backoff, self.config.max_backoff);
                 tracing::warn!(error = %why, delay_s = delay.as_secs(), "PCS request failed; backing off");
                 cached.ok_or(why)
             }
