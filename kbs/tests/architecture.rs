@@ -7,6 +7,8 @@
 //! 3. The top-level modules of `kbs/src` import each other without cycles.
 //! 4. Each top-level module imports only modules of lower layers
 //!    ([`LAYERS`], the rooms of ARCHITECTURE.md).
+//! 5. Reason codes, names and the error type know no transport: the gRPC
+//!    and HTTP maps live with the front ends.
 //!
 //! Code under `#[cfg(test)]` is not checked. A break of rule 1 or 4 that
 //! cannot be fixed at once is listed below as a named exception with the
@@ -114,6 +116,27 @@ fn verifiers_are_pure() {
         .map(|(module, forbidden)| format!("{module} no longer uses {forbidden}: remove the exception"))
         .collect();
     assert!(new.is_empty() && gone.is_empty(), "verifier purity:\n{}", [new, gone].concat().join("\n"));
+}
+
+/// Modules that must not name a transport, and the transports.
+const TRANSPORT_FREE: &[&str] = &["reason", "names", "error"];
+const TRANSPORTS: &[&str] = &["tonic", "axum", "http", "hyper"];
+
+#[test]
+fn reason_codes_and_errors_know_no_transport() {
+    let tree = SourceTree::read();
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for file in tree.files.iter().filter(|f| TRANSPORT_FREE.contains(&f.module.as_str())) {
+        checked += 1;
+        for path in &file.paths {
+            if TRANSPORTS.iter().any(|t| path.split("::").next() == Some(*t)) {
+                problems.push(format!("{} uses {path}", file.module));
+            }
+        }
+    }
+    assert_eq!(checked, TRANSPORT_FREE.len(), "a module of TRANSPORT_FREE is missing");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
