@@ -1,7 +1,7 @@
 //! What the broker's outbound clients share: the Vault/OpenBao store and
 //! the vendor collateral fetchers (AMD KDS, Intel PCS): which URLs may be
-//! plain `http`, the vendor HTTP client, back-off, size-capped file reads
-//! and atomic file writes.
+//! plain `http`, the vendor HTTP client, back-off state, size-capped file
+//! reads and atomic file writes.
 //!
 //! A leaf: it imports no other module of the crate, so both the store and
 //! the evidence fetchers can use it. Its errors name the path or URL; the
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
 
 /// Why a fetch helper failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,35 @@ pub fn backoff_delay(failures: u32, retry_after: Option<Duration>, min: Duration
     exponential.max(retry_after.unwrap_or_default()).min(max)
 }
 
+/// Back-off after consecutive failures of one vendor service.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    until: Option<Instant>,
+    failures: u32,
+}
+
+impl Backoff {
+    /// How long the service is still left alone at `now`, if it is.
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.until.filter(|until| now < *until).map(|until| until.duration_since(now))
+    }
+
+    /// A request succeeded: the next one may go at once.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+        self.until = None;
+    }
+
+    /// A request failed at `now`; returns the [`backoff_delay`] before the
+    /// next one.
+    pub fn failed(&mut self, now: Instant, retry_after: Option<Duration>, min: Duration, max: Duration) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = backoff_delay(self.failures, retry_after, min, max);
+        self.until = Some(now + delay);
+        delay
+    }
+}
+
 /// Parses a `Retry-After` value: delay-seconds or an HTTP-date.
 pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -189,6 +219,22 @@ mod tests {
         assert_eq!(backoff_delay(1, Some(Duration::from_secs(120)), min, max), Duration::from_secs(120));
         assert_eq!(backoff_delay(1, Some(Duration::from_secs(1_000_000)), min, max), max);
         assert_eq!(backoff_delay(0, None, min, max), min);
+    }
+
+    #[test]
+    fn backoff_state() {
+        let (min, max) = (Duration::from_secs(5), Duration::from_secs(600));
+        let now = Instant::now();
+        let mut backoff = Backoff::default();
+        assert_eq!(backoff.remaining(now), None);
+        assert_eq!(backoff.failed(now, None, min, max), min);
+        assert_eq!(backoff.remaining(now), Some(min));
+        assert_eq!(backoff.remaining(now + min), None);
+        assert_eq!(backoff.failed(now, None, min, max), 2 * min);
+        assert_eq!(backoff.failed(now, Some(Duration::from_secs(300)), min, max), Duration::from_secs(300));
+        backoff.succeeded();
+        assert_eq!(backoff.remaining(now), None);
+        assert_eq!(backoff.failed(now, None, min, max), min);
     }
 
     #[test]

@@ -10,8 +10,9 @@ use attester_client::simulated::{
     Generation as SimGeneration, SimulatedSnp, TestCrl, Vcek, test_ark_der, test_ask_der, test_ask_pem, test_crl_dir,
 };
 use kbs::evidence::EvidenceError;
-use kbs::evidence::amd_crl::{AmdCrl, CrlSources, MAX_CRL_LEN, Revocation};
+use kbs::evidence::amd_crl::{AmdCrl, MAX_CRL_LEN, Revocation};
 use kbs::evidence::anchors::{Generation, IntermediateKind, SnpAnchors};
+use kbs::evidence::collateral::CrlSources;
 use kbs::evidence::snp::{CrlInstall, SnpVerifier};
 use kbs::reason::ReasonCode;
 use time::OffsetDateTime;

@@ -1127,8 +1127,9 @@ async fn kds_fetcher_caches_and_degrades_to_the_cache() {
 #[tokio::test]
 async fn kds_crls_are_verified_before_they_are_installed_or_cached() {
     use attester_client::simulated::{TestCrl, test_ark_der};
-    use kbs::evidence::amd_crl::{CrlSources, Revocation};
+    use kbs::evidence::amd_crl::Revocation;
     use kbs::evidence::anchors::IntermediateKind;
+    use kbs::evidence::collateral::CrlSources;
 
     let stub = kds_stub(HashMap::from([
         ("/vcek/v1/Milan/crl".to_owned(), TestCrl::Foreign.der().to_vec()),

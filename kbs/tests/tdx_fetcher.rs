@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use kbs::evidence::EvidenceError;
 use kbs::evidence::anchors::TdxAnchors;
+use kbs::evidence::pcs::{PcsConfig, PcsFetcher, TdxCollateralDir, TdxCollateralResolver};
 use kbs::evidence::tdx::{TdxPolicy, TdxVerifier};
-use kbs::evidence::tdx_collateral::{
-    Fmspc, PckCa, PcsConfig, PcsFetcher, TdxCollateral, TdxCollateralDir, TdxCollateralResolver,
-};
+use kbs::evidence::tdx_collateral::{Fmspc, PckCa, TdxCollateral};
 use time::macros::datetime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

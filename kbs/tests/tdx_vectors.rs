@@ -7,8 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use kbs::evidence::anchors::{INTEL_SGX_ROOT_CA_SHA256, TdxAnchors};
+use kbs::evidence::pcs::TdxCollateralDir;
 use kbs::evidence::tdx::{APPRAISAL_MEMO_TTL, MAX_QUOTE_LEN, TdBody, TdxPolicy, TdxQuote, TdxVerifier};
-use kbs::evidence::tdx_collateral::{Fmspc, PckCa, TdxCollateral, TdxCollateralDir};
+use kbs::evidence::tdx_collateral::{Fmspc, PckCa, TdxCollateral};
 use kbs::evidence::{EvidenceError, TeeKind};
 use proptest::prelude::*;
 use time::OffsetDateTime;

@@ -936,6 +936,7 @@ mod tests {
                 tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                 tonic::Code::Aborted => StatusCode::CONFLICT,
                 tonic::Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
                 other => panic!("{code} maps to gRPC {other:?}, which has no HTTP meaning here"),
             };
             assert_eq!(http_status(code), by_meaning, "{code}");

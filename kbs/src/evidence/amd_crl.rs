@@ -22,9 +22,9 @@
 //! [`Revocation::Require`], a report is also refused when no CRL for its
 //! generation and kind is installed (`CollateralUnavailable`) or the one
 //! installed is past its `nextUpdate` (`CollateralExpired`).
-
-use std::fmt;
-use std::path::PathBuf;
+//!
+//! Parsing and checking only: where CRLs come from (a directory, KDS) is
+//! [`super::collateral::CrlSources`].
 
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -33,9 +33,6 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::EvidenceError;
 use super::anchors::{self, Generation, IntermediateKind, SnpAnchors};
-use super::collateral::{KdsFetcher, crl_path};
-use super::snp::{CrlInstall, SnpVerifier};
-use crate::fetch::{read_capped, write_atomic};
 
 /// Largest CRL accepted, from a file or from KDS. AMD's are about 1 KiB.
 pub const MAX_CRL_LEN: usize = 256 * 1024;
@@ -228,104 +225,5 @@ impl AmdCrl {
     pub fn lists(&self, serial: &[u8]) -> bool {
         let serial = anchors::strip_serial_zeros(serial);
         self.revoked.binary_search_by(|r| r.as_slice().cmp(serial)).is_ok()
-    }
-}
-
-/// Where CRLs come from: an offline directory the operator fills, and AMD
-/// KDS behind an on-disk cache. Both use KDS's path layout,
-/// `vcek/v1/<Product>/crl` and `vlek/v1/<Product>/crl`, so the fetcher's
-/// cache directory is also a valid offline directory (and `wget -x -nH`
-/// of the KDS URLs fills one).
-pub struct CrlSources {
-    dir: Option<PathBuf>,
-    kds: Option<KdsFetcher>,
-}
-
-impl fmt::Debug for CrlSources {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CrlSources").field("dir", &self.dir).field("kds", &self.kds).finish()
-    }
-}
-
-/// What one [`CrlSources::refresh`] did.
-#[derive(Debug, Default)]
-pub struct CrlRefresh {
-    /// CRLs newly installed, as `(generation, kind, source)`.
-    pub installed: Vec<(Generation, IntermediateKind, String)>,
-    /// What could not be read, fetched or verified, one line each.
-    pub problems: Vec<String>,
-}
-
-impl CrlSources {
-    /// Sources: an optional offline directory and an optional KDS fetcher
-    /// (whose cache directory is read as a second offline directory).
-    pub fn new(dir: Option<PathBuf>, kds: Option<KdsFetcher>) -> Self {
-        Self { dir, kds }
-    }
-
-    /// Whether there is no source at all.
-    pub fn is_empty(&self) -> bool {
-        self.dir.is_none() && self.kds.is_none()
-    }
-
-    /// Installs into `verifier` every CRL the sources have for every
-    /// generation and kind: the offline directory's and the KDS cache's
-    /// files, then, with `fetch`, KDS's current ones (a CRL from KDS that
-    /// verifies is saved to the cache). Older or unchanged CRLs leave the
-    /// installed ones in place; nothing a source returns is used unless it
-    /// verifies.
-    pub async fn refresh(&self, verifier: &SnpVerifier, now: OffsetDateTime, fetch: bool) -> CrlRefresh {
-        let mut report = CrlRefresh::default();
-        let cache = self.kds.as_ref().map(|k| k.cache().root().to_path_buf());
-        for generation in Generation::ALL {
-            for kind in [IntermediateKind::Ask, IntermediateKind::Asvk] {
-                let path = crl_path(generation, kind);
-                for dir in self.dir.iter().chain(cache.iter()) {
-                    let file = dir.join(&path);
-                    match read_capped(&file, MAX_CRL_LEN).await.map_err(EvidenceError::from) {
-                        Ok(Some(der)) => install(verifier, &der, kind, now, &file.display().to_string(), &mut report),
-                        Ok(None) => {}
-                        Err(e) => report.problems.push(e.to_string()),
-                    }
-                }
-                let Some(kds) = self.kds.as_ref().filter(|_| fetch) else { continue };
-                match kds.fetch_crl(generation, kind).await {
-                    Ok(der) => {
-                        let source = kds.crl_url(generation, kind);
-                        let before = report.installed.len();
-                        install(verifier, &der, kind, now, &source, &mut report);
-                        if report.installed.len() > before
-                            && let Some(cache) = &cache
-                            && let Err(e) = write_atomic(&cache.join(&path), &der).await.map_err(EvidenceError::from)
-                        {
-                            report.problems.push(format!("caching {source}: {e}"));
-                        }
-                    }
-                    Err(e) => report.problems.push(format!("{generation} {kind:?} CRL from KDS: {e}")),
-                }
-            }
-        }
-        report
-    }
-}
-
-/// Installs one CRL, noting the outcome in `report`.
-fn install(
-    verifier: &SnpVerifier,
-    der: &[u8],
-    kind: IntermediateKind,
-    now: OffsetDateTime,
-    source: &str,
-    report: &mut CrlRefresh,
-) {
-    match verifier.install_crl(der, kind, now) {
-        Ok(outcomes) => {
-            for (generation, outcome) in outcomes {
-                if outcome == CrlInstall::Installed {
-                    report.installed.push((generation, kind, source.to_owned()));
-                }
-            }
-        }
-        Err(e) => report.problems.push(format!("{source}: {e}")),
     }
 }

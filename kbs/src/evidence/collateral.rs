@@ -1,6 +1,7 @@
-//! Where a VCEK/VLEK comes from when the guest's certificate table has none:
-//! an offline directory the operator fills, and AMD's Key Distribution
-//! Service (KDS) behind an on-disk cache.
+//! Where a VCEK/VLEK comes from when the guest's certificate table has none,
+//! and where AMD's CRLs come from ([`CrlSources`]): an offline directory
+//! the operator fills, and AMD's Key Distribution Service (KDS) behind an
+//! on-disk cache.
 //!
 //! Nothing here is trusted: whatever a source returns is handed to
 //! [`super::snp::SnpVerifier`], which accepts it only if it chains to a
@@ -43,13 +44,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use super::EvidenceError;
+use super::amd_crl::MAX_CRL_LEN;
 use super::anchors::{self, Generation, IntermediateKind, MAX_CERT_LEN};
-use super::snp::{RawTcb, SigningKey, SnpReport};
+use super::snp::{CrlInstall, RawTcb, SigningKey, SnpReport, SnpVerifier};
 use crate::fetch::{
-    FetchError, backoff_delay, parse_retry_after, read_capped, vendor_client, vendor_url_is_https, write_atomic,
+    Backoff, FetchError, parse_retry_after, read_capped, vendor_client, vendor_url_is_https, write_atomic,
 };
 
 /// AMD's production KDS.
@@ -301,8 +304,7 @@ impl KdsConfig {
 /// Rate, back-off and negative-cache state shared by all fetches.
 #[derive(Debug, Default)]
 struct FetchState {
-    backoff_until: Option<Instant>,
-    failures: u32,
+    backoff: Backoff,
     recent: VecDeque<Instant>,
     not_found: HashMap<String, Instant>,
 }
@@ -429,10 +431,8 @@ impl KdsFetcher {
         check: impl Fn(&[u8]) -> Result<(), String>,
     ) -> Result<Option<Vec<u8>>, EvidenceError> {
         let now = Instant::now();
-        if let Some(until) = state.backoff_until
-            && now < until
-        {
-            return Err(unavailable(format!("KDS is backing off for {}s", until.duration_since(now).as_secs())));
+        if let Some(remaining) = state.backoff.remaining(now) {
+            return Err(unavailable(format!("KDS is backing off for {}s", remaining.as_secs())));
         }
         while state.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
             state.recent.pop_front();
@@ -444,23 +444,17 @@ impl KdsFetcher {
 
         match self.get(url, cap, check).await {
             Ok(Fetched::Body(body)) => {
-                state.failures = 0;
-                state.backoff_until = None;
+                state.backoff.succeeded();
                 Ok(Some(body))
             }
             Ok(Fetched::NotFound) => Ok(None),
             Ok(Fetched::Busy(retry_after)) => {
-                state.failures = state.failures.saturating_add(1);
-                let delay =
-                    backoff_delay(state.failures, retry_after, self.config.min_backoff, self.config.max_backoff);
-                state.backoff_until = Some(now + delay);
+                let delay = state.backoff.failed(now, retry_after, self.config.min_backoff, self.config.max_backoff);
                 tracing::warn!(delay_s = delay.as_secs(), "KDS is rate limiting; backing off");
                 Err(unavailable("KDS is rate limiting"))
             }
             Err(why) => {
-                state.failures = state.failures.saturating_add(1);
-                let delay = backoff_delay(state.failures, None, self.config.min_backoff, self.config.max_backoff);
-                state.backoff_until = Some(now + delay);
+                let delay = state.backoff.failed(now, None, self.config.min_backoff, self.config.max_backoff);
                 tracing::warn!(error = %why, delay_s = delay.as_secs(), "KDS request failed; backing off");
                 Err(unavailable(format!("KDS request failed: {why}")))
             }
@@ -596,6 +590,105 @@ impl VekResolver {
         Err(last.unwrap_or_else(|| {
             unavailable(format!("no {kind:?} for this chip and TCB {tcb} in the configured sources"))
         }))
+    }
+}
+
+/// Where CRLs come from: an offline directory the operator fills, and AMD
+/// KDS behind an on-disk cache. Both use KDS's path layout,
+/// `vcek/v1/<Product>/crl` and `vlek/v1/<Product>/crl`, so the fetcher's
+/// cache directory is also a valid offline directory (and `wget -x -nH`
+/// of the KDS URLs fills one).
+pub struct CrlSources {
+    dir: Option<PathBuf>,
+    kds: Option<KdsFetcher>,
+}
+
+impl fmt::Debug for CrlSources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CrlSources").field("dir", &self.dir).field("kds", &self.kds).finish()
+    }
+}
+
+/// What one [`CrlSources::refresh`] did.
+#[derive(Debug, Default)]
+pub struct CrlRefresh {
+    /// CRLs newly installed, as `(generation, kind, source)`.
+    pub installed: Vec<(Generation, IntermediateKind, String)>,
+    /// What could not be read, fetched or verified, one line each.
+    pub problems: Vec<String>,
+}
+
+impl CrlSources {
+    /// Sources: an optional offline directory and an optional KDS fetcher
+    /// (whose cache directory is read as a second offline directory).
+    pub fn new(dir: Option<PathBuf>, kds: Option<KdsFetcher>) -> Self {
+        Self { dir, kds }
+    }
+
+    /// Whether there is no source at all.
+    pub fn is_empty(&self) -> bool {
+        self.dir.is_none() && self.kds.is_none()
+    }
+
+    /// Installs into `verifier` every CRL the sources have for every
+    /// generation and kind: the offline directory's and the KDS cache's
+    /// files, then, with `fetch`, KDS's current ones (a CRL from KDS that
+    /// verifies is saved to the cache). Older or unchanged CRLs leave the
+    /// installed ones in place; nothing a source returns is used unless it
+    /// verifies.
+    pub async fn refresh(&self, verifier: &SnpVerifier, now: OffsetDateTime, fetch: bool) -> CrlRefresh {
+        let mut report = CrlRefresh::default();
+        let cache = self.kds.as_ref().map(|k| k.cache().root().to_path_buf());
+        for generation in Generation::ALL {
+            for kind in [IntermediateKind::Ask, IntermediateKind::Asvk] {
+                let path = crl_path(generation, kind);
+                for dir in self.dir.iter().chain(cache.iter()) {
+                    let file = dir.join(&path);
+                    match read_capped(&file, MAX_CRL_LEN).await.map_err(EvidenceError::from) {
+                        Ok(Some(der)) => install(verifier, &der, kind, now, &file.display().to_string(), &mut report),
+                        Ok(None) => {}
+                        Err(e) => report.problems.push(e.to_string()),
+                    }
+                }
+                let Some(kds) = self.kds.as_ref().filter(|_| fetch) else { continue };
+                match kds.fetch_crl(generation, kind).await {
+                    Ok(der) => {
+                        let source = kds.crl_url(generation, kind);
+                        let before = report.installed.len();
+                        install(verifier, &der, kind, now, &source, &mut report);
+                        if report.installed.len() > before
+                            && let Some(cache) = &cache
+                            && let Err(e) = write_atomic(&cache.join(&path), &der).await.map_err(EvidenceError::from)
+                        {
+                            report.problems.push(format!("caching {source}: {e}"));
+                        }
+                    }
+                    Err(e) => report.problems.push(format!("{generation} {kind:?} CRL from KDS: {e}")),
+                }
+            }
+        }
+        report
+    }
+}
+
+/// Installs one CRL, noting the outcome in `report`.
+fn install(
+    verifier: &SnpVerifier,
+    der: &[u8],
+    kind: IntermediateKind,
+    now: OffsetDateTime,
+    source: &str,
+    report: &mut CrlRefresh,
+) {
+    match verifier.install_crl(der, kind, now) {
+        Ok(outcomes) => {
+            for (generation, outcome) in outcomes {
+                if outcome == CrlInstall::Installed {
+                    report.installed.push((generation, kind, source.to_owned()));
+                }
+            }
+        }
+        Err(e) => report.problems.push(format!("{source}: {e}")),
     }
 }
 

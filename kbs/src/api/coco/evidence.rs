@@ -21,9 +21,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::evidence::EvidenceError;
+use crate::evidence::anchors::Generation;
 use crate::evidence::anchors::MAX_CERT_LEN;
 use crate::evidence::certtable::{self, CertKind};
-use crate::evidence::snp::REPORT_LEN;
+use crate::evidence::snp::{REPORT_LEN, TcbVersion};
 use crate::evidence::tdx::MAX_QUOTE_LEN;
 use crate::release::EvidenceInput;
 
@@ -41,26 +42,12 @@ struct SnpEvidenceJson {
     cert_chain: Option<Vec<CertEntryJson>>,
 }
 
-#[derive(Deserialize)]
-struct TcbJson {
-    #[serde(default)]
-    fmc: Option<u8>,
-    bootloader: u8,
-    tee: u8,
-    snp: u8,
-    microcode: u8,
-}
-
-impl TcbJson {
-    /// The 8-byte TCB_VERSION: Turin and later carry an FMC SPL and use
-    /// `[fmc, bl, tee, snp, 0, 0, 0, ucode]`; earlier generations use
-    /// `[bl, tee, 0, 0, 0, 0, snp, ucode]`.
-    fn bytes(&self) -> [u8; 8] {
-        match self.fmc {
-            Some(fmc) => [fmc, self.bootloader, self.tee, self.snp, 0, 0, 0, self.microcode],
-            None => [self.bootloader, self.tee, 0, 0, 0, 0, self.snp, self.microcode],
-        }
-    }
+/// The 8-byte TCB_VERSION of a CoCo TCB object, in the layout of
+/// [`TcbVersion::encode`]: with an FMC SPL, Turin's (and later); without,
+/// Milan's and Genoa's.
+fn tcb_bytes(tcb: &TcbVersion) -> [u8; 8] {
+    let layout = if tcb.fmc.is_some() { Generation::Turin } else { Generation::Milan };
+    tcb.encode(layout).0
 }
 
 #[derive(Deserialize)]
@@ -85,7 +72,7 @@ struct SnpReportJson {
     image_id: Vec<u8>,
     vmpl: u32,
     sig_algo: u32,
-    current_tcb: TcbJson,
+    current_tcb: TcbVersion,
     plat_info: u64,
     key_info: u32,
     report_data: Vec<u8>,
@@ -95,7 +82,7 @@ struct SnpReportJson {
     author_key_digest: Vec<u8>,
     report_id: Vec<u8>,
     report_id_ma: Vec<u8>,
-    reported_tcb: TcbJson,
+    reported_tcb: TcbVersion,
     #[serde(default)]
     cpuid_fam_id: Option<u8>,
     #[serde(default)]
@@ -103,10 +90,10 @@ struct SnpReportJson {
     #[serde(default)]
     cpuid_step: Option<u8>,
     chip_id: Vec<u8>,
-    committed_tcb: TcbJson,
+    committed_tcb: TcbVersion,
     current: VersionJson,
     committed: VersionJson,
-    launch_tcb: TcbJson,
+    launch_tcb: TcbVersion,
     #[serde(default)]
     launch_mit_vector: Option<u64>,
     #[serde(default)]
@@ -140,7 +127,7 @@ impl SnpReportJson {
         put(&mut r, 0x20, 16, &self.image_id, "image_id")?;
         put(&mut r, 0x30, 4, &self.vmpl.to_le_bytes(), "vmpl")?;
         put(&mut r, 0x34, 4, &self.sig_algo.to_le_bytes(), "sig_algo")?;
-        put(&mut r, 0x38, 8, &self.current_tcb.bytes(), "current_tcb")?;
+        put(&mut r, 0x38, 8, &tcb_bytes(&self.current_tcb), "current_tcb")?;
         put(&mut r, 0x40, 8, &self.plat_info.to_le_bytes(), "plat_info")?;
         put(&mut r, 0x48, 4, &self.key_info.to_le_bytes(), "key_info")?;
         put(&mut r, 0x50, 64, &self.report_data, "report_data")?;
@@ -150,7 +137,7 @@ impl SnpReportJson {
         put(&mut r, 0x110, 48, &self.author_key_digest, "author_key_digest")?;
         put(&mut r, 0x140, 32, &self.report_id, "report_id")?;
         put(&mut r, 0x160, 32, &self.report_id_ma, "report_id_ma")?;
-        put(&mut r, 0x180, 8, &self.reported_tcb.bytes(), "reported_tcb")?;
+        put(&mut r, 0x180, 8, &tcb_bytes(&self.reported_tcb), "reported_tcb")?;
         let cpuid = [self.cpuid_fam_id, self.cpuid_mod_id, self.cpuid_step];
         if self.version >= 3 {
             let [f, m, s] = cpuid;
@@ -159,10 +146,10 @@ impl SnpReportJson {
             return Err(malformed("CPUID fields in a version 2 report"));
         }
         put(&mut r, 0x1A0, 64, &self.chip_id, "chip_id")?;
-        put(&mut r, 0x1E0, 8, &self.committed_tcb.bytes(), "committed_tcb")?;
+        put(&mut r, 0x1E0, 8, &tcb_bytes(&self.committed_tcb), "committed_tcb")?;
         put(&mut r, 0x1E8, 3, &[self.current.build, self.current.minor, self.current.major], "current")?;
         put(&mut r, 0x1EC, 3, &[self.committed.build, self.committed.minor, self.committed.major], "committed")?;
-        put(&mut r, 0x1F0, 8, &self.launch_tcb.bytes(), "launch_tcb")?;
+        put(&mut r, 0x1F0, 8, &tcb_bytes(&self.launch_tcb), "launch_tcb")?;
         if self.version >= 5 {
             put(&mut r, 0x1F8, 8, &self.launch_mit_vector.unwrap_or(0).to_le_bytes(), "launch_mit_vector")?;
             put(&mut r, 0x200, 8, &self.current_mit_vector.unwrap_or(0).to_le_bytes(), "current_mit_vector")?;

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use clap::{Subcommand, ValueEnum};
-use kbs::evidence::tdx_collateral::{Fmspc, PckCa, PcsConfig, PcsFetcher};
+use kbs::evidence::pcs::{PcsConfig, PcsFetcher};
+use kbs::evidence::tdx_collateral::{Fmspc, PckCa};
 
 use crate::Failure;
 

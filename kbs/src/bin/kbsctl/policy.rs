@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use kbs::evidence::Claims;
 use kbs::policy::{Decision, decide_offline, placeholder_meta};
+use kbs::reason::ReasonCode;
 use kbs_proto::v1::{DeletePolicyRequest, GetPolicyRequest, ListPoliciesRequest, Policy, SetPolicyRequest};
 
 use crate::connection::{Client, refused};
@@ -177,7 +178,7 @@ fn print_decision(d: &Decision, output: Output) {
         Output::Table => {
             match (d.allow, d.code) {
                 (true, _) => outln!("allow"),
-                (false, code) => outln!("deny ({})", code.map(|c| c.as_str()).unwrap_or("policy_denied")),
+                (false, code) => outln!("deny ({})", code.unwrap_or(ReasonCode::PolicyDenied)),
             }
             for reason in &d.reasons {
                 outln!("  - {reason}");
