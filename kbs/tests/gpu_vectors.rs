@@ -1102,6 +1102,18 @@ mod device_set {
         let mut modes = ppcie();
         modes[2].feature = Some(FeatureFlag::Spt);
         assert_eq!(check_device_set(&modes, &HGX).unwrap_err(), DeviceSetError::MixedModes);
+        // The topology: a switch of another system in place of one of
+        // these, or a GPU whose NVLinks reach other switches.
+        let mut foreign = ppcie();
+        foreign[11] = verify(case("google_ppcie_ls10_switch0")).unwrap();
+        foreign[11].nonce = foreign[0].nonce.clone();
+        let err = check_device_set(&foreign, &HGX).unwrap_err();
+        assert!(matches!(err, DeviceSetError::Topology(ref m) if m.contains("not the switches")), "{err}");
+        assert_eq!(err.reason(), ReasonCode::GpuCountMismatch);
+        let mut rewired = ppcie();
+        rewired[5].pdis[0] = "0102030405060708".into();
+        let err = check_device_set(&rewired, &HGX).unwrap_err();
+        assert!(matches!(err, DeviceSetError::Topology(ref m) if m.contains("GPU 5")), "{err}");
         // An empty set is only right when nothing is expected.
         assert!(check_device_set(&[], &DeviceSetExpectation { gpus: 0, switches: 0 }).is_ok());
         assert!(check_device_set(&[], &DeviceSetExpectation { gpus: 1, switches: 0 }).is_err());

@@ -12,9 +12,13 @@
 //!    (`CountMismatch`).
 //! 4. **Mode**: every GPU that reports its multi-GPU mode reports the same
 //!    one (`MixedModes`); NVIDIA's tools refuse mixed SPT/MPT systems too.
+//! 5. **Topology**, when NVSwitches are expected (PPCIe): every GPU's
+//!    non-zero NVLink peer PDIs, read in the other byte order, are the same
+//!    set, and that set is exactly the switches' own PDIs (`Topology`).
+//!    The switches' lists of GPU PDIs cannot be tied to GPU reports (GPUs
+//!    do not report their own PDI) and are not used.
 //!
-//! The PPCIe topology check (GPUs' NVLink peers against the switches' own
-//! PDIs) and the binding of the set to the CPU evidence are separate steps.
+//! The binding of the set to the CPU evidence is a separate step.
 
 use std::collections::BTreeSet;
 
@@ -68,6 +72,9 @@ pub enum DeviceSetError {
     /// GPUs report different multi-GPU modes.
     #[error("GPUs run in different multi-GPU modes")]
     MixedModes,
+    /// The GPUs' NVLink peers are not the NVSwitches presented.
+    #[error("NVLink topology: {0}")]
+    Topology(String),
 }
 
 impl DeviceSetError {
@@ -76,7 +83,7 @@ impl DeviceSetError {
     /// `gpu_evidence_invalid`.
     pub fn reason(&self) -> ReasonCode {
         match self {
-            Self::Duplicate(_) | Self::CountMismatch { .. } => ReasonCode::GpuCountMismatch,
+            Self::Duplicate(_) | Self::CountMismatch { .. } | Self::Topology(_) => ReasonCode::GpuCountMismatch,
             Self::NonceNotChecked(_) | Self::NonceDiffers | Self::MixedModes => ReasonCode::GpuEvidenceInvalid,
         }
     }
@@ -121,5 +128,40 @@ pub fn check_device_set(
     {
         return Err(DeviceSetError::MixedModes);
     }
+    // 5. Topology.
+    if expected.switches > 0 {
+        check_topology(devices)?;
+    }
     Ok(DeviceSetSummary { gpus, switches, mode })
+}
+
+/// Step 5: the GPUs' NVLink peers are exactly the switches presented.
+fn check_topology(devices: &[GpuDeviceClaims]) -> Result<(), DeviceSetError> {
+    const NO_LINK: &str = "0000000000000000";
+    let mut peers: Option<BTreeSet<String>> = None;
+    for (i, gpu) in devices.iter().enumerate().filter(|(_, d)| d.class == DeviceClass::Gpu) {
+        let set: BTreeSet<String> =
+            gpu.pdis.iter().filter(|p| p.as_str() != NO_LINK).filter_map(|p| reversed(p)).collect();
+        match &peers {
+            None => peers = Some(set),
+            Some(first) if *first != set => {
+                return Err(DeviceSetError::Topology(format!("GPU {i} reaches other switches than GPU 0")));
+            }
+            Some(_) => {}
+        }
+    }
+    let own: BTreeSet<String> =
+        devices.iter().filter(|d| d.class == DeviceClass::Nvswitch).flat_map(|d| d.pdis.iter().cloned()).collect();
+    match peers {
+        Some(peers) if peers == own => Ok(()),
+        Some(_) => Err(DeviceSetError::Topology("the GPUs' NVLink peers are not the switches presented".into())),
+        None => Err(DeviceSetError::Topology("no GPUs".into())),
+    }
+}
+
+/// A PDI (16 hex digits) in the other byte order.
+fn reversed(pdi: &str) -> Option<String> {
+    let mut bytes = hex::decode(pdi).ok()?;
+    bytes.reverse();
+    Some(hex::encode(bytes))
 }
