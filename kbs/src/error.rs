@@ -160,16 +160,15 @@ impl ReasonCode {
             | Self::MeasurementNotAllowed
             | Self::PolicyDenied
             | Self::NoPolicy
-            | Self::PermissionDenied
-            | Self::GpuEvidenceInvalid
-            | Self::GpuRevoked
-            | Self::GpuCountMismatch => Code::PermissionDenied,
+            | Self::PermissionDenied => Code::PermissionDenied,
             Self::ChallengeExpired | Self::ChallengeInvalid | Self::ChallengeMismatch => Code::FailedPrecondition,
             Self::VersionConflict => Code::Aborted,
             Self::SecretNotFound => Code::NotFound,
             Self::StoreUnavailable | Self::CollateralUnavailable | Self::CollateralExpired => Code::Unavailable,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Internal => Code::Internal,
+            // NVIDIA GPU / NVSwitch evidence: failed checks, not malformed input.
+            Self::GpuEvidenceInvalid | Self::GpuRevoked | Self::GpuCountMismatch => Code::PermissionDenied,
         }
     }
 
