@@ -22,6 +22,8 @@
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Serialize};
+
 use super::{DeviceClass, FeatureFlag, GpuDeviceClaims, NonceCheck};
 use crate::error::ReasonCode;
 
@@ -34,15 +36,29 @@ pub struct DeviceSetExpectation {
     pub switches: usize,
 }
 
-/// What the set checks established.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the set checks established (the `gpu` summary next to the
+/// per-device claims).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceSetSummary {
     /// GPUs in the set.
     pub gpus: usize,
     /// NVSwitches in the set.
     pub switches: usize,
     /// The GPUs' common multi-GPU mode, if any reports one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<FeatureFlag>,
+    /// The NVLink topology check.
+    pub topology: TopologyCheck,
+}
+
+/// Outcome of the topology check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopologyCheck {
+    /// The GPUs' NVLink peers are exactly the NVSwitches presented.
+    Ok,
+    /// No NVSwitches expected: nothing to check.
+    NotApplicable,
 }
 
 /// Why a device set was refused.
@@ -129,10 +145,13 @@ pub fn check_device_set(
         return Err(DeviceSetError::MixedModes);
     }
     // 5. Topology.
-    if expected.switches > 0 {
+    let topology = if expected.switches > 0 {
         check_topology(devices)?;
-    }
-    Ok(DeviceSetSummary { gpus, switches, mode })
+        TopologyCheck::Ok
+    } else {
+        TopologyCheck::NotApplicable
+    };
+    Ok(DeviceSetSummary { gpus, switches, mode, topology })
 }
 
 /// Step 5: the GPUs' NVLink peers are exactly the switches presented.
