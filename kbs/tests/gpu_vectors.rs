@@ -1032,7 +1032,7 @@ mod device_set {
     //! systems (8 H100 + 4 NVSwitch), google's MPT system (8 Blackwell),
     //! NVAT's repeated switch.
 
-    use kbs::evidence::gpu::set::{DeviceSetError, DeviceSetExpectation, check_device_set};
+    use kbs::evidence::gpu::set::{DeviceSetError, DeviceSetExpectation, TopologyCheck, check_device_set};
 
     use super::*;
 
@@ -1052,6 +1052,11 @@ mod device_set {
     fn whole_systems_pass_with_their_expected_shape() {
         let summary = check_device_set(&ppcie(), &HGX).unwrap();
         assert_eq!((summary.gpus, summary.switches, summary.mode), (8, 4, Some(FeatureFlag::Ppcie)));
+        assert_eq!(summary.topology, TopologyCheck::Ok);
+        assert_eq!(
+            serde_json::to_value(&summary).unwrap(),
+            serde_json::json!({"gpus": 8, "switches": 4, "mode": "ppcie", "topology": "ok"})
+        );
         let mut google = claims("google_ppcie_hopper_gpu", 8);
         google.extend(claims("google_ppcie_ls10_switch", 4));
         // This set's firmware predates the feature flag.
@@ -1059,6 +1064,7 @@ mod device_set {
         let mpt = claims("google_mpt_blackwell_gpu", 8);
         let summary = check_device_set(&mpt, &DeviceSetExpectation { gpus: 8, switches: 0 }).unwrap();
         assert_eq!(summary.mode, Some(FeatureFlag::Mpt));
+        assert_eq!(summary.topology, TopologyCheck::NotApplicable);
     }
 
     #[test]
@@ -1102,6 +1108,18 @@ mod device_set {
         let mut modes = ppcie();
         modes[2].feature = Some(FeatureFlag::Spt);
         assert_eq!(check_device_set(&modes, &HGX).unwrap_err(), DeviceSetError::MixedModes);
+        // The topology: a switch of another system in place of one of
+        // these, or a GPU whose NVLinks reach other switches.
+        let mut foreign = ppcie();
+        foreign[11] = verify(case("google_ppcie_ls10_switch0")).unwrap();
+        foreign[11].nonce = foreign[0].nonce.clone();
+        let err = check_device_set(&foreign, &HGX).unwrap_err();
+        assert!(matches!(err, DeviceSetError::Topology(ref m) if m.contains("not the switches")), "{err}");
+        assert_eq!(err.reason(), ReasonCode::GpuCountMismatch);
+        let mut rewired = ppcie();
+        rewired[5].pdis[0] = "0102030405060708".into();
+        let err = check_device_set(&rewired, &HGX).unwrap_err();
+        assert!(matches!(err, DeviceSetError::Topology(ref m) if m.contains("GPU 5")), "{err}");
         // An empty set is only right when nothing is expected.
         assert!(check_device_set(&[], &DeviceSetExpectation { gpus: 0, switches: 0 }).is_ok());
         assert!(check_device_set(&[], &DeviceSetExpectation { gpus: 1, switches: 0 }).is_err());

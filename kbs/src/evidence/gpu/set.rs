@@ -12,11 +12,17 @@
 //!    (`CountMismatch`).
 //! 4. **Mode**: every GPU that reports its multi-GPU mode reports the same
 //!    one (`MixedModes`); NVIDIA's tools refuse mixed SPT/MPT systems too.
+//! 5. **Topology**, when NVSwitches are expected (PPCIe): every GPU's
+//!    non-zero NVLink peer PDIs, read in the other byte order, are the same
+//!    set, and that set is exactly the switches' own PDIs (`Topology`).
+//!    The switches' lists of GPU PDIs cannot be tied to GPU reports (GPUs
+//!    do not report their own PDI) and are not used.
 //!
-//! The PPCIe topology check (GPUs' NVLink peers against the switches' own
-//! PDIs) and the binding of the set to the CPU evidence are separate steps.
+//! The binding of the set to the CPU evidence is a separate step.
 
 use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
 
 use super::{DeviceClass, FeatureFlag, GpuDeviceClaims, NonceCheck};
 use crate::reason::ReasonCode;
@@ -30,15 +36,29 @@ pub struct DeviceSetExpectation {
     pub switches: usize,
 }
 
-/// What the set checks established.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the set checks established (the `gpu` summary next to the
+/// per-device claims).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceSetSummary {
     /// GPUs in the set.
     pub gpus: usize,
     /// NVSwitches in the set.
     pub switches: usize,
     /// The GPUs' common multi-GPU mode, if any reports one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<FeatureFlag>,
+    /// The NVLink topology check.
+    pub topology: TopologyCheck,
+}
+
+/// Outcome of the topology check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopologyCheck {
+    /// The GPUs' NVLink peers are exactly the NVSwitches presented.
+    Ok,
+    /// No NVSwitches expected: nothing to check.
+    NotApplicable,
 }
 
 /// Why a device set was refused.
@@ -68,6 +88,9 @@ pub enum DeviceSetError {
     /// GPUs report different multi-GPU modes.
     #[error("GPUs run in different multi-GPU modes")]
     MixedModes,
+    /// The GPUs' NVLink peers are not the NVSwitches presented.
+    #[error("NVLink topology: {0}")]
+    Topology(String),
 }
 
 impl DeviceSetError {
@@ -76,7 +99,7 @@ impl DeviceSetError {
     /// `gpu_evidence_invalid`.
     pub fn reason(&self) -> ReasonCode {
         match self {
-            Self::Duplicate(_) | Self::CountMismatch { .. } => ReasonCode::GpuCountMismatch,
+            Self::Duplicate(_) | Self::CountMismatch { .. } | Self::Topology(_) => ReasonCode::GpuCountMismatch,
             Self::NonceNotChecked(_) | Self::NonceDiffers | Self::MixedModes => ReasonCode::GpuEvidenceInvalid,
         }
     }
@@ -121,5 +144,43 @@ pub fn check_device_set(
     {
         return Err(DeviceSetError::MixedModes);
     }
-    Ok(DeviceSetSummary { gpus, switches, mode })
+    // 5. Topology.
+    let topology = if expected.switches > 0 {
+        check_topology(devices)?;
+        TopologyCheck::Ok
+    } else {
+        TopologyCheck::NotApplicable
+    };
+    Ok(DeviceSetSummary { gpus, switches, mode, topology })
+}
+
+/// Step 5: the GPUs' NVLink peers are exactly the switches presented.
+fn check_topology(devices: &[GpuDeviceClaims]) -> Result<(), DeviceSetError> {
+    const NO_LINK: &str = "0000000000000000";
+    let mut peers: Option<BTreeSet<String>> = None;
+    for (i, gpu) in devices.iter().enumerate().filter(|(_, d)| d.class == DeviceClass::Gpu) {
+        let set: BTreeSet<String> =
+            gpu.pdis.iter().filter(|p| p.as_str() != NO_LINK).filter_map(|p| reversed(p)).collect();
+        match &peers {
+            None => peers = Some(set),
+            Some(first) if *first != set => {
+                return Err(DeviceSetError::Topology(format!("GPU {i} reaches other switches than GPU 0")));
+            }
+            Some(_) => {}
+        }
+    }
+    let own: BTreeSet<String> =
+        devices.iter().filter(|d| d.class == DeviceClass::Nvswitch).flat_map(|d| d.pdis.iter().cloned()).collect();
+    match peers {
+        Some(peers) if peers == own => Ok(()),
+        Some(_) => Err(DeviceSetError::Topology("the GPUs' NVLink peers are not the switches presented".into())),
+        None => Err(DeviceSetError::Topology("no GPUs".into())),
+    }
+}
+
+/// A PDI (16 hex digits) in the other byte order.
+fn reversed(pdi: &str) -> Option<String> {
+    let mut bytes = hex::decode(pdi).ok()?;
+    bytes.reverse();
+    Some(hex::encode(bytes))
 }
