@@ -172,6 +172,20 @@ fn encrypt_refuses_bad_keys_and_options() {
     let out = kbsctl(&[&base[..], &[home.join("in").to_str().unwrap(), "o"]].concat(), home);
     assert_eq!(out.status.code(), Some(1));
     std::fs::write(home.join("ok.key"), [1u8; 32]).unwrap();
+    // A single file into an existing directory keeps its name.
+    std::fs::create_dir(home.join("dir")).unwrap();
+    let out = kbsctl(
+        &[
+            &base[..],
+            &["--key-file", home.join("ok.key").to_str().unwrap(), home.join("in").to_str().unwrap()],
+            &[home.join("dir").to_str().unwrap()],
+        ]
+        .concat(),
+        home,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let key = ModelKey::new("m/k", 1, &[1; 32]).unwrap();
+    assert_eq!(decrypt_file(&home.join("dir/in"), &key).unwrap(), b"x");
     let out = kbsctl(
         &[
             &base[..],
