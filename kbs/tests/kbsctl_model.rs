@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use kbs::config::Config;
 use kbs_proto::model::{self, Error, ModelKey};
+use sha2::{Digest, Sha256};
 
 fn kbsctl(args: &[&str], home: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kbsctl"))
@@ -172,6 +173,20 @@ fn encrypt_refuses_bad_keys_and_options() {
     let out = kbsctl(&[&base[..], &[home.join("in").to_str().unwrap(), "o"]].concat(), home);
     assert_eq!(out.status.code(), Some(1));
     std::fs::write(home.join("ok.key"), [1u8; 32]).unwrap();
+    // A single file into an existing directory keeps its name.
+    std::fs::create_dir(home.join("dir")).unwrap();
+    let out = kbsctl(
+        &[
+            &base[..],
+            &["--key-file", home.join("ok.key").to_str().unwrap(), home.join("in").to_str().unwrap()],
+            &[home.join("dir").to_str().unwrap()],
+        ]
+        .concat(),
+        home,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let key = ModelKey::new("m/k", 1, &[1; 32]).unwrap();
+    assert_eq!(decrypt_file(&home.join("dir/in"), &key).unwrap(), b"x");
     let out = kbsctl(
         &[
             &base[..],
@@ -201,6 +216,14 @@ async fn start_broker(dir: &Path) -> (String, tokio::sync::oneshot::Sender<()>) 
         },
     )
     .unwrap();
+    // An auditor may read metadata but not write secrets.
+    let mut text = std::fs::read_to_string(&files.config).unwrap();
+    text.push_str(&format!(
+        "\n[[admin.tokens]]\nname = \"aud\"\nsha256 = \"{}\"\nrole = \"auditor\"\n",
+        hex::encode(Sha256::digest(b"auditor-token"))
+    ));
+    std::fs::write(&files.config, text).unwrap();
+    std::fs::write(dir.join("auditor.token"), "auditor-token").unwrap();
     let config = Config::load(&files.config, |_| None).unwrap();
     let app = kbs::server::build(&config, kbs::release::system_clock(), false).await.unwrap();
     let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -273,4 +296,40 @@ async fn generate_uploads_the_key_and_records_its_version() {
     .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(!home.join("enc-bad").exists());
+
+    // The upload is refused (an auditor may not write): exit 2, and no
+    // output or temporary file is left, since nothing could decrypt it.
+    let auditor = home.join("auditor.token");
+    let out = run(vec![
+        "--url".into(),
+        url.clone(),
+        "--ca".into(),
+        ca.display().to_string(),
+        "--token-file".into(),
+        auditor.display().to_string(),
+        "model".into(),
+        "encrypt".into(),
+        "--secret".into(),
+        "models/gen/key".into(),
+        "--generate".into(),
+        home.join("plain").display().to_string(),
+        home.join("enc-refused").display().to_string(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("permission_denied"), "{}", text(&out.stderr));
+    let left: Vec<_> = walk(&home.join("enc-refused"));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() { walk(&path) } else { vec![path] }
+        })
+        .collect()
 }

@@ -64,9 +64,19 @@ fn is_empty_dir(dir: &Path) -> bool {
 }
 
 async fn decrypt(app: &TestApp, measurement: [u8; 48], input: &Path, out: &Path) -> Result<usize, Error> {
+    decrypt_with(app, measurement, input, out, true).await
+}
+
+async fn decrypt_with(
+    app: &TestApp,
+    measurement: [u8; 48],
+    input: &Path,
+    out: &Path,
+    allow_persistent_disk: bool,
+) -> Result<usize, Error> {
     let config = ClientConfig::new(app.guest_url.clone(), app.ca.clone());
     let mut client = KbsClient::connect(&config).await.unwrap();
-    let options = DecryptOptions { allow_persistent_disk: true };
+    let options = DecryptOptions { allow_persistent_disk };
     decrypt_models(&mut client, guest(measurement), input, out, &options).await.map(|d| d.files.len())
 }
 
@@ -145,4 +155,33 @@ async fn a_rotated_key_needs_a_rewrap() {
     let out = work.path().join("out-after");
     assert_eq!(decrypt(&app, MEASUREMENT, &enc, &out).await.unwrap(), 1);
     assert_eq!(std::fs::read(out.join("w.bin")).unwrap(), plain);
+}
+
+#[tokio::test]
+async fn a_persistent_output_is_refused_before_attesting() {
+    let app = TestApp::start().await;
+    let key = ModelKey::generate(WEIGHTS_KEY, 1).unwrap();
+    put(&app, WEIGHTS_KEY, key.expose_bytes()).await;
+    let work = tempfile::tempdir().unwrap();
+    let enc = work.path().join("enc");
+    encrypt_tree(&enc, &[("w.bin", b"weights".to_vec(), &key)]);
+    let on_memory = attester_client::model::fs_type(work.path()).is_ok_and(attester_client::model::is_memory_fs);
+    let out = work.path().join("out");
+    let result = decrypt_with(&app, MEASUREMENT, &enc, &out, false).await;
+    if on_memory {
+        // The temporary directory is on tmpfs here: allowed.
+        assert_eq!(result.unwrap(), 1);
+        return;
+    }
+    assert!(matches!(result, Err(Error::PersistentOutput { .. })), "{result:?}");
+    assert!(is_empty_dir(&out));
+    // No release was asked for.
+    assert!(!app.audit_log().contains("\"action\":\"release\""), "{}", app.audit_log());
+    // A memory-backed output is accepted without the override, where there is one.
+    let shm = Path::new("/dev/shm");
+    if attester_client::model::fs_type(shm).is_ok_and(attester_client::model::is_memory_fs) {
+        let out = tempfile::tempdir_in(shm).unwrap();
+        assert_eq!(decrypt_with(&app, MEASUREMENT, &enc, out.path(), false).await.unwrap(), 1);
+        assert_eq!(std::fs::read(out.path().join("w.bin")).unwrap(), b"weights");
+    }
 }

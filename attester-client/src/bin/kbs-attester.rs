@@ -14,7 +14,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  every secret was fetched and written
   1  local problem (unreadable CA file, unusable URL or CA)
-  2  usage error (including bad --sim-* values)
+  2  usage error (including bad --sim-* values, and a model decrypt --out
+     that is not on tmpfs or ramfs without --allow-persistent-disk)
   3  the broker refused (the reason code is printed, e.g. `error: debug_enabled`)
   4  the broker could not be reached or the call failed without a reason code
   5  the TEE evidence could not be collected

@@ -35,13 +35,6 @@
 //! ([`Error::ChunkAuthentication`]), and the file length must match the
 //! header exactly ([`Error::Truncated`], [`Error::TrailingData`]).
 
-mod crypto;
-mod header;
-mod reader;
-mod stream;
-#[cfg(test)]
-mod tests;
-
 use std::fmt;
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
@@ -55,6 +48,13 @@ pub use self::header::{
 use self::header::{DIGEST_LEN, NONCE_LEN, valid_secret_name};
 pub use self::reader::ModelReader;
 pub use self::stream::{EncryptOptions, decrypt, encrypt};
+
+mod crypto;
+mod header;
+mod reader;
+mod stream;
+#[cfg(test)]
+mod tests;
 
 /// Why a model file could not be encrypted, decrypted or rewrapped. Each
 /// kind of tampering has its own variant.

@@ -54,24 +54,35 @@ pub(crate) fn encrypt_with<R: Read, W: Write>(
     output.write_all(&unlocked.header.to_bytes())?;
     let threads = options.threads.clamp(1, 256);
     let count = unlocked.header.chunk_count();
+    // One buffer per thread, reused for every batch: no allocation and no
+    // zero-filling per chunk. Each holds plaintext only until it is sealed
+    // in place, and is zeroized when dropped (also on an error). The
+    // capacity leaves room for the tag, so the buffer never moves.
+    let capacity = unlocked.header.chunk_size as usize + TAG_LEN + 64;
+    let mut bufs: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(threads);
     let mut read = 0u64;
     let mut index = 0u64;
     while index < count {
-        let mut batch: Vec<(u64, Zeroizing<Vec<u8>>)> = Vec::with_capacity(threads);
-        while batch.len() < threads && index < count {
-            let len = usize::try_from(unlocked.chunk_plain_len(index)).map_err(|_| Error::Crypto)?;
-            let mut buf = Zeroizing::new(Vec::with_capacity(len + TAG_LEN));
-            buf.resize(len, 0);
-            let got = read_up_to(input, &mut buf)?;
-            read = read.saturating_add(got as u64);
+        let first = index;
+        let mut used = 0usize;
+        while used < threads && index < count {
+            if bufs.len() <= used {
+                bufs.push(Zeroizing::new(Vec::with_capacity(capacity)));
+            }
+            let buf = bufs.get_mut(used).ok_or(Error::Crypto)?;
+            buf.clear();
+            let len = unlocked.chunk_plain_len(index);
+            let got = read_exactly(input, len, buf)?;
+            read = read.saturating_add(got);
             if got < len {
                 return Err(Error::InputLength { expected: plaintext_len, found: read });
             }
-            batch.push((index, buf));
+            used += 1;
             index += 1;
         }
-        seal_batch(&unlocked, &mut batch)?;
-        for (_, sealed) in &batch {
+        let batch = bufs.get_mut(..used).ok_or(Error::Crypto)?;
+        seal_batch(&unlocked, first, batch)?;
+        for sealed in batch.iter() {
             output.write_all(sealed)?;
         }
     }
@@ -83,23 +94,29 @@ pub(crate) fn encrypt_with<R: Read, W: Write>(
     Ok(unlocked.header)
 }
 
-/// Seals every chunk of the batch, in parallel when there is more than one.
-fn seal_batch(unlocked: &UnlockedHeader, batch: &mut [(u64, Zeroizing<Vec<u8>>)]) -> Result<(), Error> {
-    if let [(index, buf)] = batch {
-        return unlocked.payload.seal(*index, unlocked.is_last(*index), buf);
+/// Seals chunks `first, first + 1, ...` held in `batch`, in parallel when
+/// there is more than one.
+fn seal_batch(unlocked: &UnlockedHeader, first: u64, batch: &mut [Zeroizing<Vec<u8>>]) -> Result<(), Error> {
+    if let [buf] = batch {
+        return unlocked.payload.seal(first, unlocked.is_last(first), buf);
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = batch
-            .iter_mut()
+        let handles: Vec<_> = (first..)
+            .zip(batch.iter_mut())
             .map(|(index, buf)| {
-                let last = unlocked.is_last(*index);
+                let last = unlocked.is_last(index);
                 let payload = &unlocked.payload;
-                let index = *index;
                 scope.spawn(move || payload.seal(index, last, buf))
             })
             .collect();
         handles.into_iter().try_for_each(|h| h.join().map_err(|_| Error::Crypto)?)
     })
+}
+
+/// Appends up to `len` bytes of `input` to `buf`; returns how many came.
+fn read_exactly<R: Read>(input: &mut R, len: u64, buf: &mut Vec<u8>) -> Result<u64, Error> {
+    let got = input.by_ref().take(len).read_to_end(buf)?;
+    Ok(got as u64)
 }
 
 /// Decrypts a whole file from `input` into `output`, chunk by chunk: each

@@ -523,3 +523,19 @@ fn kat_header_layout_is_as_documented() {
     assert_eq!(&file[v + 8 + 32..v + 8 + 32 + 12], &[0x44; 12]);
     assert_eq!(file.len(), v + 8 + 32 + 12 + 48 + 10000 + 3 * 16);
 }
+
+#[test]
+fn parallel_sealing_writes_the_same_bytes_as_one_thread() {
+    let k = key(1, 9);
+    let plain = plaintext(7 * SMALL as usize + 99);
+    let rnd = fixed_randomness();
+    let seal_with = |threads| {
+        let mut out = Vec::new();
+        encrypt_with(&mut Cursor::new(&plain), plain.len() as u64, &mut out, &k, &options(threads), &rnd).unwrap();
+        out
+    };
+    let one = seal_with(1);
+    for threads in [2, 3, 8] {
+        assert_eq!(seal_with(threads), one, "{threads} threads");
+    }
+}

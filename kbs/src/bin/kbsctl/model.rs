@@ -215,7 +215,12 @@ async fn encrypt(cli: &Cli, args: &EncryptArgs) -> Result<(), Failure> {
     let progress = std::io::stderr().is_terminal();
     let mut pending = Vec::with_capacity(inputs.len());
     for (src, rel) in &inputs {
-        let target = if single { args.out_path.clone() } else { args.out_path.join(rel) };
+        let target = match (single, src.file_name()) {
+            // A single file into an existing directory keeps its name.
+            (true, Some(name)) if args.out_path.is_dir() => args.out_path.join(name),
+            (true, _) => args.out_path.clone(),
+            (false, _) => args.out_path.join(rel),
+        };
         let done = tokio::task::block_in_place(|| encrypt_one(src, &target, &key, &options))?;
         if progress {
             eprintln!("encrypted {} ({} bytes)", src.display(), done.plaintext_len);

@@ -1,0 +1,55 @@
+//! Throughput of the encrypted model-file format: streaming encryption with
+//! one thread and with every core, streaming decryption (one thread, as the
+//! guest runs it), and a 4 KiB random read through `ModelReader` (one chunk
+//! authenticated per read). Output goes to `io::sink()`, so the figures are
+//! the format's own cost (reading from memory, sealing, framing), not the
+//! page faults of a fresh output buffer. `cargo bench -p kbs-proto --bench
+//! model`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::hint::black_box;
+use std::io::{Cursor, sink};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kbs_proto::model::{self, EncryptOptions, ModelKey, ModelReader};
+
+const LEN: usize = 32 << 20;
+
+fn bench(c: &mut Criterion) {
+    let key = ModelKey::new("models/bench/key", 1, &[7; 32]).unwrap();
+    let plain: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+
+    let mut group = c.benchmark_group("model");
+    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Bytes(LEN as u64));
+    for threads in [1, cores] {
+        let opts = EncryptOptions { threads, ..EncryptOptions::default() };
+        group.bench_function(format!("encrypt_32MiB_{threads}_threads"), |b| {
+            b.iter(|| {
+                black_box(model::encrypt(&mut Cursor::new(&plain), LEN as u64, &mut sink(), &key, &opts).unwrap())
+            })
+        });
+    }
+    let mut file = Vec::new();
+    model::encrypt(&mut Cursor::new(&plain), LEN as u64, &mut file, &key, &EncryptOptions::default()).unwrap();
+    group.bench_function("decrypt_32MiB", |b| {
+        b.iter(|| black_box(model::decrypt(&mut Cursor::new(&file), &mut sink(), &key).unwrap()))
+    });
+    group.throughput(Throughput::Bytes(4096));
+    let mut reader = ModelReader::open(Cursor::new(file.clone()), &key).unwrap();
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 4096];
+    group.bench_function("read_at_4KiB_uncached", |b| {
+        b.iter(|| {
+            // A different chunk each time, so every read authenticates one.
+            offset = (offset + (1 << 20) + 4096) % (LEN as u64 - 4096);
+            black_box(reader.read_at(offset, &mut buf).unwrap())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
