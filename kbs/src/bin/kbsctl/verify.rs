@@ -99,7 +99,7 @@ pub(crate) fn run(args: &VerifyArgs, output: crate::Output) -> Result<(), Failur
         )?;
         let json =
             serde_json::to_string_pretty(&claims).map_err(|e| Failure::Usage(format!("encoding claims: {e}")))?;
-        println!("{json}");
+        outln!("{json}");
         return Ok(());
     }
     let claims = verified_claims(&args.evidence)?;
