@@ -162,3 +162,49 @@ fn init_data_documents_are_valid_toml() {
     let cdh: toml::Table = data["cdh.toml"].as_str().unwrap().parse().unwrap();
     assert_eq!(cdh["kbc"]["name"].as_str(), Some("cc_kbc"));
 }
+
+/// Every example pod whose init container decrypts a model writes the
+/// plaintext to a memory-backed emptyDir, and reads the encrypted files
+/// read-only.
+#[test]
+fn model_decryption_examples_write_only_to_memory() {
+    let mut found = 0;
+    for (path, doc) in all_objects() {
+        let Some(spec) = str_at(&doc, &["kind"]).and_then(|kind| pod_spec(&doc, kind)) else { continue };
+        for init in spec["initContainers"].as_vec().into_iter().flatten() {
+            let args: Vec<&str> = init["args"].as_vec().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+            if args.first() != Some(&"model") || args.get(1) != Some(&"decrypt") {
+                continue;
+            }
+            found += 1;
+            let flag = |name: &str| args.iter().find_map(|a| a.strip_prefix(name)).unwrap();
+            let (input, out) = (flag("--in="), flag("--out="));
+            assert!(!args.contains(&"--allow-persistent-disk"), "{}", path.display());
+            let mounts = init["volumeMounts"].as_vec().unwrap();
+            let volume_at = |dir: &str| {
+                let mount = mounts.iter().find(|m| m["mountPath"].as_str() == Some(dir)).unwrap();
+                let name = mount["name"].as_str().unwrap();
+                (
+                    mount.clone(),
+                    spec["volumes"]
+                        .as_vec()
+                        .unwrap()
+                        .iter()
+                        .find(|v| v["name"].as_str() == Some(name))
+                        .unwrap()
+                        .clone(),
+                )
+            };
+            let (_, plain) = volume_at(out);
+            assert_eq!(
+                plain["emptyDir"]["medium"].as_str(),
+                Some("Memory"),
+                "{}: --out must be in memory",
+                path.display()
+            );
+            let (mount, _) = volume_at(input);
+            assert_eq!(mount["readOnly"].as_bool(), Some(true), "{}", path.display());
+        }
+    }
+    assert!(found >= 1, "no example decrypts a model");
+}
