@@ -12,9 +12,11 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "building kbs, kbsctl and kbs-attester (simulated TEE enabled)"
-cargo build --quiet -p kbs --bins
-cargo build --quiet -p attester-client --bins --features insecure-simulated-tee
+say "building kbs, kbsctl and kbs-attester (simulated TEE enabled; a first build takes minutes)"
+# Cargo's own progress (crates compiled, the one building now) on a terminal;
+# one line per crate otherwise, so a first build never looks stuck.
+cargo build -p kbs --bins
+cargo build -p attester-client --bins --features insecure-simulated-tee
 BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/debug"
 
 WORK="$(mktemp -d)"
