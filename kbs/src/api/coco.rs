@@ -532,7 +532,10 @@ async fn auth(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
         Err(r) => return r,
     };
     match svc.auth(&body) {
-        Ok(r) => r,
+        Ok(r) => {
+            tracing::debug!("coco auth: challenge issued");
+            r
+        }
         Err(e) => {
             tracing::info!(reason = e.reason().as_str(), cause = %e, "coco auth refused");
             error_response(&e)
@@ -636,6 +639,14 @@ impl Audit {
             }
         }
         broker.record_decision(&self.event)?;
+        if result.is_ok() {
+            tracing::debug!(
+                action = self.event.action,
+                attestation_id = self.event.attestation_id.as_deref().unwrap_or(""),
+                caller = self.event.caller,
+                "coco request allowed"
+            );
+        }
         result
     }
 }
