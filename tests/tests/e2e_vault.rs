@@ -1,6 +1,7 @@
 //! End-to-end on the production store: a broker backed by a real OpenBao
 //! server. An operator has the broker generate a key, a simulated guest
-//! fetches it, and the bytes equal what OpenBao holds. A store that goes
+//! fetches it, and the bytes equal what OpenBao holds; an encrypted model
+//! decrypts with its key from OpenBao. A store that goes
 //! down means UNAVAILABLE, never a wrong answer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -95,6 +96,38 @@ async fn generated_key_reaches_the_guest_through_openbao() {
     let got = client.fetch(Arc::new(sim.clone()), &["models/llama/key".to_owned()]).await.unwrap();
     assert_eq!(got[0].value.as_slice(), stored.as_slice());
     assert_eq!(got[0].version, 1);
+
+    // An encrypted model whose key lives in OpenBao: the guest attests,
+    // receives the key its header names and decrypts the file.
+    let model_key = kbs_proto::model::ModelKey::generate("models/llama/weights-key", 1).unwrap();
+    let mut req = Request::new(kbs_proto::v1::PutSecretRequest {
+        name: "models/llama/weights-key".into(),
+        value: model_key.expose_bytes().to_vec(),
+        allowed_measurements: vec![hex::encode(MEASUREMENT)],
+        ..Default::default()
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let channel = Channel::from_shared(admin_url.clone())
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(AdminClient::new(channel).put_secret(req).await.unwrap().into_inner().version, 1);
+    let work = tempfile::tempdir().unwrap();
+    let weights: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let mut sealed = Vec::new();
+    let options = kbs_proto::model::EncryptOptions { chunk_size: 64 * 1024, threads: 1 };
+    let len = weights.len() as u64;
+    kbs_proto::model::encrypt(&mut std::io::Cursor::new(&weights), len, &mut sealed, &model_key, &options).unwrap();
+    std::fs::create_dir(work.path().join("enc")).unwrap();
+    std::fs::write(work.path().join("enc/model.bin"), sealed).unwrap();
+    let decrypt = attester_client::model::DecryptOptions { allow_persistent_disk: true };
+    let (input, out) = (work.path().join("enc"), work.path().join("out"));
+    let guest_sim = Arc::new(sim.clone());
+    attester_client::model::decrypt_models(&mut client, guest_sim, &input, &out, &decrypt).await.unwrap();
+    assert_eq!(std::fs::read(out.join("model.bin")).unwrap(), weights);
 
     // 50 concurrent writers of one name: every write lands as a distinct
     // version or fails with a conflict; none is lost silently.
