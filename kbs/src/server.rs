@@ -1,8 +1,10 @@
-//! Builds the broker from its configuration and serves both listeners.
+//! Builds the broker from its configuration and serves its listeners.
 //!
 //! The guest listener serves only `kbs.v1.KeyBroker` and gRPC health; the
 //! admin listener serves only `kbs.v1.Admin` and health. Both use TLS
-//! (rustls with the aws-lc-rs provider).
+//! (rustls with the aws-lc-rs provider). The optional CoCo listener serves
+//! the CoCo KBS protocol, and the optional metrics listener only
+//! `GET /metrics` (plain HTTP, for a Prometheus scraper).
 
 use std::future::Future;
 use std::path::Path;
@@ -30,6 +32,7 @@ use crate::evidence::collateral::{KdsConfig, KdsFetcher, VekDirectory, VekResolv
 use crate::evidence::pcs::{PcsConfig, PcsFetcher, TdxCollateralDir, TdxCollateralResolver};
 use crate::evidence::snp::SnpVerifier;
 use crate::evidence::tdx::TdxVerifier;
+use crate::metrics::{Listener, Metrics};
 use crate::policy::PolicyEngine;
 use crate::release::TdxSupport;
 use crate::release::{Broker, Clock};
@@ -89,6 +92,8 @@ pub struct App {
     connection_limits: connections::Limits,
     /// The CoCo KBS protocol front end, when `[coco]` is configured.
     pub coco: Option<crate::api::coco::CocoServer>,
+    /// Whether `[metrics]` is configured (its listener is then required).
+    metrics: bool,
 }
 
 /// Builds the broker. `allow_insecure` is the command line's explicit dev
@@ -241,7 +246,16 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         .max(crate::policy::refvals::MAX_REFVALS_BYTES)
         .max(MAX_REQUEST_BYTES)
         .saturating_add(ADMIN_MESSAGE_OVERHEAD);
-    Ok(App { broker, admin, tls, admin_tls, admin_max_message, connection_limits: config.connection_limits, coco })
+    Ok(App {
+        broker,
+        admin,
+        tls,
+        admin_tls,
+        admin_max_message,
+        connection_limits: config.connection_limits,
+        coco,
+        metrics: config.metrics.is_some(),
+    })
 }
 
 /// Installs the CRLs the offline sources (the CRL directory and the KDS
@@ -392,13 +406,17 @@ pub async fn run(
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
     };
+    let metrics = Arc::clone(app.broker.metrics());
+    let admission = |listener: Listener, name| {
+        Admission::with_gauge(name, app.connection_limits, metrics.open_connections(listener))
+    };
     let guest_server = hardened()
         .timeout(GUEST_CALL_TIMEOUT)
         .tls_config(app.tls.clone())?
         .add_service(guest_health)
         .add_service(key_broker)
         .serve_with_incoming_shutdown(
-            connections::incoming(guest, Admission::new("guest", app.connection_limits)),
+            connections::incoming(guest, admission(Listener::Guest, "guest")),
             stopped(stop_rx.clone()),
         );
     let admin_server = hardened()
@@ -407,7 +425,7 @@ pub async fn run(
         .add_service(admin_health)
         .add_service(admin_service)
         .serve_with_incoming_shutdown(
-            connections::incoming(admin, Admission::new("admin", app.connection_limits)),
+            connections::incoming(admin, admission(Listener::Admin, "admin")),
             stopped(stop_rx),
         );
     tokio::try_join!(guest_server, admin_server)?;
@@ -415,15 +433,56 @@ pub async fn run(
 }
 
 /// [`run`], plus the CoCo KBS protocol front end on `coco` (required when
-/// `[coco]` is configured, refused otherwise).
+/// `[coco]` is configured, refused otherwise). A broker with `[metrics]`
+/// needs [`run_listeners`].
 pub async fn run_with_coco(
-    mut app: App,
+    app: App,
     guest: TcpListener,
     admin: TcpListener,
     coco: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    run_listeners(app, Listeners { guest, admin, coco, metrics: None }, shutdown).await
+}
+
+/// Every listener of a broker.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The KeyBroker (guest) listener.
+    pub guest: TcpListener,
+    /// The Admin listener.
+    pub admin: TcpListener,
+    /// The CoCo listener: required when `[coco]` is configured, refused
+    /// otherwise.
+    pub coco: Option<TcpListener>,
+    /// The metrics listener: required when `[metrics]` is configured,
+    /// refused otherwise.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Serves every listener of `app` until `shutdown` completes.
+pub async fn run_listeners(
+    mut app: App,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let Listeners { guest, admin, coco, metrics } = listeners;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = match (app.metrics, metrics) {
+        (true, Some(listener)) => {
+            let mut rx = stop_rx.clone();
+            let stopped = async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            let metrics = Arc::clone(app.broker.metrics());
+            Some(tokio::spawn(serve_metrics(metrics, listener, app.connection_limits, stopped)))
+        }
+        (false, None) => None,
+        (true, None) => return Err(StartError::Refused("[metrics] is configured but no listener was given".into())),
+        (false, Some(_)) => {
+            return Err(StartError::Refused("a metrics listener was given but [metrics] is not set".into()));
+        }
+    };
     let coco_task = match (app.coco.take(), coco) {
         (Some(server), Some(listener)) => {
             let mut rx = stop_rx.clone();
@@ -442,12 +501,74 @@ pub async fn run_with_coco(
     })
     .await;
     drop(stop_rx);
-    if let Some(task) = coco_task {
+    for (name, task) in [("coco", coco_task), ("metrics", metrics_task)] {
+        let Some(task) = task else { continue };
         match task.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(StartError::Refused(format!("coco listener: {e}"))),
-            Err(e) => return Err(StartError::Refused(format!("coco listener task: {e}"))),
+            Ok(Err(e)) => return Err(StartError::Refused(format!("{name} listener: {e}"))),
+            Err(e) => return Err(StartError::Refused(format!("{name} listener task: {e}"))),
         }
     }
     result
+}
+
+/// A metrics request (headers included) not answered in this time is
+/// dropped; an exposition is rendered from memory in well under a
+/// millisecond.
+pub const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `GET /metrics` over plain HTTP/1.1 on `listener` until `shutdown`
+/// completes, with the connection caps of the other listeners, and the
+/// idle and request bounds. Anything else is a 404.
+async fn serve_metrics(
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+    limits: connections::Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let gauge = metrics.open_connections(Listener::Metrics);
+    let scrape = move || {
+        let metrics = Arc::clone(&metrics);
+        async move { ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], metrics.encode()) }
+    };
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn(|request: axum::extract::Request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(METRICS_REQUEST_TIMEOUT, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+            }
+        }));
+    let admission = Admission::with_gauge("metrics", limits, gauge);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(ticket) = admission.admit(peer) else { continue };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _ticket = ticket;
+            // A scraper that goes silent (mid-request or between requests)
+            // loses its connection.
+            let tcp = connections::IdleTimeout::new(tcp, METRICS_REQUEST_TIMEOUT);
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(METRICS_REQUEST_TIMEOUT);
+            if let Err(e) = builder.http1_only().serve_connection(TokioIo::new(tcp), service).await {
+                tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
 }

@@ -31,6 +31,8 @@ pub struct Options {
     pub rate_limit: Option<(u32, u32)>,
     /// Enable the CoCo KBS protocol front end ([`TestApp::coco_url`]).
     pub coco: bool,
+    /// Enable the metrics listener ([`TestApp::metrics_url`]).
+    pub metrics: bool,
     /// Share the challenge key (and CoCo token key) of the broker whose
     /// directory this is, as replicas do.
     pub keys_from: Option<PathBuf>,
@@ -46,6 +48,8 @@ pub struct TestApp {
     pub admin_url: String,
     /// `https://localhost:PORT` of the CoCo front end (empty without it).
     pub coco_url: String,
+    /// `http://127.0.0.1:PORT/metrics` (empty without the metrics listener).
+    pub metrics_url: String,
     /// The dev CA (PEM) its certificates chain to.
     pub ca: Vec<u8>,
     /// The admin bearer token.
@@ -68,6 +72,7 @@ impl TestApp {
             guest_listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
             coco_listen: options.coco.then(|| "127.0.0.1:0".to_owned()),
+            metrics_listen: options.metrics.then(|| "127.0.0.1:0".to_owned()),
             ..Default::default()
         };
         if !options.production {
@@ -106,6 +111,7 @@ impl TestApp {
         }
         let config = Config::load(&files.config, |_| None).unwrap();
         assert_eq!(config.coco.is_some(), options.coco);
+        assert_eq!(config.metrics.is_some(), options.metrics);
 
         let clock = Arc::new(Mutex::new(OffsetDateTime::now_utc()));
         let clock_fn = {
@@ -119,8 +125,14 @@ impl TestApp {
         let coco = if options.coco { Some(bind().await) } else { None };
         let (guest_url, admin_url) = (url(&guest), url(&admin));
         let coco_url = coco.as_ref().map(url).unwrap_or_default();
+        let metrics = if options.metrics { Some(bind().await) } else { None };
+        let metrics_url = metrics
+            .as_ref()
+            .map(|l| format!("http://127.0.0.1:{}/metrics", l.local_addr().unwrap().port()))
+            .unwrap_or_default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(kbs::server::run_with_coco(app, guest, admin, coco, async move {
+        let listeners = kbs::server::Listeners { guest, admin, coco, metrics };
+        tokio::spawn(kbs::server::run_listeners(app, listeners, async move {
             let _ = rx.await;
         }));
         TestApp {
@@ -130,6 +142,7 @@ impl TestApp {
             guest_url,
             admin_url,
             coco_url,
+            metrics_url,
             clock,
             stop: Some(tx),
         }
@@ -155,6 +168,16 @@ impl TestApp {
     pub fn http(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(&self.ca).unwrap();
         reqwest::Client::builder().tls_certs_only(vec![ca]).build().unwrap()
+    }
+
+    /// The metrics listener's exposition (plain HTTP, no TLS).
+    pub async fn scrape(&self) -> String {
+        assert!(!self.metrics_url.is_empty(), "started without Options.metrics");
+        let response = reqwest::get(&self.metrics_url).await.unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+        response.text().await.unwrap()
     }
 
     /// `msg` with the admin bearer token.
