@@ -143,6 +143,23 @@ fn the_broker_deployment_is_what_the_docs_say() {
     let toml = config["data"]["kbs.toml"].as_str().unwrap();
     let parsed = kbs::config::Config::from_toml(toml, Path::new("/etc/kbs/config")).unwrap();
     assert_eq!(parsed.coco.as_ref().unwrap().listen.port(), 8445);
+    // The metrics listener is on, on the port the pod and its scrape
+    // annotations name, and the NetworkPolicy lets scrapes reach it.
+    let metrics_port = parsed.metrics.as_ref().unwrap().listen.port();
+    assert!(
+        container["ports"].as_vec().unwrap().iter().any(|p| p["containerPort"].as_i64() == Some(metrics_port.into()))
+    );
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"].as_str(), Some(metrics_port.to_string().as_str()));
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+    let policy = find("NetworkPolicy", "kbs");
+    let admitted = policy["spec"]["ingress"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_vec().unwrap())
+        .any(|p| p["port"].as_i64() == Some(metrics_port.into()));
+    assert!(admitted, "the NetworkPolicy admits no scrape of port {metrics_port}");
     assert!(!parsed.insecure_simulated_tee);
     // Production refuses SNP reports without a current AMD CRL.
     assert_eq!(parsed.snp.revocation, kbs::evidence::amd_crl::Revocation::Require);
