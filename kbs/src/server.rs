@@ -94,6 +94,8 @@ pub struct App {
     pub coco: Option<crate::api::coco::CocoServer>,
     /// Whether `[metrics]` is configured (its listener is then required).
     metrics: bool,
+    /// The idle and request bound of the metrics listener.
+    idle_timeout: Duration,
 }
 
 /// Builds the broker. `allow_insecure` is the command line's explicit dev
@@ -255,6 +257,7 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         connection_limits: config.connection_limits,
         coco,
         metrics: config.metrics.is_some(),
+        idle_timeout: config.idle_timeout,
     })
 }
 
@@ -475,7 +478,8 @@ pub async fn run_listeners(
                 let _ = rx.wait_for(|v| *v).await;
             };
             let metrics = Arc::clone(app.broker.metrics());
-            Some(tokio::spawn(serve_metrics(metrics, listener, app.connection_limits, stopped)))
+            let bounds = (app.connection_limits, app.idle_timeout);
+            Some(tokio::spawn(serve_metrics(metrics, listener, bounds, stopped)))
         }
         (false, None) => None,
         (true, None) => return Err(StartError::Refused("[metrics] is configured but no listener was given".into())),
@@ -512,18 +516,17 @@ pub async fn run_listeners(
     result
 }
 
-/// A metrics request (headers included) not answered in this time is
-/// dropped; an exposition is rendered from memory in well under a
-/// millisecond.
-pub const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves `GET /metrics` over plain HTTP/1.1 on `listener` until `shutdown`
 /// completes, with the connection caps of the other listeners, and the
-/// idle and request bounds. Anything else is a 404.
+/// idle bound of the CoCo listener (`server.idle_timeout_seconds`): a
+/// connection silent that long is closed, and a request (headers
+/// included) must arrive and be answered within it. An exposition is
+/// rendered from memory in well under a millisecond. Any other path is a
+/// 404.
 async fn serve_metrics(
     metrics: Arc<Metrics>,
     listener: TcpListener,
-    limits: connections::Limits,
+    (limits, idle): (connections::Limits, Duration),
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     use axum::http::{StatusCode, header};
@@ -537,12 +540,14 @@ async fn serve_metrics(
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .fallback(|| async { StatusCode::NOT_FOUND })
-        .layer(axum::middleware::from_fn(|request: axum::extract::Request, next: axum::middleware::Next| async move {
-            match tokio::time::timeout(METRICS_REQUEST_TIMEOUT, next.run(request)).await {
-                Ok(response) => response,
-                Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
-            }
-        }));
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                match tokio::time::timeout(idle, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+                }
+            },
+        ));
     let admission = Admission::with_gauge("metrics", limits, gauge);
     tokio::pin!(shutdown);
     loop {
@@ -563,9 +568,9 @@ async fn serve_metrics(
             let _ticket = ticket;
             // A scraper that goes silent (mid-request or between requests)
             // loses its connection.
-            let tcp = connections::IdleTimeout::new(tcp, METRICS_REQUEST_TIMEOUT);
+            let tcp = connections::IdleTimeout::new(tcp, idle);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(METRICS_REQUEST_TIMEOUT);
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
             if let Err(e) = builder.http1_only().serve_connection(TokioIo::new(tcp), service).await {
                 tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
             }

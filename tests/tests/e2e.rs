@@ -501,6 +501,30 @@ async fn one_peer_cannot_hold_every_connection_of_a_grpc_listener() {
     assert_eq!(got, vec![(SECRET.to_owned(), b"k".to_vec())]);
 }
 
+#[tokio::test]
+async fn the_metrics_listener_is_bounded_like_the_others() {
+    use tokio::io::AsyncReadExt;
+    let server_extra = "max_connections_per_peer = 2\nidle_timeout_seconds = 1".to_owned();
+    let app = TestApp::start_with(Options { metrics: true, server_extra, ..Default::default() }).await;
+    let addr = app.metrics_url.trim_start_matches("http://").trim_end_matches("/metrics").to_owned();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+    let mut held = [connect().await.unwrap(), connect().await.unwrap()];
+    // A third connection from the same peer is closed at once.
+    let mut third = connect().await.unwrap();
+    let mut buf = [0u8; 16];
+    let outcome = tokio::time::timeout(std::time::Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(matches!(outcome, Ok(Ok(0)) | Ok(Err(_))), "a third connection from one peer was kept: {outcome:?}");
+    // Silent connections are closed after the idle bound (1 s), which
+    // gives their slots back.
+    for held in &mut held {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), held.read(&mut buf)).await;
+        assert!(matches!(outcome, Ok(Ok(0)) | Ok(Err(_))), "a silent connection was kept: {outcome:?}");
+    }
+    drop(held);
+    let scrape = app.scrape().await;
+    assert!(sample(&scrape, r#"kbs_open_connections{listener="metrics"}"#) >= 1.0);
+}
+
 /// The value of the series written exactly as `series` in a scrape.
 fn sample(scrape: &str, series: &str) -> f64 {
     let line = scrape.lines().find(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == series));
