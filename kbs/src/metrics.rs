@@ -523,6 +523,10 @@ mod tests {
         assert_eq!(value(&text, r#"kbs_open_connections{listener="guest"}"#), 0.0);
         assert_eq!(value(&text, r#"kbs_coco_requests_total{endpoint="resource",status="403"}"#), 1.0);
         assert_eq!(value(&text, r#"kbs_coco_requests_total{endpoint="other",status="other"}"#), 1.0);
+        // The series count documented in docs/metrics.md: fixed, whatever
+        // callers send (the CoCo pairs seen so far come on top).
+        let fixed = text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("kbs_coco_requests_total")).count();
+        assert_eq!(fixed, 315);
         let (version, _) = build_info();
         assert!(text.contains(&format!("kbs_build_info{{version=\"{version}\",revision=")), "{text}");
         assert!(!version.is_empty() && !version.contains('('));
