@@ -66,6 +66,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: String,
+    #[serde(default)]
+    tls: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,6 +334,9 @@ pub struct CocoConfig {
 pub struct MetricsConfig {
     /// Listener address (loopback, or a network only the scraper reaches).
     pub listen: SocketAddr,
+    /// Serve HTTPS with the server's certificate (`server.tls_cert`)
+    /// instead of plain HTTP.
+    pub tls: bool,
 }
 
 /// Where the secrets live.
@@ -732,7 +737,7 @@ impl Config {
                 if listen.port() != 0 && (listen == guest_listen || listen == admin_listen) {
                     return Err(ConfigError::Invalid("metrics.listen must differ from the other listeners".into()));
                 }
-                Some(MetricsConfig { listen })
+                Some(MetricsConfig { listen, tls: m.tls })
             }
         };
         let audit_path = match raw.audit.path.as_deref() {
@@ -1003,9 +1008,11 @@ mod tests {
         assert!(c.metrics.is_none());
         let with = |lines: &str| Config::from_toml(&format!("{MINIMAL}\n[metrics]\n{lines}\n"), Path::new("/"));
         let c = with("listen = \"127.0.0.1:9464\"").unwrap();
-        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9464".parse().unwrap());
-        let c = with("listen = \"[::1]:9464\"").unwrap();
-        assert_eq!(c.metrics.unwrap().listen, "[::1]:9464".parse().unwrap());
+        let m = c.metrics.unwrap();
+        assert_eq!((m.listen, m.tls), ("127.0.0.1:9464".parse().unwrap(), false));
+        let c = with("listen = \"[::1]:9464\"\ntls = true").unwrap();
+        let m = c.metrics.unwrap();
+        assert_eq!((m.listen, m.tls), ("[::1]:9464".parse().unwrap(), true));
         let clash = MINIMAL.replacen("127.0.0.1:0", "127.0.0.1:8443", 1);
         let clash = Config::from_toml(&format!("{clash}\n[metrics]\nlisten = \"127.0.0.1:8443\"\n"), Path::new("/"));
         assert!(matches!(clash, Err(ConfigError::Invalid(_))));

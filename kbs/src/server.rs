@@ -94,6 +94,8 @@ pub struct App {
     pub coco: Option<crate::api::coco::CocoServer>,
     /// Whether `[metrics]` is configured (its listener is then required).
     metrics: bool,
+    /// The metrics listener's TLS, when `metrics.tls` is set.
+    metrics_tls: Option<Arc<rustls::ServerConfig>>,
     /// The idle and request bound of the metrics listener.
     idle_timeout: Duration,
 }
@@ -241,6 +243,17 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
             .client_auth_optional(true),
         None => tls.clone(),
     };
+    let metrics_tls = match &config.metrics {
+        Some(m) if m.tls => {
+            let shared = crate::api::coco::tls_config(cert.as_slice(), key.as_slice())
+                .map_err(|e| StartError::Refused(format!("metrics: {e}")))?;
+            // HTTP/1.1 only, as the listener serves.
+            let mut own = (*shared).clone();
+            own.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(Arc::new(own))
+        }
+        _ => None,
+    };
     let coco = crate::api::coco::build(config, &broker, cert.as_slice(), key.as_slice())
         .map_err(|e| StartError::Refused(format!("coco: {e}")))?;
     let admin_max_message = config
@@ -257,6 +270,7 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         connection_limits: config.connection_limits,
         coco,
         metrics: config.metrics.is_some(),
+        metrics_tls,
         idle_timeout: config.idle_timeout,
     })
 }
@@ -479,7 +493,7 @@ pub async fn run_listeners(
             };
             let metrics = Arc::clone(app.broker.metrics());
             let bounds = (app.connection_limits, app.idle_timeout);
-            Some(tokio::spawn(serve_metrics(metrics, listener, bounds, stopped)))
+            Some(tokio::spawn(serve_metrics(metrics, listener, app.metrics_tls.take(), bounds, stopped)))
         }
         (false, None) => None,
         (true, None) => return Err(StartError::Refused("[metrics] is configured but no listener was given".into())),
@@ -516,7 +530,7 @@ pub async fn run_listeners(
     result
 }
 
-/// Serves `GET /metrics` over plain HTTP/1.1 on `listener` until `shutdown`
+/// Serves `GET /metrics` over HTTP/1.1 (over `tls` when given) on `listener` until `shutdown`
 /// completes, with the connection caps of the other listeners, and the
 /// idle bound of the CoCo listener (`server.idle_timeout_seconds`): a
 /// connection silent that long is closed, and a request (headers
@@ -526,6 +540,7 @@ pub async fn run_listeners(
 async fn serve_metrics(
     metrics: Arc<Metrics>,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     (limits, idle): (connections::Limits, Duration),
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
@@ -549,6 +564,7 @@ async fn serve_metrics(
             },
         ));
     let admission = Admission::with_gauge("metrics", limits, gauge);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -564,6 +580,7 @@ async fn serve_metrics(
         };
         let Some(ticket) = admission.admit(peer) else { continue };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _ticket = ticket;
             // A scraper that goes silent (mid-request or between requests)
@@ -571,7 +588,15 @@ async fn serve_metrics(
             let tcp = connections::IdleTimeout::new(tcp, idle);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
-            if let Err(e) = builder.http1_only().serve_connection(TokioIo::new(tcp), service).await {
+            let builder = builder.http1_only();
+            let served = match acceptor {
+                None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => builder.serve_connection(TokioIo::new(tls), service).await,
+                    _ => return,
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
             }
         });

@@ -525,6 +525,17 @@ async fn the_metrics_listener_is_bounded_like_the_others() {
     assert!(sample(&scrape, r#"kbs_open_connections{listener="metrics"}"#) >= 1.0);
 }
 
+#[tokio::test]
+async fn the_metrics_listener_can_serve_tls_with_the_server_certificate() {
+    let app = TestApp::start_with(Options { metrics: true, metrics_tls: true, ..Default::default() }).await;
+    assert!(app.metrics_url.starts_with("https://"));
+    let scrape = app.scrape().await;
+    assert_eq!(sample(&scrape, "kbs_audit_write_failures_total"), 0.0);
+    // No plain HTTP on it.
+    let plain = app.metrics_url.replace("https://localhost", "http://127.0.0.1");
+    assert!(reqwest::get(&plain).await.is_err(), "plain HTTP was answered");
+}
+
 /// The value of the series written exactly as `series` in a scrape.
 fn sample(scrape: &str, series: &str) -> f64 {
     let line = scrape.lines().find(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == series));

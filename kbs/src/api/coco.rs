@@ -315,7 +315,10 @@ pub fn build(
     }))
 }
 
-fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, CocoError> {
+/// The rustls server configuration of the TLS identity `cert_pem`/`key_pem`
+/// (aws-lc-rs, safe defaults, ALPN h2 and http/1.1), shared with the
+/// metrics listener.
+pub(crate) fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, CocoError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(cert_pem)

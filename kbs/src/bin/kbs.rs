@@ -181,10 +181,12 @@ async fn serve(path: &std::path::Path, insecure_dev: bool) -> anyhow::Result<()>
         Some(m) => Some(tokio::net::TcpListener::bind(m.listen).await?),
         None => None,
     };
+    let metrics_tls = config.metrics.as_ref().is_some_and(|m| m.tls);
     if let Some(m) = &metrics {
         let addr = m.local_addr()?;
-        tracing::info!(metrics = %addr, "metrics listener enabled (plain HTTP, GET /metrics)");
-        if !addr.ip().is_loopback() {
+        let scheme = if metrics_tls { "https" } else { "http" };
+        tracing::info!(metrics = %addr, scheme, "metrics listener enabled (GET /metrics)");
+        if !metrics_tls && !addr.ip().is_loopback() {
             tracing::warn!(metrics = %addr, "the metrics listener is plain HTTP and not on loopback: keep it on a network only the scraper reaches");
         }
     }

@@ -33,6 +33,8 @@ pub struct Options {
     pub coco: bool,
     /// Enable the metrics listener ([`TestApp::metrics_url`]).
     pub metrics: bool,
+    /// Serve the metrics listener over TLS (`metrics.tls`).
+    pub metrics_tls: bool,
     /// Share the challenge key (and CoCo token key) of the broker whose
     /// directory this is, as replicas do.
     pub keys_from: Option<PathBuf>,
@@ -48,7 +50,8 @@ pub struct TestApp {
     pub admin_url: String,
     /// `https://localhost:PORT` of the CoCo front end (empty without it).
     pub coco_url: String,
-    /// `http://127.0.0.1:PORT/metrics` (empty without the metrics listener).
+    /// `http://127.0.0.1:PORT/metrics`, or `https://localhost:PORT/metrics`
+    /// with `metrics_tls` (empty without the metrics listener).
     pub metrics_url: String,
     /// The dev CA (PEM) its certificates chain to.
     pub ca: Vec<u8>,
@@ -100,6 +103,11 @@ impl TestApp {
                 .replacen("global_per_second = 1000000", &format!("global_per_second = {global}"), 1);
             std::fs::write(&files.config, text).unwrap();
         }
+        if options.metrics_tls {
+            assert!(options.metrics, "metrics_tls needs metrics");
+            let text = std::fs::read_to_string(&files.config).unwrap();
+            std::fs::write(&files.config, text.replacen("[metrics]\n", "[metrics]\ntls = true\n", 1)).unwrap();
+        }
         if !options.server_extra.is_empty() {
             let text = std::fs::read_to_string(&files.config).unwrap();
             let text = text.replacen("[server]\n", &format!("[server]\n{}\n", options.server_extra), 1);
@@ -128,7 +136,13 @@ impl TestApp {
         let metrics = if options.metrics { Some(bind().await) } else { None };
         let metrics_url = metrics
             .as_ref()
-            .map(|l| format!("http://127.0.0.1:{}/metrics", l.local_addr().unwrap().port()))
+            .map(|l| {
+                let port = l.local_addr().unwrap().port();
+                match options.metrics_tls {
+                    true => format!("https://localhost:{port}/metrics"),
+                    false => format!("http://127.0.0.1:{port}/metrics"),
+                }
+            })
             .unwrap_or_default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let listeners = kbs::server::Listeners { guest, admin, coco, metrics };
@@ -170,10 +184,11 @@ impl TestApp {
         reqwest::Client::builder().tls_certs_only(vec![ca]).build().unwrap()
     }
 
-    /// The metrics listener's exposition (plain HTTP, no TLS).
+    /// The metrics listener's exposition (over TLS trusting the dev CA,
+    /// when it is an `https` URL).
     pub async fn scrape(&self) -> String {
         assert!(!self.metrics_url.is_empty(), "started without Options.metrics");
-        let response = reqwest::get(&self.metrics_url).await.unwrap();
+        let response = self.http().get(&self.metrics_url).send().await.unwrap();
         assert_eq!(response.status(), reqwest::StatusCode::OK);
         let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
         assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
