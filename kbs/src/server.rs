@@ -4,7 +4,8 @@
 //! admin listener serves only `kbs.v1.Admin` and health. Both use TLS
 //! (rustls with the aws-lc-rs provider). The optional CoCo listener serves
 //! the CoCo KBS protocol, and the optional metrics listener only
-//! `GET /metrics` (plain HTTP, for a Prometheus scraper).
+//! `GET /metrics` for a Prometheus scraper (plain HTTP, or HTTPS with
+//! `metrics.tls`).
 
 use std::future::Future;
 use std::path::Path;
