@@ -9,7 +9,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -101,6 +102,8 @@ struct State {
 pub struct AuditLog {
     replica: String,
     state: Mutex<State>,
+    /// Writes that failed (the `kbs_audit_write_failures_total` metric).
+    failures: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -128,13 +131,13 @@ pub enum AuditError {
 impl AuditLog {
     /// Audit to stdout (JSON lines).
     pub fn stdout(replica: &str) -> Self {
-        Self { replica: replica.into(), state: Mutex::new(State { sink: Sink::Stdout, prev: [0; 32] }) }
+        Self::with_state(replica, State { sink: Sink::Stdout, prev: [0; 32] })
     }
 
     /// An audit log whose every write fails.
     #[cfg(test)]
     pub(crate) fn failing() -> Self {
-        Self { replica: "test".into(), state: Mutex::new(State { sink: Sink::Failing, prev: [0; 32] }) }
+        Self::with_state("test", State { sink: Sink::Failing, prev: [0; 32] })
     }
 
     /// Audit to a file, appending and continuing the chain of what is there.
@@ -150,12 +153,29 @@ impl AuditLog {
             options.mode(0o640);
         }
         let file = options.open(path)?;
-        Ok(Self { replica: replica.into(), state: Mutex::new(State { sink: Sink::File(file), prev }) })
+        Ok(Self::with_state(replica, State { sink: Sink::File(file), prev }))
+    }
+
+    fn with_state(replica: &str, state: State) -> Self {
+        Self { replica: replica.into(), state: Mutex::new(state), failures: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// The count of failed writes, shared with the metrics.
+    pub fn failure_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.failures)
     }
 
     /// Appends one record. Failing to audit is an error the caller must
     /// treat as a refusal: nothing is released without a record.
     pub fn record(&self, event: &Event) -> Result<(), AuditError> {
+        let written = self.write(event);
+        if written.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn write(&self, event: &Event) -> Result<(), AuditError> {
         let mut state = self.state.lock().map_err(|_| AuditError::Io(std::io::Error::other("audit lock poisoned")))?;
         let time =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();

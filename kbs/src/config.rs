@@ -58,6 +58,16 @@ struct RawConfig {
     coco: Option<RawCoco>,
     #[serde(default)]
     rate_limit: RawRateLimit,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+    #[serde(default)]
+    tls: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -318,6 +328,17 @@ pub struct CocoConfig {
     pub token_ttl: Duration,
 }
 
+/// The Prometheus metrics listener (`[metrics]`): plain HTTP, `GET
+/// /metrics`, on its own address.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    /// Listener address (loopback, or a network only the scraper reaches).
+    pub listen: SocketAddr,
+    /// Serve HTTPS with the server's certificate (`server.tls_cert`)
+    /// instead of plain HTTP.
+    pub tls: bool,
+}
+
 /// Where the secrets live.
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
@@ -455,6 +476,8 @@ pub struct Config {
     pub tdx_test_roots: Vec<PathBuf>,
     /// The CoCo KBS protocol front end, when enabled.
     pub coco: Option<CocoConfig>,
+    /// The metrics listener, when enabled.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Environment overrides, read through a lookup function so tests never
@@ -707,6 +730,16 @@ impl Config {
                 })
             }
         };
+        let metrics = match raw.metrics {
+            None => None,
+            Some(m) => {
+                let listen = addr(&m.listen, "metrics.listen")?;
+                if listen.port() != 0 && (listen == guest_listen || listen == admin_listen) {
+                    return Err(ConfigError::Invalid("metrics.listen must differ from the other listeners".into()));
+                }
+                Some(MetricsConfig { listen, tls: m.tls })
+            }
+        };
         let audit_path = match raw.audit.path.as_deref() {
             None | Some("-") => None,
             Some(p) => Some(resolve(Path::new(p))),
@@ -752,6 +785,7 @@ impl Config {
             snp_test_roots: raw.dev.snp_test_roots.iter().map(|p| resolve(p)).collect(),
             tdx_test_roots: raw.dev.tdx_test_roots.iter().map(|p| resolve(p)).collect(),
             coco,
+            metrics,
         })
     }
 }
@@ -966,6 +1000,28 @@ mod tests {
         assert_eq!(Config::from_toml(&off, Path::new("/")).unwrap().store_cache_ttl, Duration::ZERO);
         let long = MINIMAL.replace("kek_file = \"kek\"", "kek_file = \"kek\"\ncache_ttl_ms = 60001");
         assert!(Config::from_toml(&long, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn metrics_listener_is_off_by_default_and_its_address_checked() {
+        let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
+        assert!(c.metrics.is_none());
+        let with = |lines: &str| Config::from_toml(&format!("{MINIMAL}\n[metrics]\n{lines}\n"), Path::new("/"));
+        let c = with("listen = \"127.0.0.1:9464\"").unwrap();
+        let m = c.metrics.unwrap();
+        assert_eq!((m.listen, m.tls), ("127.0.0.1:9464".parse().unwrap(), false));
+        let c = with("listen = \"[::1]:9464\"\ntls = true").unwrap();
+        let m = c.metrics.unwrap();
+        assert_eq!((m.listen, m.tls), ("[::1]:9464".parse().unwrap(), true));
+        let clash = MINIMAL.replacen("127.0.0.1:0", "127.0.0.1:8443", 1);
+        let clash = Config::from_toml(&format!("{clash}\n[metrics]\nlisten = \"127.0.0.1:8443\"\n"), Path::new("/"));
+        assert!(matches!(clash, Err(ConfigError::Invalid(_))));
+        for bad in ["listen = \"localhost:9464\"", "listen = \"127.0.0.1\"", "listen = \"nonsense\""] {
+            assert!(matches!(with(bad), Err(ConfigError::Invalid(_))), "{bad}");
+        }
+        for bad in ["", "listen = \"127.0.0.1:9464\"\npath = \"/m\"", "listen = 9464"] {
+            assert!(matches!(with(bad), Err(ConfigError::Parse { .. })), "{bad}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -49,6 +50,7 @@ pub struct Admission {
     slots: Arc<Semaphore>,
     peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
     per_peer: usize,
+    open: Arc<AtomicUsize>,
 }
 
 /// A connection's slot, given back when dropped.
@@ -57,10 +59,12 @@ pub struct Ticket {
     _slot: OwnedSemaphorePermit,
     peer: IpAddr,
     peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    open: Arc<AtomicUsize>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
         let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(count) = peers.get_mut(&self.peer) {
             *count = count.saturating_sub(1);
@@ -74,11 +78,18 @@ impl Drop for Ticket {
 impl Admission {
     /// The admission of the listener `name` (for the log), with `limits`.
     pub fn new(name: &'static str, limits: Limits) -> Self {
+        Self::with_gauge(name, limits, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// [`Admission::new`], keeping the count of open connections in
+    /// `gauge` (the listener's metric).
+    pub fn with_gauge(name: &'static str, limits: Limits, gauge: Arc<AtomicUsize>) -> Self {
         Self {
             name,
             slots: Arc::new(Semaphore::new(limits.total.max(1))),
             peers: Arc::new(Mutex::new(HashMap::new())),
             per_peer: limits.per_peer.max(1),
+            open: gauge,
         }
     }
 
@@ -97,12 +108,13 @@ impl Admission {
             return None;
         }
         *count += 1;
-        Some(Ticket { _slot: slot, peer: ip, peers: Arc::clone(&self.peers) })
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(Ticket { _slot: slot, peer: ip, peers: Arc::clone(&self.peers), open: Arc::clone(&self.open) })
     }
 
-    /// Connections open now (for tests and diagnostics).
+    /// Connections open now (for tests, diagnostics and the metrics).
     pub fn open(&self) -> usize {
-        self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().sum()
+        self.open.load(Ordering::Relaxed)
     }
 }
 
@@ -242,6 +254,13 @@ mod tests {
         let b1 = admission.admit(addr([10, 0, 0, 2], 1)).unwrap();
         assert!(admission.admit(addr([10, 0, 0, 3], 1)).is_none(), "fourth in total");
         assert_eq!(admission.open(), 3);
+        let gauge = Arc::new(AtomicUsize::new(0));
+        let counted = Admission::with_gauge("counted", Limits { total: 3, per_peer: 2 }, Arc::clone(&gauge));
+        let c1 = counted.admit(addr([10, 0, 0, 1], 1)).unwrap();
+        assert!(counted.admit(addr([10, 0, 0, 1], 2)).is_some(), "admitted, then dropped at once");
+        assert_eq!(gauge.load(Ordering::Relaxed), 1);
+        drop(c1);
+        assert_eq!(gauge.load(Ordering::Relaxed), 0);
         drop(a1);
         assert_eq!(admission.open(), 2);
         let a3 = admission.admit(addr([10, 0, 0, 1], 4)).unwrap();

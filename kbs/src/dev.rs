@@ -43,6 +43,8 @@ pub struct DevOptions {
     /// Enable the CoCo KBS protocol front end on this address (`[coco]`,
     /// with a new token-signing key in `coco-token.key`).
     pub coco_listen: Option<String>,
+    /// Enable the Prometheus metrics listener on this address (`[metrics]`).
+    pub metrics_listen: Option<String>,
 }
 
 /// The canonical paths of `paths`, as a TOML array's items.
@@ -135,6 +137,11 @@ pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
             "\n# The CoCo KBS protocol front end (/kbs/v0).\n[coco]\nlisten = {listen:?}\ntoken_key_file = \"coco-token.key\"\ntoken_ttl_seconds = 300\n"
         ));
     }
+    if let Some(listen) = &options.metrics_listen {
+        dev_section.push_str(&format!(
+            "\n# Prometheus metrics, plain HTTP: GET /metrics (docs/metrics.md).\n[metrics]\nlisten = {listen:?}\n"
+        ));
+    }
     // Last, so that callers may append more `[tdx]` settings.
     if let Some(dir) = &options.tdx_collateral_dir {
         dev_section.push_str(&format!("\n[tdx]\ncollateral_dir = {}\n", toml_paths(std::slice::from_ref(dir))?));
@@ -205,6 +212,7 @@ mod tests {
         let config = Config::load(&plain.config, |_| None).unwrap();
         assert!(!config.insecure_simulated_tee);
         assert!(config.tdx.collateral_dir.is_none());
+        assert!(config.metrics.is_none());
 
         let options = DevOptions {
             snp_test_roots: vec![root.clone()],
@@ -212,6 +220,7 @@ mod tests {
             tdx_collateral_dir: Some(collateral.clone()),
             cache_ttl_ms: Some(250),
             coco_listen: Some("127.0.0.1:0".into()),
+            metrics_listen: Some("127.0.0.1:9464".into()),
             ..listen
         };
         let files = init(dir.path(), &options).unwrap();
@@ -222,6 +231,7 @@ mod tests {
         assert_eq!(config.tdx_test_roots, vec![root]);
         assert_eq!(config.tdx.collateral_dir, Some(fs::canonicalize(collateral).unwrap()));
         assert_eq!(config.store_cache_ttl, std::time::Duration::from_millis(250));
+        assert_eq!(config.metrics.unwrap().listen, "127.0.0.1:9464".parse().unwrap());
         let coco = config.coco.unwrap();
         assert_eq!(coco.listen, "127.0.0.1:0".parse().unwrap());
         let key = fs::read(coco.token_key_file.unwrap()).unwrap();

@@ -27,7 +27,8 @@
 //!   [`evidence`]: parsing and verification of SNP reports and TDX quotes;
 //!   trust anchors; collateral sources (VCEKs; Intel DCAP collateral).
 //!   [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV
-//!   v2). [`audit`]: hash-chained JSON-lines audit log.
+//!   v2). [`audit`]: hash-chained JSON-lines audit log. [`metrics`]: the
+//!   broker's counters and their Prometheus text form.
 //! - [`error`]: the error type.
 //! - [`seal`]: HPKE sealing to the guest's key. [`policy`]: which verified
 //!   workload may receive which secret.
@@ -46,6 +47,7 @@ pub mod dev;
 pub mod error;
 pub mod evidence;
 pub mod fetch;
+pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod rate;

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use kbs_proto::SuiteId;
@@ -26,6 +26,7 @@ use crate::evidence::pcs::TdxCollateralResolver;
 use crate::evidence::snp::{SigningKey, SnpReport, SnpVerifier};
 use crate::evidence::tdx::{TdxQuote, TdxVerifier};
 use crate::evidence::{Claims, EvidenceError, certtable};
+use crate::metrics::{Metrics, Phase};
 use crate::names::check_not_reserved;
 use crate::policy::{PolicyEngine, PreparedClaims};
 use crate::rate::{RateLimiter, RateLimits};
@@ -116,6 +117,7 @@ pub struct Broker {
     policy: Arc<PolicyEngine>,
     tdx: Option<TdxSupport>,
     rate: RateLimiter,
+    metrics: Arc<Metrics>,
 }
 
 /// What the broker needs to accept TDX evidence: the verifier and where
@@ -148,6 +150,7 @@ impl Broker {
         audit: Arc<AuditLog>,
         clock: Clock,
     ) -> Self {
+        let metrics = Arc::new(Metrics::new(audit.failure_counter()));
         Self {
             sealer,
             ttl,
@@ -155,6 +158,7 @@ impl Broker {
             vek,
             store,
             audit,
+            metrics,
             clock,
             rng: SystemRandom::new(),
             policy: Arc::new(PolicyEngine::builtin()),
@@ -173,6 +177,7 @@ impl Broker {
     /// refuses it (`rate_limited`) before any work is done for it.
     pub fn admit(&self, peer: Option<std::net::IpAddr>) -> Result<(), Error> {
         self.rate.admit(peer).map_err(|retry_after| {
+            self.metrics.rate_limited();
             tracing::debug!(peer = ?peer, ?retry_after, "call rate limited");
             Error::RateLimited { retry_after }
         })
@@ -212,6 +217,11 @@ impl Broker {
         &self.audit
     }
 
+    /// The metrics (shared with the front ends and the metrics listener).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     fn now(&self) -> OffsetDateTime {
         (self.clock)()
     }
@@ -240,11 +250,24 @@ impl Broker {
         check_names(names)?;
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(60);
         let expires_at = self.now().unix_timestamp().saturating_add(ttl);
-        Ok(self.sealer.issue(tee, names, expires_at)?)
+        let issued = self.sealer.issue(tee, names, expires_at)?;
+        self.metrics.challenge_issued(if tee == TEE_TDX { crate::metrics::Tee::Tdx } else { crate::metrics::Tee::Snp });
+        Ok(issued)
     }
 
     /// Runs the release flow and records the decision.
     pub async fn release(&self, req: ReleaseRequest) -> Result<Released, Error> {
+        let started = Instant::now();
+        let tee = match req.evidence {
+            EvidenceInput::Snp { .. } => crate::metrics::Tee::Snp,
+            EvidenceInput::Tdx { .. } => crate::metrics::Tee::Tdx,
+        };
+        let result = self.release_recorded(req).await;
+        self.metrics.release(tee, result.as_ref().err().map(Error::reason), started.elapsed());
+        result
+    }
+
+    async fn release_recorded(&self, req: ReleaseRequest) -> Result<Released, Error> {
         let attestation_id = self.attestation_id()?;
         let mut event = Event {
             attestation_id: Some(attestation_id.clone()),
@@ -305,7 +328,10 @@ impl Broker {
         }
         let recipient = RecipientKey::parse(req.suite, &req.public_key)?;
         let expected = kbs_proto::report_data(&challenge.nonce, req.suite, &req.public_key);
-        let claims = self.verify(&req.evidence, now, &expected).await?;
+        let verifying = Instant::now();
+        let claims = self.verify(&req.evidence, now, &expected).await;
+        self.metrics.phase(Phase::Verify, verifying.elapsed());
+        let claims = claims?;
         event.measurement = Some(claims.measurement.clone());
         let prepared = PreparedClaims::new(&claims).map_err(Error::Internal)?;
         event.claims_digest = Some(prepared.digest().to_owned());
@@ -313,13 +339,22 @@ impl Broker {
         let info = kbs_proto::secret_info(&challenge.nonce);
         let mut secrets = Vec::with_capacity(req.names.len());
         for name in &req.names {
-            let record = self.store.get(name).await?;
-            if let Err(denial) = self.policy.evaluate_prepared(&prepared, &record.meta) {
+            let reading = Instant::now();
+            let record = self.store.get(name).await;
+            self.metrics.phase(Phase::Store, reading.elapsed());
+            let record = record?;
+            let deciding = Instant::now();
+            let decision = self.policy.evaluate_prepared(&prepared, &record.meta);
+            self.metrics.phase(Phase::Policy, deciding.elapsed());
+            if let Err(denial) = decision {
                 event.reasons = denial.reasons.clone();
                 return Err(Error::Denied { code: denial.code, reasons: denial.reasons });
             }
             let aad = kbs_proto::secret_aad(name, record.meta.version);
-            let sealed = seal::seal(&recipient, &info, &aad, record.value.expose())?;
+            let sealing = Instant::now();
+            let sealed = seal::seal(&recipient, &info, &aad, record.value.expose());
+            self.metrics.phase(Phase::Seal, sealing.elapsed());
+            let sealed = sealed?;
             secrets.push(ReleasedSecret {
                 name: name.clone(),
                 version: record.meta.version,
@@ -475,6 +510,14 @@ mod tests {
         )
     }
 
+    /// The reason of the one refusal counted in `scraped`.
+    fn refused_reason_of_recorded(scraped: &str) -> String {
+        let counted: Vec<&str> =
+            scraped.lines().filter(|l| l.starts_with("kbs_releases_total{") && l.ends_with(" 1")).collect();
+        assert_eq!(counted.len(), 1, "{counted:?}");
+        counted[0].split("reason=\"").nth(1).unwrap().split('"').next().unwrap().to_owned()
+    }
+
     fn forged_request() -> ReleaseRequest {
         ReleaseRequest {
             challenge: vec![0; 16],
@@ -506,5 +549,15 @@ mod tests {
         let allow = Event { decision: "allow", ..Event::new("coco.resource", "test".into()) };
         assert!(matches!(unrecorded.record_decision(&allow), Err(Error::Internal(_))));
         assert!(recorded.record_decision(&allow).is_ok());
+
+        // The metrics count each decision by the answer given, and every
+        // failed audit write.
+        let scraped = unrecorded.metrics().encode();
+        assert!(scraped.contains("\nkbs_audit_write_failures_total 2\n"), "{scraped}");
+        assert!(scraped.contains("kbs_releases_total{tee=\"snp\",decision=\"deny\",reason=\"internal\"} 1\n"));
+        let scraped = recorded.metrics().encode();
+        assert!(scraped.contains("\nkbs_audit_write_failures_total 0\n"), "{scraped}");
+        let reason = refused_reason_of_recorded(&scraped);
+        assert_ne!(reason, "internal");
     }
 }

@@ -1,8 +1,11 @@
-//! Builds the broker from its configuration and serves both listeners.
+//! Builds the broker from its configuration and serves its listeners.
 //!
 //! The guest listener serves only `kbs.v1.KeyBroker` and gRPC health; the
 //! admin listener serves only `kbs.v1.Admin` and health. Both use TLS
-//! (rustls with the aws-lc-rs provider).
+//! (rustls with the aws-lc-rs provider). The optional CoCo listener serves
+//! the CoCo KBS protocol, and the optional metrics listener only
+//! `GET /metrics` for a Prometheus scraper (plain HTTP, or HTTPS with
+//! `metrics.tls`).
 
 use std::future::Future;
 use std::path::Path;
@@ -30,6 +33,7 @@ use crate::evidence::collateral::{KdsConfig, KdsFetcher, VekDirectory, VekResolv
 use crate::evidence::pcs::{PcsConfig, PcsFetcher, TdxCollateralDir, TdxCollateralResolver};
 use crate::evidence::snp::SnpVerifier;
 use crate::evidence::tdx::TdxVerifier;
+use crate::metrics::{Listener, Metrics};
 use crate::policy::PolicyEngine;
 use crate::release::TdxSupport;
 use crate::release::{Broker, Clock};
@@ -89,6 +93,12 @@ pub struct App {
     connection_limits: connections::Limits,
     /// The CoCo KBS protocol front end, when `[coco]` is configured.
     pub coco: Option<crate::api::coco::CocoServer>,
+    /// Whether `[metrics]` is configured (its listener is then required).
+    metrics: bool,
+    /// The metrics listener's TLS, when `metrics.tls` is set.
+    metrics_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The idle and request bound of the metrics listener.
+    idle_timeout: Duration,
 }
 
 /// Builds the broker. `allow_insecure` is the command line's explicit dev
@@ -234,6 +244,17 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
             .client_auth_optional(true),
         None => tls.clone(),
     };
+    let metrics_tls = match &config.metrics {
+        Some(m) if m.tls => {
+            let shared = crate::api::coco::tls_config(cert.as_slice(), key.as_slice())
+                .map_err(|e| StartError::Refused(format!("metrics: {e}")))?;
+            // HTTP/1.1 only, as the listener serves.
+            let mut own = (*shared).clone();
+            own.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(Arc::new(own))
+        }
+        _ => None,
+    };
     let coco = crate::api::coco::build(config, &broker, cert.as_slice(), key.as_slice())
         .map_err(|e| StartError::Refused(format!("coco: {e}")))?;
     let admin_max_message = config
@@ -241,7 +262,18 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         .max(crate::policy::refvals::MAX_REFVALS_BYTES)
         .max(MAX_REQUEST_BYTES)
         .saturating_add(ADMIN_MESSAGE_OVERHEAD);
-    Ok(App { broker, admin, tls, admin_tls, admin_max_message, connection_limits: config.connection_limits, coco })
+    Ok(App {
+        broker,
+        admin,
+        tls,
+        admin_tls,
+        admin_max_message,
+        connection_limits: config.connection_limits,
+        coco,
+        metrics: config.metrics.is_some(),
+        metrics_tls,
+        idle_timeout: config.idle_timeout,
+    })
 }
 
 /// Installs the CRLs the offline sources (the CRL directory and the KDS
@@ -392,13 +424,17 @@ pub async fn run(
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
     };
+    let metrics = Arc::clone(app.broker.metrics());
+    let admission = |listener: Listener, name| {
+        Admission::with_gauge(name, app.connection_limits, metrics.open_connections(listener))
+    };
     let guest_server = hardened()
         .timeout(GUEST_CALL_TIMEOUT)
         .tls_config(app.tls.clone())?
         .add_service(guest_health)
         .add_service(key_broker)
         .serve_with_incoming_shutdown(
-            connections::incoming(guest, Admission::new("guest", app.connection_limits)),
+            connections::incoming(guest, admission(Listener::Guest, "guest")),
             stopped(stop_rx.clone()),
         );
     let admin_server = hardened()
@@ -407,7 +443,7 @@ pub async fn run(
         .add_service(admin_health)
         .add_service(admin_service)
         .serve_with_incoming_shutdown(
-            connections::incoming(admin, Admission::new("admin", app.connection_limits)),
+            connections::incoming(admin, admission(Listener::Admin, "admin")),
             stopped(stop_rx),
         );
     tokio::try_join!(guest_server, admin_server)?;
@@ -415,15 +451,57 @@ pub async fn run(
 }
 
 /// [`run`], plus the CoCo KBS protocol front end on `coco` (required when
-/// `[coco]` is configured, refused otherwise).
+/// `[coco]` is configured, refused otherwise). A broker with `[metrics]`
+/// needs [`run_listeners`].
 pub async fn run_with_coco(
-    mut app: App,
+    app: App,
     guest: TcpListener,
     admin: TcpListener,
     coco: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    run_listeners(app, Listeners { guest, admin, coco, metrics: None }, shutdown).await
+}
+
+/// Every listener of a broker.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The KeyBroker (guest) listener.
+    pub guest: TcpListener,
+    /// The Admin listener.
+    pub admin: TcpListener,
+    /// The CoCo listener: required when `[coco]` is configured, refused
+    /// otherwise.
+    pub coco: Option<TcpListener>,
+    /// The metrics listener: required when `[metrics]` is configured,
+    /// refused otherwise.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Serves every listener of `app` until `shutdown` completes.
+pub async fn run_listeners(
+    mut app: App,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let Listeners { guest, admin, coco, metrics } = listeners;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = match (app.metrics, metrics) {
+        (true, Some(listener)) => {
+            let mut rx = stop_rx.clone();
+            let stopped = async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            let metrics = Arc::clone(app.broker.metrics());
+            let bounds = (app.connection_limits, app.idle_timeout);
+            Some(tokio::spawn(serve_metrics(metrics, listener, app.metrics_tls.take(), bounds, stopped)))
+        }
+        (false, None) => None,
+        (true, None) => return Err(StartError::Refused("[metrics] is configured but no listener was given".into())),
+        (false, Some(_)) => {
+            return Err(StartError::Refused("a metrics listener was given but [metrics] is not set".into()));
+        }
+    };
     let coco_task = match (app.coco.take(), coco) {
         (Some(server), Some(listener)) => {
             let mut rx = stop_rx.clone();
@@ -442,12 +520,86 @@ pub async fn run_with_coco(
     })
     .await;
     drop(stop_rx);
-    if let Some(task) = coco_task {
+    for (name, task) in [("coco", coco_task), ("metrics", metrics_task)] {
+        let Some(task) = task else { continue };
         match task.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(StartError::Refused(format!("coco listener: {e}"))),
-            Err(e) => return Err(StartError::Refused(format!("coco listener task: {e}"))),
+            Ok(Err(e)) => return Err(StartError::Refused(format!("{name} listener: {e}"))),
+            Err(e) => return Err(StartError::Refused(format!("{name} listener task: {e}"))),
         }
     }
     result
+}
+
+/// Serves `GET /metrics` over HTTP/1.1 (over `tls` when given) on `listener` until `shutdown`
+/// completes, with the connection caps of the other listeners, and the
+/// idle bound of the CoCo listener (`server.idle_timeout_seconds`): a
+/// connection silent that long is closed, and a request (headers
+/// included) must arrive and be answered within it. An exposition is
+/// rendered from memory in well under a millisecond. Any other path is a
+/// 404.
+async fn serve_metrics(
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    (limits, idle): (connections::Limits, Duration),
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let gauge = metrics.open_connections(Listener::Metrics);
+    let scrape = move || {
+        let metrics = Arc::clone(&metrics);
+        async move { ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], metrics.encode()) }
+    };
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                match tokio::time::timeout(idle, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+                }
+            },
+        ));
+    let admission = Admission::with_gauge("metrics", limits, gauge);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(ticket) = admission.admit(peer) else { continue };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ticket = ticket;
+            // A scraper that goes silent (mid-request or between requests)
+            // loses its connection.
+            let tcp = connections::IdleTimeout::new(tcp, idle);
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
+            let builder = builder.http1_only();
+            let served = match acceptor {
+                None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => builder.serve_connection(TokioIo::new(tls), service).await,
+                    _ => return,
+                },
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
 }

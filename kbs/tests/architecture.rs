@@ -69,8 +69,9 @@ const VERIFIER_EXCEPTIONS: &[(&str, &str)] = &[];
 const LAYERS: &[&[&str]] = &[
     // Leaves: vocabulary and helpers every layer shares.
     &["reason", "names", "fetch", "connections", "rate"],
-    // The domain: challenges, verification, secret storage, the audit log.
-    &["audit", "challenge", "evidence", "store"],
+    // The domain: challenges, verification, secret storage, the audit log;
+    // the metrics every layer above records.
+    &["audit", "challenge", "evidence", "store", "metrics"],
     // The error type that composes theirs.
     &["error"],
     // Sealing and the release policy.

@@ -1,7 +1,9 @@
 //! The Kubernetes material in `deploy/`: every YAML document parses and is a
 //! well-formed object, every kustomization names files that exist, the
-//! broker's ConfigMap holds a configuration the broker accepts, and the
-//! init-data documents are valid TOML with the guest configurations inside.
+//! broker's ConfigMap holds a configuration the broker accepts, the
+//! init-data documents are valid TOML with the guest configurations inside,
+//! and the alert rules and Grafana dashboard in `deploy/monitoring` query
+//! only metrics (and label values) the broker exports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
@@ -141,6 +143,23 @@ fn the_broker_deployment_is_what_the_docs_say() {
     let toml = config["data"]["kbs.toml"].as_str().unwrap();
     let parsed = kbs::config::Config::from_toml(toml, Path::new("/etc/kbs/config")).unwrap();
     assert_eq!(parsed.coco.as_ref().unwrap().listen.port(), 8445);
+    // The metrics listener is on, on the port the pod and its scrape
+    // annotations name, and the NetworkPolicy lets scrapes reach it.
+    let metrics_port = parsed.metrics.as_ref().unwrap().listen.port();
+    assert!(
+        container["ports"].as_vec().unwrap().iter().any(|p| p["containerPort"].as_i64() == Some(metrics_port.into()))
+    );
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"].as_str(), Some(metrics_port.to_string().as_str()));
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+    let policy = find("NetworkPolicy", "kbs");
+    let admitted = policy["spec"]["ingress"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_vec().unwrap())
+        .any(|p| p["port"].as_i64() == Some(metrics_port.into()));
+    assert!(admitted, "the NetworkPolicy admits no scrape of port {metrics_port}");
     assert!(!parsed.insecure_simulated_tee);
     // Production refuses SNP reports without a current AMD CRL.
     assert_eq!(parsed.snp.revocation, kbs::evidence::amd_crl::Revocation::Require);
@@ -207,4 +226,107 @@ fn model_decryption_examples_write_only_to_memory() {
         }
     }
     assert!(found >= 1, "no example decrypts a model");
+}
+
+/// The metric families the broker exports, from its own exposition.
+fn exported_families() -> std::collections::BTreeSet<String> {
+    let text = kbs::metrics::Metrics::default().encode();
+    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap().to_owned()).collect()
+}
+
+/// Checks that `expr` (PromQL) names only metrics the broker exports, and
+/// only label values they take: a renamed metric or reason code breaks the
+/// alert or panel, and so this test.
+fn check_promql(expr: &str, families: &std::collections::BTreeSet<String>, what: &str) {
+    assert_eq!(expr.matches('(').count(), expr.matches(')').count(), "{what}: {expr}");
+    assert_eq!(expr.matches('{').count(), expr.matches('}').count(), "{what}: {expr}");
+    let mut named = 0;
+    for (at, _) in expr.match_indices("kbs_") {
+        let name: String =
+            expr[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
+        assert!(
+            families.contains(&name) || families.contains(family),
+            "{what}: {name} is not a metric the broker exports"
+        );
+        named += 1;
+    }
+    assert!(named > 0, "{what}: names no kbs metric: {expr}");
+    let reasons: Vec<&str> = kbs::reason::ReasonCode::ALL.iter().map(|r| r.as_str()).collect();
+    for (label, allowed) in [("reason", reasons.as_slice()), ("decision", &["allow", "deny"][..])] {
+        for op in ["=\"", "=~\""] {
+            for (at, _) in expr.match_indices(&format!("{label}{op}")) {
+                let value = expr[at + label.len() + op.len()..].split('"').next().unwrap();
+                for v in value.split('|') {
+                    assert!(allowed.contains(&v), "{what}: {label} {v:?} is not a value it takes");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn alert_rules_name_what_the_broker_exports() {
+    let families = exported_families();
+    let path = deploy_dir().join("monitoring/prometheus-rules.yaml");
+    let docs = documents(&path);
+    assert_eq!(docs.len(), 1);
+    let doc = &docs[0];
+    assert_eq!(str_at(doc, &["kind"]), Some("PrometheusRule"));
+    let mut alerts = Vec::new();
+    for group in doc["spec"]["groups"].as_vec().unwrap() {
+        assert!(group["name"].as_str().is_some());
+        for rule in group["rules"].as_vec().unwrap() {
+            let alert = rule["alert"].as_str().expect("every rule is an alert");
+            assert!(alert.starts_with("Kbs") && alert.chars().all(|c| c.is_ascii_alphanumeric()), "{alert}");
+            check_promql(rule["expr"].as_str().unwrap(), &families, alert);
+            let severity = rule["labels"]["severity"].as_str().unwrap();
+            assert!(["critical", "warning"].contains(&severity), "{alert}: {severity}");
+            for key in ["summary", "description"] {
+                assert!(rule["annotations"][key].as_str().is_some_and(|s| !s.is_empty()), "{alert}: {key}");
+            }
+            if !rule["for"].is_badvalue() {
+                let d = rule["for"].as_str().unwrap();
+                assert!(d.ends_with('m') && d.trim_end_matches('m').parse::<u32>().is_ok(), "{alert}: for {d}");
+            }
+            alerts.push(alert.to_owned());
+        }
+    }
+    for wanted in ["KbsAuditWriteFailures", "KbsStoreUnavailable", "KbsReleaseRefusalSpike"] {
+        assert!(alerts.iter().any(|a| a == wanted), "no {wanted} in {alerts:?}");
+    }
+    let mut sorted = alerts.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), alerts.len(), "alert names repeat");
+}
+
+#[test]
+fn the_grafana_dashboard_queries_what_the_broker_exports() {
+    let families = exported_families();
+    let text = std::fs::read_to_string(deploy_dir().join("monitoring/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(dashboard["uid"].as_str().is_some_and(|u| !u.is_empty() && u.len() <= 40));
+    assert!(dashboard["title"].as_str().is_some());
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        assert!(ids.insert(panel["id"].as_u64().unwrap()), "{title}: id repeats");
+        for key in ["x", "y", "w", "h"] {
+            assert!(panel["gridPos"][key].as_u64().is_some(), "{title}: gridPos.{key}");
+        }
+        assert!(panel["gridPos"]["x"].as_u64().unwrap() + panel["gridPos"]["w"].as_u64().unwrap() <= 24, "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}");
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            check_promql(expr, &families, title);
+            queried.extend(families.iter().filter(|f| expr.contains(f.as_str())).cloned());
+        }
+    }
+    // Every metric the broker exports is on the dashboard.
+    assert_eq!(queried, families);
 }

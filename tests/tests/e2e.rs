@@ -500,3 +500,102 @@ async fn one_peer_cannot_hold_every_connection_of_a_grpc_listener() {
     let got = app.fetch(guest(), &[SECRET]).await.unwrap();
     assert_eq!(got, vec![(SECRET.to_owned(), b"k".to_vec())]);
 }
+
+#[tokio::test]
+async fn the_metrics_listener_is_bounded_like_the_others() {
+    use tokio::io::AsyncReadExt;
+    let server_extra = "max_connections_per_peer = 2\nidle_timeout_seconds = 1".to_owned();
+    let app = TestApp::start_with(Options { metrics: true, server_extra, ..Default::default() }).await;
+    let addr = app.metrics_url.trim_start_matches("http://").trim_end_matches("/metrics").to_owned();
+    let connect = || tokio::net::TcpStream::connect(addr.clone());
+    let mut held = [connect().await.unwrap(), connect().await.unwrap()];
+    // A third connection from the same peer is closed at once.
+    let mut third = connect().await.unwrap();
+    let mut buf = [0u8; 16];
+    let outcome = tokio::time::timeout(std::time::Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(matches!(outcome, Ok(Ok(0)) | Ok(Err(_))), "a third connection from one peer was kept: {outcome:?}");
+    // Silent connections are closed after the idle bound (1 s), which
+    // gives their slots back.
+    for held in &mut held {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), held.read(&mut buf)).await;
+        assert!(matches!(outcome, Ok(Ok(0)) | Ok(Err(_))), "a silent connection was kept: {outcome:?}");
+    }
+    drop(held);
+    let scrape = app.scrape().await;
+    assert!(sample(&scrape, r#"kbs_open_connections{listener="metrics"}"#) >= 1.0);
+}
+
+#[tokio::test]
+async fn the_metrics_listener_can_serve_tls_with_the_server_certificate() {
+    let app = TestApp::start_with(Options { metrics: true, metrics_tls: true, ..Default::default() }).await;
+    assert!(app.metrics_url.starts_with("https://"));
+    let scrape = app.scrape().await;
+    assert_eq!(sample(&scrape, "kbs_audit_write_failures_total"), 0.0);
+    // No plain HTTP on it.
+    let plain = app.metrics_url.replace("https://localhost", "http://127.0.0.1");
+    assert!(reqwest::get(&plain).await.is_err(), "plain HTTP was answered");
+}
+
+/// The value of the series written exactly as `series` in a scrape.
+fn sample(scrape: &str, series: &str) -> f64 {
+    let line = scrape.lines().find(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == series));
+    line.and_then(|l| l.rsplit_once(' ')).unwrap_or_else(|| panic!("no {series} in\n{scrape}")).1.parse().unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_releases_and_refusals_and_name_no_secret() {
+    let app = TestApp::start_with(Options { metrics: true, ..Default::default() }).await;
+    app.put(SECRET, b"model key", &[MEASUREMENT]).await;
+    let before = app.scrape().await;
+    let allow = r#"kbs_releases_total{tee="snp",decision="allow",reason="ok"}"#;
+    let deny = r#"kbs_releases_total{tee="snp",decision="deny",reason="measurement_not_allowed"}"#;
+    assert_eq!((sample(&before, allow), sample(&before, deny)), (0.0, 0.0));
+
+    // One release, one refusal.
+    let got = app.fetch(guest(), &[SECRET]).await.unwrap();
+    assert_eq!(got, vec![(SECRET.to_owned(), b"model key".to_vec())]);
+    let r = Exchange::new(guest().measurement(OTHER_MEASUREMENT)).run(&app, |_| {}).await;
+    assert_refused(r, Code::PermissionDenied, "measurement_not_allowed");
+
+    let after = app.scrape().await;
+    assert_eq!(sample(&after, allow), 1.0);
+    assert_eq!(sample(&after, deny), 1.0);
+    let counted: f64 = after
+        .lines()
+        .filter(|l| l.starts_with("kbs_releases_total{"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(counted, 2.0, "no other release was counted");
+    assert_eq!(sample(&after, r#"kbs_release_duration_seconds_count{tee="snp"}"#), 2.0);
+    assert_eq!(sample(&after, r#"kbs_release_duration_seconds_bucket{tee="snp",le="+Inf"}"#), 2.0);
+    assert!(sample(&after, r#"kbs_release_duration_seconds_sum{tee="snp"}"#) > 0.0);
+    assert_eq!(sample(&after, r#"kbs_release_duration_seconds_count{tee="tdx"}"#), 0.0);
+    // Both got through verification and read the secret; only the
+    // allowed one was sealed.
+    for (phase, count) in [("verify", 2.0), ("store", 2.0), ("policy", 2.0), ("seal", 1.0)] {
+        let series = format!("kbs_release_phase_duration_seconds_count{{phase=\"{phase}\"}}");
+        assert_eq!(sample(&after, &series), count, "{phase}");
+    }
+    assert_eq!(sample(&after, r#"kbs_challenges_issued_total{tee="snp"}"#), 2.0);
+    assert_eq!(sample(&after, "kbs_rate_limited_total"), 0.0);
+    assert_eq!(sample(&after, "kbs_audit_write_failures_total"), 0.0);
+    // This scrape's own connection is open on the metrics listener.
+    assert!(sample(&after, r#"kbs_open_connections{listener="metrics"}"#) >= 1.0);
+    let version = kbs_proto::VERSION.split(" (").next().unwrap();
+    assert!(after.contains(&format!("kbs_build_info{{version=\"{version}\",")), "{after}");
+
+    // Nothing a caller chose appears: no secret name, not even in part.
+    for part in [SECRET, "models/", "llama"] {
+        assert!(!after.contains(part), "{part} in the scrape");
+    }
+    // A request refused before the flow starts is counted as well.
+    let r = Exchange::new(guest()).run(&app, |req| req.evidence = None).await;
+    assert_refused(r, Code::InvalidArgument, "invalid_request");
+    let last = app.scrape().await;
+    assert_eq!(sample(&last, r#"kbs_releases_total{tee="unknown",decision="deny",reason="invalid_request"}"#), 1.0);
+    assert_eq!(sample(&last, allow), 1.0);
+
+    // Only /metrics is served.
+    let other = app.metrics_url.replace("/metrics", "/debug");
+    assert_eq!(reqwest::get(&other).await.unwrap().status(), reqwest::StatusCode::NOT_FOUND);
+}

@@ -315,7 +315,10 @@ pub fn build(
     }))
 }
 
-fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, CocoError> {
+/// The rustls server configuration of the TLS identity `cert_pem`/`key_pem`
+/// (aws-lc-rs, safe defaults, ALPN h2 and http/1.1), shared with the
+/// metrics listener.
+pub(crate) fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, CocoError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(cert_pem)
@@ -349,17 +352,25 @@ pub async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let acceptor = tokio_rustls::TlsAcceptor::from(server.tls);
     let idle = server.idle_timeout;
+    let metrics = Arc::clone(server.service.broker.metrics());
+    let gauge = metrics.open_connections(crate::metrics::Listener::Coco);
     // A request, body included, must arrive and be answered within the
     // idle bound: a body trickled a byte at a time does not hold a slot.
     let router = Arc::clone(&server.service).router().layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
-            match tokio::time::timeout(idle, next.run(request)).await {
-                Ok(response) => response,
-                Err(_) => problem(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long"),
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                let endpoint = crate::metrics::CocoEndpoint::of_path(request.uri().path());
+                let response = match tokio::time::timeout(idle, next.run(request)).await {
+                    Ok(response) => response,
+                    Err(_) => problem(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long"),
+                };
+                metrics.coco_request(endpoint, response.status().as_u16());
+                response
             }
         },
     ));
-    let admission = crate::connections::Admission::new("coco", server.limits);
+    let admission = crate::connections::Admission::with_gauge("coco", server.limits, gauge);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -558,6 +569,7 @@ impl CocoService {
             .ok_or(crate::evidence::EvidenceError::UnsupportedTee("not offered on the CoCo front end"))?;
         let hash = HashAlg::negotiate(&request.extra_params)?;
         let issued = self.broker.seal_session(tee.code(), &[hash.label()])?;
+        self.broker.metrics().challenge_issued(crate::metrics::Tee::from_name(Some(tee.name())));
         let mut response = json_response(
             StatusCode::OK,
             &json!({
@@ -855,9 +867,13 @@ async fn resource(State(svc): State<Arc<CocoService>>, req: Request) -> Response
         }
     };
     let attestation_id = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+    let started = std::time::Instant::now();
     let mut audit = Audit::new("coco.resource", attestation_id, caller);
     let result = svc.resource(&claims, &path, &mut audit).await;
-    match audit.finish(&svc.broker, result) {
+    let tee = crate::metrics::Tee::from_name(audit.event.tee);
+    let result = audit.finish(&svc.broker, result);
+    svc.broker.metrics().release(tee, result.as_ref().err().map(Error::reason), started.elapsed());
+    match result {
         Ok(jwe) => json_response(StatusCode::OK, &jwe),
         Err(e) => error_response(&e),
     }

@@ -11,6 +11,7 @@ use kbs_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
+use crate::metrics::Tee;
 use crate::release::{Broker, EvidenceInput, ReleaseRequest};
 use crate::seal::SUPPORTED_SUITES;
 
@@ -56,20 +57,27 @@ impl KeyBroker for KeyBrokerService {
         request: Request<ReleaseSecretsRequest>,
     ) -> Result<Response<ReleaseSecretsResponse>, Status> {
         self.broker.admit(request.remote_addr().map(|a| a.ip())).map_err(|e| e.to_status())?;
+        let started = std::time::Instant::now();
         let caller = super::peer(&request);
         let req = request.into_inner();
-        let evidence = match req.evidence {
+        // A request refused before the release flow starts is a refused
+        // release all the same (the flow counts the others).
+        let refused = |tee: Tee, e: Error| {
+            self.broker.metrics().release(tee, Some(e.reason()), started.elapsed());
+            e.to_status()
+        };
+        let (evidence, tee) = match req.evidence {
             Some(release_secrets_request::Evidence::Snp(snp)) => {
-                EvidenceInput::Snp { report: snp.report, cert_table: snp.cert_table }
+                (EvidenceInput::Snp { report: snp.report, cert_table: snp.cert_table }, Tee::Snp)
             }
-            Some(release_secrets_request::Evidence::Tdx(tdx)) => EvidenceInput::Tdx { quote: tdx.quote },
-            None => return Err(Error::InvalidRequest("no evidence".into()).to_status()),
+            Some(release_secrets_request::Evidence::Tdx(tdx)) => (EvidenceInput::Tdx { quote: tdx.quote }, Tee::Tdx),
+            None => return Err(refused(Tee::Unknown, Error::InvalidRequest("no evidence".into()))),
         };
         let suite = req
             .hpke_suite
             .as_ref()
             .and_then(SuiteId::from_wire)
-            .ok_or_else(|| Error::UnsupportedHpkeSuite.to_status())?;
+            .ok_or_else(|| refused(tee, Error::UnsupportedHpkeSuite))?;
         let released = self
             .broker
             .release(ReleaseRequest {

@@ -73,6 +73,10 @@ enum Command {
         /// Enable the CoCo KBS protocol front end on this address.
         #[arg(long)]
         coco_listen: Option<String>,
+        /// Enable the Prometheus metrics listener (plain HTTP, GET /metrics)
+        /// on this address, e.g. 127.0.0.1:9464.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
 }
 
@@ -133,6 +137,7 @@ async fn main() -> ExitCode {
             tdx_test_root,
             tdx_collateral_dir,
             coco_listen,
+            metrics_listen,
         } => {
             let options = kbs::dev::DevOptions {
                 guest_listen,
@@ -142,6 +147,7 @@ async fn main() -> ExitCode {
                 tdx_collateral_dir,
                 cache_ttl_ms: None,
                 coco_listen,
+                metrics_listen,
             };
             match kbs::dev::init(&dir, &options) {
                 Ok(files) => {
@@ -171,8 +177,22 @@ async fn serve(path: &std::path::Path, insecure_dev: bool) -> anyhow::Result<()>
     if let Some(c) = &coco {
         tracing::info!(coco = %c.local_addr()?, "CoCo KBS protocol front end enabled");
     }
+    let metrics = match &config.metrics {
+        Some(m) => Some(tokio::net::TcpListener::bind(m.listen).await?),
+        None => None,
+    };
+    let metrics_tls = config.metrics.as_ref().is_some_and(|m| m.tls);
+    if let Some(m) = &metrics {
+        let addr = m.local_addr()?;
+        let scheme = if metrics_tls { "https" } else { "http" };
+        tracing::info!(metrics = %addr, scheme, "metrics listener enabled (GET /metrics)");
+        if !metrics_tls && !addr.ip().is_loopback() {
+            tracing::warn!(metrics = %addr, "the metrics listener is plain HTTP and not on loopback: keep it on a network only the scraper reaches");
+        }
+    }
     tracing::info!(guest = %guest.local_addr()?, admin = %admin.local_addr()?, replica = config.replica_id, "kbs serving");
-    kbs::server::run_with_coco(app, guest, admin, coco, shutdown_signal()).await?;
+    let listeners = kbs::server::Listeners { guest, admin, coco, metrics };
+    kbs::server::run_listeners(app, listeners, shutdown_signal()).await?;
     tracing::info!("kbs stopped");
     Ok(())
 }

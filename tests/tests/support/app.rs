@@ -31,6 +31,10 @@ pub struct Options {
     pub rate_limit: Option<(u32, u32)>,
     /// Enable the CoCo KBS protocol front end ([`TestApp::coco_url`]).
     pub coco: bool,
+    /// Enable the metrics listener ([`TestApp::metrics_url`]).
+    pub metrics: bool,
+    /// Serve the metrics listener over TLS (`metrics.tls`).
+    pub metrics_tls: bool,
     /// Share the challenge key (and CoCo token key) of the broker whose
     /// directory this is, as replicas do.
     pub keys_from: Option<PathBuf>,
@@ -46,6 +50,9 @@ pub struct TestApp {
     pub admin_url: String,
     /// `https://localhost:PORT` of the CoCo front end (empty without it).
     pub coco_url: String,
+    /// `http://127.0.0.1:PORT/metrics`, or `https://localhost:PORT/metrics`
+    /// with `metrics_tls` (empty without the metrics listener).
+    pub metrics_url: String,
     /// The dev CA (PEM) its certificates chain to.
     pub ca: Vec<u8>,
     /// The admin bearer token.
@@ -68,6 +75,7 @@ impl TestApp {
             guest_listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
             coco_listen: options.coco.then(|| "127.0.0.1:0".to_owned()),
+            metrics_listen: options.metrics.then(|| "127.0.0.1:0".to_owned()),
             ..Default::default()
         };
         if !options.production {
@@ -95,6 +103,11 @@ impl TestApp {
                 .replacen("global_per_second = 1000000", &format!("global_per_second = {global}"), 1);
             std::fs::write(&files.config, text).unwrap();
         }
+        if options.metrics_tls {
+            assert!(options.metrics, "metrics_tls needs metrics");
+            let text = std::fs::read_to_string(&files.config).unwrap();
+            std::fs::write(&files.config, text.replacen("[metrics]\n", "[metrics]\ntls = true\n", 1)).unwrap();
+        }
         if !options.server_extra.is_empty() {
             let text = std::fs::read_to_string(&files.config).unwrap();
             let text = text.replacen("[server]\n", &format!("[server]\n{}\n", options.server_extra), 1);
@@ -106,6 +119,7 @@ impl TestApp {
         }
         let config = Config::load(&files.config, |_| None).unwrap();
         assert_eq!(config.coco.is_some(), options.coco);
+        assert_eq!(config.metrics.is_some(), options.metrics);
 
         let clock = Arc::new(Mutex::new(OffsetDateTime::now_utc()));
         let clock_fn = {
@@ -119,8 +133,20 @@ impl TestApp {
         let coco = if options.coco { Some(bind().await) } else { None };
         let (guest_url, admin_url) = (url(&guest), url(&admin));
         let coco_url = coco.as_ref().map(url).unwrap_or_default();
+        let metrics = if options.metrics { Some(bind().await) } else { None };
+        let metrics_url = metrics
+            .as_ref()
+            .map(|l| {
+                let port = l.local_addr().unwrap().port();
+                match options.metrics_tls {
+                    true => format!("https://localhost:{port}/metrics"),
+                    false => format!("http://127.0.0.1:{port}/metrics"),
+                }
+            })
+            .unwrap_or_default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(kbs::server::run_with_coco(app, guest, admin, coco, async move {
+        let listeners = kbs::server::Listeners { guest, admin, coco, metrics };
+        tokio::spawn(kbs::server::run_listeners(app, listeners, async move {
             let _ = rx.await;
         }));
         TestApp {
@@ -130,6 +156,7 @@ impl TestApp {
             guest_url,
             admin_url,
             coco_url,
+            metrics_url,
             clock,
             stop: Some(tx),
         }
@@ -155,6 +182,17 @@ impl TestApp {
     pub fn http(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(&self.ca).unwrap();
         reqwest::Client::builder().tls_certs_only(vec![ca]).build().unwrap()
+    }
+
+    /// The metrics listener's exposition (over TLS trusting the dev CA,
+    /// when it is an `https` URL).
+    pub async fn scrape(&self) -> String {
+        assert!(!self.metrics_url.is_empty(), "started without Options.metrics");
+        let response = self.http().get(&self.metrics_url).send().await.unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+        response.text().await.unwrap()
     }
 
     /// `msg` with the admin bearer token.
