@@ -53,6 +53,18 @@ pub struct Event {
     pub secrets: Vec<SecretRef>,
     /// Caller: peer address, or the admin token's name.
     pub caller: String,
+    /// Id tying an admin change's decision record to the record of its
+    /// failure, if it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// SHA-256 of the content an admin change writes, when it is not secret
+    /// (a policy's Rego, a reference value set's JSON as given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_sha256: Option<String>,
+    /// `failed`: a second record of an allowed admin change whose effect
+    /// then failed (its `reason` says why). Absent on decision records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
 }
 
 impl Event {
@@ -70,6 +82,9 @@ impl Event {
             claims_digest: None,
             secrets: Vec::new(),
             caller,
+            call_id: None,
+            content_sha256: None,
+            outcome: None,
         }
     }
 }
@@ -222,6 +237,7 @@ mod tests {
             claims_digest: None,
             secrets: vec![SecretRef { name: "m/k/a".into(), version: Some(1) }],
             caller: "127.0.0.1:5".into(),
+            ..Event::new("release", String::new())
         }
     }
 
