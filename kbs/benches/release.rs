@@ -17,7 +17,7 @@ use aws_lc_rs::signature::{
     ECDSA_P384_SHA384_FIXED, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair, ParsedPublicKey,
 };
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use kbs::audit::AuditLog;
+use kbs::audit::{AuditKey, AuditLog};
 use kbs::challenge::ChallengeSealer;
 use kbs::evidence::anchors::{Generation as AmdGeneration, SnpAnchors};
 use kbs::evidence::collateral::VekResolver;
@@ -227,13 +227,15 @@ fn floor(c: &mut Criterion) {
 /// The whole release flow of the broker core, in process: challenge open,
 /// request checks, report parse, cert table parse, cached VEK chain, one
 /// P-384 verify, binding, claims, store read (cached), policy, HPKE seal,
-/// audit record to a file. Evidence is signed outside the timed region.
+/// audit record (MAC-chained) to a file. Evidence is signed outside the
+/// timed region.
 fn broker_core(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let store: Arc<dyn SecretStore> = CachedStore::wrap(Arc::new(local_store(dir.path())), Duration::from_secs(3600));
     rt.block_on(store.put(new_secret())).unwrap();
-    let audit = Arc::new(AuditLog::file(&dir.path().join("audit.jsonl"), "bench").unwrap());
+    let audit =
+        Arc::new(AuditLog::file(&dir.path().join("audit.jsonl"), "bench", Some(AuditKey::new(&[5; 32]))).unwrap());
     let broker = Broker::new(
         sealer(),
         Duration::from_secs(600),

@@ -235,6 +235,8 @@ struct RawToken {
 struct RawAudit {
     #[serde(default)]
     path: Option<String>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -439,6 +441,9 @@ pub struct Config {
     pub admin_clients: Vec<ClientEntry>,
     /// Audit destination: a file path, or `None` for stdout.
     pub audit_path: Option<PathBuf>,
+    /// The audit MAC key file (32 bytes raw or 64 hex digits); without it
+    /// the audit log is hash-chained only.
+    pub audit_key_file: Option<PathBuf>,
     /// How often policies and reference values are re-read from the store
     /// (`policy.refresh_seconds`, default 30): changes made through another
     /// replica are in force here within it.
@@ -746,6 +751,7 @@ impl Config {
             admin_client_ca: raw.admin.client_ca.map(|p| resolve(&p)),
             admin_clients,
             audit_path,
+            audit_key_file: raw.audit.key_file.map(|p| resolve(&p)),
             policy_refresh,
             policy_builtin_default,
             insecure_simulated_tee: raw.dev.insecure_simulated_tee,

@@ -142,6 +142,8 @@ fn the_broker_deployment_is_what_the_docs_say() {
     let parsed = kbs::config::Config::from_toml(toml, Path::new("/etc/kbs/config")).unwrap();
     assert_eq!(parsed.coco.as_ref().unwrap().listen.port(), 8445);
     assert!(!parsed.insecure_simulated_tee);
+    // Audit records are MAC-chained.
+    assert_eq!(parsed.audit_key_file.as_deref(), Some(Path::new("/etc/kbs/keys/audit.key")));
     // Production refuses SNP reports without a current AMD CRL.
     assert_eq!(parsed.snp.revocation, kbs::evidence::amd_crl::Revocation::Require);
 }

@@ -673,7 +673,7 @@ mod tests {
     fn services(dir: &Path) -> (AdminService, AdminService, Arc<dyn SecretStore>, PathBuf) {
         let store: Arc<dyn SecretStore> = Arc::new(LocalStore::open(&dir.join("secrets"), &Kek::new([3; 32])).unwrap());
         let path = dir.join("audit.jsonl");
-        let recorded = service(&store, AuditLog::file(&path, "r0").unwrap());
+        let recorded = service(&store, AuditLog::file(&path, "r0", None).unwrap());
         let unrecorded = service(&store, AuditLog::failing());
         (recorded, unrecorded, store, path)
     }

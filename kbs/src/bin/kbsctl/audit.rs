@@ -11,11 +11,18 @@ use crate::{Failure, Output};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum AuditCommand {
-    /// Check the hash chain of an audit file (JSON lines): exit 0 intact,
-    /// 2 broken (a record edited, removed or reordered), 1 unreadable.
+    /// Check the hash chain of an audit file (JSON lines) and, with
+    /// `--key`, the MAC of every record: exit 0 intact, 2 broken (a record
+    /// edited, removed or reordered, or rewritten without the key), 1
+    /// unreadable.
     Verify {
         /// The audit file.
         file: PathBuf,
+        /// The broker's audit key (`[audit] key_file`: 32 raw bytes or 64
+        /// hex digits). Without it the MACs are not checked, and a file
+        /// rewritten whole with a recomputed hash chain passes.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Print the broker's most recent audit records (JSON lines).
     Query {
@@ -32,15 +39,35 @@ pub(crate) enum AuditCommand {
 }
 
 /// `audit verify`: offline, no broker.
-pub(crate) fn verify(file: &std::path::Path, output: Output) -> Result<(), Failure> {
-    match kbs::audit::verify_file(file) {
-        Ok((count, last)) => {
-            match output {
-                Output::Json => {
-                    outln!("{}", serde_json::json!({"ok": true, "records": count, "last": hex::encode(last)}))
+pub(crate) fn verify(file: &std::path::Path, key: Option<&std::path::Path>, output: Output) -> Result<(), Failure> {
+    let key = match key {
+        Some(path) => {
+            let bytes = crate::model::read_key_file(path)?;
+            let bytes: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| Failure::Usage(format!("{}: 32 raw bytes or 64 hex digits", path.display())))?;
+            Some(kbs::audit::AuditKey::new(&bytes))
+        }
+        None => None,
+    };
+    match kbs::audit::verify_file_with(file, key.as_ref()) {
+        Ok(found) => {
+            let (count, last) = (found.count, hex::encode(found.last));
+            match (output, found.head_mac) {
+                (Output::Json, head) => outln!(
+                    "{}",
+                    serde_json::json!({"ok": true, "records": count, "last": last, "keyed": found.keyed,
+                        "macs_checked": head.is_some(), "head_mac": head.map(hex::encode)})
+                ),
+                (Output::Table, Some(head)) => {
+                    outln!("ok: {count} records, hash and MAC chains intact (head MAC {})", hex::encode(head))
                 }
-                Output::Table => {
-                    outln!("ok: {count} records, chain intact (last record SHA-256 {})", hex::encode(last))
+                (Output::Table, None) => {
+                    let carried = if found.keyed { "the records carry MACs, " } else { "" };
+                    outln!(
+                        "ok: {count} records, hash chain intact (last record SHA-256 {last}); {carried}MACs not checked (give --key)"
+                    )
                 }
             }
             Ok(())
