@@ -185,19 +185,59 @@ struct State {
     sink: Sink,
     prev: [u8; 32],
     mac: Option<MacChain>,
+    /// Records written (including those found in the file when opened).
+    count: usize,
+    /// When the head was last logged.
+    anchored: std::time::Instant,
 }
 
-/// The audit writer. Writes are serialized; each record is flushed before
-/// the decision it records is returned to the caller.
+/// The head of the chain is logged (at info: record count, SHA-256 of the
+/// last line and, keyed, its MAC) every this many records...
+pub const ANCHOR_EVERY_RECORDS: usize = 1000;
+/// ...or at the first record this long after the last time it was, and
+/// when the log is opened. Kept elsewhere (the operational log), the head
+/// shows a truncated tail: `kbsctl audit verify --expect-count N
+/// --expect-head HEX`.
+pub const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The audit writer. Writes are serialized; each record is flushed (and,
+/// to a file, by default written through to the disk with `fdatasync`)
+/// before the decision it records is returned to the caller.
 pub struct AuditLog {
     replica: String,
     state: Mutex<State>,
+    sync: bool,
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog").field("replica", &self.replica).finish_non_exhaustive()
     }
+}
+
+impl State {
+    fn new(sink: Sink, prev: [u8; 32], mac: Option<MacChain>, count: usize) -> Self {
+        Self { sink, prev, mac, count, anchored: std::time::Instant::now() }
+    }
+
+    /// Logs the head of the chain, for checks of the file's tail.
+    fn log_head(&mut self, replica: &str) {
+        self.anchored = std::time::Instant::now();
+        let head_mac = self.mac.as_ref().map(|m| hex::encode(m.head)).unwrap_or_default();
+        tracing::info!(replica, records = self.count, head_sha256 = hex::encode(self.prev), head_mac, "audit head");
+    }
+}
+
+/// A head of the chain recorded elsewhere (the broker logs it: `audit
+/// head`): the file must hold at least `count` records, and record `count`
+/// must have this MAC (when the MACs are checked) or this line SHA-256
+/// (when they are not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// Number of records at the head.
+    pub count: usize,
+    /// `head_mac`, or `head_sha256` when no key is given.
+    pub head: [u8; 32],
 }
 
 /// Why the audit log could not be written or verified.
@@ -210,6 +250,15 @@ pub enum AuditError {
     /// (with) a key: a file is keyed throughout or not at all.
     #[error("audit file {0}")]
     KeyMismatch(&'static str),
+    /// The file ends before an expected head: records were removed from
+    /// its tail.
+    #[error("audit file truncated: {expected} records expected, {found} found")]
+    Truncated {
+        /// Records the head counts.
+        expected: usize,
+        /// Records in the file.
+        found: usize,
+    },
     /// The chain is broken at this line (1-based).
     #[error("audit chain broken at line {line}: {why}")]
     Broken {
@@ -224,13 +273,13 @@ impl AuditLog {
     /// Audit to stdout (JSON lines).
     pub fn stdout(replica: &str, key: Option<AuditKey>) -> Self {
         let mac = key.map(|key| MacChain { key, head: [0; 32] });
-        Self { replica: replica.into(), state: Mutex::new(State { sink: Sink::Stdout, prev: [0; 32], mac }) }
+        Self::new(replica, State::new(Sink::Stdout, [0; 32], mac, 0))
     }
 
     /// An audit log whose every write fails.
     #[cfg(test)]
     pub(crate) fn failing() -> Self {
-        Self { replica: "test".into(), state: Mutex::new(State { sink: Sink::Failing, prev: [0; 32], mac: None }) }
+        Self::new("test", State::new(Sink::Failing, [0; 32], None, 0))
     }
 
     /// Audit to a file, appending and continuing the chain of what is there.
@@ -263,7 +312,31 @@ impl AuditLog {
             options.mode(0o640);
         }
         let file = options.open(path)?;
-        Ok(Self { replica: replica.into(), state: Mutex::new(State { sink: Sink::File(file), prev, mac }) })
+        let mut state = State::new(Sink::File(file), prev, mac, found.count);
+        state.log_head(replica);
+        Ok(Self::new(replica, state))
+    }
+
+    /// The head of the chain now: what the broker logs as `audit head`,
+    /// as an anchor for the MACs (`keyed`) or for the hash chain.
+    pub fn head(&self, keyed: bool) -> Option<Anchor> {
+        let state = self.state.lock().ok()?;
+        let head = if keyed { state.mac.as_ref()?.head } else { state.prev };
+        Some(Anchor { count: state.count, head })
+    }
+
+    fn new(replica: &str, state: State) -> Self {
+        Self { replica: replica.into(), state: Mutex::new(state), sync: true }
+    }
+
+    /// Whether each record written to a file is written through to the
+    /// disk (`fdatasync`) before its decision is answered (default true):
+    /// without it a crash of the machine can lose the last records of
+    /// decisions already answered.
+    #[must_use]
+    pub fn with_sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
+        self
     }
 
     /// Appends one record. Failing to audit is an error the caller must
@@ -294,6 +367,9 @@ impl AuditLog {
             Sink::File(f) => {
                 f.write_all(&line)?;
                 f.flush()?;
+                if self.sync {
+                    f.sync_data()?;
+                }
             }
             #[cfg(test)]
             Sink::Failing => return Err(AuditError::Io(std::io::Error::other("test sink refuses writes"))),
@@ -301,6 +377,10 @@ impl AuditLog {
         state.prev = digest;
         if let (Some(chain), Some(mac)) = (&mut state.mac, head) {
             chain.head = mac;
+        }
+        state.count = state.count.saturating_add(1);
+        if state.count % ANCHOR_EVERY_RECORDS == 0 || state.anchored.elapsed() >= ANCHOR_EVERY {
+            state.log_head(&self.replica);
         }
         Ok(())
     }
@@ -318,6 +398,15 @@ pub fn verify_file_with(path: &Path, key: Option<&AuditKey>) -> Result<Verified,
     verify_chain(BufReader::new(File::open(path)?), key)
 }
 
+/// [`verify_file_with`], through `anchor`.
+pub fn verify_file_anchored(
+    path: &Path,
+    key: Option<&AuditKey>,
+    anchor: Option<&Anchor>,
+) -> Result<Verified, AuditError> {
+    verify_chain_anchored(BufReader::new(File::open(path)?), key, anchor)
+}
+
 /// Checks the hash chain read from `reader` (not its MACs); returns the
 /// number of records and the digest of the last line.
 pub fn verify_lines(reader: impl BufRead) -> Result<(usize, [u8; 32]), AuditError> {
@@ -328,6 +417,16 @@ pub fn verify_lines(reader: impl BufRead) -> Result<(usize, [u8; 32]), AuditErro
 /// Checks a chain read from `reader`: the hash chain, and with a key the
 /// MAC of every record.
 pub fn verify_chain(reader: impl BufRead, key: Option<&AuditKey>) -> Result<Verified, AuditError> {
+    verify_chain_anchored(reader, key, None)
+}
+
+/// [`verify_chain`], and the chain passes through `anchor`: a tail removed
+/// since the anchor was recorded shows.
+pub fn verify_chain_anchored(
+    reader: impl BufRead,
+    key: Option<&AuditKey>,
+    anchor: Option<&Anchor>,
+) -> Result<Verified, AuditError> {
     let mut prev = [0u8; 32];
     let mut head = [0u8; 32];
     let mut count = 0;
@@ -370,6 +469,15 @@ pub fn verify_chain(reader: impl BufRead, key: Option<&AuditKey>) -> Result<Veri
         }
         prev = Sha256::digest(&line).into();
         count += 1;
+        if let Some(anchor) = anchor.filter(|a| a.count == count) {
+            let at = if key.is_some() { &head } else { &prev };
+            if *at != anchor.head {
+                return Err(broken("not the expected head: the file was rewritten up to here"));
+            }
+        }
+    }
+    if let Some(anchor) = anchor.filter(|a| a.count > count) {
+        return Err(AuditError::Truncated { expected: anchor.count, found: count });
     }
     Ok(Verified { count, last: prev, head_mac: key.map(|_| head), keyed: keyed.unwrap_or(false) })
 }
@@ -487,5 +595,48 @@ mod tests {
         assert!(matches!(AuditLog::file(&path, "r0", None), Err(AuditError::KeyMismatch(_))));
         std::fs::write(&path, &stripped).unwrap();
         assert!(matches!(AuditLog::file(&path, "r0", Some(key)), Err(AuditError::KeyMismatch(_))));
+    }
+
+    #[test]
+    fn a_head_kept_elsewhere_shows_a_truncated_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let key = AuditKey::new(&[9; 32]);
+        let log = AuditLog::file(&path, "r0", Some(key.clone())).unwrap().with_sync(true);
+        for _ in 0..3 {
+            log.record(&event("allow")).unwrap();
+        }
+        let (mac_head, sha_head) = (log.head(true).unwrap(), log.head(false).unwrap());
+        assert_eq!((mac_head.count, sha_head.count), (3, 3));
+        log.record(&event("deny")).unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The file has grown past the head: it still passes through it.
+        let found = verify_chain_anchored(text.as_bytes(), Some(&key), Some(&mac_head)).unwrap();
+        assert_eq!(found.count, 4);
+        verify_chain_anchored(text.as_bytes(), None, Some(&sha_head)).unwrap();
+
+        // The last two records removed: a valid chain, but short of the head.
+        let lines: Vec<&str> = text.lines().collect();
+        let cut = format!("{}\n{}\n", lines[0], lines[1]);
+        assert_eq!(verify_chain(cut.as_bytes(), Some(&key)).unwrap().count, 2);
+        assert!(matches!(
+            verify_chain_anchored(cut.as_bytes(), Some(&key), Some(&mac_head)),
+            Err(AuditError::Truncated { expected: 3, found: 2 })
+        ));
+        assert!(matches!(
+            verify_chain_anchored(cut.as_bytes(), None, Some(&sha_head)),
+            Err(AuditError::Truncated { expected: 3, found: 2 })
+        ));
+        // A head that is not this file's.
+        let other = Anchor { count: 3, head: [1; 32] };
+        assert!(matches!(
+            verify_chain_anchored(text.as_bytes(), Some(&key), Some(&other)),
+            Err(AuditError::Broken { line: 3, .. })
+        ));
+        // The head after re-opening continues from what the file holds.
+        let log = AuditLog::file(&path, "r0", Some(key)).unwrap();
+        assert_eq!(log.head(true).unwrap().count, 4);
+        assert_eq!(log.head(false).unwrap().head, found.last);
     }
 }

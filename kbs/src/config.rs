@@ -237,6 +237,8 @@ struct RawAudit {
     path: Option<String>,
     #[serde(default)]
     key_file: Option<PathBuf>,
+    #[serde(default)]
+    sync: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -444,6 +446,9 @@ pub struct Config {
     /// The audit MAC key file (32 bytes raw or 64 hex digits); without it
     /// the audit log is hash-chained only.
     pub audit_key_file: Option<PathBuf>,
+    /// Whether each audit record is written through to the disk before its
+    /// decision is answered (`audit.sync`, default true; files only).
+    pub audit_sync: bool,
     /// How often policies and reference values are re-read from the store
     /// (`policy.refresh_seconds`, default 30): changes made through another
     /// replica are in force here within it.
@@ -752,6 +757,7 @@ impl Config {
             admin_clients,
             audit_path,
             audit_key_file: raw.audit.key_file.map(|p| resolve(&p)),
+            audit_sync: raw.audit.sync.unwrap_or(true),
             policy_refresh,
             policy_builtin_default,
             insecure_simulated_tee: raw.dev.insecure_simulated_tee,

@@ -175,14 +175,22 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
             None
         }
     };
-    let audit = Arc::new(match &config.audit_path {
-        None => AuditLog::stdout(&config.replica_id, audit_key),
-        Some(path) => AuditLog::file(path, &config.replica_id, audit_key).map_err(|e| StartError::File {
-            what: "audit.path",
-            path: path.display().to_string(),
-            why: e.to_string(),
-        })?,
-    });
+    let audit = Arc::new(
+        match &config.audit_path {
+            None => AuditLog::stdout(&config.replica_id, audit_key),
+            Some(path) => AuditLog::file(path, &config.replica_id, audit_key).map_err(|e| StartError::File {
+                what: "audit.path",
+                path: path.display().to_string(),
+                why: e.to_string(),
+            })?,
+        }
+        .with_sync(config.audit_sync),
+    );
+    if !config.audit_sync && config.audit_path.is_some() {
+        tracing::warn!(
+            "audit.sync is false: a crash of the machine can lose the last audit records of answered decisions"
+        );
+    }
     let directory = config.snp.collateral_dir.as_ref().map(|d| VekDirectory::new(d.clone()));
     let kds_fetcher = || -> Result<Option<KdsFetcher>, StartError> {
         let Some(url) = &config.snp.kds_url else { return Ok(None) };

@@ -684,4 +684,25 @@ async fn audit_verify_checks_macs_with_the_key() {
     let keyed = b.kbsctl(&["audit", "verify", &forged, "--key", &key], None).await;
     assert_eq!(keyed.status.code(), Some(2), "{}", stdout(&keyed));
     assert!(stderr(&keyed).contains("line 2: MAC does not verify"), "{}", stderr(&keyed));
+
+    // The last record removed: both chains still verify; only the head
+    // (the count and last MAC the broker logs) shows it.
+    let n = text.lines().count().to_string();
+    let head = last["mac"].as_str().unwrap();
+    let cut: Vec<&str> = text.lines().collect();
+    let cut = cut[..cut.len() - 1].join("\n") + "\n";
+    let truncated = b.dir.path().join("truncated.jsonl");
+    std::fs::write(&truncated, cut).unwrap();
+    let truncated = truncated.display().to_string();
+    let anchored =
+        |f: &str| ["audit", "verify", f, "--key", &key, "--expect-count", &n, "--expect-head", head].map(str::to_owned);
+    let out = b.kbsctl(&["audit", "verify", &truncated, "--key", &key], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let args = anchored(&truncated);
+    let out = b.kbsctl(&args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
+    let args = anchored(&file);
+    let out = b.kbsctl(&args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }

@@ -23,6 +23,14 @@ pub(crate) enum AuditCommand {
         /// rewritten whole with a recomputed hash chain passes.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// A head the broker logged (`audit head`: `records`): the file must
+        /// hold at least this many records, so a removed tail shows.
+        #[arg(long, requires = "expect_head")]
+        expect_count: Option<usize>,
+        /// The head's `head_mac` (with `--key`) or `head_sha256` (without):
+        /// record N must be this one.
+        #[arg(long, requires = "expect_count")]
+        expect_head: Option<String>,
     },
     /// Print the broker's most recent audit records (JSON lines).
     Query {
@@ -39,7 +47,22 @@ pub(crate) enum AuditCommand {
 }
 
 /// `audit verify`: offline, no broker.
-pub(crate) fn verify(file: &std::path::Path, key: Option<&std::path::Path>, output: Output) -> Result<(), Failure> {
+pub(crate) fn verify(
+    file: &std::path::Path,
+    key: Option<&std::path::Path>,
+    expect: Option<(usize, &str)>,
+    output: Output,
+) -> Result<(), Failure> {
+    let anchor = match expect {
+        Some((count, head)) => {
+            let head = hex::decode(head.trim())
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .ok_or_else(|| Failure::Usage("--expect-head must be 64 hex digits".into()))?;
+            Some(kbs::audit::Anchor { count, head })
+        }
+        None => None,
+    };
     let key = match key {
         Some(path) => {
             let bytes = crate::model::read_key_file(path)?;
@@ -51,7 +74,7 @@ pub(crate) fn verify(file: &std::path::Path, key: Option<&std::path::Path>, outp
         }
         None => None,
     };
-    match kbs::audit::verify_file_with(file, key.as_ref()) {
+    match kbs::audit::verify_file_anchored(file, key.as_ref(), anchor.as_ref()) {
         Ok(found) => {
             let (count, last) = (found.count, hex::encode(found.last));
             match (output, found.head_mac) {
@@ -71,6 +94,15 @@ pub(crate) fn verify(file: &std::path::Path, key: Option<&std::path::Path>, outp
                 }
             }
             Ok(())
+        }
+        Err(kbs::audit::AuditError::Truncated { expected, found }) => {
+            if output == Output::Json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"ok": false, "truncated": true, "expected": expected, "records": found})
+                );
+            }
+            Err(Failure::Refused(format!("truncated: {}: {expected} records expected, {found} found", file.display())))
         }
         Err(kbs::audit::AuditError::Broken { line, why }) => {
             if output == Output::Json {
