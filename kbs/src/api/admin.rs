@@ -428,18 +428,26 @@ impl Admin for AdminService {
     ) -> Result<Response<SecretMetadata>, Status> {
         let who = self.authorize(&request, Call::Generate, "secret.generate")?;
         let req = request.into_inner();
-        if req.bytes == 0 || req.bytes > MAX_GENERATED_BYTES {
-            return Err(Error::InvalidRequest(format!("bytes must be within 1..={MAX_GENERATED_BYTES}")).to_status());
-        }
-        let mut value = vec![0u8; usize::try_from(req.bytes).unwrap_or(0)];
-        SystemRandom::new().fill(&mut value).map_err(|_| Error::Internal("random source failed".into()).to_status())?;
-        let secret = self.new_secret(
-            req.name,
-            SecretValue::new(value),
-            req.labels,
-            req.allowed_measurements,
-            req.expected_version,
-        );
+        // A refusal here is recorded like the put's own (with no name:
+        // that of a refused request is not recorded).
+        let value = if req.bytes == 0 || req.bytes > MAX_GENERATED_BYTES {
+            Err(Error::InvalidRequest(format!("bytes must be within 1..={MAX_GENERATED_BYTES}")))
+        } else {
+            let mut value = vec![0u8; usize::try_from(req.bytes).unwrap_or(0)];
+            SystemRandom::new()
+                .fill(&mut value)
+                .map_err(|_| Error::Internal("random source failed".into()))
+                .map(|()| value)
+        };
+        let secret = value.and_then(|value| {
+            self.new_secret(
+                req.name,
+                SecretValue::new(value),
+                req.labels,
+                req.allowed_measurements,
+                req.expected_version,
+            )
+        });
         self.put(&who, "secret.generate", secret).await
     }
 
@@ -765,6 +773,10 @@ mod tests {
         // Refused by its checks: one denial with its reason, no call id.
         let bad = SetPolicyRequest { scope: "*".into(), rego: "package kbs\nallow := ".into() };
         recorded.set_policy(by(Role::Admin, bad)).await.unwrap_err();
+        // A generate refused for its size: one denial, nothing stored.
+        let huge = GenerateSecretRequest { name: "a/g".into(), bytes: MAX_GENERATED_BYTES + 1, ..Default::default() };
+        let status = recorded.generate_secret(by(Role::Admin, huge)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
         // Allowed, then failed: the decision, then the failure, tied by id.
         let status =
             recorded.delete_secret(by(Role::Admin, DeleteSecretRequest { name: "a/zz".into() })).await.unwrap_err();
@@ -774,7 +786,7 @@ mod tests {
         recorded.set_policy(by(Role::Admin, policy)).await.unwrap();
 
         let r = records(&path);
-        assert_eq!(r.len(), 5, "{r:#?}");
+        assert_eq!(r.len(), 6, "{r:#?}");
         let summary: Vec<(&str, &str, Option<&str>, Option<&str>)> = r
             .iter()
             .map(|r| {
@@ -791,18 +803,19 @@ mod tests {
             [
                 ("secret.delete", "deny", Some("permission_denied"), None),
                 ("policy.set", "deny", Some(Error::PolicyInvalid(String::new()).reason().as_str()), None),
+                ("secret.generate", "deny", Some("invalid_request"), None),
                 ("secret.delete", "allow", None, None),
                 ("secret.delete", "allow", Some("secret_not_found"), Some("failed")),
                 ("policy.set", "allow", None, None),
             ]
         );
         assert_eq!(r[0]["caller"], "token:uploader");
-        assert!(r[0].get("call_id").is_none() && r[1].get("call_id").is_none());
-        assert!(r[2]["call_id"].as_str().unwrap().starts_with("adm-"));
-        assert_eq!(r[2]["call_id"], r[3]["call_id"]);
-        assert_ne!(r[2]["call_id"], r[4]["call_id"]);
-        assert_eq!(r[4]["content_sha256"], hex::encode(Sha256::digest(DEFAULT_POLICY.as_bytes())));
-        assert_eq!(crate::audit::verify_file(&path).unwrap().0, 5);
+        assert!(r[..3].iter().all(|r| r.get("call_id").is_none()));
+        assert!(r[3]["call_id"].as_str().unwrap().starts_with("adm-"));
+        assert_eq!(r[3]["call_id"], r[4]["call_id"]);
+        assert_ne!(r[3]["call_id"], r[5]["call_id"]);
+        assert_eq!(r[5]["content_sha256"], hex::encode(Sha256::digest(DEFAULT_POLICY.as_bytes())));
+        assert_eq!(crate::audit::verify_file(&path).unwrap().0, 6);
     }
 
     #[test]
