@@ -794,6 +794,12 @@ mod tests {
         assert!(c.admin_tokens.is_empty());
         assert_eq!(c.tls_cert, Path::new("/etc/kbs/tls/server.pem"));
         assert_eq!(c.max_secret_bytes, 1 << 20);
+        assert!(c.audit_sync, "audit records are written through by default");
+        assert_eq!(c.audit_key_file, None);
+        let audit = format!("{MINIMAL}\n[audit]\npath = \"audit.jsonl\"\nkey_file = \"audit.key\"\nsync = false\n");
+        let c = Config::from_toml(&audit, Path::new("/etc/kbs")).unwrap();
+        assert!(!c.audit_sync);
+        assert_eq!(c.audit_key_file.as_deref(), Some(Path::new("/etc/kbs/audit.key")));
     }
 
     #[test]
