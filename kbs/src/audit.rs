@@ -288,6 +288,15 @@ impl AuditLog {
     /// checked too; a keyed file is refused without the key and an unkeyed
     /// one (with records) with it, so that no file mixes the two.
     pub fn file(path: &Path, replica: &str, key: Option<AuditKey>) -> Result<Self, AuditError> {
+        // What is there is read before anything is written: a device or a
+        // FIFO (`/dev/zero`, `/dev/stdout`) would be read forever. Audit to
+        // stdout is `path = "-"`.
+        if path.exists() && !std::fs::metadata(path)?.is_file() {
+            return Err(AuditError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the audit path exists and is not a regular file",
+            )));
+        }
         let open = || -> Result<_, AuditError> { Ok(BufReader::new(File::open(path)?)) };
         let mut found = if path.exists() {
             verify_chain(open()?, None)?
@@ -521,6 +530,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         let dropped = format!("{}\n{}\n", lines[0], lines[2]);
         assert!(matches!(verify_lines(dropped.as_bytes()), Err(AuditError::Broken { line: 2, .. })));
+        // Nor is what is not a regular file (it would be read forever).
+        assert!(matches!(AuditLog::file(Path::new("/dev/null"), "r0", None), Err(AuditError::Io(_))));
         // A broken file is not appended to.
         std::fs::write(&path, edited).unwrap();
         assert!(AuditLog::file(&path, "r0", None).is_err());
