@@ -17,7 +17,7 @@ use aws_lc_rs::signature::{
     ECDSA_P384_SHA384_FIXED, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair, ParsedPublicKey,
 };
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use kbs::audit::AuditLog;
+use kbs::audit::{AuditKey, AuditLog};
 use kbs::challenge::ChallengeSealer;
 use kbs::evidence::anchors::{Generation as AmdGeneration, SnpAnchors};
 use kbs::evidence::collateral::VekResolver;
@@ -227,13 +227,30 @@ fn floor(c: &mut Criterion) {
 /// The whole release flow of the broker core, in process: challenge open,
 /// request checks, report parse, cert table parse, cached VEK chain, one
 /// P-384 verify, binding, claims, store read (cached), policy, HPKE seal,
-/// audit record to a file. Evidence is signed outside the timed region.
+/// audit record (MAC-chained) to a file, written through to the disk
+/// (`audit.sync`, the default). Evidence is signed outside the timed region.
 fn broker_core(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
+    broker_core_with(c, "broker_core", true);
+}
+
+/// [`broker_core`] with `audit.sync = false`: the cost of the `fdatasync`
+/// per release is the difference. Its audit file is in `KBS_BENCH_DIR`
+/// (default: the system's temporary directory), which should be on the
+/// disk the broker would use.
+fn broker_core_without_sync(c: &mut Criterion) {
+    broker_core_with(c, "broker_core_audit_nosync", false);
+}
+
+fn broker_core_with(c: &mut Criterion, name: &str, sync: bool) {
+    let dir = match std::env::var_os("KBS_BENCH_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
     let rt = runtime();
     let store: Arc<dyn SecretStore> = CachedStore::wrap(Arc::new(local_store(dir.path())), Duration::from_secs(3600));
     rt.block_on(store.put(new_secret())).unwrap();
-    let audit = Arc::new(AuditLog::file(&dir.path().join("audit.jsonl"), "bench").unwrap());
+    let key = Some(AuditKey::new(&[5; 32]));
+    let audit = Arc::new(AuditLog::file(&dir.path().join("audit.jsonl"), "bench", key).unwrap().with_sync(sync));
     let broker = Broker::new(
         sealer(),
         Duration::from_secs(600),
@@ -262,12 +279,25 @@ fn broker_core(c: &mut Criterion) {
     rt.block_on(broker.release(make())).unwrap();
     let mut group = c.benchmark_group("release");
     group.sample_size(30);
-    group.bench_function("broker_core", |b| {
+    group.bench_function(name, |b| {
         b.iter_batched(make, |req| rt.block_on(broker.release(req)).unwrap(), criterion::BatchSize::SmallInput)
     });
-    group.bench_function("challenge_issue", |b| b.iter(|| broker.challenge(TEE_SNP, black_box(&names())).unwrap()));
+    if sync {
+        group.bench_function("challenge_issue", |b| b.iter(|| broker.challenge(TEE_SNP, black_box(&names())).unwrap()));
+    }
     group.finish();
 }
 
-criterion_group!(benches, floor, snp_verify, tdx_verify, challenge, binding, hpke_seal, store_read, broker_core);
+criterion_group!(
+    benches,
+    floor,
+    snp_verify,
+    tdx_verify,
+    challenge,
+    binding,
+    hpke_seal,
+    store_read,
+    broker_core,
+    broker_core_without_sync
+);
 criterion_main!(benches);

@@ -1,10 +1,24 @@
-//! The audit log: one JSON line per decision, hash-chained.
+//! The audit log: one JSON line per decision, hash-chained and, with a
+//! key, MAC-chained.
 //!
 //! Every record carries `prev`, the SHA-256 of the previous line's bytes
 //! (64 zeros for the first line of a file), so truncation in the middle,
 //! reordering or editing of any record is detectable. Records never contain
 //! a secret value or raw evidence: only names, versions, digests and reason
 //! codes.
+//!
+//! The hash chain stops no one who can write the file: they can rewrite it
+//! whole and recompute every `prev`. With a key (`[audit] key_file`), each
+//! record is format `"v":2` and ends with `"mac"`, the HMAC-SHA256 under
+//! that key of the previous record's MAC (32 zero bytes for the first
+//! record) followed by the record's content: the line as it would be
+//! without its MAC, i.e. with its final `,"mac":"..."}` replaced by `}`.
+//! The MAC is always the last field. Without the key a rewritten file
+//! cannot carry valid MACs. A file is keyed throughout or not at all; the
+//! truncation of its tail shows only against a head recorded elsewhere
+//! (the count and the last MAC).
+
+use aws_lc_rs::hmac;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -54,6 +68,18 @@ pub struct Event {
     pub secrets: Vec<SecretRef>,
     /// Caller: peer address, or the admin token's name.
     pub caller: String,
+    /// Id tying an admin change's decision record to the record of its
+    /// failure, if it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// SHA-256 of the content an admin change writes, when it is not secret
+    /// (a policy's Rego, a reference value set's JSON as given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_sha256: Option<String>,
+    /// `failed`: a second record of an allowed admin change whose effect
+    /// then failed (its `reason` says why). Absent on decision records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
 }
 
 impl Event {
@@ -71,6 +97,9 @@ impl Event {
             claims_digest: None,
             secrets: Vec::new(),
             caller,
+            call_id: None,
+            content_sha256: None,
+            outcome: None,
         }
     }
 }
@@ -82,6 +111,67 @@ struct Record<'a> {
     #[serde(flatten)]
     event: &'a Event,
     prev: String,
+    /// Format: 2 for MAC-chained records (absent on unkeyed ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v: Option<u8>,
+}
+
+/// Format version of MAC-chained records.
+const KEYED_VERSION: u8 = 2;
+/// Length of `,"mac":"` + 64 hex digits + `"}`.
+const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
+
+/// The audit MAC key (HMAC-SHA256). No `Debug` of its bytes.
+#[derive(Clone)]
+pub struct AuditKey(hmac::Key);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(..)")
+    }
+}
+
+impl AuditKey {
+    /// A key from its 32 bytes.
+    pub fn new(bytes: &[u8; 32]) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, bytes))
+    }
+
+    fn mac(&self, prev: &[u8; 32], content: &[u8]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(prev);
+        ctx.update(content);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    fn verify(&self, prev: &[u8; 32], content: &[u8], tag: &[u8]) -> bool {
+        let mut data = Vec::with_capacity(32 + content.len());
+        data.extend_from_slice(prev);
+        data.extend_from_slice(content);
+        hmac::verify(&self.0, &data, tag).is_ok()
+    }
+}
+
+/// The MAC chain's state: the key and the last record's MAC.
+struct MacChain {
+    key: AuditKey,
+    head: [u8; 32],
+}
+
+/// What a verified file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Number of records.
+    pub count: usize,
+    /// SHA-256 of the last line (zeros for an empty file).
+    pub last: [u8; 32],
+    /// The last record's MAC, when the MACs were checked (zeros for an
+    /// empty file).
+    pub head_mac: Option<[u8; 32]>,
+    /// Whether the records carry MACs (checked or not).
+    pub keyed: bool,
 }
 
 enum Sink {
@@ -95,15 +185,31 @@ enum Sink {
 struct State {
     sink: Sink,
     prev: [u8; 32],
+    mac: Option<MacChain>,
+    /// Records written (including those found in the file when opened).
+    count: usize,
+    /// When the head was last logged.
+    anchored: std::time::Instant,
 }
 
-/// The audit writer. Writes are serialized; each record is flushed before
-/// the decision it records is returned to the caller.
+/// The head of the chain is logged (at info: record count, SHA-256 of the
+/// last line and, keyed, its MAC) every this many records...
+pub const ANCHOR_EVERY_RECORDS: usize = 1000;
+/// ...or at the first record this long after the last time it was, and
+/// when the log is opened. Kept elsewhere (the operational log), the head
+/// shows a truncated tail: `kbsctl audit verify --expect-count N
+/// --expect-head HEX`.
+pub const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The audit writer. Writes are serialized; each record is flushed (and,
+/// to a file, by default written through to the disk with `fdatasync`)
+/// before the decision it records is returned to the caller.
 pub struct AuditLog {
     replica: String,
     state: Mutex<State>,
     /// Writes that failed (the `kbs_audit_write_failures_total` metric).
     failures: Arc<AtomicU64>,
+    sync: bool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -112,12 +218,50 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+impl State {
+    fn new(sink: Sink, prev: [u8; 32], mac: Option<MacChain>, count: usize) -> Self {
+        Self { sink, prev, mac, count, anchored: std::time::Instant::now() }
+    }
+
+    /// Logs the head of the chain, for checks of the file's tail.
+    fn log_head(&mut self, replica: &str) {
+        self.anchored = std::time::Instant::now();
+        let head_mac = self.mac.as_ref().map(|m| hex::encode(m.head)).unwrap_or_default();
+        tracing::info!(replica, records = self.count, head_sha256 = hex::encode(self.prev), head_mac, "audit head");
+    }
+}
+
+/// A head of the chain recorded elsewhere (the broker logs it: `audit
+/// head`): the file must hold at least `count` records, and record `count`
+/// must have this MAC (when the MACs are checked) or this line SHA-256
+/// (when they are not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// Number of records at the head.
+    pub count: usize,
+    /// `head_mac`, or `head_sha256` when no key is given.
+    pub head: [u8; 32],
+}
+
 /// Why the audit log could not be written or verified.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// I/O.
     #[error("audit I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The file's records are (not) keyed, and the log is opened without
+    /// (with) a key: a file is keyed throughout or not at all.
+    #[error("audit file {0}")]
+    KeyMismatch(&'static str),
+    /// The file ends before an expected head: records were removed from
+    /// its tail.
+    #[error("audit file truncated: {expected} records expected, {found} found")]
+    Truncated {
+        /// Records the head counts.
+        expected: usize,
+        /// Records in the file.
+        found: usize,
+    },
     /// The chain is broken at this line (1-based).
     #[error("audit chain broken at line {line}: {why}")]
     Broken {
@@ -130,21 +274,48 @@ pub enum AuditError {
 
 impl AuditLog {
     /// Audit to stdout (JSON lines).
-    pub fn stdout(replica: &str) -> Self {
-        Self::with_state(replica, State { sink: Sink::Stdout, prev: [0; 32] })
+    pub fn stdout(replica: &str, key: Option<AuditKey>) -> Self {
+        let mac = key.map(|key| MacChain { key, head: [0; 32] });
+        Self::new(replica, State::new(Sink::Stdout, [0; 32], mac, 0))
     }
 
     /// An audit log whose every write fails.
     #[cfg(test)]
     pub(crate) fn failing() -> Self {
-        Self::with_state("test", State { sink: Sink::Failing, prev: [0; 32] })
+        Self::new("test", State::new(Sink::Failing, [0; 32], None, 0))
     }
 
     /// Audit to a file, appending and continuing the chain of what is there.
     /// A file whose chain is already broken is refused: the operator must
-    /// look at it before the broker writes more.
-    pub fn file(path: &Path, replica: &str) -> Result<Self, AuditError> {
-        let prev = if path.exists() { verify_file(path)?.1 } else { [0; 32] };
+    /// look at it before the broker writes more. With a key, its MACs are
+    /// checked too; a keyed file is refused without the key and an unkeyed
+    /// one (with records) with it, so that no file mixes the two.
+    pub fn file(path: &Path, replica: &str, key: Option<AuditKey>) -> Result<Self, AuditError> {
+        // What is there is read before anything is written: a device or a
+        // FIFO (`/dev/zero`, `/dev/stdout`) would be read forever. Audit to
+        // stdout is `path = "-"`.
+        if path.exists() && !std::fs::metadata(path)?.is_file() {
+            return Err(AuditError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the audit path exists and is not a regular file",
+            )));
+        }
+        let open = || -> Result<_, AuditError> { Ok(BufReader::new(File::open(path)?)) };
+        let mut found = if path.exists() {
+            verify_chain(open()?, None)?
+        } else {
+            Verified { count: 0, last: [0; 32], head_mac: None, keyed: false }
+        };
+        match (&key, found.count > 0, found.keyed) {
+            (Some(_), true, false) => {
+                return Err(AuditError::KeyMismatch("holds records without MACs; move it aside to start a keyed log"));
+            }
+            (None, _, true) => return Err(AuditError::KeyMismatch("is MAC-chained but no audit key is configured")),
+            (Some(key), _, true) => found = verify_chain(open()?, Some(key))?,
+            _ => {}
+        }
+        let mac = key.map(|key| MacChain { key, head: found.head_mac.unwrap_or([0; 32]) });
+        let prev = found.last;
         let mut options = OpenOptions::new();
         options.create(true).append(true);
         #[cfg(unix)]
@@ -153,11 +324,31 @@ impl AuditLog {
             options.mode(0o640);
         }
         let file = options.open(path)?;
-        Ok(Self::with_state(replica, State { sink: Sink::File(file), prev }))
+        let mut state = State::new(Sink::File(file), prev, mac, found.count);
+        state.log_head(replica);
+        Ok(Self::new(replica, state))
     }
 
-    fn with_state(replica: &str, state: State) -> Self {
-        Self { replica: replica.into(), state: Mutex::new(state), failures: Arc::new(AtomicU64::new(0)) }
+    /// The head of the chain now: what the broker logs as `audit head`,
+    /// as an anchor for the MACs (`keyed`) or for the hash chain.
+    pub fn head(&self, keyed: bool) -> Option<Anchor> {
+        let state = self.state.lock().ok()?;
+        let head = if keyed { state.mac.as_ref()?.head } else { state.prev };
+        Some(Anchor { count: state.count, head })
+    }
+
+    fn new(replica: &str, state: State) -> Self {
+        Self { replica: replica.into(), state: Mutex::new(state), sync: true, failures: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Whether each record written to a file is written through to the
+    /// disk (`fdatasync`) before its decision is answered (default true):
+    /// without it a crash of the machine can lose the last records of
+    /// decisions already answered.
+    #[must_use]
+    pub fn with_sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
+        self
     }
 
     /// The count of failed writes, shared with the metrics.
@@ -179,8 +370,17 @@ impl AuditLog {
         let mut state = self.state.lock().map_err(|_| AuditError::Io(std::io::Error::other("audit lock poisoned")))?;
         let time =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        let record = Record { time, replica: &self.replica, event, prev: hex::encode(state.prev) };
+        let v = state.mac.as_ref().map(|_| KEYED_VERSION);
+        let record = Record { time, replica: &self.replica, event, prev: hex::encode(state.prev), v };
         let mut line = serde_json::to_vec(&record).map_err(|e| AuditError::Io(std::io::Error::other(e)))?;
+        let mut head = None;
+        if let Some(chain) = &state.mac {
+            let mac = chain.key.mac(&chain.head, &line);
+            // The content ends with `}`: the MAC goes in as the last field.
+            line.pop();
+            line.extend_from_slice(format!(",\"mac\":\"{}\"}}", hex::encode(mac)).as_bytes());
+            head = Some(mac);
+        }
         let digest: [u8; 32] = Sha256::digest(&line).into();
         line.push(b'\n');
         match &mut state.sink {
@@ -192,38 +392,119 @@ impl AuditLog {
             Sink::File(f) => {
                 f.write_all(&line)?;
                 f.flush()?;
+                if self.sync {
+                    f.sync_data()?;
+                }
             }
             #[cfg(test)]
             Sink::Failing => return Err(AuditError::Io(std::io::Error::other("test sink refuses writes"))),
         }
         state.prev = digest;
+        if let (Some(chain), Some(mac)) = (&mut state.mac, head) {
+            chain.head = mac;
+        }
+        state.count = state.count.saturating_add(1);
+        if state.count % ANCHOR_EVERY_RECORDS == 0 || state.anchored.elapsed() >= ANCHOR_EVERY {
+            state.log_head(&self.replica);
+        }
         Ok(())
     }
 }
 
-/// Checks a file's chain; returns the number of records and the digest of
-/// the last line.
+/// Checks a file's hash chain (not its MACs); returns the number of
+/// records and the digest of the last line.
 pub fn verify_file(path: &Path) -> Result<(usize, [u8; 32]), AuditError> {
     verify_lines(BufReader::new(File::open(path)?))
 }
 
-/// Checks a chain read from `reader`.
+/// Checks a file's hash chain and, with a key, its MAC chain: every record
+/// must then carry a valid MAC.
+pub fn verify_file_with(path: &Path, key: Option<&AuditKey>) -> Result<Verified, AuditError> {
+    verify_chain(BufReader::new(File::open(path)?), key)
+}
+
+/// [`verify_file_with`], through `anchor`.
+pub fn verify_file_anchored(
+    path: &Path,
+    key: Option<&AuditKey>,
+    anchor: Option<&Anchor>,
+) -> Result<Verified, AuditError> {
+    verify_chain_anchored(BufReader::new(File::open(path)?), key, anchor)
+}
+
+/// Checks the hash chain read from `reader` (not its MACs); returns the
+/// number of records and the digest of the last line.
 pub fn verify_lines(reader: impl BufRead) -> Result<(usize, [u8; 32]), AuditError> {
+    let found = verify_chain(reader, None)?;
+    Ok((found.count, found.last))
+}
+
+/// Checks a chain read from `reader`: the hash chain, and with a key the
+/// MAC of every record.
+pub fn verify_chain(reader: impl BufRead, key: Option<&AuditKey>) -> Result<Verified, AuditError> {
+    verify_chain_anchored(reader, key, None)
+}
+
+/// [`verify_chain`], and the chain passes through `anchor`: a tail removed
+/// since the anchor was recorded shows.
+pub fn verify_chain_anchored(
+    reader: impl BufRead,
+    key: Option<&AuditKey>,
+    anchor: Option<&Anchor>,
+) -> Result<Verified, AuditError> {
     let mut prev = [0u8; 32];
+    let mut head = [0u8; 32];
     let mut count = 0;
+    let mut keyed = None;
     for (i, line) in reader.split(b'\n').enumerate() {
         let line = line?;
         let number = i + 1;
+        let broken = |why: &str| AuditError::Broken { line: number, why: why.into() };
         let value: serde_json::Value = serde_json::from_slice(&line)
             .map_err(|e| AuditError::Broken { line: number, why: format!("not JSON: {e}") })?;
         let claimed = value.get("prev").and_then(|p| p.as_str()).unwrap_or_default();
         if claimed != hex::encode(prev) {
-            return Err(AuditError::Broken { line: number, why: "prev does not match the previous record".into() });
+            return Err(broken("prev does not match the previous record"));
+        }
+        let mac = value.get("mac").and_then(|m| m.as_str());
+        let has_mac = mac.is_some();
+        if *keyed.get_or_insert(has_mac) != has_mac {
+            return Err(broken("records with and without MACs are mixed"));
+        }
+        if has_mac && value.get("v").and_then(serde_json::Value::as_u64) != Some(u64::from(KEYED_VERSION)) {
+            return Err(broken("a MAC-chained record must be format v2"));
+        }
+        if let Some(key) = key {
+            let mac = mac.ok_or_else(|| broken("no MAC"))?;
+            let tag =
+                hex::decode(mac).ok().filter(|t| t.len() == 32).ok_or_else(|| broken("MAC is not 64 hex digits"))?;
+            let suffix = format!(",\"mac\":\"{mac}\"}}");
+            let body = line
+                .len()
+                .checked_sub(MAC_SUFFIX_LEN)
+                .and_then(|n| line.get(..n))
+                .filter(|_| line.ends_with(suffix.as_bytes()))
+                .ok_or_else(|| broken("the MAC is not the record's last field"))?;
+            let mut content = body.to_vec();
+            content.push(b'}');
+            if !key.verify(&head, &content, &tag) {
+                return Err(broken("MAC does not verify (edited, reordered, or another key)"));
+            }
+            head.copy_from_slice(&tag);
         }
         prev = Sha256::digest(&line).into();
         count += 1;
+        if let Some(anchor) = anchor.filter(|a| a.count == count) {
+            let at = if key.is_some() { &head } else { &prev };
+            if *at != anchor.head {
+                return Err(broken("not the expected head: the file was rewritten up to here"));
+            }
+        }
     }
-    Ok((count, prev))
+    if let Some(anchor) = anchor.filter(|a| a.count > count) {
+        return Err(AuditError::Truncated { expected: anchor.count, found: count });
+    }
+    Ok(Verified { count, last: prev, head_mac: key.map(|_| head), keyed: keyed.unwrap_or(false) })
 }
 
 #[cfg(test)]
@@ -242,6 +523,7 @@ mod tests {
             claims_digest: None,
             secrets: vec![SecretRef { name: "m/k/a".into(), version: Some(1) }],
             caller: "127.0.0.1:5".into(),
+            ..Event::new("release", String::new())
         }
     }
 
@@ -249,12 +531,12 @@ mod tests {
     fn chain_verifies_and_detects_edits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::file(&path, "r0").unwrap();
+        let log = AuditLog::file(&path, "r0", None).unwrap();
         log.record(&event("allow")).unwrap();
         log.record(&event("deny")).unwrap();
         drop(log);
         // Re-opening continues the chain.
-        let log = AuditLog::file(&path, "r0").unwrap();
+        let log = AuditLog::file(&path, "r0", None).unwrap();
         log.record(&event("allow")).unwrap();
         assert_eq!(verify_file(&path).unwrap().0, 3);
 
@@ -264,8 +546,124 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         let dropped = format!("{}\n{}\n", lines[0], lines[2]);
         assert!(matches!(verify_lines(dropped.as_bytes()), Err(AuditError::Broken { line: 2, .. })));
+        // Nor is what is not a regular file (it would be read forever).
+        assert!(matches!(AuditLog::file(Path::new("/dev/null"), "r0", None), Err(AuditError::Io(_))));
         // A broken file is not appended to.
         std::fs::write(&path, edited).unwrap();
-        assert!(AuditLog::file(&path, "r0").is_err());
+        assert!(AuditLog::file(&path, "r0", None).is_err());
+    }
+
+    /// Rewrites `lines` as someone who can write the file but lacks the
+    /// key would: `edit` one line, then recompute every `prev` after it.
+    fn rewrite(text: &str, edit: impl Fn(&str) -> String) -> String {
+        let mut out: Vec<String> = Vec::new();
+        for line in text.lines() {
+            let mut line = edit(line);
+            if let Some(previous) = out.last() {
+                let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let old = value["prev"].as_str().unwrap().to_owned();
+                line = line.replace(&old, &hex::encode(Sha256::digest(previous.as_bytes())));
+            }
+            out.push(line);
+        }
+        out.join("\n") + "\n"
+    }
+
+    #[test]
+    fn keyed_chain_detects_a_rewrite_the_hash_chain_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let key = AuditKey::new(&[9; 32]);
+        let log = AuditLog::file(&path, "r0", Some(key.clone())).unwrap();
+        log.record(&event("allow")).unwrap();
+        log.record(&event("deny")).unwrap();
+        drop(log);
+        // Re-opening checks the MACs and continues both chains.
+        let log = AuditLog::file(&path, "r0", Some(key.clone())).unwrap();
+        log.record(&event("allow")).unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let found = verify_chain(text.as_bytes(), Some(&key)).unwrap();
+        assert_eq!((found.count, found.keyed), (3, true));
+        let last_mac: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(found.head_mac.map(hex::encode).as_deref(), last_mac["mac"].as_str());
+        assert!(text.lines().all(|l| l.contains(r#","v":2,"mac":""#) && l.ends_with("\"}")), "{text}");
+        assert_eq!(verify_lines(text.as_bytes()).unwrap().0, 3, "the hash chain alone verifies too");
+
+        // A denial turned into an allow, the hash chain recomputed: the
+        // unkeyed check passes, the keyed one does not.
+        let forged = rewrite(&text, |l| l.replacen(r#""decision":"deny""#, r#""decision":"allow""#, 1));
+        assert_ne!(forged, text);
+        assert_eq!(verify_lines(forged.as_bytes()).unwrap().0, 3);
+        assert!(matches!(verify_chain(forged.as_bytes(), Some(&key)), Err(AuditError::Broken { line: 2, .. })));
+        // Nor does dropping a record and re-chaining, or another key, or a
+        // MAC moved out of last place, or a stripped MAC.
+        let lines: Vec<&str> = text.lines().collect();
+        let dropped = rewrite(&format!("{}\n{}\n", lines[0], lines[2]), str::to_owned);
+        assert_eq!(verify_lines(dropped.as_bytes()).unwrap().0, 2);
+        assert!(matches!(verify_chain(dropped.as_bytes(), Some(&key)), Err(AuditError::Broken { line: 2, .. })));
+        let other = AuditKey::new(&[8; 32]);
+        assert!(matches!(verify_chain(text.as_bytes(), Some(&other)), Err(AuditError::Broken { line: 1, .. })));
+        let moved = rewrite(&text, |l| {
+            let at = l.find(r#","mac":""#).unwrap();
+            let mac = &l[at..l.len() - 1];
+            format!("{{{},{}", &mac[1..], &l[1..at]) + "}"
+        });
+        assert!(matches!(verify_chain(moved.as_bytes(), Some(&key)), Err(AuditError::Broken { line: 1, .. })));
+        let stripped = rewrite(&text, |l| format!("{}}}", &l[..l.find(r#","v":2"#).unwrap()]));
+        assert_eq!(verify_lines(stripped.as_bytes()).unwrap().0, 3);
+        assert!(matches!(verify_chain(stripped.as_bytes(), Some(&key)), Err(AuditError::Broken { line: 1, .. })));
+
+        // A tampered keyed file is not appended to; a keyed file is refused
+        // without the key, an unkeyed one with it.
+        std::fs::write(&path, &forged).unwrap();
+        assert!(matches!(AuditLog::file(&path, "r0", Some(key.clone())), Err(AuditError::Broken { line: 2, .. })));
+        std::fs::write(&path, &text).unwrap();
+        assert!(matches!(AuditLog::file(&path, "r0", None), Err(AuditError::KeyMismatch(_))));
+        std::fs::write(&path, &stripped).unwrap();
+        assert!(matches!(AuditLog::file(&path, "r0", Some(key)), Err(AuditError::KeyMismatch(_))));
+    }
+
+    #[test]
+    fn a_head_kept_elsewhere_shows_a_truncated_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let key = AuditKey::new(&[9; 32]);
+        let log = AuditLog::file(&path, "r0", Some(key.clone())).unwrap().with_sync(true);
+        for _ in 0..3 {
+            log.record(&event("allow")).unwrap();
+        }
+        let (mac_head, sha_head) = (log.head(true).unwrap(), log.head(false).unwrap());
+        assert_eq!((mac_head.count, sha_head.count), (3, 3));
+        log.record(&event("deny")).unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The file has grown past the head: it still passes through it.
+        let found = verify_chain_anchored(text.as_bytes(), Some(&key), Some(&mac_head)).unwrap();
+        assert_eq!(found.count, 4);
+        verify_chain_anchored(text.as_bytes(), None, Some(&sha_head)).unwrap();
+
+        // The last two records removed: a valid chain, but short of the head.
+        let lines: Vec<&str> = text.lines().collect();
+        let cut = format!("{}\n{}\n", lines[0], lines[1]);
+        assert_eq!(verify_chain(cut.as_bytes(), Some(&key)).unwrap().count, 2);
+        assert!(matches!(
+            verify_chain_anchored(cut.as_bytes(), Some(&key), Some(&mac_head)),
+            Err(AuditError::Truncated { expected: 3, found: 2 })
+        ));
+        assert!(matches!(
+            verify_chain_anchored(cut.as_bytes(), None, Some(&sha_head)),
+            Err(AuditError::Truncated { expected: 3, found: 2 })
+        ));
+        // A head that is not this file's.
+        let other = Anchor { count: 3, head: [1; 32] };
+        assert!(matches!(
+            verify_chain_anchored(text.as_bytes(), Some(&key), Some(&other)),
+            Err(AuditError::Broken { line: 3, .. })
+        ));
+        // The head after re-opening continues from what the file holds.
+        let log = AuditLog::file(&path, "r0", Some(key)).unwrap();
+        assert_eq!(log.head(true).unwrap().count, 4);
+        assert_eq!(log.head(false).unwrap().head, found.last);
     }
 }

@@ -245,6 +245,10 @@ struct RawToken {
 struct RawAudit {
     #[serde(default)]
     path: Option<String>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    sync: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -460,6 +464,12 @@ pub struct Config {
     pub admin_clients: Vec<ClientEntry>,
     /// Audit destination: a file path, or `None` for stdout.
     pub audit_path: Option<PathBuf>,
+    /// The audit MAC key file (32 bytes raw or 64 hex digits); without it
+    /// the audit log is hash-chained only.
+    pub audit_key_file: Option<PathBuf>,
+    /// Whether each audit record is written through to the disk before its
+    /// decision is answered (`audit.sync`, default true; files only).
+    pub audit_sync: bool,
     /// How often policies and reference values are re-read from the store
     /// (`policy.refresh_seconds`, default 30): changes made through another
     /// replica are in force here within it.
@@ -779,6 +789,8 @@ impl Config {
             admin_client_ca: raw.admin.client_ca.map(|p| resolve(&p)),
             admin_clients,
             audit_path,
+            audit_key_file: raw.audit.key_file.map(|p| resolve(&p)),
+            audit_sync: raw.audit.sync.unwrap_or(true),
             policy_refresh,
             policy_builtin_default,
             insecure_simulated_tee: raw.dev.insecure_simulated_tee,
@@ -816,6 +828,12 @@ mod tests {
         assert!(c.admin_tokens.is_empty());
         assert_eq!(c.tls_cert, Path::new("/etc/kbs/tls/server.pem"));
         assert_eq!(c.max_secret_bytes, 1 << 20);
+        assert!(c.audit_sync, "audit records are written through by default");
+        assert_eq!(c.audit_key_file, None);
+        let audit = format!("{MINIMAL}\n[audit]\npath = \"audit.jsonl\"\nkey_file = \"audit.key\"\nsync = false\n");
+        let c = Config::from_toml(&audit, Path::new("/etc/kbs")).unwrap();
+        assert!(!c.audit_sync);
+        assert_eq!(c.audit_key_file.as_deref(), Some(Path::new("/etc/kbs/audit.key")));
     }
 
     #[test]

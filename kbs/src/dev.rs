@@ -113,6 +113,7 @@ pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
     write_private(&dir.join("tls/server.key"), server_key.serialize_pem().as_bytes())?;
     write_private(&dir.join("challenge.key"), random_hex(&rng, 32)?.as_bytes())?;
     write_private(&dir.join("kek"), random_hex(&rng, 32)?.as_bytes())?;
+    write_private(&dir.join("audit.key"), random_hex(&rng, 32)?.as_bytes())?;
     let token = random_hex(&rng, 32)?;
     let admin_token = dir.join("admin.token");
     write_private(&admin_token, token.as_bytes())?;
@@ -170,6 +171,7 @@ kek_file = "kek"
 {cache_ttl}
 [audit]
 path = "audit.jsonl"
+key_file = "audit.key"
 
 # A development set-up drives load from one address (kbs-bench, the demo):
 # rate limits high enough not to get in its way. Production keeps the

@@ -534,7 +534,7 @@ mod tests {
         // Recorded: the refusal keeps its own reason, and is in the log.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let recorded = broker(dir.path(), AuditLog::file(&path, "r0").unwrap());
+        let recorded = broker(dir.path(), AuditLog::file(&path, "r0", None).unwrap());
         let refused = recorded.release(forged_request()).await.unwrap_err();
         assert_ne!(refused.reason(), ReasonCode::Internal, "{refused}");
         assert_eq!(crate::audit::verify_file(&path).unwrap().0, 1);

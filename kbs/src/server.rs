@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::api::admin::AdminService;
 use crate::api::key_broker::{KeyBrokerService, MAX_REQUEST_BYTES};
 use crate::api::policy_admin::PolicyAdminContext;
-use crate::audit::AuditLog;
+use crate::audit::{AuditKey, AuditLog};
 use crate::challenge::ChallengeSealer;
 use crate::config::{Config, StoreConfig};
 use crate::connections::{self, Admission};
@@ -176,14 +176,31 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     // Reads are served from memory for a short TTL: no store round trip
     // per release after warm-up; rotations are seen within the TTL.
     let store = crate::store::cache::CachedStore::wrap(store, config.store_cache_ttl);
-    let audit = Arc::new(match &config.audit_path {
-        None => AuditLog::stdout(&config.replica_id),
-        Some(path) => AuditLog::file(path, &config.replica_id).map_err(|e| StartError::File {
-            what: "audit.path",
-            path: path.display().to_string(),
-            why: e.to_string(),
-        })?,
-    });
+    let audit_key = match &config.audit_key_file {
+        Some(path) => Some(AuditKey::new(&*read_key32("audit.key_file", path)?)),
+        None => {
+            tracing::warn!(
+                "audit.key_file is not set: the audit log is hash-chained only, and whoever can write it can rewrite it whole undetected"
+            );
+            None
+        }
+    };
+    let audit = Arc::new(
+        match &config.audit_path {
+            None => AuditLog::stdout(&config.replica_id, audit_key),
+            Some(path) => AuditLog::file(path, &config.replica_id, audit_key).map_err(|e| StartError::File {
+                what: "audit.path",
+                path: path.display().to_string(),
+                why: e.to_string(),
+            })?,
+        }
+        .with_sync(config.audit_sync),
+    );
+    if !config.audit_sync && config.audit_path.is_some() {
+        tracing::warn!(
+            "audit.sync is false: a crash of the machine can lose the last audit records of answered decisions"
+        );
+    }
     let directory = config.snp.collateral_dir.as_ref().map(|d| VekDirectory::new(d.clone()));
     let kds_fetcher = || -> Result<Option<KdsFetcher>, StartError> {
         let Some(url) = &config.snp.kds_url else { return Ok(None) };

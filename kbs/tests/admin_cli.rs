@@ -627,3 +627,82 @@ async fn uploaders_cannot_change_release_conditions() {
     let meta = client.put_secret(bearer(&admin, put(vec![m2.clone()], lax))).await.unwrap().into_inner();
     assert_eq!(meta.allowed_measurements, vec![m2]);
 }
+
+/// Rewrites an audit file as someone who can write it but lacks the key
+/// would: one decision changed, every later `prev` recomputed.
+fn forge(text: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut line = if i == 1 { line.replacen("\"deny\"", "\"allow\"", 1) } else { line.to_owned() };
+        if let Some(previous) = out.last() {
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let old = value["prev"].as_str().unwrap().to_owned();
+            line = line.replace(&old, &hex::encode(Sha256::digest(previous.as_bytes())));
+        }
+        out.push(line);
+    }
+    out.join("\n") + "\n"
+}
+
+#[tokio::test]
+async fn audit_verify_checks_macs_with_the_key() {
+    let pki = ClientPki::new();
+    let b = start(&pki).await;
+    let admin = b.token_file(&b.admin_token());
+    let uploader = b.token_file("uploader-token");
+    let put = b.kbsctl(&["--token-file", &admin, "secret", "put", "a/b", "--from-file", "-"], Some(b"v")).await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    // A refusal (a `deny` record to forge into an `allow`), then a third record.
+    let rm = b.kbsctl(&["--token-file", &uploader, "secret", "rm", "a/b"], None).await;
+    assert_eq!(rm.status.code(), Some(2), "{}", stderr(&rm));
+    let list = b.kbsctl(&["--token-file", &admin, "secret", "list"], None).await;
+    assert_eq!(list.status.code(), Some(0));
+
+    let log = b.dir.path().join("audit.jsonl");
+    let key = b.dir.path().join("audit.key").display().to_string();
+    let file = log.display().to_string();
+    let plain = b.kbsctl(&["audit", "verify", &file], None).await;
+    assert_eq!(plain.status.code(), Some(0), "{}", stderr(&plain));
+    assert!(stdout(&plain).contains("MACs not checked (give --key)"), "{}", stdout(&plain));
+    let keyed = b.kbsctl(&["--output", "json", "audit", "verify", &file, "--key", &key], None).await;
+    assert_eq!(keyed.status.code(), Some(0), "{}", stderr(&keyed));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&keyed)).unwrap();
+    assert_eq!((summary["ok"].as_bool(), summary["macs_checked"].as_bool()), (Some(true), Some(true)));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["head_mac"], last["mac"]);
+    assert_eq!(summary["records"].as_u64(), Some(text.lines().count() as u64));
+
+    // Rewritten with a recomputed hash chain: passes without the key only.
+    let forged_text = forge(&text);
+    assert_ne!(forged_text, text);
+    let forged = b.dir.path().join("forged.jsonl");
+    std::fs::write(&forged, forged_text).unwrap();
+    let forged = forged.display().to_string();
+    let plain = b.kbsctl(&["audit", "verify", &forged], None).await;
+    assert_eq!(plain.status.code(), Some(0), "{}", stderr(&plain));
+    let keyed = b.kbsctl(&["audit", "verify", &forged, "--key", &key], None).await;
+    assert_eq!(keyed.status.code(), Some(2), "{}", stdout(&keyed));
+    assert!(stderr(&keyed).contains("line 2: MAC does not verify"), "{}", stderr(&keyed));
+
+    // The last record removed: both chains still verify; only the head
+    // (the count and last MAC the broker logs) shows it.
+    let n = text.lines().count().to_string();
+    let head = last["mac"].as_str().unwrap();
+    let cut: Vec<&str> = text.lines().collect();
+    let cut = cut[..cut.len() - 1].join("\n") + "\n";
+    let truncated = b.dir.path().join("truncated.jsonl");
+    std::fs::write(&truncated, cut).unwrap();
+    let truncated = truncated.display().to_string();
+    let anchored =
+        |f: &str| ["audit", "verify", f, "--key", &key, "--expect-count", &n, "--expect-head", head].map(str::to_owned);
+    let out = b.kbsctl(&["audit", "verify", &truncated, "--key", &key], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let args = anchored(&truncated);
+    let out = b.kbsctl(&args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
+    let args = anchored(&file);
+    let out = b.kbsctl(&args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

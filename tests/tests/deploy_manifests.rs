@@ -161,6 +161,8 @@ fn the_broker_deployment_is_what_the_docs_say() {
         .any(|p| p["port"].as_i64() == Some(metrics_port.into()));
     assert!(admitted, "the NetworkPolicy admits no scrape of port {metrics_port}");
     assert!(!parsed.insecure_simulated_tee);
+    // Audit records are MAC-chained.
+    assert_eq!(parsed.audit_key_file.as_deref(), Some(Path::new("/etc/kbs/keys/audit.key")));
     // Production refuses SNP reports without a current AMD CRL.
     assert_eq!(parsed.snp.revocation, kbs::evidence::amd_crl::Revocation::Require);
 }

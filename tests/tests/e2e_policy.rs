@@ -241,6 +241,29 @@ async fn audit_chain_detects_edits_and_removals() {
     removed.remove(1);
     std::fs::write(&edited, removed.join("\n") + "\n").unwrap();
     assert!(matches!(kbs::audit::verify_file(&edited), Err(kbs::audit::AuditError::Broken { line: 2, .. })));
+
+    // The dev set-up MAC-chains the records under its audit key. The edit
+    // above with every later `prev` recomputed passes the hash-chain check
+    // but not the MAC check.
+    let key = std::fs::read_to_string(app.dir.path().join("audit.key")).unwrap();
+    let key = kbs::audit::AuditKey::new(&hex::decode(key.trim()).unwrap().try_into().unwrap());
+    let found = kbs::audit::verify_file_with(&app.audit_path(), Some(&key)).unwrap();
+    assert_eq!((found.count, found.keyed, found.head_mac.is_some()), (lines.len(), true, true));
+    let mut rechained: Vec<String> = Vec::new();
+    for line in &earlier {
+        let mut line = line.clone();
+        if let Some(previous) = rechained.last() {
+            let old = serde_json::from_str::<serde_json::Value>(&line).unwrap()["prev"].as_str().unwrap().to_owned();
+            line = line.replace(&old, &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(previous.as_bytes())));
+        }
+        rechained.push(line);
+    }
+    std::fs::write(&edited, rechained.join("\n") + "\n").unwrap();
+    assert_eq!(kbs::audit::verify_file(&edited).unwrap().0, lines.len());
+    assert!(matches!(
+        kbs::audit::verify_file_with(&edited, Some(&key)),
+        Err(kbs::audit::AuditError::Broken { line: 2, .. })
+    ));
 }
 
 #[path = "support/vectors.rs"]

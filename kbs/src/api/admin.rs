@@ -21,8 +21,17 @@
 //! | QueryAudit | yes | no | yes |
 //!
 //! Secret values are write-only: no call returns one.
+//!
+//! Every change is audited before it is made, failing closed: the call's
+//! checks run first (they change nothing), then its decision is recorded,
+//! and only once that record is written does the change happen. A change
+//! whose record cannot be written is refused (`internal`) and does not
+//! happen. An allowed change whose effect then fails gets a second record,
+//! with the same `call_id` and `outcome: failed`. A call refused for its
+//! role is recorded too (`deny`, `permission_denied`).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -210,7 +219,9 @@ impl AdminService {
         }
     }
 
-    fn authorize<T>(&self, request: &Request<T>, call: Call) -> Result<Caller, Status> {
+    /// Authenticates (when the interceptor has not) and authorizes a call;
+    /// a call refused for its role is audited under `action`.
+    fn authorize<T>(&self, request: &Request<T>, call: Call, action: &'static str) -> Result<Caller, Status> {
         let caller = match request.extensions().get::<Caller>() {
             Some(caller) => caller.clone(),
             None => self.authenticate(request).map_err(|e| {
@@ -220,26 +231,54 @@ impl AdminService {
         };
         if !call.allowed(caller.role) {
             tracing::warn!(caller = caller.id, role = caller.role.as_str(), call = call.name(), "admin call forbidden");
-            return Err(Error::Forbidden { role: caller.role.as_str(), call: call.name() }.to_status());
+            let refused = Error::Forbidden { role: caller.role.as_str(), call: call.name() };
+            let event = Event { reason: Some(refused.reason().as_str()), ..Event::new(action, caller.id.clone()) };
+            self.record(&event)?;
+            return Err(refused.to_status());
         }
         Ok(caller)
     }
 
-    fn audit(&self, action: &'static str, who: &Caller, name: &str, result: Result<Option<u64>, &Error>) {
-        let event = Event {
-            action,
-            decision: if result.is_ok() { "allow" } else { "deny" },
-            reason: result.as_ref().err().map(|e| e.reason().as_str()),
-            reasons: Vec::new(),
-            attestation_id: None,
-            tee: None,
-            measurement: None,
-            claims_digest: None,
-            secrets: vec![SecretRef { name: name.to_owned(), version: result.ok().flatten() }],
-            caller: who.id.clone(),
+    /// Writes a record, failing closed: when it cannot be written the call
+    /// is refused (`internal`) whatever the decision.
+    fn record(&self, event: &Event) -> Result<(), Status> {
+        self.audit.record(event).map_err(|audit_err| {
+            tracing::error!(action = event.action, caller = event.caller, error = %audit_err, "audit write failed; refusing");
+            Error::Internal("audit log unavailable".into()).to_status()
+        })
+    }
+
+    /// Runs an admin change recorded in `event` (a denial until decided):
+    /// `checked` is the outcome of its checks, which change nothing. A
+    /// refusal is recorded and returned. An allowed change is recorded
+    /// first, and `effect` runs only once that record is written; if the
+    /// effect fails, a second record (`outcome: failed`, same `call_id`)
+    /// says so, on a best-effort basis since nothing was changed.
+    async fn change<P, T, F, Fut>(&self, mut event: Event, checked: Result<P, Error>, effect: F) -> Result<T, Status>
+    where
+        F: FnOnce(P) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let checked = match checked {
+            Ok(checked) => checked,
+            Err(e) => {
+                event.reason = Some(e.reason().as_str());
+                self.record(&event)?;
+                return Err(e.to_status());
+            }
         };
-        if let Err(e) = self.audit.record(&event) {
-            tracing::error!(error = %e, "audit write failed");
+        event.decision = "allow";
+        event.call_id = Some(call_id().map_err(|e| e.to_status())?);
+        self.record(&event)?;
+        match effect(checked).await {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                let failed = Event { outcome: Some("failed"), reason: Some(e.reason().as_str()), ..event };
+                if let Err(audit_err) = self.audit.record(&failed) {
+                    tracing::error!(action = failed.action, error = %audit_err, "audit write of a failed change failed");
+                }
+                Err(e.to_status())
+            }
         }
     }
 
@@ -250,15 +289,17 @@ impl AdminService {
         secret: Result<NewSecret, Error>,
     ) -> Result<Response<SecretMetadata>, Status> {
         let name = secret.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        let result = match secret {
-            Ok(mut secret) => match self.keep_release_conditions(who, &mut secret).await {
-                Ok(()) => self.store.put(secret).await.map_err(Error::from),
-                Err(e) => Err(e),
-            },
+        let checked = match secret {
+            Ok(mut secret) => self.keep_release_conditions(who, &mut secret).await.map(|()| secret),
             Err(e) => Err(e),
         };
-        self.audit(action, who, &name, result.as_ref().map(|m| Some(m.version)));
-        result.map(|m| Response::new(to_wire(m))).map_err(|e| e.to_status())
+        let store = &self.store;
+        let meta =
+            self.change(event(action, who, &name), checked, |secret| async move {
+                store.put(secret).await.map_err(Error::from)
+            })
+            .await?;
+        Ok(Response::new(to_wire(meta)))
     }
 
     /// Only an admin changes the release conditions of an existing secret
@@ -327,6 +368,19 @@ impl AdminService {
     }
 }
 
+/// The record of an admin change of `name` (a secret, scope or set) by
+/// `who`, a denial until decided.
+fn event(action: &'static str, who: &Caller, name: &str) -> Event {
+    Event { secrets: vec![SecretRef { name: name.to_owned(), version: None }], ..Event::new(action, who.id.clone()) }
+}
+
+/// A fresh id tying an admin change's records together.
+fn call_id() -> Result<String, Error> {
+    let mut id = [0u8; 8];
+    SystemRandom::new().fill(&mut id).map_err(|_| Error::Internal("random source failed".into()))?;
+    Ok(format!("adm-{}", hex::encode(id)))
+}
+
 /// Secret names must follow the grammar and stay out of the reserved prefix.
 fn check_secret_name(name: &str) -> Result<(), Error> {
     validate_name(name)?;
@@ -356,7 +410,7 @@ fn respond<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn put_secret(&self, request: Request<PutSecretRequest>) -> Result<Response<SecretMetadata>, Status> {
-        let who = self.authorize(&request, Call::Put)?;
+        let who = self.authorize(&request, Call::Put, "secret.put")?;
         let req = request.into_inner();
         let secret = self.new_secret(
             req.name,
@@ -372,20 +426,28 @@ impl Admin for AdminService {
         &self,
         request: Request<GenerateSecretRequest>,
     ) -> Result<Response<SecretMetadata>, Status> {
-        let who = self.authorize(&request, Call::Generate)?;
+        let who = self.authorize(&request, Call::Generate, "secret.generate")?;
         let req = request.into_inner();
-        if req.bytes == 0 || req.bytes > MAX_GENERATED_BYTES {
-            return Err(Error::InvalidRequest(format!("bytes must be within 1..={MAX_GENERATED_BYTES}")).to_status());
-        }
-        let mut value = vec![0u8; usize::try_from(req.bytes).unwrap_or(0)];
-        SystemRandom::new().fill(&mut value).map_err(|_| Error::Internal("random source failed".into()).to_status())?;
-        let secret = self.new_secret(
-            req.name,
-            SecretValue::new(value),
-            req.labels,
-            req.allowed_measurements,
-            req.expected_version,
-        );
+        // A refusal here is recorded like the put's own (with no name:
+        // that of a refused request is not recorded).
+        let value = if req.bytes == 0 || req.bytes > MAX_GENERATED_BYTES {
+            Err(Error::InvalidRequest(format!("bytes must be within 1..={MAX_GENERATED_BYTES}")))
+        } else {
+            let mut value = vec![0u8; usize::try_from(req.bytes).unwrap_or(0)];
+            SystemRandom::new()
+                .fill(&mut value)
+                .map_err(|_| Error::Internal("random source failed".into()))
+                .map(|()| value)
+        };
+        let secret = value.and_then(|value| {
+            self.new_secret(
+                req.name,
+                SecretValue::new(value),
+                req.labels,
+                req.allowed_measurements,
+                req.expected_version,
+            )
+        });
         self.put(&who, "secret.generate", secret).await
     }
 
@@ -393,7 +455,7 @@ impl Admin for AdminService {
         &self,
         request: Request<GetSecretMetadataRequest>,
     ) -> Result<Response<SecretMetadata>, Status> {
-        self.authorize(&request, Call::Metadata)?;
+        self.authorize(&request, Call::Metadata, "secret.metadata")?;
         let name = request.into_inner().name;
         let result = match check_secret_name(&name) {
             Ok(()) => self.store.metadata(&name).await.map(to_wire).map_err(Error::from),
@@ -406,7 +468,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListSecretsRequest>,
     ) -> Result<Response<ListSecretsResponse>, Status> {
-        self.authorize(&request, Call::List)?;
+        self.authorize(&request, Call::List, "secret.list")?;
         let req = request.into_inner();
         let limit = match usize::try_from(req.page_size).unwrap_or(MAX_PAGE_SIZE) {
             0 => 100,
@@ -445,28 +507,41 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteSecretRequest>,
     ) -> Result<Response<DeleteSecretResponse>, Status> {
-        let who = self.authorize(&request, Call::Delete)?;
+        let who = self.authorize(&request, Call::Delete, "secret.delete")?;
         let name = request.into_inner().name;
-        let result = match check_secret_name(&name) {
-            Ok(()) => self.store.delete(&name).await.map_err(Error::from),
-            Err(e) => Err(e),
-        };
-        self.audit("secret.delete", &who, &name, result.as_ref().map(|_| None));
-        respond(result.map(|()| DeleteSecretResponse {}))
+        let store = &self.store;
+        self.change(event("secret.delete", &who, &name), check_secret_name(&name), |()| async {
+            store.delete(&name).await.map_err(Error::from)
+        })
+        .await?;
+        Ok(Response::new(DeleteSecretResponse {}))
     }
 
     async fn destroy_secret_versions(
         &self,
         request: Request<DestroySecretVersionsRequest>,
     ) -> Result<Response<SecretMetadata>, Status> {
-        let who = self.authorize(&request, Call::Destroy)?;
+        let who = self.authorize(&request, Call::Destroy, "secret.destroy")?;
         let req = request.into_inner();
-        let result = async {
-            check_secret_name(&req.name)?;
+        let checked = check_secret_name(&req.name).and_then(|()| {
             if req.versions.is_empty() || req.versions.len() > 1000 {
                 return Err(Error::InvalidRequest("give 1 to 1000 versions to destroy".into()));
             }
-            self.store.destroy_versions(&req.name, &req.versions).await?;
+            Ok(())
+        });
+        // The record names each version to destroy (when the request is
+        // well formed).
+        let mut record = event("secret.destroy", &who, &req.name);
+        if checked.is_ok() {
+            record.secrets =
+                req.versions.iter().map(|v| SecretRef { name: req.name.clone(), version: Some(*v) }).collect();
+        }
+        let store = &self.store;
+        self.change(record, checked, |()| async {
+            store.destroy_versions(&req.name, &req.versions).await.map_err(Error::from)
+        })
+        .await?;
+        let result = async {
             match self.store.metadata(&req.name).await {
                 Ok(meta) => Ok(to_wire(meta)),
                 // The newest version (perhaps every version) destroyed:
@@ -478,21 +553,20 @@ impl Admin for AdminService {
             }
         }
         .await;
-        self.audit("secret.destroy", &who, &req.name, result.as_ref().map(|_| None));
         respond(result)
     }
 
     async fn set_policy(&self, request: Request<SetPolicyRequest>) -> Result<Response<Policy>, Status> {
-        let who = self.authorize(&request, Call::WritePolicy)?;
+        let who = self.authorize(&request, Call::WritePolicy, "policy.set")?;
         let req = request.into_inner();
-        let scope = req.scope.clone();
-        let result = policy_admin::set_policy(&self.policies, req).await;
-        self.audit("policy.set", &who, &scope, result.as_ref().map(|p| Some(p.version)));
-        respond(result)
+        let checked = policy_admin::check_set_policy(&self.policies, &req);
+        let record = Event { content_sha256: checked.as_ref().ok().cloned(), ..event("policy.set", &who, &req.scope) };
+        let policy = self.change(record, checked, |_| policy_admin::set_policy(&self.policies, req)).await?;
+        Ok(Response::new(policy))
     }
 
     async fn get_policy(&self, request: Request<GetPolicyRequest>) -> Result<Response<Policy>, Status> {
-        self.authorize(&request, Call::ReadPolicy)?;
+        self.authorize(&request, Call::ReadPolicy, "policy.get")?;
         respond(policy_admin::get_policy(&self.policies, request.into_inner()).await)
     }
 
@@ -500,7 +574,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListPoliciesRequest>,
     ) -> Result<Response<ListPoliciesResponse>, Status> {
-        self.authorize(&request, Call::ReadPolicy)?;
+        self.authorize(&request, Call::ReadPolicy, "policy.list")?;
         respond(policy_admin::list_policies(&self.policies, request.into_inner()).await)
     }
 
@@ -508,17 +582,16 @@ impl Admin for AdminService {
         &self,
         request: Request<DeletePolicyRequest>,
     ) -> Result<Response<DeletePolicyResponse>, Status> {
-        let who = self.authorize(&request, Call::WritePolicy)?;
+        let who = self.authorize(&request, Call::WritePolicy, "policy.delete")?;
         let req = request.into_inner();
-        let scope = req.scope.clone();
-        let result = policy_admin::delete_policy(&self.policies, req).await;
-        self.audit("policy.delete", &who, &scope, result.as_ref().map(|_| None));
-        respond(result)
+        let checked = policy_admin::check_delete_policy(&req);
+        let record = event("policy.delete", &who, &req.scope);
+        Ok(Response::new(self.change(record, checked, |()| policy_admin::delete_policy(&self.policies, req)).await?))
     }
 
     async fn test_policy(&self, request: Request<TestPolicyRequest>) -> Result<Response<PolicyDecision>, Status> {
         let call = if request.get_ref().rego.is_empty() { Call::ReadPolicy } else { Call::DryRunRego };
-        self.authorize(&request, call)?;
+        self.authorize(&request, call, "policy.test")?;
         respond(policy_admin::test_policy(&self.policies, request.into_inner()).await)
     }
 
@@ -526,19 +599,19 @@ impl Admin for AdminService {
         &self,
         request: Request<PutReferenceValuesRequest>,
     ) -> Result<Response<ReferenceValues>, Status> {
-        let who = self.authorize(&request, Call::WritePolicy)?;
+        let who = self.authorize(&request, Call::WritePolicy, "refvals.put")?;
         let req = request.into_inner();
-        let name = req.name.clone();
-        let result = policy_admin::put_reference_values(&self.policies, req).await;
-        self.audit("refvals.put", &who, &name, result.as_ref().map(|r| Some(r.version)));
-        respond(result)
+        let checked = policy_admin::check_put_reference_values(&req);
+        let record = Event { content_sha256: checked.as_ref().ok().cloned(), ..event("refvals.put", &who, &req.name) };
+        let set = self.change(record, checked, |_| policy_admin::put_reference_values(&self.policies, req)).await?;
+        Ok(Response::new(set))
     }
 
     async fn get_reference_values(
         &self,
         request: Request<GetReferenceValuesRequest>,
     ) -> Result<Response<ReferenceValues>, Status> {
-        self.authorize(&request, Call::ReadPolicy)?;
+        self.authorize(&request, Call::ReadPolicy, "refvals.get")?;
         respond(policy_admin::get_reference_values(&self.policies, request.into_inner()).await)
     }
 
@@ -546,7 +619,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListReferenceValuesRequest>,
     ) -> Result<Response<ListReferenceValuesResponse>, Status> {
-        self.authorize(&request, Call::ReadPolicy)?;
+        self.authorize(&request, Call::ReadPolicy, "refvals.list")?;
         respond(policy_admin::list_reference_values(&self.policies, request.into_inner()).await)
     }
 
@@ -554,23 +627,196 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteReferenceValuesRequest>,
     ) -> Result<Response<DeleteReferenceValuesResponse>, Status> {
-        let who = self.authorize(&request, Call::WritePolicy)?;
+        let who = self.authorize(&request, Call::WritePolicy, "refvals.delete")?;
         let req = request.into_inner();
-        let name = req.name.clone();
-        let result = policy_admin::delete_reference_values(&self.policies, req).await;
-        self.audit("refvals.delete", &who, &name, result.as_ref().map(|_| None));
-        respond(result)
+        let checked = policy_admin::check_delete_reference_values(&req);
+        let record = event("refvals.delete", &who, &req.name);
+        let done =
+            self.change(record, checked, |()| policy_admin::delete_reference_values(&self.policies, req)).await?;
+        Ok(Response::new(done))
     }
 
     async fn query_audit(&self, request: Request<QueryAuditRequest>) -> Result<Response<QueryAuditResponse>, Status> {
-        self.authorize(&request, Call::ReadAudit)?;
+        self.authorize(&request, Call::ReadAudit, "audit.query")?;
         respond(policy_admin::query_audit(&self.policies, request.into_inner()).await)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use tonic::Code;
+
     use super::*;
+    use crate::challenge::ChallengeSealer;
+    use crate::evidence::anchors::SnpAnchors;
+    use crate::evidence::collateral::VekResolver;
+    use crate::evidence::snp::SnpVerifier;
+    use crate::policy::{DEFAULT_POLICY, PolicyEngine};
+    use crate::release::{Broker, system_clock};
+    use crate::store::StoreError;
+    use crate::store::local::{Kek, LocalStore};
+
+    /// An Admin service over `store`, auditing to `audit`.
+    fn service(store: &Arc<dyn SecretStore>, audit: AuditLog) -> AdminService {
+        let audit = Arc::new(audit);
+        let broker = Broker::new(
+            ChallengeSealer::new(&[7; 32], &[]).unwrap(),
+            Duration::from_secs(60),
+            SnpVerifier::new(SnpAnchors::amd().unwrap()),
+            VekResolver::new(None, None),
+            Arc::clone(store),
+            Arc::clone(&audit),
+            system_clock(),
+        )
+        .with_policy(Arc::new(PolicyEngine::with_store(Arc::clone(store), true)));
+        let policies = PolicyAdminContext::new(Arc::new(broker), None);
+        AdminService::new(Arc::clone(store), audit, Vec::new(), Vec::new(), 1024, policies)
+    }
+
+    /// Two services over one store: one audits to a file, the other's
+    /// every audit write fails.
+    fn services(dir: &Path) -> (AdminService, AdminService, Arc<dyn SecretStore>, PathBuf) {
+        let store: Arc<dyn SecretStore> = Arc::new(LocalStore::open(&dir.join("secrets"), &Kek::new([3; 32])).unwrap());
+        let path = dir.join("audit.jsonl");
+        let recorded = service(&store, AuditLog::file(&path, "r0", None).unwrap());
+        let unrecorded = service(&store, AuditLog::failing());
+        (recorded, unrecorded, store, path)
+    }
+
+    fn by<T>(role: Role, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(Caller { id: format!("token:{}", role.as_str()), role });
+        request
+    }
+
+    fn put(name: &str, value: &[u8]) -> PutSecretRequest {
+        PutSecretRequest { name: name.into(), value: value.to_vec(), ..Default::default() }
+    }
+
+    fn refvals(name: &str) -> PutReferenceValuesRequest {
+        PutReferenceValuesRequest {
+            name: name.into(),
+            json: serde_json::json!({"measurements": ["ab".repeat(48)]}).to_string(),
+        }
+    }
+
+    fn records(path: &Path) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[track_caller]
+    fn assert_internal<T: std::fmt::Debug>(result: Result<T, Status>) {
+        let status = result.expect_err("a change without its record must be refused");
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn admin_changes_without_their_record_do_not_happen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (recorded, unrecorded, store, path) = services(dir.path());
+        recorded.put_secret(by(Role::Admin, put("a/b", b"one"))).await.unwrap();
+        let policy = SetPolicyRequest { scope: "*".into(), rego: DEFAULT_POLICY.into() };
+        recorded.set_policy(by(Role::Admin, policy)).await.unwrap();
+        recorded.put_reference_values(by(Role::Admin, refvals("default"))).await.unwrap();
+        let before = records(&path).len();
+        assert_eq!(before, 3);
+
+        // Secrets: nothing is created, overwritten, deleted or destroyed.
+        assert_internal(unrecorded.put_secret(by(Role::Admin, put("a/c", b"new"))).await);
+        assert!(matches!(store.metadata("a/c").await, Err(StoreError::NotFound)));
+        assert_internal(unrecorded.put_secret(by(Role::Uploader, put("a/b", b"two"))).await);
+        assert_internal(unrecorded.put_secret(by(Role::Admin, put("a/b", b"two"))).await);
+        let generate = GenerateSecretRequest { name: "a/d".into(), bytes: 32, ..Default::default() };
+        assert_internal(unrecorded.generate_secret(by(Role::Admin, generate)).await);
+        assert!(matches!(store.metadata("a/d").await, Err(StoreError::NotFound)));
+        assert_internal(unrecorded.delete_secret(by(Role::Admin, DeleteSecretRequest { name: "a/b".into() })).await);
+        let destroy = DestroySecretVersionsRequest { name: "a/b".into(), versions: vec![1] };
+        assert_internal(unrecorded.destroy_secret_versions(by(Role::Admin, destroy)).await);
+        let meta = store.metadata("a/b").await.unwrap();
+        assert_eq!((meta.version, meta.versions.len()), (1, 1));
+        assert_eq!(store.get("a/b").await.unwrap().value.expose(), b"one");
+
+        // Policies and reference values: none set, none deleted.
+        let policy = SetPolicyRequest { scope: "a/*".into(), rego: DEFAULT_POLICY.into() };
+        assert_internal(unrecorded.set_policy(by(Role::Admin, policy)).await);
+        assert_internal(unrecorded.delete_policy(by(Role::Admin, DeletePolicyRequest { scope: "*".into() })).await);
+        assert_internal(unrecorded.put_reference_values(by(Role::Admin, refvals("other"))).await);
+        let delete = DeleteReferenceValuesRequest { name: "default".into() };
+        assert_internal(unrecorded.delete_reference_values(by(Role::Admin, delete)).await);
+        let policies = recorded.list_policies(by(Role::Admin, ListPoliciesRequest {})).await.unwrap().into_inner();
+        let scopes: Vec<(&str, u64)> = policies.policies.iter().map(|p| (p.scope.as_str(), p.version)).collect();
+        assert_eq!(scopes, [("*", 1)]);
+        let sets = recorded.list_reference_values(by(Role::Admin, ListReferenceValuesRequest {})).await.unwrap();
+        let names: Vec<&str> = sets.get_ref().sets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["default"]);
+
+        // A call refused for its role is refused whatever, but only once
+        // recorded: without its record, it is `internal`.
+        assert_internal(unrecorded.delete_secret(by(Role::Uploader, DeleteSecretRequest { name: "a/b".into() })).await);
+        assert_eq!(records(&path).len(), before, "the recording service wrote nothing more");
+        assert_eq!(crate::audit::verify_file(&path).unwrap().0, before);
+    }
+
+    #[tokio::test]
+    async fn admin_decisions_are_recorded_with_refusals_and_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let (recorded, _, _, path) = services(dir.path());
+
+        // Refused for the role: recorded as a denial, with the caller.
+        let status =
+            recorded.delete_secret(by(Role::Uploader, DeleteSecretRequest { name: "a/b".into() })).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        // Refused by its checks: one denial with its reason, no call id.
+        let bad = SetPolicyRequest { scope: "*".into(), rego: "package kbs\nallow := ".into() };
+        recorded.set_policy(by(Role::Admin, bad)).await.unwrap_err();
+        // A generate refused for its size: one denial, nothing stored.
+        let huge = GenerateSecretRequest { name: "a/g".into(), bytes: MAX_GENERATED_BYTES + 1, ..Default::default() };
+        let status = recorded.generate_secret(by(Role::Admin, huge)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        // Allowed, then failed: the decision, then the failure, tied by id.
+        let status =
+            recorded.delete_secret(by(Role::Admin, DeleteSecretRequest { name: "a/zz".into() })).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        // Allowed and done: one record, with the Rego's digest.
+        let policy = SetPolicyRequest { scope: "*".into(), rego: DEFAULT_POLICY.into() };
+        recorded.set_policy(by(Role::Admin, policy)).await.unwrap();
+
+        let r = records(&path);
+        assert_eq!(r.len(), 6, "{r:#?}");
+        let summary: Vec<(&str, &str, Option<&str>, Option<&str>)> = r
+            .iter()
+            .map(|r| {
+                (
+                    r["action"].as_str().unwrap(),
+                    r["decision"].as_str().unwrap(),
+                    r["reason"].as_str(),
+                    r["outcome"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("secret.delete", "deny", Some("permission_denied"), None),
+                ("policy.set", "deny", Some(Error::PolicyInvalid(String::new()).reason().as_str()), None),
+                ("secret.generate", "deny", Some("invalid_request"), None),
+                ("secret.delete", "allow", None, None),
+                ("secret.delete", "allow", Some("secret_not_found"), Some("failed")),
+                ("policy.set", "allow", None, None),
+            ]
+        );
+        assert_eq!(r[0]["caller"], "token:uploader");
+        assert!(r[..3].iter().all(|r| r.get("call_id").is_none()));
+        assert!(r[3]["call_id"].as_str().unwrap().starts_with("adm-"));
+        assert_eq!(r[3]["call_id"], r[4]["call_id"]);
+        assert_ne!(r[3]["call_id"], r[5]["call_id"]);
+        assert_eq!(r[5]["content_sha256"], hex::encode(Sha256::digest(DEFAULT_POLICY.as_bytes())));
+        assert_eq!(crate::audit::verify_file(&path).unwrap().0, 6);
+    }
 
     #[test]
     fn roles() {

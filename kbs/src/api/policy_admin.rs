@@ -65,6 +65,28 @@ fn refvals_to_wire(r: RefvalsInfo) -> ReferenceValues {
     ReferenceValues { name: r.name, json: r.json, version: r.version, updated_at: r.updated_at }
 }
 
+/// The checks of [`set_policy`], without its effect; the SHA-256 of the
+/// Rego.
+pub fn check_set_policy(ctx: &PolicyAdminContext, req: &SetPolicyRequest) -> Result<String, Error> {
+    Ok(ctx.engine().check_policy(&req.scope, &req.rego)?)
+}
+
+/// The check of [`delete_policy`], without its effect.
+pub fn check_delete_policy(req: &DeletePolicyRequest) -> Result<(), Error> {
+    Ok(PolicyEngine::check_policy_scope(&req.scope)?)
+}
+
+/// The checks of [`put_reference_values`], without its effect; the SHA-256
+/// of the set as it will be stored.
+pub fn check_put_reference_values(req: &PutReferenceValuesRequest) -> Result<String, Error> {
+    Ok(PolicyEngine::check_reference_values(&req.name, &req.json)?)
+}
+
+/// The check of [`delete_reference_values`], without its effect.
+pub fn check_delete_reference_values(req: &DeleteReferenceValuesRequest) -> Result<(), Error> {
+    Ok(PolicyEngine::check_reference_values_name(&req.name)?)
+}
+
 /// Sets (compiles and stores) a policy. A policy that does not compile is
 /// refused with the compiler's message; the old one stays.
 pub async fn set_policy(ctx: &PolicyAdminContext, req: SetPolicyRequest) -> Result<Policy, Error> {

@@ -342,6 +342,36 @@ impl PolicyEngine {
         self.store.as_ref().ok_or(PolicyError::NoStore)
     }
 
+    /// The checks [`Self::set_policy`] makes before it writes (the scope
+    /// parses, the Rego compiles), without writing: an admin change is
+    /// audited after these and before its effect. Returns the SHA-256 of
+    /// the Rego.
+    pub fn check_policy(&self, scope: &str, rego: &str) -> Result<String, PolicyError> {
+        Scope::parse(scope)?;
+        CompiledRego::compile(rego, &self.snapshot().data).map_err(PolicyError::Compile)?;
+        Ok(hex::encode(Sha256::digest(rego.as_bytes())))
+    }
+
+    /// The check [`Self::delete_policy`] makes before it deletes.
+    pub fn check_policy_scope(scope: &str) -> Result<(), PolicyError> {
+        Scope::parse(scope)?;
+        Ok(())
+    }
+
+    /// The checks [`Self::put_reference_values`] makes before it writes.
+    /// Returns the SHA-256 of the set as stored (normalized).
+    pub fn check_reference_values(name: &str, json: &str) -> Result<String, PolicyError> {
+        refvals::validate_set_name(name).map_err(PolicyError::ReferenceValues)?;
+        let value = refvals::normalize(json).map_err(PolicyError::ReferenceValues)?;
+        let canonical = serde_json::to_string(&value).map_err(|e| PolicyError::ReferenceValues(e.to_string()))?;
+        Ok(hex::encode(Sha256::digest(canonical.as_bytes())))
+    }
+
+    /// The check [`Self::delete_reference_values`] makes before it deletes.
+    pub fn check_reference_values_name(name: &str) -> Result<(), PolicyError> {
+        refvals::validate_set_name(name).map_err(PolicyError::ReferenceValues)
+    }
+
     /// Compiles and stores `rego` for `scope`, then reloads. A policy that
     /// does not compile is refused and the old one stays.
     pub async fn set_policy(&self, scope: &str, rego: &str) -> Result<PolicyInfo, PolicyError> {

@@ -11,11 +11,26 @@ use crate::{Failure, Output};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum AuditCommand {
-    /// Check the hash chain of an audit file (JSON lines): exit 0 intact,
-    /// 2 broken (a record edited, removed or reordered), 1 unreadable.
+    /// Check the hash chain of an audit file (JSON lines) and, with
+    /// `--key`, the MAC of every record: exit 0 intact, 2 broken (a record
+    /// edited, removed or reordered, or rewritten without the key), 1
+    /// unreadable.
     Verify {
         /// The audit file.
         file: PathBuf,
+        /// The broker's audit key (`[audit] key_file`: 32 raw bytes or 64
+        /// hex digits). Without it the MACs are not checked, and a file
+        /// rewritten whole with a recomputed hash chain passes.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// A head the broker logged (`audit head`: `records`): the file must
+        /// hold at least this many records, so a removed tail shows.
+        #[arg(long, requires = "expect_head")]
+        expect_count: Option<usize>,
+        /// The head's `head_mac` (with `--key`) or `head_sha256` (without):
+        /// record N must be this one.
+        #[arg(long, requires = "expect_count")]
+        expect_head: Option<String>,
     },
     /// Print the broker's most recent audit records (JSON lines).
     Query {
@@ -32,18 +47,62 @@ pub(crate) enum AuditCommand {
 }
 
 /// `audit verify`: offline, no broker.
-pub(crate) fn verify(file: &std::path::Path, output: Output) -> Result<(), Failure> {
-    match kbs::audit::verify_file(file) {
-        Ok((count, last)) => {
-            match output {
-                Output::Json => {
-                    outln!("{}", serde_json::json!({"ok": true, "records": count, "last": hex::encode(last)}))
+pub(crate) fn verify(
+    file: &std::path::Path,
+    key: Option<&std::path::Path>,
+    expect: Option<(usize, &str)>,
+    output: Output,
+) -> Result<(), Failure> {
+    let anchor = match expect {
+        Some((count, head)) => {
+            let head = hex::decode(head.trim())
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .ok_or_else(|| Failure::Usage("--expect-head must be 64 hex digits".into()))?;
+            Some(kbs::audit::Anchor { count, head })
+        }
+        None => None,
+    };
+    let key = match key {
+        Some(path) => {
+            let bytes = crate::model::read_key_file(path)?;
+            let bytes: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| Failure::Usage(format!("{}: 32 raw bytes or 64 hex digits", path.display())))?;
+            Some(kbs::audit::AuditKey::new(&bytes))
+        }
+        None => None,
+    };
+    match kbs::audit::verify_file_anchored(file, key.as_ref(), anchor.as_ref()) {
+        Ok(found) => {
+            let (count, last) = (found.count, hex::encode(found.last));
+            match (output, found.head_mac) {
+                (Output::Json, head) => outln!(
+                    "{}",
+                    serde_json::json!({"ok": true, "records": count, "last": last, "keyed": found.keyed,
+                        "macs_checked": head.is_some(), "head_mac": head.map(hex::encode)})
+                ),
+                (Output::Table, Some(head)) => {
+                    outln!("ok: {count} records, hash and MAC chains intact (head MAC {})", hex::encode(head))
                 }
-                Output::Table => {
-                    outln!("ok: {count} records, chain intact (last record SHA-256 {})", hex::encode(last))
+                (Output::Table, None) => {
+                    let carried = if found.keyed { "the records carry MACs, " } else { "" };
+                    outln!(
+                        "ok: {count} records, hash chain intact (last record SHA-256 {last}); {carried}MACs not checked (give --key)"
+                    )
                 }
             }
             Ok(())
+        }
+        Err(kbs::audit::AuditError::Truncated { expected, found }) => {
+            if output == Output::Json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"ok": false, "truncated": true, "expected": expected, "records": found})
+                );
+            }
+            Err(Failure::Refused(format!("truncated: {}: {expected} records expected, {found} found", file.display())))
         }
         Err(kbs::audit::AuditError::Broken { line, why }) => {
             if output == Output::Json {
