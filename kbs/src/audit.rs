@@ -439,6 +439,30 @@ pub fn verify_lines(reader: impl BufRead) -> Result<(usize, [u8; 32]), AuditErro
     Ok((found.count, found.last))
 }
 
+/// Longest audit record read back (a record is about 500 bytes; an admin
+/// record may carry a name as long as the admin message allows). A file
+/// with a longer line is refused without reading the line whole, so a
+/// hostile file cannot make the broker or `kbsctl` hold gigabytes.
+pub const MAX_RECORD_BYTES: usize = 2 << 20;
+
+/// Reads the next record (one line, without its newline) into `line`:
+/// `false` at the end of the input. A line over [`MAX_RECORD_BYTES`] is
+/// refused as broken at line `number`.
+pub fn read_record(reader: &mut impl BufRead, line: &mut Vec<u8>, number: usize) -> Result<bool, AuditError> {
+    line.clear();
+    let cap = u64::try_from(MAX_RECORD_BYTES).unwrap_or(u64::MAX) + 1;
+    let read = std::io::Read::take(&mut *reader, cap).read_until(b'\n', line)?;
+    if read == 0 {
+        return Ok(false);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > MAX_RECORD_BYTES {
+        return Err(AuditError::Broken { line: number, why: format!("a record over {MAX_RECORD_BYTES} bytes") });
+    }
+    Ok(true)
+}
+
 /// Checks a chain read from `reader`: the hash chain, and with a key the
 /// MAC of every record.
 pub fn verify_chain(reader: impl BufRead, key: Option<&AuditKey>) -> Result<Verified, AuditError> {
@@ -448,7 +472,7 @@ pub fn verify_chain(reader: impl BufRead, key: Option<&AuditKey>) -> Result<Veri
 /// [`verify_chain`], and the chain passes through `anchor`: a tail removed
 /// since the anchor was recorded shows.
 pub fn verify_chain_anchored(
-    reader: impl BufRead,
+    mut reader: impl BufRead,
     key: Option<&AuditKey>,
     anchor: Option<&Anchor>,
 ) -> Result<Verified, AuditError> {
@@ -456,9 +480,11 @@ pub fn verify_chain_anchored(
     let mut head = [0u8; 32];
     let mut count = 0;
     let mut keyed = None;
-    for (i, line) in reader.split(b'\n').enumerate() {
-        let line = line?;
-        let number = i + 1;
+    let mut line = Vec::new();
+    for number in 1.. {
+        if !read_record(&mut reader, &mut line, number)? {
+            break;
+        }
         let broken = |why: &str| AuditError::Broken { line: number, why: why.into() };
         let value: serde_json::Value = serde_json::from_slice(&line)
             .map_err(|e| AuditError::Broken { line: number, why: format!("not JSON: {e}") })?;
@@ -665,5 +691,24 @@ mod tests {
         let log = AuditLog::file(&path, "r0", Some(key)).unwrap();
         assert_eq!(log.head(true).unwrap().count, 4);
         assert_eq!(log.head(false).unwrap().head, found.last);
+    }
+    #[test]
+    fn a_record_past_the_size_cap_is_refused_without_reading_it_whole() {
+        // One 64 MiB "line" with no newline: refused as broken at line 1,
+        // having read at most the cap (plus a buffer) of it.
+        struct Endless(u64);
+        impl std::io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(usize::try_from(self.0).unwrap_or(usize::MAX));
+                buf[..n].fill(b'x');
+                self.0 -= n as u64;
+                Ok(n)
+            }
+        }
+        let mut source = Endless(64 << 20);
+        let err = verify_chain(std::io::BufReader::new(&mut source), None).unwrap_err();
+        assert!(matches!(err, AuditError::Broken { line: 1, .. }), "{err}");
+        let read = (64u64 << 20) - source.0;
+        assert!(read <= MAX_RECORD_BYTES as u64 + 64 * 1024, "read {read} bytes of one record");
     }
 }

@@ -13,7 +13,6 @@
 //! secret's metadata (labels, allow-list) when it exists.
 
 use std::collections::VecDeque;
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -215,8 +214,16 @@ fn read_audit(path: &std::path::Path, since: i64, action: &str, limit: usize) ->
     let file = std::fs::File::open(path)
         .map_err(|e| Error::Store(StoreError::Unavailable(format!("opening the audit log: {e}"))))?;
     let mut kept: VecDeque<String> = VecDeque::with_capacity(limit);
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.map_err(|e| Error::Store(StoreError::Unavailable(format!("reading the audit log: {e}"))))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut bytes = Vec::new();
+    for number in 1.. {
+        // Records are bounded in size (a longer line ends the query).
+        match crate::audit::read_record(&mut reader, &mut bytes, number) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(Error::Store(StoreError::Unavailable(format!("reading the audit log: {e}")))),
+        }
+        let Ok(line) = String::from_utf8(bytes.clone()) else { continue };
         let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
         if !action.is_empty() && record.get("action").and_then(|a| a.as_str()) != Some(action) {
             continue;
