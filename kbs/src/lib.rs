@@ -21,7 +21,8 @@
 //! `tests/architecture.rs`).
 //! - [`reason`]: stable reason codes; [`names`]: the secret-name limit and
 //!   the reserved namespace; [`fetch`]: what outbound HTTP clients share;
-//!   [`rate`]: request rate limits of the guest-facing calls.
+//!   [`rate`]: request rate limits of the guest-facing calls; [`keyfile`]:
+//!   the 256-bit key file format.
 //!   Leaves.
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
 //!   [`evidence`]: parsing and verification of SNP reports and TDX quotes;
@@ -47,6 +48,7 @@ pub mod dev;
 pub mod error;
 pub mod evidence;
 pub mod fetch;
+pub mod keyfile;
 pub mod metrics;
 pub mod names;
 pub mod policy;
