@@ -117,8 +117,9 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// PCS answers for the collateral `sets` (by FMSPC); `tcb_status` answers
-/// the TCB info of the FMSPCs listed in it with that status instead.
+/// PCS answers for the collateral `sets` (by FMSPC, 404 for any other);
+/// the TCB info of an FMSPC (upper-case hex) in `failing` is answered with
+/// the status given there instead.
 fn pcs_answer(sets: Vec<TdxCollateral>, failing: HashMap<String, &'static str>) -> impl Fn(&str) -> Answer {
     move |path: &str| {
         let any = sets.first().map(|s| s.as_v3().clone());
@@ -248,7 +249,7 @@ async fn a_self_made_pck_chain_is_refused_before_any_pcs_request() {
 
     // A QE report signed by another key than the PCK's: refused for its
     // signature, before any fetch, even where the chain is trusted.
-    let cache = tempfile::tempdir().unwrap();
+    let (dir, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let test_root = broker(dir.path(), VekResolver::new(None, None), Some(tdx_support(&pcs, cache.path(), true))).await;
     let wrong = request(&test_root, TEE_TDX, tdx_quote(SimulatedTdx::new().pck(Pck::Wrong)));
     let refused = test_root.release(wrong).await.unwrap_err();
@@ -285,13 +286,17 @@ async fn a_failing_fmspc_does_not_hold_back_another() {
     // A 404 holds back only its own FMSPC too.
     assert!(fetcher.get(gone, PckCa::Platform, now).await.is_err());
     assert_eq!(pcs.requests(), 6);
-    let refetch = PcsFetcher::new(PcsConfig::new(pcs.url.clone(), tempfile::tempdir().unwrap().path())).unwrap();
+    let other_cache = tempfile::tempdir().unwrap();
+    let refetch = PcsFetcher::new(PcsConfig::new(pcs.url.clone(), other_cache.path())).unwrap();
     assert!(refetch.get(gone, PckCa::Platform, now).await.is_err());
     refetch.get(set_b.fmspc(), PckCa::Platform, now).await.unwrap();
     assert_eq!(pcs.requests(), 11, "{:?}", pcs.paths());
 
-    // A itself is still backing off: no request.
-    assert!(fetcher.get(a, PckCa::Platform, now).await.is_err());
+    // A itself is still backing off, and the 404 is remembered: no request.
+    let err = fetcher.get(a, PckCa::Platform, now).await.unwrap_err();
+    assert!(err.to_string().contains("backing off"), "{err}");
+    let err = fetcher.get(gone, PckCa::Platform, now).await.unwrap_err();
+    assert!(err.to_string().contains("has no TCB info"), "{err}");
     assert_eq!(pcs.requests(), 11, "{:?}", pcs.paths());
 }
 
