@@ -800,6 +800,19 @@ mod tests {
     }
 
     #[test]
+    fn attested_chips_are_remembered_but_not_a_masked_one() {
+        let mut c = KdsConfig::new(std::env::temp_dir());
+        c.base_url = "http://127.0.0.1:1".into();
+        let fetcher = KdsFetcher::new(c).unwrap();
+        fetcher.note_attested(&[0; 64]);
+        assert!(!fetcher.is_known(&[0; 64]));
+        assert!(!fetcher.is_known(&[1; 64]));
+        fetcher.note_attested(&[1; 64]);
+        assert!(fetcher.is_known(&[1; 64]));
+        assert!(!fetcher.is_known(&[2; 64]));
+    }
+
+    #[test]
     fn plain_http_only_on_loopback() {
         let dir = std::env::temp_dir();
         let mut c = KdsConfig::new(&dir);
