@@ -479,6 +479,20 @@ fn error_response(e: &Error) -> Response {
     response
 }
 
+/// An `/auth` refusal. The protocol answers every refusal to open a session
+/// (a wrong version, a TEE not offered, a malformed request) with 401; the
+/// reason code stays in the problem document. Back-pressure (429) and the
+/// broker's own faults (5xx) keep their status, so a client can tell them
+/// from a refusal.
+fn auth_refusal(e: &Error) -> Response {
+    let mut response = error_response(e);
+    let status = response.status();
+    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+    }
+    response
+}
+
 fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -549,7 +563,7 @@ async fn auth(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
         }
         Err(e) => {
             tracing::info!(reason = e.reason().as_str(), cause = %e, "coco auth refused");
-            error_response(&e)
+            auth_refusal(&e)
         }
     }
 }
@@ -833,8 +847,9 @@ fn check_init_data(init_data: &InitData, claims: &mut Claims, tee: CocoTee) -> R
     Ok(())
 }
 
-/// The `algorithm` an init-data document names (TOML or JSON).
-fn init_data_algorithm(body: &str) -> Result<String, Error> {
+/// The `algorithm` an init-data document names (TOML or JSON), lowercase
+/// and without dashes. Public for the fuzz target of the CoCo parsers.
+pub fn init_data_algorithm(body: &str) -> Result<String, Error> {
     let bad = || Error::InvalidRequest("init-data has no algorithm".into());
     let value: Option<String> = match toml::from_str::<toml::Table>(body) {
         Ok(table) => table.get("algorithm").and_then(|v| v.as_str()).map(str::to_owned),
