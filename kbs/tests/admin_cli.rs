@@ -391,6 +391,16 @@ async fn authorization_matrix() {
             }
         }
     }
+    // Every call without a valid credential (17 with none, 17 with a bogus
+    // token) is an audit record, with the reason and never the token.
+    let log = std::fs::read_to_string(b.dir.path().join("audit.jsonl")).unwrap();
+    let unauthenticated = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["action"] == "admin.auth" && r["decision"] == "deny" && r["reason"] == "unauthenticated")
+        .count();
+    assert_eq!(unauthenticated, 34, "{log}");
+    assert!(!log.contains("bogus-token"), "{log}");
 }
 
 /// A dry run of caller-supplied Rego that asks for terabytes: an auditor may

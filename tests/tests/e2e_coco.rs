@@ -515,6 +515,15 @@ async fn every_refusal_has_its_status_and_reason() {
     assert!(log.contains("\"reason\":\"report_data_mismatch\""), "{log}");
     assert!(log.contains("\"reason\":\"measurement_not_allowed\""), "{log}");
     assert!(log.contains("\"reason\":\"secret_not_found\""), "{log}");
+    // Refusals before any session or token are audited too: `/auth`
+    // refusals, resource requests without a token or with a bad one.
+    let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let refused = |action: &str, reason: &str| {
+        records.iter().filter(|r| r["action"] == action && r["decision"] == "deny" && r["reason"] == reason).count()
+    };
+    assert_eq!(refused("coco.auth", "invalid_request"), 1, "{log}");
+    assert_eq!(refused("coco.auth", "unsupported_tee"), 1, "{log}");
+    assert_eq!(refused("coco.resource", "unauthenticated"), 7, "{log}");
     kbs::audit::verify_lines(log.as_bytes()).unwrap();
 }
 
