@@ -89,11 +89,14 @@ pub enum ReasonCode {
     /// Too many calls from this address, or in total: try again after the
     /// time the answer gives.
     RateLimited,
+    /// A GPU's measurements do not match its reference values (RIMs), or no
+    /// RIM is known for its driver or VBIOS.
+    GpuMeasurementMismatch,
 }
 
 impl ReasonCode {
     /// Every reason code, in declaration order.
-    pub const ALL: [ReasonCode; 37] = [
+    pub const ALL: [ReasonCode; 38] = [
         Self::InvalidRequest,
         Self::EvidenceMalformed,
         Self::EvidenceTooLarge,
@@ -131,6 +134,7 @@ impl ReasonCode {
         Self::GpuRevoked,
         Self::GpuCountMismatch,
         Self::RateLimited,
+        Self::GpuMeasurementMismatch,
     ];
 
     /// The stable string form.
@@ -173,6 +177,7 @@ impl ReasonCode {
             Self::GpuRevoked => "gpu_revoked",
             Self::GpuCountMismatch => "gpu_count_mismatch",
             Self::RateLimited => "rate_limited",
+            Self::GpuMeasurementMismatch => "gpu_measurement_mismatch",
         }
     }
 
@@ -216,6 +221,7 @@ impl ReasonCode {
             Self::GpuRevoked => "a GPU certificate is revoked or its status is not good",
             Self::GpuCountMismatch => "the GPUs presented are not the expected set",
             Self::RateLimited => "too many requests; try again later",
+            Self::GpuMeasurementMismatch => "the GPU measurements do not match the reference values",
         }
     }
 }
@@ -272,6 +278,7 @@ mod tests {
             ReasonCode::GpuRevoked => 34,
             ReasonCode::GpuCountMismatch => 35,
             ReasonCode::RateLimited => 36,
+            ReasonCode::GpuMeasurementMismatch => 37,
         };
         for (i, code) in ReasonCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i, "{code}");

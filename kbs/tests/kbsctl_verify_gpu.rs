@@ -142,3 +142,51 @@ fn stapled_ocsp_responses_are_checked_when_given() {
     let out = run(&["--gpu-ocsp", &report, "--time", "2025-08-21T12:00:00Z"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `--gpu-rim`: each RIM verified to the NVIDIA RIM root, then every active
+/// measurement appraised; a RIM for other firmware is a measurement
+/// mismatch, an expired RIM signer needs its explicit acceptance.
+#[test]
+fn rims_appraise_the_measurements() {
+    let g = "nvidia/google-go-nvattest-tools/testing/testdata";
+    let report = path(&format!("{g}/test_raw_gpu_attestation_report.dat"));
+    let chain = path(&format!("{g}/test_gpu_attestation_certificate_chain.dat"));
+    let driver = path(&format!("{g}/rim/NV_GPU_DRIVER_GH100_550.90.07.xml"));
+    let vbios = path(&format!("{g}/rim/NV_GPU_VBIOS_1010_0200_882_96009F0001.xml"));
+    let in_window = "2025-10-24T12:00:00Z";
+    let base = ["verify", "--gpu", &report, "--gpu-chain", &chain, "--gpu-nonce", NONCE];
+    let run = |extra: &[&str]| kbsctl(&[&base[..], extra].concat());
+
+    let out = run(&["--gpu-rim", &driver, "--gpu-rim", &vbios, "--time", in_window]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["appraisal"]["checked"], 32);
+    assert_eq!(claims["appraisal"]["skipped"], serde_json::json!([35]));
+    assert_eq!(claims["rims"][0]["version"], "550.90.07");
+    assert_eq!(claims["rims"][1]["version"], "96.00.9F.00.01");
+    assert_eq!(claims["rims"][1]["signer_expired"], false);
+    assert_eq!(claims["measurements"].as_array().unwrap().len(), 64);
+
+    // Another VBIOS's RIM: the measurements do not match.
+    let other = path(&format!("{g}/rim/success_valid_rim.xml"));
+    let out = run(&["--gpu-rim", &driver, "--gpu-rim", &other, "--time", in_window, "--accept-expired-rim-signer"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("rejected: gpu_measurement_mismatch: appraisal"), "{stderr}");
+
+    // Today the RIM signers have expired: refused, unless accepted.
+    let today = "2026-12-07T00:00:00Z";
+    let out = run(&["--gpu-rim", &driver, "--time", today]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("rejected: gpu_evidence_invalid: "));
+    // (The device chain is still valid today; the report verifies.)
+    let out = run(&["--gpu-rim", &driver, "--gpu-rim", &vbios, "--time", today, "--accept-expired-rim-signer"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["rims"][0]["signer_expired"], true);
+
+    // A RIM that is not one.
+    let out = run(&["--gpu-rim", &chain, "--time", in_window]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("rejected: gpu_evidence_invalid: "));
+}

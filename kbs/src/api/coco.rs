@@ -463,7 +463,10 @@ fn http_status(reason: ReasonCode) -> StatusCode {
         }
         ReasonCode::VersionConflict => StatusCode::CONFLICT,
         ReasonCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        ReasonCode::GpuEvidenceInvalid | ReasonCode::GpuRevoked | ReasonCode::GpuCountMismatch => StatusCode::FORBIDDEN,
+        ReasonCode::GpuEvidenceInvalid
+        | ReasonCode::GpuRevoked
+        | ReasonCode::GpuCountMismatch
+        | ReasonCode::GpuMeasurementMismatch => StatusCode::FORBIDDEN,
         ReasonCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     }
 }

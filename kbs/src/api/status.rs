@@ -44,7 +44,9 @@ impl ReasonCode {
             Self::StoreUnavailable | Self::CollateralUnavailable | Self::CollateralExpired => Code::Unavailable,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Internal => Code::Internal,
-            Self::GpuEvidenceInvalid | Self::GpuRevoked | Self::GpuCountMismatch => Code::PermissionDenied,
+            Self::GpuEvidenceInvalid | Self::GpuRevoked | Self::GpuCountMismatch | Self::GpuMeasurementMismatch => {
+                Code::PermissionDenied
+            }
             Self::RateLimited => Code::ResourceExhausted,
         }
     }

@@ -63,6 +63,17 @@ pub(crate) struct GpuArgs {
     /// at --time. Repeat for each.
     #[arg(long, requires = "gpu")]
     gpu_ocsp: Vec<PathBuf>,
+    /// Reference Integrity Manifests (driver, VBIOS or NVSwitch BIOS RIM
+    /// XML) to appraise the device's measurements against: each is
+    /// verified to the pinned NVIDIA RIM root at --time, then every active
+    /// measurement must match. Repeat for each.
+    #[arg(long, requires = "gpu")]
+    gpu_rim: Vec<PathBuf>,
+    /// Accept RIMs whose signer certificate is past its validity (RIM
+    /// signers expire long before the firmware they describe); reported
+    /// as `signer_expired`.
+    #[arg(long, requires = "gpu_rim")]
+    accept_expired_rim_signer: bool,
 }
 
 /// TEE kinds `verify` knows.
@@ -97,8 +108,20 @@ pub(crate) fn run(args: &VerifyArgs, output: crate::Output) -> Result<(), Failur
             &args.gpu.gpu_ocsp,
             args.evidence.time.as_deref(),
         )?;
-        let json =
-            serde_json::to_string_pretty(&claims).map_err(|e| Failure::Usage(format!("encoding claims: {e}")))?;
+        let mut value = serde_json::to_value(&claims).map_err(|e| Failure::Usage(format!("encoding claims: {e}")))?;
+        if !args.gpu.gpu_rim.is_empty() {
+            let (rims, appraisal) = appraise_gpu(
+                report,
+                &args.gpu.gpu_rim,
+                args.gpu.accept_expired_rim_signer,
+                args.evidence.time.as_deref(),
+            )?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("rims".into(), serde_json::json!(rims));
+                object.insert("appraisal".into(), serde_json::json!(appraisal));
+            }
+        }
+        let json = serde_json::to_string_pretty(&value).map_err(|e| Failure::Usage(format!("encoding claims: {e}")))?;
         outln!("{json}");
         return Ok(());
     }
@@ -164,6 +187,36 @@ fn verify_gpu(
     let good = kbs::evidence::gpu::ocsp::verify_chain_ocsp(&chain, &responses, now)
         .map_err(|e| Failure::Refused(format!("rejected: {}: {e}", e.reason())))?;
     Ok(claims.with_revocation(&good))
+}
+
+/// Verifies each RIM and appraises the (already verified) report against
+/// them all; a RIM that does not verify or a measurement that does not
+/// match is a refusal.
+fn appraise_gpu(
+    report: &Path,
+    rims: &[PathBuf],
+    accept_expired: bool,
+    time: Option<&str>,
+) -> Result<(Vec<kbs::evidence::gpu::rim::Rim>, kbs::evidence::gpu::rim::Appraisal), Failure> {
+    use kbs::evidence::gpu::rim::{self, RimCheck};
+    use kbs::evidence::gpu::{GpuAnchors, GpuReport, Nvdec0};
+
+    let refused = |what: String, e: &rim::RimError| Failure::Refused(format!("rejected: {}: {what}: {e}", e.reason()));
+    let anchors = GpuAnchors::nvidia_rim().map_err(|e| Failure::Usage(format!("NVIDIA RIM anchors: {e}")))?;
+    let check = RimCheck { anchors: &anchors, now: parse_time(time)?, accept_expired };
+    let verified = rims
+        .iter()
+        .map(|path| rim::verify_rim(&read_file(path)?, &check).map_err(|e| refused(path.display().to_string(), &e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = raw_or_hex(read_file(report)?);
+    let report = GpuReport::parse(&bytes).map_err(|e| Failure::Refused(format!("rejected: {}: {e}", e.reason())))?;
+    let fields = report.opaque_fields().map_err(|e| Failure::Refused(format!("rejected: {}: {e}", e.reason())))?;
+    let labelled: Vec<(String, &rim::Rim)> =
+        rims.iter().map(|p| p.display().to_string()).zip(verified.iter()).collect();
+    let pairs: Vec<(&str, &rim::Rim)> = labelled.iter().map(|(l, r)| (l.as_str(), *r)).collect();
+    let appraisal = rim::appraise(&report.response.blocks, fields.nvdec0 == Some(Nvdec0::Disabled), &pairs)
+        .map_err(|e| refused("appraisal".into(), &e))?;
+    Ok((verified, appraisal))
 }
 
 /// DER as is (it starts with a SEQUENCE tag), or base64 text.

@@ -86,6 +86,22 @@ impl GpuAnchors {
         Ok(out)
     }
 
+    /// The NVIDIA CoRIM signing root, checked against
+    /// [`super::rim::NVIDIA_RIM_ROOT_SHA256`]: the anchors of RIM signers.
+    pub fn nvidia_rim() -> Result<Self, GpuError> {
+        let der = pem_chain(NVIDIA_RIM_ROOT_PEM.as_bytes())?;
+        let [root] = <[Vec<u8>; 1]>::try_from(der)
+            .map_err(|_| GpuError::CertificateMalformed("built-in root must be one certificate".into()))?;
+        if anchors::sha256(&root) != super::rim::NVIDIA_RIM_ROOT_SHA256 {
+            return Err(GpuError::UntrustedRoot(
+                "built-in NVIDIA RIM root does not match its pinned fingerprint".into(),
+            ));
+        }
+        let mut out = Self::empty();
+        out.add_root(&root)?;
+        Ok(out)
+    }
+
     /// No roots: every chain is refused until one is added.
     pub fn empty() -> Self {
         Self { roots: Vec::new() }
@@ -115,7 +131,7 @@ impl GpuAnchors {
         self.roots.iter().map(|r| r.fingerprint).collect()
     }
 
-    fn pins(&self, der: &[u8]) -> bool {
+    pub(crate) fn pins(&self, der: &[u8]) -> bool {
         self.roots.iter().any(|r| r.der == der)
     }
 }
@@ -162,7 +178,7 @@ pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, GpuError> {
     anchors::parse_der_cert(der).map_err(|e| GpuError::CertificateMalformed(e.to_string()))
 }
 
-fn is_ca(cert: &X509Certificate<'_>) -> bool {
+pub(crate) fn is_ca(cert: &X509Certificate<'_>) -> bool {
     matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
 }
 
@@ -362,6 +378,24 @@ Af8EBAMCAQYwHQYDVR0OBBYEFFeF/4PyY8xlfWi3Olv0jUrL+0lfMB8GA1UdIwQY\n\
 MBaAFFeF/4PyY8xlfWi3Olv0jUrL+0lfMAoGCCqGSM49BAMDA2kAMGYCMQCPeFM3\n\
 TASsKQVaT+8S0sO9u97PVGCpE9d/I42IT7k3UUOLSR/qvJynVOD1vQKVXf0CMQC+\n\
 EY55WYoDBvs2wPAH1Gw4LbcwUN8QCff8bFmV4ZxjCRr4WXTLFHBKjbfneGSBWwA=\n\
+-----END CERTIFICATE-----\n\
+";
+
+/// `CN=NVIDIA CoRIM signing Root CA, O=NVIDIA, C=US`, the root of NVIDIA's RIM signers.
+const NVIDIA_RIM_ROOT_PEM: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIICKTCCAbCgAwIBAgIQRdrjoA5QN73fh1N17LXicDAKBggqhkjOPQQDAzBFMQsw\n\
+CQYDVQQGEwJVUzEPMA0GA1UECgwGTlZJRElBMSUwIwYDVQQDDBxOVklESUEgQ29S\n\
+SU0gc2lnbmluZyBSb290IENBMCAXDTIzMDMxNjE1MzczNFoYDzIwNTMwMzA4MTUz\n\
+NzM0WjBFMQswCQYDVQQGEwJVUzEPMA0GA1UECgwGTlZJRElBMSUwIwYDVQQDDBxO\n\
+VklESUEgQ29SSU0gc2lnbmluZyBSb290IENBMHYwEAYHKoZIzj0CAQYFK4EEACID\n\
+YgAEuECyi9vNM+Iw2lfUzyBldHAwaC1HF7TCgp12QcEyUTm3Tagxwr48d55+K2VI\n\
+lWYIDk7NlAIQdcV/Ff7euGLI+Qauj93HsSI4WX298PpW54RTgz9tC+Q684caR/BX\n\
+WEeZo2MwYTAdBgNVHQ4EFgQUpaXrOPK4ZDAk08DBskn594zeZjAwHwYDVR0jBBgw\n\
+FoAUpaXrOPK4ZDAk08DBskn594zeZjAwDwYDVR0TAQH/BAUwAwEB/zAOBgNVHQ8B\n\
+Af8EBAMCAQYwCgYIKoZIzj0EAwMDZwAwZAIwHGDyscDP6ihHqRvZlI3eqZ4YkvjE\n\
+1duaN84tAHRVgxVMvNrp5Tnom3idHYGW/dskAjATvjIx6VzHm/4e2GiZAyZEIUBD\n\
+OKPzp5ei/A0iUZpdvngenDwV8Qa/wGdiTmJ7Bp4=\n\
 -----END CERTIFICATE-----\n\
 ";
 

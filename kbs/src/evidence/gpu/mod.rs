@@ -60,6 +60,7 @@ pub mod chain;
 mod der;
 pub mod ocsp;
 mod reader;
+pub mod rim;
 pub mod set;
 pub mod spdm;
 
