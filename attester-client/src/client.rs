@@ -293,6 +293,7 @@ impl KbsClient {
                 hpke_suite: Some(suite.to_wire()),
                 hpke_public_key: key.public_key().to_vec(),
                 secret_names: names.to_vec(),
+                gpus: Vec::new(),
             })
             .await?
             .into_inner();

@@ -806,6 +806,7 @@ async fn tokens_and_challenges_of_a_dev_broker_are_refused_in_production() {
         hpke_suite: Some(kbs_proto::SuiteId::X25519_SHA256_AES256GCM.to_wire()),
         hpke_public_key: vec![9; 32],
         secret_names: vec![RESOURCE.into()],
+        gpus: Vec::new(),
     };
     let status = prod.guest().await.release_secrets(release).await.unwrap_err();
     assert_eq!(status.metadata().get("kbs-reason").unwrap(), "challenge_invalid", "{status:?}");
