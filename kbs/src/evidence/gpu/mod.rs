@@ -525,6 +525,68 @@ mod tests {
         assert_eq!(serde_json::to_string(&FwidCheck::AbsentInReport).unwrap(), "\"absent_in_report\"");
     }
 
+    fn test_anchors() -> GpuAnchors {
+        let root = chain::pem_chain(attester_client::simulated::gpu_test_root_pem().as_bytes()).unwrap();
+        let mut anchors = GpuAnchors::empty();
+        anchors.add_root(&root[0]).unwrap();
+        anchors
+    }
+
+    #[test]
+    fn simulated_gpus_verify_under_the_test_root_only() {
+        use attester_client::simulated::{SIMULATED_DRIVER_VERSION, SIMULATED_VBIOS_VERSION, SimulatedGpu};
+        let gpu = SimulatedGpu::new(0).unwrap();
+        let nonce = GpuNonce([0x5c; 32]);
+        let report = gpu.report(&nonce.0).unwrap();
+        let chain = gpu.cert_chain().as_bytes();
+        let now = OffsetDateTime::now_utc();
+        let claims = GpuVerifier::new(test_anchors()).verify(&report, chain, now, &nonce).unwrap();
+        assert_eq!(claims.arch, GpuArch::Hopper);
+        assert_eq!(claims.class, DeviceClass::Gpu);
+        assert_eq!(claims.evidence.fwid, FwidCheck::Match);
+        assert_eq!(claims.evidence.nonce, NonceCheck::Match);
+        assert_eq!(claims.fwid.as_deref(), Some(hex::encode(attester_client::simulated::simulated_fwid()).as_str()));
+        assert_eq!(claims.driver_version.as_deref(), Some(SIMULATED_DRIVER_VERSION));
+        assert_eq!(claims.vbios_version.as_deref(), Some(SIMULATED_VBIOS_VERSION));
+        assert_eq!(claims.feature, Some(FeatureFlag::Spt));
+        assert_eq!(claims.measurements.len(), 64);
+        assert!(claims.device_id.as_deref().unwrap().starts_with("NVIDIA:GH100:"), "{:?}", claims.device_id);
+        // Another nonce, the real NVIDIA root, a tampered report: refused.
+        let other = GpuVerifier::new(test_anchors()).verify(&report, chain, now, &GpuNonce([0x5d; 32]));
+        assert_eq!(other.unwrap_err(), GpuError::NonceMismatch);
+        let real = GpuVerifier::new(GpuAnchors::nvidia().unwrap()).verify(&report, chain, now, &nonce);
+        assert!(matches!(real, Err(GpuError::UntrustedRoot(_))), "{real:?}");
+        let mut tampered = report.clone();
+        tampered[37 + 8 + 7 + 10] ^= 1; // inside the first digest
+        let tampered = GpuVerifier::new(test_anchors()).verify(&tampered, chain, now, &nonce);
+        assert_eq!(tampered.unwrap_err(), GpuError::SignatureInvalid);
+        // Another GPU's chain with this GPU's report.
+        let other_chain = SimulatedGpu::new(1).unwrap().cert_chain().as_bytes();
+        let swapped = GpuVerifier::new(test_anchors()).verify(&report, other_chain, now, &nonce);
+        assert_eq!(swapped.unwrap_err(), GpuError::SignatureInvalid);
+    }
+
+    #[test]
+    fn eight_simulated_gpus_form_a_set() {
+        use attester_client::evidence::GpuEvidenceSource as _;
+        let nonce = GpuNonce([0x33; 32]);
+        let verifier = GpuVerifier::new(test_anchors());
+        let now = OffsetDateTime::now_utc();
+        let devices: Vec<GpuDeviceClaims> = attester_client::simulated::SimulatedGpus::new(8)
+            .unwrap()
+            .gpu_evidence(&nonce.0)
+            .unwrap()
+            .iter()
+            .map(|d| verifier.verify(&d.report, &d.cert_chain, now, &nonce).unwrap())
+            .collect();
+        let expected = set::DeviceSetExpectation { gpus: 8, switches: 0 };
+        let summary = set::check_device_set(&devices, &expected).unwrap();
+        assert_eq!((summary.gpus, summary.mode), (8, Some(FeatureFlag::Mpt)));
+        let mut twice = devices.clone();
+        twice[7] = devices[0].clone();
+        assert!(matches!(set::check_device_set(&twice, &expected), Err(set::DeviceSetError::Duplicate(_))));
+    }
+
     #[test]
     fn nonces_parse_from_hex() {
         assert_eq!(GpuNonce::from_hex(&"ab".repeat(32)), Some(GpuNonce([0xab; 32])));
