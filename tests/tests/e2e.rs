@@ -195,6 +195,7 @@ async fn a_challenge_is_redeemed_at_another_replica_with_the_same_key() {
             suite: SuiteId::X25519_SHA256_AES256GCM,
             public_key: key.public_key().to_vec(),
             names: vec![SECRET.into()],
+            gpus: Vec::new(),
             caller: "test".into(),
         })
         .await;

@@ -793,6 +793,7 @@ fn sample_claims(primary: &Value, expected: &[u8; 64]) -> Result<Claims, Error> 
         init_data_digest: hex::encode([0u8; 32]),
         snp: None,
         tdx: None,
+        gpu: None,
     })
 }
 

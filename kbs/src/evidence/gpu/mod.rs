@@ -348,6 +348,70 @@ impl GpuDeviceClaims {
     }
 }
 
+/// What policy sees of a VM's GPUs (`input.claims.gpu`): a summary of the
+/// set and every device's claims, in the order the VM presented them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuSetClaims {
+    /// GPUs presented (each verified, all distinct).
+    pub count: usize,
+    /// NVSwitches presented.
+    pub switches: usize,
+    /// The GPUs' common multi-GPU mode, if they report one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<FeatureFlag>,
+    /// The NVLink topology check.
+    pub topology: set::TopologyCheck,
+    /// The driver versions the devices report, sorted, each once.
+    pub driver_versions: Vec<String>,
+    /// The VBIOS (NVSwitch: BIOS) versions the devices report, sorted, each once.
+    pub vbios_versions: Vec<String>,
+    /// `good` when every device's chain was shown good by stapled OCSP
+    /// responses, else `not_checked`.
+    pub revocation: SetRevocation,
+    /// SHA-384 of the device set the CPU evidence commits to
+    /// (`kbs_proto::device_set_digest`), hex.
+    pub device_set_digest: String,
+    /// Every device.
+    pub devices: Vec<GpuDeviceClaims>,
+}
+
+/// Revocation of a whole set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetRevocation {
+    /// Every device chain was checked and is good.
+    Good,
+    /// At least one device came without revocation evidence.
+    NotChecked,
+}
+
+impl GpuSetClaims {
+    /// Summarizes a set that passed [`set::check_device_set`].
+    pub fn new(devices: Vec<GpuDeviceClaims>, summary: set::DeviceSetSummary, device_set_digest: &[u8]) -> Self {
+        let versions = |f: fn(&GpuDeviceClaims) -> Option<&String>| -> Vec<String> {
+            let all: std::collections::BTreeSet<&String> = devices.iter().filter_map(f).collect();
+            all.into_iter().cloned().collect()
+        };
+        let driver_versions = versions(|d| d.driver_version.as_ref());
+        let vbios_versions = versions(|d| d.vbios_version.as_ref());
+        let revocation = match devices.iter().all(|d| d.revocation.is_some()) {
+            true => SetRevocation::Good,
+            false => SetRevocation::NotChecked,
+        };
+        Self {
+            count: summary.gpus,
+            switches: summary.switches,
+            mode: summary.mode,
+            topology: summary.topology,
+            driver_versions,
+            vbios_versions,
+            revocation,
+            device_set_digest: hex::encode(device_set_digest),
+            devices,
+        }
+    }
+}
+
 /// Verifies NVIDIA device evidence against pinned anchors.
 #[derive(Clone, Debug)]
 pub struct GpuVerifier {
