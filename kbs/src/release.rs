@@ -493,11 +493,25 @@ impl Broker {
         if gpus.is_empty() {
             return Ok(None);
         }
-        let verifier = self.gpu.as_ref().ok_or_else(|| Error::Internal("no GPU trust anchors".into()))?;
         let nonce = GpuNonce(kbs_proto::gpu_nonce(challenge_nonce, suite, public_key));
+        self.verify_gpu_set(gpus, &nonce, &kbs_proto::device_set_digest(devices), now).map(Some)
+    }
+
+    /// Verifies every device against `nonce`, their stapled OCSP responses,
+    /// then the set. For front ends with their own binding (the CoCo
+    /// profile): the caller has checked the caps ([`check_gpu_caps`]) and
+    /// that the CPU evidence commits to exactly these devices.
+    pub fn verify_gpu_set(
+        &self,
+        gpus: &[GpuInput],
+        nonce: &GpuNonce,
+        device_set_digest: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<GpuSetClaims, Error> {
+        let verifier = self.gpu.as_ref().ok_or_else(|| Error::Internal("no GPU trust anchors".into()))?;
         let mut verified: Vec<GpuDeviceClaims> = Vec::with_capacity(gpus.len());
         for (index, gpu) in gpus.iter().enumerate() {
-            let claims = verifier.verify(&gpu.report, &gpu.cert_chain, now, &nonce).map_err(|e| {
+            let claims = verifier.verify(&gpu.report, &gpu.cert_chain, now, nonce).map_err(|e| {
                 tracing::info!(device = index, cause = %e, "GPU evidence refused");
                 EvidenceError::from(e)
             })?;
@@ -520,7 +534,7 @@ impl Broker {
             switches: verified.iter().filter(|d| d.class == DeviceClass::Nvswitch).count(),
         };
         let summary = check_device_set(&verified, &expected).map_err(EvidenceError::from)?;
-        Ok(Some(GpuSetClaims::new(verified, summary, &kbs_proto::device_set_digest(devices))))
+        Ok(GpuSetClaims::new(verified, summary, device_set_digest))
     }
 
     fn attestation_id(&self) -> Result<String, Error> {
@@ -740,6 +754,9 @@ mod tests {
         assert_eq!(set.revocation, crate::evidence::gpu::SetRevocation::NotChecked);
         assert_eq!(set.device_set_digest, hex::encode(kbs_proto::device_set_digest(&digest_of(&gpus))));
         assert!(verify_set(&with_test_root, &[], &KEY).unwrap().is_none());
+        // The claims survive the JSON round trip (CoCo tokens carry them).
+        let json = serde_json::to_value(&set).unwrap();
+        assert_eq!(serde_json::from_value::<GpuSetClaims>(json).unwrap(), set);
 
         // Made for another key: the nonce differs.
         let refused = verify_set(&with_test_root, &gpus, &[0x23; 32]).unwrap_err();

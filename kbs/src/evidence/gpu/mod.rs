@@ -279,7 +279,7 @@ pub struct GpuDeviceClaims {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nvdec0: Option<Nvdec0>,
     /// PDIs (GPU: NVLink peers; NVSwitch: its own), hex, as reported.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pdis: Vec<String>,
     /// Every measurement block, by index.
     pub measurements: Vec<GpuMeasurement>,
