@@ -198,7 +198,7 @@ async fn model_decrypt(args: DecryptArgs) -> Result<(), Failure> {
     let source = evidence_source(&args.broker)?;
     let config = client_config(&args.broker)?;
     let mut client = KbsClient::connect(&config).await.map_err(client_failure)?;
-    let options = DecryptOptions { allow_persistent_disk: args.allow_persistent_disk };
+    let options = DecryptOptions { allow_persistent_disk: args.allow_persistent_disk, gpus: gpu_source(&args.broker)? };
     let done =
         model::decrypt_models(&mut client, source, &args.input, &args.out, &options).await.map_err(|e| match e {
             model::Error::Fetch(inner) => client_failure(inner),
