@@ -228,3 +228,39 @@ async fn oversized_device_lists_are_refused_before_verification() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(status.metadata().get("kbs-reason").unwrap().to_str().unwrap(), "evidence_too_large");
 }
+
+#[tokio::test]
+async fn the_shipped_gpu_policy_reads_the_claims_the_broker_makes() {
+    use attester_client::simulated::{SIMULATED_DRIVER_VERSION, SIMULATED_VBIOS_VERSION, simulated_measurement};
+    let app = app().await;
+    let refvals = |drivers: &[&str]| {
+        serde_json::json!({
+            "measurements": [hex::encode(MEASUREMENT)],
+            "gpu": {
+                "count": 2, "modes": ["mpt"], "drivers": drivers, "vbios": [SIMULATED_VBIOS_VERSION],
+                "measurements": {"3": [hex::encode(simulated_measurement(3))]},
+            },
+        })
+        .to_string()
+    };
+    let put_refvals = |json: String| async {
+        let req = kbs_proto::v1::PutReferenceValuesRequest { name: "default".into(), json };
+        app.admin().await.put_reference_values(app.authed(req)).await.unwrap();
+    };
+    put_refvals(refvals(&[SIMULATED_DRIVER_VERSION])).await;
+    let req = kbs_proto::v1::SetPolicyRequest {
+        scope: "models/".into(),
+        rego: include_str!("../../policies/gpu.rego").into(),
+    };
+    app.admin().await.set_policy(app.authed(req)).await.unwrap();
+
+    // Two GPUs in multi-GPU mode, the expected driver, VBIOS and measurement.
+    assert_eq!(client_fetch(&app, 2, NO_GPU).await.unwrap(), NO_GPU.as_bytes());
+    // One GPU: too few, and single-GPU mode.
+    let refused = Exchange::new(NO_GPU, 1).run(&app).await;
+    assert_refused(refused, "gpu_count_mismatch");
+    // A driver the reference values do not list.
+    put_refvals(refvals(&["535.86.09"])).await;
+    // The broker re-reads policies and reference values after a change made through it.
+    assert_refused(Exchange::new(NO_GPU, 2).run(&app).await, "policy_denied");
+}
