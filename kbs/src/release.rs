@@ -392,6 +392,8 @@ impl Broker {
         let verifying = Instant::now();
         let claims = match self.verify(&req.evidence, now, &expected).await {
             Ok(mut claims) => {
+                // Recorded even when a GPU is refused next.
+                event.measurement = Some(claims.measurement.clone());
                 self.verify_gpus(&req.gpus, &devices, &challenge.nonce, req.suite, &req.public_key, now).map(|gpu| {
                     claims.gpu = gpu;
                     claims
@@ -401,7 +403,6 @@ impl Broker {
         };
         self.metrics.phase(Phase::Verify, verifying.elapsed());
         let claims = claims?;
-        event.measurement = Some(claims.measurement.clone());
         let prepared = PreparedClaims::new(&claims).map_err(Error::Internal)?;
         event.claims_digest = Some(prepared.digest().to_owned());
 

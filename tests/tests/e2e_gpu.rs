@@ -173,6 +173,9 @@ async fn broken_bindings_are_refused_with_their_reasons() {
     // A GPU report made for another HPKE key.
     let relayed = Exchange { gpu_key: Some(other_key), ..Exchange::new(ONE_GPU, 1) };
     assert_refused(relayed.run(&app).await, "gpu_evidence_invalid");
+    // Its audit record names the verified CPU measurement and the reason.
+    let record = app.audit_log().lines().last().unwrap().to_owned();
+    assert!(record.contains("gpu_evidence_invalid") && record.contains(&hex::encode(MEASUREMENT)), "{record}");
     // A GPU report made for another challenge.
     let stale = Exchange { gpu_challenge: Some([0x42; NONCE_LEN]), ..Exchange::new(EIGHT_GPUS, 8) };
     assert_refused(stale.run(&app).await, "gpu_evidence_invalid");
