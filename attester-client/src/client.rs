@@ -5,8 +5,12 @@
 //!    sealed challenge and the HPKE suites the broker offers;
 //! 2. pick a suite (X25519 preferred, then P-256) and make an ephemeral key;
 //! 3. `report_data = kbs_proto::report_data(nonce, suite, public_key)`, and
-//!    ask the [`EvidenceSource`] for evidence carrying it;
-//! 4. `ReleaseSecrets` with the challenge, evidence, suite, key and names;
+//!    ask the [`EvidenceSource`] for evidence carrying it; with GPUs
+//!    ([`KbsClient::fetch_release_with_gpus`]), first the GPUs' evidence for
+//!    `kbs_proto::gpu_nonce(nonce, suite, public_key)`, then CPU evidence
+//!    carrying `kbs_proto::device_report_data` over exactly those bytes;
+//! 4. `ReleaseSecrets` with the challenge, evidence (and the GPUs', in the
+//!    order bound), suite, key and names;
 //! 5. check that exactly the requested names came back, once each, and open
 //!    each with `info = kbs_proto::secret_info(nonce)` and
 //!    `aad = kbs_proto::secret_aad(name, version)`.
@@ -29,7 +33,7 @@ use kbs_proto::{NONCE_LEN, SuiteId};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use zeroize::Zeroizing;
 
-use crate::evidence::{self, EvidenceSource, Tee};
+use crate::evidence::{self, EvidenceSource, GpuEvidenceSource, Tee};
 use crate::hpke::{self, EphemeralKey, SUPPORTED_SUITES};
 
 /// The response metadata key that carries the broker's reason code.
@@ -246,6 +250,17 @@ impl KbsClient {
 
     /// Like [`Self::fetch`], also returning the broker's attestation id.
     pub async fn fetch_release(&mut self, source: Arc<dyn EvidenceSource>, names: &[String]) -> Result<Release, Error> {
+        self.fetch_release_with_gpus(source, None, names).await
+    }
+
+    /// Like [`Self::fetch_release`], also presenting the evidence of the
+    /// VM's GPUs from `gpus` (none: the device-free binding).
+    pub async fn fetch_release_with_gpus(
+        &mut self,
+        source: Arc<dyn EvidenceSource>,
+        gpus: Option<Arc<dyn GpuEvidenceSource>>,
+        names: &[String],
+    ) -> Result<Release, Error> {
         check_names(names)?;
         let tee = source.tee();
         if tee != Tee::Snp && tee != Tee::Tdx {
@@ -263,12 +278,36 @@ impl KbsClient {
         let suite = choose_suite(&challenge.hpke_suites).ok_or(Error::NoCommonSuite)?;
         let key = EphemeralKey::generate(suite).map_err(Error::Key)?;
 
-        let report_data = kbs_proto::report_data(&nonce, suite, key.public_key());
+        let gpu_nonce = kbs_proto::gpu_nonce(&nonce, suite, key.public_key());
+        let public_key = key.public_key().to_vec();
         let collect = Arc::clone(&source);
         // Evidence collection does blocking file I/O and waits for the
-        // PSP (SNP) or the quoting enclave (TDX).
-        let evidence = tokio::task::spawn_blocking(move || -> Result<release_secrets_request::Evidence, Error> {
-            Ok(if tee == Tee::Tdx {
+        // GPUs, the PSP (SNP) or the quoting enclave (TDX). The GPUs come
+        // first: the CPU evidence commits to their exact bytes.
+        type Collected = (release_secrets_request::Evidence, Vec<kbs_proto::v1::GpuEvidence>);
+        let (evidence, gpu_evidence) = tokio::task::spawn_blocking(move || -> Result<Collected, Error> {
+            let devices = match &gpus {
+                Some(gpus) => gpus.gpu_evidence(&gpu_nonce)?,
+                None => Vec::new(),
+            };
+            if devices.len() > kbs_proto::MAX_DEVICES {
+                return Err(Error::InvalidRequest(format!(
+                    "{} GPUs, at most {} per request",
+                    devices.len(),
+                    kbs_proto::MAX_DEVICES
+                )));
+            }
+            let bound: Vec<kbs_proto::DeviceEvidence<'_>> = devices
+                .iter()
+                .map(|d| kbs_proto::DeviceEvidence { report: &d.report, cert_chain: &d.cert_chain })
+                .collect();
+            let report_data = kbs_proto::device_report_data(&nonce, suite, &public_key, &bound);
+            tracing::debug!(gpus = devices.len(), "GPU evidence collected");
+            let wire: Vec<kbs_proto::v1::GpuEvidence> = devices
+                .into_iter()
+                .map(|d| kbs_proto::v1::GpuEvidence { report: d.report, cert_chain: d.cert_chain, ocsp: Vec::new() })
+                .collect();
+            let cpu = if tee == Tee::Tdx {
                 let tdx = collect.tdx_quote(&report_data)?;
                 tracing::debug!(evidence = ?tdx, "collected evidence");
                 release_secrets_request::Evidence::Tdx(kbs_proto::v1::TdxEvidence { quote: tdx.quote })
@@ -279,7 +318,8 @@ impl KbsClient {
                     report: snp.report,
                     cert_table: snp.cert_table,
                 })
-            })
+            };
+            Ok((cpu, wire))
         })
         .await
         .map_err(Error::EvidenceTask)??;
@@ -293,6 +333,7 @@ impl KbsClient {
                 hpke_suite: Some(suite.to_wire()),
                 hpke_public_key: key.public_key().to_vec(),
                 secret_names: names.to_vec(),
+                gpus: gpu_evidence,
             })
             .await?
             .into_inner();

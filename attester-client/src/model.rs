@@ -28,7 +28,7 @@ use std::sync::Arc;
 use kbs_proto::model::{self, Header, ModelKey};
 
 use crate::client::{self, KbsClient};
-use crate::evidence::EvidenceSource;
+use crate::evidence::{EvidenceSource, GpuEvidenceSource};
 
 /// `statfs` magic of tmpfs.
 pub const TMPFS_MAGIC: u64 = 0x0102_1994;
@@ -94,6 +94,9 @@ pub enum Error {
 pub struct DecryptOptions {
     /// Allow an output directory that is not tmpfs or ramfs.
     pub allow_persistent_disk: bool,
+    /// The VM's GPUs, presented and bound with the CPU evidence (for keys
+    /// that need attested GPUs).
+    pub gpus: Option<Arc<dyn GpuEvidenceSource>>,
 }
 
 /// One input file and its (not yet authenticated) header.
@@ -129,7 +132,7 @@ pub async fn decrypt_models(
     check_output_fs(out, options.allow_persistent_disk)?;
     let names: Vec<String> =
         inputs.iter().map(|i| i.header.secret_name().to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
-    let release = client.fetch_release(source, &names).await.map_err(Error::Fetch)?;
+    let release = client.fetch_release_with_gpus(source, options.gpus.clone(), &names).await.map_err(Error::Fetch)?;
     let keys = release
         .secrets
         .iter()

@@ -273,6 +273,7 @@ fn broker_core_with(c: &mut Criterion, name: &str, sync: bool) {
             suite: X25519,
             public_key: key.public_key().to_vec(),
             names: names(),
+            gpus: Vec::new(),
             caller: "bench".into(),
         }
     };

@@ -269,6 +269,8 @@ struct RawDev {
     snp_test_roots: Vec<PathBuf>,
     #[serde(default)]
     tdx_test_roots: Vec<PathBuf>,
+    #[serde(default)]
+    gpu_test_roots: Vec<PathBuf>,
 }
 
 /// An admin role.
@@ -484,6 +486,8 @@ pub struct Config {
     pub snp_test_roots: Vec<PathBuf>,
     /// INSECURE: test SGX roots pinned for TDX.
     pub tdx_test_roots: Vec<PathBuf>,
+    /// INSECURE: test device identity roots pinned for NVIDIA GPUs.
+    pub gpu_test_roots: Vec<PathBuf>,
     /// The CoCo KBS protocol front end, when enabled.
     pub coco: Option<CocoConfig>,
     /// The metrics listener, when enabled.
@@ -711,6 +715,9 @@ impl Config {
         if !raw.dev.tdx_test_roots.is_empty() && !raw.dev.insecure_simulated_tee {
             return Err(ConfigError::Invalid("dev.tdx_test_roots needs dev.insecure_simulated_tee = true".into()));
         }
+        if !raw.dev.gpu_test_roots.is_empty() && !raw.dev.insecure_simulated_tee {
+            return Err(ConfigError::Invalid("dev.gpu_test_roots needs dev.insecure_simulated_tee = true".into()));
+        }
         for url in raw.tdx.pccs_url.iter().chain(raw.tdx.root_crl_url.iter()) {
             if let Err(e) = crate::fetch::vendor_url_is_https(url, "tdx").map_err(EvidenceError::from) {
                 return Err(ConfigError::Invalid(format!("tdx URLs must be https:// (or http on loopback): {e}")));
@@ -796,6 +803,7 @@ impl Config {
             insecure_simulated_tee: raw.dev.insecure_simulated_tee,
             snp_test_roots: raw.dev.snp_test_roots.iter().map(|p| resolve(p)).collect(),
             tdx_test_roots: raw.dev.tdx_test_roots.iter().map(|p| resolve(p)).collect(),
+            gpu_test_roots: raw.dev.gpu_test_roots.iter().map(|p| resolve(p)).collect(),
             coco,
             metrics,
         })
@@ -924,6 +932,11 @@ mod tests {
     fn test_roots_need_the_dev_switch() {
         let text = format!("{MINIMAL}\n[dev]\nsnp_test_roots = [\"ark.pem\"]\n");
         assert!(matches!(Config::from_toml(&text, Path::new("/")), Err(ConfigError::Invalid(_))));
+        let text = format!("{MINIMAL}\n[dev]\ngpu_test_roots = [\"gpu-root.pem\"]\n");
+        assert!(matches!(Config::from_toml(&text, Path::new("/")), Err(ConfigError::Invalid(_))));
+        let text = format!("{MINIMAL}\n[dev]\ninsecure_simulated_tee = true\ngpu_test_roots = [\"gpu-root.pem\"]\n");
+        let config = Config::from_toml(&text, Path::new("/d")).unwrap();
+        assert_eq!(config.gpu_test_roots, vec![PathBuf::from("/d/gpu-root.pem")]);
     }
 
     #[test]

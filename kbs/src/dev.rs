@@ -38,6 +38,9 @@ pub struct DevOptions {
     /// Enable the INSECURE simulated TEE with these test SGX roots (PEM)
     /// for TDX.
     pub tdx_test_roots: Vec<PathBuf>,
+    /// Enable the INSECURE simulated TEE with these test NVIDIA device
+    /// identity roots (PEM) for simulated GPUs.
+    pub gpu_test_roots: Vec<PathBuf>,
     /// A directory of TDX collateral (`tdx.collateral_dir`).
     pub tdx_collateral_dir: Option<PathBuf>,
     /// The secret read cache's TTL (`store.cache_ttl_ms`); the broker's
@@ -123,7 +126,11 @@ pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
     let token_digest = hex::encode(Sha256::digest(token.as_bytes()));
 
     let mut dev_section = String::new();
-    if options.insecure_simulated_tee || !options.snp_test_roots.is_empty() || !options.tdx_test_roots.is_empty() {
+    if options.insecure_simulated_tee
+        || !options.snp_test_roots.is_empty()
+        || !options.tdx_test_roots.is_empty()
+        || !options.gpu_test_roots.is_empty()
+    {
         dev_section.push_str(
             "\n# INSECURE: accept evidence from the simulated TEE. Needs `kbs serve --insecure-dev`.\n[dev]\ninsecure_simulated_tee = true\n",
         );
@@ -132,6 +139,9 @@ pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
         }
         if !options.tdx_test_roots.is_empty() {
             dev_section.push_str(&format!("tdx_test_roots = [{}]\n", toml_paths(&options.tdx_test_roots)?));
+        }
+        if !options.gpu_test_roots.is_empty() {
+            dev_section.push_str(&format!("gpu_test_roots = [{}]\n", toml_paths(&options.gpu_test_roots)?));
         }
     }
     if let Some(listen) = &options.coco_listen {
@@ -231,6 +241,7 @@ mod tests {
         let options = DevOptions {
             snp_test_roots: vec![root.clone()],
             tdx_test_roots: vec![root.clone()],
+            gpu_test_roots: vec![root.clone()],
             tdx_collateral_dir: Some(collateral.clone()),
             cache_ttl_ms: Some(250),
             coco_listen: Some("127.0.0.1:0".into()),
@@ -242,7 +253,8 @@ mod tests {
         let root = fs::canonicalize(root).unwrap();
         assert!(config.insecure_simulated_tee);
         assert_eq!(config.snp_test_roots, vec![root.clone()]);
-        assert_eq!(config.tdx_test_roots, vec![root]);
+        assert_eq!(config.tdx_test_roots, vec![root.clone()]);
+        assert_eq!(config.gpu_test_roots, vec![root]);
         assert_eq!(config.tdx.collateral_dir, Some(fs::canonicalize(collateral).unwrap()));
         assert_eq!(config.store_cache_ttl, std::time::Duration::from_millis(250));
         assert_eq!(config.metrics.unwrap().listen, "127.0.0.1:9464".parse().unwrap());

@@ -2,9 +2,13 @@
 //!
 //! 1. Issue: a sealed challenge for `{nonce, tee, names, expiry}`.
 //! 2. Release, in order, stopping at the first failure:
-//!    request shape -> challenge (authentic, unexpired, same TEE and names)
-//!    -> HPKE suite and key -> evidence (parse, chain, signature, TCB, chip,
-//!    report_data binding) -> for each secret: read, policy, seal.
+//!    request shape (device caps, before any cryptography) -> challenge
+//!    (authentic, unexpired, same TEE and names) -> HPKE suite and key ->
+//!    CPU evidence (parse, chain, signature, TCB, chip, report_data binding,
+//!    which covers the devices: [`kbs_proto::device_report_data`]) -> each
+//!    GPU (against [`kbs_proto::gpu_nonce`]; stapled OCSP, if any) -> the
+//!    device set (one nonce, distinct devices, one mode) -> for each secret:
+//!    read, GPU requirement (the [`GPUS_LABEL`] label), policy, seal.
 //! 3. Every decision, allowed or refused, becomes one audit record before
 //!    the answer leaves; if the record cannot be written, nothing is
 //!    released.
@@ -22,6 +26,10 @@ use crate::audit::{AuditLog, Event, SecretRef};
 use crate::challenge::{ChallengeSealer, IssuedChallenge};
 use crate::error::Error;
 use crate::evidence::collateral::VekResolver;
+use crate::evidence::gpu::set::{DeviceSetExpectation, check_device_set};
+use crate::evidence::gpu::{
+    DeviceClass, GpuDeviceClaims, GpuError, GpuNonce, GpuSetClaims, GpuVerifier, chain as gpu_chain, ocsp, spdm,
+};
 use crate::evidence::pcs::TdxCollateralResolver;
 use crate::evidence::snp::{SigningKey, SnpReport, SnpVerifier};
 use crate::evidence::tdx::{TdxQuote, TdxVerifier};
@@ -30,7 +38,9 @@ use crate::metrics::{Metrics, Phase};
 use crate::names::check_not_reserved;
 use crate::policy::{PolicyEngine, PreparedClaims};
 use crate::rate::{RateLimiter, RateLimits};
+use crate::reason::ReasonCode;
 use crate::seal::{self, RecipientKey};
+use crate::store::SecretMeta;
 use crate::store::{SecretStore, validate_name};
 
 /// `kbs.v1.Tee::Snp`, as a challenge carries it.
@@ -65,6 +75,38 @@ pub enum EvidenceInput {
     },
 }
 
+/// The secret label that makes a secret need attested GPUs: its value, a
+/// decimal number `N`, means "release only to a VM that presented at least
+/// `N` GPUs, each verified and bound to this request". Any other value
+/// refuses the secret (`gpu_count_mismatch`): a misspelt requirement fails
+/// closed. The broker enforces it before any policy, on every front end.
+pub const GPUS_LABEL: &str = "gpus";
+
+/// Most stapled OCSP responses per device (its chain needs three).
+pub const MAX_GPU_OCSP: usize = 8;
+
+/// One device's evidence as received (`kbs.v1.GpuEvidence`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct GpuInput {
+    /// SPDM GET_MEASUREMENTS request || MEASUREMENTS response.
+    pub report: Vec<u8>,
+    /// The certificate chain (PEM) as the driver returned it.
+    pub cert_chain: Vec<u8>,
+    /// Stapled OCSP responses (DER).
+    pub ocsp: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for GpuInput {
+    /// Lengths only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuInput")
+            .field("report_len", &self.report.len())
+            .field("cert_chain_len", &self.cert_chain.len())
+            .field("ocsp", &self.ocsp.len())
+            .finish()
+    }
+}
+
 /// A release request, decoded from any front end.
 #[derive(Debug)]
 pub struct ReleaseRequest {
@@ -78,6 +120,8 @@ pub struct ReleaseRequest {
     pub public_key: Vec<u8>,
     /// Secret names asked for.
     pub names: Vec<String>,
+    /// The VM's GPUs, in the order its CPU evidence committed to.
+    pub gpus: Vec<GpuInput>,
     /// Peer address, for audit.
     pub caller: String,
 }
@@ -116,6 +160,7 @@ pub struct Broker {
     rng: SystemRandom,
     policy: Arc<PolicyEngine>,
     tdx: Option<TdxSupport>,
+    gpu: Option<GpuVerifier>,
     rate: RateLimiter,
     metrics: Arc<Metrics>,
 }
@@ -163,6 +208,9 @@ impl Broker {
             rng: SystemRandom::new(),
             policy: Arc::new(PolicyEngine::builtin()),
             tdx: None,
+            // NVIDIA's pinned root is built in; `None` only if it failed its
+            // own fingerprint check, and then every GPU is refused.
+            gpu: crate::evidence::gpu::GpuAnchors::nvidia().ok().map(GpuVerifier::new),
             rate: RateLimiter::new(RateLimits::default()),
         }
     }
@@ -187,6 +235,13 @@ impl Broker {
     /// challenges and evidence are refused with `unsupported_tee`.
     pub fn with_tdx(mut self, tdx: Option<TdxSupport>) -> Self {
         self.tdx = tdx;
+        self
+    }
+
+    /// Verifies GPUs with `verifier` (its anchors) instead of one pinning
+    /// NVIDIA's root only.
+    pub fn with_gpu(mut self, verifier: GpuVerifier) -> Self {
+        self.gpu = Some(verifier);
         self
     }
 
@@ -312,6 +367,7 @@ impl Broker {
         event: &mut Event,
     ) -> Result<Released, Error> {
         check_names(&req.names)?;
+        check_gpu_caps(&req.gpus)?;
         let now = self.now();
         let challenge = self.sealer.open(&req.challenge, now.unix_timestamp())?;
         let tee = match req.evidence {
@@ -327,12 +383,26 @@ impl Broker {
             return Err(crate::challenge::ChallengeError::Mismatch("secret names differ from the challenge").into());
         }
         let recipient = RecipientKey::parse(req.suite, &req.public_key)?;
-        let expected = kbs_proto::report_data(&challenge.nonce, req.suite, &req.public_key);
+        let devices: Vec<kbs_proto::DeviceEvidence<'_>> = req
+            .gpus
+            .iter()
+            .map(|g| kbs_proto::DeviceEvidence { report: &g.report, cert_chain: &g.cert_chain })
+            .collect();
+        let expected = kbs_proto::device_report_data(&challenge.nonce, req.suite, &req.public_key, &devices);
         let verifying = Instant::now();
-        let claims = self.verify(&req.evidence, now, &expected).await;
+        let claims = match self.verify(&req.evidence, now, &expected).await {
+            Ok(mut claims) => {
+                // Recorded even when a GPU is refused next.
+                event.measurement = Some(claims.measurement.clone());
+                self.verify_gpus(&req.gpus, &devices, &challenge.nonce, req.suite, &req.public_key, now).map(|gpu| {
+                    claims.gpu = gpu;
+                    claims
+                })
+            }
+            Err(e) => Err(e),
+        };
         self.metrics.phase(Phase::Verify, verifying.elapsed());
         let claims = claims?;
-        event.measurement = Some(claims.measurement.clone());
         let prepared = PreparedClaims::new(&claims).map_err(Error::Internal)?;
         event.claims_digest = Some(prepared.digest().to_owned());
 
@@ -343,6 +413,12 @@ impl Broker {
             let record = self.store.get(name).await;
             self.metrics.phase(Phase::Store, reading.elapsed());
             let record = record?;
+            if let Err(e) = check_gpu_requirement(&claims, &record.meta) {
+                if let Error::Denied { reasons, .. } = &e {
+                    event.reasons = reasons.clone();
+                }
+                return Err(e);
+            }
             let deciding = Instant::now();
             let decision = self.policy.evaluate_prepared(&prepared, &record.meta);
             self.metrics.phase(Phase::Policy, deciding.elapsed());
@@ -408,11 +484,115 @@ impl Broker {
         }
     }
 
+    /// Verifies every device against the GPU nonce of this challenge and
+    /// key, their stapled OCSP responses, then the set; `None` without
+    /// devices. The caller has checked the caps and that the CPU evidence
+    /// commits to exactly these devices.
+    fn verify_gpus(
+        &self,
+        gpus: &[GpuInput],
+        devices: &[kbs_proto::DeviceEvidence<'_>],
+        challenge_nonce: &[u8; kbs_proto::NONCE_LEN],
+        suite: SuiteId,
+        public_key: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Option<GpuSetClaims>, Error> {
+        if gpus.is_empty() {
+            return Ok(None);
+        }
+        let nonce = GpuNonce(kbs_proto::gpu_nonce(challenge_nonce, suite, public_key));
+        self.verify_gpu_set(gpus, &nonce, &kbs_proto::device_set_digest(devices), now).map(Some)
+    }
+
+    /// Verifies every device against `nonce`, their stapled OCSP responses,
+    /// then the set. For front ends with their own binding (the CoCo
+    /// profile): the caller has checked the caps ([`check_gpu_caps`]) and
+    /// that the CPU evidence commits to exactly these devices.
+    pub fn verify_gpu_set(
+        &self,
+        gpus: &[GpuInput],
+        nonce: &GpuNonce,
+        device_set_digest: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<GpuSetClaims, Error> {
+        let verifier = self.gpu.as_ref().ok_or_else(|| Error::Internal("no GPU trust anchors".into()))?;
+        let mut verified: Vec<GpuDeviceClaims> = Vec::with_capacity(gpus.len());
+        for (index, gpu) in gpus.iter().enumerate() {
+            let claims = verifier.verify(&gpu.report, &gpu.cert_chain, now, nonce).map_err(|e| {
+                tracing::info!(device = index, cause = %e, "GPU evidence refused");
+                EvidenceError::from(e)
+            })?;
+            let claims = if gpu.ocsp.is_empty() {
+                claims
+            } else {
+                let good = ocsp::verify_chain_ocsp(&gpu.cert_chain, &gpu.ocsp, now).map_err(|e| {
+                    tracing::info!(device = index, cause = %e, "GPU revocation status refused");
+                    EvidenceError::from(e)
+                })?;
+                claims.with_revocation(&good)
+            };
+            verified.push(claims);
+        }
+        // The counts a secret needs are checked per secret; here the set
+        // must be consistent (one nonce, distinct devices, one mode, the
+        // topology when NVSwitches are present).
+        let expected = DeviceSetExpectation {
+            gpus: verified.iter().filter(|d| d.class == DeviceClass::Gpu).count(),
+            switches: verified.iter().filter(|d| d.class == DeviceClass::Nvswitch).count(),
+        };
+        let summary = check_device_set(&verified, &expected).map_err(EvidenceError::from)?;
+        Ok(GpuSetClaims::new(verified, summary, device_set_digest))
+    }
+
     fn attestation_id(&self) -> Result<String, Error> {
         let mut id = [0u8; 16];
         self.rng.fill(&mut id).map_err(|_| Error::Internal("random source failed".into()))?;
         Ok(hex::encode(id))
     }
+}
+
+/// Refuses oversized device evidence before any cryptography: at most
+/// [`kbs_proto::MAX_DEVICES`] devices, each with a report, chain and stapled
+/// OCSP responses within their caps.
+pub fn check_gpu_caps(gpus: &[GpuInput]) -> Result<(), Error> {
+    let too_large = |what, len, max| Error::from(EvidenceError::from(GpuError::TooLarge { what, len, max }));
+    if gpus.len() > kbs_proto::MAX_DEVICES {
+        return Err(too_large("device list", gpus.len(), kbs_proto::MAX_DEVICES));
+    }
+    for gpu in gpus {
+        if gpu.report.len() > spdm::MAX_REPORT_LEN {
+            return Err(too_large("report", gpu.report.len(), spdm::MAX_REPORT_LEN));
+        }
+        if gpu.cert_chain.len() > gpu_chain::MAX_CHAIN_LEN {
+            return Err(too_large("certificate chain", gpu.cert_chain.len(), gpu_chain::MAX_CHAIN_LEN));
+        }
+        if gpu.ocsp.len() > MAX_GPU_OCSP {
+            return Err(too_large("OCSP response list", gpu.ocsp.len(), MAX_GPU_OCSP));
+        }
+        if let Some(big) = gpu.ocsp.iter().find(|r| r.len() > ocsp::MAX_OCSP_LEN) {
+            return Err(too_large("OCSP response", big.len(), ocsp::MAX_OCSP_LEN));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a secret whose [`GPUS_LABEL`] asks for more attested GPUs than
+/// `claims` hold (`gpu_count_mismatch`), whatever the policy says.
+pub fn check_gpu_requirement(claims: &Claims, meta: &SecretMeta) -> Result<(), Error> {
+    let Some(label) = meta.labels.get(GPUS_LABEL) else {
+        return Ok(());
+    };
+    let denied = |reason: String| Error::Denied { code: ReasonCode::GpuCountMismatch, reasons: vec![reason] };
+    let required: usize = label
+        .parse()
+        .map_err(|_| denied(format!("gpu_count_mismatch: the secret's {GPUS_LABEL} label {label:?} is not a count")))?;
+    let presented = claims.gpu.as_ref().map_or(0, |g| g.count);
+    if presented < required {
+        return Err(denied(format!(
+            "gpu_count_mismatch: the secret needs {required} attested GPUs, the VM presented {presented}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_names(names: &[String]) -> Result<(), Error> {
@@ -489,6 +669,7 @@ impl Broker {
         // reserved prefix; they are never released as secrets.
         check_not_reserved(name)?;
         let record = self.store.get(name).await?;
+        check_gpu_requirement(claims, &record.meta)?;
         if let Err(denial) = self.policy.evaluate(claims, &record.meta) {
             return Err(Error::Denied { code: denial.code, reasons: denial.reasons });
         }
@@ -531,8 +712,166 @@ mod tests {
             suite: SuiteId::X25519_SHA256_AES256GCM,
             public_key: vec![0; 32],
             names: vec!["models/a".into()],
+            gpus: Vec::new(),
             caller: "test".into(),
         }
+    }
+
+    fn gpu_broker(dir: &std::path::Path) -> Broker {
+        let root = attester_client::simulated::gpu_test_root_pem();
+        let der = gpu_chain::pem_chain(root.as_bytes()).unwrap().remove(0);
+        let mut anchors = crate::evidence::gpu::GpuAnchors::empty();
+        anchors.add_root(&der).unwrap();
+        broker(dir, AuditLog::failing()).with_gpu(GpuVerifier::new(anchors))
+    }
+
+    fn simulated(count: usize, nonce: &[u8; 32]) -> Vec<GpuInput> {
+        use attester_client::evidence::GpuEvidenceSource as _;
+        attester_client::simulated::SimulatedGpus::new(count)
+            .unwrap()
+            .gpu_evidence(nonce)
+            .unwrap()
+            .into_iter()
+            .map(|e| GpuInput { report: e.report, cert_chain: e.cert_chain, ocsp: Vec::new() })
+            .collect()
+    }
+
+    fn digest_of(gpus: &[GpuInput]) -> Vec<kbs_proto::DeviceEvidence<'_>> {
+        gpus.iter().map(|g| kbs_proto::DeviceEvidence { report: &g.report, cert_chain: &g.cert_chain }).collect()
+    }
+
+    const SUITE: SuiteId = SuiteId::X25519_SHA256_AES256GCM;
+    const CHALLENGE: [u8; 32] = [0x11; 32];
+    const KEY: [u8; 32] = [0x22; 32];
+
+    fn verify_set(broker: &Broker, gpus: &[GpuInput], key: &[u8]) -> Result<Option<GpuSetClaims>, Error> {
+        broker.verify_gpus(gpus, &digest_of(gpus), &CHALLENGE, SUITE, key, OffsetDateTime::now_utc())
+    }
+
+    #[test]
+    fn gpus_verify_against_the_nonce_of_this_challenge_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_test_root = gpu_broker(dir.path());
+        let nonce = kbs_proto::gpu_nonce(&CHALLENGE, SUITE, &KEY);
+        let gpus = simulated(3, &nonce);
+        let set = verify_set(&with_test_root, &gpus, &KEY).unwrap().unwrap();
+        assert_eq!((set.count, set.switches, set.devices.len()), (3, 0, 3));
+        assert_eq!(set.mode, Some(crate::evidence::gpu::FeatureFlag::Mpt));
+        assert_eq!(set.driver_versions, vec![attester_client::simulated::SIMULATED_DRIVER_VERSION.to_owned()]);
+        assert_eq!(set.revocation, crate::evidence::gpu::SetRevocation::NotChecked);
+        assert_eq!(set.device_set_digest, hex::encode(kbs_proto::device_set_digest(&digest_of(&gpus))));
+        assert!(verify_set(&with_test_root, &[], &KEY).unwrap().is_none());
+        // The claims survive the JSON round trip (CoCo tokens carry them).
+        let json = serde_json::to_value(&set).unwrap();
+        assert_eq!(serde_json::from_value::<GpuSetClaims>(json).unwrap(), set);
+
+        // Made for another key: the nonce differs.
+        let refused = verify_set(&with_test_root, &gpus, &[0x23; 32]).unwrap_err();
+        assert_eq!(refused.reason(), ReasonCode::GpuEvidenceInvalid, "{refused}");
+        // The same device twice.
+        let twice = vec![gpus[0].clone(), gpus[0].clone()];
+        let refused = verify_set(&with_test_root, &twice, &KEY).unwrap_err();
+        assert_eq!(refused.reason(), ReasonCode::GpuCountMismatch, "{refused}");
+        // Under NVIDIA's root only (a production broker).
+        let production = broker(dir.path(), AuditLog::failing());
+        let refused = verify_set(&production, &gpus, &KEY).unwrap_err();
+        assert_eq!(refused.reason(), ReasonCode::GpuEvidenceInvalid, "{refused}");
+        // Stapled OCSP responses that show nothing good: refused, not
+        // taken as "not checked".
+        let mut stapled = gpus.clone();
+        stapled[1].ocsp = vec![vec![0x30, 0x03, 0x0a, 0x01, 0x00]];
+        let refused = verify_set(&with_test_root, &stapled, &KEY).unwrap_err();
+        assert!(matches!(refused, Error::Evidence(EvidenceError::GpuRevocation(_))), "{refused}");
+        assert_eq!(refused.reason(), ReasonCode::CollateralUnavailable, "{refused}");
+    }
+
+    #[test]
+    fn malformed_gpu_evidence_is_refused_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = gpu_broker(dir.path());
+        let nonce = kbs_proto::gpu_nonce(&CHALLENGE, SUITE, &KEY);
+        let good = simulated(1, &nonce).remove(0);
+        let mut cases = vec![
+            GpuInput::default(),
+            GpuInput { report: vec![0x11; 40], ..good.clone() },
+            GpuInput {
+                cert_chain: b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec(),
+                ..good.clone()
+            },
+            GpuInput { cert_chain: Vec::new(), ..good.clone() },
+        ];
+        for cut in [1, 37, 45, 100, good.report.len() - 96, good.report.len() - 1] {
+            cases.push(GpuInput { report: good.report[..cut].to_vec(), ..good.clone() });
+        }
+        for at in (0..good.report.len()).step_by(97) {
+            let mut report = good.report.clone();
+            report[at] ^= 0x80;
+            cases.push(GpuInput { report, ..good.clone() });
+        }
+        for case in cases {
+            let refused = verify_set(&broker, std::slice::from_ref(&case), &KEY).unwrap_err();
+            assert_ne!(refused.reason(), ReasonCode::Internal, "{case:?}: {refused}");
+        }
+    }
+
+    #[test]
+    fn oversized_device_evidence_is_refused_before_any_crypto() {
+        assert!(check_gpu_caps(&[]).is_ok());
+        let fits = GpuInput {
+            report: vec![0; spdm::MAX_REPORT_LEN],
+            cert_chain: vec![0; gpu_chain::MAX_CHAIN_LEN],
+            ocsp: vec![vec![0; ocsp::MAX_OCSP_LEN]; MAX_GPU_OCSP],
+        };
+        assert!(check_gpu_caps(&vec![fits.clone(); kbs_proto::MAX_DEVICES]).is_ok());
+        let too_many = vec![GpuInput::default(); kbs_proto::MAX_DEVICES + 1];
+        let mut long_report = fits.clone();
+        long_report.report.push(0);
+        let mut long_chain = fits.clone();
+        long_chain.cert_chain.push(0);
+        let mut many_ocsp = fits.clone();
+        many_ocsp.ocsp.push(Vec::new());
+        let mut long_ocsp = fits.clone();
+        long_ocsp.ocsp[3].push(0);
+        for (what, gpus) in [
+            ("count", too_many),
+            ("report", vec![long_report]),
+            ("chain", vec![fits.clone(), long_chain]),
+            ("ocsp count", vec![many_ocsp]),
+            ("ocsp size", vec![long_ocsp]),
+        ] {
+            let refused = check_gpu_caps(&gpus).unwrap_err();
+            assert_eq!(refused.reason(), ReasonCode::EvidenceTooLarge, "{what}: {refused}");
+        }
+    }
+
+    #[test]
+    fn the_gpus_label_needs_that_many_attested_gpus() {
+        let json = serde_json::json!({
+            "tee": "snp", "measurement": "00", "debug": false,
+            "report_data": "00".repeat(64), "init_data_digest": "00".repeat(32),
+        });
+        let mut claims: Claims = serde_json::from_value(json).unwrap();
+        let meta = |label: Option<&str>| {
+            let mut meta = crate::policy::placeholder_meta("models/a");
+            if let Some(label) = label {
+                meta.labels.insert(GPUS_LABEL.to_owned(), label.to_owned());
+            }
+            meta
+        };
+        assert!(check_gpu_requirement(&claims, &meta(None)).is_ok());
+        assert!(check_gpu_requirement(&claims, &meta(Some("0"))).is_ok());
+        for label in ["1", "8", "eight", "-1", " 1", ""] {
+            let refused = check_gpu_requirement(&claims, &meta(Some(label))).unwrap_err();
+            assert_eq!(refused.reason(), ReasonCode::GpuCountMismatch, "{label:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let nonce = kbs_proto::gpu_nonce(&CHALLENGE, SUITE, &KEY);
+        claims.gpu = verify_set(&gpu_broker(dir.path()), &simulated(2, &nonce), &KEY).unwrap();
+        assert!(check_gpu_requirement(&claims, &meta(Some("2"))).is_ok());
+        assert!(check_gpu_requirement(&claims, &meta(Some("1"))).is_ok());
+        let refused = check_gpu_requirement(&claims, &meta(Some("3"))).unwrap_err();
+        assert_eq!(refused.reason(), ReasonCode::GpuCountMismatch);
+        assert!(refused.to_string().contains("needs 3 attested GPUs, the VM presented 2"), "{refused}");
     }
 
     #[tokio::test]

@@ -30,6 +30,7 @@ use crate::evidence::anchors::TdxAnchors;
 use crate::evidence::anchors::{Generation, SnpAnchors};
 use crate::evidence::collateral::{CrlRefresh, CrlSources};
 use crate::evidence::collateral::{KdsConfig, KdsFetcher, VekDirectory, VekResolver};
+use crate::evidence::gpu::{GpuAnchors, GpuVerifier};
 use crate::evidence::pcs::{PcsConfig, PcsFetcher, TdxCollateralDir, TdxCollateralResolver};
 use crate::evidence::snp::SnpVerifier;
 use crate::evidence::tdx::TdxVerifier;
@@ -236,7 +237,8 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         )
         .with_policy(policy)
         .with_rate_limits(config.rate_limits)
-        .with_tdx(tdx_support(config)?),
+        .with_tdx(tdx_support(config)?)
+        .with_gpu(gpu_verifier(config)?),
     );
     start_crl_refresh(&broker, crl_sources, crl_clock, config.snp.crl_refresh).await;
     let admin = AdminService::new(
@@ -366,6 +368,22 @@ fn tdx_support(config: &Config) -> Result<Option<TdxSupport>, StartError> {
         verifier: TdxVerifier::new(anchors, config.tdx.policy.clone()),
         collateral: TdxCollateralResolver::new(dir, fetcher),
     }))
+}
+
+/// The NVIDIA GPU verifier: NVIDIA's pinned device identity root, and the
+/// test roots only with the dev flag, which [`build`] has checked.
+fn gpu_verifier(config: &Config) -> Result<GpuVerifier, StartError> {
+    let mut anchors = GpuAnchors::nvidia().map_err(|e| StartError::Refused(format!("NVIDIA anchors: {e}")))?;
+    if config.insecure_simulated_tee {
+        for path in &config.gpu_test_roots {
+            let file_error =
+                |why: String| StartError::File { what: "dev.gpu_test_roots", path: path.display().to_string(), why };
+            let pem = read("dev.gpu_test_roots", path)?;
+            let der = pem_to_der(&pem).ok_or_else(|| file_error("no PEM certificate".into()))?;
+            anchors.add_root(&der).map_err(|e| file_error(e.to_string()))?;
+        }
+    }
+    Ok(GpuVerifier::new(anchors))
 }
 
 fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {

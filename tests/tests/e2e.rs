@@ -98,6 +98,7 @@ impl Exchange {
             hpke_suite: Some(self.suite.to_wire()),
             hpke_public_key: key.public_key().to_vec(),
             secret_names: self.names,
+            gpus: Vec::new(),
         };
         tamper(&mut req);
         let resp = rpc.release_secrets(req).await?.into_inner();
@@ -194,6 +195,7 @@ async fn a_challenge_is_redeemed_at_another_replica_with_the_same_key() {
             suite: SuiteId::X25519_SHA256_AES256GCM,
             public_key: key.public_key().to_vec(),
             names: vec![SECRET.into()],
+            gpus: Vec::new(),
             caller: "test".into(),
         })
         .await;
@@ -356,6 +358,7 @@ async fn challenges_expire_and_cannot_be_forged() {
             hpke_suite: Some(SuiteId::X25519_SHA256_AES256GCM.to_wire()),
             hpke_public_key: key.public_key().to_vec(),
             secret_names: vec![SECRET.into()],
+            gpus: Vec::new(),
         })
         .await;
     assert_refused(r, fp, "challenge_expired");

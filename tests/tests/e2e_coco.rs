@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use attester_client::client::{ClientConfig, KbsClient};
 use attester_client::simulated::{
-    ARK_GUID, ASK_GUID, Generation, SimulatedSnp, SimulatedTdx, VCEK_GUID, decode_cert_table,
+    ARK_GUID, ASK_GUID, Generation, SimulatedGpus, SimulatedSnp, SimulatedTdx, VCEK_GUID, decode_cert_table,
 };
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::agreement::{self, ECDH_P256, PrivateKey, UnparsedPublicKey};
@@ -224,6 +224,12 @@ struct Tamper {
     tdx: Option<SimulatedTdx>,
     /// Send this init-data document (TOML).
     init_data: Option<String>,
+    /// Present this many simulated GPUs in the additional evidence.
+    gpus: usize,
+    /// Make the GPU evidence for this JWK instead of the one sent.
+    gpu_key: Option<Value>,
+    /// Bind the GPUs but send no additional evidence.
+    strip_gpus: bool,
 }
 
 #[derive(Debug)]
@@ -296,8 +302,28 @@ impl<'a> Session<'a> {
         let jwk = t.send_key.clone().unwrap_or_else(|| key.jwk());
         // report_data = SHA-384(JCS({"additional-evidence", "nonce", "tee-pubkey"})), zero-padded.
         let bound_key = t.bind_key.clone().unwrap_or_else(|| jwk.clone());
+        // GPUs (guest-components' shape): each signs the first 32 bytes of
+        // SHA-384(JCS({"nonce", "tee-pubkey"})).
+        let additional = if t.gpus == 0 {
+            String::new()
+        } else {
+            use attester_client::evidence::GpuEvidenceSource as _;
+            let gpu_key = t.gpu_key.clone().unwrap_or_else(|| jwk.clone());
+            let digest = Sha384::digest(jcs(&json!({"nonce": nonce, "tee-pubkey": gpu_key})));
+            let gpu_nonce: [u8; 32] = digest[..32].try_into().unwrap();
+            let devices = SimulatedGpus::new(t.gpus).unwrap().gpu_evidence(&gpu_nonce).unwrap();
+            let list: Vec<Value> = devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    json!({"arch": "HOPPER", "uuid": format!("GPU-{i}"), "evidence": STANDARD.encode(&d.report),
+                           "certificate": STANDARD.encode(&d.cert_chain)})
+                })
+                .collect();
+            json!({"nvidia": {"device_evidence_list": list}}).to_string()
+        };
         let runtime = json!({
-            "additional-evidence": "",
+            "additional-evidence": additional,
             "nonce": t.bind_nonce.clone().unwrap_or_else(|| nonce.clone()),
             "tee-pubkey": bound_key,
         });
@@ -314,7 +340,8 @@ impl<'a> Session<'a> {
         };
         let mut body = json!({
             "runtime-data": {"nonce": t.send_nonce.unwrap_or(nonce), "tee-pubkey": jwk},
-            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+            "tee-evidence": {"primary_evidence": evidence,
+                             "additional_evidence": if t.strip_gpus { String::new() } else { additional }},
         });
         if let Some(init_data) = t.init_data {
             body["init-data"] = json!({"format": "toml", "body": init_data});
@@ -421,6 +448,52 @@ async fn snp_guest_gets_its_resource_with_ec_and_rsa_keys_by_cookie_and_bearer()
     assert!(log.contains("\"action\":\"coco.resource\""), "{log}");
     assert!(!log.contains(&hex::encode(&value[..32])));
     kbs::audit::verify_lines(log.as_bytes()).unwrap();
+}
+
+#[tokio::test]
+async fn guests_with_gpus_attest_with_the_trustee_binding() {
+    const GPU_RESOURCE: &str = "default/model/gpu-key";
+    let app = TestApp::start_with(coco()).await;
+    let mut req = Request::new(PutSecretRequest {
+        name: GPU_RESOURCE.into(),
+        value: b"needs eight GPUs".to_vec(),
+        allowed_measurements: vec![hex::encode(MEASUREMENT)],
+        labels: [("gpus".to_owned(), "8".to_owned())].into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {}", app.token).parse().unwrap());
+    app.admin().await.put_secret(req).await.unwrap();
+
+    for gpus in [1, 8] {
+        let key = GuestKey::ec();
+        let mut s = Session::new(&app);
+        let token = s.attest(&guest(), &key, Tamper { gpus, ..Default::default() }).await.unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        let gpu = &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["gpu"];
+        assert_eq!(gpu["count"], gpus, "{gpu}");
+        assert_eq!(gpu["devices"][0]["evidence"]["nonce"], "match");
+        assert_eq!(gpu["devices"][0]["measurements"], json!([]), "the token leaves measurements out");
+        let got = s.get(GPU_RESOURCE, None).await;
+        if gpus == 8 {
+            assert_eq!(key.decrypt(&got.unwrap()), b"needs eight GPUs");
+        } else {
+            assert_problem(got, StatusCode::FORBIDDEN, "gpu_count_mismatch");
+        }
+    }
+    // No GPUs at all.
+    let mut s = Session::new(&app);
+    s.attest(&guest(), &GuestKey::ec(), Tamper::default()).await.unwrap();
+    assert_problem(s.get(GPU_RESOURCE, None).await, StatusCode::FORBIDDEN, "gpu_count_mismatch");
+    // GPU evidence made for another key.
+    let other = GuestKey::ec().jwk();
+    let relayed = Tamper { gpus: 1, gpu_key: Some(other), ..Default::default() };
+    let refused = Session::new(&app).attest(&guest(), &GuestKey::ec(), relayed).await;
+    assert_problem(refused, StatusCode::FORBIDDEN, "gpu_evidence_invalid");
+    // GPUs the CPU evidence committed to, stripped.
+    let stripped = Tamper { gpus: 2, strip_gpus: true, ..Default::default() };
+    let refused = Session::new(&app).attest(&guest(), &GuestKey::ec(), stripped).await;
+    assert_problem(refused, StatusCode::FORBIDDEN, "report_data_mismatch");
 }
 
 #[tokio::test]
@@ -815,6 +888,7 @@ async fn tokens_and_challenges_of_a_dev_broker_are_refused_in_production() {
         hpke_suite: Some(kbs_proto::SuiteId::X25519_SHA256_AES256GCM.to_wire()),
         hpke_public_key: vec![9; 32],
         secret_names: vec![RESOURCE.into()],
+        gpus: Vec::new(),
     };
     let status = prod.guest().await.release_secrets(release).await.unwrap_err();
     assert_eq!(status.metadata().get("kbs-reason").unwrap(), "challenge_invalid", "{status:?}");

@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use attester_client::client::{ClientConfig, KbsClient};
+use attester_client::evidence::GpuEvidenceSource;
 use attester_client::model::{DecryptOptions, Error, decrypt_models};
-use attester_client::simulated::{Generation, SimulatedSnp};
+use attester_client::simulated::{Generation, SimulatedGpus, SimulatedSnp};
 use kbs_proto::model::{self, EncryptOptions, Header, ModelKey};
 use kbs_proto::v1::PutSecretRequest;
 use sha2::{Digest, Sha256};
@@ -67,6 +68,17 @@ async fn decrypt(app: &TestApp, measurement: [u8; 48], input: &Path, out: &Path)
     decrypt_with(app, measurement, input, out, true).await
 }
 
+async fn decrypt_with_gpus(app: &TestApp, gpus: usize, input: &Path, out: &Path) -> Result<usize, Error> {
+    let config = ClientConfig::new(app.guest_url.clone(), app.ca.clone());
+    let mut client = KbsClient::connect(&config).await.unwrap();
+    let gpus: Option<Arc<dyn GpuEvidenceSource>> = match gpus {
+        0 => None,
+        n => Some(Arc::new(SimulatedGpus::new(n).unwrap())),
+    };
+    let options = DecryptOptions { allow_persistent_disk: true, gpus };
+    decrypt_models(&mut client, guest(MEASUREMENT), input, out, &options).await.map(|d| d.files.len())
+}
+
 async fn decrypt_with(
     app: &TestApp,
     measurement: [u8; 48],
@@ -76,8 +88,37 @@ async fn decrypt_with(
 ) -> Result<usize, Error> {
     let config = ClientConfig::new(app.guest_url.clone(), app.ca.clone());
     let mut client = KbsClient::connect(&config).await.unwrap();
-    let options = DecryptOptions { allow_persistent_disk };
+    let options = DecryptOptions { allow_persistent_disk, gpus: None };
     decrypt_models(&mut client, guest(measurement), input, out, &options).await.map(|d| d.files.len())
+}
+
+#[tokio::test]
+async fn a_key_that_needs_gpus_decrypts_only_with_them() {
+    let app = TestApp::start().await;
+    let key = ModelKey::generate(WEIGHTS_KEY, 1).unwrap();
+    let req = PutSecretRequest {
+        name: WEIGHTS_KEY.into(),
+        value: key.expose_bytes().to_vec(),
+        allowed_measurements: vec![hex::encode(MEASUREMENT)],
+        labels: [("gpus".to_owned(), "8".to_owned())].into(),
+        ..Default::default()
+    };
+    app.admin().await.put_secret(app.authed(req)).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let plain = b"weights for eight GPUs".to_vec();
+    let enc = work.path().join("enc");
+    encrypt_tree(&enc, &[("model.safetensors", plain.clone(), &key)]);
+
+    for gpus in [0, 7] {
+        let out = work.path().join(format!("out-{gpus}"));
+        let err = decrypt_with_gpus(&app, gpus, &enc, &out).await.unwrap_err();
+        let Error::Fetch(attester_client::client::Error::Refused { reason, .. }) = &err else { panic!("{err:?}") };
+        assert_eq!(reason, "gpu_count_mismatch");
+        assert!(is_empty_dir(&out));
+    }
+    let out = work.path().join("out-8");
+    assert_eq!(decrypt_with_gpus(&app, 8, &enc, &out).await.unwrap(), 1);
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), plain);
 }
 
 #[tokio::test]

@@ -80,6 +80,7 @@ impl TestApp {
             hpke_suite: Some(suite.to_wire()),
             hpke_public_key: key.public_key().to_vec(),
             secret_names: names,
+            gpus: Vec::new(),
         };
         let resp = rpc.release_secrets(req).await?.into_inner();
         Ok(resp

@@ -94,6 +94,7 @@ impl Exchange {
             hpke_suite: Some(suite.to_wire()),
             hpke_public_key: key.public_key().to_vec(),
             secret_names: vec![SECRET.into()],
+            gpus: Vec::new(),
         };
         let resp = rpc.release_secrets(req).await?.into_inner();
         Ok((resp, key, nonce))
@@ -242,6 +243,7 @@ async fn a_tdx_evidence_for_an_snp_challenge_is_refused() {
             hpke_suite: Some(SuiteId::X25519_SHA256_AES256GCM.to_wire()),
             hpke_public_key: key.public_key().to_vec(),
             secret_names: vec![SECRET.into()],
+            gpus: Vec::new(),
         })
         .await;
     assert_refused(r, Code::FailedPrecondition, "challenge_mismatch");

@@ -164,6 +164,7 @@ async fn exchange(issue: &mut KeyBrokerClient<Channel>, redeem: &mut KeyBrokerCl
                 hpke_suite: Some(suite.to_wire()),
                 hpke_public_key: key.public_key().to_vec(),
                 secret_names: vec![SECRET.into()],
+                gpus: Vec::new(),
             })
             .await?
             .into_inner();

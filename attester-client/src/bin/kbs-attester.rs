@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attester_client::evidence::{ConfigfsTsm, DEFAULT_TSM_REPORT_DIR, EvidenceSource, Tee};
+use attester_client::evidence::{ConfigfsTsm, DEFAULT_TSM_REPORT_DIR, EvidenceSource, GpuEvidenceSource, Tee};
 use attester_client::{ClientConfig, KbsClient, output};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -198,7 +198,7 @@ async fn model_decrypt(args: DecryptArgs) -> Result<(), Failure> {
     let source = evidence_source(&args.broker)?;
     let config = client_config(&args.broker)?;
     let mut client = KbsClient::connect(&config).await.map_err(client_failure)?;
-    let options = DecryptOptions { allow_persistent_disk: args.allow_persistent_disk };
+    let options = DecryptOptions { allow_persistent_disk: args.allow_persistent_disk, gpus: gpu_source(&args.broker)? };
     let done =
         model::decrypt_models(&mut client, source, &args.input, &args.out, &options).await.map_err(|e| match e {
             model::Error::Fetch(inner) => client_failure(inner),
@@ -218,12 +218,23 @@ async fn fetch(args: FetchArgs) -> Result<(), Failure> {
     let source = evidence_source(&args.broker)?;
     let config = client_config(&args.broker)?;
     let mut client = KbsClient::connect(&config).await.map_err(client_failure)?;
-    let secrets = client.fetch(source, &args.secrets).await.map_err(client_failure)?;
+    let gpus = gpu_source(&args.broker)?;
+    let secrets = client.fetch_release_with_gpus(source, gpus, &args.secrets).await.map_err(client_failure)?.secrets;
     let written = output::write_secrets(&args.out, &secrets).map_err(|e| Failure::new(7, chain(&e)))?;
     for path in written {
         tracing::info!(path = %path.display(), "wrote secret");
     }
     Ok(())
+}
+
+/// The GPUs to present: simulated ones with `--sim-gpus N`, else none.
+fn gpu_source(args: &BrokerArgs) -> Result<Option<Arc<dyn GpuEvidenceSource>>, Failure> {
+    #[cfg(feature = "insecure-simulated-tee")]
+    if args.evidence == EvidenceKind::Simulated {
+        return Ok(args.sim.gpus()?.map(|g| Arc::new(g) as Arc<dyn GpuEvidenceSource>));
+    }
+    let _ = args;
+    Ok(None)
 }
 
 fn evidence_source(args: &BrokerArgs) -> Result<Arc<dyn EvidenceSource>, Failure> {
@@ -281,7 +292,9 @@ fn chain(err: &dyn std::error::Error) -> String {
 mod sim {
     //! Options of the INSECURE simulated TEE.
 
-    use attester_client::simulated::{DEFAULT_POLICY, Generation, SimulatedSnp, SimulatedTdx};
+    use attester_client::simulated::{
+        DEFAULT_POLICY, Generation, SIMULATED_GPUS_MAX, SimulatedGpus, SimulatedSnp, SimulatedTdx,
+    };
     use clap::ValueEnum;
 
     use super::Failure;
@@ -320,6 +333,10 @@ WARNING: ********************************************************************";
         /// Simulated guest SVN [default: 0].
         #[arg(long, value_name = "N")]
         sim_guest_svn: Option<u32>,
+        /// Also present this many simulated NVIDIA GPUs (test PKI), bound
+        /// to the CPU evidence [default: 0].
+        #[arg(long, value_name = "N")]
+        sim_gpus: Option<usize>,
     }
 
     impl SimArgs {
@@ -330,6 +347,17 @@ WARNING: ********************************************************************";
                 || self.sim_policy.is_some()
                 || self.sim_vmpl.is_some()
                 || self.sim_guest_svn.is_some()
+                || self.sim_gpus.is_some()
+        }
+
+        /// The simulated GPUs asked for, if any.
+        pub fn gpus(&self) -> Result<Option<SimulatedGpus>, Failure> {
+            match self.sim_gpus {
+                None | Some(0) => Ok(None),
+                Some(n) => SimulatedGpus::new(n).map(Some).map_err(|_| {
+                    Failure::new(2, format!("--sim-gpus {n}: at most {SIMULATED_GPUS_MAX} simulated GPUs"))
+                }),
+            }
         }
 
         /// A simulated TDX guest: `--sim-measurement` is its MRTD; the
@@ -493,6 +521,36 @@ mod tests {
         let Command::Fetch(args) = parsed.command else { panic!("not fetch") };
         assert!(args.broker.sim.build().is_ok());
         assert!(evidence_source(&args.broker).is_ok());
+        assert!(matches!(gpu_source(&args.broker), Ok(None)));
+
+        let fetch_with_gpus = |n: &str, evidence: &str| {
+            let parsed = Cli::try_parse_from([
+                "kbs-attester",
+                "fetch",
+                "--kbs",
+                "https://x",
+                "--ca",
+                "c",
+                "--secret",
+                "s",
+                "--out",
+                "o",
+                "--evidence",
+                evidence,
+                "--sim-gpus",
+                n,
+            ])
+            .unwrap();
+            let Command::Fetch(args) = parsed.command else { panic!("not fetch") };
+            args
+        };
+        let eight = fetch_with_gpus("8", "simulated");
+        let Ok(Some(gpus)) = gpu_source(&eight.broker) else { panic!("no GPUs") };
+        assert_eq!(gpus.gpu_evidence(&[0; 32]).unwrap().len(), 8);
+        assert!(matches!(gpu_source(&fetch_with_gpus("0", "simulated").broker), Ok(None)));
+        assert!(gpu_source(&fetch_with_gpus("11", "simulated").broker).is_err());
+        // Only with the simulated TEE.
+        assert!(evidence_source(&fetch_with_gpus("1", "configfs-tsm").broker).is_err());
 
         let tdx = Cli::try_parse_from([
             "kbs-attester",

@@ -70,6 +70,34 @@ impl fmt::Debug for TdxEvidence {
     }
 }
 
+/// One GPU's evidence: the SPDM report and the certificate chain, as the
+/// driver returns them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GpuEvidence {
+    /// SPDM GET_MEASUREMENTS request followed by the signed MEASUREMENTS response.
+    pub report: Vec<u8>,
+    /// The device certificate chain (PEM, leaf first).
+    pub cert_chain: Vec<u8>,
+}
+
+impl fmt::Debug for GpuEvidence {
+    /// Lengths only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuEvidence")
+            .field("report_len", &self.report.len())
+            .field("cert_chain_len", &self.cert_chain.len())
+            .finish()
+    }
+}
+
+/// A source of the evidence of every GPU attached to the VM, each report
+/// over the same caller-chosen nonce ([`kbs_proto::gpu_nonce`]), in a fixed
+/// order.
+pub trait GpuEvidenceSource: Send + Sync + fmt::Debug {
+    /// Every device's evidence for `nonce`.
+    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, Error>;
+}
+
 /// A source of TEE evidence bound to caller-chosen report data. A source
 /// speaks for one TEE ([`EvidenceSource::tee`]); asked for another TEE's
 /// evidence it returns [`Error::UnsupportedTee`].

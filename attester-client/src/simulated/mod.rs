@@ -41,11 +41,16 @@ use sha2::{Digest, Sha512};
 use crate::evidence::{Error, EvidenceSource, SNP_REPORT_LEN, SnpEvidence, TdxEvidence, Tee};
 
 mod cert_table;
+mod gpu;
 mod pki;
 mod tdx;
 
 pub use cert_table::{
     ARK_GUID, ASK_GUID, CERT_TABLE_ENTRY_LEN, CertTableEntry, VCEK_GUID, decode_cert_table, encode_cert_table,
+};
+pub use gpu::{
+    GpuMode, SIMULATED_BLOCKS, SIMULATED_DRIVER_VERSION, SIMULATED_GPUS_MAX, SIMULATED_VBIOS_VERSION, SimulatedGpu,
+    SimulatedGpus, generate as generate_gpu_test_pki, gpu_test_root_pem, simulated_fwid, simulated_measurement,
 };
 pub use pki::{
     Chip, Generation, Pki, Tcb, TestCrl, Vcek, fixture_dir, foreign_ark_pem, test_ark_der, test_ark_pem, test_ask_der,

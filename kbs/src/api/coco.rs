@@ -19,8 +19,12 @@
 //!    the key (EC P-256 or RSA, see [`jwe`]), then the evidence, which must
 //!    carry `report_data = HASH(JCS({"additional-evidence", "nonce",
 //!    "tee-pubkey"}))` zero-padded to 64 bytes, verified by the same code as
-//!    the gRPC path; then init-data, whose digest must equal the launch's
-//!    HOST_DATA / MRCONFIGID. The answer is `{token}`, an EAR-shaped JWT
+//!    the gRPC path; then the NVIDIA GPUs the additional evidence carries
+//!    (guest-components' shape, see [`evidence`]), each of which must have
+//!    signed trustee's GPU nonce, the first 32 bytes of `HASH(JCS({"nonce",
+//!    "tee-pubkey"}))` (the CPU evidence commits to them through the
+//!    additional evidence); then init-data, whose digest must equal the
+//!    launch's HOST_DATA / MRCONFIGID. The answer is `{token}`, an EAR-shaped JWT
 //!    (ES256, short-lived, signed by the broker's token key) carrying the
 //!    verified claims and the guest key; the cookie is replaced by it.
 //! 3. `GET /kbs/v0/resource/<repo>/<type>/<tag>` with `Authorization: Bearer
@@ -769,6 +773,11 @@ impl CocoService {
             }
             .into());
         }
+        // The GPUs it carries, decoded and capped before any cryptography.
+        let gpus = evidence::nvidia_devices(additional)?;
+        if let Some(gpus) = &gpus {
+            crate::release::check_gpu_caps(gpus)?;
+        }
 
         // 3. The evidence, bound to nonce, key and additional evidence.
         let expected = expected_report_data(hash, &nonce, &request.runtime_data.tee_pubkey, additional)?;
@@ -780,6 +789,28 @@ impl CocoService {
         };
         audit.claims(&claims);
 
+        // 3b. The GPUs, against trustee's GPU nonce for this nonce and key.
+        if let Some(gpus) = &gpus {
+            let nonce_data = json!({"nonce": nonce, "tee-pubkey": request.runtime_data.tee_pubkey});
+            let digest = hash.digest(&jcs::to_vec(&nonce_data).map_err(|e| Error::InvalidRequest(e.to_string()))?);
+            let gpu_nonce = digest
+                .get(..32)
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .ok_or_else(|| Error::Internal("GPU nonce digest too short".into()))?;
+            let devices: Vec<kbs_proto::DeviceEvidence<'_>> = gpus
+                .iter()
+                .map(|g| kbs_proto::DeviceEvidence { report: &g.report, cert_chain: &g.cert_chain })
+                .collect();
+            let set = self.broker.verify_gpu_set(
+                gpus,
+                &crate::evidence::gpu::GpuNonce(gpu_nonce),
+                &kbs_proto::device_set_digest(&devices),
+                self.broker.now_utc(),
+            )?;
+            claims.gpu = Some(set);
+            audit.claims(&claims);
+        }
+
         // 4. Init-data, when sent, must be what the TEE was launched with.
         if let Some(init_data) = &request.init_data {
             check_init_data(init_data, &mut claims, tee)?;
@@ -788,6 +819,14 @@ impl CocoService {
         // 5. The token.
         let now = self.broker.now_utc().unix_timestamp();
         let ttl = i64::try_from(self.token_ttl.as_secs()).unwrap_or(300);
+        // The token carries each GPU's claims without its measurements, so
+        // that eight GPUs still fit a cookie; policies on this path see
+        // every other GPU claim.
+        if let Some(gpu) = &mut claims.gpu {
+            for device in &mut gpu.devices {
+                device.measurements.clear();
+            }
+        }
         let claims_json = serde_json::to_value(&claims).map_err(|e| Error::Internal(format!("claims: {e}")))?;
         let token_claims = json!({
             "eat_profile": "tag:github.com,2023:veraison/ear",
@@ -829,6 +868,7 @@ fn sample_claims(primary: &Value, expected: &[u8; 64]) -> Result<Claims, Error> 
         init_data_digest: hex::encode([0u8; 32]),
         snp: None,
         tdx: None,
+        gpu: None,
     })
 }
 

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::metrics::Tee;
-use crate::release::{Broker, EvidenceInput, ReleaseRequest};
+use crate::release::{Broker, EvidenceInput, GpuInput, ReleaseRequest};
 use crate::seal::SUPPORTED_SUITES;
 
 /// Largest gRPC message the guest service decodes.
@@ -92,6 +92,11 @@ impl KeyBroker for KeyBrokerService {
                 suite,
                 public_key: req.hpke_public_key,
                 names: req.secret_names,
+                gpus: req
+                    .gpus
+                    .into_iter()
+                    .map(|g| GpuInput { report: g.report, cert_chain: g.cert_chain, ocsp: g.ocsp })
+                    .collect(),
                 caller,
             })
             .await

@@ -71,6 +71,10 @@ enum Command {
         /// (PEM) for TDX.
         #[arg(long)]
         tdx_test_root: Vec<PathBuf>,
+        /// INSECURE: enable the simulated TEE, pinning this test NVIDIA
+        /// device identity root (PEM) for simulated GPUs.
+        #[arg(long)]
+        gpu_test_root: Vec<PathBuf>,
         /// TDX collateral directory (`tdx.collateral_dir`).
         #[arg(long)]
         tdx_collateral_dir: Option<PathBuf>,
@@ -140,6 +144,7 @@ async fn main() -> ExitCode {
             insecure_simulated_tee,
             snp_test_root,
             tdx_test_root,
+            gpu_test_root,
             tdx_collateral_dir,
             coco_listen,
             metrics_listen,
@@ -150,6 +155,7 @@ async fn main() -> ExitCode {
                 insecure_simulated_tee,
                 snp_test_roots: snp_test_root,
                 tdx_test_roots: tdx_test_root,
+                gpu_test_roots: gpu_test_root,
                 tdx_collateral_dir,
                 cache_ttl_ms: None,
                 coco_listen,

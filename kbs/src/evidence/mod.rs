@@ -96,6 +96,12 @@ pub enum EvidenceError {
     /// NVIDIA GPU or NVSwitch evidence was refused.
     #[error(transparent)]
     Gpu(#[from] gpu::GpuError),
+    /// The set of devices a VM presented was refused.
+    #[error("GPU device set: {0}")]
+    GpuSet(#[from] gpu::set::DeviceSetError),
+    /// A device chain's stapled revocation status was refused.
+    #[error("GPU revocation: {0}")]
+    GpuRevocation(#[from] gpu::ocsp::OcspError),
 }
 
 impl EvidenceError {
@@ -122,6 +128,8 @@ impl EvidenceError {
             Self::TcbStatusNotAllowed(_) => ReasonCode::TcbStatusNotAllowed,
             Self::AttributesNotAllowed(_) => ReasonCode::TdAttributesNotAllowed,
             Self::Gpu(e) => e.reason(),
+            Self::GpuSet(e) => e.reason(),
+            Self::GpuRevocation(e) => e.reason(),
         }
     }
 }
@@ -160,4 +168,8 @@ pub struct Claims {
     /// TDX-specific claims.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tdx: Option<tdx::TdxClaims>,
+    /// The VM's attested GPUs, when it presented any (each verified, the
+    /// set checked and bound to this CPU evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<gpu::GpuSetClaims>,
 }

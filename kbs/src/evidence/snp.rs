@@ -1322,6 +1322,7 @@ fn build_claims(report: &SnpReport, generation: Generation, product: &str) -> Cl
         init_data_digest: hex::encode(report.host_data()),
         snp: Some(snp),
         tdx: None,
+        gpu: None,
     }
 }
 

@@ -1226,6 +1226,7 @@ fn build_claims(quote: &TdxQuote, appraised: &Appraised, c: &TdxCollateral) -> C
         init_data_digest: hex::encode(r.mr_config_id),
         snp: None,
         tdx: Some(tdx),
+        gpu: None,
     }
 }
 

@@ -770,13 +770,15 @@ fn reason_key(reason: &str) -> &str {
 
 /// The codes a policy reason may carry to the guest, by their stable names
 /// ([`ReasonCode::as_str`]); every other reason is `policy_denied`.
-const POLICY_CODES: [ReasonCode; 6] = [
+const POLICY_CODES: [ReasonCode; 8] = [
     ReasonCode::DebugEnabled,
     ReasonCode::VmplNotAllowed,
     ReasonCode::MeasurementNotAllowed,
     ReasonCode::TcbStatusNotAllowed,
     ReasonCode::TdAttributesNotAllowed,
     ReasonCode::NoPolicy,
+    ReasonCode::GpuCountMismatch,
+    ReasonCode::GpuRevoked,
 ];
 
 /// The guest-visible code of a policy reason.

@@ -1,13 +1,13 @@
 //! A broker in the test process for end-to-end tests: a `kbs dev-init`
-//! set-up in a temporary directory (the simulated TEE's SNP and TDX test
-//! roots, the TDX test collateral, optionally the CoCo front end), real TLS
+//! set-up in a temporary directory (the simulated TEE's SNP, TDX and GPU
+//! test roots, the TDX test collateral, optionally the CoCo front end), real TLS
 //! listeners on loopback ports, a clock the test moves, and clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use attester_client::simulated::{TdxTestPki, test_ark_pem};
+use attester_client::simulated::{TdxTestPki, gpu_test_root_pem, test_ark_pem};
 use kbs::config::Config;
 use kbs_proto::v1::admin_client::AdminClient;
 use kbs_proto::v1::key_broker_client::KeyBrokerClient;
@@ -82,8 +82,11 @@ impl TestApp {
             let ark = dir.path().join("test-ark.pem");
             std::fs::write(&ark, test_ark_pem()).unwrap();
             let (root, collateral) = TdxTestPki::get().unwrap().write_broker_files(dir.path()).unwrap();
+            let gpu_root = dir.path().join("test-gpu-root.pem");
+            std::fs::write(&gpu_root, gpu_test_root_pem()).unwrap();
             dev.snp_test_roots = vec![ark];
             dev.tdx_test_roots = vec![root];
+            dev.gpu_test_roots = vec![gpu_root];
             dev.tdx_collateral_dir = Some(collateral);
         }
         let files = kbs::dev::init(dir.path(), &dev).unwrap();

@@ -12,6 +12,12 @@
 //!   the signature over those bytes: a field altered in the JSON fails it.
 //! - `tdx`: `{"quote": <standard base64>, "cc_eventlog": <base64> | null}`.
 //! - `sample` (insecure dev mode only): `{"svn": "..", "report_data": <base64>}`.
+//! - NVIDIA GPUs, in `additional_evidence` (a JSON object string, keyed by
+//!   TEE name as guest-components writes it): `{"nvidia":
+//!   {"device_evidence_list": [{"arch", "uuid", "evidence": <base64 SPDM
+//!   report>, "certificate": <base64 PEM chain>}]}}`. `arch` and `uuid` are
+//!   hints and not used; the verifier takes the device from its
+//!   certificates.
 //!
 //! Every size is capped before anything is allocated from it.
 
@@ -24,9 +30,10 @@ use crate::evidence::EvidenceError;
 use crate::evidence::anchors::Generation;
 use crate::evidence::anchors::MAX_CERT_LEN;
 use crate::evidence::certtable::{self, CertKind};
+use crate::evidence::gpu::{chain as gpu_chain, spdm};
 use crate::evidence::snp::{REPORT_LEN, TcbVersion};
 use crate::evidence::tdx::MAX_QUOTE_LEN;
-use crate::release::EvidenceInput;
+use crate::release::{EvidenceInput, GpuInput};
 
 /// Most certificate entries accepted in an SNP `cert_chain`.
 pub const MAX_CERT_ENTRIES: usize = 8;
@@ -215,6 +222,54 @@ pub fn tdx(evidence: &Value) -> Result<EvidenceInput, EvidenceError> {
     Ok(EvidenceInput::Tdx { quote })
 }
 
+/// The NVIDIA devices of CoCo `additional_evidence`, in their order; `None`
+/// when it names none (empty, not a JSON object, or without an `nvidia`
+/// entry: other additional evidence is bound but not used). An `nvidia`
+/// entry must have the shape above; sizes are capped before decoding.
+pub fn nvidia_devices(additional_evidence: &str) -> Result<Option<Vec<GpuInput>>, EvidenceError> {
+    if additional_evidence.is_empty() {
+        return Ok(None);
+    }
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(additional_evidence) else {
+        return Ok(None);
+    };
+    let Some(nvidia) = map.get("nvidia") else {
+        return Ok(None);
+    };
+    let list = nvidia
+        .get("device_evidence_list")
+        .and_then(Value::as_array)
+        .ok_or_else(|| malformed("nvidia: no device_evidence_list"))?;
+    if list.len() > kbs_proto::MAX_DEVICES {
+        return Err(crate::evidence::gpu::GpuError::TooLarge {
+            what: "device list",
+            len: list.len(),
+            max: kbs_proto::MAX_DEVICES,
+        }
+        .into());
+    }
+    let field = |device: &Value, name: &str, max: usize| -> Result<Vec<u8>, EvidenceError> {
+        let text = device
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed(&format!("nvidia: a device has no {name}")))?;
+        if text.len() > max.div_ceil(3) * 4 + 4 {
+            return Err(EvidenceError::TooLarge { len: text.len(), max });
+        }
+        STANDARD.decode(text).map_err(|_| malformed(&format!("nvidia: {name} is not base64")))
+    };
+    list.iter()
+        .map(|device| {
+            Ok(GpuInput {
+                report: field(device, "evidence", spdm::MAX_REPORT_LEN)?,
+                cert_chain: field(device, "certificate", gpu_chain::MAX_CHAIN_LEN)?,
+                ocsp: Vec::new(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// The sample TEE's evidence: its claimed report_data (unsigned).
 pub fn sample_report_data(evidence: &Value) -> Result<Vec<u8>, EvidenceError> {
     let rd = evidence.get("report_data").and_then(Value::as_str).ok_or_else(|| malformed("sample: no report_data"))?;
@@ -232,6 +287,34 @@ pub fn sample_report_data(evidence: &Value) -> Result<Vec<u8>, EvidenceError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn nvidia_devices_decode_from_additional_evidence() {
+        assert_eq!(nvidia_devices("").unwrap(), None);
+        assert_eq!(nvidia_devices("not json").unwrap(), None);
+        assert_eq!(nvidia_devices(r#"{"tpm": {}}"#).unwrap(), None);
+        let one = json!({"nvidia": {"device_evidence_list": [
+            {"arch": "HOPPER", "uuid": "GPU-1", "evidence": STANDARD.encode(b"report"),
+             "certificate": STANDARD.encode(b"chain")}]}});
+        let devices = nvidia_devices(&one.to_string()).unwrap().unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!((devices[0].report.as_slice(), devices[0].cert_chain.as_slice()), (&b"report"[..], &b"chain"[..]));
+        for bad in [
+            json!({"nvidia": {}}),
+            json!({"nvidia": {"device_evidence_list": [{"evidence": "AA=="}]}}),
+            json!({"nvidia": {"device_evidence_list": [{"evidence": "!!", "certificate": "AA=="}]}}),
+        ] {
+            assert!(matches!(nvidia_devices(&bad.to_string()), Err(EvidenceError::Malformed(_))), "{bad}");
+        }
+        let many = json!({"nvidia": {"device_evidence_list": vec![json!({}); 17]}});
+        assert_eq!(
+            nvidia_devices(&many.to_string()).unwrap_err().reason(),
+            crate::reason::ReasonCode::EvidenceTooLarge
+        );
+        let huge = json!({"nvidia": {"device_evidence_list": [
+            {"evidence": "A".repeat(20_000), "certificate": "AA=="}]}});
+        assert!(matches!(nvidia_devices(&huge.to_string()), Err(EvidenceError::TooLarge { .. })));
+    }
 
     fn tcb(fmc: Option<u8>) -> Value {
         json!({"fmc": fmc, "bootloader": 1, "tee": 2, "snp": 3, "microcode": 4})

@@ -280,7 +280,7 @@ pub struct GpuDeviceClaims {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nvdec0: Option<Nvdec0>,
     /// PDIs (GPU: NVLink peers; NVSwitch: its own), hex, as reported.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pdis: Vec<String>,
     /// Every measurement block, by index.
     pub measurements: Vec<GpuMeasurement>,
@@ -346,6 +346,70 @@ impl GpuDeviceClaims {
     /// The digest at a 1-based SPDM index, hex.
     pub fn measurement(&self, index: u8) -> Option<&str> {
         self.measurements.iter().find(|m| m.index == index).map(|m| m.digest.as_str())
+    }
+}
+
+/// What policy sees of a VM's GPUs (`input.claims.gpu`): a summary of the
+/// set and every device's claims, in the order the VM presented them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuSetClaims {
+    /// GPUs presented (each verified, all distinct).
+    pub count: usize,
+    /// NVSwitches presented.
+    pub switches: usize,
+    /// The GPUs' common multi-GPU mode, if they report one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<FeatureFlag>,
+    /// The NVLink topology check.
+    pub topology: set::TopologyCheck,
+    /// The driver versions the devices report, sorted, each once.
+    pub driver_versions: Vec<String>,
+    /// The VBIOS (NVSwitch: BIOS) versions the devices report, sorted, each once.
+    pub vbios_versions: Vec<String>,
+    /// `good` when every device's chain was shown good by stapled OCSP
+    /// responses, else `not_checked`.
+    pub revocation: SetRevocation,
+    /// SHA-384 of the device set the CPU evidence commits to
+    /// (`kbs_proto::device_set_digest`), hex.
+    pub device_set_digest: String,
+    /// Every device.
+    pub devices: Vec<GpuDeviceClaims>,
+}
+
+/// Revocation of a whole set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetRevocation {
+    /// Every device chain was checked and is good.
+    Good,
+    /// At least one device came without revocation evidence.
+    NotChecked,
+}
+
+impl GpuSetClaims {
+    /// Summarizes a set that passed [`set::check_device_set`].
+    pub fn new(devices: Vec<GpuDeviceClaims>, summary: set::DeviceSetSummary, device_set_digest: &[u8]) -> Self {
+        let versions = |f: fn(&GpuDeviceClaims) -> Option<&String>| -> Vec<String> {
+            let all: std::collections::BTreeSet<&String> = devices.iter().filter_map(f).collect();
+            all.into_iter().cloned().collect()
+        };
+        let driver_versions = versions(|d| d.driver_version.as_ref());
+        let vbios_versions = versions(|d| d.vbios_version.as_ref());
+        let revocation = match devices.iter().all(|d| d.revocation.is_some()) {
+            true => SetRevocation::Good,
+            false => SetRevocation::NotChecked,
+        };
+        Self {
+            count: summary.gpus,
+            switches: summary.switches,
+            mode: summary.mode,
+            topology: summary.topology,
+            driver_versions,
+            vbios_versions,
+            revocation,
+            device_set_digest: hex::encode(device_set_digest),
+            devices,
+        }
     }
 }
 
@@ -524,6 +588,68 @@ mod tests {
         assert_eq!(GpuArch::Blackwell.class(), DeviceClass::Gpu);
         assert_eq!(serde_json::to_string(&GpuArch::Ls10).unwrap(), "\"ls10\"");
         assert_eq!(serde_json::to_string(&FwidCheck::AbsentInReport).unwrap(), "\"absent_in_report\"");
+    }
+
+    fn test_anchors() -> GpuAnchors {
+        let root = chain::pem_chain(attester_client::simulated::gpu_test_root_pem().as_bytes()).unwrap();
+        let mut anchors = GpuAnchors::empty();
+        anchors.add_root(&root[0]).unwrap();
+        anchors
+    }
+
+    #[test]
+    fn simulated_gpus_verify_under_the_test_root_only() {
+        use attester_client::simulated::{SIMULATED_DRIVER_VERSION, SIMULATED_VBIOS_VERSION, SimulatedGpu};
+        let gpu = SimulatedGpu::new(0).unwrap();
+        let nonce = GpuNonce([0x5c; 32]);
+        let report = gpu.report(&nonce.0).unwrap();
+        let chain = gpu.cert_chain().as_bytes();
+        let now = OffsetDateTime::now_utc();
+        let claims = GpuVerifier::new(test_anchors()).verify(&report, chain, now, &nonce).unwrap();
+        assert_eq!(claims.arch, GpuArch::Hopper);
+        assert_eq!(claims.class, DeviceClass::Gpu);
+        assert_eq!(claims.evidence.fwid, FwidCheck::Match);
+        assert_eq!(claims.evidence.nonce, NonceCheck::Match);
+        assert_eq!(claims.fwid.as_deref(), Some(hex::encode(attester_client::simulated::simulated_fwid()).as_str()));
+        assert_eq!(claims.driver_version.as_deref(), Some(SIMULATED_DRIVER_VERSION));
+        assert_eq!(claims.vbios_version.as_deref(), Some(SIMULATED_VBIOS_VERSION));
+        assert_eq!(claims.feature, Some(FeatureFlag::Spt));
+        assert_eq!(claims.measurements.len(), 64);
+        assert!(claims.device_id.as_deref().unwrap().starts_with("NVIDIA:GH100:"), "{:?}", claims.device_id);
+        // Another nonce, the real NVIDIA root, a tampered report: refused.
+        let other = GpuVerifier::new(test_anchors()).verify(&report, chain, now, &GpuNonce([0x5d; 32]));
+        assert_eq!(other.unwrap_err(), GpuError::NonceMismatch);
+        let real = GpuVerifier::new(GpuAnchors::nvidia().unwrap()).verify(&report, chain, now, &nonce);
+        assert!(matches!(real, Err(GpuError::UntrustedRoot(_))), "{real:?}");
+        let mut tampered = report.clone();
+        tampered[37 + 8 + 7 + 10] ^= 1; // inside the first digest
+        let tampered = GpuVerifier::new(test_anchors()).verify(&tampered, chain, now, &nonce);
+        assert_eq!(tampered.unwrap_err(), GpuError::SignatureInvalid);
+        // Another GPU's chain with this GPU's report.
+        let other_chain = SimulatedGpu::new(1).unwrap().cert_chain().as_bytes();
+        let swapped = GpuVerifier::new(test_anchors()).verify(&report, other_chain, now, &nonce);
+        assert_eq!(swapped.unwrap_err(), GpuError::SignatureInvalid);
+    }
+
+    #[test]
+    fn eight_simulated_gpus_form_a_set() {
+        use attester_client::evidence::GpuEvidenceSource as _;
+        let nonce = GpuNonce([0x33; 32]);
+        let verifier = GpuVerifier::new(test_anchors());
+        let now = OffsetDateTime::now_utc();
+        let devices: Vec<GpuDeviceClaims> = attester_client::simulated::SimulatedGpus::new(8)
+            .unwrap()
+            .gpu_evidence(&nonce.0)
+            .unwrap()
+            .iter()
+            .map(|d| verifier.verify(&d.report, &d.cert_chain, now, &nonce).unwrap())
+            .collect();
+        let expected = set::DeviceSetExpectation { gpus: 8, switches: 0 };
+        let summary = set::check_device_set(&devices, &expected).unwrap();
+        assert_eq!((summary.gpus, summary.mode), (8, Some(FeatureFlag::Mpt)));
+        let mut twice = devices.clone();
+        twice[7] = devices[0].clone();
+        assert!(matches!(set::check_device_set(&twice, &expected), Err(set::DeviceSetError::Duplicate(_))));
     }
 
     #[test]
