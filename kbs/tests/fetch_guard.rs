@@ -213,6 +213,7 @@ fn request(broker: &Broker, tee: u8, make: impl FnOnce(&[u8; 64]) -> EvidenceInp
         public_key: key.public_key().to_vec(),
         names: names(),
         caller: "test".into(),
+        gpus: Vec::new(),
     }
 }
 
