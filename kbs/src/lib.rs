@@ -21,7 +21,8 @@
 //! `tests/architecture.rs`).
 //! - [`reason`]: stable reason codes; [`names`]: the secret-name limit and
 //!   the reserved namespace; [`fetch`]: what outbound HTTP clients share;
-//!   [`rate`]: request rate limits of the guest-facing calls.
+//!   [`rate`]: request rate limits of the guest-facing calls; [`tickets`]:
+//!   TLS session tickets every replica can redeem.
 //!   Leaves.
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
 //!   [`evidence`]: parsing and verification of SNP reports and TDX quotes;
@@ -56,3 +57,4 @@ pub mod release;
 pub mod seal;
 pub mod server;
 pub mod store;
+pub mod tickets;

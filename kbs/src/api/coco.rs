@@ -284,6 +284,7 @@ pub fn build(
     broker: &Arc<Broker>,
     cert_pem: &[u8],
     key_pem: &[u8],
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<Option<CocoServer>, CocoError> {
     let Some(coco) = &config.coco else {
         return Ok(None);
@@ -309,7 +310,7 @@ pub fn build(
         Arc::new(CocoService::new(Arc::clone(broker), token_key, coco.token_ttl, config.insecure_simulated_tee));
     Ok(Some(CocoServer {
         service,
-        tls: tls_config(cert_pem, key_pem)?,
+        tls: tls_config(cert_pem, key_pem, ticketer)?,
         limits: config.connection_limits,
         idle_timeout: config.idle_timeout,
     }))
@@ -317,8 +318,14 @@ pub fn build(
 
 /// The rustls server configuration of the TLS identity `cert_pem`/`key_pem`
 /// (aws-lc-rs, safe defaults, ALPN h2 and http/1.1), shared with the
-/// metrics listener.
-pub(crate) fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, CocoError> {
+/// metrics and guest listeners. TLS 1.3 session tickets are sealed by
+/// `ticketer` when given (see [`crate::tickets`]); otherwise sessions
+/// resume only at this process (rustls's in-memory session cache).
+pub(crate) fn tls_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+) -> Result<Arc<rustls::ServerConfig>, CocoError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(cert_pem)
@@ -333,6 +340,9 @@ pub(crate) fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::
             .with_single_cert(certs, key)
             .map_err(|e| CocoError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Some(ticketer) = ticketer {
+        config.ticketer = ticketer;
+    }
     Ok(Arc::new(config))
 }
 
