@@ -260,7 +260,7 @@ impl SharedTicketer {
         let key = std::iter::once(&self.current).chain(&self.previous).find(|k| &k.id == id)?;
         let mut buf = Zeroizing::new(sealed.to_vec());
         let opened =
-            key.aead.open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(Self::aad(id)), &mut *buf).ok()?;
+            key.aead.open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(Self::aad(id)), &mut buf).ok()?;
         let (issued, plain) = opened.split_first_chunk::<ISSUED_LEN>()?;
         let issued = u64::from_be_bytes(*issued);
         let now = (self.clock)();
