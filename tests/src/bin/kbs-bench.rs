@@ -1034,6 +1034,10 @@ fn main() -> anyhow::Result<()> {
             let phase = run_phase(&args, &template, c, &cpu, tick, floor).await?;
             failed |= !phase.errors.is_empty() || phase.ok == 0;
             print_phase(&phase);
+            if let (true, Some((_, 0))) = (args.resume, phase.handshakes) {
+                println!("       error: --resume, but no handshake was resumed");
+                failed = true;
+            }
         }
         anyhow::Ok(failed)
     });
