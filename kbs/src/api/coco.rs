@@ -396,6 +396,11 @@ pub async fn serve(
             },
         };
         let Some(ticket) = admission.admit(peer) else { continue };
+        // Small request/response exchanges: Nagle's algorithm and delayed
+        // ACKs would hold answers back by tens of milliseconds.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let acceptor = acceptor.clone();
         let app = router.clone().layer(axum::Extension(Peer(peer)));
         tokio::spawn(async move {

@@ -141,6 +141,10 @@ struct Args {
     /// Store cache TTL for the spawned broker (ms; 0 = off).
     #[arg(long)]
     spawn_cache_ttl_ms: Option<u64>,
+    /// The spawned broker writes its audit records without `fdatasync`
+    /// (`audit.sync = false`), to measure what the sync costs.
+    #[arg(long, requires = "spawn")]
+    spawn_no_audit_sync: bool,
     /// Write a new TDX test PKI to this directory and exit: `pki.json`
     /// (keys included, for `--tdx-pki`), `tdx-test-root.pem` (for `kbs
     /// dev-init --tdx-test-root`) and `tdx-collateral/` (for
@@ -259,6 +263,7 @@ impl Spawned {
         tee: TeeArg,
         coco: bool,
         ticket_key: bool,
+        audit_sync: bool,
     ) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -295,6 +300,10 @@ impl Spawned {
             let text = std::fs::read_to_string(&files.config)?;
             let line = format!("[server]\ntls_ticket_key_file = {:?}\n", key.display().to_string());
             std::fs::write(&files.config, text.replacen("[server]\n", &line, 1))?;
+        }
+        if !audit_sync {
+            let text = std::fs::read_to_string(&files.config)?;
+            std::fs::write(&files.config, text.replacen("[audit]\n", "[audit]\nsync = false\n", 1))?;
         }
         let config = kbs::config::Config::load(&files.config, |_| None)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -365,7 +374,8 @@ struct Tally {
 /// New TCP + TLS connections to the broker, with rustls directly, so that
 /// sessions can be kept and resumed and each handshake's kind counted.
 struct Dialer {
-    tls: Arc<rustls::ClientConfig>,
+    tls: rustls::ClientConfig,
+    resume: bool,
     port: u16,
     full: AtomicU64,
     resumed: AtomicU64,
@@ -376,18 +386,28 @@ impl Dialer {
     /// `resume`, one session store (tickets) for every connection.
     fn new(ca: &[u8], port: u16, resume: bool, alpn: &[u8]) -> anyhow::Result<Self> {
         Ok(Self {
-            tls: Arc::new(client_tls(ca, resume, alpn)?),
+            tls: client_tls(ca, resume, alpn)?,
+            resume,
             port,
             full: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
         })
     }
 
-    async fn dial(&self) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    /// One guest's TLS configuration: with `resume`, a session store of
+    /// its own, as every pod has.
+    fn session(&self) -> Arc<rustls::ClientConfig> {
+        Arc::new(guest_tls(&self.tls, self.resume))
+    }
+
+    async fn dial(
+        &self,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
         tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls)).connect(name, tcp).await?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(tls)).connect(name, tcp).await?;
         match tls.get_ref().1.handshake_kind() {
             Some(rustls::HandshakeKind::Resumed) => self.resumed.fetch_add(1, Ordering::Relaxed),
             _ => self.full.fetch_add(1, Ordering::Relaxed),
@@ -396,14 +416,14 @@ impl Dialer {
     }
 
     /// A gRPC channel over one new connection.
-    async fn channel(self: &Arc<Self>) -> Result<Channel, String> {
-        let dialer = Arc::clone(self);
+    async fn channel(self: &Arc<Self>, tls: &Arc<rustls::ClientConfig>) -> Result<Channel, String> {
+        let (dialer, tls) = (Arc::clone(self), Arc::clone(tls));
         // The connector makes the TLS connection; the URI only names the host.
         tonic::transport::Endpoint::from_shared(format!("http://localhost:{}", self.port))
             .map_err(|_| "client_config".to_owned())?
             .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
-                let dialer = Arc::clone(&dialer);
-                async move { dialer.dial().await.map(hyper_util::rt::TokioIo::new) }
+                let (dialer, tls) = (Arc::clone(&dialer), Arc::clone(&tls));
+                async move { dialer.dial(&tls).await.map(hyper_util::rt::TokioIo::new) }
             }))
             .await
             .map_err(|_| "connect".to_owned())
@@ -412,6 +432,15 @@ impl Dialer {
     fn counts(&self) -> (u64, u64) {
         (self.full.load(Ordering::Relaxed), self.resumed.load(Ordering::Relaxed))
     }
+}
+
+/// `base` with a session store of its own when `resume`.
+fn guest_tls(base: &rustls::ClientConfig, resume: bool) -> rustls::ClientConfig {
+    let mut config = base.clone();
+    if resume {
+        config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    }
+    config
 }
 
 /// TLS 1.3 client configuration trusting `ca`, with a session store when
@@ -430,7 +459,7 @@ fn client_tls(ca: &[u8], resume: bool, alpn: &[u8]) -> anyhow::Result<rustls::Cl
             .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     config.resumption = match resume {
-        true => rustls::client::Resumption::in_memory_sessions(4 * MAX_CONCURRENCY),
+        true => rustls::client::Resumption::in_memory_sessions(8),
         false => rustls::client::Resumption::disabled(),
     };
     Ok(config)
@@ -476,6 +505,19 @@ impl Load {
 struct Guest {
     grpc: Option<KbsClient>,
     attested: Option<coco::Attested>,
+    /// Its TLS configuration (and session store) for new connections.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Load {
+    /// A new guest's TLS configuration, for new connections.
+    fn guest_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        match (&self.dialer, &self.coco) {
+            (Some(d), _) => Some(d.session()),
+            (None, Some(c)) => Some(Arc::new(guest_tls(&c.tls, c.resume))),
+            (None, None) => None,
+        }
+    }
 }
 
 fn classify(e: &ClientError) -> String {
@@ -496,12 +538,13 @@ fn classify(e: &ClientError) -> String {
 async fn one(load: &Load, guest: &mut Guest) -> Result<(), String> {
     let attempt = async {
         if let Some(coco) = &load.coco {
+            let tls = guest.tls.get_or_insert_with(|| Arc::new(coco.tls.clone()));
             if !load.coco_gets {
-                return coco.flow().await;
+                return coco.flow(tls).await;
             }
             let attested = match guest.attested.take() {
                 Some(a) => a,
-                None => coco.attest().await?,
+                None => coco.attest(tls).await?,
             };
             let result = coco.get(&attested).await;
             guest.attested = Some(attested);
@@ -509,7 +552,10 @@ async fn one(load: &Load, guest: &mut Guest) -> Result<(), String> {
         }
         let mut c = match (guest.grpc.take(), &load.dialer) {
             (Some(c), _) => c,
-            (None, Some(dialer)) => KbsClient::from_channel(dialer.channel().await?),
+            (None, Some(dialer)) => {
+                let tls = guest.tls.get_or_insert_with(|| dialer.session());
+                KbsClient::from_channel(dialer.channel(tls).await?)
+            }
             (None, None) => KbsClient::connect(&load.config).await.map_err(|e| classify(&e))?,
         };
         let released = c.fetch_release(Arc::clone(&load.source), &load.names).await;
@@ -526,7 +572,8 @@ async fn one(load: &Load, guest: &mut Guest) -> Result<(), String> {
         Ok(result) => result,
         Err(_) => {
             // The connection may be wedged; start afresh.
-            *guest = Guest::default();
+            guest.grpc = None;
+            guest.attested = None;
             Err("timeout".to_owned())
         }
     }
@@ -703,6 +750,7 @@ async fn run_phase(
         guests.push(Guest {
             grpc: if kept { Some(KbsClient::connect(&template.config).await?) } else { None },
             attested: None,
+            tls: template.guest_tls(),
         });
     }
     // Warm-up: one release per guest (VEK and store caches, connections,
@@ -896,6 +944,7 @@ fn main() -> anyhow::Result<()> {
             args.tee,
             args.coco,
             args.resume,
+            !args.spawn_no_audit_sync,
         )?;
         let (url, coco_url, ca) = (s.url.clone(), s.coco_url.clone(), s.ca.clone());
         (Some(s), url, coco_url, ca, CpuSource::Threads("kbs-broker"), value.clone())
@@ -948,6 +997,7 @@ fn main() -> anyhow::Result<()> {
             (Some(u), true) => Some(Arc::new(coco::Coco {
                 url: u.clone(),
                 tls: client_tls(&ca, args.resume, b"http/1.1")?,
+                resume: args.resume,
                 tee: match args.tee {
                     TeeArg::Snp => coco::Tee::Snp(SimulatedSnp::new(Generation::Genoa).measurement(measurement)),
                     TeeArg::Tdx => coco::Tee::Tdx(SimulatedTdx::new().mr_td(measurement)),

@@ -50,9 +50,10 @@ impl Tee {
 pub struct Coco {
     /// `https://localhost:PORT`.
     pub url: String,
-    /// The TLS client configuration (its session store is shared by every
-    /// client made from it).
+    /// The TLS client configuration each guest starts from.
     pub tls: rustls::ClientConfig,
+    /// Whether each guest keeps its TLS sessions and resumes them.
+    pub resume: bool,
     pub tee: Tee,
     /// `repo/type/tag`.
     pub resource: String,
@@ -73,9 +74,9 @@ fn rejected(status: reqwest::StatusCode, body: &Value) -> String {
 
 impl Coco {
     /// A new HTTPS client: its first request opens a new connection.
-    pub fn client(&self) -> Result<reqwest::Client, String> {
+    pub fn client(&self, tls: &rustls::ClientConfig) -> Result<reqwest::Client, String> {
         reqwest::Client::builder()
-            .tls_backend_preconfigured(self.tls.clone())
+            .tls_backend_preconfigured(tls.clone())
             .build()
             .map_err(|_| "client_config".to_owned())
     }
@@ -85,8 +86,8 @@ impl Coco {
     }
 
     /// `/auth` and `/attest` on a new connection.
-    pub async fn attest(&self) -> Result<Attested, String> {
-        let http = self.client()?;
+    pub async fn attest(&self, tls: &rustls::ClientConfig) -> Result<Attested, String> {
+        let http = self.client(tls)?;
         let body = json!({
             "version": "0.4.0", "tee": self.tee.name(),
             "extra-params": {"supported-hash-algorithms": ["sha384"]},
@@ -157,8 +158,8 @@ impl Coco {
     }
 
     /// The whole flow on one new connection.
-    pub async fn flow(&self) -> Result<(), String> {
-        let guest = self.attest().await?;
+    pub async fn flow(&self, tls: &rustls::ClientConfig) -> Result<(), String> {
+        let guest = self.attest(tls).await?;
         self.get(&guest).await
     }
 }
