@@ -255,16 +255,11 @@ struct Spawned {
 }
 
 impl Spawned {
-    fn start(
-        secret: &str,
-        value: &[u8],
-        measurement: &str,
-        cache_ttl_ms: Option<u64>,
-        tee: TeeArg,
-        coco: bool,
-        ticket_key: bool,
-        audit_sync: bool,
-    ) -> anyhow::Result<Self> {
+    /// A broker as `args` say (`--spawn-*`, `--tee`, `--coco`, `--resume`),
+    /// holding the secret `value` for `measurement`.
+    fn start(args: &Args, value: &[u8], measurement: &str) -> anyhow::Result<Self> {
+        let (secret, cache_ttl_ms, tee, coco) = (&args.secret, args.spawn_cache_ttl_ms, args.tee, args.coco);
+        let (ticket_key, audit_sync) = (args.resume, !args.spawn_no_audit_sync);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("kbs-broker")
@@ -936,16 +931,7 @@ fn main() -> anyhow::Result<()> {
     let value: Vec<u8> = rand::random::<[u8; 32]>().to_vec();
 
     let (spawned, url, coco_url, ca, cpu, expected) = if args.spawn {
-        let s = Spawned::start(
-            &args.secret,
-            &value,
-            &measurement_hex,
-            args.spawn_cache_ttl_ms,
-            args.tee,
-            args.coco,
-            args.resume,
-            !args.spawn_no_audit_sync,
-        )?;
+        let s = Spawned::start(&args, &value, &measurement_hex)?;
         let (url, coco_url, ca) = (s.url.clone(), s.coco_url.clone(), s.ca.clone());
         (Some(s), url, coco_url, ca, CpuSource::Threads("kbs-broker"), value.clone())
     } else {
