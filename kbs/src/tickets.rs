@@ -23,11 +23,14 @@
 //! handshake. Rotate by making a new key current and listing the old one
 //! as previous for one lifetime, then removing it.
 //!
-//! What a ticket key protects: the TLS traffic of the sessions its tickets
-//! resume (whoever holds the key can derive those sessions' keys from a
-//! recorded ticket). Released secrets are HPKE-sealed to a key generated in
-//! the guest for each release, inside the TLS channel, so a leaked ticket
-//! key exposes no secret: their forward secrecy does not depend on TLS.
+//! What a ticket key protects: the resumption secrets of the sessions its
+//! tickets resume. rustls resumes only with `psk_dhe_ke`, so every resumed
+//! handshake still runs a fresh X25519 exchange and a leaked ticket key
+//! does not decrypt recorded traffic; it lets its holder pose as the broker
+//! to a client presenting one of its tickets, within the ticket's
+//! lifetime. Released secrets are HPKE-sealed to a key generated in the
+//! guest for each release, inside the TLS channel, so even that exposes no
+//! secret: their forward secrecy does not depend on TLS.
 
 use std::fmt;
 use std::io;
