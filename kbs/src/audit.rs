@@ -210,6 +210,22 @@ pub struct AuditLog {
     /// Writes that failed (the `kbs_audit_write_failures_total` metric).
     failures: Arc<AtomicU64>,
     sync: bool,
+    /// The budget of refusal records (see [`Self::record_refusal`]).
+    refusals: Mutex<RefusalBudget>,
+}
+
+/// Refusal records written one by one per second, at most; past it they
+/// are counted, and the count is written as one `audit.suppressed` record
+/// before the next refusal record. A flood of unauthenticated requests
+/// thus costs a bounded amount of audit I/O and file, and every refusal
+/// is still accounted for.
+pub const REFUSAL_RECORDS_PER_SECOND: u32 = 200;
+
+#[derive(Debug)]
+struct RefusalBudget {
+    window: std::time::Instant,
+    written: u32,
+    suppressed: u64,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -338,7 +354,13 @@ impl AuditLog {
     }
 
     fn new(replica: &str, state: State) -> Self {
-        Self { replica: replica.into(), state: Mutex::new(state), sync: true, failures: Arc::new(AtomicU64::new(0)) }
+        Self {
+            replica: replica.into(),
+            state: Mutex::new(state),
+            sync: true,
+            failures: Arc::new(AtomicU64::new(0)),
+            refusals: Mutex::new(RefusalBudget { window: std::time::Instant::now(), written: 0, suppressed: 0 }),
+        }
     }
 
     /// Whether each record written to a file is written through to the
@@ -359,14 +381,56 @@ impl AuditLog {
     /// Appends one record. Failing to audit is an error the caller must
     /// treat as a refusal: nothing is released without a record.
     pub fn record(&self, event: &Event) -> Result<(), AuditError> {
-        let written = self.write(event);
+        let written = self.write(event, self.sync);
         if written.is_err() {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
         written
     }
 
-    fn write(&self, event: &Event) -> Result<(), AuditError> {
+    /// Appends the record of a refusal made before any effect (a caller
+    /// that did not authenticate, a request refused before the release
+    /// flow). The refusal stands whether or not its record is written, so
+    /// the record is not synced on its own (the next synced record carries
+    /// it to the disk) and a failure is only counted and logged. At most
+    /// [`REFUSAL_RECORDS_PER_SECOND`] are written one by one; the rest are
+    /// counted into one `audit.suppressed` record.
+    pub fn record_refusal(&self, event: &Event) {
+        let suppressed = {
+            let Ok(mut budget) = self.refusals.lock() else {
+                return;
+            };
+            if budget.window.elapsed() >= std::time::Duration::from_secs(1) {
+                budget.window = std::time::Instant::now();
+                budget.written = 0;
+            }
+            if budget.written >= REFUSAL_RECORDS_PER_SECOND {
+                budget.suppressed = budget.suppressed.saturating_add(1);
+                return;
+            }
+            budget.written = budget.written.saturating_add(1);
+            std::mem::take(&mut budget.suppressed)
+        };
+        if suppressed > 0 {
+            let summary = Event {
+                reasons: vec![format!(
+                    "{suppressed} refusals not recorded one by one (over {REFUSAL_RECORDS_PER_SECOND} per second)"
+                )],
+                ..Event::new("audit.suppressed", self.replica.clone())
+            };
+            self.write_refusal(&summary);
+        }
+        self.write_refusal(event);
+    }
+
+    fn write_refusal(&self, event: &Event) {
+        if let Err(e) = self.write(event, false) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(action = event.action, error = %e, "audit record of a refusal not written");
+        }
+    }
+
+    fn write(&self, event: &Event, sync: bool) -> Result<(), AuditError> {
         let mut state = self.state.lock().map_err(|_| AuditError::Io(std::io::Error::other("audit lock poisoned")))?;
         let time =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
@@ -392,7 +456,7 @@ impl AuditLog {
             Sink::File(f) => {
                 f.write_all(&line)?;
                 f.flush()?;
-                if self.sync {
+                if sync {
                     f.sync_data()?;
                 }
             }
@@ -551,6 +615,32 @@ mod tests {
             caller: "127.0.0.1:5".into(),
             ..Event::new("release", String::new())
         }
+    }
+
+    /// A flood of refusals writes at most the budget one by one, then one
+    /// summary counting the rest; the chain stays whole.
+    #[test]
+    fn refusals_past_the_budget_are_counted_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::file(&path, "r0", None).unwrap();
+        let budget = usize::try_from(REFUSAL_RECORDS_PER_SECOND).unwrap();
+        let refusal = || Event { reason: Some("unauthenticated"), ..Event::new("admin.auth", "127.0.0.1:9".into()) };
+        for _ in 0..budget + 50 {
+            log.record_refusal(&refusal());
+        }
+        assert_eq!(verify_file(&path).unwrap().0, budget);
+        // The next window: the count of the suppressed ones, then the refusal.
+        log.refusals.lock().unwrap().window -= std::time::Duration::from_secs(2);
+        log.record_refusal(&refusal());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), budget + 2);
+        assert_eq!(lines[budget]["action"], "audit.suppressed");
+        assert!(lines[budget]["reasons"][0].as_str().unwrap().starts_with("50 refusals"), "{}", lines[budget]);
+        assert_eq!(lines[budget + 1]["action"], "admin.auth");
+        assert_eq!(lines[budget + 1]["decision"], "deny");
+        assert_eq!(verify_file(&path).unwrap().0, budget + 2);
     }
 
     #[test]

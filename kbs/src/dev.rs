@@ -30,6 +30,9 @@ pub struct DevOptions {
     pub guest_listen: String,
     /// Admin listener address.
     pub admin_listen: String,
+    /// INSECURE: accept unsigned evidence: the simulated TEE's test roots
+    /// below, and the CoCo front end's `sample` TEE (`dev.insecure_simulated_tee`).
+    pub insecure_simulated_tee: bool,
     /// Enable the INSECURE simulated TEE with these test SNP roots (PEM).
     pub snp_test_roots: Vec<PathBuf>,
     /// Enable the INSECURE simulated TEE with these test SGX roots (PEM)
@@ -120,7 +123,7 @@ pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
     let token_digest = hex::encode(Sha256::digest(token.as_bytes()));
 
     let mut dev_section = String::new();
-    if !options.snp_test_roots.is_empty() || !options.tdx_test_roots.is_empty() {
+    if options.insecure_simulated_tee || !options.snp_test_roots.is_empty() || !options.tdx_test_roots.is_empty() {
         dev_section.push_str(
             "\n# INSECURE: accept evidence from the simulated TEE. Needs `kbs serve --insecure-dev`.\n[dev]\ninsecure_simulated_tee = true\n",
         );
@@ -215,6 +218,15 @@ mod tests {
         assert!(!config.insecure_simulated_tee);
         assert!(config.tdx.collateral_dir.is_none());
         assert!(config.metrics.is_none());
+
+        // The sample TEE alone, without test roots (a CoCo client's first try).
+        let sample =
+            DevOptions { insecure_simulated_tee: true, coco_listen: Some("127.0.0.1:0".into()), ..listen.clone() };
+        let files = init(dir.path(), &sample).unwrap();
+        let config = Config::load(&files.config, |_| None).unwrap();
+        assert!(config.insecure_simulated_tee);
+        assert!(config.snp_test_roots.is_empty() && config.tdx_test_roots.is_empty());
+        assert!(config.coco.is_some());
 
         let options = DevOptions {
             snp_test_roots: vec![root.clone()],

@@ -1,12 +1,15 @@
 //! What the broker's outbound clients share: the Vault/OpenBao store and
 //! the vendor collateral fetchers (AMD KDS, Intel PCS): which URLs may be
-//! plain `http`, the vendor HTTP client, back-off state, size-capped file
-//! reads and atomic file writes.
+//! plain `http`, the vendor HTTP client, back-off state (for a whole
+//! service, and per key so that one platform's failures never hold back
+//! another's), size-capped file reads and atomic file writes.
 //!
 //! A leaf: it imports no other module of the crate, so both the store and
 //! the evidence fetchers can use it. Its errors name the path or URL; the
 //! collateral fetchers report them as `CollateralUnavailable`.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -139,6 +142,151 @@ impl Backoff {
     }
 }
 
+impl Backoff {
+    /// Leaves the service alone until at least `now + delay`, without
+    /// counting a failure (a remembered "not found").
+    pub fn hold(&mut self, now: Instant, delay: Duration) {
+        let until = now + delay;
+        self.until = Some(self.until.map_or(until, |u| u.max(until)));
+    }
+}
+
+/// Why a key is held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldKind {
+    /// The service answered that it has nothing under this key.
+    NotFound,
+    /// Requests for this key failed.
+    Failing,
+}
+
+/// Back-off and "not found" memory per key (an FMSPC, a chip and TCB, a
+/// URL), so that one key's failures never hold back another's. Bounded: a
+/// new key at the cap first drops the entries whose hold has lapsed, then
+/// the oldest entry. Forgetting an entry only lets its key be asked again.
+#[derive(Debug)]
+pub struct KeyedBackoff<K> {
+    entries: HashMap<K, (u64, HoldKind, Backoff)>,
+    next: u64,
+    cap: usize,
+}
+
+impl<K: Eq + Hash + Clone> KeyedBackoff<K> {
+    /// An empty map of at most `cap` keys (at least one).
+    pub fn new(cap: usize) -> Self {
+        Self { entries: HashMap::new(), next: 0, cap: cap.max(1) }
+    }
+
+    /// How many keys are held or remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Why and for how long `key` is still held back at `now`, if it is.
+    pub fn remaining(&self, key: &K, now: Instant) -> Option<(HoldKind, Duration)> {
+        let (_, kind, backoff) = self.entries.get(key)?;
+        backoff.remaining(now).map(|d| (*kind, d))
+    }
+
+    /// A request for `key` succeeded: its entry is forgotten.
+    pub fn succeeded(&mut self, key: &K) {
+        self.entries.remove(key);
+    }
+
+    /// A request for `key` failed at `now`; returns the [`backoff_delay`]
+    /// before `key` is asked again (other keys are not affected).
+    pub fn failed(
+        &mut self,
+        key: &K,
+        now: Instant,
+        retry_after: Option<Duration>,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        let entry = self.entry(key, now);
+        entry.1 = HoldKind::Failing;
+        entry.2.failed(now, retry_after, min, max)
+    }
+
+    /// The service has nothing under `key`: it is not asked again for
+    /// `ttl`.
+    pub fn not_found(&mut self, key: &K, now: Instant, ttl: Duration) {
+        let entry = self.entry(key, now);
+        entry.1 = HoldKind::NotFound;
+        entry.2.hold(now, ttl);
+    }
+
+    fn entry(&mut self, key: &K, now: Instant) -> &mut (u64, HoldKind, Backoff) {
+        if !self.entries.contains_key(key) && self.entries.len() >= self.cap {
+            self.entries.retain(|_, (_, _, b)| b.remaining(now).is_some());
+            while self.entries.len() >= self.cap {
+                let oldest = self.entries.iter().min_by_key(|(_, (seq, _, _))| *seq).map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => {
+                        self.entries.remove(&k);
+                    }
+                    None => break,
+                }
+            }
+        }
+        let seq = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.entries.entry(key.clone()).or_insert_with(|| (seq, HoldKind::Failing, Backoff::default()))
+    }
+}
+
+/// A bounded set that forgets its oldest member first.
+#[derive(Debug)]
+pub struct BoundedSet<K> {
+    members: HashSet<K>,
+    order: VecDeque<K>,
+    cap: usize,
+}
+
+impl<K: Eq + Hash + Clone> BoundedSet<K> {
+    /// An empty set of at most `cap` members (at least one).
+    pub fn new(cap: usize) -> Self {
+        Self { members: HashSet::new(), order: VecDeque::new(), cap: cap.max(1) }
+    }
+
+    /// Adds `key`, forgetting the oldest member when full.
+    pub fn insert(&mut self, key: K) {
+        if self.members.contains(&key) {
+            return;
+        }
+        while self.members.len() >= self.cap {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.members.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.members.insert(key.clone());
+        self.order.push_back(key);
+    }
+
+    /// Whether `key` is a member.
+    pub fn contains(&self, key: &K) -> bool {
+        self.members.contains(key)
+    }
+
+    /// How many members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
 /// Parses a `Retry-After` value: delay-seconds or an HTTP-date.
 pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -235,6 +383,44 @@ mod tests {
         backoff.succeeded();
         assert_eq!(backoff.remaining(now), None);
         assert_eq!(backoff.failed(now, None, min, max), min);
+    }
+
+    #[test]
+    fn keyed_backoff_holds_keys_apart_and_is_bounded() {
+        let (min, max) = (Duration::from_secs(5), Duration::from_secs(600));
+        let now = Instant::now();
+        let mut holds = KeyedBackoff::new(2);
+        assert_eq!(holds.failed(&"a", now, None, min, max), min);
+        assert_eq!(holds.remaining(&"a", now), Some((HoldKind::Failing, min)));
+        assert_eq!(holds.remaining(&"b", now), None);
+        assert_eq!(holds.failed(&"a", now, None, min, max), 2 * min);
+        holds.not_found(&"b", now, Duration::from_secs(60));
+        assert_eq!(holds.remaining(&"b", now), Some((HoldKind::NotFound, Duration::from_secs(60))));
+        // Full: a third key evicts the oldest ("a"), whose hold has not lapsed.
+        holds.failed(&"c", now, None, min, max);
+        assert_eq!(holds.len(), 2);
+        assert_eq!(holds.remaining(&"a", now), None);
+        assert!(holds.remaining(&"b", now).is_some());
+        // Lapsed holds go first: "c" (5 s) has lapsed after 10 s, "b" (60 s) has not.
+        let later = now + Duration::from_secs(10);
+        holds.failed(&"d", later, None, min, max);
+        assert!(holds.remaining(&"b", later).is_some());
+        assert!(holds.remaining(&"d", later).is_some());
+        holds.succeeded(&"d");
+        assert_eq!(holds.remaining(&"d", later), None);
+        assert_eq!(holds.len(), 1);
+    }
+
+    #[test]
+    fn bounded_set_forgets_the_oldest() {
+        let mut set = BoundedSet::new(2);
+        set.insert(1);
+        set.insert(2);
+        set.insert(1);
+        set.insert(3);
+        assert!(!set.contains(&1));
+        assert!(set.contains(&2) && set.contains(&3));
+        assert_eq!(set.len(), 2);
     }
 
     #[test]

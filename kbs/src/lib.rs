@@ -21,8 +21,9 @@
 //! `tests/architecture.rs`).
 //! - [`reason`]: stable reason codes; [`names`]: the secret-name limit and
 //!   the reserved namespace; [`fetch`]: what outbound HTTP clients share;
-//!   [`rate`]: request rate limits of the guest-facing calls; [`tickets`]:
-//!   TLS session tickets every replica can redeem.
+//!   [`rate`]: request rate limits of the guest-facing calls; [`keyfile`]:
+//!   the 256-bit key file format; [`tickets`]: TLS session tickets every
+//!   replica can redeem.
 //!   Leaves.
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
 //!   [`evidence`]: parsing and verification of SNP reports and TDX quotes;
@@ -48,6 +49,7 @@ pub mod dev;
 pub mod error;
 pub mod evidence;
 pub mod fetch;
+pub mod keyfile;
 pub mod metrics;
 pub mod names;
 pub mod policy;

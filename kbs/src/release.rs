@@ -386,7 +386,10 @@ impl Broker {
                 };
                 let extra: Vec<Vec<u8>> =
                     table.map(|t| [t.ask, t.ark].into_iter().flatten().collect()).unwrap_or_default();
+                let chip_id = *parsed.chip_id();
                 let verified = self.snp.verify_parsed(parsed, &vek, &extra, now, Some(expected))?;
+                // A chip that proved itself keeps a share of the KDS budget.
+                self.vek.note_attested(&chip_id);
                 Ok(verified.claims)
             }
             EvidenceInput::Tdx { quote } => {
@@ -395,7 +398,10 @@ impl Broker {
                 // the quote is well-formed.
                 let parsed = TdxQuote::parse(quote)?;
                 let (fmspc, ca) = parsed.collateral_key()?;
-                let collateral = tdx.collateral.resolve(fmspc, ca, now).await?;
+                // PCS is asked nothing for a quote that fails the checks
+                // needing no collateral (PCK chain, QE report, signature).
+                let check = || tdx.verifier.verify_without_collateral(&parsed, now);
+                let collateral = tdx.collateral.resolve_checked(fmspc, ca, now, check).await?;
                 let verified = tdx.verifier.verify_parsed(parsed, &collateral, now, Some(expected))?;
                 Ok(verified.claims)
             }

@@ -71,12 +71,11 @@ fn read(what: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, StartErro
 }
 
 fn read_key32(what: &'static str, path: &Path) -> Result<Zeroizing<[u8; 32]>, StartError> {
-    let kek = Kek::from_file(path).map_err(|e| StartError::File {
+    crate::keyfile::read(path).map_err(|e| StartError::File {
         what,
         path: path.display().to_string(),
         why: e.to_string(),
-    })?;
-    Ok(kek.into_bytes())
+    })
 }
 
 /// Everything needed to serve.

@@ -6,9 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use kbs::config::Config;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use sha2::{Digest, Sha256};
+use support::{serve, token_entry};
+
+mod support;
 
 struct Broker {
     dir: tempfile::TempDir,
@@ -44,13 +46,6 @@ impl ClientPki {
     }
 }
 
-fn token_entry(name: &str, token: &str, role: &str) -> String {
-    format!(
-        "\n[[admin.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n",
-        hex::encode(Sha256::digest(token.as_bytes()))
-    )
-}
-
 async fn start(pki: &ClientPki) -> Broker {
     let dir = tempfile::tempdir().unwrap();
     let files = kbs::dev::init(
@@ -68,16 +63,8 @@ async fn start(pki: &ClientPki) -> Broker {
     text.push_str(&token_entry("aud", "auditor-token", "auditor"));
     text = text.replace("[[admin.tokens]]\nname = \"dev-admin\"", "[admin]\nclient_ca = \"client-ca.pem\"\n\n[[admin.clients]]\nname = \"ops\"\ncommon_name = \"ops.example\"\nrole = \"admin\"\n\n[[admin.clients]]\nname = \"reader\"\ncommon_name = \"reader.example\"\nrole = \"auditor\"\n\n[[admin.tokens]]\nname = \"dev-admin\"");
     std::fs::write(&files.config, text).unwrap();
-    let config = Config::load(&files.config, |_| None).unwrap();
-    let app = kbs::server::build(&config, kbs::release::system_clock(), false).await.unwrap();
-    let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://localhost:{}", admin.local_addr().unwrap().port());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(kbs::server::run(app, guest, admin, async move {
-        let _ = rx.await;
-    }));
-    Broker { dir, url, _stop: tx }
+    let (url, stop) = serve(&files.config).await;
+    Broker { dir, url, _stop: stop }
 }
 
 impl Broker {
@@ -310,21 +297,12 @@ async fn settings_come_from_the_config_file() {
 /// Each role against each Admin call, plus no credential and a bad one.
 #[tokio::test]
 async fn authorization_matrix() {
-    use kbs_proto::v1::admin_client::AdminClient;
     use kbs_proto::v1::*;
     use tonic::Code;
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
     let pki = ClientPki::new();
     let b = start(&pki).await;
-    let ca = std::fs::read(b.ca()).unwrap();
-    let channel = Channel::from_shared(b.url.clone())
-        .unwrap()
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let admin = admin_client(&b).await;
     let admin_token = b.admin_token();
     let creds: [(&str, Option<&str>); 5] = [
         ("admin", Some(admin_token.as_str())),
@@ -347,7 +325,7 @@ async fn authorization_matrix() {
         [false, false, W, W, false, false, false, W, W, false, false, false, W, W, false, W, W],
     ];
     for (who, token) in creds {
-        let mut client = AdminClient::new(channel.clone());
+        let mut client = admin.clone();
         macro_rules! call {
             ($method:ident, $msg:expr) => {{
                 let mut req = tonic::Request::new($msg);
@@ -413,6 +391,16 @@ async fn authorization_matrix() {
             }
         }
     }
+    // Every call without a valid credential (17 with none, 17 with a bogus
+    // token) is an audit record, with the reason and never the token.
+    let log = std::fs::read_to_string(b.dir.path().join("audit.jsonl")).unwrap();
+    let unauthenticated = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["action"] == "admin.auth" && r["decision"] == "deny" && r["reason"] == "unauthenticated")
+        .count();
+    assert_eq!(unauthenticated, 34, "{log}");
+    assert!(!log.contains("bogus-token"), "{log}");
 }
 
 /// A dry run of caller-supplied Rego that asks for terabytes: an auditor may
@@ -420,27 +408,12 @@ async fn authorization_matrix() {
 /// bounds; either way the broker keeps serving.
 #[tokio::test]
 async fn no_dry_run_stops_the_broker() {
-    use kbs_proto::v1::admin_client::AdminClient;
     use kbs_proto::v1::*;
     use tonic::Code;
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
     let pki = ClientPki::new();
     let b = start(&pki).await;
-    let ca = std::fs::read(b.ca()).unwrap();
-    let channel = Channel::from_shared(b.url.clone())
-        .unwrap()
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = AdminClient::new(channel);
-    let authed = |token: &str, msg: TestPolicyRequest| {
-        let mut req = tonic::Request::new(msg);
-        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        req
-    };
+    let mut client = admin_client(&b).await;
     let bomb = || TestPolicyRequest {
         rego: "package kbs.release\nallow if count(numbers.range(0, 1000000000000)) > 0\n".into(),
         secret_name: "m/x/y".into(),
@@ -448,18 +421,16 @@ async fn no_dry_run_stops_the_broker() {
             r#"{"tee":"snp","measurement":"00","debug":false,"report_data":"00","init_data_digest":""}"#.into(),
         )),
     };
-    let status = client.test_policy(authed("auditor-token", bomb())).await.unwrap_err();
+    let status = client.test_policy(bearer("auditor-token", bomb())).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     let admin_token = b.admin_token();
-    let decision = client.test_policy(authed(&admin_token, bomb())).await.unwrap().into_inner();
+    let decision = client.test_policy(bearer(&admin_token, bomb())).await.unwrap().into_inner();
     assert!(!decision.allow);
     assert!(decision.reasons.iter().any(|r| r.contains("kbs policy bound")), "{:?}", decision.reasons);
 
     // Still serving.
-    let mut req = tonic::Request::new(ListSecretsRequest::default());
-    req.metadata_mut().insert("authorization", format!("Bearer {admin_token}").parse().unwrap());
-    client.list_secrets(req).await.unwrap();
+    client.list_secrets(bearer(&admin_token, ListSecretsRequest::default())).await.unwrap();
 }
 
 /// The process's peak resident memory, in KiB, since the last reset.
@@ -499,7 +470,7 @@ async fn unauthenticated_calls_are_refused_before_their_message_is_read() {
     assert!(!stdout(&out).contains("m/big"), "{}", stdout(&out));
 }
 
-/// An Admin client of `b` with the bearer `token`.
+/// An Admin client of `b` (credentials go on each request, see [`bearer`]).
 async fn admin_client(b: &Broker) -> kbs_proto::v1::admin_client::AdminClient<tonic::transport::Channel> {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
     let ca = std::fs::read(b.ca()).unwrap();

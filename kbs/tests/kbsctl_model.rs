@@ -7,9 +7,9 @@ use std::io::Cursor;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use kbs::config::Config;
 use kbs_proto::model::{self, Error, ModelKey};
-use sha2::{Digest, Sha256};
+
+mod support;
 
 fn kbsctl(args: &[&str], home: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kbsctl"))
@@ -218,22 +218,10 @@ async fn start_broker(dir: &Path) -> (String, tokio::sync::oneshot::Sender<()>) 
     .unwrap();
     // An auditor may read metadata but not write secrets.
     let mut text = std::fs::read_to_string(&files.config).unwrap();
-    text.push_str(&format!(
-        "\n[[admin.tokens]]\nname = \"aud\"\nsha256 = \"{}\"\nrole = \"auditor\"\n",
-        hex::encode(Sha256::digest(b"auditor-token"))
-    ));
+    text.push_str(&support::token_entry("aud", "auditor-token", "auditor"));
     std::fs::write(&files.config, text).unwrap();
     std::fs::write(dir.join("auditor.token"), "auditor-token").unwrap();
-    let config = Config::load(&files.config, |_| None).unwrap();
-    let app = kbs::server::build(&config, kbs::release::system_clock(), false).await.unwrap();
-    let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://localhost:{}", admin.local_addr().unwrap().port());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(kbs::server::run(app, guest, admin, async move {
-        let _ = rx.await;
-    }));
-    (url, tx)
+    support::serve(&files.config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

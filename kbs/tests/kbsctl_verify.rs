@@ -22,19 +22,25 @@ fn path(rel: &str) -> String {
     vectors().join(rel).display().to_string()
 }
 
+/// `kbsctl verify` of the captured Milan report, at a time its VCEK is valid.
+fn milan_args() -> [String; 9] {
+    [
+        "verify".into(),
+        "--tee".into(),
+        "snp".into(),
+        "--evidence".into(),
+        path("virtee-sev/report_milan.bin"),
+        "--cert".into(),
+        path("virtee-sev/vcek_milan.der"),
+        "--time".into(),
+        "2026-11-28T00:00:00Z".into(),
+    ]
+}
+
 #[test]
 fn milan_report_verifies_and_prints_claims() {
-    let out = kbsctl(&[
-        "verify",
-        "--tee",
-        "snp",
-        "--evidence",
-        &path("virtee-sev/report_milan.bin"),
-        "--cert",
-        &path("virtee-sev/vcek_milan.der"),
-        "--time",
-        "2026-11-28T00:00:00Z",
-    ]);
+    let args = milan_args();
+    let out = kbsctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(claims["tee"], "snp");
@@ -133,17 +139,7 @@ fn usage_and_io_errors_exit_1() {
 #[test]
 fn a_closed_stdout_ends_the_command_quietly() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kbsctl"))
-        .args([
-            "verify",
-            "--tee",
-            "snp",
-            "--evidence",
-            &path("virtee-sev/report_milan.bin"),
-            "--cert",
-            &path("virtee-sev/vcek_milan.der"),
-            "--time",
-            "2026-11-28T00:00:00Z",
-        ])
+        .args(milan_args())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

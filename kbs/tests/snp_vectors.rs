@@ -1151,18 +1151,33 @@ async fn kds_crls_are_verified_before_they_are_installed_or_cached() {
     let refresh = sources.refresh(&verifier, NOW, true).await;
     // Milan, Genoa, Turin; ASKs then ASVKs, at KDS's exact paths (404s
     // for the /vlek/ ones here). The error page for Turin's ASK CRL starts
-    // a back-off, so Turin's ASVK CRL is not asked for.
+    // a back-off for that URL only: Turin's ASVK CRL is still asked for.
     let paths = stub.paths.lock().unwrap().clone();
     assert_eq!(
         paths,
-        ["/vcek/v1/Milan/crl", "/vlek/v1/Milan/crl", "/vcek/v1/Genoa/crl", "/vlek/v1/Genoa/crl", "/vcek/v1/Turin/crl"]
+        [
+            "/vcek/v1/Milan/crl",
+            "/vlek/v1/Milan/crl",
+            "/vcek/v1/Genoa/crl",
+            "/vlek/v1/Genoa/crl",
+            "/vcek/v1/Turin/crl",
+            "/vlek/v1/Turin/crl"
+        ]
     );
     let installed: Vec<_> = refresh.installed.iter().map(|(g, k, _)| (*g, *k)).collect();
     assert_eq!(installed, vec![(Generation::Genoa, IntermediateKind::Ask)]);
     let problems = refresh.problems.join("\n");
     assert!(problems.contains("not a CRL"), "{problems}");
-    assert!(problems.contains("backing off"), "{problems}");
     assert!(problems.contains("not issued by a pinned AMD root"), "{problems}");
+
+    // Again at once: the failed URL backs off and the 404s are remembered;
+    // only the two CRLs KDS served are asked for again.
+    let again = sources.refresh(&verifier, NOW, true).await;
+    let problems = again.problems.join("\n");
+    assert!(problems.contains("backing off"), "{problems}");
+    assert!(problems.contains("remembered 404"), "{problems}");
+    let paths = stub.paths.lock().unwrap().clone();
+    assert_eq!(paths[6..], ["/vcek/v1/Milan/crl", "/vcek/v1/Genoa/crl"]);
     // Only the CRL that verified is cached, in the KDS layout.
     assert!(cache.path().join("vcek/v1/Genoa/crl").is_file());
     assert!(!cache.path().join("vcek/v1/Turin/crl").exists());
@@ -1173,7 +1188,7 @@ async fn kds_crls_are_verified_before_they_are_installed_or_cached() {
     let sources = CrlSources::new(None, Some(fetcher(&stub.base, cache.path())));
     let refresh = sources.refresh(&restarted, NOW, false).await;
     assert_eq!(refresh.installed.len(), 1, "{refresh:?}");
-    assert_eq!(stub.hits.load(Ordering::SeqCst), 5);
+    assert_eq!(stub.hits.load(Ordering::SeqCst), 8);
     assert_eq!(restarted.crls().len(), 1);
 }
 

@@ -431,12 +431,12 @@ async fn every_refusal_has_its_status_and_reason() {
     let key = GuestKey::ec();
     let (bad, unauth, forbidden) = (StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN);
 
-    // Protocol version other than 0.4.0.
+    // `/auth` refusals are 401, as the protocol document says: a protocol
+    // version other than 0.4.0, a TEE this front end does not speak.
     let r = Session::new(&app).attest(&guest(), &key, Tamper { version: Some("0.1.0"), ..Default::default() }).await;
-    assert_problem(r, bad, "invalid_request");
-    // A TEE this front end does not speak.
+    assert_problem(r, unauth, "invalid_request");
     let r = Session::new(&app).attest(&guest(), &key, Tamper { tee: Some("sgx"), ..Default::default() }).await;
-    assert_problem(r, bad, "unsupported_tee");
+    assert_problem(r, unauth, "unsupported_tee");
     // RSA1_5 (and unknown algorithms) are refused before any evidence work.
     let rsa = GuestKey::rsa();
     let t = Tamper { send_key: Some(rsa.jwk_with_alg(Some("RSA1_5"))), ..Default::default() };
@@ -515,6 +515,15 @@ async fn every_refusal_has_its_status_and_reason() {
     assert!(log.contains("\"reason\":\"report_data_mismatch\""), "{log}");
     assert!(log.contains("\"reason\":\"measurement_not_allowed\""), "{log}");
     assert!(log.contains("\"reason\":\"secret_not_found\""), "{log}");
+    // Refusals before any session or token are audited too: `/auth`
+    // refusals, resource requests without a token or with a bad one.
+    let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let refused = |action: &str, reason: &str| {
+        records.iter().filter(|r| r["action"] == action && r["decision"] == "deny" && r["reason"] == reason).count()
+    };
+    assert_eq!(refused("coco.auth", "invalid_request"), 1, "{log}");
+    assert_eq!(refused("coco.auth", "unsupported_tee"), 1, "{log}");
+    assert_eq!(refused("coco.resource", "unauthenticated"), 7, "{log}");
     kbs::audit::verify_lines(log.as_bytes()).unwrap();
 }
 
@@ -584,7 +593,7 @@ async fn the_sample_tee_works_only_in_insecure_dev_mode() {
 
     let prod = TestApp::start_with(Options { production: true, ..coco() }).await;
     let r = Session::new(&prod).attest(&guest(), &key, Tamper { tee: Some("sample"), ..Default::default() }).await;
-    assert_problem(r, StatusCode::BAD_REQUEST, "unsupported_tee");
+    assert_problem(r, StatusCode::UNAUTHORIZED, "unsupported_tee");
     // A sample session minted by a dev broker is refused by a production
     // broker even with the same keys: a dev broker's token is no token there.
     let prod2 =
@@ -743,7 +752,7 @@ async fn idle_slow_and_crowding_peers_cannot_hold_the_coco_listener() {
 
     // Real clients still get through.
     let response = app.http().post(format!("{}/kbs/v0/auth", app.coco_url)).body("{}").send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
 
 /// A body over the limit gets a readable 413 problem document over HTTP/1.1
@@ -761,7 +770,7 @@ async fn an_oversized_body_gets_a_readable_413() {
         assert_eq!(problem["detail"], "evidence_too_large");
         // The client goes on.
         let next = http.post(format!("{}/kbs/v0/auth", app.coco_url)).body("{}").send().await.unwrap();
-        assert_eq!(next.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(next.status(), StatusCode::UNAUTHORIZED);
     }
 }
 

@@ -64,15 +64,17 @@ async fn generated_key_reaches_the_guest_through_openbao() {
     let ca = std::fs::read(&files.ca).unwrap();
     let token = std::fs::read_to_string(&files.admin_token).unwrap();
 
-    // The operator has the broker generate the key: it exists only in the
-    // broker and OpenBao.
-    let channel = Channel::from_shared(admin_url.clone())
+    // One admin channel for the operator's calls.
+    let admin_channel = Channel::from_shared(admin_url.clone())
         .unwrap()
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)))
         .unwrap()
         .connect()
         .await
         .unwrap();
+
+    // The operator has the broker generate the key: it exists only in the
+    // broker and OpenBao.
     let mut req = Request::new(GenerateSecretRequest {
         name: "models/llama/key".into(),
         bytes: 32,
@@ -80,7 +82,7 @@ async fn generated_key_reaches_the_guest_through_openbao() {
         ..Default::default()
     });
     req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let meta = AdminClient::new(channel).generate_secret(req).await.unwrap().into_inner();
+    let meta = AdminClient::new(admin_channel.clone()).generate_secret(req).await.unwrap().into_inner();
     assert_eq!((meta.version, meta.size), (1, 32));
 
     // What OpenBao stores.
@@ -107,14 +109,7 @@ async fn generated_key_reaches_the_guest_through_openbao() {
         ..Default::default()
     });
     req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let channel = Channel::from_shared(admin_url.clone())
-        .unwrap()
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    assert_eq!(AdminClient::new(channel).put_secret(req).await.unwrap().into_inner().version, 1);
+    assert_eq!(AdminClient::new(admin_channel.clone()).put_secret(req).await.unwrap().into_inner().version, 1);
     let work = tempfile::tempdir().unwrap();
     let weights: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     let mut sealed = Vec::new();
@@ -131,13 +126,6 @@ async fn generated_key_reaches_the_guest_through_openbao() {
 
     // 50 concurrent writers of one name: every write lands as a distinct
     // version or fails with a conflict; none is lost silently.
-    let admin_channel = Channel::from_shared(admin_url.clone())
-        .unwrap()
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
     let mut writers = Vec::new();
     for i in 0..50u8 {
         let channel = admin_channel.clone();

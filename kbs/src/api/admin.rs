@@ -202,6 +202,15 @@ impl AdminService {
         Ok(Caller { id: format!("cert:{}", entry.name), role: entry.role })
     }
 
+    /// Logs and audits a call that did not authenticate; its status.
+    fn unauthenticated<T>(&self, request: &Request<T>, call: Option<Call>, e: &Error) -> Status {
+        let peer = super::peer(request);
+        let call = call.map(Call::name).unwrap_or("unknown");
+        tracing::warn!(peer, call, cause = %e, "admin call unauthenticated");
+        self.audit.record_refusal(&super::refusal_event("admin.auth", peer, e));
+        e.to_status()
+    }
+
     /// Authenticates a call from its headers and TLS session alone, before
     /// its message is read: the interceptor of the Admin service, so that
     /// no unauthenticated caller can make the broker buffer and decode a
@@ -210,10 +219,7 @@ impl AdminService {
     pub fn authenticator(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
         let service = self.clone();
         move |mut request: Request<()>| {
-            let caller = service.authenticate(&request).map_err(|e| {
-                tracing::warn!(peer = %super::peer(&request), cause = %e, "admin call unauthenticated");
-                e.to_status()
-            })?;
+            let caller = service.authenticate(&request).map_err(|e| service.unauthenticated(&request, None, &e))?;
             request.extensions_mut().insert(caller);
             Ok(request)
         }
@@ -224,10 +230,7 @@ impl AdminService {
     fn authorize<T>(&self, request: &Request<T>, call: Call, action: &'static str) -> Result<Caller, Status> {
         let caller = match request.extensions().get::<Caller>() {
             Some(caller) => caller.clone(),
-            None => self.authenticate(request).map_err(|e| {
-                tracing::warn!(peer = %super::peer(request), call = call.name(), cause = %e, "admin call unauthenticated");
-                e.to_status()
-            })?,
+            None => self.authenticate(request).map_err(|e| self.unauthenticated(request, Some(call), &e))?,
         };
         if !call.allowed(caller.role) {
             tracing::warn!(caller = caller.id, role = caller.role.as_str(), call = call.name(), "admin call forbidden");

@@ -494,6 +494,20 @@ fn error_response(e: &Error) -> Response {
     response
 }
 
+/// An `/auth` refusal. The protocol answers every refusal to open a session
+/// (a wrong version, a TEE not offered, a malformed request) with 401; the
+/// reason code stays in the problem document. Back-pressure (429) and the
+/// broker's own faults (5xx) keep their status, so a client can tell them
+/// from a refusal.
+fn auth_refusal(e: &Error) -> Response {
+    let mut response = error_response(e);
+    let status = response.status();
+    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+    }
+    response
+}
+
 fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -550,22 +564,37 @@ struct AuthRequest {
 }
 
 async fn auth(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
+    let caller = peer_of(&req);
+    let refuse = |e: &Error| {
+        tracing::info!(reason = e.reason().as_str(), cause = %e, "coco auth refused");
+        svc.broker.audit().record_refusal(&super::refusal_event("coco.auth", caller.clone(), e));
+        auth_refusal(e)
+    };
     if let Err(e) = svc.broker.admit(req.extensions().get::<Peer>().map(|p| p.0.ip())) {
-        return error_response(&e);
+        return refuse(&e);
     }
     let body = match body_bytes(req, MAX_AUTH_BODY).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => {
+            svc.broker.audit().record_refusal(&too_large_event("coco.auth", caller.clone()));
+            return r;
+        }
     };
     match svc.auth(&body) {
         Ok(r) => {
             tracing::debug!("coco auth: challenge issued");
             r
         }
-        Err(e) => {
-            tracing::info!(reason = e.reason().as_str(), cause = %e, "coco auth refused");
-            error_response(&e)
-        }
+        Err(e) => refuse(&e),
+    }
+}
+
+/// The audit record of a body refused for its size.
+fn too_large_event(action: &'static str, caller: String) -> Event {
+    Event {
+        reason: Some(ReasonCode::EvidenceTooLarge.as_str()),
+        reasons: vec!["the request body is too large".into()],
+        ..Event::new(action, caller)
     }
 }
 
@@ -679,14 +708,18 @@ impl Audit {
 }
 
 async fn attest(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
+    let caller = peer_of(&req);
     if let Err(e) = svc.broker.admit(req.extensions().get::<Peer>().map(|p| p.0.ip())) {
+        svc.broker.audit().record_refusal(&super::refusal_event("coco.attest", caller, &e));
         return error_response(&e);
     }
-    let caller = peer_of(&req);
     let cookie = session_cookie(req.headers());
     let body = match body_bytes(req, MAX_ATTEST_BODY).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => {
+            svc.broker.audit().record_refusal(&too_large_event("coco.attest", caller));
+            return r;
+        }
     };
     let attestation_id = match svc.broker.new_attestation_id() {
         Ok(id) => id,
@@ -848,8 +881,9 @@ fn check_init_data(init_data: &InitData, claims: &mut Claims, tee: CocoTee) -> R
     Ok(())
 }
 
-/// The `algorithm` an init-data document names (TOML or JSON).
-fn init_data_algorithm(body: &str) -> Result<String, Error> {
+/// The `algorithm` an init-data document names (TOML or JSON), lowercase
+/// and without dashes. Public for the fuzz target of the CoCo parsers.
+pub fn init_data_algorithm(body: &str) -> Result<String, Error> {
     let bad = || Error::InvalidRequest("init-data has no algorithm".into());
     let value: Option<String> = match toml::from_str::<toml::Table>(body) {
         Ok(table) => table.get("algorithm").and_then(|v| v.as_str()).map(str::to_owned),
@@ -870,15 +904,20 @@ async fn resource(State(svc): State<Arc<CocoService>>, req: Request) -> Response
         .and_then(|v| v.strip_prefix("Bearer ").map(str::trim).map(str::to_owned));
     let token = bearer.or_else(|| session_cookie(req.headers()));
     let now = svc.broker.now_utc().unix_timestamp();
+    let unauthenticated = |why: &'static str| {
+        let e = Error::Unauthenticated(why);
+        svc.broker.audit().record_refusal(&super::refusal_event("coco.resource", caller.clone(), &e));
+        error_response(&e)
+    };
     let Some(token) = token else {
-        return error_response(&Error::Unauthenticated("no attestation token"));
+        return unauthenticated("no attestation token");
     };
     // Nothing about the resource is looked at before the token verifies.
     let claims = match svc.token_key.verify(&token, now) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(cause = %e, "coco resource request with a bad token");
-            return error_response(&Error::Unauthenticated("bad or expired attestation token"));
+            return unauthenticated("bad or expired attestation token");
         }
     };
     let attestation_id = claims.get("jti").and_then(Value::as_str).map(str::to_owned);

@@ -38,11 +38,16 @@ fn tee_code(tee: i32) -> u8 {
 #[tonic::async_trait]
 impl KeyBroker for KeyBrokerService {
     async fn get_challenge(&self, request: Request<GetChallengeRequest>) -> Result<Response<Challenge>, Status> {
-        self.broker.admit(request.remote_addr().map(|a| a.ip())).map_err(|e| e.to_status())?;
+        let caller = super::peer(&request);
+        let refuse = |e: Error| {
+            self.broker.audit().record_refusal(&super::refusal_event("challenge", caller.clone(), &e));
+            e.to_status()
+        };
+        self.broker.admit(request.remote_addr().map(|a| a.ip())).map_err(refuse)?;
         let req = request.into_inner();
         let issued = self.broker.challenge(tee_code(req.tee), &req.secret_names).map_err(|e| {
             tracing::info!(reason = e.reason().as_str(), cause = %e, "challenge refused");
-            e.to_status()
+            refuse(e)
         })?;
         Ok(Response::new(Challenge {
             nonce: issued.nonce.to_vec(),
@@ -56,16 +61,17 @@ impl KeyBroker for KeyBrokerService {
         &self,
         request: Request<ReleaseSecretsRequest>,
     ) -> Result<Response<ReleaseSecretsResponse>, Status> {
-        self.broker.admit(request.remote_addr().map(|a| a.ip())).map_err(|e| e.to_status())?;
         let started = std::time::Instant::now();
         let caller = super::peer(&request);
-        let req = request.into_inner();
         // A request refused before the release flow starts is a refused
-        // release all the same (the flow counts the others).
+        // release all the same (the flow counts and audits the others).
         let refused = |tee: Tee, e: Error| {
             self.broker.metrics().release(tee, Some(e.reason()), started.elapsed());
+            self.broker.audit().record_refusal(&super::refusal_event("release", caller.clone(), &e));
             e.to_status()
         };
+        self.broker.admit(request.remote_addr().map(|a| a.ip())).map_err(|e| refused(Tee::Unknown, e))?;
+        let req = request.into_inner();
         let (evidence, tee) = match req.evidence {
             Some(release_secrets_request::Evidence::Snp(snp)) => {
                 (EvidenceInput::Snp { report: snp.report, cert_table: snp.cert_table }, Tee::Snp)

@@ -60,6 +60,10 @@ enum Command {
         /// Admin listener address.
         #[arg(long, default_value = "127.0.0.1:8444")]
         admin_listen: String,
+        /// INSECURE: accept unsigned evidence: the CoCo `sample` TEE (with
+        /// --coco-listen) and the simulated TEE. Serve with --insecure-dev.
+        #[arg(long)]
+        insecure_simulated_tee: bool,
         /// INSECURE: enable the simulated TEE, pinning this test SNP root (PEM).
         #[arg(long)]
         snp_test_root: Vec<PathBuf>,
@@ -133,6 +137,7 @@ async fn main() -> ExitCode {
             dir,
             guest_listen,
             admin_listen,
+            insecure_simulated_tee,
             snp_test_root,
             tdx_test_root,
             tdx_collateral_dir,
@@ -142,6 +147,7 @@ async fn main() -> ExitCode {
             let options = kbs::dev::DevOptions {
                 guest_listen,
                 admin_listen,
+                insecure_simulated_tee,
                 snp_test_roots: snp_test_root,
                 tdx_test_roots: tdx_test_root,
                 tdx_collateral_dir,
@@ -154,6 +160,14 @@ async fn main() -> ExitCode {
                     println!("config:      {}", files.config.display());
                     println!("CA:          {}", files.ca.display());
                     println!("admin token: {}", files.admin_token.display());
+                    if let Some(listen) = &options.coco_listen {
+                        // What a CoCo client (trustee's kbs-client, guest
+                        // components) needs: the URL and the CA to trust.
+                        println!("CoCo KBS:    https://{listen} (certificate for localhost and 127.0.0.1, CA above)");
+                    }
+                    if options.insecure_simulated_tee {
+                        println!("INSECURE:    unsigned evidence is accepted; serve with --insecure-dev");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

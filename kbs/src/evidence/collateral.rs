@@ -30,12 +30,23 @@
 //! (Turin adds `fmcSPL` and uses the 8-byte hwid). AMD rate-limits KDS, and
 //! `chip_id`/`reported_tcb` come from unverified reports, so an attacker
 //! could otherwise make the broker hammer it. The fetcher therefore keeps
-//! one request in flight, spends at most a fixed number of requests per
-//! minute, remembers 404s for a while, and after a 429/503 or a failure
-//! backs off (honouring `Retry-After`, exponential, capped) while serving
-//! everything it already has from its cache. Responses are size-capped and
-//! every request has a timeout. VLEKs are not on the public KDS; they come
-//! from the guest's table or the offline directory.
+//! one request in flight and spends at most a fixed number of requests per
+//! minute, of which a share ([`KdsConfig::reserved_for_known`]) only chips
+//! that attested successfully before (a bounded set, oldest forgotten
+//! first; [`KdsFetcher::note_attested`]) and CRL refreshes may use: a flood
+//! of reports with made-up chip ids spends the rest, never the refreshes
+//! of platforms already in service. A 404 is remembered, and a failure
+//! backs off (exponential, capped), per URL, that is per chip and TCB
+//! (bounded, oldest forgotten first), so one chip's failures never hold
+//! back another's; only a 429/503, KDS asking to be left alone, holds back
+//! every request, for its `Retry-After`. Meanwhile everything already
+//! cached is served. Responses are size-capped and every request has a
+//! timeout. VLEKs are not on the public KDS; they come from the guest's
+//! table or the offline directory.
+//!
+//! A guest whose host supplies a certificate table is judged with the
+//! table's VCEK and never costs a KDS request: the release flow only asks
+//! the resolver when the table has no VEK.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -52,7 +63,8 @@ use super::amd_crl::MAX_CRL_LEN;
 use super::anchors::{self, Generation, IntermediateKind, MAX_CERT_LEN};
 use super::snp::{CrlInstall, RawTcb, SigningKey, SnpReport, SnpVerifier};
 use crate::fetch::{
-    Backoff, FetchError, parse_retry_after, read_capped, vendor_client, vendor_url_is_https, write_atomic,
+    Backoff, BoundedSet, FetchError, HoldKind, KeyedBackoff, parse_retry_after, read_capped, vendor_client,
+    vendor_url_is_https, write_atomic,
 };
 
 /// AMD's production KDS.
@@ -64,8 +76,11 @@ const MAX_DIR_SCAN: usize = 10_000;
 /// Bound on the resolver's in-memory map.
 const MEMO_CAPACITY: usize = 4096;
 
-/// Bound on the remembered 404s.
-const NOT_FOUND_CAPACITY: usize = 4096;
+/// Bound on the URLs (chips and TCBs) whose 404 or back-off is remembered.
+const HOLD_CAPACITY: usize = 4096;
+
+/// Bound on the chips remembered as having attested successfully.
+const KNOWN_CHIPS_CAPACITY: usize = 4096;
 
 /// The `hwid` path segment KDS uses: all of `chip_id`, or its first 8
 /// bytes on Turin.
@@ -280,6 +295,10 @@ pub struct KdsConfig {
     pub max_backoff: Duration,
     /// Most requests sent in any 60 seconds.
     pub max_requests_per_minute: usize,
+    /// How many of `max_requests_per_minute` only chips that attested
+    /// successfully before (and CRL fetches) may use; chips the broker has
+    /// not seen attest share the rest.
+    pub reserved_for_known: usize,
     /// How long a 404 is remembered before KDS is asked again.
     pub not_found_ttl: Duration,
 }
@@ -296,17 +315,31 @@ impl KdsConfig {
             min_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(15 * 60),
             max_requests_per_minute: 20,
+            reserved_for_known: 5,
             not_found_ttl: Duration::from_secs(10 * 60),
         }
     }
 }
 
-/// Rate, back-off and negative-cache state shared by all fetches.
-#[derive(Debug, Default)]
+/// Rate, back-off and negative-cache state of a [`KdsFetcher`].
+#[derive(Debug)]
 struct FetchState {
-    backoff: Backoff,
-    recent: VecDeque<Instant>,
-    not_found: HashMap<String, Instant>,
+    /// KDS asked to be left alone (429/503): every request waits.
+    service: Backoff,
+    /// Requests sent in the last minute, and whether each was for a chip
+    /// not known to have attested.
+    recent: VecDeque<(Instant, bool)>,
+    /// 404s and failures, per URL (chip and TCB, or CRL).
+    holds: KeyedBackoff<String>,
+}
+
+/// Which part of the budget a request may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Budget {
+    /// All of it: a chip that attested before, or a CRL.
+    Whole,
+    /// What is not reserved: a chip not known to have attested.
+    Open,
 }
 
 /// Fetches VCEKs from AMD KDS through an on-disk cache.
@@ -316,6 +349,9 @@ pub struct KdsFetcher {
     cache: VekDirectory,
     /// Held for the whole of a request: one request in flight at a time.
     state: tokio::sync::Mutex<FetchState>,
+    /// Chips that attested successfully; their requests may use the
+    /// reserved part of the budget.
+    known: Mutex<BoundedSet<[u8; 64]>>,
 }
 
 impl fmt::Debug for KdsFetcher {
@@ -334,8 +370,28 @@ impl KdsFetcher {
             client,
             cache: VekDirectory::new(config.cache_dir.clone()),
             config,
-            state: tokio::sync::Mutex::new(FetchState::default()),
+            state: tokio::sync::Mutex::new(FetchState {
+                service: Backoff::default(),
+                recent: VecDeque::new(),
+                holds: KeyedBackoff::new(HOLD_CAPACITY),
+            }),
+            known: Mutex::new(BoundedSet::new(KNOWN_CHIPS_CAPACITY)),
         })
+    }
+
+    /// Remembers that a report of `chip_id` was verified (signature, chain,
+    /// TCB and chip binding): its VCEK requests may use the reserved part
+    /// of the budget from now on.
+    pub fn note_attested(&self, chip_id: &[u8; 64]) {
+        if chip_id.iter().any(|b| *b != 0) {
+            self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(*chip_id);
+        }
+    }
+
+    /// Whether a report of `chip_id` was verified before (and is still
+    /// remembered).
+    pub fn is_known(&self, chip_id: &[u8; 64]) -> bool {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner).contains(chip_id)
     }
 
     /// The cache directory, readable as a [`VekDirectory`].
@@ -369,33 +425,18 @@ impl KdsFetcher {
             return Ok(der);
         }
         let url = self.vcek_url(generation, chip_id, tcb);
-        let now = Instant::now();
-        if let Some(at) = state.not_found.get(&url)
-            && now.duration_since(*at) < self.config.not_found_ttl
-        {
-            return Err(unavailable("KDS has no VCEK for this chip and TCB (cached)"));
-        }
+        let budget = if self.is_known(chip_id) { Budget::Whole } else { Budget::Open };
         let check_cert = |body: &[u8]| {
             anchors::parse_der_cert(body).map(|_| ()).map_err(|e| format!("response is not a certificate: {e}"))
         };
-        match self.request(&mut state, &url, self.config.max_response_len, check_cert).await? {
+        match self.request(&mut state, &url, budget, self.config.max_response_len, check_cert).await? {
             Some(der) => {
                 if let Err(e) = self.cache.store_vcek(generation, chip_id, tcb, &der).await {
                     tracing::warn!(error = %e, "could not cache a VCEK");
                 }
                 Ok(der)
             }
-            None => {
-                if state.not_found.len() >= NOT_FOUND_CAPACITY {
-                    let ttl = self.config.not_found_ttl;
-                    state.not_found.retain(|_, at| now.duration_since(*at) < ttl);
-                    if state.not_found.len() >= NOT_FOUND_CAPACITY {
-                        state.not_found.clear();
-                    }
-                }
-                state.not_found.insert(url, now);
-                Err(unavailable("KDS has no VCEK for this chip and TCB"))
-            }
+            None => Err(unavailable("KDS has no VCEK for this chip and TCB")),
         }
     }
 
@@ -413,49 +454,71 @@ impl KdsFetcher {
         let mut state = self.state.lock().await;
         let check_crl =
             |body: &[u8]| super::amd_crl::parse_shape(body).map_err(|e| format!("response is not a CRL: {e}"));
-        match self.request(&mut state, &url, super::amd_crl::MAX_CRL_LEN, check_crl).await? {
+        match self.request(&mut state, &url, Budget::Whole, super::amd_crl::MAX_CRL_LEN, check_crl).await? {
             Some(der) => Ok(der),
             None => Err(unavailable(format!("KDS has no {generation} CRL for {kind:?} certificates"))),
         }
     }
 
-    /// One request under the budget: refused while backing off or when
-    /// this minute's budget is spent; a failure or a 429/503 starts a
-    /// back-off. `Ok(None)` is a 404; a 200's body must be at most `cap`
-    /// bytes and pass `check`.
+    /// One request under the budget: refused while KDS asked to be left
+    /// alone, while `url` is held back (a remembered 404, a back-off after
+    /// its failure), or when the part of this minute's budget `budget` may
+    /// use is spent. A 404 is remembered and a failure backs off for `url`
+    /// only; a 429/503 backs off for every URL. `Ok(None)` is a 404; a
+    /// 200's body must be at most `cap` bytes and pass `check`.
     async fn request(
         &self,
         state: &mut FetchState,
         url: &str,
+        budget: Budget,
         cap: usize,
         check: impl Fn(&[u8]) -> Result<(), String>,
     ) -> Result<Option<Vec<u8>>, EvidenceError> {
         let now = Instant::now();
-        if let Some(remaining) = state.backoff.remaining(now) {
+        if let Some(remaining) = state.service.remaining(now) {
             return Err(unavailable(format!("KDS is backing off for {}s", remaining.as_secs())));
         }
-        while state.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+        let key = url.to_owned();
+        match state.holds.remaining(&key, now) {
+            Some((HoldKind::NotFound, _)) => return Err(unavailable("KDS has none at this URL (remembered 404)")),
+            Some((HoldKind::Failing, remaining)) => {
+                return Err(unavailable(format!("KDS is backing off for this URL for {}s", remaining.as_secs())));
+            }
+            None => {}
+        }
+        while state.recent.front().is_some_and(|(t, _)| now.duration_since(*t) >= Duration::from_secs(60)) {
             state.recent.pop_front();
         }
         if state.recent.len() >= self.config.max_requests_per_minute {
             return Err(unavailable("KDS request budget for this minute is spent"));
         }
-        state.recent.push_back(now);
+        let open = self.config.max_requests_per_minute.saturating_sub(self.config.reserved_for_known);
+        if budget == Budget::Open && state.recent.iter().filter(|(_, unknown)| *unknown).count() >= open {
+            tracing::debug!("KDS budget for chips not seen attesting is spent; request not sent");
+            return Err(unavailable("KDS request budget for chips not seen attesting is spent for this minute"));
+        }
+        state.recent.push_back((now, budget == Budget::Open));
 
+        let (min, max) = (self.config.min_backoff, self.config.max_backoff);
         match self.get(url, cap, check).await {
             Ok(Fetched::Body(body)) => {
-                state.backoff.succeeded();
+                state.holds.succeeded(&key);
+                state.service.succeeded();
                 Ok(Some(body))
             }
-            Ok(Fetched::NotFound) => Ok(None),
+            Ok(Fetched::NotFound) => {
+                state.holds.not_found(&key, now, self.config.not_found_ttl);
+                Ok(None)
+            }
             Ok(Fetched::Busy(retry_after)) => {
-                let delay = state.backoff.failed(now, retry_after, self.config.min_backoff, self.config.max_backoff);
+                let delay = state.service.failed(now, retry_after, min, max);
                 tracing::warn!(delay_s = delay.as_secs(), "KDS is rate limiting; backing off");
                 Err(unavailable("KDS is rate limiting"))
             }
             Err(why) => {
-                let delay = state.backoff.failed(now, None, self.config.min_backoff, self.config.max_backoff);
-                tracing::warn!(error = %why, delay_s = delay.as_secs(), "KDS request failed; backing off");
+                let delay = state.holds.failed(&key, now, None, min, max);
+                let delay_s = delay.as_secs();
+                tracing::warn!(error = %why, delay_s, "KDS request failed; backing off for this URL");
                 Err(unavailable(format!("KDS request failed: {why}")))
             }
         }
@@ -529,6 +592,14 @@ impl VekResolver {
     /// A resolver over an optional directory and an optional fetcher.
     pub fn new(dir: Option<VekDirectory>, fetcher: Option<KdsFetcher>) -> Self {
         Self { dir, fetcher, memo: Mutex::new(Memo::default()) }
+    }
+
+    /// Remembers that a report of `chip_id` was verified, for the KDS
+    /// budget ([`KdsFetcher::note_attested`]).
+    pub fn note_attested(&self, chip_id: &[u8; 64]) {
+        if let Some(fetcher) = &self.fetcher {
+            fetcher.note_attested(chip_id);
+        }
     }
 
     /// The VEK (DER) for `report`, or `CollateralUnavailable`. Version 2
@@ -726,6 +797,19 @@ mod tests {
         );
         assert_eq!(tcb_file_stem(Generation::Milan, tcb), "3-0-8-115");
         assert_eq!(tcb_file_stem(Generation::Turin, turin), "2-3-4-9-1");
+    }
+
+    #[test]
+    fn attested_chips_are_remembered_but_not_a_masked_one() {
+        let mut c = KdsConfig::new(std::env::temp_dir());
+        c.base_url = "http://127.0.0.1:1".into();
+        let fetcher = KdsFetcher::new(c).unwrap();
+        fetcher.note_attested(&[0; 64]);
+        assert!(!fetcher.is_known(&[0; 64]));
+        assert!(!fetcher.is_known(&[1; 64]));
+        fetcher.note_attested(&[1; 64]);
+        assert!(fetcher.is_known(&[1; 64]));
+        assert!(!fetcher.is_known(&[2; 64]));
     }
 
     #[test]

@@ -17,6 +17,18 @@
 //!   offline directory). A cached set is refreshed before its earliest
 //!   `nextUpdate` (by [`PcsConfig::refresh_before`]); after a failure the
 //!   fetcher backs off exponentially and serves the cached set meanwhile.
+//!
+//! # Who can make the broker ask PCS
+//! The FMSPC a quote's collateral is looked up by comes from its PCK
+//! certificate, which anyone can make. So a fetch is only made for a quote
+//! that passed every check that needs no collateral (the caller's check:
+//! the PCK chain to a pinned Intel root, the QE report and quote
+//! signatures; [`TdxCollateralResolver::resolve_checked`]). A quote with a
+//! self-made PCK is refused for its chain and PCS hears nothing of it.
+//! Back-off and the memory of a 404 are kept per FMSPC and PCK CA (bounded,
+//! oldest forgotten first), so one platform's failures never hold back
+//! another's; only a 429/503, PCS asking to be left alone, holds back every
+//! FMSPC, for the `Retry-After` it gives.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,10 +41,15 @@ use tokio::time::Instant;
 
 use super::EvidenceError;
 use super::tdx_collateral::{Fmspc, MAX_COLLATERAL_LEN, PckCa, PcsFiles, TdxCollateral};
-use crate::fetch::{Backoff, vendor_client, vendor_url_is_https, write_atomic};
+use crate::fetch::{
+    Backoff, HoldKind, KeyedBackoff, parse_retry_after, vendor_client, vendor_url_is_https, write_atomic,
+};
 
 /// Bound on the resolver's in-memory map.
 const MEMO_CAPACITY: usize = 1024;
+
+/// Most FMSPC/CA keys whose back-off or 404 is remembered.
+const HOLD_CAPACITY: usize = 1024;
 
 /// PCS responses saved as files, read from and written to a directory.
 impl PcsFiles {
@@ -193,6 +210,9 @@ pub struct PcsConfig {
     pub min_backoff: Duration,
     /// Longest back-off.
     pub max_backoff: Duration,
+    /// How long PCS's 404 for an FMSPC's TCB info is remembered before PCS
+    /// is asked again for that FMSPC.
+    pub not_found_ttl: Duration,
 }
 
 impl PcsConfig {
@@ -207,7 +227,50 @@ impl PcsConfig {
             connect_timeout: Duration::from_secs(5),
             min_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(15 * 60),
+            not_found_ttl: Duration::from_secs(10 * 60),
         }
+    }
+}
+
+/// Back-off state of a [`PcsFetcher`].
+#[derive(Debug)]
+struct PcsState {
+    /// PCS asked to be left alone (429/503): every FMSPC waits.
+    service: Backoff,
+    /// Failures and 404s, per FMSPC and CA.
+    holds: KeyedBackoff<MemoKey>,
+}
+
+/// Why a fetch failed, for the back-off.
+enum Failure {
+    /// PCS has no TCB info for the FMSPC (404).
+    NotFound(EvidenceError),
+    /// PCS is rate limiting or unavailable (429/503), with its `Retry-After`.
+    Busy(Option<Duration>, EvidenceError),
+    /// Anything else: a transport error, another status, a bad response.
+    Other(EvidenceError),
+}
+
+impl Failure {
+    fn into_error(self) -> EvidenceError {
+        match self {
+            Self::NotFound(e) | Self::Busy(_, e) | Self::Other(e) => e,
+        }
+    }
+
+    /// A 404 for a document every platform shares says nothing about the
+    /// FMSPC: it is a failure like any other.
+    fn not_found_is_a_failure(self) -> Self {
+        match self {
+            Self::NotFound(e) => Self::Other(e),
+            other => other,
+        }
+    }
+}
+
+impl From<EvidenceError> for Failure {
+    fn from(e: EvidenceError) -> Self {
+        Self::Other(e)
     }
 }
 
@@ -217,7 +280,7 @@ pub struct PcsFetcher {
     config: PcsConfig,
     cache: TdxCollateralDir,
     /// Held for the whole of a fetch: one in flight at a time.
-    state: tokio::sync::Mutex<Backoff>,
+    state: tokio::sync::Mutex<PcsState>,
 }
 
 impl fmt::Debug for PcsFetcher {
@@ -243,7 +306,10 @@ impl PcsFetcher {
             client,
             cache: TdxCollateralDir::new(config.cache_dir.clone()),
             config,
-            state: tokio::sync::Mutex::new(Backoff::default()),
+            state: tokio::sync::Mutex::new(PcsState {
+                service: Backoff::default(),
+                holds: KeyedBackoff::new(HOLD_CAPACITY),
+            }),
         })
     }
 
@@ -261,6 +327,22 @@ impl PcsFetcher {
     /// cached). If the service fails or is backing off, the cached set is
     /// returned if there is one (the verifier refuses it once expired).
     pub async fn get(&self, fmspc: Fmspc, ca: PckCa, now: OffsetDateTime) -> Result<TdxCollateral, EvidenceError> {
+        self.get_checked(fmspc, ca, now, || Ok(())).await
+    }
+
+    /// [`Self::get`], but `check` must pass before the service is asked
+    /// anything: it runs whenever the cache does not answer, before the
+    /// back-off is even looked at, and its error is returned as it is.
+    pub async fn get_checked<C>(
+        &self,
+        fmspc: Fmspc,
+        ca: PckCa,
+        now: OffsetDateTime,
+        check: C,
+    ) -> Result<TdxCollateral, EvidenceError>
+    where
+        C: FnOnce() -> Result<(), EvidenceError> + Send,
+    {
         let due = |set: &TdxCollateral| now + self.config.refresh_before >= set.expires_at();
         let cached = self.cache.lookup(fmspc, ca).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "ignoring an unusable cached collateral set");
@@ -271,6 +353,13 @@ impl PcsFetcher {
         {
             return Ok(set.clone());
         }
+        // Whoever makes the broker ask PCS must have passed every check
+        // that needs no collateral.
+        if let Err(e) = check() {
+            let reason = e.reason().as_str();
+            tracing::debug!(%fmspc, %ca, reason, error = %e, "quote refused before any PCS request");
+            return Err(e);
+        }
         let mut state = self.state.lock().await;
         // Another task may have refreshed it while this one waited.
         if let Ok(Some(set)) = self.cache.lookup(fmspc, ca).await
@@ -279,12 +368,26 @@ impl PcsFetcher {
             return Ok(set);
         }
         let instant = Instant::now();
-        if let Some(remaining) = state.remaining(instant) {
+        let key = (fmspc.0, ca);
+        if let Some(remaining) = state.service.remaining(instant) {
             return cached.ok_or_else(|| unavailable(format!("PCS is backing off for {}s", remaining.as_secs())));
         }
-        match self.fetch(fmspc, ca).await {
+        if let Some((kind, remaining)) = state.holds.remaining(&key, instant) {
+            return cached.ok_or_else(|| {
+                unavailable(match kind {
+                    HoldKind::NotFound => {
+                        format!("PCS has no TCB info for FMSPC {fmspc} (asked again in {}s)", remaining.as_secs())
+                    }
+                    HoldKind::Failing => {
+                        format!("PCS is backing off for FMSPC {fmspc} ({ca} CA) for {}s", remaining.as_secs())
+                    }
+                })
+            });
+        }
+        match self.fetch_set(fmspc, ca).await {
             Ok((files, set)) => {
-                state.succeeded();
+                state.holds.succeeded(&key);
+                state.service.succeeded();
                 if let Err(e) = self.cache.store(&set).await {
                     tracing::warn!(error = %e, "could not cache a collateral set");
                 }
@@ -293,9 +396,25 @@ impl PcsFetcher {
                 }
                 Ok(set)
             }
-            Err(why) => {
-                let delay = state.failed(instant, None, self.config.min_backoff, self.config.max_backoff);
-                tracing::warn!(error = %why, delay_s = delay.as_secs(), "PCS request failed; backing off");
+            Err(failure) => {
+                let (min, max) = (self.config.min_backoff, self.config.max_backoff);
+                let why = match failure {
+                    Failure::NotFound(why) => {
+                        state.holds.not_found(&key, instant, self.config.not_found_ttl);
+                        tracing::info!(%fmspc, %ca, error = %why, "PCS has no collateral for this FMSPC");
+                        why
+                    }
+                    Failure::Busy(retry_after, why) => {
+                        let delay = state.service.failed(instant, retry_after, min, max);
+                        tracing::warn!(error = %why, delay_s = delay.as_secs(), "PCS is rate limiting; backing off");
+                        why
+                    }
+                    Failure::Other(why) => {
+                        let delay_s = state.holds.failed(&key, instant, None, min, max).as_secs();
+                        tracing::warn!(%fmspc, %ca, error = %why, delay_s, "PCS request failed; FMSPC backs off");
+                        why
+                    }
+                };
                 cached.ok_or(why)
             }
         }
@@ -303,13 +422,20 @@ impl PcsFetcher {
 
     /// Fetches the four documents of one set.
     pub async fn fetch(&self, fmspc: Fmspc, ca: PckCa) -> Result<(PcsFiles, TdxCollateral), EvidenceError> {
-        let (tcb_info, tcb_headers) =
-            self.get_bytes(&self.url(&format!("tdx/certification/v4/tcb?fmspc={}", fmspc.to_hex_upper()))).await?;
-        let (qe_identity, qe_headers) = self.get_bytes(&self.url("tdx/certification/v4/qe/identity")).await?;
+        self.fetch_set(fmspc, ca).await.map_err(Failure::into_error)
+    }
+
+    async fn fetch_set(&self, fmspc: Fmspc, ca: PckCa) -> Result<(PcsFiles, TdxCollateral), Failure> {
+        let tcb_url = self.url(&format!("tdx/certification/v4/tcb?fmspc={}", fmspc.to_hex_upper()));
+        // A 404 names the FMSPC unknown only for its TCB info; for the
+        // documents every platform shares it is a failure.
+        let (tcb_info, tcb_headers) = self.get_bytes(&tcb_url).await?;
+        let shared = |url: String| async move { self.get_bytes(&url).await.map_err(Failure::not_found_is_a_failure) };
+        let (qe_identity, qe_headers) = shared(self.url("tdx/certification/v4/qe/identity")).await?;
         let (pck_crl, crl_headers) =
-            self.get_bytes(&self.url(&format!("sgx/certification/v4/pckcrl?ca={ca}&encoding=der"))).await?;
+            shared(self.url(&format!("sgx/certification/v4/pckcrl?ca={ca}&encoding=der"))).await?;
         let root_url = self.config.root_crl_url.clone().unwrap_or_else(|| self.url("sgx/certification/v4/rootcacrl"));
-        let (root_ca_crl, _) = self.get_bytes(&root_url).await?;
+        let (root_ca_crl, _) = shared(root_url).await?;
         let files = PcsFiles {
             tcb_info,
             tcb_info_issuer_chain: header(&tcb_headers, &["TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"])?,
@@ -321,26 +447,40 @@ impl PcsFetcher {
         };
         let set = files.clone().into_collateral()?;
         if set.fmspc() != fmspc || set.pck_ca() != ca {
-            return Err(unavailable(format!("PCS answered with collateral for {}/{}", set.fmspc(), set.pck_ca())));
+            let why = format!("PCS answered with collateral for {}/{}", set.fmspc(), set.pck_ca());
+            return Err(Failure::Other(unavailable(why)));
         }
         Ok((files, set))
     }
 
-    /// One GET, size-capped; non-200 is an error.
-    async fn get_bytes(&self, url: &str) -> Result<(Vec<u8>, reqwest::header::HeaderMap), EvidenceError> {
+    /// One GET, size-capped; non-200 is a failure, classified by status.
+    async fn get_bytes(&self, url: &str) -> Result<(Vec<u8>, reqwest::header::HeaderMap), Failure> {
         let mut resp =
             self.client.get(url).send().await.map_err(|e| unavailable(format!("PCS: {}", e.without_url())))?;
-        if resp.status() != reqwest::StatusCode::OK {
-            return Err(unavailable(format!("PCS: HTTP {} for {}", resp.status(), path_of(url))));
+        let status = resp.status();
+        if status != reqwest::StatusCode::OK {
+            let why = unavailable(format!("PCS: HTTP {status} for {}", path_of(url)));
+            return Err(match status.as_u16() {
+                404 => Failure::NotFound(why),
+                429 | 503 => {
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+                    Failure::Busy(retry_after, why)
+                }
+                _ => Failure::Other(why),
+            });
         }
         if resp.content_length().is_some_and(|n| usize::try_from(n).map_or(true, |n| n > MAX_COLLATERAL_LEN)) {
-            return Err(unavailable("PCS response too large"));
+            return Err(unavailable("PCS response too large").into());
         }
         let headers = resp.headers().clone();
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| unavailable(format!("PCS: {}", e.without_url())))? {
             if body.len().saturating_add(chunk.len()) > MAX_COLLATERAL_LEN {
-                return Err(unavailable("PCS response too large"));
+                return Err(unavailable("PCS response too large").into());
             }
             body.extend_from_slice(&chunk);
         }
@@ -421,6 +561,24 @@ impl TdxCollateralResolver {
         ca: PckCa,
         now: OffsetDateTime,
     ) -> Result<Arc<TdxCollateral>, EvidenceError> {
+        self.resolve_checked(fmspc, ca, now, || Ok(())).await
+    }
+
+    /// [`Self::resolve`] for a quote whose FMSPC and CA come from a PCK
+    /// certificate not yet verified: `check` (the checks that need no
+    /// collateral) must pass before the fetcher asks PCS anything; its
+    /// error is returned as it is. Sets in memory or in the directory are
+    /// returned without it (the verifier runs every check on them).
+    pub async fn resolve_checked<C>(
+        &self,
+        fmspc: Fmspc,
+        ca: PckCa,
+        now: OffsetDateTime,
+        check: C,
+    ) -> Result<Arc<TdxCollateral>, EvidenceError>
+    where
+        C: FnOnce() -> Result<(), EvidenceError> + Send,
+    {
         let key = (fmspc.0, ca);
         if let Some(set) = self.memo.lock().unwrap_or_else(PoisonError::into_inner).get(&key)
             && set.is_current(now)
@@ -439,7 +597,7 @@ impl TdxCollateralResolver {
             }
         }
         if let Some(fetcher) = &self.fetcher {
-            match fetcher.get(fmspc, ca, now).await {
+            match fetcher.get_checked(fmspc, ca, now, check).await {
                 Ok(set) if set.is_current(now) => return Ok(self.remember(key, set)),
                 Ok(set) => stale = stale.or(Some(set)),
                 Err(e) => last_err = Some(e),

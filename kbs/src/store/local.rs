@@ -49,27 +49,10 @@ impl Kek {
         self.0.clone()
     }
 
-    /// Reads a KEK file: 32 raw bytes or 64 hex digits (whitespace ignored).
+    /// Reads a KEK file (see [`crate::keyfile`] for the format).
     pub fn from_file(path: &Path) -> Result<Self, StoreError> {
-        let raw = Zeroizing::new(
-            fs::read(path).map_err(|e| StoreError::Unavailable(format!("reading KEK file {}: {e}", path.display())))?,
-        );
-        let mut key = [0u8; 32];
-        if raw.len() == 32 {
-            key.copy_from_slice(&raw);
-            return Ok(Self::new(key));
-        }
-        let text: Zeroizing<String> =
-            Zeroizing::new(raw.iter().filter(|b| !b.is_ascii_whitespace()).map(|&b| char::from(b)).collect());
-        let decoded = Zeroizing::new(
-            hex::decode(text.as_bytes())
-                .map_err(|_| StoreError::Unavailable("KEK file must hold 32 raw bytes or 64 hex digits".into()))?,
-        );
-        if decoded.len() != 32 {
-            return Err(StoreError::Unavailable("KEK file must hold 32 raw bytes or 64 hex digits".into()));
-        }
-        key.copy_from_slice(&decoded);
-        Ok(Self::new(key))
+        let key = crate::keyfile::read(path).map_err(|e| StoreError::Unavailable(format!("KEK: {e}")))?;
+        Ok(Self(key))
     }
 }
 

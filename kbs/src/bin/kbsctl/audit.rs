@@ -66,10 +66,6 @@ pub(crate) fn verify(
     let key = match key {
         Some(path) => {
             let bytes = crate::model::read_key_file(path)?;
-            let bytes: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| Failure::Usage(format!("{}: 32 raw bytes or 64 hex digits", path.display())))?;
             Some(kbs::audit::AuditKey::new(&bytes))
         }
         None => None,

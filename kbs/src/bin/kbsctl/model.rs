@@ -96,20 +96,9 @@ pub(crate) async fn run(cli: &Cli, cmd: &ModelCommand) -> Result<(), Failure> {
     }
 }
 
-/// Reads a key file: 32 raw bytes, or 64 hex digits (surrounding
-/// whitespace ignored).
-pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    let raw = Zeroizing::new(std::fs::read(path).map_err(|e| io_failure(path, &e))?);
-    if raw.len() == model::KEY_LEN {
-        return Ok(raw);
-    }
-    let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or_default();
-    if text.len() == 2 * model::KEY_LEN
-        && let Ok(bytes) = hex::decode(text)
-    {
-        return Ok(Zeroizing::new(bytes));
-    }
-    Err(Failure::Usage(format!("{}: a model key is 32 raw bytes or 64 hex digits", path.display())))
+/// Reads a key file (32 raw bytes or 64 hex digits, see `kbs::keyfile`).
+pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, Failure> {
+    kbs::keyfile::read(path).map_err(|e| Failure::Usage(e.to_string()))
 }
 
 fn io_failure(path: &Path, e: &std::io::Error) -> Failure {
@@ -207,8 +196,8 @@ async fn encrypt(cli: &Cli, args: &EncryptArgs) -> Result<(), Failure> {
     } else {
         let path = args.key_file.as_deref().ok_or_else(|| Failure::Usage("--key-file or --generate".into()))?;
         let bytes = read_key_file(path)?;
-        let key =
-            ModelKey::new(&args.secret, args.version.unwrap_or(1), &bytes).map_err(|e| Failure::Usage(chain(&e)))?;
+        let key = ModelKey::new(&args.secret, args.version.unwrap_or(1), bytes.as_slice())
+            .map_err(|e| Failure::Usage(chain(&e)))?;
         (key, None)
     };
 
@@ -334,10 +323,10 @@ fn rewrap(args: &RewrapArgs, output: Output) -> Result<(), Failure> {
     for path in &files {
         let mut file = File::open(path).map_err(|e| io_failure(path, &e))?;
         let header = Header::read_from(&mut file).map_err(|e| model_failure(path, &e))?;
-        let old = ModelKey::new(header.secret_name(), header.secret_version(), &old_bytes)
+        let old = ModelKey::new(header.secret_name(), header.secret_version(), old_bytes.as_slice())
             .map_err(|e| Failure::Usage(chain(&e)))?;
-        let new =
-            ModelKey::new(header.secret_name(), args.to_version, &new_bytes).map_err(|e| Failure::Usage(chain(&e)))?;
+        let new = ModelKey::new(header.secret_name(), args.to_version, new_bytes.as_slice())
+            .map_err(|e| Failure::Usage(chain(&e)))?;
         header.unlock(&old).map_err(|e| model_failure(path, &e))?;
         plan.push((path, old, new));
     }
@@ -413,21 +402,6 @@ fn inspect(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_files_are_raw_or_hex() {
-        let dir = tempfile::tempdir().unwrap();
-        let raw = dir.path().join("raw");
-        std::fs::write(&raw, [7u8; 32]).unwrap();
-        assert_eq!(read_key_file(&raw).unwrap().as_slice(), &[7u8; 32]);
-        let hexed = dir.path().join("hex");
-        std::fs::write(&hexed, format!("{}\n", "07".repeat(32))).unwrap();
-        assert_eq!(read_key_file(&hexed).unwrap().as_slice(), &[7u8; 32]);
-        for bad in [&b"short"[..], &[0u8; 33][..], "zz".repeat(32).as_bytes()] {
-            std::fs::write(&raw, bad).unwrap();
-            assert!(matches!(read_key_file(&raw), Err(Failure::Usage(_))));
-        }
-    }
 
     #[test]
     fn walk_lists_files_relative_and_refuses_links() {
