@@ -126,18 +126,25 @@ impl fmt::Debug for TicketKey {
     }
 }
 
+/// Files larger than this are refused unread (64 hex digits with white
+/// space fit easily).
+const MAX_KEY_FILE_LEN: u64 = 4096;
+
 /// Reads a key file: owner-only permissions (on Unix), 32 raw bytes or 64
 /// hex digits.
 pub fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, TicketKeyError> {
     let name = || path.display().to_string();
     let io = |source| TicketKeyError::Io { path: name(), source };
+    let metadata = std::fs::metadata(path).map_err(io)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
-        if mode & 0o077 != 0 {
+        if metadata.permissions().mode() & 0o077 != 0 {
             return Err(TicketKeyError::Permissions(name()));
         }
+    }
+    if metadata.len() > MAX_KEY_FILE_LEN {
+        return Err(TicketKeyError::Format(name()));
     }
     let raw = Zeroizing::new(std::fs::read(path).map_err(io)?);
     parse_key(&raw).ok_or_else(|| TicketKeyError::Format(name()))
@@ -397,6 +404,9 @@ mod tests {
         assert!(matches!(read_key_file(&open), Err(TicketKeyError::Permissions(_))));
         let short = write("short", &[7u8; 31], 0o600);
         assert!(matches!(read_key_file(&short), Err(TicketKeyError::Format(_))));
+        let padded = format!("{}{}", " ".repeat(5000), hex::encode([7u8; 32]));
+        let huge = write("huge", padded.as_bytes(), 0o600);
+        assert!(matches!(read_key_file(&huge), Err(TicketKeyError::Format(_))), "oversized files are refused");
         assert!(matches!(read_key_file(&dir.path().join("missing")), Err(TicketKeyError::Io { .. })));
         let t = Arc::new(AtomicU64::new(5));
         let a = SharedTicketer::from_files(&raw, &[&hexed], 60, clock_at(&t));
