@@ -104,6 +104,12 @@ struct RawServer {
     max_connections_per_peer: Option<usize>,
     #[serde(default)]
     idle_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    tls_ticket_key_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_ticket_previous_key_files: Vec<PathBuf>,
+    #[serde(default)]
+    tls_ticket_lifetime_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -440,6 +446,10 @@ pub struct Config {
     /// A CoCo connection whose peer sends nothing for this long is closed,
     /// and a CoCo request (body included) must arrive within it.
     pub idle_timeout: Duration,
+    /// TLS 1.3 session tickets every replica can redeem (guest and CoCo
+    /// listeners), when `server.tls_ticket_key_file` is set; otherwise each
+    /// replica resumes only its own sessions (rustls's in-memory cache).
+    pub tls_tickets: Option<TlsTicketConfig>,
     /// Challenge sealing key file (32 bytes raw or 64 hex digits).
     pub challenge_key_file: PathBuf,
     /// Older challenge keys still accepted.
@@ -492,6 +502,18 @@ pub struct Config {
     pub coco: Option<CocoConfig>,
     /// The metrics listener, when enabled.
     pub metrics: Option<MetricsConfig>,
+}
+
+/// Shared TLS session tickets (`server.tls_ticket_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsTicketConfig {
+    /// The key that seals new tickets (32 bytes raw or 64 hex digits,
+    /// readable by its owner only).
+    pub key_file: PathBuf,
+    /// Older keys whose tickets are still redeemed (rotation).
+    pub previous_key_files: Vec<PathBuf>,
+    /// Longest age of a redeemed ticket, in seconds.
+    pub lifetime_seconds: u32,
 }
 
 /// Environment overrides, read through a lookup function so tests never
@@ -566,6 +588,28 @@ impl Config {
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&idle_timeout) {
             return Err(ConfigError::Invalid("server.idle_timeout_seconds must be within 1..=3600".into()));
         }
+        let lifetime = raw.server.tls_ticket_lifetime_seconds.unwrap_or(crate::tickets::DEFAULT_LIFETIME_SECS.into());
+        let tls_tickets = match &raw.server.tls_ticket_key_file {
+            None if !raw.server.tls_ticket_previous_key_files.is_empty()
+                || raw.server.tls_ticket_lifetime_seconds.is_some() =>
+            {
+                return Err(ConfigError::Invalid(
+                    "server.tls_ticket_previous_key_files and tls_ticket_lifetime_seconds need server.tls_ticket_key_file"
+                        .into(),
+                ));
+            }
+            None => None,
+            Some(key) => Some(TlsTicketConfig {
+                key_file: resolve(key),
+                previous_key_files: raw.server.tls_ticket_previous_key_files.iter().map(|p| resolve(p)).collect(),
+                lifetime_seconds: u32::try_from(lifetime)
+                    .ok()
+                    .filter(|l| (60..=crate::tickets::MAX_LIFETIME_SECS).contains(l))
+                    .ok_or_else(|| {
+                        ConfigError::Invalid("server.tls_ticket_lifetime_seconds must be within 60..=86400".into())
+                    })?,
+            }),
+        };
         let store_cache_ms: Option<u64>;
         let (store, max_secret_bytes) = match raw.store {
             RawStore::Local { dir, kek_file, max_secret_bytes, cache_ttl_ms } => {
@@ -770,6 +814,7 @@ impl Config {
             connection_limits,
             idle_timeout,
             rate_limits,
+            tls_tickets,
             challenge_key_file: resolve(&raw.challenge.key_file),
             previous_challenge_key_files: raw.challenge.previous_key_files.iter().map(|p| resolve(p)).collect(),
             challenge_ttl: Duration::from_secs(raw.challenge.ttl_seconds),
@@ -1018,6 +1063,39 @@ mod tests {
             "max_connections = 10\nmax_connections_per_peer = 11",
             "idle_timeout_seconds = 0",
             "idle_timeout_seconds = 3601",
+        ] {
+            assert!(Config::from_toml(&with(bad), Path::new("/")).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tls_tickets_default_off_and_bounds() {
+        let c = Config::from_toml(MINIMAL, Path::new("/etc/kbs")).unwrap();
+        assert_eq!(c.tls_tickets, None);
+        let with = |lines: &str| MINIMAL.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1);
+        let c = Config::from_toml(
+            &with("tls_ticket_key_file = \"t.key\"\ntls_ticket_previous_key_files = [\"/k/old.key\"]"),
+            Path::new("/etc/kbs"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls_tickets,
+            Some(TlsTicketConfig {
+                key_file: "/etc/kbs/t.key".into(),
+                previous_key_files: vec!["/k/old.key".into()],
+                lifetime_seconds: crate::tickets::DEFAULT_LIFETIME_SECS,
+            })
+        );
+        let c =
+            Config::from_toml(&with("tls_ticket_key_file = \"t\"\ntls_ticket_lifetime_seconds = 60"), Path::new("/"))
+                .unwrap();
+        assert_eq!(c.tls_tickets.map(|t| t.lifetime_seconds), Some(60));
+        for bad in [
+            "tls_ticket_previous_key_files = [\"old\"]",
+            "tls_ticket_lifetime_seconds = 600",
+            "tls_ticket_key_file = \"t\"\ntls_ticket_lifetime_seconds = 59",
+            "tls_ticket_key_file = \"t\"\ntls_ticket_lifetime_seconds = 86401",
+            "tls_ticket_key_file = \"t\"\ntls_ticket_lifetime_seconds = 4294967296",
         ] {
             assert!(Config::from_toml(&with(bad), Path::new("/")).is_err(), "{bad}");
         }

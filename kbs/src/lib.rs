@@ -22,7 +22,8 @@
 //! - [`reason`]: stable reason codes; [`names`]: the secret-name limit and
 //!   the reserved namespace; [`fetch`]: what outbound HTTP clients share;
 //!   [`rate`]: request rate limits of the guest-facing calls; [`keyfile`]:
-//!   the 256-bit key file format.
+//!   the 256-bit key file format; [`tickets`]: TLS session tickets every
+//!   replica can redeem.
 //!   Leaves.
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
 //!   [`evidence`]: parsing and verification of SNP reports and TDX quotes;
@@ -58,3 +59,4 @@ pub mod release;
 pub mod seal;
 pub mod server;
 pub mod store;
+pub mod tickets;

@@ -85,7 +85,8 @@ pub struct App {
     /// The core, shared by the front ends.
     pub broker: Arc<Broker>,
     admin: AdminService,
-    tls: ServerTlsConfig,
+    /// The guest listener's TLS (rustls directly, for its ticketer).
+    guest_tls: Arc<rustls::ServerConfig>,
     admin_tls: ServerTlsConfig,
     /// Largest Admin message decoded.
     admin_max_message: usize,
@@ -262,9 +263,25 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
             .client_auth_optional(true),
         None => tls.clone(),
     };
+    // Session tickets: shared by the replicas when a ticket key is
+    // configured; otherwise rustls's default, resumption at this replica
+    // only (its in-memory session cache).
+    let ticketer: Option<Arc<dyn rustls::server::ProducesTickets>> = match &config.tls_tickets {
+        None => None,
+        Some(t) => Some(Arc::new(
+            crate::tickets::SharedTicketer::from_files(
+                &t.key_file,
+                &t.previous_key_files,
+                t.lifetime_seconds,
+                crate::tickets::system_clock(),
+            )
+            .map_err(|e| StartError::Refused(format!("server.tls_ticket_key_file: {e}")))?,
+        )),
+    };
+    let guest_tls = guest_tls_config(cert.as_slice(), key.as_slice(), ticketer.clone())?;
     let metrics_tls = match &config.metrics {
         Some(m) if m.tls => {
-            let shared = crate::api::coco::tls_config(cert.as_slice(), key.as_slice())
+            let shared = crate::api::coco::tls_config(cert.as_slice(), key.as_slice(), None)
                 .map_err(|e| StartError::Refused(format!("metrics: {e}")))?;
             // HTTP/1.1 only, as the listener serves.
             let mut own = (*shared).clone();
@@ -273,7 +290,7 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         }
         _ => None,
     };
-    let coco = crate::api::coco::build(config, &broker, cert.as_slice(), key.as_slice())
+    let coco = crate::api::coco::build(config, &broker, cert.as_slice(), key.as_slice(), ticketer)
         .map_err(|e| StartError::Refused(format!("coco: {e}")))?;
     let admin_max_message = config
         .max_secret_bytes
@@ -283,7 +300,7 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     Ok(App {
         broker,
         admin,
-        tls,
+        guest_tls,
         admin_tls,
         admin_max_message,
         connection_limits: config.connection_limits,
@@ -292,6 +309,61 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         metrics_tls,
         idle_timeout: config.idle_timeout,
     })
+}
+
+/// The guest listener's TLS: the server's identity, HTTP/2 only, and the
+/// shared ticketer when there is one.
+fn guest_tls_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    let shared = crate::api::coco::tls_config(cert_pem, key_pem, ticketer)
+        .map_err(|e| StartError::Refused(format!("server.tls_cert/tls_key: {e}")))?;
+    let mut own = (*shared).clone();
+    own.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(own))
+}
+
+/// The TLS connections of `listener` that `admission` admits: each
+/// handshake runs in a task of its own, bounded by [`HANDSHAKE_TIMEOUT`],
+/// so a slow or silent peer holds up no other; finished ones are handed on
+/// in the order they finish. Stops accepting when the stream is dropped.
+fn tls_incoming(
+    listener: TcpListener,
+    admission: Admission,
+    tls: Arc<rustls::ServerConfig>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<connections::Admitted>>> + Send + 'static
+{
+    use tokio_stream::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(connections::incoming(listener, admission));
+        loop {
+            let next = tokio::select! {
+                () = tx.closed() => break,
+                next = accepted.next() => next,
+            };
+            match next {
+                None => break,
+                Some(Err(e)) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(tcp)) => {
+                    let (tx, acceptor) = (tx.clone(), acceptor.clone());
+                    tokio::spawn(async move {
+                        if let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            let _ = tx.send(Ok(tls)).await;
+                        }
+                    });
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Installs the CRLs the offline sources (the CRL directory and the KDS
@@ -464,11 +536,10 @@ pub async fn run(
     };
     let guest_server = hardened()
         .timeout(GUEST_CALL_TIMEOUT)
-        .tls_config(app.tls.clone())?
         .add_service(guest_health)
         .add_service(key_broker)
         .serve_with_incoming_shutdown(
-            connections::incoming(guest, admission(Listener::Guest, "guest")),
+            tls_incoming(guest, admission(Listener::Guest, "guest"), app.guest_tls),
             stopped(stop_rx.clone()),
         );
     let admin_server = hardened()

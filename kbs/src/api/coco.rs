@@ -288,6 +288,7 @@ pub fn build(
     broker: &Arc<Broker>,
     cert_pem: &[u8],
     key_pem: &[u8],
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<Option<CocoServer>, CocoError> {
     let Some(coco) = &config.coco else {
         return Ok(None);
@@ -313,7 +314,7 @@ pub fn build(
         Arc::new(CocoService::new(Arc::clone(broker), token_key, coco.token_ttl, config.insecure_simulated_tee));
     Ok(Some(CocoServer {
         service,
-        tls: tls_config(cert_pem, key_pem)?,
+        tls: tls_config(cert_pem, key_pem, ticketer)?,
         limits: config.connection_limits,
         idle_timeout: config.idle_timeout,
     }))
@@ -321,8 +322,14 @@ pub fn build(
 
 /// The rustls server configuration of the TLS identity `cert_pem`/`key_pem`
 /// (aws-lc-rs, safe defaults, ALPN h2 and http/1.1), shared with the
-/// metrics listener.
-pub(crate) fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, CocoError> {
+/// metrics and guest listeners. TLS 1.3 session tickets are sealed by
+/// `ticketer` when given (see [`crate::tickets`]); otherwise sessions
+/// resume only at this process (rustls's in-memory session cache).
+pub(crate) fn tls_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+) -> Result<Arc<rustls::ServerConfig>, CocoError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(cert_pem)
@@ -337,6 +344,9 @@ pub(crate) fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::
             .with_single_cert(certs, key)
             .map_err(|e| CocoError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Some(ticketer) = ticketer {
+        config.ticketer = ticketer;
+    }
     Ok(Arc::new(config))
 }
 
@@ -390,6 +400,11 @@ pub async fn serve(
             },
         };
         let Some(ticket) = admission.admit(peer) else { continue };
+        // Small request/response exchanges: Nagle's algorithm and delayed
+        // ACKs would hold answers back by tens of milliseconds.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let acceptor = acceptor.clone();
         let app = router.clone().layer(axum::Extension(Peer(peer)));
         tokio::spawn(async move {

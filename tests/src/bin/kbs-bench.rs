@@ -4,11 +4,17 @@
 //! `GetChallenge`, evidence signed here by the INSECURE simulated SEV-SNP
 //! or TDX TEE (real report and quote formats, test PKIs), `ReleaseSecrets`,
 //! HPKE open, and a byte-for-byte check of the released secret. Each guest keeps one TLS
-//! connection (`--reconnect` makes a new one per release). For each
-//! concurrency level it prints releases/s, latency percentiles, errors by
+//! connection (`--reconnect` makes a new TCP + TLS connection per release,
+//! as a pod's init container does; `--resume` then keeps the TLS sessions
+//! and resumes them with the broker's session tickets). `--coco` runs the
+//! CoCo KBS protocol instead (auth, attest, resource GET, JWE open and
+//! byte check, one new connection per flow), `--coco-gets` only resource
+//! GETs with a token on kept-alive connections. For each concurrency level
+//! it prints releases (or flows, or GETs)/s, latency percentiles, errors by
 //! reason code and, when it can see the broker's CPU accounting, the
 //! broker's CPU time per release and its ratio to "the floor" (the
-//! unavoidable crypto of one release, measured in this process first).
+//! unavoidable crypto of one release, measured in this process just before
+//! and just after each level, so that the two share the machine's state).
 //!
 //! Targets:
 //! - `--kbs URL --ca CA.pem`: a running broker (started with
@@ -40,6 +46,9 @@ use kbs_proto::v1::PutSecretRequest;
 use kbs_proto::v1::admin_client::AdminClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
+#[path = "kbs-bench/coco.rs"]
+mod coco;
+
 /// mimalloc: the release path allocates many small, short-lived objects
 /// (HTTP/2 frames, policy values), which it serves markedly faster than the
 /// system allocator.
@@ -58,6 +67,8 @@ enum TeeArg {
     /// Intel TDX (simulated). The test PKI is made in this process, or
     /// for a separately started broker, read from `--tdx-pki`.
     Tdx,
+    /// The CoCo `sample` TEE (unsigned evidence; `--coco` only).
+    Sample,
 }
 
 #[derive(Debug, Parser)]
@@ -105,15 +116,35 @@ struct Args {
     /// Per-release timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
-    /// A new TLS connection for every release (a pod's init container).
+    /// A new TCP + TLS connection for every release (a pod's init container).
     #[arg(long)]
     reconnect: bool,
+    /// Keep TLS sessions (one client session store for all guests) and
+    /// resume them on each new connection; a spawned broker then seals
+    /// session tickets under a ticket key file (`server.tls_ticket_key_file`).
+    #[arg(long)]
+    resume: bool,
+    /// The CoCo KBS protocol: a new connection per flow of auth, attest,
+    /// resource GET and JWE open.
+    #[arg(long, conflicts_with = "reconnect")]
+    coco: bool,
+    /// With `--coco`: each guest attests once, then only GETs the resource
+    /// with its token on a kept-alive connection.
+    #[arg(long, requires = "coco")]
+    coco_gets: bool,
+    /// The CoCo listener's URL, https://localhost:PORT (with `--kbs`).
+    #[arg(long, conflicts_with = "spawn")]
+    coco_url: Option<String>,
     /// Skip measuring the floor.
     #[arg(long)]
     no_floor: bool,
     /// Store cache TTL for the spawned broker (ms; 0 = off).
     #[arg(long)]
     spawn_cache_ttl_ms: Option<u64>,
+    /// The spawned broker writes its audit records without `fdatasync`
+    /// (`audit.sync = false`), to measure what the sync costs.
+    #[arg(long, requires = "spawn")]
+    spawn_no_audit_sync: bool,
     /// Write a new TDX test PKI to this directory and exit: `pki.json`
     /// (keys included, for `--tdx-pki`), `tdx-test-root.pem` (for `kbs
     /// dev-init --tdx-test-root`) and `tdx-collateral/` (for
@@ -216,6 +247,7 @@ fn clock_ticks_per_second() -> f64 {
 /// A broker running in this process on its own runtime.
 struct Spawned {
     url: String,
+    coco_url: Option<String>,
     ca: Vec<u8>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -223,13 +255,11 @@ struct Spawned {
 }
 
 impl Spawned {
-    fn start(
-        secret: &str,
-        value: &[u8],
-        measurement: &str,
-        cache_ttl_ms: Option<u64>,
-        tee: TeeArg,
-    ) -> anyhow::Result<Self> {
+    /// A broker as `args` say (`--spawn-*`, `--tee`, `--coco`, `--resume`),
+    /// holding the secret `value` for `measurement`.
+    fn start(args: &Args, value: &[u8], measurement: &str) -> anyhow::Result<Self> {
+        let (secret, cache_ttl_ms, tee, coco) = (&args.secret, args.spawn_cache_ttl_ms, args.tee, args.coco);
+        let (ticket_key, audit_sync) = (args.resume, !args.spawn_no_audit_sync);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("kbs-broker")
@@ -246,6 +276,7 @@ impl Spawned {
             admin_listen: "127.0.0.1:0".into(),
             snp_test_roots: vec![ark],
             cache_ttl_ms,
+            coco_listen: coco.then(|| "127.0.0.1:0".to_owned()),
             ..Default::default()
         };
         if tee == TeeArg::Tdx {
@@ -255,12 +286,26 @@ impl Spawned {
             options.tdx_collateral_dir = Some(collateral);
         }
         let files = kbs::dev::init(dir.path(), &options)?;
+        if ticket_key {
+            // Session tickets sealed under a key file, as replicas share.
+            use std::os::unix::fs::PermissionsExt;
+            let key = dir.path().join("tls-ticket.key");
+            std::fs::write(&key, hex::encode(rand::random::<[u8; 32]>()))?;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+            let text = std::fs::read_to_string(&files.config)?;
+            let line = format!("[server]\ntls_ticket_key_file = {:?}\n", key.display().to_string());
+            std::fs::write(&files.config, text.replacen("[server]\n", &line, 1))?;
+        }
+        if !audit_sync {
+            let text = std::fs::read_to_string(&files.config)?;
+            std::fs::write(&files.config, text.replacen("[audit]\n", "[audit]\nsync = false\n", 1))?;
+        }
         let config = kbs::config::Config::load(&files.config, |_| None)?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let name = secret.to_owned();
         let value = value.to_vec();
         let allowed = vec![measurement.to_owned()];
-        let port = runtime.block_on(async move {
+        let (port, coco_port) = runtime.block_on(async move {
             let app = kbs::server::build(&config, kbs::release::system_clock(), true).await?;
             app.broker
                 .store()
@@ -275,8 +320,14 @@ impl Spawned {
             let guest = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let port = guest.local_addr()?.port();
+            let coco = match coco {
+                true => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+                false => None,
+            };
+            let coco_port = coco.as_ref().map(|l| l.local_addr()).transpose()?.map(|a| a.port());
+            let listeners = kbs::server::Listeners { guest, admin, coco, metrics: None };
             tokio::spawn(async move {
-                if let Err(e) = kbs::server::run(app, guest, admin, async move {
+                if let Err(e) = kbs::server::run_listeners(app, listeners, async move {
                     let _ = rx.await;
                 })
                 .await
@@ -284,10 +335,11 @@ impl Spawned {
                     eprintln!("spawned broker stopped: {e}");
                 }
             });
-            anyhow::Ok(port)
+            anyhow::Ok((port, coco_port))
         })?;
         Ok(Self {
             url: format!("https://localhost:{port}"),
+            coco_url: coco_port.map(|p| format!("https://localhost:{p}")),
             ca: std::fs::read(&files.ca)?,
             stop: Some(tx),
             runtime: Some(runtime),
@@ -314,6 +366,100 @@ struct Tally {
     errors: BTreeMap<String, u64>,
 }
 
+/// New TCP + TLS connections to the broker, with rustls directly, so that
+/// sessions can be kept and resumed and each handshake's kind counted.
+struct Dialer {
+    tls: rustls::ClientConfig,
+    resume: bool,
+    port: u16,
+    full: AtomicU64,
+    resumed: AtomicU64,
+}
+
+impl Dialer {
+    /// A dialer to `localhost:port` trusting `ca`, offering `alpn`; with
+    /// `resume`, one session store (tickets) for every connection.
+    fn new(ca: &[u8], port: u16, resume: bool, alpn: &[u8]) -> anyhow::Result<Self> {
+        Ok(Self {
+            tls: client_tls(ca, resume, alpn)?,
+            resume,
+            port,
+            full: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+        })
+    }
+
+    /// One guest's TLS configuration: with `resume`, a session store of
+    /// its own, as every pod has.
+    fn session(&self) -> Arc<rustls::ClientConfig> {
+        Arc::new(guest_tls(&self.tls, self.resume))
+    }
+
+    async fn dial(
+        &self,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(tls)).connect(name, tcp).await?;
+        match tls.get_ref().1.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => self.resumed.fetch_add(1, Ordering::Relaxed),
+            _ => self.full.fetch_add(1, Ordering::Relaxed),
+        };
+        Ok(tls)
+    }
+
+    /// A gRPC channel over one new connection.
+    async fn channel(self: &Arc<Self>, tls: &Arc<rustls::ClientConfig>) -> Result<Channel, String> {
+        let (dialer, tls) = (Arc::clone(self), Arc::clone(tls));
+        // The connector makes the TLS connection; the URI only names the host.
+        tonic::transport::Endpoint::from_shared(format!("http://localhost:{}", self.port))
+            .map_err(|_| "client_config".to_owned())?
+            .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+                let (dialer, tls) = (Arc::clone(&dialer), Arc::clone(&tls));
+                async move { dialer.dial(&tls).await.map(hyper_util::rt::TokioIo::new) }
+            }))
+            .await
+            .map_err(|_| "connect".to_owned())
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (self.full.load(Ordering::Relaxed), self.resumed.load(Ordering::Relaxed))
+    }
+}
+
+/// `base` with a session store of its own when `resume`.
+fn guest_tls(base: &rustls::ClientConfig, resume: bool) -> rustls::ClientConfig {
+    let mut config = base.clone();
+    if resume {
+        config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    }
+    config
+}
+
+/// TLS 1.3 client configuration trusting `ca`, with a session store when
+/// `resume` (tickets kept and offered), none otherwise.
+fn client_tls(ca: &[u8], resume: bool, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert.context("the CA file")?)?;
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.resumption = match resume {
+        true => rustls::client::Resumption::in_memory_sessions(8),
+        false => rustls::client::Resumption::disabled(),
+    };
+    Ok(config)
+}
+
 /// Everything a guest loop needs.
 struct Load {
     config: ClientConfig,
@@ -321,9 +467,52 @@ struct Load {
     names: Vec<String>,
     expected: Vec<u8>,
     timeout: Duration,
-    reconnect: bool,
+    /// New connections per release through this dialer (`--reconnect`).
+    dialer: Option<Arc<Dialer>>,
+    /// The CoCo protocol instead (`--coco`).
+    coco: Option<Arc<coco::Coco>>,
+    /// With `coco`: GETs only, after one attestation per guest.
+    coco_gets: bool,
     deadline: Instant,
     budget: Arc<AtomicU64>,
+}
+
+impl Load {
+    /// The same work with another deadline and budget.
+    fn with(&self, deadline: Instant, budget: u64) -> Self {
+        Self {
+            config: self.config.clone(),
+            source: Arc::clone(&self.source),
+            names: self.names.clone(),
+            expected: self.expected.clone(),
+            timeout: self.timeout,
+            dialer: self.dialer.clone(),
+            coco: self.coco.clone(),
+            coco_gets: self.coco_gets,
+            deadline,
+            budget: Arc::new(AtomicU64::new(budget)),
+        }
+    }
+}
+
+/// One guest's connection state between its releases.
+#[derive(Default)]
+struct Guest {
+    grpc: Option<KbsClient>,
+    attested: Option<coco::Attested>,
+    /// Its TLS configuration (and session store) for new connections.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Load {
+    /// A new guest's TLS configuration, for new connections.
+    fn guest_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        match (&self.dialer, &self.coco) {
+            (Some(d), _) => Some(d.session()),
+            (None, Some(c)) => Some(Arc::new(guest_tls(&c.tls, c.resume))),
+            (None, None) => None,
+        }
+    }
 }
 
 fn classify(e: &ClientError) -> String {
@@ -339,16 +528,34 @@ fn classify(e: &ClientError) -> String {
     }
 }
 
-/// One release: connect if needed, run the flow, check the bytes.
-async fn one(load: &Load, client: &mut Option<KbsClient>) -> Result<(), String> {
+/// One release (or CoCo flow, or GET): connect if needed, run it, check
+/// the bytes.
+async fn one(load: &Load, guest: &mut Guest) -> Result<(), String> {
     let attempt = async {
-        let mut c = match client.take() {
-            Some(c) => c,
-            None => KbsClient::connect(&load.config).await.map_err(|e| classify(&e))?,
+        if let Some(coco) = &load.coco {
+            let tls = guest.tls.get_or_insert_with(|| Arc::new(coco.tls.clone()));
+            if !load.coco_gets {
+                return coco.flow(tls).await;
+            }
+            let attested = match guest.attested.take() {
+                Some(a) => a,
+                None => coco.attest(tls).await?,
+            };
+            let result = coco.get(&attested).await;
+            guest.attested = Some(attested);
+            return result;
+        }
+        let mut c = match (guest.grpc.take(), &load.dialer) {
+            (Some(c), _) => c,
+            (None, Some(dialer)) => {
+                let tls = guest.tls.get_or_insert_with(|| dialer.session());
+                KbsClient::from_channel(dialer.channel(tls).await?)
+            }
+            (None, None) => KbsClient::connect(&load.config).await.map_err(|e| classify(&e))?,
         };
         let released = c.fetch_release(Arc::clone(&load.source), &load.names).await;
-        if !load.reconnect {
-            *client = Some(c);
+        if load.dialer.is_none() {
+            guest.grpc = Some(c);
         }
         let released = released.map_err(|e| classify(&e))?;
         match released.secrets.first() {
@@ -360,13 +567,14 @@ async fn one(load: &Load, client: &mut Option<KbsClient>) -> Result<(), String> 
         Ok(result) => result,
         Err(_) => {
             // The connection may be wedged; start afresh.
-            *client = None;
+            guest.grpc = None;
+            guest.attested = None;
             Err("timeout".to_owned())
         }
     }
 }
 
-async fn guest_loop(load: Arc<Load>, mut client: Option<KbsClient>) -> Tally {
+async fn guest_loop(load: Arc<Load>, mut guest: Guest) -> Tally {
     let mut tally = Tally::default();
     while Instant::now() < load.deadline {
         // Claim one release from the shared budget.
@@ -374,7 +582,7 @@ async fn guest_loop(load: Arc<Load>, mut client: Option<KbsClient>) -> Tally {
             break;
         }
         let started = Instant::now();
-        match one(&load, &mut client).await {
+        match one(&load, &mut guest).await {
             Ok(()) => tally.latencies.push(started.elapsed()),
             Err(reason) => *tally.errors.entry(reason).or_default() += 1,
         }
@@ -394,12 +602,34 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The floor: the report signature check no broker can skip (SNP: one
-/// P-384 ECDSA verify over the 0x2A0 signed bytes; TDX: one P-256 ECDSA
-/// verify over the quote's header and TD report, the QE report and PCK
-/// chain being per-platform), one HPKE X25519 seal, one challenge open, one
-/// SHA-512 binding; aws-lc-rs; median of batches, CPU microseconds.
-fn measure_floor(tee: TeeArg) -> anyhow::Result<f64> {
+/// Median over batches of the CPU microseconds of one run of `once` (this
+/// thread's CPU time where the kernel reports it, so that other load on
+/// the machine does not inflate it; wall time otherwise).
+fn median_us(mut once: impl FnMut() -> anyhow::Result<()>, batches: usize, per_batch: usize) -> anyhow::Result<f64> {
+    for _ in 0..per_batch {
+        once()?;
+    }
+    let mut results = Vec::new();
+    for _ in 0..batches {
+        let (cpu0, wall0) = (thread_cpu_ns(), Instant::now());
+        for _ in 0..per_batch {
+            once()?;
+        }
+        let per_op_us = match (cpu0, thread_cpu_ns()) {
+            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e3 / per_batch as f64,
+            _ => wall0.elapsed().as_secs_f64() * 1e6 / per_batch as f64,
+        };
+        results.push(per_op_us);
+    }
+    results.sort_by(f64::total_cmp);
+    results.get(results.len() / 2).copied().context("no floor batches")
+}
+
+/// The report signature check no broker can skip (SNP: one P-384 ECDSA
+/// verify over the 0x2A0 signed bytes; TDX: one P-256 ECDSA verify over
+/// the quote's header and TD report, the QE report and PCK chain being
+/// per-platform; the sample TEE: none), as a closure.
+fn signature_check(tee: TeeArg) -> anyhow::Result<Box<dyn FnMut() -> anyhow::Result<()>>> {
     use aws_lc_rs::signature::{
         ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED,
         ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair, ParsedPublicKey,
@@ -407,12 +637,21 @@ fn measure_floor(tee: TeeArg) -> anyhow::Result<f64> {
     let (signing, verifying, signed_len) = match tee {
         TeeArg::Snp => (&ECDSA_P384_SHA384_FIXED_SIGNING, &ECDSA_P384_SHA384_FIXED, 0x2A0),
         TeeArg::Tdx => (&ECDSA_P256_SHA256_FIXED_SIGNING, &ECDSA_P256_SHA256_FIXED, 48 + 584),
+        TeeArg::Sample => return Ok(Box::new(|| Ok(()))),
     };
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pair = EcdsaKeyPair::generate(signing).map_err(|e| anyhow::anyhow!("{e}"))?;
     let public = ParsedPublicKey::new(verifying, pair.public_key().as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let signed = vec![0x11u8; signed_len];
     let signature = pair.sign(&rng, &signed).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Box::new(move || public.verify_sig(&signed, signature.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))))
+}
+
+/// The floor of one gRPC release: the signature check, one HPKE X25519
+/// seal, one challenge open, one SHA-512 binding; aws-lc-rs; CPU
+/// microseconds.
+fn measure_floor(tee: TeeArg) -> anyhow::Result<f64> {
+    let mut verify = signature_check(tee)?;
     let sealer = kbs::challenge::ChallengeSealer::new(&[7; 32], &[])?;
     let names = vec!["bench/model/key".to_owned()];
     let token = sealer.issue(kbs::release::TEE_SNP, &names, i64::MAX)?.token;
@@ -423,30 +662,51 @@ fn measure_floor(tee: TeeArg) -> anyhow::Result<f64> {
     let once = || -> anyhow::Result<()> {
         let opened = sealer.open(&token, 0)?;
         let binding = kbs_proto::report_data(&opened.nonce, suite, key.public_key());
-        public.verify_sig(&signed, signature.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        verify()?;
         std::hint::black_box(binding);
         kbs::seal::seal(&recipient, &kbs_proto::secret_info(&opened.nonce), &aad, &[0x42; 32])?;
         Ok(())
     };
-    for _ in 0..200 {
-        once()?;
+    median_us(once, 9, 100)
+}
+
+/// One JWE seal of a 32-byte value to an EC P-256 key (`ECDH-ES+A256KW`,
+/// `A256GCM`), as the CoCo resource GET makes it.
+fn jwe_seal() -> anyhow::Result<impl FnMut() -> anyhow::Result<()>> {
+    let guest = aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let public = guest.compute_public_key().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let point = public.as_ref();
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    let jwk = serde_json::json!({
+        "kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW",
+        "x": b64(point.get(1..33).unwrap_or_default()), "y": b64(point.get(33..65).unwrap_or_default()),
+    });
+    let key = kbs::api::coco::jwe::TeeKey::from_jwk(&jwk)?;
+    Ok(move || {
+        std::hint::black_box(key.encrypt(&[0x42; 32])?);
+        Ok(())
+    })
+}
+
+/// The floor of one CoCo flow: the signature check, one ES256 token
+/// signature (attest) and its verification (resource GET), one JWE seal;
+/// aws-lc-rs; CPU microseconds. With `gets_only`, one JWE seal.
+fn measure_coco_floor(tee: TeeArg, gets_only: bool) -> anyhow::Result<f64> {
+    let mut seal = jwe_seal()?;
+    if gets_only {
+        return median_us(seal, 9, 100);
     }
-    // CPU time of this thread where the kernel reports it, so that other
-    // load on the machine does not inflate the floor; wall time otherwise.
-    let mut batches = Vec::new();
-    for _ in 0..15 {
-        let (cpu0, wall0) = (thread_cpu_ns(), Instant::now());
-        for _ in 0..200 {
-            once()?;
-        }
-        let per_op_us = match (cpu0, thread_cpu_ns()) {
-            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e3 / 200.0,
-            _ => wall0.elapsed().as_secs_f64() * 1e6 / 200.0,
-        };
-        batches.push(per_op_us);
-    }
-    batches.sort_by(f64::total_cmp);
-    batches.get(batches.len() / 2).copied().context("no floor batches")
+    let mut verify = signature_check(tee)?;
+    let token_key = kbs::api::coco::token::TokenKey::generate()?;
+    let claims = serde_json::json!({"iss": "kbs", "iat": 0, "exp": i64::MAX / 2, "submods": {"cpu0": {"ear.status": "affirming"}}});
+    let once = move || -> anyhow::Result<()> {
+        verify()?;
+        let token = token_key.sign(&claims)?;
+        std::hint::black_box(token_key.verify(&token, 0)?);
+        seal()
+    };
+    median_us(once, 9, 100)
 }
 
 struct Phase {
@@ -459,6 +719,16 @@ struct Phase {
     rss_start: Option<u64>,
     rss_end: Option<u64>,
     rss_max: Option<u64>,
+    /// The floor measured just before and just after the phase.
+    floor: Option<(f64, f64)>,
+    /// TLS handshakes during the phase: (full, resumed).
+    handshakes: Option<(u64, u64)>,
+}
+
+impl Phase {
+    fn floor(&self) -> Option<f64> {
+        self.floor.map(|(a, b)| (a + b) / 2.0)
+    }
 }
 
 async fn run_phase(
@@ -467,51 +737,42 @@ async fn run_phase(
     concurrency: usize,
     cpu: &CpuSource,
     tick: f64,
+    floor: Option<&(dyn Fn() -> anyhow::Result<f64> + Sync)>,
 ) -> anyhow::Result<Phase> {
-    let mut clients = Vec::with_capacity(concurrency);
+    let mut guests = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        clients.push(if args.reconnect { None } else { Some(KbsClient::connect(&template.config).await?) });
+        let kept = template.dialer.is_none() && template.coco.is_none();
+        guests.push(Guest {
+            grpc: if kept { Some(KbsClient::connect(&template.config).await?) } else { None },
+            attested: None,
+            tls: template.guest_tls(),
+        });
     }
-    // Warm-up: one release per guest (VEK and store caches, connections).
-    let warm = Arc::new(Load {
-        config: template.config.clone(),
-        source: Arc::clone(&template.source),
-        names: template.names.clone(),
-        expected: template.expected.clone(),
-        timeout: template.timeout,
-        reconnect: template.reconnect,
-        deadline: Instant::now() + Duration::from_secs(60),
-        budget: Arc::new(AtomicU64::new(0)),
-    });
+    // Warm-up: one release per guest (VEK and store caches, connections,
+    // sessions to resume).
+    let warm = Arc::new(template.with(Instant::now() + Duration::from_secs(60), 0));
     let mut warmed = Vec::with_capacity(concurrency);
-    for mut client in clients {
+    for mut guest in guests {
         let warm = Arc::clone(&warm);
         warmed.push(tokio::spawn(async move {
-            let r = one(&warm, &mut client).await;
-            (r, client)
+            let r = one(&warm, &mut guest).await;
+            (r, guest)
         }));
     }
-    let mut clients = Vec::with_capacity(concurrency);
+    let mut guests = Vec::with_capacity(concurrency);
     for handle in warmed {
-        let (result, client) = handle.await?;
+        let (result, guest) = handle.await?;
         if let Err(reason) = result {
             bail!("warm-up release failed: {reason}");
         }
-        clients.push(client);
+        guests.push(guest);
     }
 
+    let floor_before = floor.map(|f| f()).transpose()?;
     let duration = Duration::from_secs(args.duration).min(MAX_PHASE);
     let budget = args.releases.unwrap_or(MAX_RELEASES).min(MAX_RELEASES);
-    let load = Arc::new(Load {
-        config: template.config.clone(),
-        source: Arc::clone(&template.source),
-        names: template.names.clone(),
-        expected: template.expected.clone(),
-        timeout: template.timeout,
-        reconnect: template.reconnect,
-        deadline: Instant::now() + duration,
-        budget: Arc::new(AtomicU64::new(budget)),
-    });
+    let load = Arc::new(template.with(Instant::now() + duration, budget));
+    let handshakes_before = template.dialer.as_ref().map(|d| d.counts());
     let rss_start = cpu.rss_kib();
     let rss_max = Arc::new(AtomicU64::new(rss_start.unwrap_or(0)));
     let sampler = {
@@ -528,7 +789,7 @@ async fn run_phase(
     };
     let cpu_start = cpu.seconds(tick);
     let started = Instant::now();
-    let handles: Vec<_> = clients.into_iter().map(|c| tokio::spawn(guest_loop(Arc::clone(&load), c))).collect();
+    let handles: Vec<_> = guests.into_iter().map(|g| tokio::spawn(guest_loop(Arc::clone(&load), g))).collect();
     let mut latencies = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for handle in handles {
@@ -542,6 +803,11 @@ async fn run_phase(
     let cpu_end = cpu.seconds(tick);
     sampler.abort();
     let rss_end = cpu.rss_kib();
+    let handshakes = match (handshakes_before, template.dialer.as_ref().map(|d| d.counts())) {
+        (Some((f0, r0)), Some((f1, r1))) => Some((f1 - f0, r1 - r0)),
+        _ => None,
+    };
+    let floor_after = floor.map(|f| f()).transpose()?;
     latencies.sort_unstable();
     let total = latencies.len() as u64 + errors.values().sum::<u64>();
     let cpu_per_release_us = match (cpu_start, cpu_end) {
@@ -558,20 +824,22 @@ async fn run_phase(
         rss_start,
         rss_end,
         rss_max: rss_start.map(|_| rss_max.load(Ordering::Relaxed).max(rss_end.unwrap_or(0))),
+        floor: floor_before.zip(floor_after),
+        handshakes,
     })
 }
 
-fn print_phase(p: &Phase, floor: Option<f64>) {
+fn print_phase(p: &Phase) {
     let rate = p.ok as f64 / p.wall.as_secs_f64().max(1e-9);
     let cpu = p.cpu_per_release_us.map_or("-".to_owned(), |c| format!("{c:.0}"));
-    let ratio = match (p.cpu_per_release_us, floor) {
+    let ratio = match (p.cpu_per_release_us, p.floor()) {
         (Some(c), Some(f)) if f > 0.0 => format!("{:.2}", c / f),
         _ => "-".to_owned(),
     };
     let kib = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{:.1}", v as f64 / 1024.0));
     let errors: u64 = p.errors.values().sum();
     println!(
-        "{:>4} {:>8} {:>6} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>6} {:>8} {:>8} {:>8}",
+        "{:>4} {:>8} {:>6} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7} {:>6} {:>8} {:>8} {:>8}",
         p.concurrency,
         p.ok,
         errors,
@@ -581,17 +849,31 @@ fn print_phase(p: &Phase, floor: Option<f64>) {
         ms(percentile(&p.sorted, 99.0)),
         ms(p.sorted.last().copied().unwrap_or_default()),
         cpu,
+        p.floor().map_or("-".to_owned(), |f| format!("{f:.0}")),
         ratio,
         kib(p.rss_start),
         kib(p.rss_end),
         kib(p.rss_max),
     );
+    if let Some((before, after)) = p.floor {
+        println!("       floor before / after the phase: {before:.0} / {after:.0} us");
+    }
+    if let Some((full, resumed)) = p.handshakes {
+        println!("       TLS handshakes: {full} full, {resumed} resumed");
+    }
     for (reason, n) in &p.errors {
         println!("       error {reason}: {n}");
     }
 }
 
-async fn upload(admin: &str, ca: &[u8], token_file: &PathBuf, args: &Args, value: &[u8]) -> anyhow::Result<()> {
+async fn upload(
+    admin: &str,
+    ca: &[u8],
+    token_file: &PathBuf,
+    secret: &str,
+    measurement: &str,
+    value: &[u8],
+) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(token_file).context("reading the admin token file")?;
     let channel = Channel::from_shared(admin.to_owned())?
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?
@@ -599,9 +881,9 @@ async fn upload(admin: &str, ca: &[u8], token_file: &PathBuf, args: &Args, value
         .await
         .context("connecting to the admin listener")?;
     let mut req = tonic::Request::new(PutSecretRequest {
-        name: args.secret.clone(),
+        name: secret.to_owned(),
         value: value.to_vec(),
-        allowed_measurements: vec![args.measurement.clone()],
+        allowed_measurements: vec![measurement.to_owned()],
         ..Default::default()
     });
     req.metadata_mut().insert("authorization", format!("Bearer {}", token.trim()).parse()?);
@@ -630,34 +912,52 @@ fn main() -> anyhow::Result<()> {
     if args.concurrency.iter().any(|&c| c == 0 || c > MAX_CONCURRENCY) {
         bail!("--concurrency values must be within 1..={MAX_CONCURRENCY}");
     }
-    let measurement: [u8; 48] = hex::decode(&args.measurement)
+    if args.resume && !args.reconnect && !args.coco {
+        bail!("--resume is for --reconnect or --coco");
+    }
+    if args.tee == TeeArg::Sample && !args.coco {
+        bail!("--tee sample is for --coco");
+    }
+    // The sample TEE's claims carry an all-zero measurement.
+    let measurement_hex = match args.tee {
+        TeeArg::Sample => hex::encode(kbs::api::coco::SAMPLE_MEASUREMENT),
+        _ => args.measurement.clone(),
+    };
+    let measurement: [u8; 48] = hex::decode(&measurement_hex)
         .ok()
         .and_then(|m| m.try_into().ok())
         .context("--measurement must be 96 hex digits")?;
     let tick = clock_ticks_per_second();
     let value: Vec<u8> = rand::random::<[u8; 32]>().to_vec();
 
-    let floor = if args.no_floor { None } else { Some(measure_floor(args.tee)?) };
-
-    let (spawned, url, ca, cpu, expected) = if args.spawn {
-        let s = Spawned::start(&args.secret, &value, &args.measurement, args.spawn_cache_ttl_ms, args.tee)?;
-        let (url, ca) = (s.url.clone(), s.ca.clone());
-        (Some(s), url, ca, CpuSource::Threads("kbs-broker"), value.clone())
+    let (spawned, url, coco_url, ca, cpu, expected) = if args.spawn {
+        let s = Spawned::start(&args, &value, &measurement_hex)?;
+        let (url, coco_url, ca) = (s.url.clone(), s.coco_url.clone(), s.ca.clone());
+        (Some(s), url, coco_url, ca, CpuSource::Threads("kbs-broker"), value.clone())
     } else {
         match (args.tee, &args.tdx_pki) {
             (TeeArg::Tdx, None) => {
                 bail!("--tee tdx with --kbs needs --tdx-pki: the test PKI the broker pins (see --write-tdx-pki)")
             }
-            (TeeArg::Snp, Some(_)) => bail!("--tdx-pki is for --tee tdx"),
+            (TeeArg::Snp | TeeArg::Sample, Some(_)) => bail!("--tdx-pki is for --tee tdx"),
             _ => {}
+        }
+        if args.coco && args.coco_url.is_none() {
+            bail!("--coco with --kbs needs --coco-url");
         }
         let url = args.kbs.clone().context("--kbs or --spawn")?;
         let ca_path = args.ca.clone().context("--ca is required with --kbs")?;
         let ca = std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
         let cpu = args.broker_pid.map_or(CpuSource::None, CpuSource::Pid);
-        (None, url, ca, cpu, Vec::new())
+        (None, url, args.coco_url.clone(), ca, cpu, Vec::new())
     };
     check_loopback(&url)?;
+    if let Some(u) = &coco_url {
+        check_loopback(u)?;
+    }
+    let port_of = |u: &str| -> anyhow::Result<u16> {
+        u.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).context("the URL needs a port")
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().thread_name("kbs-bench").enable_all().build()?;
     let result = runtime.block_on(async {
@@ -665,15 +965,34 @@ fn main() -> anyhow::Result<()> {
             _ if args.spawn => expected,
             (Some(admin), Some(token), _) => {
                 check_loopback(admin)?;
-                upload(admin, &ca, token, &args, &value).await?;
+                upload(admin, &ca, token, &args.secret, &measurement_hex, &value).await?;
                 value.clone()
             }
             (_, _, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
             _ => bail!("with --kbs, give --admin and --admin-token-file (to upload the secret) or --expect-file"),
         };
         let source: Arc<dyn EvidenceSource> = match args.tee {
-            TeeArg::Snp => Arc::new(SimulatedSnp::new(Generation::Genoa).measurement(measurement)),
+            TeeArg::Snp | TeeArg::Sample => Arc::new(SimulatedSnp::new(Generation::Genoa).measurement(measurement)),
             TeeArg::Tdx => Arc::new(SimulatedTdx::new().mr_td(measurement)),
+        };
+        let dialer = match args.reconnect {
+            true => Some(Arc::new(Dialer::new(&ca, port_of(&url)?, args.resume, b"h2")?)),
+            false => None,
+        };
+        let coco = match (&coco_url, args.coco) {
+            (Some(u), true) => Some(Arc::new(coco::Coco {
+                url: u.clone(),
+                tls: client_tls(&ca, args.resume, b"http/1.1")?,
+                resume: args.resume,
+                tee: match args.tee {
+                    TeeArg::Snp => coco::Tee::Snp(SimulatedSnp::new(Generation::Genoa).measurement(measurement)),
+                    TeeArg::Tdx => coco::Tee::Tdx(SimulatedTdx::new().mr_td(measurement)),
+                    TeeArg::Sample => coco::Tee::Sample,
+                },
+                resource: args.secret.clone(),
+                expected: expected.clone(),
+            })),
+            _ => None,
         };
         let template = Load {
             config: ClientConfig::new(url.clone(), ca.clone()),
@@ -681,14 +1000,24 @@ fn main() -> anyhow::Result<()> {
             names: vec![args.secret.clone()],
             expected,
             timeout: Duration::from_millis(args.timeout_ms),
-            reconnect: args.reconnect,
+            dialer,
+            coco,
+            coco_gets: args.coco_gets,
             deadline: Instant::now(),
             budget: Arc::new(AtomicU64::new(0)),
         };
+        let mode = match (args.coco, args.coco_gets, args.reconnect, args.resume) {
+            (true, true, _, _) => "CoCo resource GETs with a token, kept-alive connections",
+            (true, false, _, false) => "CoCo flows (auth, attest, resource), a new connection per flow",
+            (true, false, _, true) => "CoCo flows (auth, attest, resource), a new connection per flow, TLS resumed",
+            (false, _, true, false) => "a new TCP + TLS connection per release",
+            (false, _, true, true) => "a new TCP + TLS connection per release, TLS resumed",
+            (false, _, false, _) => "one kept-alive connection per guest",
+        };
         println!(
-            "kbs-bench: tee={:?} target={} {} phase={}s{} cpu={}",
+            "kbs-bench: tee={:?} target={} {} mode: {mode}; phase={}s{} cpu={}",
             args.tee,
-            url,
+            coco_url.as_deref().filter(|_| args.coco).unwrap_or(&url),
             if args.spawn { "(spawned in process)" } else { "" },
             args.duration,
             args.releases.map(|n| format!(" or {n} releases")).unwrap_or_default(),
@@ -698,24 +1027,39 @@ fn main() -> anyhow::Result<()> {
                 CpuSource::None => "unknown (give --broker-pid)".into(),
             }
         );
-        if let Some(f) = floor {
-            let verify = match args.tee {
-                TeeArg::Snp => "P-384",
-                TeeArg::Tdx => "P-256",
-            };
-            println!("floor ({verify} verify + HPKE X25519 seal + challenge open + SHA-512 binding): {f:.0} us");
-        }
+        let verify = match args.tee {
+            TeeArg::Snp => "P-384 verify",
+            TeeArg::Tdx => "P-256 verify",
+            TeeArg::Sample => "no signature",
+        };
+        let (tee, gets) = (args.tee, args.coco_gets);
+        let floor_fn: Box<dyn Fn() -> anyhow::Result<f64> + Sync> = match (args.coco, args.coco_gets) {
+            (false, _) => {
+                println!("floor: {verify} + HPKE X25519 seal + challenge open + SHA-512 binding");
+                Box::new(move || measure_floor(tee))
+            }
+            (true, false) => {
+                println!("floor: {verify} + ES256 token signature and verification + one JWE seal (ECDH-ES+A256KW)");
+                Box::new(move || measure_coco_floor(tee, gets))
+            }
+            (true, true) => {
+                println!("floor: one JWE seal (ECDH-ES+A256KW P-256, A256GCM, 32 bytes)");
+                Box::new(move || measure_coco_floor(tee, gets))
+            }
+        };
+        let floor = (!args.no_floor).then_some(&*floor_fn);
         println!(
-            "{:>4} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8}",
+            "{:>4} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>8} {:>8} {:>8}",
             "conc",
             "ok",
             "errors",
-            "rel/s",
+            "ops/s",
             "p50 ms",
             "p90 ms",
             "p99 ms",
             "max ms",
             "cpu us",
+            "floor",
             "ratio",
             "rss0 MiB",
             "rss1 MiB",
@@ -723,9 +1067,13 @@ fn main() -> anyhow::Result<()> {
         );
         let mut failed = false;
         for &c in &args.concurrency {
-            let phase = run_phase(&args, &template, c, &cpu, tick).await?;
-            failed |= !phase.errors.is_empty();
-            print_phase(&phase, floor);
+            let phase = run_phase(&args, &template, c, &cpu, tick, floor).await?;
+            failed |= !phase.errors.is_empty() || phase.ok == 0;
+            print_phase(&phase);
+            if let (true, Some((_, 0))) = (args.resume, phase.handshakes) {
+                println!("       error: --resume, but no handshake was resumed");
+                failed = true;
+            }
         }
         anyhow::Ok(failed)
     });
