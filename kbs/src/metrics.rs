@@ -526,7 +526,7 @@ mod tests {
         // The series count documented in docs/metrics.md: fixed, whatever
         // callers send (the CoCo pairs seen so far come on top).
         let fixed = text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("kbs_coco_requests_total")).count();
-        assert_eq!(fixed, 315);
+        assert_eq!(fixed, 319);
         let (version, _) = build_info();
         assert!(text.contains(&format!("kbs_build_info{{version=\"{version}\",revision=")), "{text}");
         assert!(!version.is_empty() && !version.contains('('));
