@@ -186,6 +186,39 @@ pub fn incoming(
     })
 }
 
+/// Accepts connections on `listener` until `shutdown` completes and hands
+/// each one `admission` admits to `serve`, with its peer and the ticket
+/// that holds its slot (drop it when the connection ends); refused ones
+/// are closed at once. Nagle's algorithm is turned off (small request and
+/// response exchanges). A failing `accept` (out of file descriptors and
+/// the like) is logged and retried after a pause, never fatal.
+pub async fn accept_loop(
+    listener: TcpListener,
+    admission: Admission,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    mut serve: impl FnMut(tokio::net::TcpStream, SocketAddr, Ticket) + Send,
+) -> io::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(listener = admission.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(ticket) = admission.admit(peer) else { continue };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        serve(tcp, peer, ticket);
+    }
+}
+
 /// A stream that fails a read with `TimedOut` once the peer has sent
 /// nothing for `idle`: a connection that is opened and left silent, or
 /// that stops half-way through a request, is closed.

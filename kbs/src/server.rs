@@ -671,20 +671,7 @@ async fn serve_metrics(
         ));
     let admission = Admission::with_gauge("metrics", limits, gauge);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(ticket) = admission.admit(peer) else { continue };
+    connections::accept_loop(listener, admission, shutdown, move |tcp, peer, ticket| {
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
@@ -706,5 +693,6 @@ async fn serve_metrics(
                 tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
             }
         });
-    }
+    })
+    .await
 }

@@ -385,26 +385,7 @@ pub async fn serve(
         },
     ));
     let admission = crate::connections::Admission::with_gauge("coco", server.limits, gauge);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %e, "coco listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(ticket) = admission.admit(peer) else { continue };
-        // Small request/response exchanges: Nagle's algorithm and delayed
-        // ACKs would hold answers back by tens of milliseconds.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
+    crate::connections::accept_loop(listener, admission, shutdown, move |tcp, peer, ticket| {
         let acceptor = acceptor.clone();
         let app = router.clone().layer(axum::Extension(Peer(peer)));
         tokio::spawn(async move {
@@ -425,7 +406,8 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "coco connection ended with an error");
             }
         });
-    }
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------
