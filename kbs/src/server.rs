@@ -492,8 +492,26 @@ pub const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const ADMIN_MESSAGE_OVERHEAD: usize = 64 * 1024;
 
 /// Serves the guest and admin services on the given listeners until
-/// `shutdown` completes.
+/// `shutdown` completes. A configuration with `[coco]` or `[metrics]`
+/// needs their listeners too: it is refused here (use [`run_listeners`]),
+/// so that no configured front end is silently left unserved.
 pub async fn run(
+    app: App,
+    guest: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    if app.coco.is_some() || app.metrics {
+        return Err(StartError::Refused(
+            "[coco] or [metrics] is configured: its listener must be served too (server::run_listeners)".into(),
+        ));
+    }
+    serve_grpc(app, guest, admin, shutdown).await
+}
+
+/// Serves the guest and admin services (the part of [`run_listeners`]
+/// every configuration has).
+async fn serve_grpc(
     app: App,
     guest: TcpListener,
     admin: TcpListener,
@@ -619,7 +637,7 @@ pub async fn run_listeners(
         (Some(_), None) => return Err(StartError::Refused("[coco] is configured but no listener was given".into())),
         (None, Some(_)) => return Err(StartError::Refused("a CoCo listener was given but [coco] is not set".into())),
     };
-    let result = run(app, guest, admin, async move {
+    let result = serve_grpc(app, guest, admin, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     })
