@@ -418,4 +418,14 @@ fn completions_and_version() {
     }
     let version = String::from_utf8(run(&["--version"]).stdout).unwrap();
     assert!(version.starts_with("kbs-attester 0.1.0 (") && version.trim_end().ends_with(')'), "{version}");
+
+    // Manual pages, one per subcommand.
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    let out = run(&["man", "--dir", man.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fetch = std::fs::read_to_string(man.join("kbs-attester-fetch.1")).unwrap();
+    assert!(fetch.contains(".TH kbs-attester-fetch 1") && fetch.contains("\\-\\-kbs"), "{fetch}");
+    assert!(man.join("kbs-attester-model-decrypt.1").is_file());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), std::fs::read_dir(&man).unwrap().count());
 }

@@ -173,6 +173,16 @@ fn completions_and_version() {
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
     assert_eq!(kbsctl(&["completion", "tcsh"]).status.code(), Some(1), "an unknown shell is a usage error");
 
+    // Manual pages: one per subcommand, made from the same definitions.
+    let man = dir.path().join("man1");
+    let out = kbsctl(&["man", "--dir", man.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let put = std::fs::read_to_string(man.join("kbsctl-secret-put.1")).unwrap();
+    assert!(put.contains(".TH kbsctl-secret-put 1") && put.contains("\\-\\-from\\-file"), "{put}");
+    for page in ["kbsctl.1", "kbsctl-verify.1", "kbsctl-audit-verify.1", "kbsctl-model-encrypt.1"] {
+        assert!(man.join(page).is_file(), "{page}");
+    }
+
     let version = String::from_utf8(kbsctl(&["--version"]).stdout).unwrap();
     let revision = version.trim().strip_prefix("kbsctl 0.1.0 (").and_then(|v| v.strip_suffix(')')).unwrap_or_default();
     assert!(

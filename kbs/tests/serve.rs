@@ -1,5 +1,6 @@
 //! `server::run` serves the gRPC listeners only: a configuration with a
 //! CoCo or metrics front end is refused there, never left half-served.
+//! And `kbs man`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use kbs::config::Config;
@@ -29,4 +30,21 @@ async fn run_refuses_front_ends_it_would_not_serve() {
         let err = ran.unwrap_err().to_string();
         assert!(err.contains("[coco] or [metrics]"), "{err}");
     }
+}
+
+/// `kbs man --dir DIR` writes a page per subcommand.
+#[test]
+fn manual_pages_cover_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kbs"))
+        .args(["man", "--dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["kbs.1", "kbs-serve.1", "kbs-health.1", "kbs-dev-init.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.starts_with(".ie") && text.contains(".TH"), "{page}");
+    }
+    let serve = std::fs::read_to_string(dir.path().join("kbs-serve.1")).unwrap();
+    assert!(serve.contains("\\-\\-config") && serve.contains("KBS_CONFIG"), "{serve}");
 }

@@ -29,6 +29,8 @@
 
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
+#[cfg(feature = "man")]
+pub mod man;
 pub mod model;
 
 /// Generated protobuf and gRPC code for package `kbs.v1`.

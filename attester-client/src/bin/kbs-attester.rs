@@ -45,6 +45,13 @@ enum Command {
     /// Encrypted model files (see docs/model-format.md).
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Write the manual pages (kbs-attester.1, kbs-attester-fetch.1, ...)
+    /// into a directory.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +166,9 @@ async fn main() -> ExitCode {
         Command::Fetch(args) => fetch(*args).await,
         Command::Completion { shell } => completion(shell),
         Command::Model(ModelCommand::Decrypt(args)) => model_decrypt(*args).await,
+        Command::Man { dir } => kbs_proto::man::write_pages(<Cli as clap::CommandFactory>::command(), &dir)
+            .map(|written| written.iter().for_each(|page| println!("{}", page.display())))
+            .map_err(|e| Failure::new(1, format!("writing manual pages to {}: {e}", dir.display()))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -86,6 +86,12 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<String>,
     },
+    /// Write the manual pages (kbs.1, kbs-serve.1, ...) into a directory.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn init_tracing(json: bool) {
@@ -120,6 +126,16 @@ async fn shutdown_signal() {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Man { dir } => match kbs_proto::man::write_pages(<Cli as clap::CommandFactory>::command(), &dir) {
+            Ok(written) => {
+                written.iter().for_each(|page| println!("{}", page.display()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: writing manual pages to {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { config, insecure_dev, log_json } => {
             init_tracing(log_json);
             match serve(&config, insecure_dev).await {

@@ -118,6 +118,13 @@ pub(crate) enum Command {
     /// Encrypt model files, inspect them, rewrap them after a key rotation.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Write the manual pages (kbsctl.1, kbsctl-secret-put.1, ...) into a
+    /// directory, e.g. /usr/local/share/man/man1.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 /// Writes to stdout. A reader that went away (`kbsctl ... | head`) ends the
@@ -213,6 +220,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Model(cmd) => model::run(&cli, cmd).await,
+        Command::Man { dir } => {
+            let written = kbs_proto::man::write_pages(<Cli as clap::CommandFactory>::command(), dir)
+                .map_err(|e| Failure::Usage(format!("writing manual pages to {}: {e}", dir.display())))?;
+            for page in written {
+                outln!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 
