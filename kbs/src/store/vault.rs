@@ -986,7 +986,9 @@ impl Conn {
 
     /// Runs `op` against the addresses in turn, starting with the one that
     /// answered last, until one gives an answer (see [`Failure::tries_next`]).
-    /// The address that answered becomes the first to try next time.
+    /// The address that answered becomes the first to try next time. When
+    /// none answers, the failure is a node's status if any gave one, so a
+    /// [`Failure::Transport`] means that no node could be reached at all.
     async fn on_any<T, F, Fut>(&self, op: F) -> Result<T, Failure>
     where
         F: Fn(usize) -> Fut,
@@ -1002,7 +1004,9 @@ impl Conn {
                     if count > 1 {
                         tracing::debug!(address = %self.address_text(index), failure = ?failure, "the store did not answer; trying the next address");
                     }
-                    last = failure;
+                    if !(matches!(failure, Failure::Transport(_)) && matches!(last, Failure::Status(_))) {
+                        last = failure;
+                    }
                 }
                 answer => {
                     if index != start && self.preferred.swap(index, Ordering::Relaxed) != index {
@@ -1196,8 +1200,16 @@ impl Inner {
 
     /// Whether the CAS write with `write_id` that expected version `cas`
     /// landed.
-    async fn write_outcome(&self, path: &str, cas: u64, write_id: &str) -> Result<Outcome, StoreError> {
-        let current = self.read_metadata(path).await?.map_or(0, |m| m.current_version);
+    async fn write_outcome(&self, path: &str, cas: u64, write_id: &str) -> Result<Outcome, Failure> {
+        let (mount, kv_path) = (self.mount.as_str(), path);
+        let current = match self
+            .call(|s| async move { vaultrs::kv2::read_metadata(s.client()?, mount, kv_path).await.map_err(classify) })
+            .await
+        {
+            Ok(meta) => meta.current_version,
+            Err(Failure::Status(404)) => 0,
+            Err(f) => return Err(f),
+        };
         if current == cas {
             return Ok(Outcome::NotYet);
         }
@@ -1205,7 +1217,6 @@ impl Inner {
             // Fewer versions than expected: deleted meanwhile.
             return Ok(Outcome::Lost(current));
         };
-        let (mount, kv_path) = (self.mount.as_str(), path);
         let response: Result<ReadSecretResponse, Failure> = self
             .call(|s| async move {
                 let endpoint = ReadSecretRequest::builder()
@@ -1224,7 +1235,7 @@ impl Inner {
             }
             // Destroyed or pruned since: whoever wrote it, it is not served.
             Err(Failure::Status(404)) => Ok(Outcome::Lost(current)),
-            Err(f) => Err(f.into_store("reading a written version")),
+            Err(f) => Err(f),
         }
     }
 
@@ -1325,6 +1336,9 @@ impl SecretStore for VaultStore {
         };
         let (mount, kv_path, data) = (inner.mount.as_str(), path.as_str(), &data);
         let deadline = Instant::now() + WRITE_OUTCOME_BUDGET;
+        // A 400 whose version did not move is rechecked a few times only:
+        // a standby may lag, but a 400 for another cause will not pass.
+        let mut rejections = 0u32;
         // A write that got no answer may have landed: it is checked (by
         // its write ID in version `cas + 1`) and sent again while it has
         // not, never reported as failed once it has. CAS keeps the retries
@@ -1357,7 +1371,20 @@ impl SecretStore for VaultStore {
             match inner.write_outcome(&path, cas, &write_id).await {
                 Ok(Outcome::Landed(version, created)) => break (version, created),
                 Ok(Outcome::Lost(found)) => return Err(StoreError::Conflict { expected, found }),
+                // No node can be reached at all: nothing to wait for.
+                Err(Failure::Transport(cause)) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "writing secret: no node of the store answers, and whether the write landed is unknown \
+                         ({cause}); read the secret's versions before writing again"
+                    )));
+                }
+                Ok(Outcome::NotYet) if !unknown && rejections >= 5 => {
+                    return Err(StoreError::Unavailable(
+                        "writing secret: the store rejected the write (HTTP 400)".into(),
+                    ));
+                }
                 Ok(Outcome::NotYet) | Err(_) if Instant::now() < deadline => {
+                    rejections += u32::from(!unknown);
                     tokio::time::sleep(WRITE_OUTCOME_PAUSE).await;
                 }
                 Ok(Outcome::NotYet) if !unknown => {
