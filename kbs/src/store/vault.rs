@@ -53,7 +53,9 @@
 //! [`StoreError::Conflict`]. Vault and OpenBao report a `cas` mismatch only
 //! as HTTP 400 with a free-text message, so the store never reads the
 //! message: on a 400 it re-reads the metadata and reports a conflict only if
-//! the current version is no longer the one it sent; otherwise the 400 is
+//! the current version is no longer the one it sent and version `cas + 1`
+//! is not its own write (see below); if the version has not moved after a
+//! few re-reads (a standby serving reads may lag a moment), the 400 is
 //! reported as [`StoreError::Unavailable`].
 //!
 //! # Several servers
