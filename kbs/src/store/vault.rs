@@ -75,7 +75,8 @@
 //! while it has not landed, and reports success once it has, for up to 20
 //! seconds. So a write is acknowledged exactly when it made a version, and
 //! a retry never makes a second one. Past that budget the write is
-//! [`StoreError::Unavailable`] with its outcome unknown.
+//! [`StoreError::Unavailable`] with its outcome unknown. A write that no
+//! node took (no connection could be made to any) fails at once.
 //!
 //! # Authentication
 //! - [`VaultAuth::Token`]: a token given by the operator; looked up at start
@@ -412,6 +413,8 @@ enum Failure {
     Status(u16),
     /// No answer: connection error, timeout, broken response.
     Transport(String),
+    /// No connection could be made: the request was never sent.
+    Unreached(String),
     /// An answer this client does not understand.
     Malformed(&'static str),
     /// Already a store error (login failed, lock poisoned).
@@ -426,7 +429,7 @@ impl Failure {
     /// 404, ...) is the cluster's answer and is not asked again elsewhere.
     fn tries_next(&self) -> bool {
         match self {
-            Self::Transport(_) => true,
+            Self::Transport(_) | Self::Unreached(_) => true,
             Self::Status(code) => matches!(code, 429 | 500 | 502 | 503 | 504),
             Self::Malformed(_) | Self::Store(_) => false,
         }
@@ -439,7 +442,7 @@ impl Failure {
             Self::Status(404) => StoreError::NotFound,
             Self::Status(403) => StoreError::Unavailable(format!("{what}: permission denied by the store (HTTP 403)")),
             Self::Status(code) => StoreError::Unavailable(format!("{what}: the store answered HTTP {code}")),
-            Self::Transport(cause) => StoreError::Unavailable(format!("{what}: {cause}")),
+            Self::Transport(cause) | Self::Unreached(cause) => StoreError::Unavailable(format!("{what}: {cause}")),
             Self::Malformed(cause) => {
                 StoreError::Unavailable(format!("{what}: unexpected answer from the store ({cause})"))
             }
@@ -467,6 +470,11 @@ fn classify(e: ClientError) -> Failure {
         ClientError::APIError { code, .. } => Failure::Status(code),
         ClientError::RestClientError { source } => match source {
             Rest::ServerResponseError { code, .. } => Failure::Status(code),
+            Rest::RequestError { source, .. }
+                if source.downcast_ref::<reqwest::Error>().is_some_and(|e| e.is_connect()) =>
+            {
+                Failure::Unreached(format!("{source:#}"))
+            }
             Rest::RequestError { source, .. } | Rest::ResponseError { source } => {
                 Failure::Transport(format!("{source:#}"))
             }
@@ -989,8 +997,9 @@ impl Conn {
     /// Runs `op` against the addresses in turn, starting with the one that
     /// answered last, until one gives an answer (see [`Failure::tries_next`]).
     /// The address that answered becomes the first to try next time. When
-    /// none answers, the failure is a node's status if any gave one, so a
-    /// [`Failure::Transport`] means that no node could be reached at all.
+    /// none answers, the failure is a node's status if any gave one, else a
+    /// [`Failure::Transport`] if any took the request, so a
+    /// [`Failure::Unreached`] means that no node could be reached at all.
     async fn on_any<T, F, Fut>(&self, op: F) -> Result<T, Failure>
     where
         F: Fn(usize) -> Fut,
@@ -1006,7 +1015,12 @@ impl Conn {
                     if count > 1 {
                         tracing::debug!(address = %self.address_text(index), failure = ?failure, "the store did not answer; trying the next address");
                     }
-                    if !(matches!(failure, Failure::Transport(_)) && matches!(last, Failure::Status(_))) {
+                    let rank = |f: &Failure| match f {
+                        Failure::Status(_) => 2,
+                        Failure::Transport(_) => 1,
+                        _ => 0,
+                    };
+                    if rank(&failure) >= rank(&last) {
                         last = failure;
                     }
                 }
@@ -1204,14 +1218,15 @@ impl Inner {
     /// landed.
     async fn write_outcome(&self, path: &str, cas: u64, write_id: &str) -> Result<Outcome, Failure> {
         let (mount, kv_path) = (self.mount.as_str(), path);
-        let current = match self
+        let meta = match self
             .call(|s| async move { vaultrs::kv2::read_metadata(s.client()?, mount, kv_path).await.map_err(classify) })
             .await
         {
-            Ok(meta) => meta.current_version,
-            Err(Failure::Status(404)) => 0,
+            Ok(meta) => Some(meta),
+            Err(Failure::Status(404)) => None,
             Err(f) => return Err(f),
         };
+        let current = meta.as_ref().map_or(0, |m| m.current_version);
         if current == cas {
             return Ok(Outcome::NotYet);
         }
@@ -1235,8 +1250,17 @@ impl Inner {
                 let ours = serde_json::from_value::<StoredData>(response.data).is_ok_and(|d| d.write_id == write_id);
                 Ok(if ours { Outcome::Landed(next, response.metadata.created_time) } else { Outcome::Lost(current) })
             }
-            // Destroyed or pruned since: whoever wrote it, it is not served.
-            Err(Failure::Status(404)) => Ok(Outcome::Lost(current)),
+            Err(Failure::Status(404)) => {
+                let listed = meta.as_ref().and_then(|m| m.versions.get(&next.to_string()));
+                if listed.is_some_and(|v| is_live(&v.deletion_time, v.destroyed, OffsetDateTime::now_utc())) {
+                    // Listed as live, yet not found: a node that lags.
+                    Ok(Outcome::NotYet)
+                } else {
+                    // Destroyed or pruned since: whoever wrote it, it is not
+                    // served.
+                    Ok(Outcome::Lost(current))
+                }
+            }
             Err(f) => Err(f),
         }
     }
@@ -1338,9 +1362,11 @@ impl SecretStore for VaultStore {
         };
         let (mount, kv_path, data) = (inner.mount.as_str(), path.as_str(), &data);
         let deadline = Instant::now() + WRITE_OUTCOME_BUDGET;
-        // A 400 whose version did not move is rechecked a few times only:
-        // a standby may lag, but a 400 for another cause will not pass.
+        // A 400 whose version did not move is rechecked a few times only
+        // (a standby may lag, but a 400 for another cause will not pass),
+        // unless an earlier attempt may have landed.
         let mut rejections = 0u32;
+        let mut maybe_landed = false;
         // A write that got no answer may have landed: it is checked (by
         // its write ID in version `cas + 1`) and sent again while it has
         // not, never reported as failed once it has. CAS keeps the retries
@@ -1367,20 +1393,18 @@ impl SecretStore for VaultStore {
             if !unknown && !matches!(failure, Failure::Status(400)) {
                 return Err(failure.into_store_no_404("writing secret"));
             }
+            if matches!(failure, Failure::Unreached(_)) && !maybe_landed {
+                // No node took this attempt, and none took an earlier one.
+                return Err(failure.into_store_no_404("writing secret"));
+            }
+            maybe_landed |= unknown;
             // KV signals a CAS mismatch only with a 400 and a message; the
             // versions tell whether the version really moved, and whose
             // write made it. A standby serving reads may lag a moment.
             match inner.write_outcome(&path, cas, &write_id).await {
                 Ok(Outcome::Landed(version, created)) => break (version, created),
                 Ok(Outcome::Lost(found)) => return Err(StoreError::Conflict { expected, found }),
-                // No node can be reached at all: nothing to wait for.
-                Err(Failure::Transport(cause)) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "writing secret: no node of the store answers, and whether the write landed is unknown \
-                         ({cause}); read the secret's versions before writing again"
-                    )));
-                }
-                Ok(Outcome::NotYet) if !unknown && rejections >= 5 => {
+                Ok(Outcome::NotYet) if !maybe_landed && rejections >= 15 => {
                     return Err(StoreError::Unavailable(
                         "writing secret: the store rejected the write (HTTP 400)".into(),
                     ));
@@ -1389,7 +1413,7 @@ impl SecretStore for VaultStore {
                     rejections += u32::from(!unknown);
                     tokio::time::sleep(WRITE_OUTCOME_PAUSE).await;
                 }
-                Ok(Outcome::NotYet) if !unknown => {
+                Ok(Outcome::NotYet) if !maybe_landed => {
                     return Err(StoreError::Unavailable(
                         "writing secret: the store rejected the write (HTTP 400)".into(),
                     ));
@@ -1626,6 +1650,7 @@ mod tests {
     #[test]
     fn only_missing_answers_try_another_node() {
         assert!(Failure::Transport("reset".into()).tries_next());
+        assert!(Failure::Unreached("refused".into()).tries_next());
         for code in [429, 500, 502, 503, 504] {
             assert!(Failure::Status(code).tries_next(), "{code}");
         }
