@@ -1371,10 +1371,13 @@ impl SecretStore for VaultStore {
         // its write ID in version `cas + 1`) and sent again while it has
         // not, never reported as failed once it has. CAS keeps the retries
         // from making a second version.
+        // Set when some node took an attempt and gave no answer, even if
+        // another node then answered (a failover hides the first failure).
+        let took = &std::sync::atomic::AtomicBool::new(false);
         let (version, created_time) = loop {
             let written = inner
                 .call(|s| async move {
-                    vaultrs::kv2::set_with_options(
+                    let result = vaultrs::kv2::set_with_options(
                         s.client()?,
                         mount,
                         kv_path,
@@ -1382,7 +1385,14 @@ impl SecretStore for VaultStore {
                         SetSecretRequestOptions { cas: cas32 },
                     )
                     .await
-                    .map_err(classify)
+                    .map_err(classify);
+                    if let Err(failure) = &result
+                        && failure.tries_next()
+                        && !matches!(failure, Failure::Unreached(_))
+                    {
+                        took.store(true, Ordering::SeqCst);
+                    }
+                    result
                 })
                 .await;
             let failure = match written {
@@ -1393,11 +1403,11 @@ impl SecretStore for VaultStore {
             if !unknown && !matches!(failure, Failure::Status(400)) {
                 return Err(failure.into_store_no_404("writing secret"));
             }
+            maybe_landed |= took.load(Ordering::SeqCst);
             if matches!(failure, Failure::Unreached(_)) && !maybe_landed {
                 // No node took this attempt, and none took an earlier one.
                 return Err(failure.into_store_no_404("writing secret"));
             }
-            maybe_landed |= unknown;
             // KV signals a CAS mismatch only with a 400 and a message; the
             // versions tell whether the version really moved, and whose
             // write made it. A standby serving reads may lag a moment.
