@@ -1223,7 +1223,9 @@ impl Inner {
             .await
         {
             Ok(meta) => Some(meta),
-            Err(Failure::Status(404)) => None,
+            Err(Failure::Status(404)) if cas == 0 => None,
+            // The secret existed when the write was sent: a node that has
+            // just become active may not serve the mount yet. Asked again.
             Err(f) => return Err(f),
         };
         let current = meta.as_ref().map_or(0, |m| m.current_version);
