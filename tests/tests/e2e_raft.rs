@@ -64,6 +64,8 @@ struct Writes {
     acked_at: Vec<Instant>,
     /// Refusals by reason code.
     refused: BTreeMap<String, usize>,
+    /// What the writer of each refused value was told.
+    told: BTreeMap<Vec<u8>, String>,
 }
 
 /// Standbys forward every request to the active node
@@ -198,7 +200,10 @@ async fn leader_killed_under_load(standby_reads: bool) -> usize {
                         assert!(earlier.is_none(), "version {version} was acknowledged to two writers");
                         writes.acked_at.push(Instant::now());
                     }
-                    Err(status) => refused(&writes, status),
+                    Err(status) => {
+                        writes.lock().unwrap().told.insert(value, format!("{status:?}"));
+                        refused(&writes, status);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -278,7 +283,12 @@ async fn leader_killed_under_load(standby_reads: bool) -> usize {
     // Every version served was acknowledged, with the value acknowledged.
     for r in &releases {
         if let Ok((version, value)) = &r.result {
-            assert_eq!(writes.acked.get(version), Some(value), "version {version} served but not acknowledged");
+            assert_eq!(
+                writes.acked.get(version),
+                Some(value),
+                "version {version} served but not acknowledged; its writer was told {:?}",
+                writes.told.get(value)
+            );
         }
     }
 
@@ -300,6 +310,14 @@ async fn leader_killed_under_load(standby_reads: bool) -> usize {
         }
         stored
     };
+    for (version, value) in &stored {
+        assert_eq!(
+            writes.acked.get(version),
+            Some(value),
+            "version {version} is in the store but not acknowledged; its writer was told {:?}",
+            writes.told.get(value)
+        );
+    }
     assert_eq!(stored, writes.acked, "the store's versions differ from the acknowledged ones");
     assert!(stored.len() > 5);
 

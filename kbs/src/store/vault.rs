@@ -1402,12 +1402,13 @@ impl SecretStore for VaultStore {
                 Err(failure) => failure,
             };
             let unknown = failure.tries_next();
-            if !unknown && !matches!(failure, Failure::Status(400)) {
-                return Err(failure.into_store_no_404("writing secret"));
-            }
             maybe_landed |= took.load(Ordering::SeqCst);
-            if matches!(failure, Failure::Unreached(_)) && !maybe_landed {
-                // No node took this attempt, and none took an earlier one.
+            // Once some node took a write without answering, whatever the
+            // next node says (a node that has just become active may even
+            // answer 404), only the versions tell the outcome.
+            if !maybe_landed
+                && (matches!(failure, Failure::Unreached(_)) || (!unknown && !matches!(failure, Failure::Status(400))))
+            {
                 return Err(failure.into_store_no_404("writing secret"));
             }
             // KV signals a CAS mismatch only with a 400 and a message; the
