@@ -140,6 +140,8 @@ enum RawStore {
     Vault {
         address: String,
         #[serde(default)]
+        fallback_addresses: Vec<String>,
+        #[serde(default)]
         mount: Option<String>,
         #[serde(default)]
         prefix: Option<String>,
@@ -618,6 +620,7 @@ impl Config {
             }
             RawStore::Vault {
                 address,
+                fallback_addresses,
                 mount,
                 prefix,
                 namespace,
@@ -631,18 +634,27 @@ impl Config {
             } => {
                 store_cache_ms = cache_ttl_ms;
                 use crate::store::vault::{VaultAuth, VaultConfig};
-                if !address.starts_with("https://") && !address.starts_with("http://") {
-                    return Err(ConfigError::Invalid("store.address must be an http(s) URL".into()));
+                if fallback_addresses.len() >= crate::store::vault::MAX_ADDRESSES {
+                    return Err(ConfigError::Invalid(format!(
+                        "store.fallback_addresses: at most {} addresses in all",
+                        crate::store::vault::MAX_ADDRESSES
+                    )));
                 }
-                let plain_remote = reqwest::Url::parse(&address)
-                    .map(|url| url.scheme() == "http" && !crate::fetch::is_loopback(&url))
-                    .map_err(|e| ConfigError::Invalid(format!("store.address: {e}")))?;
-                if plain_remote && !insecure_plain_http {
-                    return Err(ConfigError::Invalid(
-                        "store.address is plain http to another machine: tokens and secrets would cross the network \
-                         in clear (use https, or set store.insecure_plain_http for a development set-up)"
-                            .into(),
-                    ));
+                for (key, address) in std::iter::once(("store.address", &address))
+                    .chain(fallback_addresses.iter().map(|a| ("store.fallback_addresses", a)))
+                {
+                    if !address.starts_with("https://") && !address.starts_with("http://") {
+                        return Err(ConfigError::Invalid(format!("{key} must hold http(s) URLs")));
+                    }
+                    let plain_remote = reqwest::Url::parse(address)
+                        .map(|url| url.scheme() == "http" && !crate::fetch::is_loopback(&url))
+                        .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?;
+                    if plain_remote && !insecure_plain_http {
+                        return Err(ConfigError::Invalid(format!(
+                            "{key} is plain http to another machine: tokens and secrets would cross the network \
+                             in clear (use https, or set store.insecure_plain_http for a development set-up)"
+                        )));
+                    }
                 }
                 let auth = match auth {
                     RawVaultAuth::Token { token_file } => VaultAuth::token_from_file(&resolve(&token_file))
@@ -668,6 +680,7 @@ impl Config {
                     }
                 };
                 let mut vault = VaultConfig::new(address, auth);
+                vault.fallback_addresses = fallback_addresses;
                 if let Some(mount) = mount {
                     vault.mount = mount;
                 }
@@ -1029,6 +1042,16 @@ mod tests {
             let c = vault(bad, "insecure_plain_http = true").unwrap();
             assert!(matches!(c.store, StoreConfig::Vault(v) if v.insecure_plain_http), "{bad}");
         }
+        // The other nodes of an HA cluster: the same checks for each.
+        let c =
+            vault("http://127.0.0.1:8200", "fallback_addresses = [\"http://127.0.0.1:8210\", \"https://b.example\"]")
+                .unwrap();
+        assert!(matches!(&c.store, StoreConfig::Vault(v)
+            if v.fallback_addresses == ["http://127.0.0.1:8210", "https://b.example"]));
+        assert!(vault("http://127.0.0.1:8200", "fallback_addresses = [\"http://10.0.0.5:8200\"]").is_err());
+        assert!(vault("http://127.0.0.1:8200", "fallback_addresses = [\"ftp://127.0.0.1\"]").is_err());
+        let many = format!("fallback_addresses = [{}]", vec!["\"https://b.example\""; 16].join(", "));
+        assert!(vault("http://127.0.0.1:8200", &many).is_err());
     }
 
     #[test]

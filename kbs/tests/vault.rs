@@ -206,6 +206,19 @@ type Hook = Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = (
 /// Forwards HTTP/1.1 traffic to `upstream`; before forwarding the first
 /// request whose request line starts with `trigger` while armed, runs `hook`.
 async fn start_proxy(upstream: String, trigger: String, armed: Arc<AtomicBool>, hook: Hook) -> String {
+    start_proxy_with(upstream, trigger, armed, hook, false).await
+}
+
+/// [`start_proxy`]; with `lose_answer`, the triggering request reaches the
+/// server but its answer does not reach the client: the connection is
+/// closed instead, as when a node dies after doing the work.
+async fn start_proxy_with(
+    upstream: String,
+    trigger: String,
+    armed: Arc<AtomicBool>,
+    hook: Hook,
+    lose_answer: bool,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -216,8 +229,23 @@ async fn start_proxy(upstream: String, trigger: String, armed: Arc<AtomicBool>, 
                 let Ok(server) = TcpStream::connect(&upstream).await else { return };
                 let (mut client_read, mut client_write) = client.into_split();
                 let (mut server_read, mut server_write) = server.into_split();
+                let mute = Arc::new(AtomicBool::new(false));
+                let muted = Arc::clone(&mute);
                 tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let n = match server_read.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if muted.load(Ordering::SeqCst) {
+                            let _ = client_write.shutdown().await;
+                            return;
+                        }
+                        if client_write.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                    }
                 });
                 let mut buf = Vec::new();
                 loop {
@@ -248,6 +276,7 @@ async fn start_proxy(upstream: String, trigger: String, armed: Arc<AtomicBool>, 
                     }
                     if head.starts_with(&trigger) && armed.swap(false, Ordering::SeqCst) {
                         hook().await;
+                        mute.store(lose_answer, Ordering::SeqCst);
                     }
                     let request: Vec<u8> = buf.drain(..head_end + length).collect();
                     if server_write.write_all(&request).await.is_err() {
@@ -674,6 +703,42 @@ async fn a_mount_that_is_not_kv_v2_fails_at_start() {
     config.mount = kv1;
     config.auth = VaultAuth::Token(SecretString::from(token));
     assert!(matches!(VaultStore::connect(config).await, Err(ConnectError::Config(_))));
+}
+
+#[tokio::test]
+async fn a_write_whose_answer_is_lost_is_acknowledged_once() {
+    let Some(bao) = Bao::shared().await else { return };
+    let prefix = unique_prefix("lost-answer");
+    let upstream = bao.addr.trim_start_matches("http://").to_owned();
+    let armed = Arc::new(AtomicBool::new(true));
+    let noop: Hook = Arc::new(|| Box::pin(async {}));
+    let trigger = format!("POST /v1/secret/data/{prefix}/w/key ");
+    let proxy = start_proxy_with(upstream, trigger, Arc::clone(&armed), noop, true).await;
+    // The first address has nothing listening: requests fail over to the
+    // second, which loses the answer to the first write.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut config = bao.root_config(&prefix);
+    config.address = format!("http://{closed}");
+    config.fallback_addresses = vec![proxy];
+    let store = VaultStore::connect(config).await.unwrap();
+
+    // The write landed although its answer was lost: it is acknowledged,
+    // as version 1, and no second version is made by the retry.
+    let meta = store.put(with_expected("w/key", b"first", 0)).await.unwrap();
+    assert!(!armed.load(Ordering::SeqCst), "the proxy did not see the write");
+    assert_eq!((meta.version, meta.versions.as_slice()), (1, &[1][..]));
+    let record = store.get("w/key").await.unwrap();
+    assert_eq!((record.value.expose(), record.meta.versions.as_slice()), (&b"first"[..], &[1][..]));
+
+    // A concurrent writer's version is not taken for one's own: a lost
+    // answer to a write that lost the race is a conflict.
+    let other = bao.root_store(&prefix).await;
+    other.put(with_expected("w/key", b"other", 1)).await.unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let result = store.put(with_expected("w/key", b"late", 1)).await;
+    assert!(!armed.load(Ordering::SeqCst), "the proxy did not see the late write");
+    assert!(matches!(result, Err(StoreError::Conflict { expected: 1, found: 2 })), "{result:?}");
+    assert_eq!(store.get("w/key").await.unwrap().value.expose(), b"other");
 }
 
 #[tokio::test]

@@ -11,7 +11,8 @@
 //! ```json
 //! { "value": "<base64 of the secret bytes>",
 //!   "labels": { "owner": "ml-team" },
-//!   "allowed_measurements": ["<96 lowercase hex digits>"] }
+//!   "allowed_measurements": ["<96 lowercase hex digits>"],
+//!   "write_id": "<32 hex digits, random per write>" }
 //! ```
 //!
 //! Labels and allowed measurements travel in the data, not in KV's custom
@@ -52,8 +53,30 @@
 //! [`StoreError::Conflict`]. Vault and OpenBao report a `cas` mismatch only
 //! as HTTP 400 with a free-text message, so the store never reads the
 //! message: on a 400 it re-reads the metadata and reports a conflict only if
-//! the current version is no longer the one it sent; otherwise the 400 is
+//! the current version is no longer the one it sent and version `cas + 1`
+//! is not its own write (see below); if the version has not moved after a
+//! few re-reads (a standby serving reads may lag a moment), the 400 is
 //! reported as [`StoreError::Unavailable`].
+//!
+//! # Several servers
+//! [`VaultConfig::fallback_addresses`] lists the other nodes of an HA
+//! cluster. Every request goes first to the address that answered last; a
+//! node that does not answer (connection refused or reset, timeout) or
+//! answers with a server-side failure (429, 500, 502, 503, 504: sealed, or a
+//! standby whose active node is gone during an election) is passed over for
+//! the next one, once each per request. A request no node answers is
+//! [`StoreError::Unavailable`]: nothing waits for an election to end, so a
+//! release during one fails closed at once and the next one after it
+//! succeeds, without a restart.
+//!
+//! A write that got no answer may still have landed (the node died after
+//! committing it). Each version's data carries a random `write_id`; the
+//! store checks version `cas + 1` for it, sends the same CAS write again
+//! while it has not landed, and reports success once it has, for up to 20
+//! seconds. So a write is acknowledged exactly when it made a version, and
+//! a retry never makes a second one. Past that budget the write is
+//! [`StoreError::Unavailable`] with its outcome unknown. A write that no
+//! node took (no connection could be made to any) fails at once.
 //!
 //! # Authentication
 //! - [`VaultAuth::Token`]: a token given by the operator; looked up at start
@@ -116,6 +139,7 @@ use std::fmt;
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -149,6 +173,13 @@ pub const DEFAULT_KUBERNETES_MOUNT: &str = "kubernetes";
 pub const DEFAULT_KUBERNETES_JWT_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// Default timeout of one HTTP request to the store.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most server addresses one store may list (the nodes of one cluster).
+pub const MAX_ADDRESSES: usize = 16;
+/// How long a write whose outcome is unknown (the node died before it
+/// answered) is retried and checked before it is reported as unavailable.
+const WRITE_OUTCOME_BUDGET: Duration = Duration::from_secs(20);
+/// Pause between checks of a write's outcome.
+const WRITE_OUTCOME_PAUSE: Duration = Duration::from_millis(200);
 /// Largest page [`SecretStore::list`] returns; larger limits are lowered.
 pub const MAX_PAGE: usize = 1000;
 /// Credential files (secret ID, JWT) larger than this are refused.
@@ -227,6 +258,10 @@ impl VaultAuth {
 pub struct VaultConfig {
     /// Server address, `https://host:port` (or `http://` for development).
     pub address: String,
+    /// More addresses of the same cluster (the other nodes of an HA
+    /// OpenBao), tried in turn when the current one does not answer; see
+    /// "Several servers" in the module documentation.
+    pub fallback_addresses: Vec<String>,
     /// KV v2 mount (default [`DEFAULT_MOUNT`]).
     pub mount: String,
     /// Path prefix under the mount (default [`DEFAULT_PREFIX`]; may be empty).
@@ -255,6 +290,7 @@ impl VaultConfig {
     pub fn new(address: impl Into<String>, auth: VaultAuth) -> Self {
         Self {
             address: address.into(),
+            fallback_addresses: Vec::new(),
             mount: DEFAULT_MOUNT.to_owned(),
             prefix: DEFAULT_PREFIX.to_owned(),
             namespace: None,
@@ -286,7 +322,10 @@ pub struct VaultStore {
 
 /// How to reach and log in to the server.
 struct Conn {
-    address: reqwest::Url,
+    /// The configured address first, then the fallbacks.
+    addresses: Vec<reqwest::Url>,
+    /// Index of the address that answered last; requests start there.
+    preferred: AtomicUsize,
     namespace: Option<String>,
     timeout: Duration,
     verify: bool,
@@ -309,15 +348,30 @@ struct Inner {
 
 /// A logged-in client. The token inside is zeroized on drop.
 struct Session {
-    client: VaultClient,
+    /// One client per address, in [`Conn::addresses`] order.
+    clients: Vec<VaultClient>,
     /// Increases with every login, so concurrent 403s trigger one login.
     generation: u64,
 }
 
+/// A session's client for one address, as [`Inner::call`] hands it out.
+struct Endpoint {
+    session: Arc<Session>,
+    index: usize,
+}
+
+impl Endpoint {
+    fn client(&self) -> Result<&VaultClient, Failure> {
+        self.session.clients.get(self.index).ok_or(Failure::Malformed("no client for this address"))
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
-        self.client.settings.token.zeroize();
-        self.client.middle.token.zeroize();
+        for client in &mut self.clients {
+            client.settings.token.zeroize();
+            client.middle.token.zeroize();
+        }
     }
 }
 
@@ -359,6 +413,8 @@ enum Failure {
     Status(u16),
     /// No answer: connection error, timeout, broken response.
     Transport(String),
+    /// No connection could be made: the request was never sent.
+    Unreached(String),
     /// An answer this client does not understand.
     Malformed(&'static str),
     /// Already a store error (login failed, lock poisoned).
@@ -366,6 +422,19 @@ enum Failure {
 }
 
 impl Failure {
+    /// Whether another node of the cluster may answer where this one did
+    /// not: no answer at all, or a server-side failure (a sealed node, a
+    /// standby that lost its active node during an election, a proxy in
+    /// front of a dead node). An answer about the request itself (400, 403,
+    /// 404, ...) is the cluster's answer and is not asked again elsewhere.
+    fn tries_next(&self) -> bool {
+        match self {
+            Self::Transport(_) | Self::Unreached(_) => true,
+            Self::Status(code) => matches!(code, 429 | 500 | 502 | 503 | 504),
+            Self::Malformed(_) | Self::Store(_) => false,
+        }
+    }
+
     /// The store error for an operation described by `what`. 404 means
     /// "not found" only where the caller passes it through here.
     fn into_store(self, what: &str) -> StoreError {
@@ -373,7 +442,7 @@ impl Failure {
             Self::Status(404) => StoreError::NotFound,
             Self::Status(403) => StoreError::Unavailable(format!("{what}: permission denied by the store (HTTP 403)")),
             Self::Status(code) => StoreError::Unavailable(format!("{what}: the store answered HTTP {code}")),
-            Self::Transport(cause) => StoreError::Unavailable(format!("{what}: {cause}")),
+            Self::Transport(cause) | Self::Unreached(cause) => StoreError::Unavailable(format!("{what}: {cause}")),
             Self::Malformed(cause) => {
                 StoreError::Unavailable(format!("{what}: unexpected answer from the store ({cause})"))
             }
@@ -401,6 +470,11 @@ fn classify(e: ClientError) -> Failure {
         ClientError::APIError { code, .. } => Failure::Status(code),
         ClientError::RestClientError { source } => match source {
             Rest::ServerResponseError { code, .. } => Failure::Status(code),
+            Rest::RequestError { source, .. }
+                if source.downcast_ref::<reqwest::Error>().is_some_and(|e| e.is_connect()) =>
+            {
+                Failure::Unreached(format!("{source:#}"))
+            }
             Rest::RequestError { source, .. } | Rest::ResponseError { source } => {
                 Failure::Transport(format!("{source:#}"))
             }
@@ -421,6 +495,7 @@ struct StoredDataRef<'a> {
     value: &'a str,
     labels: &'a BTreeMap<String, String>,
     allowed_measurements: &'a [String],
+    write_id: &'a str,
 }
 
 /// One version's data as read; the base64 value is zeroized on drop.
@@ -433,12 +508,27 @@ struct StoredData {
     #[serde(default)]
     #[zeroize(skip)]
     allowed_measurements: Vec<String>,
+    /// The random identifier of the write that made this version (empty in
+    /// versions written before it existed).
+    #[serde(default)]
+    #[zeroize(skip)]
+    write_id: String,
+}
+
+/// Whether a CAS write landed, as far as the cluster tells.
+enum Outcome {
+    /// Version `cas + 1` is this write: its version and creation time.
+    Landed(u64, String),
+    /// Another write took the version; the current version.
+    Lost(u64),
+    /// The current version is still the one the write expected.
+    NotYet,
 }
 
 impl fmt::Debug for VaultStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VaultStore")
-            .field("address", &self.inner.conn.address.as_str())
+            .field("addresses", &self.inner.conn.addresses.iter().map(reqwest::Url::as_str).collect::<Vec<_>>())
             .field("mount", &self.inner.mount)
             .field("prefix", &self.inner.prefix)
             .field("namespace", &self.inner.conn.namespace)
@@ -581,21 +671,16 @@ impl VaultStore {
     /// looks the token up) and starts the renewal task. Must be called
     /// inside a Tokio runtime.
     pub async fn connect(config: VaultConfig) -> Result<Self, ConnectError> {
-        let address = reqwest::Url::parse(config.address.trim())
-            .map_err(|e| ConnectError::Config(format!("address {:?}: {e}", config.address)))?;
-        if !matches!(address.scheme(), "http" | "https") || address.host_str().is_none() {
-            return Err(ConnectError::Config(format!("address {:?} is not an http(s) URL", config.address)));
+        let mut addresses = Vec::with_capacity(1 + config.fallback_addresses.len());
+        for text in std::iter::once(&config.address).chain(&config.fallback_addresses) {
+            let address = parse_address(text)?;
+            if addresses.contains(&address) {
+                return Err(ConnectError::Config(format!("address {text:?} is listed twice")));
+            }
+            addresses.push(address);
         }
-        if address.path() != "/"
-            || address.query().is_some()
-            || address.fragment().is_some()
-            || !address.username().is_empty()
-            || address.password().is_some()
-        {
-            return Err(ConnectError::Config(format!(
-                "address {:?} must be scheme://host[:port] without path, query or credentials",
-                config.address
-            )));
+        if addresses.len() > MAX_ADDRESSES {
+            return Err(ConnectError::Config(format!("at most {MAX_ADDRESSES} addresses")));
         }
         let mount = normalize_path("mount", &config.mount, false)?;
         let prefix = normalize_path("prefix", &config.prefix, true)?;
@@ -607,7 +692,7 @@ impl VaultStore {
         if config.request_timeout.is_zero() {
             return Err(ConnectError::Config("request_timeout must be positive".into()));
         }
-        let http = build_http_client(&config, &address)?;
+        let http = build_http_client(&config, &addresses)?;
         let auth = match config.auth {
             VaultAuth::Token(token) => {
                 if token.expose_secret().is_empty() || !is_header_safe(token.expose_secret()) {
@@ -629,7 +714,8 @@ impl VaultStore {
             }
         };
         let conn = Conn {
-            address,
+            addresses,
+            preferred: AtomicUsize::new(0),
             namespace: config.namespace,
             timeout: config.request_timeout,
             verify: !config.insecure_skip_verify,
@@ -638,7 +724,7 @@ impl VaultStore {
         };
         let (token, lease) = conn.login().await?;
         conn.check_kv2_mount(&token, &mount).await?;
-        let session = Session { client: conn.client(&token), generation: 1 };
+        let session = Session { clients: conn.clients(&token), generation: 1 };
         let inner = Arc::new(Inner {
             conn,
             mount,
@@ -652,7 +738,7 @@ impl VaultStore {
         let task = tokio::spawn(renewal_loop(Arc::downgrade(&inner)));
         *inner.renewal.lock().map_err(|_| poisoned())? = Some(task.abort_handle());
         tracing::info!(
-            address = %inner.conn.address,
+            address = %inner.conn.addresses.iter().map(reqwest::Url::as_str).collect::<Vec<_>>().join(", "),
             mount = %inner.mount,
             prefix = %inner.prefix,
             auth = inner.conn.auth.kind(),
@@ -669,7 +755,7 @@ impl VaultStore {
         self.inner.read_metadata(&path).await?.ok_or(StoreError::NotFound)?;
         let (mount, path) = (self.inner.mount.as_str(), path.as_str());
         self.inner
-            .call(|s| async move { vaultrs::kv2::delete_latest(&s.client, mount, path).await.map_err(classify) })
+            .call(|s| async move { vaultrs::kv2::delete_latest(s.client()?, mount, path).await.map_err(classify) })
             .await
             .map_err(|f| f.into_store("soft-deleting secret"))
     }
@@ -697,8 +783,8 @@ impl VaultStore {
             .call(|s| async move {
                 let versions = versions.to_vec();
                 match op {
-                    VersionsOp::Destroy => vaultrs::kv2::destroy_versions(&s.client, mount, path, versions).await,
-                    VersionsOp::Undelete => vaultrs::kv2::undelete_versions(&s.client, mount, path, versions).await,
+                    VersionsOp::Destroy => vaultrs::kv2::destroy_versions(s.client()?, mount, path, versions).await,
+                    VersionsOp::Undelete => vaultrs::kv2::undelete_versions(s.client()?, mount, path, versions).await,
                 }
                 .map_err(classify)
             })
@@ -737,14 +823,33 @@ fn assemble_client(
     VaultClient { http: rustify::clients::reqwest::Client::new(address.as_str(), http), middle, settings }
 }
 
-fn build_http_client(config: &VaultConfig, address: &reqwest::Url) -> Result<reqwest::Client, ConnectError> {
+/// Checks one server address: `http(s)://host[:port]`, nothing more.
+fn parse_address(text: &str) -> Result<reqwest::Url, ConnectError> {
+    let address =
+        reqwest::Url::parse(text.trim()).map_err(|e| ConnectError::Config(format!("address {text:?}: {e}")))?;
+    if !matches!(address.scheme(), "http" | "https") || address.host_str().is_none() {
+        return Err(ConnectError::Config(format!("address {text:?} is not an http(s) URL")));
+    }
+    if address.path() != "/"
+        || address.query().is_some()
+        || address.fragment().is_some()
+        || !address.username().is_empty()
+        || address.password().is_some()
+    {
+        return Err(ConnectError::Config(format!(
+            "address {text:?} must be scheme://host[:port] without path, query or credentials"
+        )));
+    }
+    Ok(address)
+}
+
+fn build_http_client(config: &VaultConfig, addresses: &[reqwest::Url]) -> Result<reqwest::Client, ConnectError> {
     let mut builder = reqwest::Client::builder()
         .timeout(config.request_timeout)
         .connect_timeout(config.request_timeout)
         .redirect(reqwest::redirect::Policy::none());
     if config.insecure_skip_verify {
         tracing::warn!(
-            address = %address,
             "TLS certificate verification of the Vault/OpenBao server is DISABLED (insecure_skip_verify); \
              anyone on the network path can read secrets and tokens"
         );
@@ -759,19 +864,21 @@ fn build_http_client(config: &VaultConfig, address: &reqwest::Url) -> Result<req
             return Err(ConnectError::Config(format!("CA bundle {} holds no certificate", path.display())));
         }
         builder = builder.tls_certs_only(certs);
-    } else if address.scheme() == "http" {
+    } else if addresses.iter().all(|a| a.scheme() == "http") {
         // No TLS is used, so the platform trust store need not be loaded
         // (it may be missing in minimal containers).
         builder = builder.tls_certs_only(Vec::new());
     }
-    if address.scheme() == "http" && !crate::fetch::is_loopback(address) {
-        if !config.insecure_plain_http {
-            return Err(ConnectError::Config(format!(
-                "{address} is plain http to another machine: tokens and secrets would cross the network in clear \
-                 (use https, or set insecure_plain_http for a development set-up)"
-            )));
+    for address in addresses {
+        if address.scheme() == "http" && !crate::fetch::is_loopback(address) {
+            if !config.insecure_plain_http {
+                return Err(ConnectError::Config(format!(
+                    "{address} is plain http to another machine: tokens and secrets would cross the network in \
+                     clear (use https, or set insecure_plain_http for a development set-up)"
+                )));
+            }
+            tracing::warn!(address = %address, "INSECURE: the Vault/OpenBao address is plain http: tokens and secrets cross the network in clear");
         }
-        tracing::warn!(address = %address, "INSECURE: the Vault/OpenBao address is plain http: tokens and secrets cross the network in clear");
     }
     builder.build().map_err(|e| ConnectError::Config(format!("building the HTTP client: {e}")))
 }
@@ -803,6 +910,26 @@ impl Conn {
     /// endpoint the Vault CLI uses for this, open to any token with some
     /// capability under the mount), so this is a direct request.
     async fn check_kv2_mount(&self, token: &SecretString, mount: &str) -> Result<(), ConnectError> {
+        let count = self.addresses.len();
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last = ConnectError::Config("no server address".into());
+        for step in 0..count {
+            let Some(address) = self.addresses.get((start + step) % count) else { break };
+            match self.check_kv2_mount_at(address, token, mount).await {
+                // Not reachable there: another node may answer.
+                Err(ConnectError::Store(e)) => last = ConnectError::Store(e),
+                answer => return answer,
+            }
+        }
+        Err(last)
+    }
+
+    async fn check_kv2_mount_at(
+        &self,
+        address: &reqwest::Url,
+        token: &SecretString,
+        mount: &str,
+    ) -> Result<(), ConnectError> {
         #[derive(Deserialize)]
         struct MountInfo {
             #[serde(rename = "type")]
@@ -814,8 +941,7 @@ impl Conn {
         struct Response {
             data: MountInfo,
         }
-        let url = self
-            .address
+        let url = address
             .join(&format!("v1/sys/internal/ui/mounts/{mount}"))
             .map_err(|e| ConnectError::Config(format!("mount {mount:?}: {e}")))?;
         let mut request = self.http.get(url).header("X-Vault-Token", token.expose_secret());
@@ -852,10 +978,14 @@ impl Conn {
         Ok(())
     }
 
-    /// A client sending `token` (none if empty).
-    fn client(&self, token: &SecretString) -> VaultClient {
+    /// One client per address, each sending `token` (none if empty).
+    fn clients(&self, token: &SecretString) -> Vec<VaultClient> {
+        self.addresses.iter().map(|address| self.client_for(address, token)).collect()
+    }
+
+    fn client_for(&self, address: &reqwest::Url, token: &SecretString) -> VaultClient {
         assemble_client(
-            &self.address,
+            address,
             self.http.clone(),
             token.expose_secret().to_owned(),
             self.namespace.clone(),
@@ -864,29 +994,79 @@ impl Conn {
         )
     }
 
+    /// Runs `op` against the addresses in turn, starting with the one that
+    /// answered last, until one gives an answer (see [`Failure::tries_next`]).
+    /// The address that answered becomes the first to try next time. When
+    /// none answers, the failure is a node's status if any gave one, else a
+    /// [`Failure::Transport`] if any took the request, so a
+    /// [`Failure::Unreached`] means that no node could be reached at all.
+    async fn on_any<T, F, Fut>(&self, op: F) -> Result<T, Failure>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let count = self.addresses.len().max(1);
+        let start = self.preferred.load(Ordering::Relaxed) % count;
+        let mut last = Failure::Malformed("no server address");
+        for step in 0..count {
+            let index = (start + step) % count;
+            match op(index).await {
+                Err(failure) if failure.tries_next() => {
+                    if count > 1 {
+                        tracing::debug!(address = %self.address_text(index), failure = ?failure, "the store did not answer; trying the next address");
+                    }
+                    let rank = |f: &Failure| match f {
+                        Failure::Status(_) => 2,
+                        Failure::Transport(_) => 1,
+                        _ => 0,
+                    };
+                    if rank(&failure) >= rank(&last) {
+                        last = failure;
+                    }
+                }
+                answer => {
+                    if index != start && self.preferred.swap(index, Ordering::Relaxed) != index {
+                        tracing::info!(address = %self.address_text(index), "the Vault/OpenBao store answers at another address now");
+                    }
+                    return answer;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn address_text(&self, index: usize) -> &str {
+        self.addresses.get(index).map_or("", reqwest::Url::as_str)
+    }
+
     /// Logs in and returns the token and its lease. For token auth, looks
-    /// the given token up.
+    /// the given token up. Tries every address (see [`Conn::on_any`]).
     async fn login(&self) -> Result<(SecretString, Option<Lease>), StoreError> {
-        let anonymous = self.client(&SecretString::from(""));
+        let what = match &self.auth {
+            VaultAuth::Token(_) => "looking up the Vault token",
+            VaultAuth::AppRole { .. } => "AppRole login",
+            VaultAuth::Kubernetes { .. } => "Kubernetes login",
+        };
+        self.on_any(|index| self.login_at(index)).await.map_err(|f| f.into_store_no_404(what))
+    }
+
+    async fn login_at(&self, index: usize) -> Result<(SecretString, Option<Lease>), Failure> {
+        let address = self.addresses.get(index).ok_or(Failure::Malformed("no server address"))?;
+        let anonymous = self.client_for(address, &SecretString::from(""));
         let auth: AuthInfo = match &self.auth {
             VaultAuth::Token(token) => {
-                let client = self.client(token);
-                let info = vaultrs::token::lookup_self(&client)
-                    .await
-                    .map_err(|e| classify(e).into_store_no_404("looking up the Vault token"))?;
+                let client = self.client_for(address, token);
+                let info = vaultrs::token::lookup_self(&client).await.map_err(classify)?;
                 return Ok((token.clone(), Lease::new(info.ttl, info.renewable.unwrap_or(false))));
             }
             VaultAuth::AppRole { mount, role_id, secret_id_file } => {
-                let secret_id = read_credential_file(secret_id_file).map_err(StoreError::Unavailable)?;
-                vaultrs::auth::approle::login(&anonymous, mount, role_id, &secret_id)
-                    .await
-                    .map_err(|e| classify(e).into_store_no_404("AppRole login"))?
+                let secret_id =
+                    read_credential_file(secret_id_file).map_err(|e| Failure::Store(StoreError::Unavailable(e)))?;
+                vaultrs::auth::approle::login(&anonymous, mount, role_id, &secret_id).await.map_err(classify)?
             }
             VaultAuth::Kubernetes { mount, role, jwt_file } => {
-                let jwt = read_credential_file(jwt_file).map_err(StoreError::Unavailable)?;
-                vaultrs::auth::kubernetes::login(&anonymous, mount, role, &jwt)
-                    .await
-                    .map_err(|e| classify(e).into_store_no_404("Kubernetes login"))?
+                let jwt = read_credential_file(jwt_file).map_err(|e| Failure::Store(StoreError::Unavailable(e)))?;
+                vaultrs::auth::kubernetes::login(&anonymous, mount, role, &jwt).await.map_err(classify)?
             }
         };
         Ok(session_from_auth(auth))
@@ -911,16 +1091,20 @@ impl Inner {
     /// concurrent requests) and retries once.
     async fn call<T, F, Fut>(&self, op: F) -> Result<T, Failure>
     where
-        F: Fn(Arc<Session>) -> Fut,
+        F: Fn(Endpoint) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
         let session = self.session().map_err(Failure::Store)?;
         let generation = session.generation;
-        match op(session).await {
+        let on = |session: Arc<Session>| {
+            let op = &op;
+            self.conn.on_any(move |index| op(Endpoint { session: Arc::clone(&session), index }))
+        };
+        match on(session).await {
             Err(Failure::Status(403)) if self.conn.auth.can_login() => {
                 tracing::info!("the store denied a request; logging in again and retrying once");
                 self.relogin_after_denial(generation).await.map_err(Failure::Store)?;
-                op(self.session().map_err(Failure::Store)?).await
+                on(self.session().map_err(Failure::Store)?).await
             }
             other => other,
         }
@@ -930,7 +1114,7 @@ impl Inner {
     async fn relogin_locked(&self) -> Result<(), StoreError> {
         let (token, lease) = self.conn.login().await?;
         let generation = self.session()?.generation.saturating_add(1);
-        let session = Arc::new(Session { client: self.conn.client(&token), generation });
+        let session = Arc::new(Session { clients: self.conn.clients(&token), generation });
         *self.session.write().map_err(|_| poisoned())? = session;
         *self.lease.lock().map_err(|_| poisoned())? = lease;
         self.lease_changed.notify_one();
@@ -984,8 +1168,14 @@ impl Inner {
             return Ok(());
         }
         if lease.renewable {
+            // Not through `call`: a 403 here must not log in again while
+            // the `refresh` lock is held; it falls through to a new login.
             let session = self.session()?;
-            match vaultrs::token::renew_self(&session.client, None).await {
+            let renewed = self.conn.on_any(|index| {
+                let endpoint = Endpoint { session: Arc::clone(&session), index };
+                async move { vaultrs::token::renew_self(endpoint.client()?, None).await.map_err(classify) }
+            });
+            match renewed.await {
                 Ok(mut auth) => {
                     auth.client_token.zeroize();
                     let renewed = Lease::new(auth.lease_duration, auth.renewable)
@@ -998,7 +1188,7 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    let e = classify(e).into_store_no_404("renewing the Vault token");
+                    let e = e.into_store_no_404("renewing the Vault token");
                     if !self.conn.auth.can_login() {
                         return Err(e);
                     }
@@ -1015,12 +1205,65 @@ impl Inner {
     async fn read_metadata(&self, path: &str) -> Result<Option<ReadSecretMetadataResponse>, StoreError> {
         let mount = self.mount.as_str();
         match self
-            .call(|s| async move { vaultrs::kv2::read_metadata(&s.client, mount, path).await.map_err(classify) })
+            .call(|s| async move { vaultrs::kv2::read_metadata(s.client()?, mount, path).await.map_err(classify) })
             .await
         {
             Ok(meta) => Ok(Some(meta)),
             Err(Failure::Status(404)) => Ok(None),
             Err(f) => Err(f.into_store("reading secret metadata")),
+        }
+    }
+
+    /// Whether the CAS write with `write_id` that expected version `cas`
+    /// landed.
+    async fn write_outcome(&self, path: &str, cas: u64, write_id: &str) -> Result<Outcome, Failure> {
+        let (mount, kv_path) = (self.mount.as_str(), path);
+        let meta = match self
+            .call(|s| async move { vaultrs::kv2::read_metadata(s.client()?, mount, kv_path).await.map_err(classify) })
+            .await
+        {
+            Ok(meta) => Some(meta),
+            Err(Failure::Status(404)) if cas == 0 => None,
+            // The secret existed when the write was sent: a node that has
+            // just become active may not serve the mount yet. Asked again.
+            Err(f) => return Err(f),
+        };
+        let current = meta.as_ref().map_or(0, |m| m.current_version);
+        if current == cas {
+            return Ok(Outcome::NotYet);
+        }
+        let Some(next) = cas.checked_add(1).filter(|next| *next <= current) else {
+            // Fewer versions than expected: deleted meanwhile.
+            return Ok(Outcome::Lost(current));
+        };
+        let response: Result<ReadSecretResponse, Failure> = self
+            .call(|s| async move {
+                let endpoint = ReadSecretRequest::builder()
+                    .mount(mount)
+                    .path(kv_path)
+                    .version(Some(next))
+                    .build()
+                    .map_err(|_| Failure::Malformed("request could not be built"))?;
+                vaultrs::api::exec_with_result(s.client()?, endpoint).await.map_err(classify)
+            })
+            .await;
+        match response {
+            Ok(response) => {
+                let ours = serde_json::from_value::<StoredData>(response.data).is_ok_and(|d| d.write_id == write_id);
+                Ok(if ours { Outcome::Landed(next, response.metadata.created_time) } else { Outcome::Lost(current) })
+            }
+            Err(Failure::Status(404)) => {
+                let listed = meta.as_ref().and_then(|m| m.versions.get(&next.to_string()));
+                if listed.is_some_and(|v| is_live(&v.deletion_time, v.destroyed, OffsetDateTime::now_utc())) {
+                    // Listed as live, yet not found: a node that lags.
+                    Ok(Outcome::NotYet)
+                } else {
+                    // Destroyed or pruned since: whoever wrote it, it is not
+                    // served.
+                    Ok(Outcome::Lost(current))
+                }
+            }
+            Err(f) => Err(f),
         }
     }
 
@@ -1036,7 +1279,7 @@ impl Inner {
                     .path(kv_path)
                     .build()
                     .map_err(|_| Failure::Malformed("request could not be built"))?;
-                vaultrs::api::exec_with_result(&s.client, endpoint).await.map_err(classify)
+                vaultrs::api::exec_with_result(s.client()?, endpoint).await.map_err(classify)
             })
             .await
             .map_err(|f| f.into_store("reading secret"))?;
@@ -1074,7 +1317,7 @@ impl Inner {
     async fn list_folder(&self, folder: &str) -> Result<Vec<String>, StoreError> {
         let (mount, path) = (self.mount.as_str(), self.kv_folder(folder));
         let path = path.as_str();
-        match self.call(|s| async move { vaultrs::kv2::list(&s.client, mount, path).await.map_err(classify) }).await {
+        match self.call(|s| async move { vaultrs::kv2::list(s.client()?, mount, path).await.map_err(classify) }).await {
             Ok(keys) => Ok(keys),
             Err(Failure::Status(404)) => Ok(Vec::new()),
             Err(f) => Err(f.into_store("listing secrets")),
@@ -1112,47 +1355,109 @@ impl SecretStore for VaultStore {
             return Err(StoreError::Conflict { expected, found });
         };
         let encoded = Zeroizing::new(B64.encode(secret.value.expose()));
+        let write_id = hex::encode(rand::random::<[u8; 16]>());
         let data = StoredDataRef {
             value: encoded.as_str(),
             labels: &secret.labels,
             allowed_measurements: &secret.allowed_measurements,
+            write_id: &write_id,
         };
         let (mount, kv_path, data) = (inner.mount.as_str(), path.as_str(), &data);
-        let written = inner
-            .call(|s| async move {
-                vaultrs::kv2::set_with_options(&s.client, mount, kv_path, data, SetSecretRequestOptions { cas: cas32 })
+        let deadline = Instant::now() + WRITE_OUTCOME_BUDGET;
+        // A 400 whose version did not move is rechecked a few times only
+        // (a standby may lag, but a 400 for another cause will not pass),
+        // unless an earlier attempt may have landed.
+        let mut rejections = 0u32;
+        let mut maybe_landed = false;
+        // A write that got no answer may have landed: it is checked (by
+        // its write ID in version `cas + 1`) and sent again while it has
+        // not, never reported as failed once it has. CAS keeps the retries
+        // from making a second version.
+        // Set when some node took an attempt and gave no answer, even if
+        // another node then answered (a failover hides the first failure).
+        let took = &std::sync::atomic::AtomicBool::new(false);
+        let (version, created_time) = loop {
+            let written = inner
+                .call(|s| async move {
+                    let result = vaultrs::kv2::set_with_options(
+                        s.client()?,
+                        mount,
+                        kv_path,
+                        data,
+                        SetSecretRequestOptions { cas: cas32 },
+                    )
                     .await
-                    .map_err(classify)
-            })
-            .await;
-        let written = match written {
-            Ok(written) => written,
-            Err(Failure::Status(400)) => {
-                // KV signals a CAS mismatch only with a 400 and a message;
-                // the metadata tells whether the version really moved.
-                let found = inner.read_metadata(&path).await?.map_or(0, |m| m.current_version);
-                if found != cas {
-                    return Err(StoreError::Conflict { expected, found });
-                }
-                return Err(StoreError::Unavailable("writing secret: the store rejected the write (HTTP 400)".into()));
+                    .map_err(classify);
+                    if let Err(failure) = &result
+                        && failure.tries_next()
+                        && !matches!(failure, Failure::Unreached(_))
+                    {
+                        took.store(true, Ordering::SeqCst);
+                    }
+                    result
+                })
+                .await;
+            let failure = match written {
+                Ok(written) => break (written.version, written.created_time),
+                Err(failure) => failure,
+            };
+            let unknown = failure.tries_next();
+            maybe_landed |= took.load(Ordering::SeqCst);
+            // Once some node took a write without answering, whatever the
+            // next node says (a node that has just become active may even
+            // answer 404), only the versions tell the outcome.
+            if !maybe_landed
+                && (matches!(failure, Failure::Unreached(_)) || (!unknown && !matches!(failure, Failure::Status(400))))
+            {
+                return Err(failure.into_store_no_404("writing secret"));
             }
-            Err(f) => return Err(f.into_store_no_404("writing secret")),
+            // KV signals a CAS mismatch only with a 400 and a message; the
+            // versions tell whether the version really moved, and whose
+            // write made it. A standby serving reads may lag a moment.
+            match inner.write_outcome(&path, cas, &write_id).await {
+                Ok(Outcome::Landed(version, created)) => break (version, created),
+                Ok(Outcome::Lost(found)) => return Err(StoreError::Conflict { expected, found }),
+                Ok(Outcome::NotYet) if !maybe_landed && rejections >= 15 => {
+                    return Err(StoreError::Unavailable(
+                        "writing secret: the store rejected the write (HTTP 400)".into(),
+                    ));
+                }
+                Ok(Outcome::NotYet) | Err(_) if Instant::now() < deadline => {
+                    rejections += u32::from(!unknown);
+                    tokio::time::sleep(WRITE_OUTCOME_PAUSE).await;
+                }
+                Ok(Outcome::NotYet) if !maybe_landed => {
+                    return Err(StoreError::Unavailable(
+                        "writing secret: the store rejected the write (HTTP 400)".into(),
+                    ));
+                }
+                Ok(Outcome::NotYet) | Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "writing secret: no answer, and whether it landed is still unknown after {} s; \
+                         read the secret's versions before writing again",
+                        WRITE_OUTCOME_BUDGET.as_secs()
+                    )));
+                }
+            }
+            if unknown {
+                tracing::info!(name = %secret.name, cas, "a write got no answer and has not landed; sending it again");
+            }
         };
-        let created_at = parse_time(&written.created_time).map_or(0, OffsetDateTime::unix_timestamp);
+        let created_at = parse_time(&created_time).map_or(0, OffsetDateTime::unix_timestamp);
         let versions = match inner.read_metadata(&path).await {
             Ok(Some(meta)) => live_versions(&meta),
             Ok(None) => Vec::new(),
             Err(e) => {
-                return Err(StoreError::Unavailable(format!(
-                    "secret written as version {}, but reading its metadata back failed: {e}",
-                    written.version
-                )));
+                // The write landed: reporting it as failed would leave a
+                // version nobody was told about. The list is incomplete.
+                tracing::warn!(name = %secret.name, version, error = %e, "secret written, but its version list could not be read back");
+                vec![version]
             }
         };
-        tracing::debug!(name = %secret.name, version = written.version, "secret written");
+        tracing::debug!(name = %secret.name, version, "secret written");
         Ok(SecretMeta {
             name: secret.name.clone(),
-            version: written.version,
+            version,
             created_at,
             size: u64::try_from(secret.value.len()).unwrap_or(u64::MAX),
             labels: secret.labels.clone(),
@@ -1244,7 +1549,7 @@ impl SecretStore for VaultStore {
         inner.read_metadata(&path).await?.ok_or(StoreError::NotFound)?;
         let (mount, path) = (inner.mount.as_str(), path.as_str());
         inner
-            .call(|s| async move { vaultrs::kv2::delete_metadata(&s.client, mount, path).await.map_err(classify) })
+            .call(|s| async move { vaultrs::kv2::delete_metadata(s.client()?, mount, path).await.map_err(classify) })
             .await
             .map_err(|f| f.into_store("deleting secret"))?;
         tracing::debug!(name, "secret deleted with all its versions");
@@ -1301,6 +1606,89 @@ mod tests {
     fn token_debug_is_redacted() {
         let auth = VaultAuth::Token(SecretString::from("hvs.very-secret"));
         assert!(!format!("{auth:?}").contains("very-secret"));
+    }
+
+    fn conn(addresses: &[&str]) -> Conn {
+        Conn {
+            addresses: addresses.iter().map(|a| parse_address(a).unwrap()).collect(),
+            preferred: AtomicUsize::new(0),
+            namespace: None,
+            timeout: Duration::from_secs(1),
+            verify: true,
+            auth: VaultAuth::Token(SecretString::from("t")),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_fail_over_to_the_next_address_and_stay_there() {
+        let conn = conn(&["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"]);
+        let tried = Mutex::new(Vec::new());
+        // Node 0 is gone, node 1 is a standby without an active node (500),
+        // node 2 answers.
+        let op = |index: usize| {
+            tried.lock().unwrap().push(index);
+            async move {
+                match index {
+                    0 => Err(Failure::Transport("connection refused".into())),
+                    1 => Err(Failure::Status(500)),
+                    _ => Ok(index),
+                }
+            }
+        };
+        assert_eq!(conn.on_any(op).await.unwrap(), 2);
+        assert_eq!(conn.on_any(op).await.unwrap(), 2);
+        assert_eq!(*tried.lock().unwrap(), [0, 1, 2, 2], "the answering address is tried first next time");
+
+        // An answer about the request is the cluster's answer: not asked
+        // elsewhere.
+        tried.lock().unwrap().clear();
+        let denied = |index: usize| {
+            tried.lock().unwrap().push(index);
+            async move { Err::<(), _>(Failure::Status(if index == 2 { 404 } else { 503 })) }
+        };
+        assert!(matches!(conn.on_any(denied).await, Err(Failure::Status(404))));
+        assert_eq!(*tried.lock().unwrap(), [2]);
+
+        // Nobody answers: the last failure, after one try of each.
+        tried.lock().unwrap().clear();
+        let down = |index: usize| {
+            tried.lock().unwrap().push(index);
+            async move { Err::<(), _>(Failure::Status(503)) }
+        };
+        assert!(matches!(conn.on_any(down).await.map_err(|f| f.into_store("x")), Err(StoreError::Unavailable(_))));
+        assert_eq!(*tried.lock().unwrap(), [2, 0, 1]);
+    }
+
+    #[test]
+    fn only_missing_answers_try_another_node() {
+        assert!(Failure::Transport("reset".into()).tries_next());
+        assert!(Failure::Unreached("refused".into()).tries_next());
+        for code in [429, 500, 502, 503, 504] {
+            assert!(Failure::Status(code).tries_next(), "{code}");
+        }
+        for code in [400, 403, 404, 405, 412] {
+            assert!(!Failure::Status(code).tries_next(), "{code}");
+        }
+        assert!(!Failure::Malformed("x").tries_next());
+        assert!(!Failure::Store(StoreError::NotFound).tries_next());
+    }
+
+    #[tokio::test]
+    async fn every_address_is_checked_and_none_listed_twice() {
+        let connect = |address: &str, fallbacks: &[&str]| {
+            let mut config = VaultConfig::new(address, VaultAuth::Token(SecretString::from("t")));
+            config.fallback_addresses = fallbacks.iter().map(|a| (*a).to_owned()).collect();
+            VaultStore::connect(config)
+        };
+        let refused = |r: Result<VaultStore, ConnectError>| matches!(r, Err(ConnectError::Config(_)));
+        assert!(refused(connect("http://127.0.0.1:1", &["http://127.0.0.1:1/"]).await));
+        assert!(refused(connect("http://127.0.0.1:1", &["http://127.0.0.1:2/v1"]).await));
+        assert!(refused(connect("http://127.0.0.1:1", &["http://10.1.2.3:8200"]).await));
+        assert!(refused(connect("http://127.0.0.1:1", &vec!["https://b.example"; MAX_ADDRESSES]).await));
+        // Valid, but nothing listens: unavailable after trying both.
+        let r = connect("http://127.0.0.1:1", &["http://127.0.0.1:2"]).await;
+        assert!(matches!(r, Err(ConnectError::Store(StoreError::Unavailable(_)))), "{r:?}");
     }
 
     #[test]

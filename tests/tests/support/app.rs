@@ -35,6 +35,9 @@ pub struct Options {
     pub metrics: bool,
     /// Serve the metrics listener over TLS (`metrics.tls`).
     pub metrics_tls: bool,
+    /// A `[store]` section (and its subsections) in place of the dev
+    /// set-up's local store, e.g. an OpenBao cluster.
+    pub store: Option<String>,
     /// Share the challenge key (and CoCo token key) of the broker whose
     /// directory this is, as replicas do.
     pub keys_from: Option<PathBuf>,
@@ -110,6 +113,12 @@ impl TestApp {
             assert!(options.metrics, "metrics_tls needs metrics");
             let text = std::fs::read_to_string(&files.config).unwrap();
             std::fs::write(&files.config, text.replacen("[metrics]\n", "[metrics]\ntls = true\n", 1)).unwrap();
+        }
+        if let Some(store) = &options.store {
+            let text = std::fs::read_to_string(&files.config).unwrap();
+            let local = "[store]\nkind = \"local\"\ndir = \"secrets\"\nkek_file = \"kek\"\n";
+            assert!(text.contains(local), "the dev set-up's store section changed");
+            std::fs::write(&files.config, text.replacen(local, &format!("{store}\n"), 1)).unwrap();
         }
         if !options.server_extra.is_empty() {
             let text = std::fs::read_to_string(&files.config).unwrap();
