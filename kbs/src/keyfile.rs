@@ -37,6 +37,12 @@ pub enum KeyFileError {
         /// The file.
         path: String,
     },
+    /// The file may be read or written by others than its owner.
+    #[error("key file {path}: must not be readable or writable by group or others (chmod 600)")]
+    Permissions {
+        /// The file.
+        path: String,
+    },
 }
 
 /// Reads a key file (see the module documentation for the format).
@@ -49,6 +55,22 @@ pub fn read(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
     }
     let raw = Zeroizing::new(std::fs::read(path).map_err(io)?);
     parse(&raw).ok_or_else(format)
+}
+
+/// Reads a key file that only its owner may read or write (on Unix: no
+/// group or other permission bits), for keys introduced after the others
+/// and held to the stricter rule from the start.
+pub fn read_private(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let metadata = std::fs::metadata(path)
+            .map_err(|e| KeyFileError::Io { path: path.display().to_string(), why: e.to_string() })?;
+        if metadata.permissions().mode() & 0o077 != 0 {
+            return Err(KeyFileError::Permissions { path: path.display().to_string() });
+        }
+    }
+    read(path)
 }
 
 /// Parses key file contents: 32 raw bytes, or 64 hex digits and whitespace.
@@ -118,5 +140,22 @@ mod tests {
         let err = read(&missing).unwrap_err();
         assert!(matches!(err, KeyFileError::Io { .. }));
         assert!(err.to_string().contains("missing"));
+        assert!(matches!(read_private(&missing), Err(KeyFileError::Io { .. })));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_key_files_must_be_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, [3u8; 32]).unwrap();
+        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false), (0o620, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(read_private(&path).is_ok(), ok, "mode {mode:o}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(read_private(&path), Err(KeyFileError::Permissions { .. })));
+        assert_eq!(*read(&path).unwrap(), [3u8; 32], "the plain reader does not check");
     }
 }

@@ -22,10 +22,10 @@
 //! - [`reason`]: stable reason codes; [`names`]: the secret-name limit and
 //!   the reserved namespace; [`fetch`]: what outbound HTTP clients share;
 //!   [`rate`]: request rate limits of the guest-facing calls; [`keyfile`]:
-//!   the 256-bit key file format; [`tickets`]: TLS session tickets every
-//!   replica can redeem.
+//!   the 256-bit key file format.
 //!   Leaves.
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
+//!   [`tickets`]: TLS session tickets every replica can redeem.
 //!   [`evidence`]: parsing and verification of SNP reports and TDX quotes;
 //!   trust anchors; collateral sources (VCEKs; Intel DCAP collateral).
 //!   [`store`]: secret stores (embedded encrypted store; Vault/OpenBao KV

@@ -126,44 +126,15 @@ impl fmt::Debug for TicketKey {
     }
 }
 
-/// Files larger than this are refused unread (64 hex digits with white
-/// space fit easily).
-const MAX_KEY_FILE_LEN: u64 = 4096;
-
-/// Reads a key file: owner-only permissions (on Unix), 32 raw bytes or 64
-/// hex digits.
+/// Reads a ticket key file: owner-only permissions (on Unix), 32 raw bytes
+/// or 64 hex digits ([`crate::keyfile::read_private`]).
 pub fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, TicketKeyError> {
-    let name = || path.display().to_string();
-    let io = |source| TicketKeyError::Io { path: name(), source };
-    let metadata = std::fs::metadata(path).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if metadata.permissions().mode() & 0o077 != 0 {
-            return Err(TicketKeyError::Permissions(name()));
-        }
-    }
-    if metadata.len() > MAX_KEY_FILE_LEN {
-        return Err(TicketKeyError::Format(name()));
-    }
-    let raw = Zeroizing::new(std::fs::read(path).map_err(io)?);
-    parse_key(&raw).ok_or_else(|| TicketKeyError::Format(name()))
-}
-
-/// 32 raw bytes, or 64 hex digits (surrounding white space ignored).
-fn parse_key(raw: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
-    let mut key = Zeroizing::new([0u8; 32]);
-    if raw.len() == 32 {
-        key.copy_from_slice(raw);
-        return Some(key);
-    }
-    let text = Zeroizing::new(raw.trim_ascii().to_vec());
-    let decoded = Zeroizing::new(hex::decode(text.as_slice()).ok()?);
-    if decoded.len() != 32 {
-        return None;
-    }
-    key.copy_from_slice(&decoded);
-    Some(key)
+    use crate::keyfile::KeyFileError;
+    crate::keyfile::read_private(path).map_err(|e| match e {
+        KeyFileError::Io { path, why } => TicketKeyError::Io { path, source: io::Error::other(why) },
+        KeyFileError::Permissions { path } => TicketKeyError::Permissions(path),
+        KeyFileError::Format { path } => TicketKeyError::Format(path),
+    })
 }
 
 /// Seals TLS 1.3 session tickets under a key shared by the replicas; opens

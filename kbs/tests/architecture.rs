@@ -68,10 +68,10 @@ const VERIFIER_EXCEPTIONS: &[(&str, &str)] = &[];
 /// (and in ARCHITECTURE.md).
 const LAYERS: &[&[&str]] = &[
     // Leaves: vocabulary and helpers every layer shares.
-    &["reason", "names", "fetch", "keyfile", "connections", "rate", "tickets"],
+    &["reason", "names", "fetch", "keyfile", "connections", "rate"],
     // The domain: challenges, verification, secret storage, the audit log;
-    // the metrics every layer above records.
-    &["audit", "challenge", "evidence", "store", "metrics"],
+    // the metrics every layer above records; TLS session tickets.
+    &["audit", "challenge", "evidence", "store", "metrics", "tickets"],
     // The error type that composes theirs.
     &["error"],
     // Sealing and the release policy.
