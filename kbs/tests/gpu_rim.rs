@@ -208,3 +208,29 @@ fn edits_anywhere_in_a_signed_rim_are_refused() {
         assert!(verify(&xml[..len], IN_WINDOW, true).is_err());
     }
 }
+
+/// A store of the complete H100 set's RIMs appraises its report by the
+/// versions the report names; without the VBIOS RIM the device is reported
+/// as missing one, and a second, different RIM for a version is refused.
+#[test]
+fn a_rim_store_appraises_reports_by_their_versions() {
+    let anchors = anchors();
+    let check = RimCheck { anchors: &anchors, now: IN_WINDOW, accept_expired: false };
+    let mut store = rim::RimStore::default();
+    store.add(&vector(&format!("{GOOGLE}/rim/NV_GPU_DRIVER_GH100_550.90.07.xml")), &check).unwrap();
+    let bytes = vector(&format!("{GOOGLE}/test_raw_gpu_attestation_report.dat"));
+    let report = GpuReport::parse(&bytes).unwrap();
+    assert_eq!(
+        store.appraise_report(&report).unwrap(),
+        rim::DeviceAppraisal::Missing(vec!["vbios 96.00.9F.00.01".into()])
+    );
+    let vbios = vector(&format!("{GOOGLE}/rim/NV_GPU_VBIOS_1010_0200_882_96009F0001.xml"));
+    store.add(&vbios, &check).unwrap();
+    store.add(&vbios, &check).unwrap();
+    assert_eq!(store.len(), 2);
+    match store.appraise_report(&report).unwrap() {
+        rim::DeviceAppraisal::Match(a) => assert_eq!(a.checked, 32),
+        other => panic!("{other:?}"),
+    }
+    assert!(store.get("96.00.9f.00.01").is_some(), "versions compare without case");
+}

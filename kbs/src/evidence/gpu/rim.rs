@@ -385,6 +385,78 @@ pub fn appraise(
     Ok(Appraisal { checked, skipped })
 }
 
+/// Verified RIMs by the firmware version they describe (`colloquialVersion`,
+/// compared without case): the store a broker appraises devices against.
+/// Filled from bytes the caller read (a directory, an import); it does no
+/// I/O itself.
+#[derive(Debug, Default, Clone)]
+pub struct RimStore {
+    by_version: std::collections::HashMap<String, Rim>,
+}
+
+/// How a device fared against the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceAppraisal {
+    /// Every active measurement of its driver and VBIOS RIMs matched.
+    Match(Appraisal),
+    /// A RIM for the device's driver or VBIOS version is missing.
+    Missing(Vec<String>),
+}
+
+impl RimStore {
+    /// Verifies `xml` and adds it; a second RIM for the same version must
+    /// be byte-for-byte the same RIM (same tag id), else it is refused.
+    pub fn add(&mut self, xml: &[u8], check: &RimCheck<'_>) -> Result<&Rim, RimError> {
+        let rim = verify_rim(xml, check)?;
+        let key = rim.version.to_ascii_lowercase();
+        if let Some(existing) = self.by_version.get(&key)
+            && existing.tag_id != rim.tag_id
+        {
+            return Err(malformed(format!("two different RIMs for version {}", rim.version)));
+        }
+        Ok(self.by_version.entry(key).or_insert(rim))
+    }
+
+    /// The RIM for a version, if stored.
+    pub fn get(&self, version: &str) -> Option<&Rim> {
+        self.by_version.get(&version.to_ascii_lowercase())
+    }
+
+    /// Number of RIMs stored.
+    pub fn len(&self) -> usize {
+        self.by_version.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_version.is_empty()
+    }
+
+    /// Appraises a verified device report against the RIMs of the driver
+    /// and VBIOS versions it reports: a missing RIM is reported (the
+    /// caller decides whether that refuses), a mismatch is an error.
+    pub fn appraise_report(&self, report: &super::GpuReport<'_>) -> Result<DeviceAppraisal, RimError> {
+        let fields = report.opaque_fields().map_err(|e| malformed(e.to_string()))?;
+        let mut rims = Vec::new();
+        let mut missing = Vec::new();
+        for (kind, version) in [("driver", &fields.driver_version), ("vbios", &fields.vbios_version)] {
+            match version.as_deref() {
+                Some(v) => match self.get(v) {
+                    Some(rim) => rims.push((kind, rim)),
+                    None => missing.push(format!("{kind} {v}")),
+                },
+                None => missing.push(format!("{kind} (not reported)")),
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(DeviceAppraisal::Missing(missing));
+        }
+        let nvdec0_disabled = fields.nvdec0 == Some(super::Nvdec0::Disabled);
+        appraise(&report.response.blocks, nvdec0_disabled, &rims).map(DeviceAppraisal::Match)
+    }
+}
+
 fn parse_resource(resource: Node<'_, '_>) -> Result<RimMeasurement, RimError> {
     if resource.tag_name().namespace() != Some(NS_SWID) || resource.tag_name().name() != "Resource" {
         return Err(malformed("the payload holds something other than Resource elements"));
