@@ -287,6 +287,15 @@ impl<K: Eq + Hash + Clone> BoundedSet<K> {
     }
 }
 
+/// The delay a vendor's answer asks for in its `Retry-After` header, if
+/// any (see [`parse_retry_after`]).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+}
+
 /// Parses a `Retry-After` value: delay-seconds or an HTTP-date.
 pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();

@@ -63,7 +63,7 @@ use super::amd_crl::MAX_CRL_LEN;
 use super::anchors::{self, Generation, IntermediateKind, MAX_CERT_LEN};
 use super::snp::{CrlInstall, RawTcb, SigningKey, SnpReport, SnpVerifier};
 use crate::fetch::{
-    Backoff, BoundedSet, FetchError, HoldKind, KeyedBackoff, parse_retry_after, read_capped, vendor_client,
+    Backoff, BoundedSet, FetchError, HoldKind, KeyedBackoff, read_capped, retry_after, vendor_client,
     vendor_url_is_https, write_atomic,
 };
 
@@ -531,14 +531,7 @@ impl KdsFetcher {
         match status.as_u16() {
             200 => {}
             404 | 400 => return Ok(Fetched::NotFound),
-            429 | 503 => {
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-                return Ok(Fetched::Busy(retry_after));
-            }
+            429 | 503 => return Ok(Fetched::Busy(retry_after(resp.headers()))),
             _ => return Err(format!("HTTP {status}")),
         }
         if resp.content_length().is_some_and(|n| usize::try_from(n).map_or(true, |n| n > cap)) {

@@ -41,9 +41,7 @@ use tokio::time::Instant;
 
 use super::EvidenceError;
 use super::tdx_collateral::{Fmspc, MAX_COLLATERAL_LEN, PckCa, PcsFiles, TdxCollateral};
-use crate::fetch::{
-    Backoff, HoldKind, KeyedBackoff, parse_retry_after, vendor_client, vendor_url_is_https, write_atomic,
-};
+use crate::fetch::{Backoff, HoldKind, KeyedBackoff, retry_after, vendor_client, vendor_url_is_https, write_atomic};
 
 /// Bound on the resolver's in-memory map.
 const MEMO_CAPACITY: usize = 1024;
@@ -462,14 +460,7 @@ impl PcsFetcher {
             let why = unavailable(format!("PCS: HTTP {status} for {}", path_of(url)));
             return Err(match status.as_u16() {
                 404 => Failure::NotFound(why),
-                429 | 503 => {
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-                    Failure::Busy(retry_after, why)
-                }
+                429 | 503 => Failure::Busy(retry_after(resp.headers()), why),
                 _ => Failure::Other(why),
             });
         }
