@@ -9,7 +9,9 @@
 //! and resumes them with the broker's session tickets). `--coco` runs the
 //! CoCo KBS protocol instead (auth, attest, resource GET, JWE open and
 //! byte check, one new connection per flow), `--coco-gets` only resource
-//! GETs with a token on kept-alive connections. For each concurrency level
+//! GETs with a token on kept-alive connections. `--flood-challenges R`
+//! adds one peer sending R challenge requests per second from another
+//! loopback address and compares the guests' p99 without and with it. For each concurrency level
 //! it prints releases (or flows, or GETs)/s, latency percentiles, errors by
 //! reason code and, when it can see the broker's CPU accounting, the
 //! broker's CPU time per release and its ratio to "the floor" (the
@@ -48,6 +50,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 #[path = "kbs-bench/coco.rs"]
 mod coco;
+#[path = "kbs-bench/flood.rs"]
+mod flood;
 
 /// mimalloc: the release path allocates many small, short-lived objects
 /// (HTTP/2 frames, policy values), which it serves markedly faster than the
@@ -138,6 +142,23 @@ struct Args {
     /// Skip measuring the floor.
     #[arg(long)]
     no_floor: bool,
+    /// One more peer sends this many `GetChallenge` requests per second
+    /// from `--flood-from`; each concurrency level then runs
+    /// `--flood-rounds` pairs of phases, without and with the flood, and
+    /// the guests' p99 latencies are compared. Kept-alive guests then
+    /// connect each from an address of its own (127.0.1.x), and a spawned
+    /// broker keeps the production rate limits.
+    #[arg(long, conflicts_with_all = ["coco", "reconnect"])]
+    flood_challenges: Option<u32>,
+    /// The flooding peer's address (loopback, not 127.0.0.1).
+    #[arg(long, default_value = "127.0.0.2", requires = "flood_challenges")]
+    flood_from: std::net::IpAddr,
+    /// HTTP/2 connections the flooding peer spreads its requests over.
+    #[arg(long, default_value_t = 8, requires = "flood_challenges")]
+    flood_connections: usize,
+    /// Pairs of phases (without, with the flood) per concurrency level.
+    #[arg(long, default_value_t = 3, requires = "flood_challenges")]
+    flood_rounds: usize,
     /// Store cache TTL for the spawned broker (ms; 0 = off).
     #[arg(long)]
     spawn_cache_ttl_ms: Option<u64>,
@@ -295,6 +316,15 @@ impl Spawned {
             let text = std::fs::read_to_string(&files.config)?;
             let line = format!("[server]\ntls_ticket_key_file = {:?}\n", key.display().to_string());
             std::fs::write(&files.config, text.replacen("[server]\n", &line, 1))?;
+        }
+        if args.flood_challenges.is_some() {
+            // The production rate limits, not the development set-up's.
+            let text = std::fs::read_to_string(&files.config)?;
+            let dev_limits = "per_peer_per_second = 1000000\nglobal_per_second = 1000000\n";
+            if !text.contains(dev_limits) {
+                bail!("the development configuration no longer has the rate limits this tool replaces");
+            }
+            std::fs::write(&files.config, text.replacen(dev_limits, "", 1))?;
         }
         if !audit_sync {
             let text = std::fs::read_to_string(&files.config)?;
@@ -475,6 +505,10 @@ struct Load {
     coco_gets: bool,
     deadline: Instant,
     budget: Arc<AtomicU64>,
+    /// Kept-alive guests connect each from an address of its own (with
+    /// `--flood-challenges`, so that per-address limits see them apart
+    /// from the flooding peer): the TLS configuration and the port.
+    own_addresses: Option<(Arc<rustls::ClientConfig>, u16)>,
 }
 
 impl Load {
@@ -491,6 +525,7 @@ impl Load {
             coco_gets: self.coco_gets,
             deadline,
             budget: Arc::new(AtomicU64::new(budget)),
+            own_addresses: self.own_addresses.clone(),
         }
     }
 }
@@ -740,13 +775,16 @@ async fn run_phase(
     floor: Option<&(dyn Fn() -> anyhow::Result<f64> + Sync)>,
 ) -> anyhow::Result<Phase> {
     let mut guests = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
+    for index in 0..concurrency {
         let kept = template.dialer.is_none() && template.coco.is_none();
-        guests.push(Guest {
-            grpc: if kept { Some(KbsClient::connect(&template.config).await?) } else { None },
-            attested: None,
-            tls: template.guest_tls(),
-        });
+        let grpc = match (kept, &template.own_addresses) {
+            (false, _) => None,
+            (true, None) => Some(KbsClient::connect(&template.config).await?),
+            (true, Some((tls, port))) => {
+                Some(KbsClient::from_channel(flood::channel(tls, *port, flood::guest_address(index)).await?))
+            }
+        };
+        guests.push(Guest { grpc, attested: None, tls: template.guest_tls() });
     }
     // Warm-up: one release per guest (VEK and store caches, connections,
     // sessions to resume).
@@ -891,6 +929,78 @@ async fn upload(
     Ok(())
 }
 
+/// `--flood-challenges`: phases without and with one flooding peer.
+struct FloodRun {
+    tls: rustls::ClientConfig,
+    port: u16,
+    rate: u32,
+}
+
+impl FloodRun {
+    /// `--flood-rounds` pairs of phases at `concurrency`, then the median
+    /// p99 of each kind and their ratio. True if a guest's release failed.
+    async fn compare(
+        &self,
+        args: &Args,
+        template: &Load,
+        concurrency: usize,
+        cpu: &CpuSource,
+        tick: f64,
+        floor: Option<&(dyn Fn() -> anyhow::Result<f64> + Sync)>,
+    ) -> anyhow::Result<bool> {
+        let (mut quiet, mut flooded) = (Vec::new(), Vec::new());
+        let mut failed = false;
+        for round in 1..=args.flood_rounds.max(1) {
+            println!("       round {round}: without the flood");
+            let phase = run_phase(args, template, concurrency, cpu, tick, floor).await?;
+            print_phase(&phase);
+            failed |= !phase.errors.is_empty() || phase.ok == 0;
+            quiet.push(percentile(&phase.sorted, 99.0));
+
+            println!(
+                "       round {round}: with {} challenges/s from {} over {} connections",
+                self.rate, args.flood_from, args.flood_connections
+            );
+            let (from, connections) = (args.flood_from, args.flood_connections);
+            let flood =
+                flood::Flood::start(&self.tls, self.port, from, connections, self.rate, &template.names).await?;
+            // The floor is not measured under the flood: it would measure
+            // the flood.
+            let phase = run_phase(args, template, concurrency, cpu, tick, None).await;
+            let (seconds, [ok, limited, other, backlog], first_failure) = flood.stop();
+            let phase = phase?;
+            print_phase(&phase);
+            failed |= !phase.errors.is_empty() || phase.ok == 0;
+            flooded.push(percentile(&phase.sorted, 99.0));
+            let per_s = |n: u64| n as f64 / seconds.max(1e-9);
+            println!(
+                "       flood: {:.0} sent/s: {:.0} challenges/s issued, {:.0}/s refused resource_exhausted, {:.0}/s other errors, {:.0}/s not sent (client backlog)",
+                per_s(ok + limited + other),
+                per_s(ok),
+                per_s(limited),
+                per_s(other),
+                per_s(backlog)
+            );
+            if let Some(failure) = first_failure {
+                println!("       flood: first other error: {failure}");
+                failed = true;
+            }
+        }
+        let median = |v: &mut Vec<Duration>| {
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        let (q, f) = (median(&mut quiet), median(&mut flooded));
+        println!(
+            "{concurrency:>4} guests: median p99 {:.2} ms without, {:.2} ms with the flood: {:+.1}%",
+            ms(q),
+            ms(f),
+            (f.as_secs_f64() / q.as_secs_f64().max(1e-9) - 1.0) * 100.0
+        );
+        Ok(failed)
+    }
+}
+
 fn check_loopback(url: &str) -> anyhow::Result<()> {
     let rest = url.strip_prefix("https://").context("the broker URL must be https://")?;
     let host = rest.split([':', '/']).next().unwrap_or_default();
@@ -914,6 +1024,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.resume && !args.reconnect && !args.coco {
         bail!("--resume is for --reconnect or --coco");
+    }
+    if args.flood_challenges.is_some() {
+        flood::check_source(args.flood_from)?;
     }
     if args.tee == TeeArg::Sample && !args.coco {
         bail!("--tee sample is for --coco");
@@ -1005,6 +1118,10 @@ fn main() -> anyhow::Result<()> {
             coco_gets: args.coco_gets,
             deadline: Instant::now(),
             budget: Arc::new(AtomicU64::new(0)),
+            own_addresses: match args.flood_challenges {
+                Some(_) => Some((Arc::new(client_tls(&ca, false, b"h2")?), port_of(&url)?)),
+                None => None,
+            },
         };
         let mode = match (args.coco, args.coco_gets, args.reconnect, args.resume) {
             (true, true, _, _) => "CoCo resource GETs with a token, kept-alive connections",
@@ -1066,6 +1183,14 @@ fn main() -> anyhow::Result<()> {
             "rssmax"
         );
         let mut failed = false;
+        if let Some(rate) = args.flood_challenges {
+            let tls = client_tls(&ca, false, b"h2")?;
+            let flood = FloodRun { tls, port: port_of(&url)?, rate };
+            for &c in &args.concurrency {
+                failed |= flood.compare(&args, &template, c, &cpu, tick, floor).await?;
+            }
+            return anyhow::Ok(failed);
+        }
         for &c in &args.concurrency {
             let phase = run_phase(&args, &template, c, &cpu, tick, floor).await?;
             failed |= !phase.errors.is_empty() || phase.ok == 0;
