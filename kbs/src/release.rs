@@ -528,9 +528,10 @@ impl Broker {
     }
 
     /// Verifies every device against `nonce`, their stapled OCSP responses,
-    /// appraises each against the RIM store, then checks the set. For front ends with their own binding (the CoCo
-    /// profile): the caller has checked the caps ([`check_gpu_caps`]) and
-    /// that the CPU evidence commits to exactly these devices.
+    /// appraises each against the RIM store, then checks the set. For front
+    /// ends with their own binding (the CoCo profile): the caller has
+    /// checked the caps ([`check_gpu_caps`]) and that the CPU evidence
+    /// commits to exactly these devices.
     pub fn verify_gpu_set(
         &self,
         gpus: &[GpuInput],
@@ -559,7 +560,8 @@ impl Broker {
             let report = GpuReport::parse(&gpu.report).map_err(EvidenceError::from)?;
             let rim = self.rims.appraise(&report, claims.class);
             if rim.result != RimResult::Match {
-                tracing::info!(device = index, result = ?rim.result, mismatched = ?rim.mismatched, missing = ?rim.missing, "GPU measurements not matched by RIMs");
+                let (result, mismatched, missing) = (&rim.result, &rim.mismatched, &rim.missing);
+                tracing::info!(device = index, ?result, ?mismatched, ?missing, "GPU measurements not matched by RIMs");
             }
             verified.push(GpuDeviceClaims { rim: Some(rim), ..claims });
         }

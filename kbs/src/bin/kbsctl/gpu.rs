@@ -66,7 +66,7 @@ fn import(args: &ImportArgs) -> Result<(), Failure> {
         let pem = std::fs::read(root).map_err(|e| Failure::Usage(format!("reading {}: {e}", root.display())))?;
         let der = kbs::evidence::gpu::chain::pem_chain(&pem)
             .ok()
-            .and_then(|mut ders| (!ders.is_empty()).then(|| ders.remove(0)))
+            .and_then(|ders| ders.into_iter().next())
             .ok_or_else(|| Failure::Usage(format!("{}: no PEM certificate", root.display())))?;
         anchors.add_root(&der).map_err(|e| Failure::Usage(format!("{}: {e}", root.display())))?;
         eprintln!("INSECURE: RIMs signed under the test root {} are accepted", root.display());
