@@ -67,7 +67,7 @@ async fn every_rim_is_verified_at_start_up() {
     let vbios = rims.join(format!("{}.xml", attester_client::simulated::SIMULATED_VBIOS_RIM_ID));
     let text = std::fs::read_to_string(&vbios).unwrap();
     std::fs::write(&vbios, text.replacen("active=\"True\"", "active=\"False\"", 1)).unwrap();
-    let err = kbs::server::build(&config, clock.clone(), true).await.err().expect("refused").to_string();
+    let err = kbs::server::build(&config, clock.clone(), true).await.expect_err("refused").to_string();
     assert!(err.contains("gpu.rim_dir") && err.contains(&vbios.display().to_string()), "{err}");
     assert!(err.contains("digest"), "{err}");
 
@@ -75,7 +75,7 @@ async fn every_rim_is_verified_at_start_up() {
     // it, the simulated GPUs' RIMs do not chain to NVIDIA's root.
     let dir = tempfile::tempdir().unwrap();
     let (config, _) = rim_config(dir.path(), false);
-    let err = kbs::server::build(&config, clock, true).await.err().expect("refused").to_string();
+    let err = kbs::server::build(&config, clock, true).await.expect_err("refused").to_string();
     assert!(err.contains("not a pinned RIM root"), "{err}");
 }
 
