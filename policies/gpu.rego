@@ -9,6 +9,7 @@
 #           "drivers": ["570.124.06"],           every device's driver
 #           "vbios": ["96.00.CF.00.02"],         every device's VBIOS
 #           "revocation": "good",                stapled OCSP for every device
+#           "rims": "match",                     every device matched its RIMs
 #           "measurements": {"3": ["<96 hex>", ...]}}   per SPDM block index
 #
 # A VM that presented no GPUs has no `input.claims.gpu`: every rule above
@@ -106,6 +107,16 @@ reasons contains "gpu_revoked: the GPUs' revocation status was not shown good" i
 	some rv in sets
 	rv.gpu.revocation == "good"
 	not gpu.revocation == "good"
+}
+
+# The broker appraises every device against the RIMs of its driver and
+# VBIOS (`[gpu] rim_dir`): `match`, `mismatch`, `missing` (no RIM imported).
+reasons contains sprintf("gpu_measurement_mismatch: GPU %v RIM appraisal %v", [i, result]) if {
+	some rv in sets
+	rv.gpu.rims == "match"
+	some i, device in devices
+	result := object.get(object.get(device, "rim", {}), "result", "not_appraised")
+	result != "match"
 }
 
 reasons contains "policy_denied: no GPUs presented" if {

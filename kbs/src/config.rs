@@ -55,6 +55,8 @@ struct RawConfig {
     #[serde(default)]
     dev: RawDev,
     #[serde(default)]
+    gpu: RawGpu,
+    #[serde(default)]
     coco: Option<RawCoco>,
     #[serde(default)]
     rate_limit: RawRateLimit,
@@ -270,6 +272,15 @@ struct RawPolicy {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawGpu {
+    #[serde(default)]
+    rim_dir: Option<PathBuf>,
+    #[serde(default)]
+    accept_expired_rim_signers: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawDev {
     #[serde(default)]
     insecure_simulated_tee: bool,
@@ -279,6 +290,8 @@ struct RawDev {
     tdx_test_roots: Vec<PathBuf>,
     #[serde(default)]
     gpu_test_roots: Vec<PathBuf>,
+    #[serde(default)]
+    gpu_test_rim_roots: Vec<PathBuf>,
 }
 
 /// An admin role.
@@ -427,6 +440,20 @@ impl TdxConfig {
     }
 }
 
+/// NVIDIA GPU reference values (`[gpu]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GpuConfig {
+    /// The RIM directory (`kbsctl gpu rim import` fills it): every RIM file
+    /// in it is verified at start-up, and one that does not verify refuses
+    /// the start. Without it no GPU matches reference values, so secrets
+    /// that need GPUs (the `gpus` label) are refused.
+    pub rim_dir: Option<PathBuf>,
+    /// Accept RIMs whose signing certificate has expired (NVIDIA still
+    /// ships RIMs signed by certificates past their two-year validity for
+    /// firmware that is still current). Default false.
+    pub accept_expired_rim_signers: bool,
+}
+
 /// Validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -500,6 +527,10 @@ pub struct Config {
     pub tdx_test_roots: Vec<PathBuf>,
     /// INSECURE: test device identity roots pinned for NVIDIA GPUs.
     pub gpu_test_roots: Vec<PathBuf>,
+    /// INSECURE: test RIM roots pinned for NVIDIA GPU reference values.
+    pub gpu_test_rim_roots: Vec<PathBuf>,
+    /// GPU reference values.
+    pub gpu: GpuConfig,
     /// The CoCo KBS protocol front end, when enabled.
     pub coco: Option<CocoConfig>,
     /// The metrics listener, when enabled.
@@ -775,6 +806,9 @@ impl Config {
         if !raw.dev.gpu_test_roots.is_empty() && !raw.dev.insecure_simulated_tee {
             return Err(ConfigError::Invalid("dev.gpu_test_roots needs dev.insecure_simulated_tee = true".into()));
         }
+        if !raw.dev.gpu_test_rim_roots.is_empty() && !raw.dev.insecure_simulated_tee {
+            return Err(ConfigError::Invalid("dev.gpu_test_rim_roots needs dev.insecure_simulated_tee = true".into()));
+        }
         for url in raw.tdx.pccs_url.iter().chain(raw.tdx.root_crl_url.iter()) {
             if let Err(e) = crate::fetch::vendor_url_is_https(url, "tdx").map_err(EvidenceError::from) {
                 return Err(ConfigError::Invalid(format!("tdx URLs must be https:// (or http on loopback): {e}")));
@@ -862,6 +896,11 @@ impl Config {
             snp_test_roots: raw.dev.snp_test_roots.iter().map(|p| resolve(p)).collect(),
             tdx_test_roots: raw.dev.tdx_test_roots.iter().map(|p| resolve(p)).collect(),
             gpu_test_roots: raw.dev.gpu_test_roots.iter().map(|p| resolve(p)).collect(),
+            gpu_test_rim_roots: raw.dev.gpu_test_rim_roots.iter().map(|p| resolve(p)).collect(),
+            gpu: GpuConfig {
+                rim_dir: raw.gpu.rim_dir.map(|p| resolve(&p)),
+                accept_expired_rim_signers: raw.gpu.accept_expired_rim_signers,
+            },
             coco,
             metrics,
         })
@@ -995,6 +1034,25 @@ mod tests {
         let text = format!("{MINIMAL}\n[dev]\ninsecure_simulated_tee = true\ngpu_test_roots = [\"gpu-root.pem\"]\n");
         let config = Config::from_toml(&text, Path::new("/d")).unwrap();
         assert_eq!(config.gpu_test_roots, vec![PathBuf::from("/d/gpu-root.pem")]);
+        let text = format!("{MINIMAL}\n[dev]\ngpu_test_rim_roots = [\"rim-root.pem\"]\n");
+        assert!(matches!(Config::from_toml(&text, Path::new("/")), Err(ConfigError::Invalid(_))));
+        let text =
+            format!("{MINIMAL}\n[dev]\ninsecure_simulated_tee = true\ngpu_test_rim_roots = [\"rim-root.pem\"]\n");
+        let config = Config::from_toml(&text, Path::new("/d")).unwrap();
+        assert_eq!(config.gpu_test_rim_roots, vec![PathBuf::from("/d/rim-root.pem")]);
+    }
+
+    #[test]
+    fn the_gpu_section_names_the_rim_directory() {
+        let config = Config::from_toml(MINIMAL, Path::new("/etc/kbs")).unwrap();
+        assert_eq!(config.gpu, GpuConfig::default());
+        assert!(!config.gpu.accept_expired_rim_signers, "expired RIM signers are refused by default");
+        let text = format!("{MINIMAL}\n[gpu]\nrim_dir = \"rims\"\naccept_expired_rim_signers = true\n");
+        let config = Config::from_toml(&text, Path::new("/etc/kbs")).unwrap();
+        assert_eq!(config.gpu.rim_dir.as_deref(), Some(Path::new("/etc/kbs/rims")));
+        assert!(config.gpu.accept_expired_rim_signers);
+        let text = format!("{MINIMAL}\n[gpu]\nrim_directory = \"rims\"\n");
+        assert!(matches!(Config::from_toml(&text, Path::new("/")), Err(ConfigError::Parse { .. })));
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub struct DevOptions {
     /// Enable the INSECURE simulated TEE with these test NVIDIA device
     /// identity roots (PEM) for simulated GPUs.
     pub gpu_test_roots: Vec<PathBuf>,
+    /// Enable the INSECURE simulated TEE with these test RIM roots (PEM)
+    /// for the simulated GPUs' reference values.
+    pub gpu_test_rim_roots: Vec<PathBuf>,
+    /// The GPU reference-value directory (`gpu.rim_dir`).
+    pub gpu_rim_dir: Option<PathBuf>,
     /// A directory of TDX collateral (`tdx.collateral_dir`).
     pub tdx_collateral_dir: Option<PathBuf>,
     /// The secret read cache's TTL (`store.cache_ttl_ms`); the broker's
@@ -130,6 +135,7 @@ pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
         || !options.snp_test_roots.is_empty()
         || !options.tdx_test_roots.is_empty()
         || !options.gpu_test_roots.is_empty()
+        || !options.gpu_test_rim_roots.is_empty()
     {
         dev_section.push_str(
             "\n# INSECURE: accept evidence from the simulated TEE. Needs `kbs serve --insecure-dev`.\n[dev]\ninsecure_simulated_tee = true\n",
@@ -143,6 +149,15 @@ pub fn init(dir: &Path, options: &DevOptions) -> Result<DevFiles, DevError> {
         if !options.gpu_test_roots.is_empty() {
             dev_section.push_str(&format!("gpu_test_roots = [{}]\n", toml_paths(&options.gpu_test_roots)?));
         }
+        if !options.gpu_test_rim_roots.is_empty() {
+            dev_section.push_str(&format!("gpu_test_rim_roots = [{}]\n", toml_paths(&options.gpu_test_rim_roots)?));
+        }
+    }
+    if let Some(dir) = &options.gpu_rim_dir {
+        dev_section.push_str(&format!(
+            "\n# GPU reference values (RIMs), each verified at start-up.\n[gpu]\nrim_dir = {}\n",
+            toml_paths(std::slice::from_ref(dir))?
+        ));
     }
     if let Some(listen) = &options.coco_listen {
         let key = crate::api::coco::token::TokenKey::generate_pkcs8().map_err(|_| DevError::Random)?;
@@ -242,6 +257,8 @@ mod tests {
             snp_test_roots: vec![root.clone()],
             tdx_test_roots: vec![root.clone()],
             gpu_test_roots: vec![root.clone()],
+            gpu_test_rim_roots: vec![root.clone()],
+            gpu_rim_dir: Some(collateral.clone()),
             tdx_collateral_dir: Some(collateral.clone()),
             cache_ttl_ms: Some(250),
             coco_listen: Some("127.0.0.1:0".into()),
@@ -254,7 +271,9 @@ mod tests {
         assert!(config.insecure_simulated_tee);
         assert_eq!(config.snp_test_roots, vec![root.clone()]);
         assert_eq!(config.tdx_test_roots, vec![root.clone()]);
-        assert_eq!(config.gpu_test_roots, vec![root]);
+        assert_eq!(config.gpu_test_roots, vec![root.clone()]);
+        assert_eq!(config.gpu_test_rim_roots, vec![root]);
+        assert_eq!(config.gpu.rim_dir, Some(fs::canonicalize(&collateral).unwrap()));
         assert_eq!(config.tdx.collateral_dir, Some(fs::canonicalize(collateral).unwrap()));
         assert_eq!(config.store_cache_ttl, std::time::Duration::from_millis(250));
         assert_eq!(config.metrics.unwrap().listen, "127.0.0.1:9464".parse().unwrap());

@@ -221,7 +221,9 @@ impl ReasonCode {
             Self::GpuRevoked => "a GPU certificate is revoked or its status is not good",
             Self::GpuCountMismatch => "the GPUs presented are not the expected set",
             Self::RateLimited => "too many requests; try again later",
-            Self::GpuMeasurementMismatch => "the GPU measurements do not match the reference values",
+            Self::GpuMeasurementMismatch => {
+                "the GPU measurements do not match the reference values, or the broker has none for its firmware"
+            }
         }
     }
 }

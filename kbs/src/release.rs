@@ -6,9 +6,11 @@
 //!    (authentic, unexpired, same TEE and names) -> HPKE suite and key ->
 //!    CPU evidence (parse, chain, signature, TCB, chip, report_data binding,
 //!    which covers the devices: [`kbs_proto::device_report_data`]) -> each
-//!    GPU (against [`kbs_proto::gpu_nonce`]; stapled OCSP, if any) -> the
+//!    GPU (against [`kbs_proto::gpu_nonce`]; stapled OCSP, if any; its
+//!    measurements appraised against the broker's RIM store, a claim) -> the
 //!    device set (one nonce, distinct devices, one mode) -> for each secret:
-//!    read, GPU requirement (the [`GPUS_LABEL`] label), policy, seal.
+//!    read, GPU requirement (the [`GPUS_LABEL`] label: enough GPUs, each
+//!    matching its RIMs), policy, seal.
 //! 3. Every decision, allowed or refused, becomes one audit record before
 //!    the answer leaves; if the record cannot be written, nothing is
 //!    released.
@@ -26,9 +28,11 @@ use crate::audit::{AuditLog, Event, SecretRef};
 use crate::challenge::{ChallengeSealer, IssuedChallenge};
 use crate::error::Error;
 use crate::evidence::collateral::VekResolver;
+use crate::evidence::gpu::rim::{RimAppraiser, RimResult, RimStore};
 use crate::evidence::gpu::set::{DeviceSetExpectation, check_device_set};
 use crate::evidence::gpu::{
-    DeviceClass, GpuDeviceClaims, GpuError, GpuNonce, GpuSetClaims, GpuVerifier, chain as gpu_chain, ocsp, spdm,
+    DeviceClass, GpuDeviceClaims, GpuError, GpuNonce, GpuReport, GpuSetClaims, GpuVerifier, chain as gpu_chain, ocsp,
+    spdm,
 };
 use crate::evidence::pcs::TdxCollateralResolver;
 use crate::evidence::snp::{SigningKey, SnpReport, SnpVerifier};
@@ -77,9 +81,13 @@ pub enum EvidenceInput {
 
 /// The secret label that makes a secret need attested GPUs: its value, a
 /// decimal number `N`, means "release only to a VM that presented at least
-/// `N` GPUs, each verified and bound to this request". Any other value
-/// refuses the secret (`gpu_count_mismatch`): a misspelt requirement fails
-/// closed. The broker enforces it before any policy, on every front end.
+/// `N` GPUs, each verified and bound to this request, and every device it
+/// presented on firmware its RIMs describe". Fewer GPUs, or any other
+/// value, refuse the secret (`gpu_count_mismatch`): a misspelt requirement
+/// fails closed. A device whose measurements differ from its RIMs, or
+/// whose RIMs the broker does not hold, refuses it too
+/// (`gpu_measurement_mismatch`). The broker enforces it before any policy,
+/// on every front end.
 pub const GPUS_LABEL: &str = "gpus";
 
 /// Most stapled OCSP responses per device (its chain needs three).
@@ -161,6 +169,7 @@ pub struct Broker {
     policy: Arc<PolicyEngine>,
     tdx: Option<TdxSupport>,
     gpu: Option<GpuVerifier>,
+    rims: Arc<RimAppraiser>,
     rate: RateLimiter,
     metrics: Arc<Metrics>,
 }
@@ -211,6 +220,8 @@ impl Broker {
             // NVIDIA's pinned root is built in; `None` only if it failed its
             // own fingerprint check, and then every GPU is refused.
             gpu: crate::evidence::gpu::GpuAnchors::nvidia().ok().map(GpuVerifier::new),
+            // No RIMs: every device is appraised `missing`.
+            rims: Arc::new(RimAppraiser::default()),
             rate: RateLimiter::new(RateLimits::default()),
         }
     }
@@ -243,6 +254,18 @@ impl Broker {
     pub fn with_gpu(mut self, verifier: GpuVerifier) -> Self {
         self.gpu = Some(verifier);
         self
+    }
+
+    /// Appraises GPU measurements against `rims` (verified when they were
+    /// loaded) instead of an empty store.
+    pub fn with_gpu_rims(mut self, rims: RimStore) -> Self {
+        self.rims = Arc::new(RimAppraiser::new(rims));
+        self
+    }
+
+    /// The GPU reference-value appraiser (its store and cache).
+    pub fn gpu_rims(&self) -> &RimAppraiser {
+        &self.rims
     }
 
     /// Uses `policy` (loaded from the store) instead of the built-in
@@ -505,9 +528,10 @@ impl Broker {
     }
 
     /// Verifies every device against `nonce`, their stapled OCSP responses,
-    /// then the set. For front ends with their own binding (the CoCo
-    /// profile): the caller has checked the caps ([`check_gpu_caps`]) and
-    /// that the CPU evidence commits to exactly these devices.
+    /// appraises each against the RIM store, then checks the set. For front
+    /// ends with their own binding (the CoCo profile): the caller has
+    /// checked the caps ([`check_gpu_caps`]) and that the CPU evidence
+    /// commits to exactly these devices.
     pub fn verify_gpu_set(
         &self,
         gpus: &[GpuInput],
@@ -531,7 +555,15 @@ impl Broker {
                 })?;
                 claims.with_revocation(&good)
             };
-            verified.push(claims);
+            // The report verified, so it parses; the appraisal is a claim,
+            // judged per secret (`check_gpu_requirement`) and by policy.
+            let report = GpuReport::parse(&gpu.report).map_err(EvidenceError::from)?;
+            let rim = self.rims.appraise(&report, claims.class);
+            if rim.result != RimResult::Match {
+                let (result, mismatched, missing) = (&rim.result, &rim.mismatched, &rim.missing);
+                tracing::info!(device = index, ?result, ?mismatched, ?missing, "GPU measurements not matched by RIMs");
+            }
+            verified.push(GpuDeviceClaims { rim: Some(rim), ..claims });
         }
         // The counts a secret needs are checked per secret; here the set
         // must be consistent (one nonce, distinct devices, one mode, the
@@ -577,7 +609,9 @@ pub fn check_gpu_caps(gpus: &[GpuInput]) -> Result<(), Error> {
 }
 
 /// Refuses a secret whose [`GPUS_LABEL`] asks for more attested GPUs than
-/// `claims` hold (`gpu_count_mismatch`), whatever the policy says.
+/// `claims` hold (`gpu_count_mismatch`), or, when it asks for at least one,
+/// if a device presented did not match its RIMs or has none in the store
+/// (`gpu_measurement_mismatch`), whatever the policy says.
 pub fn check_gpu_requirement(claims: &Claims, meta: &SecretMeta) -> Result<(), Error> {
     let Some(label) = meta.labels.get(GPUS_LABEL) else {
         return Ok(());
@@ -591,6 +625,48 @@ pub fn check_gpu_requirement(claims: &Claims, meta: &SecretMeta) -> Result<(), E
         return Err(denied(format!(
             "gpu_count_mismatch: the secret needs {required} attested GPUs, the VM presented {presented}"
         )));
+    }
+    let Some(gpu) = claims.gpu.as_ref().filter(|_| required > 0) else {
+        return Ok(());
+    };
+    // Missing reference values are refused as a mismatch: the device is
+    // genuine but nothing says its firmware is known-good, which only the
+    // operator can change (import the RIM); it is neither the client's
+    // fault nor an outage that a retry would cure.
+    let mismatch = |reason: String| Error::Denied { code: ReasonCode::GpuMeasurementMismatch, reasons: vec![reason] };
+    for (index, device) in gpu.devices.iter().enumerate() {
+        let who = format!(
+            "device {index} ({} {}, driver {}, vbios {})",
+            device.chip,
+            device.ueid,
+            device.driver_version.as_deref().unwrap_or("-"),
+            device.vbios_version.as_deref().unwrap_or("-")
+        );
+        let Some(rim) = &device.rim else {
+            return Err(mismatch(format!("gpu_measurement_mismatch: {who}: measurements not appraised")));
+        };
+        match rim.result {
+            RimResult::Match => {}
+            RimResult::Mismatch => {
+                return Err(mismatch(match &rim.conflict {
+                    Some(conflict) => format!("gpu_measurement_mismatch: {who}: {conflict}"),
+                    None => format!(
+                        "gpu_measurement_mismatch: {who}: measurements differ from its RIMs at indices {:?}",
+                        rim.mismatched
+                    ),
+                }));
+            }
+            RimResult::Missing => {
+                return Err(mismatch(format!(
+                    "gpu_measurement_mismatch: {who}: no reference values (RIM) for {} in the broker's RIM store \
+                     ([gpu] rim_dir; import them with kbsctl gpu rim import)",
+                    rim.missing.join(", ")
+                )));
+            }
+            RimResult::NotAppraised => {
+                return Err(mismatch(format!("gpu_measurement_mismatch: {who}: measurements not appraised")));
+            }
+        }
     }
     Ok(())
 }
@@ -717,12 +793,37 @@ mod tests {
         }
     }
 
-    fn gpu_broker(dir: &std::path::Path) -> Broker {
+    fn gpu_broker_without_rims(dir: &std::path::Path) -> Broker {
         let root = attester_client::simulated::gpu_test_root_pem();
         let der = gpu_chain::pem_chain(root.as_bytes()).unwrap().remove(0);
         let mut anchors = crate::evidence::gpu::GpuAnchors::empty();
         anchors.add_root(&der).unwrap();
         broker(dir, AuditLog::failing()).with_gpu(GpuVerifier::new(anchors))
+    }
+
+    /// The simulated GPUs' RIMs (`kinds` of them), verified under the test
+    /// RIM root.
+    fn test_rims(kinds: &[attester_client::simulated::RimKind]) -> RimStore {
+        let root = attester_client::simulated::gpu_test_rim_root_pem();
+        let der = gpu_chain::pem_chain(root.as_bytes()).unwrap().remove(0);
+        let mut anchors = crate::evidence::gpu::GpuAnchors::empty();
+        anchors.add_root(&der).unwrap();
+        let check = crate::evidence::gpu::rim::RimCheck {
+            anchors: &anchors,
+            now: OffsetDateTime::now_utc(),
+            accept_expired: false,
+        };
+        let mut store = RimStore::default();
+        for kind in kinds {
+            let rim = attester_client::simulated::simulated_rim(*kind).unwrap();
+            store.add(rim.xml.as_bytes(), &check).unwrap();
+        }
+        store
+    }
+
+    fn gpu_broker(dir: &std::path::Path) -> Broker {
+        use attester_client::simulated::RimKind;
+        gpu_broker_without_rims(dir).with_gpu_rims(test_rims(&[RimKind::Driver, RimKind::Vbios]))
     }
 
     fn simulated(count: usize, nonce: &[u8; 32]) -> Vec<GpuInput> {
@@ -872,6 +973,92 @@ mod tests {
         let refused = check_gpu_requirement(&claims, &meta(Some("3"))).unwrap_err();
         assert_eq!(refused.reason(), ReasonCode::GpuCountMismatch);
         assert!(refused.to_string().contains("needs 3 attested GPUs, the VM presented 2"), "{refused}");
+    }
+
+    fn gpu_claims(set: Option<GpuSetClaims>) -> Claims {
+        let json = serde_json::json!({
+            "tee": "snp", "measurement": "00", "debug": false,
+            "report_data": "00".repeat(64), "init_data_digest": "00".repeat(32),
+        });
+        let mut claims: Claims = serde_json::from_value(json).unwrap();
+        claims.gpu = set;
+        claims
+    }
+
+    fn needs_gpus(n: &str) -> SecretMeta {
+        let mut meta = crate::policy::placeholder_meta("models/a");
+        meta.labels.insert(GPUS_LABEL.to_owned(), n.to_owned());
+        meta
+    }
+
+    #[test]
+    fn gpu_measurements_are_appraised_against_the_rims() {
+        use attester_client::evidence::GpuEvidenceSource as _;
+        use attester_client::simulated::{RimKind, SimulatedGpus};
+        let dir = tempfile::tempdir().unwrap();
+        let broker = gpu_broker(dir.path());
+        let nonce = kbs_proto::gpu_nonce(&CHALLENGE, SUITE, &KEY);
+
+        // Genuine firmware: every device matches (driver 32 + VBIOS 16
+        // active indices, index 35 skipped as NVDEC0 is disabled).
+        let set = verify_set(&broker, &simulated(3, &nonce), &KEY).unwrap().unwrap();
+        assert_eq!(set.measurements, RimResult::Match);
+        let rim = set.devices[0].rim.as_ref().unwrap();
+        assert_eq!((rim.result, rim.appraised), (RimResult::Match, 47));
+        assert_eq!(rim.driver.as_ref().unwrap().version, attester_client::simulated::SIMULATED_DRIVER_VERSION);
+        assert_eq!(rim.vbios.as_ref().unwrap().version, attester_client::simulated::SIMULATED_VBIOS_VERSION);
+        assert!(check_gpu_requirement(&gpu_claims(Some(set.clone())), &needs_gpus("3")).is_ok());
+        // Three GPUs on one firmware: appraised once.
+        assert_eq!(broker.gpu_rims().cached(), 1);
+        // Policies see the appraisal.
+        let json = serde_json::to_value(&set).unwrap();
+        assert_eq!(json["measurements"], "match");
+        assert_eq!(json["devices"][2]["rim"]["result"], "match");
+        assert_eq!(json["devices"][2]["rim"]["vbios"]["version"], "96.00.CF.00.02");
+
+        // One GPU on firmware its RIMs do not describe: verified (the claims
+        // say so), refused for a secret that needs GPUs, even one.
+        let wrong: Vec<GpuInput> = SimulatedGpus::new(3)
+            .unwrap()
+            .with_wrong_firmware(1)
+            .gpu_evidence(&nonce)
+            .unwrap()
+            .into_iter()
+            .map(|e| GpuInput { report: e.report, cert_chain: e.cert_chain, ocsp: Vec::new() })
+            .collect();
+        let set = verify_set(&broker, &wrong, &KEY).unwrap().unwrap();
+        assert_eq!(set.measurements, RimResult::Mismatch);
+        let rim = set.devices[1].rim.as_ref().unwrap();
+        assert_eq!((rim.result, rim.mismatched.as_slice()), (RimResult::Mismatch, &[9u8][..]));
+        assert_eq!(set.devices[0].rim.as_ref().unwrap().result, RimResult::Match);
+        assert_eq!(broker.gpu_rims().cached(), 2);
+        let claims = gpu_claims(Some(set));
+        for n in ["1", "3"] {
+            let refused = check_gpu_requirement(&claims, &needs_gpus(n)).unwrap_err();
+            assert_eq!(refused.reason(), ReasonCode::GpuMeasurementMismatch, "{refused}");
+            assert!(refused.to_string().contains("device 1") && refused.to_string().contains("[9]"), "{refused}");
+        }
+        // A secret that needs no GPU is left to the policy.
+        assert!(check_gpu_requirement(&claims, &needs_gpus("0")).is_ok());
+
+        // No VBIOS RIM in the store: missing, refused with what is missing.
+        let driver_only = gpu_broker_without_rims(dir.path()).with_gpu_rims(test_rims(&[RimKind::Driver]));
+        let set = verify_set(&driver_only, &simulated(1, &nonce), &KEY).unwrap().unwrap();
+        assert_eq!(set.measurements, RimResult::Missing);
+        let rim = set.devices[0].rim.as_ref().unwrap();
+        assert_eq!(rim.missing, vec!["vbios 96.00.CF.00.02".to_owned()]);
+        assert!(rim.driver.is_some() && rim.vbios.is_none());
+        let refused = check_gpu_requirement(&gpu_claims(Some(set)), &needs_gpus("1")).unwrap_err();
+        assert_eq!(refused.reason(), ReasonCode::GpuMeasurementMismatch);
+        assert!(refused.to_string().contains("no reference values (RIM) for vbios 96.00.CF.00.02"), "{refused}");
+        // No RIM store at all: both missing.
+        let set = verify_set(&gpu_broker_without_rims(dir.path()), &simulated(1, &nonce), &KEY).unwrap().unwrap();
+        assert_eq!(set.devices[0].rim.as_ref().unwrap().missing.len(), 2);
+        // Claims made before appraisal existed (a token's): not appraised, refused.
+        let mut old = set;
+        old.devices[0].rim = None;
+        let refused = check_gpu_requirement(&gpu_claims(Some(old)), &needs_gpus("1")).unwrap_err();
+        assert_eq!(refused.reason(), ReasonCode::GpuMeasurementMismatch);
     }
 
     #[tokio::test]

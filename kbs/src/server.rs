@@ -30,7 +30,9 @@ use crate::evidence::anchors::TdxAnchors;
 use crate::evidence::anchors::{Generation, SnpAnchors};
 use crate::evidence::collateral::{CrlRefresh, CrlSources};
 use crate::evidence::collateral::{KdsConfig, KdsFetcher, VekDirectory, VekResolver};
+use crate::evidence::gpu::rim::{RimCheck, RimError, RimStore};
 use crate::evidence::gpu::{GpuAnchors, GpuVerifier};
+use crate::evidence::gpu_rims::{self, RimDirError};
 use crate::evidence::pcs::{PcsConfig, PcsFetcher, TdxCollateralDir, TdxCollateralResolver};
 use crate::evidence::snp::SnpVerifier;
 use crate::evidence::tdx::TdxVerifier;
@@ -226,6 +228,7 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     }
     policy.spawn_refresher(config.policy_refresh);
     let crl_clock = Arc::clone(&clock);
+    let now_for_rims = clock();
     let broker = Arc::new(
         Broker::new(
             sealer,
@@ -239,7 +242,8 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         .with_policy(policy)
         .with_rate_limits(config.rate_limits)
         .with_tdx(tdx_support(config)?)
-        .with_gpu(gpu_verifier(config)?),
+        .with_gpu(gpu_verifier(config)?)
+        .with_gpu_rims(gpu_rims(config, now_for_rims)?),
     );
     start_crl_refresh(&broker, crl_sources, crl_clock, config.snp.crl_refresh).await;
     let admin = AdminService::new(
@@ -456,6 +460,49 @@ fn gpu_verifier(config: &Config) -> Result<GpuVerifier, StartError> {
         }
     }
     Ok(GpuVerifier::new(anchors))
+}
+
+/// The GPU reference values: every RIM file of `gpu.rim_dir` verified
+/// (NVIDIA's pinned RIM root; the test RIM roots only with the dev flag,
+/// which [`build`] has checked) as of `now`. A file that does not verify
+/// refuses the start, naming it.
+fn gpu_rims(config: &Config, now: time::OffsetDateTime) -> Result<RimStore, StartError> {
+    let Some(dir) = &config.gpu.rim_dir else {
+        tracing::info!("no gpu.rim_dir: secrets that need GPUs are refused (no reference values)");
+        return Ok(RimStore::default());
+    };
+    let mut anchors = GpuAnchors::nvidia_rim().map_err(|e| StartError::Refused(format!("NVIDIA RIM anchors: {e}")))?;
+    if config.insecure_simulated_tee {
+        for path in &config.gpu_test_rim_roots {
+            let file_error = |why: String| StartError::File {
+                what: "dev.gpu_test_rim_roots",
+                path: path.display().to_string(),
+                why,
+            };
+            let pem = read("dev.gpu_test_rim_roots", path)?;
+            let der = pem_to_der(&pem).ok_or_else(|| file_error("no PEM certificate".into()))?;
+            anchors.add_root(&der).map_err(|e| file_error(e.to_string()))?;
+        }
+    }
+    let check = RimCheck { anchors: &anchors, now, accept_expired: config.gpu.accept_expired_rim_signers };
+    let store = gpu_rims::load_rim_dir(dir, &check).map_err(|e| match e {
+        RimDirError::Invalid { path, source } => StartError::File {
+            what: "gpu.rim_dir",
+            path: path.display().to_string(),
+            why: format!(
+                "{source}{}",
+                match (&source, config.gpu.accept_expired_rim_signers) {
+                    (RimError::CertificateExpired(_), false) => {
+                        " (set gpu.accept_expired_rim_signers to accept RIMs whose signer expired)"
+                    }
+                    _ => "",
+                }
+            ),
+        },
+        other => StartError::File { what: "gpu.rim_dir", path: dir.display().to_string(), why: other.to_string() },
+    })?;
+    tracing::info!(rims = store.len(), dir = %dir.display(), "GPU reference values loaded");
+    Ok(store)
 }
 
 fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {

@@ -34,6 +34,14 @@ const VERIFIERS: &[&str] = &[
     "evidence::anchors",
     "evidence::amd_crl",
     "evidence::tdx_collateral",
+    "evidence::gpu",
+    "evidence::gpu::chain",
+    "evidence::gpu::der",
+    "evidence::gpu::ocsp",
+    "evidence::gpu::reader",
+    "evidence::gpu::rim",
+    "evidence::gpu::set",
+    "evidence::gpu::spdm",
 ];
 
 /// What a verifier must not reach, as path segments anywhere in a path

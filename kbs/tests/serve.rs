@@ -1,6 +1,6 @@
 //! `server::run` serves the gRPC listeners only: a configuration with a
 //! CoCo or metrics front end is refused there, never left half-served.
-//! And `kbs man`.
+//! A GPU RIM directory is verified at start-up, file by file. And `kbs man`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use kbs::config::Config;
@@ -30,6 +30,53 @@ async fn run_refuses_front_ends_it_would_not_serve() {
         let err = ran.unwrap_err().to_string();
         assert!(err.contains("[coco] or [metrics]"), "{err}");
     }
+}
+
+/// A dev-mode configuration whose `gpu.rim_dir` holds the simulated GPUs'
+/// RIMs, the test RIM root pinned when `pin_test_root`.
+fn rim_config(dir: &std::path::Path, pin_test_root: bool) -> (Config, std::path::PathBuf) {
+    let rims = dir.join("gpu-rims");
+    std::fs::create_dir_all(&rims).unwrap();
+    for rim in attester_client::simulated::simulated_gpu_rims().unwrap() {
+        std::fs::write(rims.join(format!("{}.xml", rim.id)), rim.xml).unwrap();
+    }
+    let root = dir.join("rim-root.pem");
+    std::fs::write(&root, attester_client::simulated::gpu_test_rim_root_pem()).unwrap();
+    let options = kbs::dev::DevOptions {
+        guest_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        insecure_simulated_tee: true,
+        gpu_test_rim_roots: if pin_test_root { vec![root] } else { Vec::new() },
+        gpu_rim_dir: Some(rims.clone()),
+        ..Default::default()
+    };
+    let files = kbs::dev::init(dir, &options).unwrap();
+    (Config::load(&files.config, |_| None).unwrap(), rims)
+}
+
+#[tokio::test]
+async fn every_rim_is_verified_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, rims) = rim_config(dir.path(), true);
+    let clock = kbs::release::system_clock();
+    let app = kbs::server::build(&config, clock.clone(), true).await.unwrap();
+    assert_eq!(app.broker.gpu_rims().store().len(), 2);
+    drop(app);
+
+    // A tampered RIM refuses the start, naming the file.
+    let vbios = rims.join(format!("{}.xml", attester_client::simulated::SIMULATED_VBIOS_RIM_ID));
+    let text = std::fs::read_to_string(&vbios).unwrap();
+    std::fs::write(&vbios, text.replacen("active=\"True\"", "active=\"False\"", 1)).unwrap();
+    let err = kbs::server::build(&config, clock.clone(), true).await.expect_err("refused").to_string();
+    assert!(err.contains("gpu.rim_dir") && err.contains(&vbios.display().to_string()), "{err}");
+    assert!(err.contains("digest"), "{err}");
+
+    // The test RIM root is pinned only in the insecure dev mode: without
+    // it, the simulated GPUs' RIMs do not chain to NVIDIA's root.
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = rim_config(dir.path(), false);
+    let err = kbs::server::build(&config, clock, true).await.expect_err("refused").to_string();
+    assert!(err.contains("not a pinned RIM root"), "{err}");
 }
 
 /// `kbs man --dir DIR` writes a page per subcommand.

@@ -230,6 +230,8 @@ struct Tamper {
     gpu_key: Option<Value>,
     /// Bind the GPUs but send no additional evidence.
     strip_gpus: bool,
+    /// This simulated GPU runs firmware its RIMs do not describe.
+    wrong_firmware: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -311,7 +313,11 @@ impl<'a> Session<'a> {
             let gpu_key = t.gpu_key.clone().unwrap_or_else(|| jwk.clone());
             let digest = Sha384::digest(jcs(&json!({"nonce": nonce, "tee-pubkey": gpu_key})));
             let gpu_nonce: [u8; 32] = digest[..32].try_into().unwrap();
-            let devices = SimulatedGpus::new(t.gpus).unwrap().gpu_evidence(&gpu_nonce).unwrap();
+            let mut simulated = SimulatedGpus::new(t.gpus).unwrap();
+            if let Some(index) = t.wrong_firmware {
+                simulated = simulated.with_wrong_firmware(index);
+            }
+            let devices = simulated.gpu_evidence(&gpu_nonce).unwrap();
             let list: Vec<Value> = devices
                 .iter()
                 .enumerate()
@@ -474,6 +480,10 @@ async fn guests_with_gpus_attest_with_the_trustee_binding() {
         assert_eq!(gpu["count"], gpus, "{gpu}");
         assert_eq!(gpu["devices"][0]["evidence"]["nonce"], "match");
         assert_eq!(gpu["devices"][0]["measurements"], json!([]), "the token leaves measurements out");
+        // ... but carries each device's RIM appraisal.
+        assert_eq!(gpu["measurements"], "match", "{gpu}");
+        assert_eq!(gpu["devices"][0]["rim"]["result"], "match");
+        assert_eq!(gpu["devices"][0]["rim"]["driver"]["version"], "570.124.06");
         let got = s.get(GPU_RESOURCE, None).await;
         if gpus == 8 {
             assert_eq!(key.decrypt(&got.unwrap()), b"needs eight GPUs");
@@ -485,6 +495,16 @@ async fn guests_with_gpus_attest_with_the_trustee_binding() {
     let mut s = Session::new(&app);
     s.attest(&guest(), &GuestKey::ec(), Tamper::default()).await.unwrap();
     assert_problem(s.get(GPU_RESOURCE, None).await, StatusCode::FORBIDDEN, "gpu_count_mismatch");
+    // Eight GPUs, one on firmware its RIMs do not describe: attested (the
+    // token says so), refused the secret that needs GPUs.
+    let mut s = Session::new(&app);
+    let wrong = Tamper { gpus: 8, wrong_firmware: Some(3), ..Default::default() };
+    let token = s.attest(&guest(), &GuestKey::ec(), wrong).await.unwrap();
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let gpu = &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["gpu"];
+    assert_eq!((&gpu["measurements"], &gpu["devices"][3]["rim"]["mismatched"]), (&json!("mismatch"), &json!([9])));
+    assert_problem(s.get(GPU_RESOURCE, None).await, StatusCode::FORBIDDEN, "gpu_measurement_mismatch");
     // GPU evidence made for another key.
     let other = GuestKey::ec().jwk();
     let relayed = Tamper { gpus: 1, gpu_key: Some(other), ..Default::default() };

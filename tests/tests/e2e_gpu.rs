@@ -1,8 +1,10 @@
 //! End-to-end: the composite CPU + GPU release over real gRPC and TLS. A
 //! simulated SNP guest with simulated NVIDIA GPUs (test PKI, pinned by the
-//! dev-mode broker) fetches secrets that need GPUs; every way of breaking
-//! the binding between the GPUs, the CPU evidence and the requester's key
-//! is refused with its reason code.
+//! dev-mode broker, whose RIM directory holds the simulated GPUs' driver
+//! and VBIOS RIMs under the test RIM root) fetches secrets that need GPUs;
+//! every way of breaking the binding between the GPUs, the CPU evidence and
+//! the requester's key is refused with its reason code, and so are GPUs on
+//! firmware their RIMs do not describe, or whose RIMs the broker lacks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use attester_client::client::{ClientConfig, KbsClient};
 use attester_client::evidence::{GpuEvidence, GpuEvidenceSource};
 use attester_client::hpke::EphemeralKey;
-use attester_client::simulated::{Generation, SimulatedGpus, SimulatedSnp};
+use attester_client::simulated::{Generation, RimKind, SimulatedGpus, SimulatedSnp};
 use kbs_proto::v1::{
     GetChallengeRequest, PutSecretRequest, ReleaseSecretsRequest, ReleaseSecretsResponse, SnpEvidence, Tee,
     release_secrets_request,
@@ -22,7 +24,7 @@ use tonic::Code;
 #[path = "support/app.rs"]
 mod app;
 
-use app::TestApp;
+use app::{Options, TestApp};
 
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 const SUITE: SuiteId = SuiteId::X25519_SHA256_AES256GCM;
@@ -37,7 +39,11 @@ fn guest() -> SimulatedSnp {
 /// A dev-mode broker holding a secret that needs one GPU, one that needs
 /// eight, and one that needs none.
 async fn app() -> TestApp {
-    let app = TestApp::start().await;
+    app_with(Options::default()).await
+}
+
+async fn app_with(options: Options) -> TestApp {
+    let app = TestApp::start_with(options).await;
     for (name, gpus) in [(ONE_GPU, Some("1")), (EIGHT_GPUS, Some("8")), (NO_GPU, None)] {
         let req = PutSecretRequest {
             name: name.into(),
@@ -76,11 +82,13 @@ struct Exchange {
     bind: fn(&mut Vec<GpuEvidence>, &GpuEvidence),
     /// Edits the device list sent (after binding), likewise.
     send: fn(&mut Vec<GpuEvidence>, &GpuEvidence),
+    /// This GPU runs firmware its RIMs do not describe.
+    wrong_firmware: Option<usize>,
 }
 
 impl Exchange {
     fn new(name: &'static str, gpus: usize) -> Self {
-        Self { name, gpus, gpu_key: None, gpu_challenge: None, bind: |_, _| {}, send: |_, _| {} }
+        Self { name, gpus, gpu_key: None, gpu_challenge: None, bind: |_, _| {}, send: |_, _| {}, wrong_firmware: None }
     }
 
     async fn run(self, app: &TestApp) -> Result<ReleaseSecretsResponse, tonic::Status> {
@@ -97,7 +105,11 @@ impl Exchange {
             self.gpu_key.as_deref().unwrap_or(key.public_key()),
         );
         // One more device than used, to add.
-        let made = SimulatedGpus::new(self.gpus.max(1) + 1).unwrap().gpu_evidence(&gpu_nonce).unwrap();
+        let mut simulated = SimulatedGpus::new(self.gpus.max(1) + 1).unwrap();
+        if let Some(index) = self.wrong_firmware {
+            simulated = simulated.with_wrong_firmware(index);
+        }
+        let made = simulated.gpu_evidence(&gpu_nonce).unwrap();
         let mut devices: Vec<GpuEvidence> = made[..self.gpus].to_vec();
         let spare = made[self.gpus].clone();
         let mut bound = devices.clone();
@@ -220,6 +232,41 @@ async fn broken_bindings_are_refused_with_their_reasons() {
 }
 
 #[tokio::test]
+async fn gpu_firmware_must_match_its_rims() {
+    let app = app().await;
+    // One GPU of eight on firmware its RIMs do not describe: genuine and
+    // bound, but refused for a secret that needs GPUs, even one.
+    let wrong = Exchange { wrong_firmware: Some(5), ..Exchange::new(EIGHT_GPUS, 8) };
+    assert_refused(wrong.run(&app).await, "gpu_measurement_mismatch");
+    let record = app.audit_log().lines().last().unwrap().to_owned();
+    assert!(record.contains("device 5") && record.contains("indices [9]"), "{record}");
+    let wrong = Exchange { wrong_firmware: Some(0), ..Exchange::new(ONE_GPU, 1) };
+    assert_refused(wrong.run(&app).await, "gpu_measurement_mismatch");
+    // A secret that needs no GPU is the policy's to judge (the default
+    // policy does not look at GPUs).
+    let wrong = Exchange { wrong_firmware: Some(0), ..Exchange::new(NO_GPU, 1) };
+    assert_eq!(wrong.run(&app).await.unwrap().secrets.len(), 1);
+    // The same request with genuine firmware passes.
+    assert_eq!(Exchange::new(ONE_GPU, 1).run(&app).await.unwrap().secrets.len(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_rim_is_refused_with_its_reason() {
+    let app = app_with(Options { without_gpu_rims: vec![RimKind::Vbios], ..Default::default() }).await;
+    let refused = client_fetch(&app, 1, ONE_GPU).await.unwrap_err();
+    match refused {
+        attester_client::client::Error::Refused { reason, code, .. } => {
+            assert_eq!((reason.as_str(), code), ("gpu_measurement_mismatch", Code::PermissionDenied));
+        }
+        other => panic!("{other:?}"),
+    }
+    let record = app.audit_log().lines().last().unwrap().to_owned();
+    assert!(record.contains("no reference values (RIM) for vbios 96.00.CF.00.02"), "{record}");
+    // Secrets that need no GPU are unaffected.
+    assert_eq!(client_fetch(&app, 1, NO_GPU).await.unwrap(), NO_GPU.as_bytes());
+}
+
+#[tokio::test]
 async fn oversized_device_lists_are_refused_before_verification() {
     let app = app().await;
     let many = Exchange {
@@ -240,7 +287,7 @@ async fn the_shipped_gpu_policy_reads_the_claims_the_broker_makes() {
         serde_json::json!({
             "measurements": [hex::encode(MEASUREMENT)],
             "gpu": {
-                "count": 2, "modes": ["mpt"], "drivers": drivers, "vbios": [SIMULATED_VBIOS_VERSION],
+                "count": 2, "modes": ["mpt"], "drivers": drivers, "vbios": [SIMULATED_VBIOS_VERSION], "rims": "match",
                 "measurements": {"3": [hex::encode(simulated_measurement(3))]},
             },
         })
@@ -262,6 +309,10 @@ async fn the_shipped_gpu_policy_reads_the_claims_the_broker_makes() {
     // One GPU: too few, and single-GPU mode.
     let refused = Exchange::new(NO_GPU, 1).run(&app).await;
     assert_refused(refused, "gpu_count_mismatch");
+    // The policy reads the RIM appraisal: a GPU on wrong firmware.
+    let wrong = Exchange { wrong_firmware: Some(1), ..Exchange::new(NO_GPU, 2) };
+    assert_refused(wrong.run(&app).await, "gpu_measurement_mismatch");
+    assert!(app.audit_log().lines().last().unwrap().contains("GPU 1 RIM appraisal mismatch"));
     // A driver the reference values do not list.
     put_refvals(refvals(&["535.86.09"])).await;
     // The broker re-reads policies and reference values after a change made through it.

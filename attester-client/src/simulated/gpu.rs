@@ -105,6 +105,11 @@ pub fn simulated_measurement(index: u8) -> [u8; 48] {
     h.finalize().into()
 }
 
+/// The measurement block a simulated GPU with wrong firmware
+/// ([`SimulatedGpu::wrong_firmware`]) reports differently: block 10, RIM
+/// index 9, which the driver RIM holds active.
+pub const WRONG_FIRMWARE_BLOCK: u8 = 10;
+
 /// The multi-GPU mode a simulated GPU reports (opaque `feature_flag`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GpuMode {
@@ -119,6 +124,7 @@ pub enum GpuMode {
 pub struct SimulatedGpu {
     index: usize,
     mode: GpuMode,
+    wrong_firmware: bool,
 }
 
 impl SimulatedGpu {
@@ -127,7 +133,15 @@ impl SimulatedGpu {
         if index >= SIMULATED_GPUS_MAX {
             return Err(Error::Simulated("the GPU test PKI has no such device"));
         }
-        Ok(Self { index, mode: GpuMode::Spt })
+        Ok(Self { index, mode: GpuMode::Spt, wrong_firmware: false })
+    }
+
+    /// Runs firmware its reference values do not describe: block
+    /// [`WRONG_FIRMWARE_BLOCK`] differs from [`simulated_measurement`] (the
+    /// report is still genuine and signed; only the appraisal fails).
+    pub fn wrong_firmware(mut self) -> Self {
+        self.wrong_firmware = true;
+        self
     }
 
     /// Reports `mode` instead.
@@ -154,7 +168,11 @@ impl SimulatedGpu {
         out.extend_from_slice(record_len.to_le_bytes().get(..3).unwrap_or_default());
         for index in 1..=SIMULATED_BLOCKS {
             out.extend_from_slice(&[index, 0x01, 51, 0, 0x01, 48, 0]);
-            out.extend_from_slice(&simulated_measurement(index));
+            let mut digest = simulated_measurement(index);
+            if self.wrong_firmware && index == WRONG_FIRMWARE_BLOCK {
+                digest = Sha384::digest(b"kbs test GPU firmware nobody signed (INSECURE)").into();
+            }
+            out.extend_from_slice(&digest);
         }
         let mut responder = Sha256::new();
         responder.update(b"kbs test GPU responder nonce");
@@ -217,6 +235,16 @@ impl SimulatedGpus {
         let mode = if count > 1 { GpuMode::Mpt } else { GpuMode::Spt };
         let gpus = (0..count).map(|i| SimulatedGpu::new(i).map(|g| g.mode(mode))).collect::<Result<_, _>>()?;
         Ok(Self { gpus })
+    }
+
+    /// GPU `index` of the set runs wrong firmware
+    /// ([`SimulatedGpu::wrong_firmware`]); an index outside the set changes
+    /// nothing.
+    pub fn with_wrong_firmware(mut self, index: usize) -> Self {
+        if let Some(gpu) = self.gpus.get_mut(index) {
+            gpu.wrong_firmware = true;
+        }
+        self
     }
 
     /// The GPUs.
@@ -394,5 +422,20 @@ mod tests {
         assert_eq!(flag(&eight[7].report), [1, 0]);
         assert_eq!(&eight[0].report[4..36], &[2; 32]);
         assert!(SimulatedGpus::new(SIMULATED_GPUS_MAX + 1).is_err());
+    }
+
+    #[test]
+    fn wrong_firmware_changes_one_block_only() {
+        let genuine = SimulatedGpus::new(2).unwrap().gpu_evidence(&[3; 32]).unwrap();
+        let wrong = SimulatedGpus::new(2).unwrap().with_wrong_firmware(1).gpu_evidence(&[3; 32]).unwrap();
+        let block = |r: &[u8], i: u8| {
+            let at = 37 + 8 + usize::from(i - 1) * 55 + 7;
+            r[at..at + 48].to_vec()
+        };
+        assert_eq!(block(&wrong[0].report, WRONG_FIRMWARE_BLOCK), simulated_measurement(WRONG_FIRMWARE_BLOCK));
+        assert_ne!(block(&wrong[1].report, WRONG_FIRMWARE_BLOCK), simulated_measurement(WRONG_FIRMWARE_BLOCK));
+        for i in (1..=SIMULATED_BLOCKS).filter(|i| *i != WRONG_FIRMWARE_BLOCK) {
+            assert_eq!(block(&wrong[1].report, i), block(&genuine[1].report, i), "block {i}");
+        }
     }
 }

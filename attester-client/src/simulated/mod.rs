@@ -42,6 +42,7 @@ use crate::evidence::{Error, EvidenceSource, SNP_REPORT_LEN, SnpEvidence, TdxEvi
 
 mod cert_table;
 mod gpu;
+mod gpu_rim;
 mod pki;
 mod tdx;
 
@@ -50,7 +51,13 @@ pub use cert_table::{
 };
 pub use gpu::{
     GpuMode, SIMULATED_BLOCKS, SIMULATED_DRIVER_VERSION, SIMULATED_GPUS_MAX, SIMULATED_VBIOS_VERSION, SimulatedGpu,
-    SimulatedGpus, generate as generate_gpu_test_pki, gpu_test_root_pem, simulated_fwid, simulated_measurement,
+    SimulatedGpus, WRONG_FIRMWARE_BLOCK, generate as generate_gpu_test_pki, gpu_test_root_pem, simulated_fwid,
+    simulated_measurement,
+};
+pub use gpu_rim::{
+    RimKind, SIMULATED_DRIVER_INDICES, SIMULATED_DRIVER_RIM_ID, SIMULATED_VBIOS_INDICES, SIMULATED_VBIOS_RIM_ID,
+    SimulatedRim, generate_rim_pki as generate_gpu_rim_test_pki, gpu_test_rim_root_pem, simulated_gpu_rims,
+    simulated_rim,
 };
 pub use pki::{
     Chip, Generation, Pki, Tcb, TestCrl, Vcek, fixture_dir, foreign_ark_pem, test_ark_der, test_ark_pem, test_ask_der,

@@ -75,6 +75,14 @@ enum Command {
         /// device identity root (PEM) for simulated GPUs.
         #[arg(long)]
         gpu_test_root: Vec<PathBuf>,
+        /// INSECURE: enable the simulated TEE, pinning this test RIM root
+        /// (PEM) for the simulated GPUs' reference values.
+        #[arg(long)]
+        gpu_test_rim_root: Vec<PathBuf>,
+        /// GPU reference-value directory (`gpu.rim_dir`), filled by
+        /// `kbsctl gpu rim import`.
+        #[arg(long)]
+        gpu_rim_dir: Option<PathBuf>,
         /// TDX collateral directory (`tdx.collateral_dir`).
         #[arg(long)]
         tdx_collateral_dir: Option<PathBuf>,
@@ -161,6 +169,8 @@ async fn main() -> ExitCode {
             snp_test_root,
             tdx_test_root,
             gpu_test_root,
+            gpu_test_rim_root,
+            gpu_rim_dir,
             tdx_collateral_dir,
             coco_listen,
             metrics_listen,
@@ -172,6 +182,8 @@ async fn main() -> ExitCode {
                 snp_test_roots: snp_test_root,
                 tdx_test_roots: tdx_test_root,
                 gpu_test_roots: gpu_test_root,
+                gpu_test_rim_roots: gpu_test_rim_root,
+                gpu_rim_dir,
                 tdx_collateral_dir,
                 cache_ttl_ms: None,
                 coco_listen,

@@ -10,6 +10,7 @@ pub mod anchors;
 pub mod certtable;
 pub mod collateral;
 pub mod gpu;
+pub mod gpu_rims;
 pub mod pcs;
 pub mod snp;
 pub mod tdx;

@@ -770,7 +770,7 @@ fn reason_key(reason: &str) -> &str {
 
 /// The codes a policy reason may carry to the guest, by their stable names
 /// ([`ReasonCode::as_str`]); every other reason is `policy_denied`.
-const POLICY_CODES: [ReasonCode; 8] = [
+const POLICY_CODES: [ReasonCode; 9] = [
     ReasonCode::DebugEnabled,
     ReasonCode::VmplNotAllowed,
     ReasonCode::MeasurementNotAllowed,
@@ -779,6 +779,7 @@ const POLICY_CODES: [ReasonCode; 8] = [
     ReasonCode::NoPolicy,
     ReasonCode::GpuCountMismatch,
     ReasonCode::GpuRevoked,
+    ReasonCode::GpuMeasurementMismatch,
 ];
 
 /// The guest-visible code of a policy reason.

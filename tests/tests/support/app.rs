@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use attester_client::simulated::{TdxTestPki, gpu_test_root_pem, test_ark_pem};
+use attester_client::simulated::{
+    RimKind, TdxTestPki, gpu_test_rim_root_pem, gpu_test_root_pem, simulated_rim, test_ark_pem,
+};
 use kbs::config::Config;
 use kbs_proto::v1::admin_client::AdminClient;
 use kbs_proto::v1::key_broker_client::KeyBrokerClient;
@@ -41,6 +43,9 @@ pub struct Options {
     /// Share the challenge key (and CoCo token key) of the broker whose
     /// directory this is, as replicas do.
     pub keys_from: Option<PathBuf>,
+    /// The simulated GPUs' RIMs left out of the RIM directory (dev mode
+    /// writes both, driver and VBIOS, and pins the test RIM root).
+    pub without_gpu_rims: Vec<RimKind>,
 }
 
 /// A running broker; stopped when dropped.
@@ -90,6 +95,17 @@ impl TestApp {
             dev.snp_test_roots = vec![ark];
             dev.tdx_test_roots = vec![root];
             dev.gpu_test_roots = vec![gpu_root];
+            let rim_root = dir.path().join("test-gpu-rim-root.pem");
+            std::fs::write(&rim_root, gpu_test_rim_root_pem()).unwrap();
+            let rim_dir = dir.path().join("gpu-rims");
+            std::fs::create_dir(&rim_dir).unwrap();
+            for kind in [RimKind::Driver, RimKind::Vbios].into_iter().filter(|k| !options.without_gpu_rims.contains(k))
+            {
+                let rim = simulated_rim(kind).unwrap();
+                std::fs::write(rim_dir.join(format!("{}.xml", rim.id)), rim.xml).unwrap();
+            }
+            dev.gpu_test_rim_roots = vec![rim_root];
+            dev.gpu_rim_dir = Some(rim_dir);
             dev.tdx_collateral_dir = Some(collateral);
         }
         let files = kbs::dev::init(dir.path(), &dev).unwrap();

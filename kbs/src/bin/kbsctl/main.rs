@@ -24,6 +24,7 @@ macro_rules! out {
 mod audit;
 mod collateral;
 mod connection;
+mod gpu;
 mod model;
 mod policy;
 mod refval;
@@ -109,6 +110,10 @@ pub(crate) enum Command {
     /// Fetch TDX collateral for an air-gapped broker.
     #[command(subcommand)]
     Collateral(collateral::CollateralCommand),
+    /// NVIDIA GPU reference values: `gpu rim import` verifies RIMs into a
+    /// broker's RIM directory.
+    #[command(subcommand)]
+    Gpu(gpu::GpuCommand),
     /// Print a shell completion script (e.g. `kbsctl completion bash >
     /// /etc/bash_completion.d/kbsctl`).
     Completion {
@@ -213,6 +218,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             secret::run(&mut client, cmd, cli.output).await
         }
         Command::Collateral(cmd) => collateral::run(cmd).await,
+        Command::Gpu(cmd) => gpu::run(cmd),
         Command::Completion { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "kbsctl", &mut script);

@@ -52,9 +52,10 @@
 //! responses for the device chain's certificates but the leaf and the
 //! root), and so are the checks on the whole set of devices a VM presents
 //! ([`set::check_device_set`]: one checked nonce, distinct devices, the
-//! expected counts, one mode); the reference values (RIMs) and the binding
-//! of the set to the CPU evidence are further steps whose results belong
-//! next to these claims.
+//! expected counts, one mode), and so is the appraisal of the measurements
+//! against reference values ([`rim::RimAppraiser`], over a RIM store the
+//! caller loaded), whose result joins these claims as `rim`; the binding of
+//! the set to the CPU evidence is checked by the release flow.
 
 pub mod chain;
 mod der;
@@ -292,6 +293,10 @@ pub struct GpuDeviceClaims {
     /// ([`GpuDeviceClaims::with_revocation`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation: Option<RevocationClaims>,
+    /// The appraisal of its measurements against its RIMs, when it was
+    /// appraised ([`rim::RimAppraiser::appraise`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rim: Option<rim::RimClaims>,
 }
 
 /// The device chain's revocation, as checked with OCSP.
@@ -369,6 +374,10 @@ pub struct GpuSetClaims {
     /// `good` when every device's chain was shown good by stapled OCSP
     /// responses, else `not_checked`.
     pub revocation: SetRevocation,
+    /// `match` when every device's measurements matched its RIMs; else the
+    /// first of `mismatch`, `missing`, `not_appraised` that a device has.
+    #[serde(default)]
+    pub measurements: rim::RimResult,
     /// SHA-384 of the device set the CPU evidence commits to
     /// (`kbs_proto::device_set_digest`), hex.
     pub device_set_digest: String,
@@ -399,6 +408,12 @@ impl GpuSetClaims {
             true => SetRevocation::Good,
             false => SetRevocation::NotChecked,
         };
+        let results: Vec<rim::RimResult> =
+            devices.iter().map(|d| d.rim.as_ref().map_or(rim::RimResult::NotAppraised, |r| r.result)).collect();
+        let measurements = [rim::RimResult::Mismatch, rim::RimResult::Missing, rim::RimResult::NotAppraised]
+            .into_iter()
+            .find(|r| results.contains(r))
+            .unwrap_or(rim::RimResult::Match);
         Self {
             count: summary.gpus,
             switches: summary.switches,
@@ -407,6 +422,7 @@ impl GpuSetClaims {
             driver_versions,
             vbios_versions,
             revocation,
+            measurements,
             device_set_digest: hex::encode(device_set_digest),
             devices,
         }
@@ -538,6 +554,7 @@ impl GpuVerifier {
             },
             trailing_zeros: report.trailing_zeros,
             revocation: None,
+            rim: None,
         })
     }
 }

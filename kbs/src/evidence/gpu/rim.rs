@@ -40,21 +40,31 @@
 //! index; index 35 is skipped when the device reports NVDEC0 disabled. The
 //! appraisal works on [`Rim`] values, not on XML, so a CoRIM reader can
 //! feed it the same way.
+//!
+//! [`RimAppraiser`] is what a broker holds: a [`RimStore`] filled once at
+//! start-up (the files are read by [`crate::evidence::gpu_rims`]; nothing
+//! here does I/O) and a bounded cache of appraisals keyed by the digest of
+//! the device's measurements and the ids of the RIMs compared, so eight
+//! GPUs on the same firmware are appraised once. Its result is a claim
+//! ([`RimClaims`]: `match`, `mismatch` with the indices, `missing` with the
+//! RIMs not in the store), never an error: whether a device must match is
+//! the release's decision (the `gpus` secret label) and the policy's.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
 
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use roxmltree::{Document, Node, NodeType, ParsingOptions};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha384};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
-use super::GpuAnchors;
 use super::chain::{is_ca, p384_key, parse_cert, verify_link};
 use super::spdm::{DIGEST_LEN, MeasurementBlock};
+use super::{DeviceClass, GpuAnchors};
 use crate::evidence::anchors::{self, CertWindow};
 
 /// Largest RIM accepted (real ones: 20-60 KiB).
@@ -454,6 +464,199 @@ impl RimStore {
         }
         let nvdec0_disabled = fields.nvdec0 == Some(super::Nvdec0::Disabled);
         appraise(&report.response.blocks, nvdec0_disabled, &rims).map(DeviceAppraisal::Match)
+    }
+}
+
+/// Default bound on the appraisal cache of a [`RimAppraiser`].
+pub const DEFAULT_APPRAISAL_CACHE_CAPACITY: usize = 1024;
+
+/// The outcome of a device's reference-value appraisal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RimResult {
+    /// Every active measurement of the device's RIMs matched.
+    Match,
+    /// At least one active measurement differs (or two RIMs claim one index).
+    Mismatch,
+    /// The store holds no RIM for the device's driver or VBIOS version.
+    Missing,
+    /// Not appraised (claims made without a RIM store).
+    #[default]
+    NotAppraised,
+}
+
+/// One RIM an appraisal used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RimRef {
+    /// The RIM's `tagId`.
+    pub id: String,
+    /// The version it describes.
+    pub version: String,
+    /// It was loaded with an expired signer certificate.
+    pub signer_expired: bool,
+}
+
+impl RimRef {
+    fn of(rim: &Rim) -> Self {
+        Self { id: rim.tag_id.clone(), version: rim.version.clone(), signer_expired: rim.signer_expired }
+    }
+}
+
+/// A device's reference-value appraisal, as policy sees it
+/// (`input.claims.gpu.devices[i].rim`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RimClaims {
+    /// The outcome.
+    pub result: RimResult,
+    /// The driver RIM compared (GPUs), when the store holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<RimRef>,
+    /// The VBIOS (NVSwitch: BIOS) RIM compared, when the store holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vbios: Option<RimRef>,
+    /// Active reference measurements compared.
+    pub appraised: usize,
+    /// RIM indices whose measurement differs (block `index + 1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mismatched: Vec<u8>,
+    /// The RIMs the store lacks (`"vbios 96.00.CF.00.02"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+    /// Why the RIMs could not be compared together, when they could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
+}
+
+/// A device's measurements and the RIMs compared with them.
+type AppraisalKey = ([u8; DIGEST_LEN], Vec<(String, String)>);
+
+/// Appraises devices against a fixed [`RimStore`], caching the outcomes
+/// (bounded, oldest evicted first).
+#[derive(Debug)]
+pub struct RimAppraiser {
+    store: RimStore,
+    cache: Mutex<AppraisalCache>,
+}
+
+#[derive(Debug)]
+struct AppraisalCache {
+    map: HashMap<AppraisalKey, RimClaims>,
+    order: VecDeque<AppraisalKey>,
+    capacity: usize,
+}
+
+impl AppraisalCache {
+    fn insert(&mut self, key: AppraisalKey, claims: RimClaims) {
+        if self.capacity == 0 || self.map.contains_key(&key) {
+            return;
+        }
+        while self.map.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.order.push_back(key.clone());
+        self.map.insert(key, claims);
+    }
+}
+
+impl Default for RimAppraiser {
+    fn default() -> Self {
+        Self::new(RimStore::default())
+    }
+}
+
+impl RimAppraiser {
+    /// An appraiser over `store` with the default cache bound.
+    pub fn new(store: RimStore) -> Self {
+        Self::with_cache_capacity(store, DEFAULT_APPRAISAL_CACHE_CAPACITY)
+    }
+
+    /// An appraiser whose cache holds at most `capacity` outcomes (zero:
+    /// no cache).
+    pub fn with_cache_capacity(store: RimStore, capacity: usize) -> Self {
+        let cache = AppraisalCache { map: HashMap::new(), order: VecDeque::new(), capacity };
+        Self { store, cache: Mutex::new(cache) }
+    }
+
+    /// The RIMs it appraises against.
+    pub fn store(&self) -> &RimStore {
+        &self.store
+    }
+
+    /// How many outcomes are cached.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).map.len()
+    }
+
+    /// Appraises a verified device report: a GPU against the RIMs of its
+    /// driver and VBIOS versions, an NVSwitch against its BIOS's.
+    pub fn appraise(&self, report: &super::GpuReport<'_>, class: DeviceClass) -> RimClaims {
+        let missing = |driver, vbios, missing| RimClaims {
+            result: RimResult::Missing,
+            driver,
+            vbios,
+            appraised: 0,
+            mismatched: Vec::new(),
+            missing,
+            conflict: None,
+        };
+        let Ok(fields) = report.opaque_fields() else {
+            return missing(None, None, vec!["the versions of the report (opaque data)".into()]);
+        };
+        let wanted: &[(&str, &Option<String>)] = match class {
+            DeviceClass::Gpu => &[("driver", &fields.driver_version), ("vbios", &fields.vbios_version)],
+            DeviceClass::Nvswitch => &[("vbios", &fields.vbios_version)],
+        };
+        let mut rims: Vec<(&str, &Rim)> = Vec::with_capacity(2);
+        let mut absent = Vec::new();
+        for (kind, version) in wanted {
+            match version.as_deref() {
+                Some(v) => match self.store.get(v) {
+                    Some(rim) => rims.push((kind, rim)),
+                    None => absent.push(format!("{kind} {v}")),
+                },
+                None => absent.push(format!("{kind} (version not reported)")),
+            }
+        }
+        let find = |kind: &str| rims.iter().find(|(k, _)| *k == kind).map(|(_, rim)| RimRef::of(rim));
+        let (driver, vbios) = (find("driver"), find("vbios"));
+        if !absent.is_empty() {
+            return missing(driver, vbios, absent);
+        }
+        let nvdec0_disabled = fields.nvdec0 == Some(super::Nvdec0::Disabled);
+        let mut digest = Sha384::new();
+        digest.update([u8::from(nvdec0_disabled)]);
+        for block in &report.response.blocks {
+            digest.update([block.index, block.value_type]);
+            digest.update(block.digest);
+        }
+        let key: AppraisalKey =
+            (digest.finalize().into(), rims.iter().map(|(_, r)| (r.version.clone(), r.tag_id.clone())).collect());
+        if let Some(hit) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).map.get(&key) {
+            return hit.clone();
+        }
+        let base = RimClaims {
+            result: RimResult::Match,
+            driver,
+            vbios,
+            appraised: 0,
+            mismatched: Vec::new(),
+            missing: Vec::new(),
+            conflict: None,
+        };
+        let claims = match appraise(&report.response.blocks, nvdec0_disabled, &rims) {
+            Ok(a) => RimClaims { appraised: a.checked, ..base },
+            Err(RimError::MeasurementMismatch(indices)) => {
+                RimClaims { result: RimResult::Mismatch, mismatched: indices, ..base }
+            }
+            Err(e) => RimClaims { result: RimResult::Mismatch, conflict: Some(e.to_string()), ..base },
+        };
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(key, claims.clone());
+        claims
     }
 }
 
