@@ -988,7 +988,7 @@ impl FloodRun {
         }
         let median = |v: &mut Vec<Duration>| {
             v.sort_unstable();
-            v[v.len() / 2]
+            v.get(v.len() / 2).copied().unwrap_or_default()
         };
         let (q, f) = (median(&mut quiet), median(&mut flooded));
         println!(

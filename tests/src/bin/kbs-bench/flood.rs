@@ -88,7 +88,9 @@ impl Flood {
                             counts.backlog.fetch_add(1, Ordering::Relaxed);
                             continue;
                         };
-                        let mut client = clients[next % clients.len()].clone();
+                        // `clients` holds at least one connection.
+                        let Some(client) = clients.get(next % clients.len()) else { return };
+                        let mut client = client.clone();
                         next = next.wrapping_add(1);
                         let (counts, names) = (Arc::clone(&counts), Arc::clone(&names));
                         tokio::spawn(async move {
