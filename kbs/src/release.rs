@@ -394,20 +394,18 @@ impl Broker {
             .collect();
         let expected = kbs_proto::device_report_data(&challenge.nonce, req.suite, &req.public_key, &devices);
         let verifying = Instant::now();
-        let claims =
-            match self.verify(&req.evidence, now, &expected).instrument(tracing::info_span!(phase::VERIFY)).await {
-                Ok(mut claims) => {
-                    // Recorded even when a GPU is refused next.
-                    event.measurement = Some(claims.measurement.clone());
-                    self.verify_gpus(&req.gpus, &devices, &challenge.nonce, req.suite, &req.public_key, now).map(
-                        |gpu| {
-                            claims.gpu = gpu;
-                            claims
-                        },
-                    )
-                }
-                Err(e) => Err(e),
-            };
+        let verified = self.verify(&req.evidence, now, &expected).instrument(tracing::info_span!(phase::VERIFY)).await;
+        let claims = match verified {
+            Ok(mut claims) => {
+                // Recorded even when a GPU is refused next.
+                event.measurement = Some(claims.measurement.clone());
+                self.verify_gpus(&req.gpus, &devices, &challenge.nonce, req.suite, &req.public_key, now).map(|gpu| {
+                    claims.gpu = gpu;
+                    claims
+                })
+            }
+            Err(e) => Err(e),
+        };
         self.metrics.phase(Phase::Verify, verifying.elapsed());
         let claims = claims?;
         let prepared = PreparedClaims::new(&claims).map_err(Error::Internal)?;
