@@ -117,6 +117,7 @@ async fn a_release_is_a_tree_of_phase_spans_under_the_callers_trace_and_holds_no
     assert_eq!(roots.len(), 2, "{spans:#?}");
     let root = roots.iter().find(|s| s.trace_id == allowed_trace).expect("the caller's trace id was not propagated");
     assert_eq!(root.parent_span_id, allowed_caller);
+    assert_eq!((root.str("rpc.system"), root.str("rpc.method")), (Some("grpc"), Some("ReleaseSecrets")));
     assert_eq!(root.str("tee"), Some("snp"));
     assert_eq!(root.str("outcome"), Some("allow"));
     assert_eq!(root.int("secrets"), Some(1));
