@@ -62,6 +62,31 @@ struct RawConfig {
     rate_limit: RawRateLimit,
     #[serde(default)]
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+}
+
+/// `[telemetry]`, then the `OTEL_*` variables over it (see
+/// [`Config::load`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: Option<String>,
+    service_name: Option<String>,
+    sampling_ratio: Option<f64>,
+    ca_file: Option<PathBuf>,
+    /// `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
+    #[serde(skip)]
+    disabled: bool,
+    /// `OTEL_TRACES_EXPORTER`, when set.
+    #[serde(skip)]
+    exporter: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`, when set.
+    #[serde(skip)]
+    protocol: Option<String>,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, when set.
+    #[serde(skip)]
+    sampler: Option<(String, Option<String>)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -535,6 +560,9 @@ pub struct Config {
     pub coco: Option<CocoConfig>,
     /// The metrics listener, when enabled.
     pub metrics: Option<MetricsConfig>,
+    /// The OTLP trace exporter, when enabled (`[telemetry] otlp_endpoint`
+    /// or `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`).
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 /// Shared TLS session tickets (`server.tls_ticket_*`).
@@ -553,9 +581,116 @@ pub struct TlsTicketConfig {
 /// touch the process environment.
 pub const ENV_OVERRIDES: &[&str] = &["KBS_GUEST_LISTEN", "KBS_ADMIN_LISTEN", "KBS_REPLICA_ID"];
 
+/// The standard OpenTelemetry variables read over `[telemetry]` (the
+/// exporter itself also reads `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`,
+/// `_TIMEOUT`, `_COMPRESSION` and `_INSECURE`).
+pub const OTEL_ENV: &[&str] = &[
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+];
+
+/// Applies the [`OTEL_ENV`] variables over `[telemetry]`: each one set
+/// wins over the file, a signal-specific one (`..._TRACES_...`) over the
+/// generic one.
+fn otel_overrides(raw: &mut RawTelemetry, env: &impl Fn(&str) -> Option<String>) {
+    let either = |specific: &str, generic: &str| env(specific).or_else(|| env(generic)).filter(|v| !v.is_empty());
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        raw.disabled = true;
+    }
+    if let Some(exporter) = env("OTEL_TRACES_EXPORTER").filter(|v| !v.is_empty()) {
+        raw.disabled |= exporter.trim() == "none";
+        raw.exporter = Some(exporter);
+    }
+    if let Some(v) = either("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") {
+        raw.otlp_endpoint = Some(v);
+    }
+    if let Some(v) = either("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") {
+        raw.protocol = Some(v);
+    }
+    if let Some(v) = either("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE") {
+        raw.ca_file = Some(PathBuf::from(v));
+    }
+    if let Some(v) = env("OTEL_SERVICE_NAME").filter(|v| !v.is_empty()) {
+        raw.service_name = Some(v);
+    }
+    if let Some(v) = env("OTEL_TRACES_SAMPLER").filter(|v| !v.is_empty()) {
+        raw.sampler = Some((v, env("OTEL_TRACES_SAMPLER_ARG")));
+    }
+}
+
+/// The trace exporter of `raw`, or `None` when no endpoint is set or
+/// tracing is switched off.
+fn telemetry(
+    raw: RawTelemetry,
+    resolve: impl Fn(&Path) -> PathBuf,
+) -> Result<Option<crate::telemetry::TelemetryConfig>, ConfigError> {
+    use crate::telemetry::{Sampling, TelemetryConfig};
+    let invalid = |what: &str, why: String| ConfigError::Invalid(format!("{what}: {why}"));
+    if let Some(exporter) = &raw.exporter
+        && !matches!(exporter.trim(), "otlp" | "none")
+    {
+        return Err(invalid("OTEL_TRACES_EXPORTER", format!("{exporter:?}: only otlp (or none) is supported")));
+    }
+    let Some(endpoint) = raw.otlp_endpoint.filter(|_| !raw.disabled) else {
+        return Ok(None);
+    };
+    if let Some(protocol) = &raw.protocol
+        && protocol.trim() != "grpc"
+    {
+        return Err(invalid(
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            format!("{protocol:?}: the trace exporter speaks OTLP over gRPC only (grpc)"),
+        ));
+    }
+    let url =
+        reqwest::Url::parse(&endpoint).map_err(|e| invalid("telemetry.otlp_endpoint", format!("{endpoint:?}: {e}")))?;
+    let https = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        other => {
+            return Err(invalid("telemetry.otlp_endpoint", format!("scheme {other:?}: use http:// or https://")));
+        }
+    };
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("telemetry.otlp_endpoint", format!("{endpoint:?} names no host")));
+    }
+    let ca_file = raw.ca_file.map(|p| resolve(&p));
+    if https && ca_file.is_none() {
+        return Err(invalid(
+            "telemetry.otlp_endpoint",
+            "an https collector needs telemetry.ca_file (or OTEL_EXPORTER_OTLP_CERTIFICATE), the CA its certificate chains to".into(),
+        ));
+    }
+    let sampling = match (raw.sampler, raw.sampling_ratio) {
+        (Some((name, arg)), _) => {
+            Sampling::from_otel(&name, arg.as_deref()).map_err(|why| invalid("OTEL_TRACES_SAMPLER", why))?
+        }
+        (None, Some(ratio)) => Sampling {
+            parent_based: true,
+            ratio: Sampling::check_ratio(ratio).map_err(|why| invalid("telemetry.sampling_ratio", why))?,
+        },
+        (None, None) => Sampling::default(),
+    };
+    let service_name = raw.service_name.unwrap_or_else(|| "kbs".to_owned());
+    if service_name.is_empty() || service_name.len() > 255 {
+        return Err(invalid("telemetry.service_name", "must have 1 to 255 characters".into()));
+    }
+    Ok(Some(TelemetryConfig { endpoint, service_name, sampling, ca_file }))
+}
+
 impl Config {
     /// Loads `path`, then applies environment overrides from `env`
-    /// (`KBS_GUEST_LISTEN`, `KBS_ADMIN_LISTEN`, `KBS_REPLICA_ID`).
+    /// (`KBS_GUEST_LISTEN`, `KBS_ADMIN_LISTEN`, `KBS_REPLICA_ID`, and the
+    /// [`OTEL_ENV`] variables over `[telemetry]`).
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut raw: RawConfig = toml::from_str(&text)
@@ -569,6 +704,7 @@ impl Config {
         if let Some(v) = env("KBS_REPLICA_ID") {
             raw.server.replica_id = Some(v);
         }
+        otel_overrides(&mut raw.telemetry, &env);
         let base = path.parent().unwrap_or(Path::new("."));
         Self::validate(raw, base)
     }
@@ -848,6 +984,7 @@ impl Config {
                 Some(MetricsConfig { listen, tls: m.tls })
             }
         };
+        let telemetry = telemetry(raw.telemetry, resolve)?;
         let audit_path = match raw.audit.path.as_deref() {
             None | Some("-") => None,
             Some(p) => Some(resolve(Path::new(p))),
@@ -903,6 +1040,7 @@ impl Config {
             },
             coco,
             metrics,
+            telemetry,
         })
     }
 }
@@ -1190,6 +1328,69 @@ mod tests {
         assert_eq!(Config::from_toml(&off, Path::new("/")).unwrap().store_cache_ttl, Duration::ZERO);
         let long = MINIMAL.replace("kek_file = \"kek\"", "kek_file = \"kek\"\ncache_ttl_ms = 60001");
         assert!(Config::from_toml(&long, Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn traces_are_off_by_default_and_the_otel_variables_win_over_the_file() {
+        use crate::telemetry::Sampling;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kbs.toml");
+        let load = |telemetry: &str, vars: &[(&str, &str)]| {
+            std::fs::write(&path, format!("{MINIMAL}\n[telemetry]\n{telemetry}\n")).unwrap();
+            let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            Config::load(&path, move |k| vars.iter().find(|(name, _)| name == k).map(|(_, v)| v.clone()))
+        };
+        // Off: no endpoint, or switched off by the standard variables.
+        assert!(load("", &[]).unwrap().telemetry.is_none());
+        assert!(load("service_name = \"a\"", &[("OTEL_SERVICE_NAME", "b")]).unwrap().telemetry.is_none());
+        let file = "otlp_endpoint = \"http://127.0.0.1:4317\"\nservice_name = \"kbs-eu\"\nsampling_ratio = 0.25";
+        for off in [("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")] {
+            assert!(load(file, &[off]).unwrap().telemetry.is_none(), "{off:?}");
+        }
+        // The file alone.
+        let t = load(file, &[]).unwrap().telemetry.unwrap();
+        assert_eq!(t.endpoint, "http://127.0.0.1:4317");
+        assert_eq!(t.service_name, "kbs-eu");
+        assert_eq!(t.sampling, Sampling { parent_based: true, ratio: 0.25 });
+        assert_eq!(t.ca_file, None);
+        // The variables over it; the signal-specific endpoint over the generic one.
+        let t = load(
+            file,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://collector.example:4317"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "collector-ca.pem"),
+                ("OTEL_SERVICE_NAME", "kbs-us"),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_TRACES_EXPORTER", "otlp"),
+            ],
+        )
+        .unwrap()
+        .telemetry
+        .unwrap();
+        assert_eq!(t.endpoint, "https://collector.example:4317");
+        assert_eq!(t.service_name, "kbs-us");
+        assert_eq!(t.sampling, Sampling { parent_based: false, ratio: 0.5 });
+        assert_eq!(t.ca_file, Some(dir.path().join("collector-ca.pem")));
+        let t = load("", &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317")]).unwrap().telemetry.unwrap();
+        assert_eq!((t.endpoint.as_str(), t.service_name.as_str()), ("http://generic:4317", "kbs"));
+        assert_eq!(t.sampling, Sampling::default());
+        // Refused, with the setting named.
+        for (telemetry, vars, what) in [
+            ("otlp_endpoint = \"https://c:4317\"", &[][..], "ca_file"),
+            ("otlp_endpoint = \"grpc://c:4317\"", &[][..], "scheme"),
+            ("otlp_endpoint = \"c:4317\"", &[][..], "otlp_endpoint"),
+            ("otlp_endpoint = \"http://c:4317\"\nsampling_ratio = 1.5", &[][..], "sampling_ratio"),
+            ("otlp_endpoint = \"http://c:4317\"", &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")][..], "gRPC"),
+            ("otlp_endpoint = \"http://c:4317\"", &[("OTEL_TRACES_SAMPLER", "jaeger_remote")][..], "SAMPLER"),
+            ("", &[("OTEL_TRACES_EXPORTER", "zipkin")][..], "OTEL_TRACES_EXPORTER"),
+        ] {
+            let refused = load(telemetry, vars).unwrap_err();
+            assert!(matches!(refused, ConfigError::Invalid(_)) && refused.to_string().contains(what), "{refused}");
+        }
+        assert!(matches!(load("endpoint = \"http://c:4317\"", &[]), Err(ConfigError::Parse { .. })));
     }
 
     #[test]

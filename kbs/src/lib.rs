@@ -22,7 +22,8 @@
 //! - [`reason`]: stable reason codes; [`names`]: the secret-name limit and
 //!   the reserved namespace; [`fetch`]: what outbound HTTP clients share;
 //!   [`rate`]: request rate limits of the guest-facing calls; [`keyfile`]:
-//!   the 256-bit key file format.
+//!   the 256-bit key file format; [`telemetry`]: OpenTelemetry traces
+//!   (spans, W3C trace context, the OTLP exporter).
 //!   Leaves.
 //! - [`challenge`]: stateless sealed challenges, openable by any replica.
 //!   [`tickets`]: TLS session tickets every replica can redeem.
@@ -59,4 +60,5 @@ pub mod release;
 pub mod seal;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tickets;

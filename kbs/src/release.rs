@@ -23,6 +23,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use kbs_proto::SuiteId;
 use kbs_proto::v1::Tee;
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 
 use crate::audit::{AuditLog, Event, SecretRef};
 use crate::challenge::{ChallengeSealer, IssuedChallenge};
@@ -46,6 +47,7 @@ use crate::reason::ReasonCode;
 use crate::seal::{self, RecipientKey};
 use crate::store::SecretMeta;
 use crate::store::{SecretStore, validate_name};
+use crate::telemetry::phase;
 
 /// `kbs.v1.Tee::Snp`, as a challenge carries it.
 pub const TEE_SNP: u8 = Tee::Snp as u8;
@@ -357,6 +359,8 @@ impl Broker {
             ..Event::new("release", req.caller.clone())
         };
         let result = self.release_inner(&req, &attestation_id, &mut event).await;
+        let refused = result.as_ref().err().map(|e| e.reason().as_str());
+        crate::telemetry::record_outcome(event.tee, Some(&attestation_id), req.names.len(), refused);
         match &result {
             Ok(released) => {
                 event.decision = "allow";
@@ -413,7 +417,8 @@ impl Broker {
             .collect();
         let expected = kbs_proto::device_report_data(&challenge.nonce, req.suite, &req.public_key, &devices);
         let verifying = Instant::now();
-        let claims = match self.verify(&req.evidence, now, &expected).await {
+        let verified = self.verify(&req.evidence, now, &expected).instrument(tracing::info_span!(phase::VERIFY)).await;
+        let claims = match verified {
             Ok(mut claims) => {
                 // Recorded even when a GPU is refused next.
                 event.measurement = Some(claims.measurement.clone());
@@ -433,7 +438,7 @@ impl Broker {
         let mut secrets = Vec::with_capacity(req.names.len());
         for name in &req.names {
             let reading = Instant::now();
-            let record = self.store.get(name).await;
+            let record = self.store.get(name).instrument(tracing::info_span!(phase::STORE)).await;
             self.metrics.phase(Phase::Store, reading.elapsed());
             let record = record?;
             if let Err(e) = check_gpu_requirement(&claims, &record.meta) {
@@ -443,7 +448,8 @@ impl Broker {
                 return Err(e);
             }
             let deciding = Instant::now();
-            let decision = self.policy.evaluate_prepared(&prepared, &record.meta);
+            let decision =
+                tracing::info_span!(phase::POLICY).in_scope(|| self.policy.evaluate_prepared(&prepared, &record.meta));
             self.metrics.phase(Phase::Policy, deciding.elapsed());
             if let Err(denial) = decision {
                 event.reasons = denial.reasons.clone();
@@ -451,7 +457,8 @@ impl Broker {
             }
             let aad = kbs_proto::secret_aad(name, record.meta.version);
             let sealing = Instant::now();
-            let sealed = seal::seal(&recipient, &info, &aad, record.value.expose());
+            let sealed = tracing::info_span!(phase::SEAL)
+                .in_scope(|| seal::seal(&recipient, &info, &aad, record.value.expose()));
             self.metrics.phase(Phase::Seal, sealing.elapsed());
             let sealed = sealed?;
             secrets.push(ReleasedSecret {
@@ -474,15 +481,23 @@ impl Broker {
             EvidenceInput::Snp { report, cert_table } => {
                 // Parse first: nothing reaches the network or crypto unless
                 // the report is well-formed.
-                let parsed = SnpReport::parse(report)?;
-                let table = if cert_table.is_empty() { None } else { Some(certtable::parse(cert_table)?) };
+                let (parsed, table) = tracing::info_span!(phase::EVIDENCE_PARSE).in_scope(|| {
+                    let parsed = SnpReport::parse(report)?;
+                    let table = if cert_table.is_empty() { None } else { Some(certtable::parse(cert_table)?) };
+                    Ok::<_, Error>((parsed, table))
+                })?;
                 let table_vek = table.as_ref().and_then(|t| {
                     if parsed.signing_key() == SigningKey::Vlek { t.vlek.clone() } else { t.vcek.clone() }
                 });
-                let vek = match table_vek {
-                    Some(vek) => vek,
-                    None => self.vek.resolve(&parsed).await?,
-                };
+                let source = if table_vek.is_some() { "cert_table" } else { "resolver" };
+                let vek = async {
+                    match table_vek {
+                        Some(vek) => Ok::<_, Error>(vek),
+                        None => Ok(self.vek.resolve(&parsed).await?),
+                    }
+                }
+                .instrument(tracing::info_span!(phase::COLLATERAL, source))
+                .await?;
                 let extra: Vec<Vec<u8>> =
                     table.map(|t| [t.ask, t.ark].into_iter().flatten().collect()).unwrap_or_default();
                 let chip_id = *parsed.chip_id();
@@ -495,12 +510,19 @@ impl Broker {
                 let tdx = self.tdx.as_ref().ok_or(EvidenceError::UnsupportedTee("tdx"))?;
                 // Parse first: nothing reaches collateral or crypto unless
                 // the quote is well-formed.
-                let parsed = TdxQuote::parse(quote)?;
-                let (fmspc, ca) = parsed.collateral_key()?;
+                let (parsed, (fmspc, ca)) = tracing::info_span!(phase::EVIDENCE_PARSE).in_scope(|| {
+                    let parsed = TdxQuote::parse(quote)?;
+                    let key = parsed.collateral_key()?;
+                    Ok::<_, Error>((parsed, key))
+                })?;
                 // PCS is asked nothing for a quote that fails the checks
                 // needing no collateral (PCK chain, QE report, signature).
                 let check = || tdx.verifier.verify_without_collateral(&parsed, now);
-                let collateral = tdx.collateral.resolve_checked(fmspc, ca, now, check).await?;
+                let collateral = tdx
+                    .collateral
+                    .resolve_checked(fmspc, ca, now, check)
+                    .instrument(tracing::info_span!(phase::COLLATERAL, source = "resolver"))
+                    .await?;
                 let verified = tdx.verifier.verify_parsed(parsed, &collateral, now, Some(expected))?;
                 Ok(verified.claims)
             }
@@ -734,7 +756,7 @@ impl Broker {
 
     /// Verifies evidence whose report_data must equal `expected`.
     pub async fn verify_bound(&self, evidence: &EvidenceInput, expected: &[u8; 64]) -> Result<Claims, Error> {
-        self.verify(evidence, self.now(), expected).await
+        self.verify(evidence, self.now(), expected).instrument(tracing::info_span!(phase::VERIFY)).await
     }
 
     /// Reads the secret `name` and checks the release policy for `claims`.
@@ -744,9 +766,10 @@ impl Broker {
         // Policies and reference values live in the store under the
         // reserved prefix; they are never released as secrets.
         check_not_reserved(name)?;
-        let record = self.store.get(name).await?;
+        let record = self.store.get(name).instrument(tracing::info_span!(phase::STORE)).await?;
         check_gpu_requirement(claims, &record.meta)?;
-        if let Err(denial) = self.policy.evaluate(claims, &record.meta) {
+        if let Err(denial) = tracing::info_span!(phase::POLICY).in_scope(|| self.policy.evaluate(claims, &record.meta))
+        {
             return Err(Error::Denied { code: denial.code, reasons: denial.reasons });
         }
         Ok(record)

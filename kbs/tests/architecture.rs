@@ -76,7 +76,7 @@ const VERIFIER_EXCEPTIONS: &[(&str, &str)] = &[];
 /// (and in ARCHITECTURE.md).
 const LAYERS: &[&[&str]] = &[
     // Leaves: vocabulary and helpers every layer shares.
-    &["reason", "names", "fetch", "keyfile", "connections", "rate"],
+    &["reason", "names", "fetch", "keyfile", "connections", "rate", "telemetry"],
     // The domain: challenges, verification, secret storage, the audit log;
     // the metrics every layer above records; TLS session tickets.
     &["audit", "challenge", "evidence", "store", "metrics", "tickets"],

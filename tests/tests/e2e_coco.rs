@@ -26,6 +26,8 @@ use tonic::Request;
 
 #[path = "support/app.rs"]
 mod app;
+#[path = "support/otlp.rs"]
+mod otlp;
 
 use app::{Options, TestApp};
 
@@ -948,4 +950,72 @@ async fn calls_past_the_rate_limit_are_refused_with_a_retry_time() {
     // After the wait, served again.
     tokio::time::sleep(std::time::Duration::from_secs(after)).await;
     guest.get_challenge(ask()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_coco_request_is_traced_under_the_callers_trace_without_secrets() {
+    let (collector, endpoint) = otlp::Collector::start().await;
+    let app =
+        TestApp::start_with(Options { extra_config: format!("[telemetry]\notlp_endpoint = \"{endpoint}\""), ..coco() })
+            .await;
+    let telemetry = otlp::install(&app.dir.path().join("kbs.toml"));
+    let value = b"coco-model-key:5b1e0c7a9f3d2468";
+    app.put(RESOURCE, value, &[MEASUREMENT]).await;
+    // A guest whose every request carries its span (W3C trace context).
+    let (traceparent, trace_id, caller) = otlp::traceparent();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("traceparent", traceparent.parse().unwrap());
+    let http = reqwest::Client::builder()
+        .tls_certs_only(vec![reqwest::Certificate::from_pem(&app.ca).unwrap()])
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    let mut session = Session { app: &app, http, cookie: None };
+    let key = GuestKey::ec();
+    let token = session.attest(&guest(), &key, Tamper::default()).await.unwrap();
+    let jwe = session.get(RESOURCE, None).await.unwrap();
+    assert_eq!(key.decrypt(&jwe), value);
+    let admin_token = app.token.trim().to_owned();
+    drop(app);
+    otlp::shutdown(telemetry).await;
+
+    let spans = collector.spans();
+    let root = |name: &str| {
+        let found: Vec<&otlp::Span> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 1, "{name}: {spans:#?}");
+        let root = found[0];
+        assert_eq!((root.trace_id.as_str(), root.parent_span_id.as_str()), (trace_id.as_str(), caller.as_str()));
+        assert_eq!(root.int("http.response.status_code"), Some(200), "{root:?}");
+        root
+    };
+    let children = |parent: &otlp::Span| -> std::collections::BTreeSet<String> {
+        spans.iter().filter(|s| s.parent_span_id == parent.span_id).map(|s| s.name.clone()).collect()
+    };
+    root("kbs.coco.auth");
+    let attest = root("kbs.coco.attest");
+    assert_eq!((attest.str("tee"), attest.str("outcome")), (Some("snp"), Some("allow")));
+    assert_eq!(children(attest), ["verify".to_owned()].into());
+    let verify = spans.iter().find(|s| s.name == "verify").unwrap();
+    assert_eq!(children(verify), ["collateral", "evidence_parse"].map(String::from).into());
+    let resource = root("kbs.coco.resource");
+    assert_eq!((resource.str("tee"), resource.str("outcome")), (Some("snp"), Some("allow")));
+    assert_eq!(resource.int("secrets"), Some(1));
+    assert_eq!(children(resource), ["policy", "seal", "store"].map(String::from).into());
+
+    let jwk = key.jwk();
+    let field = |v: &Value, name: &str| v[name].as_str().unwrap().as_bytes().to_vec();
+    otlp::assert_no_secret(
+        &collector,
+        &[
+            ("resource value", value),
+            ("resource name", RESOURCE.as_bytes()),
+            ("attestation token", token.as_bytes()),
+            ("admin token", admin_token.as_bytes()),
+            ("guest key x", &field(&jwk, "x")),
+            ("guest key y", &field(&jwk, "y")),
+            ("JWE ciphertext", &field(&jwe, "ciphertext")),
+            ("JWE encrypted key", &field(&jwe, "encrypted_key")),
+            ("certificate table", &guest().cert_table().unwrap()),
+        ],
+    );
 }

@@ -64,6 +64,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 use crate::audit::{Event, SecretRef};
 use crate::config::Config;
@@ -375,10 +376,14 @@ pub async fn serve(
             let metrics = Arc::clone(&metrics);
             async move {
                 let endpoint = crate::metrics::CocoEndpoint::of_path(request.uri().path());
-                let response = match tokio::time::timeout(idle, next.run(request)).await {
+                // One trace span per request, a child of the caller's span
+                // if it sent a W3C `traceparent`.
+                let span = crate::telemetry::coco_span(request.uri().path(), request.headers());
+                let response = match tokio::time::timeout(idle, next.run(request).instrument(span.clone())).await {
                     Ok(response) => response,
                     Err(_) => problem(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long"),
                 };
+                span.record("http.response.status_code", i64::from(response.status().as_u16()));
                 metrics.coco_request(endpoint, response.status().as_u16());
                 response
             }
@@ -664,6 +669,9 @@ impl Audit {
     /// Records the decision; if the record cannot be written, nothing is
     /// released.
     fn finish<T>(mut self, broker: &Broker, result: Result<T, Error>) -> Result<T, Error> {
+        let refused = result.as_ref().err().map(|e| e.reason().as_str());
+        let (tee, id, count) = (self.event.tee, self.event.attestation_id.as_deref(), self.event.secrets.len());
+        crate::telemetry::record_outcome(tee, id, count, refused);
         match &result {
             Ok(_) => self.event.decision = "allow",
             Err(e) => {
@@ -981,7 +989,8 @@ impl CocoService {
             .and_then(|k| TeeKey::from_jwk(k).map_err(|e| Error::InvalidRequest(e.to_string())))?;
         let record = self.broker.read_for(&claims, name).await?;
         audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: Some(record.meta.version) }];
-        key.encrypt(record.value.expose()).map_err(|e| Error::Internal(e.to_string()))
+        let sealing = tracing::info_span!(crate::telemetry::phase::SEAL);
+        sealing.in_scope(|| key.encrypt(record.value.expose())).map_err(|e| Error::Internal(e.to_string()))
     }
 }
 

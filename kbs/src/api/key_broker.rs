@@ -9,6 +9,7 @@ use kbs_proto::v1::{
     release_secrets_request,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::error::Error;
 use crate::metrics::Tee;
@@ -61,12 +62,25 @@ impl KeyBroker for KeyBrokerService {
         &self,
         request: Request<ReleaseSecretsRequest>,
     ) -> Result<Response<ReleaseSecretsResponse>, Status> {
+        // One trace span per release, a child of the guest's span if the
+        // call carries a W3C `traceparent`.
+        let span = crate::telemetry::release_span(request.metadata().as_ref());
+        self.release(request).instrument(span).await
+    }
+}
+
+impl KeyBrokerService {
+    async fn release(
+        &self,
+        request: Request<ReleaseSecretsRequest>,
+    ) -> Result<Response<ReleaseSecretsResponse>, Status> {
         let started = std::time::Instant::now();
         let caller = super::peer(&request);
         // A request refused before the release flow starts is a refused
         // release all the same (the flow counts and audits the others).
         let refused = |tee: Tee, e: Error| {
             self.broker.metrics().release(tee, Some(e.reason()), started.elapsed());
+            crate::telemetry::record_outcome(Some(tee.as_str()), None, 0, Some(e.reason().as_str()));
             self.broker.audit().record_refusal(&super::refusal_event("release", caller.clone(), &e));
             e.to_status()
         };

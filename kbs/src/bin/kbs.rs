@@ -102,17 +102,20 @@ enum Command {
     },
 }
 
-fn init_tracing(json: bool) {
+/// Logs to stderr (filtered by `KBS_LOG`) and, with `telemetry`, exports
+/// the broker's spans to the OTLP collector (whatever `KBS_LOG` says).
+fn init_tracing(json: bool, telemetry: Option<&kbs::telemetry::Telemetry>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("KBS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,vaultrs=off,rustify=off"));
     // Colour only for a terminal: a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let logs = if json { fmt.json().with_filter(filter).boxed() } else { fmt.with_filter(filter).boxed() };
+    let traces = telemetry.map(|t| t.layer());
+    tracing_subscriber::registry().with(logs).with(traces).init();
 }
 
 async fn shutdown_signal() {
@@ -145,8 +148,37 @@ async fn main() -> ExitCode {
             }
         },
         Command::Serve { config, insecure_dev, log_json } => {
-            init_tracing(log_json);
-            match serve(&config, insecure_dev).await {
+            let config = Config::load(&config, |k| std::env::var(k).ok());
+            // The exporter starts before the log does, so its layer is in
+            // the subscriber from the first span on.
+            let telemetry = match config.as_ref().ok().and_then(|c| c.telemetry.as_ref().map(|t| (t, c))) {
+                Some((t, c)) => match kbs::telemetry::Telemetry::start(t, &c.replica_id) {
+                    Ok(telemetry) => Some(telemetry),
+                    Err(e) => {
+                        init_tracing(log_json, None);
+                        tracing::error!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => None,
+            };
+            init_tracing(log_json, telemetry.as_ref());
+            if let Some(t) = config.as_ref().ok().and_then(|c| c.telemetry.as_ref()) {
+                tracing::info!(endpoint = %t.endpoint, service = %t.service_name, ratio = t.sampling.ratio, "exporting traces over OTLP/gRPC");
+            }
+            let served = match config {
+                Ok(config) => serve(&config, insecure_dev).await,
+                Err(e) => Err(e.into()),
+            };
+            // The last spans are flushed before the process ends.
+            if let Some(telemetry) = telemetry {
+                match tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("traces not flushed: {e}"),
+                    Err(e) => tracing::warn!("traces not flushed: {e}"),
+                }
+            }
+            match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -213,9 +245,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(path: &std::path::Path, insecure_dev: bool) -> anyhow::Result<()> {
-    let config = Config::load(path, |k| std::env::var(k).ok())?;
-    let app = kbs::server::build(&config, kbs::release::system_clock(), insecure_dev).await?;
+async fn serve(config: &Config, insecure_dev: bool) -> anyhow::Result<()> {
+    let app = kbs::server::build(config, kbs::release::system_clock(), insecure_dev).await?;
     let guest = tokio::net::TcpListener::bind(config.guest_listen).await?;
     let admin = tokio::net::TcpListener::bind(config.admin_listen).await?;
     let coco = match &config.coco {
