@@ -26,6 +26,8 @@ use tonic::Request;
 
 #[path = "support/app.rs"]
 mod app;
+#[path = "support/bao.rs"]
+mod bao;
 
 use app::{Options, TestApp};
 
@@ -928,4 +930,236 @@ async fn calls_past_the_rate_limit_are_refused_with_a_retry_time() {
     // After the wait, served again.
     tokio::time::sleep(std::time::Duration::from_secs(after)).await;
     guest.get_challenge(ask()).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Attestation results for other relying parties: OpenBao's JWT auth.
+
+/// The `[coco]` lines of a broker whose tokens OpenBao relies on.
+const RELYING: &str = "token_issuer = \"https://kbs.test\"\ntoken_audiences = [\"openbao\"]";
+
+/// The claims of a compact JWS, unverified.
+fn payload(token: &str) -> Value {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
+}
+
+/// The `kid` a token's header names.
+fn kid(token: &str) -> String {
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+/// `POST /v1/{path}` as root; panics unless OpenBao accepts it.
+async fn bao_write(bao: &bao::Bao, path: &str, body: Value) {
+    let resp =
+        bao.http().post(format!("{}/v1/{path}", bao.addr)).header("X-Vault-Token", &bao.root).json(&body).send().await;
+    let resp = resp.unwrap();
+    let status = resp.status();
+    assert!(status.is_success(), "{path}: {status} {}", resp.text().await.unwrap_or_default());
+}
+
+/// Points OpenBao's JWT auth at `app`'s JWKS, over HTTPS trusting its CA.
+async fn bao_trust(bao: &bao::Bao, app: &TestApp) {
+    bao_write(
+        bao,
+        "auth/jwt/config",
+        json!({
+            "jwks_url": format!("{}/.well-known/jwks.json", app.coco_url),
+            "jwks_ca_pem": String::from_utf8(app.ca.clone()).unwrap(),
+            "bound_issuer": "https://kbs.test",
+        }),
+    )
+    .await;
+}
+
+/// A JWT login to the `attested` role: the client token, or OpenBao's
+/// refusal (status and errors).
+async fn bao_login(bao: &bao::Bao, jwt: &str) -> Result<String, (u16, String)> {
+    let resp = bao
+        .http()
+        .post(format!("{}/v1/auth/jwt/login", bao.addr))
+        .json(&json!({"role": "attested", "jwt": jwt}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    match body["auth"]["client_token"].as_str() {
+        Some(token) if status == 200 => Ok(token.to_owned()),
+        _ => Err((status, body["errors"].to_string())),
+    }
+}
+
+/// A secret read with an OpenBao token: the status and the body.
+async fn bao_read(bao: &bao::Bao, token: &str, path: &str) -> (u16, Value) {
+    let resp = bao.http().get(format!("{}/v1/{path}", bao.addr)).header("X-Vault-Token", token).send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
+/// An attested guest reaches OpenBao directly with the broker's attestation
+/// result: a JWT auth role bound to the broker's JWKS (fetched over HTTPS,
+/// the broker's CA pinned), its audience, and the EAR status and
+/// measurement of the CPU appraisal, gives it a token whose policy reads
+/// its model key. Refused: a tampered token, an expired one, a debuggable
+/// guest's (contraindicated), one for another audience, and one signed by
+/// a key the broker no longer publishes. Rotation: a token signed by the
+/// previous key verifies, at OpenBao and at the broker, while that key is
+/// in the JWKS.
+#[tokio::test]
+async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
+    let Some(bao) = bao::Bao::start(false).await else { return };
+    let key = GuestKey::ec();
+
+    // Broker A: the first token key.
+    let relying = |extra: &str| Options { coco: true, coco_extra: format!("{RELYING}\n{extra}"), ..Default::default() };
+    let a = TestApp::start_with(relying("")).await;
+    let token_a = Session::new(&a).attest(&guest(), &key, Tamper::default()).await.unwrap();
+
+    // Broker B: rotated. A new key signs; A's key file is kept as the
+    // previous key, so A's tokens in flight stay good.
+    let old_key = std::fs::read(a.dir.path().join("coco-token.key")).unwrap();
+    let b = TestApp::start_with(Options {
+        files: vec![("previous-token.key".into(), old_key)],
+        ..relying("token_previous_key_files = [\"previous-token.key\"]")
+    })
+    .await;
+    let token_b = Session::new(&b).attest(&guest(), &key, Tamper::default()).await.unwrap();
+    assert_ne!(kid(&token_a), kid(&token_b));
+
+    // The JWKS: both keys, the signer first, each named by its thumbprint;
+    // the discovery document points at it.
+    let jwks: Value = b.http().get(format!("{}/.well-known/jwks.json", b.coco_url)).send().await.unwrap().json().await.unwrap();
+    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, [kid(&token_b), kid(&token_a)]);
+    for jwk in jwks["keys"].as_array().unwrap() {
+        let required = json!({"crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"], "y": jwk["y"]});
+        let thumbprint = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&required)));
+        assert_eq!(jwk["kid"].as_str(), Some(thumbprint.as_str()), "kid is the RFC 7638 thumbprint");
+        assert!(jwk.get("d").is_none());
+    }
+    let discovery: Value = b
+        .http()
+        .get(format!("{}/.well-known/openid-configuration", b.coco_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], "https://kbs.test");
+    assert_eq!(discovery["jwks_uri"], "https://kbs.test/.well-known/jwks.json");
+
+    // The EAR claims of B's token.
+    let claims = payload(&token_b);
+    assert_eq!(claims["eat_profile"], "tag:github.com,2023:veraison/ear");
+    assert_eq!((claims["iss"].as_str(), claims["aud"].clone()), (Some("https://kbs.test"), json!(["openbao"])));
+    assert_eq!(claims["nbf"], claims["iat"]);
+    let cpu = &claims["submods"]["cpu0"];
+    assert_eq!(cpu["ear.status"], "affirming");
+    assert_eq!(cpu["ear.trustworthiness-vector"], json!({"instance-identity": 2, "configuration": 3, "hardware": 2}));
+    assert_eq!(cpu["ear.veraison.annotated-evidence"]["measurement"], hex::encode(MEASUREMENT));
+    assert_eq!(claims["tee-pubkey"], key.jwk());
+    let bare = json!({"crv": "P-256", "kty": "EC", "x": key.jwk()["x"], "y": key.jwk()["y"]});
+    assert_eq!(claims["cnf"]["jkt"].as_str().unwrap(), URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&bare))));
+    assert_eq!(claims["sub"], claims["cnf"]["jkt"]);
+    // The claims digest is the one the audit record of the attestation holds.
+    let digest = claims["kbs.claims-digest"].as_str().unwrap();
+    let attested = b.audit_log().lines().find(|l| l.contains("\"coco.attest\"")).unwrap().to_owned();
+    assert!(attested.contains(&format!("\"claims_digest\":\"{digest}\"")), "{attested}");
+    assert!(attested.contains(claims["jti"].as_str().unwrap()));
+
+    // OpenBao: JWT auth bound to B's JWKS; a role bound to the audience,
+    // the CPU appraisal's status and the measurement; a policy that reads
+    // the model key only.
+    bao_write(&bao, "sys/auth/jwt", json!({"type": "jwt"})).await;
+    bao_trust(&bao, &b).await;
+    bao_write(
+        &bao,
+        "sys/policies/acl/model-reader",
+        json!({"policy": "path \"secret/data/models/llama\" { capabilities = [\"read\"] }"}),
+    )
+    .await;
+    bao_write(
+        &bao,
+        "auth/jwt/role/attested",
+        json!({
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_audiences": ["openbao"],
+            "bound_claims": {
+                "/submods/cpu0/ear.status": "affirming",
+                "/submods/cpu0/ear.veraison.annotated-evidence/measurement": hex::encode(MEASUREMENT),
+            },
+            "token_policies": ["model-reader"],
+            "token_ttl": "60s",
+        }),
+    )
+    .await;
+    bao_write(&bao, "secret/data/models/llama", json!({"data": {"key": "c2VjcmV0LW1vZGVsLWtleQ=="}})).await;
+    bao_write(&bao, "secret/data/models/other", json!({"data": {"key": "b3RoZXI="}})).await;
+
+    // The guest logs in with its attestation result and reads its key.
+    let vault_token = bao_login(&bao, &token_b).await.expect("OpenBao accepts the broker's token");
+    let (status, read) = bao_read(&bao, &vault_token, "secret/data/models/llama").await;
+    assert_eq!((status, read["data"]["data"]["key"].as_str()), (200, Some("c2VjcmV0LW1vZGVsLWtleQ==")));
+    assert_eq!(bao_read(&bao, &vault_token, "secret/data/models/other").await.0, 403, "only what its policy grants");
+
+    // Rotation: the token signed by the previous key verifies while that
+    // key is in the JWKS, at OpenBao and at the broker.
+    bao_login(&bao, &token_a).await.expect("a token of the previous key is still good");
+    b.put(RESOURCE, b"rotated", &[MEASUREMENT]).await;
+    assert_eq!(key.decrypt(&Session::new(&b).get(RESOURCE, Some(&token_a)).await.unwrap()), b"rotated");
+
+    // A tampered token: another measurement, the signature kept.
+    let mut parts: Vec<String> = token_b.split('.').map(str::to_owned).collect();
+    let mut forged = claims.clone();
+    forged["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["measurement"] = json!(hex::encode(OTHER_MEASUREMENT));
+    parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+    let refused = bao_login(&bao, &parts.join(".")).await.unwrap_err();
+    assert_eq!(refused.0, 400, "{refused:?}");
+    // The same token unaltered still logs in: the refusal was the tampering.
+    bao_login(&bao, &token_b).await.unwrap();
+
+    // An expired token: issued an hour ago by the broker's clock.
+    b.advance(-3600);
+    let expired = Session::new(&b).attest(&guest(), &key, Tamper::default()).await.unwrap();
+    b.advance(3600);
+    assert!(payload(&expired)["exp"].as_i64().unwrap() < time::OffsetDateTime::now_utc().unix_timestamp() - 3000);
+    let refused = bao_login(&bao, &expired).await.unwrap_err();
+    assert!(refused.1.contains("expired"), "{refused:?}");
+
+    // A debuggable guest: verified, but its appraisal is contraindicated,
+    // and the role's bound claims refuse it.
+    let debug_guest = guest().policy(0x3_0000 | 1 << 19);
+    let debug_token = Session::new(&b).attest(&debug_guest, &key, Tamper::default()).await.unwrap();
+    assert_eq!(payload(&debug_token)["submods"]["cpu0"]["ear.status"], "contraindicated");
+    assert_eq!(payload(&debug_token)["submods"]["cpu0"]["ear.trustworthiness-vector"]["configuration"], 96);
+    let refused = bao_login(&bao, &debug_token).await.unwrap_err();
+    assert!(refused.1.contains("claim"), "{refused:?}");
+
+    // A token for another audience.
+    let elsewhere = TestApp::start_with(Options {
+        coco: true,
+        keys_from: Some(b.dir.path().to_path_buf()),
+        coco_extra: "token_issuer = \"https://kbs.test\"\ntoken_audiences = [\"someone-else\"]".into(),
+        ..Default::default()
+    })
+    .await;
+    let foreign_audience = Session::new(&elsewhere).attest(&guest(), &key, Tamper::default()).await.unwrap();
+    assert_eq!(kid(&foreign_audience), kid(&token_b), "the same key signed it");
+    let refused = bao_login(&bao, &foreign_audience).await.unwrap_err();
+    assert!(refused.1.contains("aud"), "{refused:?}");
+
+    // Broker C: A's key removed. OpenBao reads the new JWKS (its key set
+    // is rebuilt when its configuration is written) and refuses A's token;
+    // B's still logs in, and the broker itself refuses A's token too.
+    let c = TestApp::start_with(Options { keys_from: Some(b.dir.path().to_path_buf()), ..relying("") }).await;
+    let jwks: Value = c.http().get(format!("{}/.well-known/jwks.json", c.coco_url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    bao_trust(&bao, &c).await;
+    let refused = bao_login(&bao, &token_a).await.unwrap_err();
+    assert_eq!(refused.0, 400, "{refused:?}");
+    bao_login(&bao, &token_b).await.expect("the current key's token");
+    c.put(RESOURCE, b"rotated", &[MEASUREMENT]).await;
+    assert_problem(Session::new(&c).get(RESOURCE, Some(&token_a)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
 }
