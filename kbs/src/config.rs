@@ -819,9 +819,7 @@ impl Config {
                     return Err(ConfigError::Invalid("coco.token_ttl_seconds must be within 10..=86400".into()));
                 }
                 if !c.token_previous_key_files.is_empty() && c.token_key_file.is_none() {
-                    return Err(ConfigError::Invalid(
-                        "coco.token_previous_key_files needs coco.token_key_file".into(),
-                    ));
+                    return Err(ConfigError::Invalid("coco.token_previous_key_files needs coco.token_key_file".into()));
                 }
                 if c.token_previous_key_files.len() > MAX_PREVIOUS_TOKEN_KEYS {
                     return Err(ConfigError::Invalid(format!(
@@ -1219,7 +1217,10 @@ mod tests {
         .coco
         .unwrap();
         assert_eq!(c.token_previous_key_files, vec![PathBuf::from("/k/old.key")]);
-        assert_eq!((c.token_issuer.as_str(), c.token_audiences.as_slice()), ("https://kbs.example", &["vault".to_owned()][..]));
+        assert_eq!(
+            (c.token_issuer.as_str(), c.token_audiences.as_slice()),
+            ("https://kbs.example", &["vault".to_owned()][..])
+        );
         for bad in [
             "token_previous_key_files = [\"old.key\"]",
             "token_issuer = \"\"",

@@ -945,7 +945,8 @@ fn payload(token: &str) -> Value {
 
 /// The `kid` a token's header names.
 fn kid(token: &str) -> String {
-    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
     header["kid"].as_str().unwrap().to_owned()
 }
 
@@ -1028,7 +1029,8 @@ async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
 
     // The JWKS: both keys, the signer first, each named by its thumbprint;
     // the discovery document points at it.
-    let jwks: Value = b.http().get(format!("{}/.well-known/jwks.json", b.coco_url)).send().await.unwrap().json().await.unwrap();
+    let jwks: Value =
+        b.http().get(format!("{}/.well-known/jwks.json", b.coco_url)).send().await.unwrap().json().await.unwrap();
     let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
     assert_eq!(kids, [kid(&token_b), kid(&token_a)]);
     for jwk in jwks["keys"].as_array().unwrap() {
@@ -1154,7 +1156,8 @@ async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
     // is rebuilt when its configuration is written) and refuses A's token;
     // B's still logs in, and the broker itself refuses A's token too.
     let c = TestApp::start_with(Options { keys_from: Some(b.dir.path().to_path_buf()), ..relying("") }).await;
-    let jwks: Value = c.http().get(format!("{}/.well-known/jwks.json", c.coco_url)).send().await.unwrap().json().await.unwrap();
+    let jwks: Value =
+        c.http().get(format!("{}/.well-known/jwks.json", c.coco_url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
     bao_trust(&bao, &c).await;
     let refused = bao_login(&bao, &token_a).await.unwrap_err();

@@ -24,13 +24,18 @@
 //!    signed trustee's GPU nonce, the first 32 bytes of `HASH(JCS({"nonce",
 //!    "tee-pubkey"}))` (the CPU evidence commits to them through the
 //!    additional evidence); then init-data, whose digest must equal the
-//!    launch's HOST_DATA / MRCONFIGID. The answer is `{token}`, an EAR-shaped JWT
-//!    (ES256, short-lived, signed by the broker's token key) carrying the
-//!    verified claims and the guest key; the cookie is replaced by it.
+//!    launch's HOST_DATA / MRCONFIGID. The answer is `{token}`, an EAR
+//!    attestation result (ES256 JWT, short-lived, signed by the broker's
+//!    token key, see [`token`]) carrying the appraisal per TEE and device,
+//!    the verified claims and the guest key; the cookie is replaced by it.
 //! 3. `GET /kbs/v0/resource/<repo>/<type>/<tag>` with `Authorization: Bearer
 //!    <token>` or the cookie: the token's claims are checked against the
 //!    release policy of the secret `repo/type/tag` and the value is
 //!    returned as a JWE (flattened JSON) encrypted to the token's key.
+//!
+//! 4. `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`:
+//!    the public halves of the token keys, for relying parties that check
+//!    the tokens themselves (OpenBao/Vault JWT auth, a trustee KBS).
 //!
 //! Errors are RFC 7807 problem documents `{type, title, status, detail}`,
 //! where `detail` is the broker's stable reason code: 400 malformed, 401

@@ -299,10 +299,8 @@ impl TokenKeys {
     pub fn verify(&self, token: &str, now: i64) -> Result<Value, TokenError> {
         let parsed = Parsed::split(token)?;
         let kid = parsed.kid.as_deref().ok_or(TokenError::Malformed("no kid"))?;
-        let key = std::iter::once(&self.signer)
-            .chain(&self.previous)
-            .find(|k| k.kid == kid)
-            .ok_or(TokenError::UnknownKey)?;
+        let key =
+            std::iter::once(&self.signer).chain(&self.previous).find(|k| k.kid == kid).ok_or(TokenError::UnknownKey)?;
         key.verify_parsed(&parsed, now)
     }
 }
@@ -605,10 +603,8 @@ mod tests {
         let key = |der: &[u8]| TokenKey::from_pkcs8(der).unwrap();
         let before = TokenKeys::new(key(&old), Vec::new()).unwrap();
         let in_flight = before.sign(&claims(100, 400)).unwrap();
-        let header: Value = serde_json::from_slice(
-            &URL_SAFE_NO_PAD.decode(in_flight.split('.').next().unwrap()).unwrap(),
-        )
-        .unwrap();
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(in_flight.split('.').next().unwrap()).unwrap()).unwrap();
         assert_eq!(header["kid"], key(&old).kid());
 
         // Rotated: the new key signs, the old one still verifies, and both
@@ -674,7 +670,10 @@ mod tests {
         assert_eq!(Appraisal { vector: Vec::new() }.status(), "none");
         assert_eq!(Appraisal { vector: vec![("hardware", 0)] }.status(), "none");
         for fault in [1, -1, i8::MIN] {
-            assert_eq!(Appraisal { vector: vec![("hardware", 2), ("configuration", fault)] }.status(), "contraindicated");
+            assert_eq!(
+                Appraisal { vector: vec![("hardware", 2), ("configuration", fault)] }.status(),
+                "contraindicated"
+            );
         }
     }
 
@@ -695,7 +694,10 @@ mod tests {
         };
         let ear = ear_claims(&input).unwrap();
         assert_eq!(ear["eat_profile"], EAR_PROFILE);
-        assert_eq!((ear["iat"].as_i64(), ear["nbf"].as_i64(), ear["exp"].as_i64()), (Some(1_000), Some(1_000), Some(1_300)));
+        assert_eq!(
+            (ear["iat"].as_i64(), ear["nbf"].as_i64(), ear["exp"].as_i64()),
+            (Some(1_000), Some(1_000), Some(1_300))
+        );
         assert_eq!(ear["aud"], json!(["vault"]));
         assert_eq!(ear["submods"]["cpu0"]["ear.status"], "affirming");
         assert_eq!(ear["submods"]["cpu0"]["ear.trustworthiness-vector"]["hardware"], 2);
