@@ -891,6 +891,7 @@ async fn tokens_and_challenges_of_a_dev_broker_are_refused_in_production() {
         hpke_public_key: vec![9; 32],
         secret_names: vec![RESOURCE.into()],
         gpus: Vec::new(),
+        want_attestation_token: false,
     };
     let status = prod.guest().await.release_secrets(release).await.unwrap_err();
     assert_eq!(status.metadata().get("kbs-reason").unwrap(), "challenge_invalid", "{status:?}");
@@ -1112,6 +1113,24 @@ async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
     b.put(RESOURCE, b"rotated", &[MEASUREMENT]).await;
     assert_eq!(key.decrypt(&Session::new(&b).get(RESOURCE, Some(&token_a)).await.unwrap()), b"rotated");
 
+    // The same attestation result through `kbs.v1`: a release that asks
+    // for one gets it, bound to its HPKE key, and OpenBao takes it alike.
+    let (released, hpke_key) = grpc_release(&b, true).await.unwrap();
+    let grpc_token = released.attestation_token;
+    assert_eq!(kid(&grpc_token), kid(&token_b));
+    let grpc_claims = payload(&grpc_token);
+    assert_eq!(grpc_claims["jti"].as_str(), Some(released.attestation_id.as_str()));
+    assert_eq!(grpc_claims["submods"]["cpu0"]["ear.status"], "affirming");
+    let x = URL_SAFE_NO_PAD.encode(hpke_key.public_key());
+    assert_eq!(grpc_claims["tee-pubkey"], json!({"kty": "OKP", "crv": "X25519", "x": x}));
+    let bare = json!({"crv": "X25519", "kty": "OKP", "x": x});
+    assert_eq!(grpc_claims["cnf"]["jkt"].as_str().unwrap(), URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&bare))));
+    let audited = b.audit_log().lines().find(|l| l.contains(&released.attestation_id)).unwrap().to_owned();
+    assert!(audited.contains(grpc_claims["kbs.claims-digest"].as_str().unwrap()), "{audited}");
+    bao_login(&bao, &grpc_token).await.expect("OpenBao accepts the kbs.v1 attestation result");
+    // Not asked for, none is made.
+    assert_eq!(grpc_release(&b, false).await.unwrap().0.attestation_token, "");
+
     // A tampered token: another measurement, the signature kept.
     let mut parts: Vec<String> = token_b.split('.').map(str::to_owned).collect();
     let mut forged = claims.clone();
@@ -1165,4 +1184,50 @@ async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
     bao_login(&bao, &token_b).await.expect("the current key's token");
     c.put(RESOURCE, b"rotated", &[MEASUREMENT]).await;
     assert_problem(Session::new(&c).get(RESOURCE, Some(&token_a)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+}
+
+/// A `kbs.v1` release of [`RESOURCE`] by the simulated SNP guest, asking
+/// for an attestation result or not.
+async fn grpc_release(
+    app: &TestApp,
+    want_attestation_token: bool,
+) -> Result<(kbs_proto::v1::ReleaseSecretsResponse, attester_client::hpke::EphemeralKey), tonic::Status> {
+    use kbs_proto::v1::{GetChallengeRequest, ReleaseSecretsRequest, SnpEvidence, Tee, release_secrets_request};
+    let suite = kbs_proto::SuiteId::X25519_SHA256_AES256GCM;
+    let mut rpc = app.guest().await;
+    let challenge = rpc
+        .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: vec![RESOURCE.into()] })
+        .await?
+        .into_inner();
+    let key = attester_client::hpke::EphemeralKey::generate(suite).unwrap();
+    let nonce: [u8; 32] = challenge.nonce.as_slice().try_into().unwrap();
+    let report_data = kbs_proto::report_data(&nonce, suite, key.public_key());
+    let sim = guest();
+    let req = ReleaseSecretsRequest {
+        challenge: challenge.challenge,
+        evidence: Some(release_secrets_request::Evidence::Snp(SnpEvidence {
+            report: sim.report(&report_data).unwrap(),
+            cert_table: sim.cert_table().unwrap(),
+        })),
+        hpke_suite: Some(suite.to_wire()),
+        hpke_public_key: key.public_key().to_vec(),
+        secret_names: vec![RESOURCE.into()],
+        gpus: Vec::new(),
+        want_attestation_token,
+    };
+    Ok((rpc.release_secrets(req).await?.into_inner(), key))
+}
+
+/// A broker without the CoCo front end has no token keys to sign with: a
+/// release that asks for an attestation result is refused before anything
+/// is released, and one that does not is served as before.
+#[tokio::test]
+async fn attestation_results_need_the_coco_front_end() {
+    let app = TestApp::start().await;
+    app.put(RESOURCE, b"no token", &[MEASUREMENT]).await;
+    let refused = grpc_release(&app, true).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(refused.metadata().get("kbs-reason").unwrap(), "invalid_request");
+    let (released, _) = grpc_release(&app, false).await.unwrap();
+    assert_eq!((released.secrets.len(), released.attestation_token.as_str()), (1, ""));
 }

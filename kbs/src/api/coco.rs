@@ -832,8 +832,6 @@ impl CocoService {
 
         // 5. The token: the attestation result, for this broker's resource
         // GETs and for other relying parties.
-        let now = self.broker.now_utc().unix_timestamp();
-        let ttl = i64::try_from(self.token_ttl.as_secs()).unwrap_or(300);
         // The digest of the claims as verified (the audit record's), taken
         // before the GPU measurements are left out below.
         audit.claims(&claims);
@@ -846,22 +844,57 @@ impl CocoService {
                 device.measurements.clear();
             }
         }
-        let mut token_claims = token::ear_claims(&EarInput {
+        let mut token =
+            self.attestation_result(attestation_id, &claims, &digest, tee.name(), &request.runtime_data.tee_pubkey)?;
+        // The JWE key-wrapping algorithm the resource GET will use.
+        if let Some(object) = token.as_object_mut() {
+            object.insert("kbs.key-alg".into(), key.alg().into());
+        }
+        self.token_keys.sign(&token).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// The claims of an attestation result for verified `claims` (see
+    /// [`token::ear_claims`]), issued now with this front end's issuer,
+    /// audiences and lifetime.
+    fn attestation_result(
+        &self,
+        attestation_id: &str,
+        claims: &Claims,
+        claims_digest: &str,
+        tee: &str,
+        tee_pubkey: &Value,
+    ) -> Result<Value, Error> {
+        token::ear_claims(&EarInput {
             issuer: &self.issuer,
             audiences: &self.audiences,
             attestation_id,
-            now,
-            ttl,
-            claims: &claims,
-            claims_digest: &digest,
-            tee: tee.name(),
-            tee_pubkey: &request.runtime_data.tee_pubkey,
+            now: self.broker.now_utc().unix_timestamp(),
+            ttl: i64::try_from(self.token_ttl.as_secs()).unwrap_or(300),
+            claims,
+            claims_digest,
+            tee,
+            tee_pubkey,
         })
-        .map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        if let Some(object) = token_claims.as_object_mut() {
-            object.insert("kbs.key-alg".into(), key.alg().into());
+        .map_err(|e| Error::InvalidRequest(e.to_string()))
+    }
+
+    /// A signed attestation result for a `kbs.v1` release: its claims, and
+    /// the guest's HPKE key as a JWK. The release was audited already.
+    pub fn release_token(
+        &self,
+        released: &crate::release::Released,
+        tee: &str,
+        hpke_key: &Value,
+    ) -> Result<String, Error> {
+        let mut claims = released.claims.clone();
+        if let Some(gpu) = &mut claims.gpu {
+            for device in &mut gpu.devices {
+                device.measurements.clear();
+            }
         }
-        self.token_keys.sign(&token_claims).map_err(|e| Error::Internal(e.to_string()))
+        let token =
+            self.attestation_result(&released.attestation_id, &claims, &released.claims_digest, tee, hpke_key)?;
+        self.token_keys.sign(&token).map_err(|e| Error::Internal(e.to_string()))
     }
 }
 

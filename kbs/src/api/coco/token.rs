@@ -342,6 +342,18 @@ pub fn jwk_thumbprint(jwk: &Value) -> Result<String, TokenError> {
     Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
 }
 
+/// An HPKE public key (RFC 9180 serialization) of the `kbs.v1` suites as
+/// a JWK: X25519 as `OKP` (RFC 8037), P-256 as `EC`.
+pub fn hpke_public_jwk(suite: kbs_proto::SuiteId, key: &[u8]) -> Result<Value, TokenError> {
+    const KEM_P256: u16 = 0x0010;
+    const KEM_X25519: u16 = 0x0020;
+    match (suite.kem, key.len()) {
+        (KEM_X25519, 32) => Ok(json!({"kty": "OKP", "crv": "X25519", "x": URL_SAFE_NO_PAD.encode(key)})),
+        (KEM_P256, 65) if key.first() == Some(&4) => Ok(ec_public_jwk(key)),
+        _ => Err(TokenError::Malformed("HPKE key of an unsupported suite or length")),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // EAR claims.
 
@@ -712,6 +724,22 @@ mod tests {
         // A key that is no JWK is refused, not signed.
         let bad = json!({"kty": "EC"});
         assert!(ear_claims(&EarInput { tee_pubkey: &bad, audiences: &[], ..input }).is_err());
+    }
+
+    #[test]
+    fn hpke_keys_become_jwks() {
+        use kbs_proto::SuiteId;
+        let x = hpke_public_jwk(SuiteId::X25519_SHA256_AES256GCM, &[7; 32]).unwrap();
+        assert_eq!(x, json!({"kty": "OKP", "crv": "X25519", "x": URL_SAFE_NO_PAD.encode([7; 32])}));
+        assert!(jwk_thumbprint(&x).is_ok());
+        let mut point = vec![4u8];
+        point.extend([1u8; 32]);
+        point.extend([2u8; 32]);
+        let p = hpke_public_jwk(SuiteId::P256_SHA256_AES256GCM, &point).unwrap();
+        assert_eq!((p["kty"].as_str(), p["y"].as_str()), (Some("EC"), Some(URL_SAFE_NO_PAD.encode([2; 32]).as_str())));
+        assert!(hpke_public_jwk(SuiteId::X25519_SHA256_AES256GCM, &[7; 31]).is_err());
+        assert!(hpke_public_jwk(SuiteId::P256_SHA256_AES256GCM, &[7; 65]).is_err());
+        assert!(hpke_public_jwk(SuiteId { kem: 0x11, kdf: 1, aead: 2 }, &[4; 97]).is_err());
     }
 
     #[test]
