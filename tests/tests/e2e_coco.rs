@@ -1231,3 +1231,32 @@ async fn attestation_results_need_the_coco_front_end() {
     let (released, _) = grpc_release(&app, false).await.unwrap();
     assert_eq!((released.secrets.len(), released.attestation_token.as_str()), (1, ""));
 }
+
+/// With the default issuer (`kbs`, not a URL) the discovery document points
+/// at the JWKS under the host the relying party asked for, as trustee's
+/// `trusted_jwk_sets = ["https://host:port"]` expects; the JWKS holds the
+/// key that signed a fresh token.
+#[tokio::test]
+async fn the_discovery_document_names_the_jwks_under_the_requested_host() {
+    let app = TestApp::start_with(coco()).await;
+    let http = app.http();
+    let discovery: Value = http
+        .get(format!("{}/.well-known/openid-configuration", app.coco_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], "kbs");
+    let jwks_uri = discovery["jwks_uri"].as_str().unwrap();
+    assert_eq!(jwks_uri, format!("{}/.well-known/jwks.json", app.coco_url));
+    let resp = http.get(jwks_uri).send().await.unwrap();
+    assert_eq!(resp.headers().get("content-type").unwrap(), "application/json");
+    let jwks: Value = resp.json().await.unwrap();
+    let token = Session::new(&app).attest(&guest(), &GuestKey::ec(), Tamper::default()).await.unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(jwks["keys"][0]["kid"].as_str().unwrap(), kid(&token));
+    assert_eq!(payload(&token)["iss"], "kbs");
+    assert!(payload(&token).get("aud").is_none(), "no audience unless configured");
+}
