@@ -476,6 +476,17 @@ async fn guests_with_gpus_attest_with_the_trustee_binding() {
         assert_eq!(gpu["count"], gpus, "{gpu}");
         assert_eq!(gpu["devices"][0]["evidence"]["nonce"], "match");
         assert_eq!(gpu["devices"][0]["measurements"], json!([]), "the token leaves measurements out");
+        // One EAR appraisal per GPU, in evidence order, beside the CPU's.
+        let submods = claims["submods"].as_object().unwrap();
+        assert_eq!(submods.len(), 1 + gpus, "{:?}", submods.keys());
+        for (i, device) in gpu["devices"].as_array().unwrap().iter().enumerate() {
+            let appraisal = &submods[&format!("gpu{i}")];
+            assert_eq!(appraisal["ear.status"], "affirming");
+            assert_eq!(appraisal["ear.trustworthiness-vector"], json!({"instance-identity": 2, "hardware": 2}));
+            let evidence = &appraisal["ear.veraison.annotated-evidence"];
+            assert_eq!(evidence["device_key_sha256"], device["device_key_sha256"]);
+            assert_eq!(evidence["revocation"], "not_checked");
+        }
         let got = s.get(GPU_RESOURCE, None).await;
         if gpus == 8 {
             assert_eq!(key.decrypt(&got.unwrap()), b"needs eight GPUs");
