@@ -334,6 +334,7 @@ impl KbsClient {
                 hpke_public_key: key.public_key().to_vec(),
                 secret_names: names.to_vec(),
                 gpus: gpu_evidence,
+                want_attestation_token: false,
             })
             .await?
             .into_inner();
@@ -458,7 +459,7 @@ mod tests {
     }
 
     fn response(secrets: Vec<SealedSecret>) -> ReleaseSecretsResponse {
-        ReleaseSecretsResponse { attestation_id: "att-1".into(), secrets }
+        ReleaseSecretsResponse { attestation_id: "att-1".into(), secrets, attestation_token: String::new() }
     }
 
     #[test]

@@ -147,7 +147,11 @@ impl KeyBroker for FakeBroker {
             let (enc, ciphertext) = seal(suite, &req.hpke_public_key, &info, &aad, value)?;
             secrets.push(SealedSecret { name: name.clone(), version: *version, enc, ciphertext });
         }
-        Ok(Response::new(ReleaseSecretsResponse { attestation_id: "fake-attestation".into(), secrets }))
+        Ok(Response::new(ReleaseSecretsResponse {
+            attestation_id: "fake-attestation".into(),
+            secrets,
+            attestation_token: String::new(),
+        }))
     }
 }
 

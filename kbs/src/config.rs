@@ -114,6 +114,12 @@ struct RawCoco {
     token_key_file: Option<PathBuf>,
     #[serde(default)]
     token_ttl_seconds: Option<u64>,
+    #[serde(default)]
+    token_previous_key_files: Vec<PathBuf>,
+    #[serde(default)]
+    token_issuer: Option<String>,
+    #[serde(default)]
+    token_audiences: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -378,7 +384,22 @@ pub struct CocoConfig {
     pub token_key_file: Option<PathBuf>,
     /// Attestation token lifetime.
     pub token_ttl: Duration,
+    /// Earlier token keys (rotation): they no longer sign, but their
+    /// tokens still verify and their public halves stay in the JWKS until
+    /// they are removed from this list.
+    pub token_previous_key_files: Vec<PathBuf>,
+    /// The tokens' `iss` (default `kbs`). When it is an `https://` URL it
+    /// is also the base of the OpenID discovery document's `jwks_uri`.
+    pub token_issuer: String,
+    /// The tokens' `aud` (none by default): what relying parties such as
+    /// a Vault JWT role bind with `bound_audiences`.
+    pub token_audiences: Vec<String>,
 }
+
+/// Most `coco.token_audiences`.
+pub const MAX_TOKEN_AUDIENCES: usize = 16;
+/// Most `coco.token_previous_key_files`.
+pub const MAX_PREVIOUS_TOKEN_KEYS: usize = 8;
 
 /// The Prometheus metrics listener (`[metrics]`): plain HTTP, `GET
 /// /metrics`, on its own address.
@@ -967,10 +988,34 @@ impl Config {
                 if !(10..=86_400).contains(&ttl) {
                     return Err(ConfigError::Invalid("coco.token_ttl_seconds must be within 10..=86400".into()));
                 }
+                if !c.token_previous_key_files.is_empty() && c.token_key_file.is_none() {
+                    return Err(ConfigError::Invalid("coco.token_previous_key_files needs coco.token_key_file".into()));
+                }
+                if c.token_previous_key_files.len() > MAX_PREVIOUS_TOKEN_KEYS {
+                    return Err(ConfigError::Invalid(format!(
+                        "coco.token_previous_key_files: at most {} files",
+                        MAX_PREVIOUS_TOKEN_KEYS
+                    )));
+                }
+                let printable = |s: &str| !s.is_empty() && s.len() <= 256 && s.chars().all(|c| c.is_ascii_graphic());
+                let token_issuer = c.token_issuer.unwrap_or_else(|| "kbs".into());
+                if !printable(&token_issuer) {
+                    return Err(ConfigError::Invalid(
+                        "coco.token_issuer must be 1..=256 printable ASCII characters without spaces".into(),
+                    ));
+                }
+                if c.token_audiences.len() > MAX_TOKEN_AUDIENCES || !c.token_audiences.iter().all(|a| printable(a)) {
+                    return Err(ConfigError::Invalid(format!(
+                        "coco.token_audiences: at most {MAX_TOKEN_AUDIENCES}, each 1..=256 printable ASCII characters"
+                    )));
+                }
                 Some(CocoConfig {
                     listen,
                     token_key_file: c.token_key_file.map(|p| resolve(&p)),
                     token_ttl: Duration::from_secs(ttl),
+                    token_previous_key_files: c.token_previous_key_files.iter().map(|p| resolve(p)).collect(),
+                    token_issuer,
+                    token_audiences: c.token_audiences,
                 })
             }
         };
@@ -1412,6 +1457,37 @@ mod tests {
         }
         for bad in ["", "listen = \"127.0.0.1:9464\"\npath = \"/m\"", "listen = 9464"] {
             assert!(matches!(with(bad), Err(ConfigError::Parse { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn token_keys_issuer_and_audiences_are_checked() {
+        let with = |lines: &str| {
+            Config::from_toml(&format!("{MINIMAL}\n[coco]\nlisten = \"127.0.0.1:0\"\n{lines}\n"), Path::new("/k"))
+        };
+        let c = with("").unwrap().coco.unwrap();
+        assert_eq!((c.token_issuer.as_str(), c.token_audiences.len()), ("kbs", 0));
+        assert!(c.token_previous_key_files.is_empty());
+        let c = with(
+            "token_key_file = \"new.key\"\ntoken_previous_key_files = [\"old.key\"]\n\
+             token_issuer = \"https://kbs.example\"\ntoken_audiences = [\"vault\"]",
+        )
+        .unwrap()
+        .coco
+        .unwrap();
+        assert_eq!(c.token_previous_key_files, vec![PathBuf::from("/k/old.key")]);
+        assert_eq!(
+            (c.token_issuer.as_str(), c.token_audiences.as_slice()),
+            ("https://kbs.example", &["vault".to_owned()][..])
+        );
+        for bad in [
+            "token_previous_key_files = [\"old.key\"]",
+            "token_issuer = \"\"",
+            "token_issuer = \"two words\"",
+            "token_audiences = [\"\"]",
+            "token_key_file = \"k\"\ntoken_previous_key_files = [\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\"]",
+        ] {
+            assert!(matches!(with(bad), Err(ConfigError::Invalid(_))), "{bad}");
         }
     }
 

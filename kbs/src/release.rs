@@ -156,6 +156,11 @@ pub struct Released {
     pub attestation_id: String,
     /// The sealed secrets, in request order.
     pub secrets: Vec<ReleasedSecret>,
+    /// The verified claims the secrets were released for (for an
+    /// attestation result).
+    pub claims: Claims,
+    /// Their digest, as the audit record holds it.
+    pub claims_digest: String,
 }
 
 /// The broker core: verifiers, store, sealing, audit.
@@ -468,7 +473,8 @@ impl Broker {
                 ciphertext: sealed.ciphertext,
             });
         }
-        Ok(Released { attestation_id: attestation_id.to_owned(), secrets })
+        let claims_digest = prepared.digest().to_owned();
+        Ok(Released { attestation_id: attestation_id.to_owned(), secrets, claims, claims_digest })
     }
 
     async fn verify(

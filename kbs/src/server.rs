@@ -96,6 +96,9 @@ pub struct App {
     connection_limits: connections::Limits,
     /// The CoCo KBS protocol front end, when `[coco]` is configured.
     pub coco: Option<crate::api::coco::CocoServer>,
+    /// Who signs the attestation results `kbs.v1` releases ask for: the
+    /// CoCo front end, whose listener publishes its keys.
+    tokens: Option<Arc<crate::api::coco::CocoService>>,
     /// Whether `[metrics]` is configured (its listener is then required).
     metrics: bool,
     /// The metrics listener's TLS, when `metrics.tls` is set.
@@ -308,6 +311,7 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         admin_tls,
         admin_max_message,
         connection_limits: config.connection_limits,
+        tokens: coco.as_ref().map(|c| Arc::clone(c.service())),
         coco,
         metrics: config.metrics.is_some(),
         metrics_tls,
@@ -578,8 +582,9 @@ async fn serve_grpc(
     let (admin_health_reporter, admin_health) = tonic_health::server::health_reporter();
     admin_health_reporter.set_serving::<AdminServer<AdminService>>().await;
 
-    let key_broker = KeyBrokerServer::new(KeyBrokerService::new(Arc::clone(&app.broker)))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let key_broker =
+        KeyBrokerServer::new(KeyBrokerService::new(Arc::clone(&app.broker)).with_tokens(app.tokens.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
     // Admin calls are authenticated from their headers before their message
     // is read, and no message may be larger than the largest secret (or
     // policy input) plus room for the rest of the request.

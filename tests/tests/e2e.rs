@@ -99,6 +99,7 @@ impl Exchange {
             hpke_public_key: key.public_key().to_vec(),
             secret_names: self.names,
             gpus: Vec::new(),
+            want_attestation_token: false,
         };
         tamper(&mut req);
         let resp = rpc.release_secrets(req).await?.into_inner();
@@ -359,6 +360,7 @@ async fn challenges_expire_and_cannot_be_forged() {
             hpke_public_key: key.public_key().to_vec(),
             secret_names: vec![SECRET.into()],
             gpus: Vec::new(),
+            want_attestation_token: false,
         })
         .await;
     assert_refused(r, fp, "challenge_expired");

@@ -28,6 +28,8 @@ use tonic::Request;
 mod app;
 #[path = "support/otlp.rs"]
 mod otlp;
+#[path = "support/bao.rs"]
+mod bao;
 
 use app::{Options, TestApp};
 
@@ -486,6 +488,17 @@ async fn guests_with_gpus_attest_with_the_trustee_binding() {
         assert_eq!(gpu["measurements"], "match", "{gpu}");
         assert_eq!(gpu["devices"][0]["rim"]["result"], "match");
         assert_eq!(gpu["devices"][0]["rim"]["driver"]["version"], "570.124.06");
+        // One EAR appraisal per GPU, in evidence order, beside the CPU's.
+        let submods = claims["submods"].as_object().unwrap();
+        assert_eq!(submods.len(), 1 + gpus, "{:?}", submods.keys());
+        for (i, device) in gpu["devices"].as_array().unwrap().iter().enumerate() {
+            let appraisal = &submods[&format!("gpu{i}")];
+            assert_eq!(appraisal["ear.status"], "affirming");
+            assert_eq!(appraisal["ear.trustworthiness-vector"], json!({"instance-identity": 2, "hardware": 2}));
+            let evidence = &appraisal["ear.veraison.annotated-evidence"];
+            assert_eq!(evidence["device_key_sha256"], device["device_key_sha256"]);
+            assert_eq!(evidence["revocation"], "not_checked");
+        }
         let got = s.get(GPU_RESOURCE, None).await;
         if gpus == 8 {
             assert_eq!(key.decrypt(&got.unwrap()), b"needs eight GPUs");
@@ -911,6 +924,7 @@ async fn tokens_and_challenges_of_a_dev_broker_are_refused_in_production() {
         hpke_public_key: vec![9; 32],
         secret_names: vec![RESOURCE.into()],
         gpus: Vec::new(),
+        want_attestation_token: false,
     };
     let status = prod.guest().await.release_secrets(release).await.unwrap_err();
     assert_eq!(status.metadata().get("kbs-reason").unwrap(), "challenge_invalid", "{status:?}");
@@ -1018,4 +1032,332 @@ async fn each_coco_request_is_traced_under_the_callers_trace_without_secrets() {
             ("certificate table", &guest().cert_table().unwrap()),
         ],
     );
+}
+
+// ---------------------------------------------------------------------------
+// Attestation results for other relying parties: OpenBao's JWT auth.
+
+/// The `[coco]` lines of a broker whose tokens OpenBao relies on.
+const RELYING: &str = "token_issuer = \"https://kbs.test\"\ntoken_audiences = [\"openbao\"]";
+
+/// The claims of a compact JWS, unverified.
+fn payload(token: &str) -> Value {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
+}
+
+/// The `kid` a token's header names.
+fn kid(token: &str) -> String {
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+/// `POST /v1/{path}` as root; panics unless OpenBao accepts it.
+async fn bao_write(bao: &bao::Bao, path: &str, body: Value) {
+    let resp =
+        bao.http().post(format!("{}/v1/{path}", bao.addr)).header("X-Vault-Token", &bao.root).json(&body).send().await;
+    let resp = resp.unwrap();
+    let status = resp.status();
+    assert!(status.is_success(), "{path}: {status} {}", resp.text().await.unwrap_or_default());
+}
+
+/// Points OpenBao's JWT auth at `app`'s JWKS, over HTTPS trusting its CA.
+async fn bao_trust(bao: &bao::Bao, app: &TestApp) {
+    bao_write(
+        bao,
+        "auth/jwt/config",
+        json!({
+            "jwks_url": format!("{}/.well-known/jwks.json", app.coco_url),
+            "jwks_ca_pem": String::from_utf8(app.ca.clone()).unwrap(),
+            "bound_issuer": "https://kbs.test",
+        }),
+    )
+    .await;
+}
+
+/// A JWT login to the `attested` role: the client token, or OpenBao's
+/// refusal (status and errors).
+async fn bao_login(bao: &bao::Bao, jwt: &str) -> Result<String, (u16, String)> {
+    let resp = bao
+        .http()
+        .post(format!("{}/v1/auth/jwt/login", bao.addr))
+        .json(&json!({"role": "attested", "jwt": jwt}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    match body["auth"]["client_token"].as_str() {
+        Some(token) if status == 200 => Ok(token.to_owned()),
+        _ => Err((status, body["errors"].to_string())),
+    }
+}
+
+/// A secret read with an OpenBao token: the status and the body.
+async fn bao_read(bao: &bao::Bao, token: &str, path: &str) -> (u16, Value) {
+    let resp = bao.http().get(format!("{}/v1/{path}", bao.addr)).header("X-Vault-Token", token).send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
+/// An attested guest reaches OpenBao directly with the broker's attestation
+/// result: a JWT auth role bound to the broker's JWKS (fetched over HTTPS,
+/// the broker's CA pinned), its audience, and the EAR status and
+/// measurement of the CPU appraisal, gives it a token whose policy reads
+/// its model key. Refused: a tampered token, an expired one, a debuggable
+/// guest's (contraindicated), one for another audience, and one signed by
+/// a key the broker no longer publishes. Rotation: a token signed by the
+/// previous key verifies, at OpenBao and at the broker, while that key is
+/// in the JWKS.
+#[tokio::test]
+async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
+    let Some(bao) = bao::Bao::start(false).await else { return };
+    let key = GuestKey::ec();
+
+    // Broker A: the first token key.
+    let relying = |extra: &str| Options { coco: true, coco_extra: format!("{RELYING}\n{extra}"), ..Default::default() };
+    let a = TestApp::start_with(relying("")).await;
+    let token_a = Session::new(&a).attest(&guest(), &key, Tamper::default()).await.unwrap();
+
+    // Broker B: rotated. A new key signs; A's key file is kept as the
+    // previous key, so A's tokens in flight stay good.
+    let old_key = std::fs::read(a.dir.path().join("coco-token.key")).unwrap();
+    let b = TestApp::start_with(Options {
+        files: vec![("previous-token.key".into(), old_key)],
+        ..relying("token_previous_key_files = [\"previous-token.key\"]")
+    })
+    .await;
+    let token_b = Session::new(&b).attest(&guest(), &key, Tamper::default()).await.unwrap();
+    assert_ne!(kid(&token_a), kid(&token_b));
+
+    // The JWKS: both keys, the signer first, each named by its thumbprint;
+    // the discovery document points at it.
+    let jwks: Value =
+        b.http().get(format!("{}/.well-known/jwks.json", b.coco_url)).send().await.unwrap().json().await.unwrap();
+    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, [kid(&token_b), kid(&token_a)]);
+    for jwk in jwks["keys"].as_array().unwrap() {
+        let required = json!({"crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"], "y": jwk["y"]});
+        let thumbprint = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&required)));
+        assert_eq!(jwk["kid"].as_str(), Some(thumbprint.as_str()), "kid is the RFC 7638 thumbprint");
+        assert!(jwk.get("d").is_none());
+    }
+    let discovery: Value = b
+        .http()
+        .get(format!("{}/.well-known/openid-configuration", b.coco_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], "https://kbs.test");
+    assert_eq!(discovery["jwks_uri"], "https://kbs.test/.well-known/jwks.json");
+
+    // The EAR claims of B's token.
+    let claims = payload(&token_b);
+    assert_eq!(claims["eat_profile"], "tag:github.com,2023:veraison/ear");
+    assert_eq!((claims["iss"].as_str(), claims["aud"].clone()), (Some("https://kbs.test"), json!(["openbao"])));
+    assert_eq!(claims["nbf"], claims["iat"]);
+    let cpu = &claims["submods"]["cpu0"];
+    assert_eq!(cpu["ear.status"], "affirming");
+    assert_eq!(cpu["ear.trustworthiness-vector"], json!({"instance-identity": 2, "configuration": 3, "hardware": 2}));
+    assert_eq!(cpu["ear.veraison.annotated-evidence"]["measurement"], hex::encode(MEASUREMENT));
+    assert_eq!(claims["tee-pubkey"], key.jwk());
+    let bare = json!({"crv": "P-256", "kty": "EC", "x": key.jwk()["x"], "y": key.jwk()["y"]});
+    assert_eq!(claims["cnf"]["jkt"].as_str().unwrap(), URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&bare))));
+    assert_eq!(claims["sub"], claims["cnf"]["jkt"]);
+    // The claims digest is the one the audit record of the attestation holds.
+    let digest = claims["kbs.claims-digest"].as_str().unwrap();
+    let attested = b.audit_log().lines().find(|l| l.contains("\"coco.attest\"")).unwrap().to_owned();
+    assert!(attested.contains(&format!("\"claims_digest\":\"{digest}\"")), "{attested}");
+    assert!(attested.contains(claims["jti"].as_str().unwrap()));
+
+    // OpenBao: JWT auth bound to B's JWKS; a role bound to the audience,
+    // the CPU appraisal's status and the measurement; a policy that reads
+    // the model key only.
+    bao_write(&bao, "sys/auth/jwt", json!({"type": "jwt"})).await;
+    bao_trust(&bao, &b).await;
+    bao_write(
+        &bao,
+        "sys/policies/acl/model-reader",
+        json!({"policy": "path \"secret/data/models/llama\" { capabilities = [\"read\"] }"}),
+    )
+    .await;
+    bao_write(
+        &bao,
+        "auth/jwt/role/attested",
+        json!({
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_audiences": ["openbao"],
+            "bound_claims": {
+                "/submods/cpu0/ear.status": "affirming",
+                "/submods/cpu0/ear.veraison.annotated-evidence/measurement": hex::encode(MEASUREMENT),
+            },
+            "token_policies": ["model-reader"],
+            "token_ttl": "60s",
+        }),
+    )
+    .await;
+    bao_write(&bao, "secret/data/models/llama", json!({"data": {"key": "c2VjcmV0LW1vZGVsLWtleQ=="}})).await;
+    bao_write(&bao, "secret/data/models/other", json!({"data": {"key": "b3RoZXI="}})).await;
+
+    // The guest logs in with its attestation result and reads its key.
+    let vault_token = bao_login(&bao, &token_b).await.expect("OpenBao accepts the broker's token");
+    let (status, read) = bao_read(&bao, &vault_token, "secret/data/models/llama").await;
+    assert_eq!((status, read["data"]["data"]["key"].as_str()), (200, Some("c2VjcmV0LW1vZGVsLWtleQ==")));
+    assert_eq!(bao_read(&bao, &vault_token, "secret/data/models/other").await.0, 403, "only what its policy grants");
+
+    // Rotation: the token signed by the previous key verifies while that
+    // key is in the JWKS, at OpenBao and at the broker.
+    bao_login(&bao, &token_a).await.expect("a token of the previous key is still good");
+    b.put(RESOURCE, b"rotated", &[MEASUREMENT]).await;
+    assert_eq!(key.decrypt(&Session::new(&b).get(RESOURCE, Some(&token_a)).await.unwrap()), b"rotated");
+
+    // The same attestation result through `kbs.v1`: a release that asks
+    // for one gets it, bound to its HPKE key, and OpenBao takes it alike.
+    let (released, hpke_key) = grpc_release(&b, true).await.unwrap();
+    let grpc_token = released.attestation_token;
+    assert_eq!(kid(&grpc_token), kid(&token_b));
+    let grpc_claims = payload(&grpc_token);
+    assert_eq!(grpc_claims["jti"].as_str(), Some(released.attestation_id.as_str()));
+    assert_eq!(grpc_claims["submods"]["cpu0"]["ear.status"], "affirming");
+    let x = URL_SAFE_NO_PAD.encode(hpke_key.public_key());
+    assert_eq!(grpc_claims["tee-pubkey"], json!({"kty": "OKP", "crv": "X25519", "x": x}));
+    let bare = json!({"crv": "X25519", "kty": "OKP", "x": x});
+    assert_eq!(grpc_claims["cnf"]["jkt"].as_str().unwrap(), URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&bare))));
+    let audited = b.audit_log().lines().find(|l| l.contains(&released.attestation_id)).unwrap().to_owned();
+    assert!(audited.contains(grpc_claims["kbs.claims-digest"].as_str().unwrap()), "{audited}");
+    bao_login(&bao, &grpc_token).await.expect("OpenBao accepts the kbs.v1 attestation result");
+    // Not asked for, none is made.
+    assert_eq!(grpc_release(&b, false).await.unwrap().0.attestation_token, "");
+
+    // A tampered token: another measurement, the signature kept.
+    let mut parts: Vec<String> = token_b.split('.').map(str::to_owned).collect();
+    let mut forged = claims.clone();
+    forged["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["measurement"] = json!(hex::encode(OTHER_MEASUREMENT));
+    parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+    let refused = bao_login(&bao, &parts.join(".")).await.unwrap_err();
+    assert_eq!(refused.0, 400, "{refused:?}");
+    // The same token unaltered still logs in: the refusal was the tampering.
+    bao_login(&bao, &token_b).await.unwrap();
+
+    // An expired token: issued an hour ago by the broker's clock.
+    b.advance(-3600);
+    let expired = Session::new(&b).attest(&guest(), &key, Tamper::default()).await.unwrap();
+    b.advance(3600);
+    assert!(payload(&expired)["exp"].as_i64().unwrap() < time::OffsetDateTime::now_utc().unix_timestamp() - 3000);
+    let refused = bao_login(&bao, &expired).await.unwrap_err();
+    assert!(refused.1.contains("expired"), "{refused:?}");
+
+    // A debuggable guest: verified, but its appraisal is contraindicated,
+    // and the role's bound claims refuse it.
+    let debug_guest = guest().policy(0x3_0000 | 1 << 19);
+    let debug_token = Session::new(&b).attest(&debug_guest, &key, Tamper::default()).await.unwrap();
+    assert_eq!(payload(&debug_token)["submods"]["cpu0"]["ear.status"], "contraindicated");
+    assert_eq!(payload(&debug_token)["submods"]["cpu0"]["ear.trustworthiness-vector"]["configuration"], 96);
+    let refused = bao_login(&bao, &debug_token).await.unwrap_err();
+    assert!(refused.1.contains("claim"), "{refused:?}");
+
+    // A token for another audience.
+    let elsewhere = TestApp::start_with(Options {
+        coco: true,
+        keys_from: Some(b.dir.path().to_path_buf()),
+        coco_extra: "token_issuer = \"https://kbs.test\"\ntoken_audiences = [\"someone-else\"]".into(),
+        ..Default::default()
+    })
+    .await;
+    let foreign_audience = Session::new(&elsewhere).attest(&guest(), &key, Tamper::default()).await.unwrap();
+    assert_eq!(kid(&foreign_audience), kid(&token_b), "the same key signed it");
+    let refused = bao_login(&bao, &foreign_audience).await.unwrap_err();
+    assert!(refused.1.contains("aud"), "{refused:?}");
+
+    // Broker C: A's key removed. OpenBao reads the new JWKS (its key set
+    // is rebuilt when its configuration is written) and refuses A's token;
+    // B's still logs in, and the broker itself refuses A's token too.
+    let c = TestApp::start_with(Options { keys_from: Some(b.dir.path().to_path_buf()), ..relying("") }).await;
+    let jwks: Value =
+        c.http().get(format!("{}/.well-known/jwks.json", c.coco_url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    bao_trust(&bao, &c).await;
+    let refused = bao_login(&bao, &token_a).await.unwrap_err();
+    assert_eq!(refused.0, 400, "{refused:?}");
+    bao_login(&bao, &token_b).await.expect("the current key's token");
+    c.put(RESOURCE, b"rotated", &[MEASUREMENT]).await;
+    assert_problem(Session::new(&c).get(RESOURCE, Some(&token_a)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+}
+
+/// A `kbs.v1` release of [`RESOURCE`] by the simulated SNP guest, asking
+/// for an attestation result or not.
+async fn grpc_release(
+    app: &TestApp,
+    want_attestation_token: bool,
+) -> Result<(kbs_proto::v1::ReleaseSecretsResponse, attester_client::hpke::EphemeralKey), tonic::Status> {
+    use kbs_proto::v1::{GetChallengeRequest, ReleaseSecretsRequest, SnpEvidence, Tee, release_secrets_request};
+    let suite = kbs_proto::SuiteId::X25519_SHA256_AES256GCM;
+    let mut rpc = app.guest().await;
+    let challenge = rpc
+        .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: vec![RESOURCE.into()] })
+        .await?
+        .into_inner();
+    let key = attester_client::hpke::EphemeralKey::generate(suite).unwrap();
+    let nonce: [u8; 32] = challenge.nonce.as_slice().try_into().unwrap();
+    let report_data = kbs_proto::report_data(&nonce, suite, key.public_key());
+    let sim = guest();
+    let req = ReleaseSecretsRequest {
+        challenge: challenge.challenge,
+        evidence: Some(release_secrets_request::Evidence::Snp(SnpEvidence {
+            report: sim.report(&report_data).unwrap(),
+            cert_table: sim.cert_table().unwrap(),
+        })),
+        hpke_suite: Some(suite.to_wire()),
+        hpke_public_key: key.public_key().to_vec(),
+        secret_names: vec![RESOURCE.into()],
+        gpus: Vec::new(),
+        want_attestation_token,
+    };
+    Ok((rpc.release_secrets(req).await?.into_inner(), key))
+}
+
+/// A broker without the CoCo front end has no token keys to sign with: a
+/// release that asks for an attestation result is refused before anything
+/// is released, and one that does not is served as before.
+#[tokio::test]
+async fn attestation_results_need_the_coco_front_end() {
+    let app = TestApp::start().await;
+    app.put(RESOURCE, b"no token", &[MEASUREMENT]).await;
+    let refused = grpc_release(&app, true).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(refused.metadata().get("kbs-reason").unwrap(), "invalid_request");
+    let (released, _) = grpc_release(&app, false).await.unwrap();
+    assert_eq!((released.secrets.len(), released.attestation_token.as_str()), (1, ""));
+}
+
+/// With the default issuer (`kbs`, not a URL) the discovery document points
+/// at the JWKS under the host the relying party asked for, as trustee's
+/// `trusted_jwk_sets = ["https://host:port"]` expects; the JWKS holds the
+/// key that signed a fresh token.
+#[tokio::test]
+async fn the_discovery_document_names_the_jwks_under_the_requested_host() {
+    let app = TestApp::start_with(coco()).await;
+    let http = app.http();
+    let discovery: Value = http
+        .get(format!("{}/.well-known/openid-configuration", app.coco_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], "kbs");
+    let jwks_uri = discovery["jwks_uri"].as_str().unwrap();
+    assert_eq!(jwks_uri, format!("{}/.well-known/jwks.json", app.coco_url));
+    let resp = http.get(jwks_uri).send().await.unwrap();
+    assert_eq!(resp.headers().get("content-type").unwrap(), "application/json");
+    let jwks: Value = resp.json().await.unwrap();
+    let token = Session::new(&app).attest(&guest(), &GuestKey::ec(), Tamper::default()).await.unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(jwks["keys"][0]["kid"].as_str().unwrap(), kid(&token));
+    assert_eq!(payload(&token)["iss"], "kbs");
+    assert!(payload(&token).get("aud").is_none(), "no audience unless configured");
 }

@@ -131,6 +131,7 @@ impl Exchange {
                 .into_iter()
                 .map(|d| kbs_proto::v1::GpuEvidence { report: d.report, cert_chain: d.cert_chain, ocsp: Vec::new() })
                 .collect(),
+            want_attestation_token: false,
         };
         Ok(rpc.release_secrets(req).await?.into_inner())
     }

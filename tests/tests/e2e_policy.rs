@@ -81,6 +81,7 @@ impl TestApp {
             hpke_public_key: key.public_key().to_vec(),
             secret_names: names,
             gpus: Vec::new(),
+            want_attestation_token: false,
         };
         let resp = rpc.release_secrets(req).await?.into_inner();
         Ok(resp

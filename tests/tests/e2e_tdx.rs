@@ -95,6 +95,7 @@ impl Exchange {
             hpke_public_key: key.public_key().to_vec(),
             secret_names: vec![SECRET.into()],
             gpus: Vec::new(),
+            want_attestation_token: false,
         };
         let resp = rpc.release_secrets(req).await?.into_inner();
         Ok((resp, key, nonce))
@@ -244,6 +245,7 @@ async fn a_tdx_evidence_for_an_snp_challenge_is_refused() {
             hpke_public_key: key.public_key().to_vec(),
             secret_names: vec![SECRET.into()],
             gpus: Vec::new(),
+            want_attestation_token: false,
         })
         .await;
     assert_refused(r, Code::FailedPrecondition, "challenge_mismatch");

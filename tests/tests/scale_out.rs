@@ -165,6 +165,7 @@ async fn exchange(issue: &mut KeyBrokerClient<Channel>, redeem: &mut KeyBrokerCl
                 hpke_public_key: key.public_key().to_vec(),
                 secret_names: vec![SECRET.into()],
                 gpus: Vec::new(),
+                want_attestation_token: false,
             })
             .await?
             .into_inner();

@@ -24,13 +24,18 @@
 //!    signed trustee's GPU nonce, the first 32 bytes of `HASH(JCS({"nonce",
 //!    "tee-pubkey"}))` (the CPU evidence commits to them through the
 //!    additional evidence); then init-data, whose digest must equal the
-//!    launch's HOST_DATA / MRCONFIGID. The answer is `{token}`, an EAR-shaped JWT
-//!    (ES256, short-lived, signed by the broker's token key) carrying the
-//!    verified claims and the guest key; the cookie is replaced by it.
+//!    launch's HOST_DATA / MRCONFIGID. The answer is `{token}`, an EAR
+//!    attestation result (ES256 JWT, short-lived, signed by the broker's
+//!    token key, see [`token`]) carrying the appraisal per TEE and device,
+//!    the verified claims and the guest key; the cookie is replaced by it.
 //! 3. `GET /kbs/v0/resource/<repo>/<type>/<tag>` with `Authorization: Bearer
 //!    <token>` or the cookie: the token's claims are checked against the
 //!    release policy of the secret `repo/type/tag` and the value is
 //!    returned as a JWE (flattened JSON) encrypted to the token's key.
+//!
+//! 4. `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`:
+//!    the public halves of the token keys, for relying parties that check
+//!    the tokens themselves (OpenBao/Vault JWT auth, a trustee KBS).
 //!
 //! Errors are RFC 7807 problem documents `{type, title, status, detail}`,
 //! where `detail` is the broker's stable reason code: 400 malformed, 401
@@ -74,7 +79,7 @@ use crate::reason::ReasonCode;
 use crate::release::{Broker, claims_digest};
 
 use self::jwe::TeeKey;
-use self::token::TokenKey;
+use self::token::{EarInput, TokenKey, TokenKeys};
 
 /// The protocol version spoken, exactly.
 pub const PROTOCOL_VERSION: &str = "0.4.0";
@@ -223,16 +228,17 @@ struct Peer(SocketAddr);
 /// The front end's state.
 pub struct CocoService {
     broker: Arc<Broker>,
-    token_key: TokenKey,
+    token_keys: TokenKeys,
     token_ttl: Duration,
     allow_sample: bool,
     issuer: String,
+    audiences: Vec<String>,
 }
 
 impl std::fmt::Debug for CocoService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CocoService")
-            .field("token_key", &self.token_key)
+            .field("token_keys", &self.token_keys)
             .field("token_ttl", &self.token_ttl)
             .field("allow_sample", &self.allow_sample)
             .finish_non_exhaustive()
@@ -262,13 +268,20 @@ pub enum CocoError {
 impl CocoService {
     /// A front end over `broker`. `allow_sample` is the broker's insecure
     /// dev mode.
-    pub fn new(broker: Arc<Broker>, token_key: TokenKey, token_ttl: Duration, allow_sample: bool) -> Self {
-        Self { broker, token_key, token_ttl, allow_sample, issuer: "kbs".into() }
+    pub fn new(broker: Arc<Broker>, token_keys: TokenKeys, token_ttl: Duration, allow_sample: bool) -> Self {
+        Self { broker, token_keys, token_ttl, allow_sample, issuer: "kbs".into(), audiences: Vec::new() }
     }
 
-    /// The token key (its public JWK is what relying parties pin).
-    pub fn token_key(&self) -> &TokenKey {
-        &self.token_key
+    /// Tokens name `issuer` as `iss` and `audiences` as `aud`.
+    pub fn with_issuer(mut self, issuer: String, audiences: Vec<String>) -> Self {
+        self.issuer = issuer;
+        self.audiences = audiences;
+        self
+    }
+
+    /// The token keys (their public halves are the JWKS relying parties use).
+    pub fn token_keys(&self) -> &TokenKeys {
+        &self.token_keys
     }
 
     /// The HTTP routes.
@@ -277,6 +290,8 @@ impl CocoService {
             .route("/kbs/v0/auth", post(auth))
             .route("/kbs/v0/attest", post(attest))
             .route("/kbs/v0/resource/{*path}", get(resource))
+            .route(token::JWKS_PATH, get(jwks))
+            .route(token::OPENID_CONFIGURATION_PATH, get(openid_configuration))
             .fallback(|| async { problem(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
             .with_state(self)
     }
@@ -294,25 +309,27 @@ pub fn build(
     let Some(coco) = &config.coco else {
         return Ok(None);
     };
-    let token_key = match &coco.token_key_file {
-        Some(path) => TokenKey::from_file(path)?,
+    let token_keys = match &coco.token_key_file {
+        Some(path) => TokenKeys::from_files(path, &coco.token_previous_key_files)?,
         None => {
             tracing::warn!(
                 "coco.token_key_file is not set: attestation tokens are signed by a per-process key and are \
                  valid only at this replica"
             );
-            TokenKey::generate()?
+            TokenKeys::new(TokenKey::generate()?, Vec::new())?
         }
     };
-    let token_key = match config.insecure_simulated_tee {
+    let token_keys = match config.insecure_simulated_tee {
         true => {
             tracing::warn!("INSECURE: the CoCo `sample` TEE is accepted: unsigned evidence from any machine passes");
-            token_key.insecure_dev()
+            token_keys.insecure_dev()
         }
-        false => token_key,
+        false => token_keys,
     };
-    let service =
-        Arc::new(CocoService::new(Arc::clone(broker), token_key, coco.token_ttl, config.insecure_simulated_tee));
+    let service = Arc::new(
+        CocoService::new(Arc::clone(broker), token_keys, coco.token_ttl, config.insecure_simulated_tee)
+            .with_issuer(coco.token_issuer.clone(), coco.token_audiences.clone()),
+    );
     Ok(Some(CocoServer {
         service,
         tls: tls_config(cert_pem, key_pem, ticketer)?,
@@ -821,9 +838,12 @@ impl CocoService {
             check_init_data(init_data, &mut claims, tee)?;
         }
 
-        // 5. The token.
-        let now = self.broker.now_utc().unix_timestamp();
-        let ttl = i64::try_from(self.token_ttl.as_secs()).unwrap_or(300);
+        // 5. The token: the attestation result, for this broker's resource
+        // GETs and for other relying parties.
+        // The digest of the claims as verified (the audit record's), taken
+        // before the GPU measurements are left out below.
+        audit.claims(&claims);
+        let digest = audit.event.claims_digest.clone().unwrap_or_default();
         // The token carries each GPU's claims without its measurements, so
         // that eight GPUs still fit a cookie; policies on this path see
         // every other GPU claim.
@@ -832,25 +852,57 @@ impl CocoService {
                 device.measurements.clear();
             }
         }
-        let claims_json = serde_json::to_value(&claims).map_err(|e| Error::Internal(format!("claims: {e}")))?;
-        let token_claims = json!({
-            "eat_profile": "tag:github.com,2023:veraison/ear",
-            "iss": self.issuer,
-            "iat": now,
-            "exp": now.saturating_add(ttl),
-            "jti": attestation_id,
-            "ear.verifier-id": {"developer": "kbs", "build": concat!("kbs ", env!("CARGO_PKG_VERSION"))},
-            "submods": {
-                "cpu0": {
-                    "ear.status": "affirming",
-                    "ear.veraison.annotated-evidence": claims_json,
-                }
-            },
-            "tee": tee.name(),
-            "tee-pubkey": request.runtime_data.tee_pubkey,
-            "kbs.key-alg": key.alg(),
-        });
-        self.token_key.sign(&token_claims).map_err(|e| Error::Internal(e.to_string()))
+        let mut token =
+            self.attestation_result(attestation_id, &claims, &digest, tee.name(), &request.runtime_data.tee_pubkey)?;
+        // The JWE key-wrapping algorithm the resource GET will use.
+        if let Some(object) = token.as_object_mut() {
+            object.insert("kbs.key-alg".into(), key.alg().into());
+        }
+        self.token_keys.sign(&token).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// The claims of an attestation result for verified `claims` (see
+    /// [`token::ear_claims`]), issued now with this front end's issuer,
+    /// audiences and lifetime.
+    fn attestation_result(
+        &self,
+        attestation_id: &str,
+        claims: &Claims,
+        claims_digest: &str,
+        tee: &str,
+        tee_pubkey: &Value,
+    ) -> Result<Value, Error> {
+        token::ear_claims(&EarInput {
+            issuer: &self.issuer,
+            audiences: &self.audiences,
+            attestation_id,
+            now: self.broker.now_utc().unix_timestamp(),
+            ttl: i64::try_from(self.token_ttl.as_secs()).unwrap_or(300),
+            claims,
+            claims_digest,
+            tee,
+            tee_pubkey,
+        })
+        .map_err(|e| Error::InvalidRequest(e.to_string()))
+    }
+
+    /// A signed attestation result for a `kbs.v1` release: its claims, and
+    /// the guest's HPKE key as a JWK. The release was audited already.
+    pub fn release_token(
+        &self,
+        released: &crate::release::Released,
+        tee: &str,
+        hpke_key: &Value,
+    ) -> Result<String, Error> {
+        let mut claims = released.claims.clone();
+        if let Some(gpu) = &mut claims.gpu {
+            for device in &mut gpu.devices {
+                device.measurements.clear();
+            }
+        }
+        let token =
+            self.attestation_result(&released.attestation_id, &claims, &released.claims_digest, tee, hpke_key)?;
+        self.token_keys.sign(&token).map_err(|e| Error::Internal(e.to_string()))
     }
 }
 
@@ -927,6 +979,45 @@ pub fn init_data_algorithm(body: &str) -> Result<String, Error> {
     Ok(value.ok_or_else(bad)?.to_ascii_lowercase().replace('-', ""))
 }
 
+/// `GET /.well-known/jwks.json`: the public halves of the token keys.
+async fn jwks(State(svc): State<Arc<CocoService>>) -> Response {
+    let mut response = json_response(StatusCode::OK, svc.token_keys.jwks());
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    response
+}
+
+/// `GET /.well-known/openid-configuration`: where the JWKS is, for relying
+/// parties that discover it (trustee's `trusted_jwk_sets`, Vault's
+/// `oidc_discovery_url`). `jwks_uri` is under the issuer when that is an
+/// `https://` URL, else under the host the request named.
+async fn openid_configuration(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
+    let base = match svc.issuer.strip_prefix("https://") {
+        Some(_) => svc.issuer.trim_end_matches('/').to_owned(),
+        None => {
+            let host = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+                .filter(|h| h.len() <= 256 && h.parse::<axum::http::uri::Authority>().is_ok());
+            let Some(host) = host else {
+                return problem(StatusCode::BAD_REQUEST, ReasonCode::InvalidRequest.as_str(), "no valid Host header");
+            };
+            format!("https://{host}")
+        }
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "issuer": svc.issuer,
+            "jwks_uri": format!("{base}{}", token::JWKS_PATH),
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+        }),
+    )
+}
+
 async fn resource(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
     let caller = peer_of(&req);
     let path = req.uri().path().to_owned();
@@ -946,7 +1037,7 @@ async fn resource(State(svc): State<Arc<CocoService>>, req: Request) -> Response
         return unauthenticated("no attestation token");
     };
     // Nothing about the resource is looked at before the token verifies.
-    let claims = match svc.token_key.verify(&token, now) {
+    let claims = match svc.token_keys.verify(&token, now) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(cause = %e, "coco resource request with a bad token");

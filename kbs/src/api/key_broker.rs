@@ -11,6 +11,8 @@ use kbs_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
+use crate::api::coco::CocoService;
+use crate::api::coco::token::hpke_public_jwk;
 use crate::error::Error;
 use crate::metrics::Tee;
 use crate::release::{Broker, EvidenceInput, GpuInput, ReleaseRequest};
@@ -23,12 +25,22 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct KeyBrokerService {
     broker: Arc<Broker>,
+    /// Issues attestation results (`want_attestation_token`): the CoCo
+    /// front end, whose keys its listener publishes.
+    tokens: Option<Arc<CocoService>>,
 }
 
 impl KeyBrokerService {
     /// Wraps the core.
     pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+        Self { broker, tokens: None }
+    }
+
+    /// Returns attestation results signed by `coco`'s token keys to the
+    /// releases that ask for one.
+    pub fn with_tokens(mut self, coco: Option<Arc<CocoService>>) -> Self {
+        self.tokens = coco;
+        self
     }
 }
 
@@ -98,6 +110,20 @@ impl KeyBrokerService {
             .as_ref()
             .and_then(SuiteId::from_wire)
             .ok_or_else(|| refused(tee, Error::UnsupportedHpkeSuite))?;
+        // A token is asked for: the key it binds, and who signs it, known
+        // before anything is released.
+        let token_for = match (req.want_attestation_token, &self.tokens) {
+            (false, _) => None,
+            (true, None) => {
+                let e = Error::InvalidRequest("attestation tokens need the [coco] front end and its token keys".into());
+                return Err(refused(tee, e));
+            }
+            (true, Some(tokens)) => {
+                let jwk = hpke_public_jwk(suite, &req.hpke_public_key)
+                    .map_err(|e| refused(tee, Error::InvalidRequest(e.to_string())))?;
+                Some((Arc::clone(tokens), jwk))
+            }
+        };
         let released = self
             .broker
             .release(ReleaseRequest {
@@ -115,7 +141,23 @@ impl KeyBrokerService {
             })
             .await
             .map_err(|e| e.to_status())?;
+        let attestation_token = match token_for {
+            None => String::new(),
+            Some((tokens, jwk)) => {
+                let name = match tee {
+                    Tee::Snp => "snp",
+                    Tee::Tdx => "tdx",
+                    Tee::Sample => "sample",
+                    Tee::Unknown => "unknown",
+                };
+                tokens.release_token(&released, name, &jwk).map_err(|e| {
+                    tracing::error!(attestation_id = released.attestation_id, cause = %e, "attestation token not issued");
+                    e.to_status()
+                })?
+            }
+        };
         Ok(Response::new(ReleaseSecretsResponse {
+            attestation_token,
             attestation_id: released.attestation_id,
             secrets: released
                 .secrets

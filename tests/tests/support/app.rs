@@ -46,6 +46,11 @@ pub struct Options {
     /// The simulated GPUs' RIMs left out of the RIM directory (dev mode
     /// writes both, driver and VBIOS, and pins the test RIM root).
     pub without_gpu_rims: Vec<RimKind>,
+    /// More lines for the `[coco]` section (with `coco`).
+    pub coco_extra: String,
+    /// Files written into the broker's directory before its configuration
+    /// is read: `(name, contents)`.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// A running broker; stopped when dropped.
@@ -117,6 +122,15 @@ impl TestApp {
         }
         if !options.tdx_extra.is_empty() {
             assert!(!options.production, "tdx_extra needs the dev mode's [tdx] section");
+        }
+        for (name, contents) in &options.files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
+        if !options.coco_extra.is_empty() {
+            assert!(options.coco, "coco_extra needs coco");
+            let text = std::fs::read_to_string(&files.config).unwrap();
+            let text = text.replacen("[coco]\n", &format!("[coco]\n{}\n", options.coco_extra), 1);
+            std::fs::write(&files.config, text).unwrap();
         }
         if let Some((per_peer, global)) = options.rate_limit {
             let text = std::fs::read_to_string(&files.config).unwrap();
