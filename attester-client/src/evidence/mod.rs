@@ -213,12 +213,12 @@ pub enum Error {
     #[error("NVIDIA GPUs: NVML returned a malformed or repeated PCI bus id {0:?}")]
     GpuBusId(String),
     /// An NVML call failed.
-    #[error("NVIDIA GPUs: {op} {device}")]
+    #[error("NVIDIA GPUs: {op}{}", device.as_deref().map(|d| format!(" {d}")).unwrap_or_default())]
     Nvml {
         /// What was being done.
         op: &'static str,
-        /// Which GPU (PCI bus id), or empty.
-        device: String,
+        /// Which GPU (PCI bus id), when it concerns one.
+        device: Option<String>,
         /// The cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,

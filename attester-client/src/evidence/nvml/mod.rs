@@ -156,7 +156,7 @@ impl GpuEvidenceSource for NvmlGpus {
             })
             .map_err(|source| Error::Nvml {
                 op: "reading the attestation report and certificates of GPU",
-                device: bus_id.clone(),
+                device: Some(bus_id.clone()),
                 source: source.into(),
             })?;
             out.push(device_evidence(bus_id, &report.attestation_report, &certificate.attestation_cert_chain, nonce)?);
@@ -199,7 +199,7 @@ fn guarded<T>(what: &'static str, call: impl FnOnce() -> Result<T, NvmlError>) -
 }
 
 fn nvml_error(op: &'static str) -> impl Fn(NvmlCallError) -> Error {
-    move |source| Error::Nvml { op, device: String::new(), source: source.into() }
+    move |source| Error::Nvml { op, device: None, source: source.into() }
 }
 
 /// Puts PCI bus ids (`domain:bus:device.function`, hex, as NVML formats
@@ -307,5 +307,10 @@ mod tests {
         let claimed = std::hint::black_box(10usize);
         let result = guarded("testing", || Ok(buffer[..claimed].to_vec()));
         assert!(matches!(result, Err(NvmlCallError::Panicked("testing"))));
+        let err = nvml_error("counting the GPUs")(result.unwrap_err());
+        assert_eq!(err.to_string(), "NVIDIA GPUs: counting the GPUs");
+        assert!(err.is_gpu());
+        let err = Error::Nvml { op: "reading GPU", device: Some("00000000:41:00.0".into()), source: "x".into() };
+        assert_eq!(err.to_string(), "NVIDIA GPUs: reading GPU 00000000:41:00.0");
     }
 }
