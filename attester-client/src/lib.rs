@@ -8,7 +8,10 @@
 //!    ([`hpke`]);
 //! 2. it asks the TEE for evidence whose `report_data` binds the challenge
 //!    nonce, the suite and the public key ([`kbs_proto::report_data`]), through
-//!    an [`evidence::EvidenceSource`] (configfs-tsm on Linux >= 6.7);
+//!    an [`evidence::EvidenceSource`] (configfs-tsm on Linux >= 6.7); with
+//!    GPUs, first their reports over the GPU nonce, through an
+//!    [`evidence::GpuEvidenceSource`] ([`evidence::NvmlGpus`] for NVIDIA GPUs
+//!    in confidential-computing mode), which the CPU evidence then commits to;
 //! 3. it sends the evidence (`ReleaseSecrets`) and opens every returned secret
 //!    with the ephemeral private key, which never leaves this process;
 //! 4. [`output`] writes the values to a directory, all or nothing; or

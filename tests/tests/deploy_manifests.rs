@@ -2,8 +2,10 @@
 //! well-formed object, every kustomization names files that exist, the
 //! broker's ConfigMap holds a configuration the broker accepts, the
 //! init-data documents are valid TOML with the guest configurations inside,
-//! and the alert rules and Grafana dashboard in `deploy/monitoring` query
-//! only metrics (and label values) the broker exports.
+//! the example pods decrypt models only into memory and present the NVIDIA
+//! GPUs they request (`--gpus all`), and the alert rules and Grafana
+//! dashboard in `deploy/monitoring` query only metrics (and label values)
+//! the broker exports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
@@ -228,6 +230,67 @@ fn model_decryption_examples_write_only_to_memory() {
         }
     }
     assert!(found >= 1, "no example decrypts a model");
+}
+
+/// The NVIDIA GPU resources (`nvidia.com/...`, e.g. `nvidia.com/pgpu`,
+/// `nvidia.com/gpu`) a container asks for, with their counts.
+fn nvidia_resources(container: &Yaml) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for section in ["limits", "requests"] {
+        for (name, count) in container["resources"][section].as_hash().into_iter().flatten() {
+            let Some(name) = name.as_str().filter(|n| n.starts_with("nvidia.com/")) else { continue };
+            let count = count.as_i64().or_else(|| count.as_str().and_then(|c| c.parse().ok())).unwrap();
+            let entry = out.entry(name.to_owned()).or_insert(0);
+            *entry = (*entry).max(count);
+        }
+    }
+    out
+}
+
+/// Every example pod that requests NVIDIA GPUs presents them to the
+/// broker: an init container that asks for the same GPUs runs `kbs-attester
+/// model decrypt --gpus all` (so a model key labelled `gpus=N` is released
+/// only with the GPUs attested and bound) and decrypts into a memory-backed
+/// emptyDir.
+#[test]
+fn gpu_examples_present_their_gpus_and_decrypt_into_memory() {
+    let mut found = 0;
+    for (path, doc) in all_objects() {
+        let Some(spec) = str_at(&doc, &["kind"]).and_then(|kind| pod_spec(&doc, kind)) else { continue };
+        let where_ = path.display();
+        let mut wanted = std::collections::BTreeMap::new();
+        for c in spec["containers"].as_vec().unwrap() {
+            for (name, count) in nvidia_resources(c) {
+                let entry = wanted.entry(name).or_insert(0);
+                *entry = (*entry).max(count);
+            }
+        }
+        if wanted.is_empty() {
+            continue;
+        }
+        found += 1;
+        let presenter = spec["initContainers"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .find(|init| {
+                let args: Vec<&str> = init["args"].as_vec().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+                args.starts_with(&["model", "decrypt"])
+                    && (args.contains(&"--gpus=all") || args.windows(2).any(|w| w == ["--gpus", "all"]))
+            })
+            .unwrap_or_else(|| panic!("{where_}: requests NVIDIA GPUs but no init container presents them"));
+        assert_eq!(nvidia_resources(presenter), wanted, "{where_}: the init container must see the same GPUs");
+        let args: Vec<&str> = presenter["args"].as_vec().unwrap().iter().filter_map(|a| a.as_str()).collect();
+        assert!(!args.iter().any(|a| a.starts_with("--sim-") || *a == "--allow-persistent-disk"), "{where_}");
+        let out = args.iter().find_map(|a| a.strip_prefix("--out=")).unwrap();
+        let mount = presenter["volumeMounts"].as_vec().unwrap().iter().find(|m| m["mountPath"].as_str() == Some(out));
+        let name = mount.and_then(|m| m["name"].as_str()).unwrap();
+        let volume = spec["volumes"].as_vec().unwrap().iter().find(|v| v["name"].as_str() == Some(name)).unwrap();
+        assert_eq!(volume["emptyDir"]["medium"].as_str(), Some("Memory"), "{where_}: --out must be in memory");
+        let runtime = spec["runtimeClassName"].as_str().unwrap_or_default();
+        assert!(runtime.starts_with("kata-") && runtime.contains("nvidia-gpu"), "{where_}: runtime class {runtime}");
+    }
+    assert!(found >= 1, "no example pod requests NVIDIA GPUs");
 }
 
 /// The metric families the broker exports, from its own exposition.

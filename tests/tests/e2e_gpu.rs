@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use attester_client::client::{ClientConfig, KbsClient};
-use attester_client::evidence::{GpuEvidence, GpuEvidenceSource};
+use attester_client::evidence::{GpuEvidence, GpuEvidenceSource, nvml};
 use attester_client::hpke::EphemeralKey;
 use attester_client::simulated::{Generation, RimKind, SimulatedGpus, SimulatedSnp};
 use kbs_proto::v1::{
@@ -318,4 +318,53 @@ async fn the_shipped_gpu_policy_reads_the_claims_the_broker_makes() {
     put_refvals(refvals(&["535.86.09"])).await;
     // The broker re-reads policies and reference values after a change made through it.
     assert_refused(Exchange::new(NO_GPU, 2).run(&app).await, "policy_denied");
+}
+
+/// The simulated GPUs as NVML hands their evidence over: the report in the
+/// driver's 8 KiB buffer (zero after it), the chain as a C string; the
+/// guest's NVML path (`evidence::nvml::device_evidence`) checks and trims
+/// them, in PCI bus id order, as it does for real GPUs.
+#[derive(Debug)]
+struct DriverShapedGpus {
+    gpus: SimulatedGpus,
+    bus_ids: Vec<String>,
+}
+
+impl GpuEvidenceSource for DriverShapedGpus {
+    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, attester_client::evidence::Error> {
+        let made = self.gpus.gpu_evidence(nonce)?;
+        let order = nvml::bus_id_order(self.bus_ids.clone())?;
+        let mut out = Vec::new();
+        for bus_id in &order {
+            let at = self.bus_ids.iter().position(|b| b == bus_id).unwrap();
+            let mut report = made[at].report.clone();
+            report.resize(nvml::buffers::REPORT_BUFFER_LEN, 0);
+            let mut chain = made[at].cert_chain.clone();
+            chain.push(0);
+            out.push(nvml::device_evidence(bus_id, &report, &chain, nonce)?);
+        }
+        Ok(out)
+    }
+}
+
+#[tokio::test]
+async fn gpu_evidence_taken_from_driver_buffers_is_released_against() {
+    let app = app().await;
+    let config = ClientConfig::new(app.guest_url.clone(), app.ca.clone());
+    let mut client = KbsClient::connect(&config).await.unwrap();
+    // NVML lists them out of bus order; they are presented in it.
+    let bus_ids: Vec<String> = (0..8).rev().map(|i| format!("00000000:{:02X}:00.0", 0x18 + i * 0x10)).collect();
+    let gpus = DriverShapedGpus { gpus: SimulatedGpus::new(8).unwrap(), bus_ids };
+    let nonce = [7; 32];
+    let presented = gpus.gpu_evidence(&nonce).unwrap();
+    let made = SimulatedGpus::new(8).unwrap().gpu_evidence(&nonce).unwrap();
+    // Trimmed to exactly what the simulated GPU made, in bus order (GPU 7 first).
+    assert_eq!(presented[0].cert_chain, made[7].cert_chain);
+    assert_eq!(presented[0].report.len(), made[7].report.len());
+    assert_eq!(presented[7].cert_chain, made[0].cert_chain);
+    let release = client
+        .fetch_release_with_gpus(Arc::new(guest()), Some(Arc::new(gpus)), &[EIGHT_GPUS.to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(release.secrets[0].value.as_slice(), EIGHT_GPUS.as_bytes());
 }

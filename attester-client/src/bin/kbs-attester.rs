@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attester_client::evidence::{ConfigfsTsm, DEFAULT_TSM_REPORT_DIR, EvidenceSource, GpuEvidenceSource, Tee};
+use attester_client::evidence::{
+    ConfigfsTsm, DEFAULT_TSM_REPORT_DIR, EvidenceSource, GpuEvidenceSource, NvmlGpus, Tee,
+};
 use attester_client::{ClientConfig, KbsClient, output};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -23,6 +25,10 @@ Exit codes:
   7  the secrets (or decrypted files) could not be written
   8  model decrypt: an encrypted file was refused (wrong key or version,
      modified header or chunk, truncated, trailing data); the reason is printed
+  9  --gpus: the GPUs' evidence could not be collected (NVML cannot be loaded,
+     no GPU, GPUs not in confidential-computing mode, or the driver's answer
+     is unusable); NVML and the CC mode are checked before the broker is
+     contacted and before the CPU TEE is asked for a report
 On any failure nothing is written to --out.";
 
 #[derive(Debug, Parser)]
@@ -118,6 +124,12 @@ struct BrokerArgs {
     /// Seconds allowed for connecting and for each broker call.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     timeout: u64,
+    /// Also present the VM's NVIDIA GPUs (through NVML, in PCI bus id
+    /// order, each signing the GPU nonce), bound to the CPU evidence. They
+    /// must be in confidential-computing mode. Only `all` is supported.
+    #[arg(long, value_enum, value_name = "WHICH")]
+    #[cfg_attr(feature = "insecure-simulated-tee", arg(conflicts_with = "sim_gpus"))]
+    gpus: Option<GpuSelection>,
     #[cfg(feature = "insecure-simulated-tee")]
     #[command(flatten)]
     sim: sim::SimArgs,
@@ -130,6 +142,12 @@ enum EvidenceKind {
     /// INSECURE software TEE signing with committed test keys (tests and demos only).
     #[cfg(feature = "insecure-simulated-tee")]
     Simulated,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum GpuSelection {
+    /// Every GPU NVML lists.
+    All,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -205,10 +223,12 @@ fn client_config(args: &BrokerArgs) -> Result<ClientConfig, Failure> {
 
 async fn model_decrypt(args: DecryptArgs) -> Result<(), Failure> {
     use attester_client::model::{self, DecryptOptions};
+    // The GPUs first: a VM whose GPUs cannot be presented stops here.
+    let gpus = gpu_source(&args.broker)?;
     let source = evidence_source(&args.broker)?;
     let config = client_config(&args.broker)?;
     let mut client = KbsClient::connect(&config).await.map_err(client_failure)?;
-    let options = DecryptOptions { allow_persistent_disk: args.allow_persistent_disk, gpus: gpu_source(&args.broker)? };
+    let options = DecryptOptions { allow_persistent_disk: args.allow_persistent_disk, gpus };
     let done =
         model::decrypt_models(&mut client, source, &args.input, &args.out, &options).await.map_err(|e| match e {
             model::Error::Fetch(inner) => client_failure(inner),
@@ -225,10 +245,11 @@ async fn model_decrypt(args: DecryptArgs) -> Result<(), Failure> {
 }
 
 async fn fetch(args: FetchArgs) -> Result<(), Failure> {
+    // The GPUs first: a VM whose GPUs cannot be presented stops here.
+    let gpus = gpu_source(&args.broker)?;
     let source = evidence_source(&args.broker)?;
     let config = client_config(&args.broker)?;
     let mut client = KbsClient::connect(&config).await.map_err(client_failure)?;
-    let gpus = gpu_source(&args.broker)?;
     let secrets = client.fetch_release_with_gpus(source, gpus, &args.secrets).await.map_err(client_failure)?.secrets;
     let written = output::write_secrets(&args.out, &secrets).map_err(|e| Failure::new(7, chain(&e)))?;
     for path in written {
@@ -237,8 +258,18 @@ async fn fetch(args: FetchArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The GPUs to present: simulated ones with `--sim-gpus N`, else none.
+/// The GPUs to present: the VM's with `--gpus all` (NVML opened and the
+/// CC mode checked now, exit 9 if either fails), simulated ones with
+/// `--sim-gpus N`, else none.
 fn gpu_source(args: &BrokerArgs) -> Result<Option<Arc<dyn GpuEvidenceSource>>, Failure> {
+    match args.gpus {
+        Some(GpuSelection::All) => {
+            let gpus = NvmlGpus::open().map_err(|e| Failure::new(9, chain(&e)))?;
+            tracing::info!(gpus = ?gpus.bus_ids(), mode = ?gpus.mode(), "presenting the VM's GPUs");
+            return Ok(Some(Arc::new(gpus)));
+        }
+        None => {}
+    }
     #[cfg(feature = "insecure-simulated-tee")]
     if args.evidence == EvidenceKind::Simulated {
         return Ok(args.sim.gpus()?.map(|g| Arc::new(g) as Arc<dyn GpuEvidenceSource>));
@@ -281,6 +312,7 @@ fn client_failure(err: attester_client::Error) -> Failure {
         }
         E::Config(_) | E::InvalidRequest(_) => Failure::new(1, chain(&err)),
         E::Connect(_) | E::Rpc { .. } => Failure::new(4, chain(&err)),
+        E::Evidence(inner) if inner.is_gpu() => Failure::new(9, chain(&err)),
         E::Evidence(_) | E::EvidenceTask(_) | E::Key(_) => Failure::new(5, chain(&err)),
         E::NoCommonSuite | E::Protocol(_) | E::Open { .. } => Failure::new(6, chain(&err)),
     }
@@ -482,6 +514,49 @@ mod tests {
             Cli::try_parse_from(["kbs-attester", "model", "decrypt", "--kbs", "https://x", "--ca", "c", "--out", "o"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn gpus_all_is_a_broker_option_of_fetch_and_model_decrypt() {
+        let common = ["--kbs", "https://x", "--ca", "c", "--out", "o", "--gpus", "all"];
+        let fetch = Cli::try_parse_from(["kbs-attester", "fetch", "--secret", "s"].iter().chain(&common)).unwrap();
+        let Command::Fetch(args) = fetch.command else { panic!("not fetch") };
+        assert_eq!(args.broker.gpus, Some(GpuSelection::All));
+        let decrypt =
+            Cli::try_parse_from(["kbs-attester", "model", "decrypt", "--in", "i"].iter().chain(&common)).unwrap();
+        let Command::Model(ModelCommand::Decrypt(args)) = decrypt.command else { panic!("not model decrypt") };
+        assert_eq!(args.broker.gpus, Some(GpuSelection::All));
+        let none =
+            Cli::try_parse_from(["kbs-attester", "fetch", "--kbs", "x", "--ca", "c", "--secret", "s", "--out", "o"])
+                .unwrap();
+        let Command::Fetch(args) = none.command else { panic!("not fetch") };
+        assert_eq!(args.broker.gpus, None);
+        assert!(matches!(gpu_source(&args.broker), Ok(None)));
+    }
+
+    #[cfg(feature = "insecure-simulated-tee")]
+    #[test]
+    fn gpus_conflicts_with_sim_gpus() {
+        let parsed = Cli::try_parse_from([
+            "kbs-attester",
+            "fetch",
+            "--kbs",
+            "https://x",
+            "--ca",
+            "c",
+            "--secret",
+            "s",
+            "--out",
+            "o",
+            "--evidence",
+            "simulated",
+            "--sim-gpus",
+            "2",
+            "--gpus",
+            "all",
+        ]);
+        let err = parsed.map(|_| ()).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{err}");
     }
 
     #[cfg(not(feature = "insecure-simulated-tee"))]

@@ -10,6 +10,11 @@
 //! - `simulated::SimulatedSnp` and `simulated::SimulatedTdx` (cargo feature
 //!   `insecure-simulated-tee`): INSECURE software TEEs for tests and demos.
 //!
+//! A [`GpuEvidenceSource`] gives the evidence of the VM's GPUs:
+//! - [`NvmlGpus`]: NVIDIA GPUs in confidential-computing mode, through NVML
+//!   (loaded at run time; [`nvml`]).
+//! - `simulated::SimulatedGpus` (same feature): INSECURE simulated GPUs.
+//!
 //! The legacy `/dev/sev-guest` ioctl interface is not supported: it cannot be
 //! driven without `unsafe` code in this crate, and the crates that wrap it
 //! parse the host-supplied certificate table with unchecked offsets. Kernels
@@ -21,8 +26,10 @@ use std::path::PathBuf;
 pub use kbs_proto::v1::Tee;
 
 mod configfs_tsm;
+pub mod nvml;
 
 pub use configfs_tsm::{ConfigfsTsm, DEFAULT_TSM_REPORT_DIR};
+pub use nvml::NvmlGpus;
 
 /// Size of an SEV-SNP attestation report (AMD SEV-SNP ABI, ATTESTATION_REPORT).
 pub const SNP_REPORT_LEN: usize = 1184;
@@ -176,8 +183,84 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// NVML could not be loaded or initialized.
+    #[error(
+        "NVIDIA GPUs: cannot load or initialize NVML ({library}); is the NVIDIA driver \
+         installed and loaded in this VM?"
+    )]
+    NvmlUnavailable {
+        /// The library that was loaded.
+        library: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// NVML lists no GPU.
+    #[error("NVIDIA GPUs: NVML lists no GPU in this VM")]
+    NoGpus,
+    /// More GPUs than one request may present.
+    #[error("NVIDIA GPUs: NVML lists {found} GPUs, at most {max} can be presented")]
+    TooManyGpus {
+        /// How many NVML lists.
+        found: usize,
+        /// The cap ([`kbs_proto::MAX_DEVICES`]).
+        max: usize,
+    },
+    /// The GPUs are not in confidential-computing mode.
+    #[error("NVIDIA GPUs are not in confidential-computing mode: {0}")]
+    GpuNotConfidential(&'static str),
+    /// NVML returned a PCI bus id that is malformed or repeated.
+    #[error("NVIDIA GPUs: NVML returned a malformed or repeated PCI bus id {0:?}")]
+    GpuBusId(String),
+    /// An NVML call failed.
+    #[error("NVIDIA GPUs: {op}{}", device.as_deref().map(|d| format!(" {d}")).unwrap_or_default())]
+    Nvml {
+        /// What was being done.
+        op: &'static str,
+        /// Which GPU (PCI bus id), when it concerns one.
+        device: Option<String>,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A GPU's report or certificate chain, as the driver returned it, is
+    /// unusable.
+    #[error("NVIDIA GPU {device}: the driver returned unusable evidence")]
+    GpuEvidenceInvalid {
+        /// Which GPU (PCI bus id).
+        device: String,
+        /// What is wrong with it.
+        #[source]
+        source: nvml::buffers::BufferError,
+    },
     /// The simulated TEE could not build or sign its evidence.
     #[cfg(feature = "insecure-simulated-tee")]
     #[error("the simulated TEE failed: {0}")]
     Simulated(&'static str),
+}
+
+impl Error {
+    /// Whether this is a failure to collect the GPUs' evidence (as opposed
+    /// to the CPU TEE's).
+    pub fn is_gpu(&self) -> bool {
+        match self {
+            Self::NvmlUnavailable { .. }
+            | Self::NoGpus
+            | Self::TooManyGpus { .. }
+            | Self::GpuNotConfidential(_)
+            | Self::GpuBusId(_)
+            | Self::Nvml { .. }
+            | Self::GpuEvidenceInvalid { .. } => true,
+            Self::TsmUnavailable { .. }
+            | Self::UnexpectedProvider { .. }
+            | Self::GenerationRace { .. }
+            | Self::TooLarge { .. }
+            | Self::Malformed { .. }
+            | Self::UnexpectedReportSize { .. }
+            | Self::UnsupportedTee(_)
+            | Self::Io { .. } => false,
+            #[cfg(feature = "insecure-simulated-tee")]
+            Self::Simulated(_) => false,
+        }
+    }
 }
