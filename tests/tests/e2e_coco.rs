@@ -26,10 +26,10 @@ use tonic::Request;
 
 #[path = "support/app.rs"]
 mod app;
-#[path = "support/otlp.rs"]
-mod otlp;
 #[path = "support/bao.rs"]
 mod bao;
+#[path = "support/otlp.rs"]
+mod otlp;
 
 use app::{Options, TestApp};
 

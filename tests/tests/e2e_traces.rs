@@ -62,6 +62,7 @@ async fn release(app: &TestApp, name: &str, traceparent: &str) -> Sent {
         hpke_public_key: key.public_key().to_vec(),
         secret_names: names,
         gpus: Vec::new(),
+        want_attestation_token: false,
     });
     request.metadata_mut().insert("traceparent", traceparent.parse().unwrap());
     let result = rpc.release_secrets(request).await.map(tonic::Response::into_inner);

@@ -96,6 +96,9 @@ pub const MAX_ADDITIONAL_EVIDENCE: usize = 256 * 1024;
 pub const MAX_INIT_DATA: usize = 64 * 1024;
 /// Requests one HTTP/2 connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Largest HTTP/2 header list accepted: the largest token, twice (header
+/// and cookie), and room for the rest.
+const MAX_HEADER_LIST_BYTES: u32 = 2 * token::MAX_TOKEN_LEN as u32 + 16 * 1024;
 /// Time allowed for the TLS handshake and for request headers.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Measurement reported for the insecure `sample` TEE.
@@ -423,7 +426,13 @@ pub async fn serve(
             let service = hyper_util::service::TowerToHyperService::new(app);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
-            builder.http2().timer(TokioTimer::new()).max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+                // A token (`Authorization` or the session cookie) may be up
+                // to `token::MAX_TOKEN_LEN`, beside the other headers.
+                .max_header_list_size(MAX_HEADER_LIST_BYTES);
             if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
                 tracing::debug!(%peer, error = %e, "coco connection ended with an error");
             }

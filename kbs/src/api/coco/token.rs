@@ -30,8 +30,11 @@ use sha2::{Digest, Sha256};
 use crate::evidence::gpu::{DeviceClass, GpuSetClaims};
 use crate::evidence::{Claims, TeeKind};
 
-/// Largest token accepted, in bytes.
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Largest token accepted, in bytes. A token carries the verified claims
+/// and one appraisal per device: about 6 KiB for a VM with one GPU, 20 KiB
+/// with eight, so the 16 devices `kbs_proto::MAX_DEVICES` allows stay
+/// well within this.
+pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 /// Clock skew tolerated on `iat`, in seconds.
 pub const MAX_SKEW_SECONDS: i64 = 60;
 /// Most previous keys kept for verification.
