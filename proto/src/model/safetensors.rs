@@ -520,12 +520,16 @@ impl<'de> serde::Deserialize<'de> for Metadata {
                     } else if out.len() >= MAX_METADATA {
                         failed = Some(SafetensorsError::TooMany);
                         map.next_value::<de::IgnoredAny>()?;
-                    } else if out.contains_key(&k) {
-                        failed = Some(SafetensorsError::Duplicate(k));
-                        map.next_value::<de::IgnoredAny>()?;
                     } else {
-                        let v: String = map.next_value()?;
-                        out.insert(k, v);
+                        match out.entry(k) {
+                            std::collections::btree_map::Entry::Occupied(e) => {
+                                failed = Some(SafetensorsError::Duplicate(e.key().clone()));
+                                map.next_value::<de::IgnoredAny>()?;
+                            }
+                            std::collections::btree_map::Entry::Vacant(e) => {
+                                e.insert(map.next_value::<String>()?);
+                            }
+                        }
                     }
                 }
                 Ok(Metadata(failed.map_or(Ok(out), Err)))

@@ -511,8 +511,8 @@ fn inspect_rows(paths: &[PathBuf]) -> Result<(Vec<serde_json::Value>, usize), Fa
                         "plaintext_bytes": h.plaintext_len(), "file_bytes": size,
                         "layout": if h.tensor_index().is_some() { "safetensors" } else { "whole" },
                     });
-                    if let Some(index) = h.tensor_index() {
-                        row["tensors"] = index
+                    if let (Some(index), Some(fields)) = (h.tensor_index(), row.as_object_mut()) {
+                        let tensors = index
                             .tensors()
                             .iter()
                             .map(|t| {
@@ -522,7 +522,8 @@ fn inspect_rows(paths: &[PathBuf]) -> Result<(Vec<serde_json::Value>, usize), Fa
                                 })
                             })
                             .collect();
-                        row["metadata"] = serde_json::json!(index.metadata());
+                        fields.insert("tensors".into(), tensors);
+                        fields.insert("metadata".into(), serde_json::json!(index.metadata()));
                     }
                     row
                 }
@@ -651,7 +652,11 @@ mod tests {
 
     /// Encrypts a safetensors file and a plain file under version 1, with
     /// key files for versions 1 (old) and 2 (new).
-    fn rewrap_setup() -> (tempfile::TempDir, RewrapArgs, [ModelKey; 2], Vec<(PathBuf, Vec<u8>)>) {
+    /// The working directory, the arguments, the old and new keys, and the
+    /// encrypted files with their plaintexts.
+    type RewrapSetup = (tempfile::TempDir, RewrapArgs, [ModelKey; 2], Vec<(PathBuf, Vec<u8>)>);
+
+    fn rewrap_setup() -> RewrapSetup {
         let dir = tempfile::tempdir().unwrap();
         let models = dir.path().join("models");
         std::fs::create_dir(&models).unwrap();
