@@ -94,8 +94,16 @@ pub enum HeaderError {
     #[error("the tensor index does not match the header's digest (it was modified)")]
     IndexDigest,
     /// The tensor index (the file's safetensors header) is malformed.
+    /// (Not a `source`: the message already says everything, so an error
+    /// chain does not repeat it.)
     #[error("invalid safetensors header: {0}")]
-    Safetensors(#[from] SafetensorsError),
+    Safetensors(SafetensorsError),
+}
+
+impl From<SafetensorsError> for HeaderError {
+    fn from(e: SafetensorsError) -> Self {
+        HeaderError::Safetensors(e)
+    }
 }
 
 /// The tensor index of a safetensors-layout file: its length and digest
