@@ -86,8 +86,27 @@ say "operator: generate a small model and encrypt it under a new key (models/dem
 mkdir -p "$WORK/model/shards"
 printf '{"architectures": ["DemoForCausalLM"], "hidden_size": 64}\n' > "$WORK/model/config.json"
 printf '{"version": "1.0", "model": {"vocab": {}}}\n' > "$WORK/model/tokenizer.json"
-head -c 3000000 /dev/urandom > "$WORK/model/shards/model-00001-of-00002.safetensors"
-head -c 1234567 /dev/urandom > "$WORK/model/shards/model-00002-of-00002.safetensors"
+# Two safetensors shards with random weights (JSON header padded to 8
+# bytes, then the tensors' data in order).
+python3 - "$WORK/model/shards" <<'PY'
+import json, os, struct, sys
+def shard(path, tensors):
+    header, at = {"__metadata__": {"format": "pt"}}, 0
+    for name, dtype, shape, size in tensors:
+        n = 1
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [at, at + n * size]}
+        at += n * size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + os.urandom(at))
+shard(os.path.join(sys.argv[1], "model-00001-of-00002.safetensors"),
+      [("model.embed_tokens.weight", "BF16", [1000, 1500], 2)])
+shard(os.path.join(sys.argv[1], "model-00002-of-00002.safetensors"),
+      [("model.layers.0.mlp.weight", "F32", [300, 1000], 4), ("model.norm.weight", "F32", [64], 4)])
+PY
 # --generate: the key is drawn here, the files are encrypted, the key is
 # uploaded (PutSecret) and only then are the encrypted files put in place.
 "$BIN/kbsctl" model encrypt --secret models/demo/weights-key --generate --allow-measurement "$GOOD" \

@@ -8,15 +8,26 @@
 //! 2. check that the output directory is memory-backed (tmpfs or ramfs,
 //!    by `statfs`) unless persistent disks are explicitly allowed: the
 //!    plaintext weights must not reach a disk the host can read;
-//! 3. fetch every named secret in one release;
-//! 4. unlock every header with its key (name, version, key commitment,
+//! 3. lock the output directory (an exclusive `flock`, refused at once if
+//!    another decrypt holds it), then remove every `*.partial` file under
+//!    it: with the lock held, such a file can only be left over from a run
+//!    that was killed, and it is never output (removing a symbolic link
+//!    removes the link, never its target);
+//! 4. fetch every named secret in one release;
+//! 5. unlock every header with its key (name, version, key commitment,
 //!    header tag, data-key commitment);
-//! 5. decrypt each file to `OUT/REL.partial` (mode 0600, created new);
-//! 6. only when every file authenticated completely, rename each
+//! 6. decrypt each file to `OUT/REL.partial` (mode 0600, created new, so
+//!    never through a link);
+//! 7. only when every file authenticated completely, rename each
 //!    `.partial` to its name. On any failure every `.partial` is removed,
 //!    so no plaintext is left behind.
 //!
 //! Keys live in zeroizing buffers and are dropped (zeroized) when done.
+//!
+//! Loaders that decrypt on the fly, without a plaintext copy, use
+//! [`open_model`] and [`ModelReader`]: any byte range, or, for files with
+//! the safetensors-aware layout, one tensor by name
+//! ([`ModelReader::read_tensor`]), authenticating only the chunks read.
 
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -26,6 +37,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use kbs_proto::model::{self, Header, ModelKey};
+pub use kbs_proto::model::{ModelReader, TensorInfo};
 
 use crate::client::{self, KbsClient};
 use crate::evidence::{EvidenceSource, GpuEvidenceSource};
@@ -78,6 +90,9 @@ pub enum Error {
     /// The broker released a value that is not a model key.
     #[error("secret {0:?} is not a 32-byte model key")]
     NotAModelKey(String),
+    /// Another decrypt is writing into the output directory.
+    #[error("{0} is locked by another model decrypt")]
+    Busy(PathBuf),
     /// Writing the output failed.
     #[error("cannot write {path}")]
     Output {
@@ -116,6 +131,8 @@ pub struct Decrypted {
     pub files: Vec<PathBuf>,
     /// Plaintext bytes written.
     pub bytes: u64,
+    /// Partial files of an earlier, killed run that were removed.
+    pub stale_partials_removed: usize,
 }
 
 /// Attests once, fetches every key the headers of the files under `input`
@@ -130,6 +147,7 @@ pub async fn decrypt_models(
     let inputs = read_headers(input)?;
     create_dir(out)?;
     check_output_fs(out, options.allow_persistent_disk)?;
+    let out = OutDir::prepare(out)?;
     let names: Vec<String> =
         inputs.iter().map(|i| i.header.secret_name().to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
     let release = client.fetch_release_with_gpus(source, options.gpus.clone(), &names).await.map_err(Error::Fetch)?;
@@ -139,8 +157,21 @@ pub async fn decrypt_models(
         .map(|s| ModelKey::new(&s.name, s.version, &s.value).map_err(|_| Error::NotAModelKey(s.name.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     drop(release.secrets);
-    let (files, bytes) = decrypt_all(&inputs, &keys, out)?;
-    Ok(Decrypted { attestation_id: release.attestation_id, files, bytes })
+    let done = decrypt_all(&inputs, &keys, &out)?;
+    Ok(Decrypted {
+        attestation_id: release.attestation_id,
+        files: done.files,
+        bytes: done.bytes,
+        stale_partials_removed: done.stale_partials_removed,
+    })
+}
+
+/// Opens an encrypted model file for random access with its released key
+/// (checks the header and the file length; each read authenticates the
+/// chunks it touches).
+pub fn open_model(path: &Path, key: &ModelKey) -> Result<ModelReader<File>, Error> {
+    let file = File::open(path).map_err(|source| Error::Input { path: path.to_path_buf(), source })?;
+    ModelReader::open(file, key).map_err(|source| Error::Model { path: path.to_path_buf(), source })
 }
 
 /// Lists the files under `input` (or `input` itself) and reads each header.
@@ -223,8 +254,72 @@ pub fn check_output_fs(dir: &Path, allow_persistent_disk: bool) -> Result<(), Er
     Err(Error::PersistentOutput { path: dir.to_path_buf(), fs_type })
 }
 
+/// The output directory, locked, with the partial files of earlier runs
+/// removed.
+#[derive(Debug)]
+struct OutDir {
+    path: PathBuf,
+    /// Holds the `flock` until dropped.
+    _lock: File,
+    stale_partials_removed: usize,
+}
+
+impl OutDir {
+    /// Creates (if needed) and locks `out`, then removes stale partials.
+    fn prepare(out: &Path) -> Result<OutDir, Error> {
+        create_dir(out)?;
+        let lock = lock_dir(out)?;
+        let stale_partials_removed = remove_stale_partials(out)?;
+        Ok(OutDir { path: out.to_path_buf(), _lock: lock, stale_partials_removed })
+    }
+}
+
+/// What [`decrypt_all`] wrote.
+#[derive(Debug)]
+struct Written {
+    files: Vec<PathBuf>,
+    bytes: u64,
+    stale_partials_removed: usize,
+}
+
+/// Takes the exclusive lock on the output directory (held while the
+/// returned file is open).
+fn lock_dir(dir: &Path) -> Result<File, Error> {
+    let handle = File::open(dir).map_err(|source| Error::Output { path: dir.to_path_buf(), source })?;
+    match rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(handle),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(Error::Busy(dir.to_path_buf())),
+        Err(e) => Err(Error::Output { path: dir.to_path_buf(), source: e.into() }),
+    }
+}
+
+/// Removes every `*.partial` file or link under `dir` (not following
+/// links); returns how many. Called with the directory locked.
+fn remove_stale_partials(dir: &Path) -> Result<usize, Error> {
+    let mut removed = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries = fs::read_dir(&d).map_err(|source| Error::Output { path: d.clone(), source })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| Error::Output { path: d.clone(), source })?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|source| Error::Output { path: path.clone(), source })?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if entry.file_name().to_string_lossy().ends_with(PARTIAL_SUFFIX) {
+                fs::remove_file(&path).map_err(|source| Error::Output { path: path.clone(), source })?;
+                tracing::warn!(path = %path.display(), "removed a partial file left by an earlier decrypt");
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Unlocks every header, decrypts every file to `.partial`, then renames.
-fn decrypt_all(inputs: &[Input], keys: &[ModelKey], out: &Path) -> Result<(Vec<PathBuf>, u64), Error> {
+fn decrypt_all(inputs: &[Input], keys: &[ModelKey], out_dir: &OutDir) -> Result<Written, Error> {
+    let out = out_dir.path.as_path();
+    let stale_partials_removed = out_dir.stale_partials_removed;
     let mut unlocked = Vec::with_capacity(inputs.len());
     for input in inputs {
         let name = input.header.secret_name();
@@ -285,7 +380,7 @@ fn decrypt_all(inputs: &[Input], keys: &[ModelKey], out: &Path) -> Result<(Vec<P
                 }
                 written.push(target.clone());
             }
-            Ok((written, total))
+            Ok(Written { files: written, bytes: total, stale_partials_removed })
         }
         Err(e) => {
             remove_all(&partials);
@@ -353,11 +448,76 @@ mod tests {
         let (dir, keys, plain) = setup();
         let inputs = read_headers(&dir.path().join("in")).unwrap();
         let out = dir.path().join("out");
-        let (files, bytes) = decrypt_all(&inputs, &keys, &out).unwrap();
-        assert_eq!(files.len(), 2);
-        assert_eq!(bytes, plain.len() as u64 + 2);
+        let done = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap()).unwrap();
+        assert_eq!(done.files.len(), 2);
+        assert_eq!(done.bytes, plain.len() as u64 + 2);
+        assert_eq!(done.stale_partials_removed, 0);
         assert_eq!(fs::read(out.join("x/w.bin")).unwrap(), plain);
         assert_eq!(listing(&out), vec!["x/w.bin", "y.json"]);
+    }
+
+    #[test]
+    fn stale_partials_are_removed_and_never_output() {
+        let (dir, keys, plain) = setup();
+        let out = dir.path().join("out");
+        fs::create_dir_all(out.join("x")).unwrap();
+        // Left by a killed run: the partial of a file being decrypted now,
+        // one of a file that is not, and a link planted in their place.
+        fs::write(out.join("x/w.bin.partial"), b"stale plaintext").unwrap();
+        fs::write(out.join("old.safetensors.partial"), b"stale").unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep me").unwrap();
+        std::os::unix::fs::symlink(&victim, out.join("y.json.partial")).unwrap();
+        let inputs = read_headers(&dir.path().join("in")).unwrap();
+        let done = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap()).unwrap();
+        assert_eq!(done.stale_partials_removed, 3);
+        assert_eq!(done.files, vec![out.join("x/w.bin"), out.join("y.json")]);
+        assert_eq!(listing(&out), vec!["x/w.bin", "y.json"]);
+        assert_eq!(fs::read(out.join("x/w.bin")).unwrap(), plain);
+        assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+        // A stale partial also goes when the new run fails.
+        fs::write(out.join("x/w.bin.partial"), b"stale plaintext").unwrap();
+        let wrong = vec![ModelKey::new("m/a", 2, &[9; 32]).unwrap(), ModelKey::new("m/b", 1, &[2; 32]).unwrap()];
+        let prepared = OutDir::prepare(&out).unwrap();
+        assert_eq!(prepared.stale_partials_removed, 1);
+        assert!(decrypt_all(&inputs, &wrong, &prepared).is_err());
+        assert!(listing(&out).iter().all(|f| !f.ends_with(PARTIAL_SUFFIX)), "{:?}", listing(&out));
+    }
+
+    #[test]
+    fn a_second_decrypt_into_the_same_directory_is_refused() {
+        let (dir, keys, _) = setup();
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let held = OutDir::prepare(&out).unwrap();
+        let inputs = read_headers(&dir.path().join("in")).unwrap();
+        assert!(matches!(OutDir::prepare(&out), Err(Error::Busy(_))));
+        assert!(listing(&out).is_empty());
+        drop(held);
+        decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_loader_reads_one_tensor_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ModelKey::new("m/a", 1, &[1; 32]).unwrap();
+        let json = r#"{"a":{"dtype":"F32","shape":[3000],"data_offsets":[0,12000]},"b":{"dtype":"U8","shape":[9],"data_offsets":[12000,12009]}}"#;
+        let mut plain = (json.len() as u64).to_le_bytes().to_vec();
+        plain.extend_from_slice(json.as_bytes());
+        let data_at = plain.len();
+        plain.extend((0..12009u32).map(|i| (i % 253) as u8));
+        let mut out = Cursor::new(Vec::new());
+        let opts = EncryptOptions { chunk_size: 4096, threads: 2 };
+        model::encrypt_safetensors(&mut Cursor::new(&plain), plain.len() as u64, &mut out, &key, &opts).unwrap();
+        let path = dir.path().join("m.safetensors");
+        fs::write(&path, out.into_inner()).unwrap();
+        let mut reader = open_model(&path, &key).unwrap();
+        let names: Vec<_> = reader.tensors().unwrap().iter().map(TensorInfo::name).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(&reader.read_tensor("b").unwrap()[..], &plain[data_at + 12000..]);
+        assert_eq!(&reader.read_tensor("a").unwrap()[..], &plain[data_at..data_at + 12000]);
+        let wrong = ModelKey::new("m/a", 1, &[2; 32]).unwrap();
+        assert!(matches!(open_model(&path, &wrong), Err(Error::Model { source: model::Error::WrongKey, .. })));
     }
 
     #[test]
@@ -370,7 +530,7 @@ mod tests {
         fs::write(&path, bytes).unwrap();
         let inputs = read_headers(&dir.path().join("in")).unwrap();
         let out = dir.path().join("out");
-        let err = decrypt_all(&inputs, &keys, &out).unwrap_err();
+        let err = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap()).unwrap_err();
         assert!(matches!(&err, Error::Model { source: model::Error::ChunkAuthentication { index: 4 }, .. }), "{err:?}");
         assert!(listing(&out).is_empty(), "{:?}", listing(&out));
     }
@@ -381,7 +541,7 @@ mod tests {
         let keys = vec![ModelKey::new("m/a", 3, &[1; 32]).unwrap(), ModelKey::new("m/b", 1, &[2; 32]).unwrap()];
         let inputs = read_headers(&dir.path().join("in")).unwrap();
         let out = dir.path().join("out");
-        let err = decrypt_all(&inputs, &keys, &out).unwrap_err();
+        let err = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap()).unwrap_err();
         assert!(
             matches!(&err, Error::Model { source: model::Error::WrongSecretVersion { header: 2, key: 3 }, .. }),
             "{err:?}"

@@ -59,6 +59,8 @@ fn encrypt_inspect_rewrap_offline_with_key_files() {
             key_file.to_str().unwrap(),
             "--chunk-kib",
             "64",
+            // The weights are not a real safetensors file: opaque layout.
+            "--whole",
             home.join("plain").to_str().unwrap(),
             enc.to_str().unwrap(),
         ],
@@ -252,6 +254,7 @@ async fn generate_uploads_the_key_and_records_its_version() {
             "--secret",
             "models/gen/key",
             "--generate",
+            "--whole",
             home.join("plain").to_str().unwrap(),
             out_dir.to_str().unwrap(),
         ]))
@@ -300,6 +303,7 @@ async fn generate_uploads_the_key_and_records_its_version() {
         "--secret".into(),
         "models/gen/key".into(),
         "--generate".into(),
+        "--whole".into(),
         home.join("plain").display().to_string(),
         home.join("enc-refused").display().to_string(),
     ])

@@ -226,3 +226,73 @@ async fn a_persistent_output_is_refused_before_attesting() {
         assert_eq!(std::fs::read(out.path().join("w.bin")).unwrap(), b"weights");
     }
 }
+
+/// A safetensors file: `tensors` (name, F32 element count) in order, data
+/// byte `i` being `i mod 251`.
+fn safetensors_plain(tensors: &[(&str, u64)]) -> Vec<u8> {
+    let mut at = 0;
+    let entries: Vec<String> = tensors
+        .iter()
+        .map(|(name, n)| {
+            let e = format!(r#""{name}":{{"dtype":"F32","shape":[{n}],"data_offsets":[{at},{}]}}"#, at + 4 * n);
+            at += 4 * n;
+            e
+        })
+        .collect();
+    let json = format!("{{{}}}", entries.join(","));
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out.extend((0..at).map(|i| (i % 251) as u8));
+    out
+}
+
+#[tokio::test]
+async fn a_safetensors_model_decrypts_and_a_swapped_tensor_chunk_leaves_nothing() {
+    let app = TestApp::start().await;
+    let key = ModelKey::generate(WEIGHTS_KEY, 1).unwrap();
+    put(&app, WEIGHTS_KEY, key.expose_bytes()).await;
+    let work = tempfile::tempdir().unwrap();
+    let plain = safetensors_plain(&[("embed", 40_000), ("layer.0", 40_000), ("norm", 10)]);
+    let mut file = std::io::Cursor::new(Vec::new());
+    let opts = EncryptOptions { chunk_size: 64 * 1024, threads: 2 };
+    model::encrypt_safetensors(&mut Cursor::new(&plain), plain.len() as u64, &mut file, &key, &opts).unwrap();
+    let file = file.into_inner();
+    let enc = work.path().join("enc");
+    std::fs::create_dir_all(&enc).unwrap();
+    std::fs::write(enc.join("model.safetensors"), &file).unwrap();
+
+    // A partial file left by a killed earlier run is replaced, never output.
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("model.safetensors.partial"), b"stale").unwrap();
+    assert_eq!(decrypt(&app, MEASUREMENT, &enc, &out).await.unwrap(), 1);
+    assert_eq!(sha256(&out.join("model.safetensors")), hex::encode(Sha256::digest(&plain)));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+
+    // The first chunks of two tensors swapped (ciphertext and tags).
+    let header = Header::parse(&file).unwrap().0;
+    let index = header.tensor_index().unwrap();
+    let tags_at = header.encoded_len();
+    let body_at = (tags_at + 16 * index.chunk_count() as usize).next_multiple_of(4096);
+    let second = index.tensor("layer.0").unwrap();
+    let (b, _) = second.data_offsets();
+    let n = 64 * 1024;
+    let (x, y) = (body_at, body_at + b as usize);
+    let mut bad = file.clone();
+    bad[x..x + n].copy_from_slice(&file[y..y + n]);
+    bad[y..y + n].copy_from_slice(&file[x..x + n]);
+    let second_chunk = 3; // embed has 160000 bytes: chunks 0, 1, 2
+    let (tx, ty) = (tags_at, tags_at + 16 * second_chunk);
+    bad[tx..tx + 16].copy_from_slice(&file[ty..ty + 16]);
+    bad[ty..ty + 16].copy_from_slice(&file[tx..tx + 16]);
+    let tampered = work.path().join("tampered");
+    std::fs::create_dir_all(&tampered).unwrap();
+    std::fs::write(tampered.join("model.safetensors"), bad).unwrap();
+    let out2 = work.path().join("out2");
+    let err = decrypt(&app, MEASUREMENT, &tampered, &out2).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Model { source: model::Error::TensorChunkAuthentication { tensor, index: 0 }, .. } if tensor == "embed"),
+        "{err:?}"
+    );
+    assert!(is_empty_dir(&out2));
+}

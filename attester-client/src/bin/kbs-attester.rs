@@ -22,7 +22,8 @@ Exit codes:
   4  the broker could not be reached or the call failed without a reason code
   5  the TEE evidence could not be collected
   6  the broker's answer was invalid (missing secrets, undecryptable values)
-  7  the secrets (or decrypted files) could not be written
+  7  the secrets (or decrypted files) could not be written, or another model
+     decrypt holds --out
   8  model decrypt: an encrypted file was refused (wrong key or version,
      modified header or chunk, truncated, trailing data); the reason is printed
   9  --gpus: the GPUs' evidence could not be collected (NVML cannot be loaded,
@@ -237,7 +238,7 @@ async fn model_decrypt(args: DecryptArgs) -> Result<(), Failure> {
             }
             model::Error::PersistentOutput { .. } => Failure::new(2, chain(&e)),
             model::Error::NotAModelKey(_) => Failure::new(6, chain(&e)),
-            model::Error::Output { .. } => Failure::new(7, chain(&e)),
+            model::Error::Output { .. } | model::Error::Busy(_) => Failure::new(7, chain(&e)),
             model::Error::Model { .. } => Failure::new(8, chain(&e)),
         })?;
     tracing::info!(attestation_id = %done.attestation_id, files = done.files.len(), bytes = done.bytes, "decrypted");

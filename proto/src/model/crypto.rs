@@ -7,9 +7,11 @@
 //! wrapped_key    = AES-256-GCM(wrap_key, wrap_nonce, data_key, aad = header up to wrapped_key)
 //! commitment     = HKDF-SHA256(salt, data_key, "kbs.model.v1 commitment" || content[0..56], 32)
 //! payload_key || nonce_prefix
-//!                = HKDF-SHA256(salt, data_key, "kbs.model.v1 payload" || content[0..88], 32 + 7)
+//!                = HKDF-SHA256(salt, data_key, "kbs.model.v1 payload" || content, 32 + 7)
+//!                  (content: 88 bytes, or 128 with the safetensors extension)
 //! nonce(i)       = nonce_prefix || u32(i) || (1 if last chunk else 0)
 //! chunk(i)       = AES-256-GCM(payload_key, nonce(i), plaintext(i), aad = "")
+//!                  (the tag inline after the chunk, or in the tag table)
 //! ```
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -141,6 +143,16 @@ impl PayloadKey {
     pub(crate) fn seal(&self, index: u64, last: bool, buf: &mut Vec<u8>) -> Result<(), Error> {
         let index = u32::try_from(index).map_err(|_| Error::Crypto)?;
         self.key.seal_in_place_append_tag(self.nonce(index, last), Aad::empty(), buf).map_err(|_| Error::Crypto)
+    }
+
+    /// Encrypts chunk `index` in place and returns its tag.
+    pub(crate) fn seal_separate(&self, index: u64, last: bool, buf: &mut [u8]) -> Result<[u8; TAG_LEN], Error> {
+        let index = u32::try_from(index).map_err(|_| Error::Crypto)?;
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(self.nonce(index, last), Aad::empty(), buf)
+            .map_err(|_| Error::Crypto)?;
+        <[u8; TAG_LEN]>::try_from(tag.as_ref()).map_err(|_| Error::Crypto)
     }
 
     /// Decrypts chunk `index` in place (ciphertext and tag in `buf`); on

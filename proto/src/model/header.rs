@@ -1,19 +1,37 @@
 //! The header of an encrypted model file: layout, parser and encoder.
 //!
-//! All integers are big-endian. The header is a fixed 88-byte content part
-//! (bound into every chunk's key) followed by a key slot (rewritten when the
-//! model key rotates). See `docs/model-format.md` for the table.
+//! All integers are big-endian. The header is a content part (88 bytes, or
+//! 128 with the safetensors-aware layout; bound into every chunk's key)
+//! followed by a key slot (rewritten when the model key rotates) and, in the
+//! safetensors-aware layout, the file's own safetensors header (the tensor
+//! index), kept readable. See `docs/model-format.md` for the tables.
 
 use std::io::Read;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::safetensors::{self, SafetensorsError, TensorIndex};
 
 /// First eight bytes of every encrypted model file.
 pub const MAGIC: [u8; 8] = *b"KBSMODEL";
 /// The only format version this code reads and writes.
 pub const FORMAT_VERSION: u16 = 1;
-/// Flag bits this version understands (none yet; bit 0 is reserved for a
-/// later safetensors-aware layout). A header with any other bit set is
+/// Flag bit 0: the safetensors-aware layout (readable, authenticated tensor
+/// index; chunks cut at tensor starts; tags in a table; the body aligned).
+pub const FLAG_SAFETENSORS: u16 = 0x0001;
+/// Flag bits this version understands. A header with any other bit set is
 /// refused, so older readers never misread a newer layout.
-pub const KNOWN_FLAGS: u16 = 0;
+pub const KNOWN_FLAGS: u16 = FLAG_SAFETENSORS;
+/// Alignment of the encrypted body in the safetensors-aware layout: a
+/// tensor's ciphertext sits at the same offset modulo 4096 as its data
+/// does in the data part, so a mapped file keeps every tensor's alignment.
+pub const BODY_ALIGN: u64 = 4096;
+/// Most chunks of a file in the safetensors-aware layout (its tag table, 16
+/// bytes a chunk, is held in memory while decrypting: at most 64 MiB).
+pub const MAX_TABLE_CHUNKS: u64 = 1 << 22;
+/// Length of the safetensors extension of the content part.
+pub const INDEX_EXT_LEN: usize = 8 + DIGEST_LEN;
 /// Smallest chunk size accepted.
 pub const MIN_CHUNK_SIZE: u32 = 4096;
 /// Largest chunk size accepted (bounds a reader's memory).
@@ -38,8 +56,9 @@ pub const CONTENT_LEN: usize = 8 + 2 + 2 + 4 + 8 + DIGEST_LEN + DIGEST_LEN;
 pub const COMMITMENT_OFFSET: usize = CONTENT_LEN - DIGEST_LEN;
 /// Length of the key slot without the name bytes.
 const SLOT_FIXED_LEN: usize = 2 + 8 + DIGEST_LEN + NONCE_LEN + WRAPPED_KEY_LEN;
-/// Largest possible header.
-pub const MAX_HEADER_LEN: usize = CONTENT_LEN + SLOT_FIXED_LEN + MAX_SECRET_NAME_LEN;
+/// Largest possible header, without the tensor index that follows it in
+/// the safetensors-aware layout (at most 8 + 16 MiB more).
+pub const MAX_HEADER_LEN: usize = CONTENT_LEN + INDEX_EXT_LEN + SLOT_FIXED_LEN + MAX_SECRET_NAME_LEN;
 
 /// Why a header was refused before any key was used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +89,30 @@ pub enum HeaderError {
     /// Secret version 0 (broker versions start at 1).
     #[error("secret version 0")]
     ZeroVersion,
+    /// The tensor index is not the one the header's digest names (the
+    /// safetensors header was edited).
+    #[error("the tensor index does not match the header's digest (it was modified)")]
+    IndexDigest,
+    /// The tensor index (the file's safetensors header) is malformed.
+    /// (Not a `source`: the message already says everything, so an error
+    /// chain does not repeat it.)
+    #[error("invalid safetensors header: {0}")]
+    Safetensors(SafetensorsError),
+}
+
+impl From<SafetensorsError> for HeaderError {
+    fn from(e: SafetensorsError) -> Self {
+        HeaderError::Safetensors(e)
+    }
+}
+
+/// The tensor index of a safetensors-layout file: its length and digest
+/// (content-part fields) and, once read, the checked index.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct IndexRef {
+    pub(crate) len: u64,
+    pub(crate) digest: [u8; DIGEST_LEN],
+    pub(crate) index: Arc<TensorIndex>,
 }
 
 /// A parsed header. Its fields are well-formed but NOT authenticated: it
@@ -86,6 +129,8 @@ pub struct Header {
     pub(crate) key_commitment: [u8; DIGEST_LEN],
     pub(crate) wrap_nonce: [u8; NONCE_LEN],
     pub(crate) wrapped_key: [u8; WRAPPED_KEY_LEN],
+    /// Present exactly when [`FLAG_SAFETENSORS`] is set.
+    pub(crate) index: Option<IndexRef>,
 }
 
 impl std::fmt::Debug for Header {
@@ -96,6 +141,7 @@ impl std::fmt::Debug for Header {
             .field("plaintext_len", &self.plaintext_len)
             .field("secret_name", &self.secret_name)
             .field("secret_version", &self.secret_version)
+            .field("index", &self.index.as_ref().map(|i| &i.index))
             .finish_non_exhaustive()
     }
 }
@@ -168,6 +214,19 @@ impl Header {
         let plaintext_len = c.u64()?;
         let salt = c.array()?;
         let commitment = c.array()?;
+        let index_fields = if flags & FLAG_SAFETENSORS != 0 {
+            let len = c.u64()?;
+            let json = len.saturating_sub(safetensors::LEN_PREFIX as u64);
+            if !(2..=safetensors::MAX_JSON_LEN).contains(&json) {
+                return Err(SafetensorsError::HeaderLength(json).into());
+            }
+            if len > plaintext_len {
+                return Err(SafetensorsError::DataLength { covered: len, data: plaintext_len }.into());
+            }
+            Some((len, c.array::<DIGEST_LEN>()?))
+        } else {
+            None
+        };
         let name_len = usize::from(c.u16()?);
         if name_len > MAX_SECRET_NAME_LEN {
             return Err(HeaderError::SecretName);
@@ -184,6 +243,17 @@ impl Header {
         let key_commitment = c.array()?;
         let wrap_nonce = c.array()?;
         let wrapped_key = c.array()?;
+        let index = match index_fields {
+            None => None,
+            Some((len, digest)) => {
+                let block = c.take(usize::try_from(len).map_err(|_| HeaderError::Truncated)?)?;
+                if Sha256::digest(block).as_slice() != digest {
+                    return Err(HeaderError::IndexDigest);
+                }
+                let index = TensorIndex::parse(block, plaintext_len - len, chunk_size)?;
+                Some(IndexRef { len, digest, index: Arc::new(index) })
+            }
+        };
         let header = Header {
             flags,
             chunk_size,
@@ -195,67 +265,74 @@ impl Header {
             key_commitment,
             wrap_nonce,
             wrapped_key,
+            index,
         };
         header.file_len().ok_or(HeaderError::TooLarge(plaintext_len))?;
         let len = bytes.len() - c.rest.len();
         Ok((header, len))
     }
 
-    /// Reads exactly one header from `input` (and nothing after it).
+    /// Reads exactly one header from `input` (and nothing after it; with
+    /// the safetensors-aware layout, the tensor index is part of it).
     pub fn read_from(input: &mut impl Read) -> Result<Header, crate::model::Error> {
-        let fixed = CONTENT_LEN + 2;
-        let mut buf = vec![0u8; fixed];
+        // Read the parts in order, checking what has arrived before reading
+        // further, so garbage input is refused with the most specific
+        // reason and no length in it is trusted before its checks.
+        let mut buf = vec![0u8; CONTENT_LEN];
         read_full(input, &mut buf)?;
+        expect_more(&buf)?;
+        let flags = buf.get(10..12).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(u16::from_be_bytes);
+        let ext = if flags.is_some_and(|f| f & FLAG_SAFETENSORS != 0) { INDEX_EXT_LEN } else { 0 };
+        read_more(input, &mut buf, ext + 2)?;
+        expect_more(&buf)?;
         let name_len = buf
-            .get(CONTENT_LEN..fixed)
+            .get(CONTENT_LEN + ext..)
             .and_then(|b| <[u8; 2]>::try_from(b).ok())
             .map(u16::from_be_bytes)
             .ok_or(HeaderError::Truncated)?;
         if usize::from(name_len) > MAX_SECRET_NAME_LEN {
             return Err(HeaderError::SecretName.into());
         }
-        // Check the fixed part before reading further, so garbage input is
-        // refused with the most specific reason.
-        match Header::parse(&buf) {
-            Err(HeaderError::Truncated) => {}
-            Err(e) => return Err(e.into()),
-            Ok(_) => return Err(HeaderError::Truncated.into()),
+        read_more(input, &mut buf, usize::from(name_len) + SLOT_FIXED_LEN - 2)?;
+        if ext != 0 {
+            expect_more(&buf)?;
+            let index_len = buf
+                .get(CONTENT_LEN..CONTENT_LEN + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or(HeaderError::Truncated)?;
+            // Bounded by the parse above (at most 8 + 16 MiB).
+            read_more(input, &mut buf, usize::try_from(index_len).map_err(|_| HeaderError::Truncated)?)?;
         }
-        let rest = usize::from(name_len) + SLOT_FIXED_LEN - 2;
-        let start = buf.len();
-        buf.resize(start + rest, 0);
-        read_full(input, buf.get_mut(start..).ok_or(HeaderError::Truncated)?)?;
         let (header, _) = Header::parse(&buf)?;
         Ok(header)
     }
 
-    /// The encoded header.
+    /// The encoded header (with the safetensors-aware layout, followed by
+    /// the tensor index).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = self.content_bytes().to_vec();
-        out.extend_from_slice(&self.slot_info());
-        out.extend_from_slice(&self.key_commitment);
-        out.extend_from_slice(&self.wrap_nonce);
+        let mut out = self.wrap_aad();
         out.extend_from_slice(&self.wrapped_key);
+        if let Some(i) = &self.index {
+            out.extend_from_slice(i.index.raw());
+        }
         out
     }
 
-    /// The 88-byte content part (bound into every chunk).
-    pub(crate) fn content_bytes(&self) -> [u8; CONTENT_LEN] {
-        let mut out = [0u8; CONTENT_LEN];
-        let mut at = 0;
-        for part in [
-            &MAGIC[..],
-            &FORMAT_VERSION.to_be_bytes(),
-            &self.flags.to_be_bytes(),
-            &self.chunk_size.to_be_bytes(),
-            &self.plaintext_len.to_be_bytes(),
-            &self.salt,
-            &self.commitment,
-        ] {
-            if let Some(dst) = out.get_mut(at..at + part.len()) {
-                dst.copy_from_slice(part);
-            }
-            at += part.len();
+    /// The content part (bound into every chunk): 88 bytes, or 128 with
+    /// the safetensors extension (index length and digest).
+    pub(crate) fn content_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CONTENT_LEN + INDEX_EXT_LEN);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        out.extend_from_slice(&self.flags.to_be_bytes());
+        out.extend_from_slice(&self.chunk_size.to_be_bytes());
+        out.extend_from_slice(&self.plaintext_len.to_be_bytes());
+        out.extend_from_slice(&self.salt);
+        out.extend_from_slice(&self.commitment);
+        if let Some(i) = &self.index {
+            out.extend_from_slice(&i.len.to_be_bytes());
+            out.extend_from_slice(&i.digest);
         }
         out
     }
@@ -267,31 +344,64 @@ impl Header {
 
     /// Bytes covered by the key-wrap AEAD: everything before the wrapped key.
     pub(crate) fn wrap_aad(&self) -> Vec<u8> {
-        let mut out = self.content_bytes().to_vec();
+        let mut out = self.content_bytes();
         out.extend_from_slice(&self.slot_info());
         out.extend_from_slice(&self.key_commitment);
         out.extend_from_slice(&self.wrap_nonce);
         out
     }
 
-    /// Length of the encoded header.
+    /// Length of the encoded header (with the tensor index, if any).
     pub fn encoded_len(&self) -> usize {
-        CONTENT_LEN + SLOT_FIXED_LEN + self.secret_name.len()
+        let ext = if self.index.is_some() { INDEX_EXT_LEN } else { 0 };
+        let index = self.index.as_ref().map_or(0, |i| i.index.raw().len());
+        CONTENT_LEN + ext + SLOT_FIXED_LEN + self.secret_name.len() + index
     }
 
     /// Number of chunks.
     pub fn chunk_count(&self) -> u64 {
-        chunk_count(self.plaintext_len, self.chunk_size).unwrap_or(0)
+        match &self.index {
+            Some(i) => i.index.chunk_count(),
+            None => chunk_count(self.plaintext_len, self.chunk_size).unwrap_or(0),
+        }
     }
 
-    /// Length of the whole encrypted file, or `None` if it overflows.
+    /// The tensor index (the file's safetensors header, readable without
+    /// the key but authenticated only once the header is unlocked), if the
+    /// file has the safetensors-aware layout.
+    pub fn tensor_index(&self) -> Option<&TensorIndex> {
+        self.index.as_ref().map(|i| i.index.as_ref())
+    }
+
+    /// With the safetensors-aware layout: where the tag table starts and
+    /// where the (aligned) body starts, or `None` if it overflows.
+    pub(crate) fn table_layout(&self) -> Option<(u64, u64)> {
+        let tags_at = self.encoded_len() as u64;
+        let tags = self.chunk_count().checked_mul(TAG_LEN as u64)?;
+        let body_at = tags_at.checked_add(tags)?.checked_next_multiple_of(BODY_ALIGN)?;
+        Some((tags_at, body_at))
+    }
+
+    /// Length of the whole encrypted file, or `None` if it overflows (or,
+    /// with the safetensors-aware layout, has too many chunks).
     pub fn file_len(&self) -> Option<u64> {
-        let chunks = chunk_count(self.plaintext_len, self.chunk_size)?;
-        let tags = chunks.checked_mul(TAG_LEN as u64)?;
-        self.plaintext_len.checked_add(tags)?.checked_add(self.encoded_len() as u64)
+        match &self.index {
+            Some(i) => {
+                if i.index.chunk_count() > MAX_TABLE_CHUNKS {
+                    return None;
+                }
+                let (_, body_at) = self.table_layout()?;
+                body_at.checked_add(i.index.data_len())
+            }
+            None => {
+                let chunks = chunk_count(self.plaintext_len, self.chunk_size)?;
+                let tags = chunks.checked_mul(TAG_LEN as u64)?;
+                self.plaintext_len.checked_add(tags)?.checked_add(self.encoded_len() as u64)
+            }
+        }
     }
 
-    /// Format flags (0 in this version).
+    /// Format flags (0, or [`FLAG_SAFETENSORS`]).
     pub fn flags(&self) -> u16 {
         self.flags
     }
@@ -325,6 +435,23 @@ pub(crate) fn slot_info(name: &str, version: u64) -> Vec<u8> {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(&version.to_be_bytes());
     out
+}
+
+/// Refuses `buf` unless it is a valid start of a header (only more bytes
+/// are missing).
+fn expect_more(buf: &[u8]) -> Result<(), crate::model::Error> {
+    match Header::parse(buf) {
+        Err(HeaderError::Truncated) => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(_) => Err(HeaderError::Truncated.into()),
+    }
+}
+
+/// Appends exactly `n` bytes of `input` to `buf`.
+fn read_more(input: &mut impl Read, buf: &mut Vec<u8>, n: usize) -> Result<(), crate::model::Error> {
+    let start = buf.len();
+    buf.resize(start + n, 0);
+    read_full(input, buf.get_mut(start..).ok_or(HeaderError::Truncated)?)
 }
 
 /// Fills `buf` or reports a truncated header.

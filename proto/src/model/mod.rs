@@ -15,7 +15,15 @@
 //! * both keys are committed (an HKDF-derived value in the header, compared
 //!   in constant time before anything is decrypted), so a wrong key is
 //!   refused with [`Error::WrongKey`] and never yields output;
-//! * any byte range can be decrypted alone ([`ModelReader`]).
+//! * any byte range can be decrypted alone ([`ModelReader`]);
+//! * a `.safetensors` file can use the safetensors-aware layout
+//!   ([`encrypt_safetensors`], flag [`FLAG_SAFETENSORS`]): its safetensors
+//!   header stays readable (a [`TensorIndex`], parsed strictly by
+//!   [`TensorIndex::parse`]) and is bound into the header by its SHA-256
+//!   digest; chunks are cut at tensor starts, their tags kept in a table
+//!   before the body, and the body aligned to 4096 bytes, so one tensor
+//!   decrypts alone ([`ModelReader::read_tensor`]) and the ciphertext keeps
+//!   every tensor's alignment.
 //!
 //! Threat model: the encrypted files are stored and moved by parties who
 //! must learn nothing of the weights and must not be able to change them
@@ -38,23 +46,29 @@
 use std::fmt;
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
+use sha2::Digest;
 use zeroize::Zeroizing;
 
 use self::crypto::PayloadKey;
 pub use self::header::{
-    CONTENT_LEN, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, Header, HeaderError, KEY_LEN, KNOWN_FLAGS, MAGIC, MAX_CHUNK_SIZE,
-    MAX_HEADER_LEN, MAX_SECRET_NAME_LEN, MIN_CHUNK_SIZE, TAG_LEN,
+    BODY_ALIGN, CONTENT_LEN, DEFAULT_CHUNK_SIZE, FLAG_SAFETENSORS, FORMAT_VERSION, Header, HeaderError, INDEX_EXT_LEN,
+    KEY_LEN, KNOWN_FLAGS, MAGIC, MAX_CHUNK_SIZE, MAX_HEADER_LEN, MAX_SECRET_NAME_LEN, MAX_TABLE_CHUNKS, MIN_CHUNK_SIZE,
+    TAG_LEN,
 };
-use self::header::{DIGEST_LEN, NONCE_LEN, valid_secret_name};
+use self::header::{DIGEST_LEN, IndexRef, NONCE_LEN, valid_secret_name};
 pub use self::reader::ModelReader;
-pub use self::stream::{EncryptOptions, decrypt, encrypt};
+pub use self::safetensors::{Dtype, SafetensorsError, TensorIndex, TensorInfo};
+pub use self::stream::{EncryptOptions, decrypt, encrypt, encrypt_safetensors};
 
 mod crypto;
 mod header;
 mod reader;
+pub mod safetensors;
 mod stream;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_safetensors;
 
 /// Why a model file could not be encrypted, decrypted or rewrapped. Each
 /// kind of tampering has its own variant.
@@ -96,6 +110,24 @@ pub enum Error {
         /// Index of the chunk, from 0.
         index: u64,
     },
+    /// In the safetensors-aware layout, a chunk of a tensor failed to
+    /// authenticate: modified, or swapped with a chunk of another tensor.
+    #[error("chunk {index} (tensor {tensor:?}) failed to authenticate")]
+    TensorChunkAuthentication {
+        /// The tensor the chunk belongs to.
+        tensor: String,
+        /// Index of the chunk in the file, from 0.
+        index: u64,
+    },
+    /// The padding before the aligned body is not all zero.
+    #[error("the padding before the body is not zero")]
+    Padding,
+    /// No tensor of that name in the file.
+    #[error("no tensor {0:?} in the file")]
+    NoSuchTensor(String),
+    /// A per-tensor operation on a file without the safetensors-aware layout.
+    #[error("the file does not have the safetensors-aware layout")]
+    NotSafetensors,
     /// The file is shorter than its header says.
     #[error("truncated: the header implies {expected} bytes, found {found}")]
     Truncated {
@@ -224,7 +256,15 @@ impl UnlockedHeader {
         &self.header
     }
 
-    /// Plaintext length of chunk `index`.
+    /// The error for a chunk that failed to authenticate.
+    pub(crate) fn chunk_error(&self, index: u64) -> Error {
+        match self.header.tensor_index().and_then(|i| i.tensor_of_chunk(index)) {
+            Some(t) => Error::TensorChunkAuthentication { tensor: t.name().to_owned(), index },
+            None => Error::ChunkAuthentication { index },
+        }
+    }
+
+    /// Plaintext length of chunk `index` (whole-file layout).
     fn chunk_plain_len(&self, index: u64) -> u64 {
         let size = u64::from(self.header.chunk_size);
         let last = self.header.chunk_count().saturating_sub(1);
@@ -237,18 +277,36 @@ impl UnlockedHeader {
 }
 
 impl Header {
-    /// Builds and seals a header for a new file; returns it with its chunk key.
+    /// Builds and seals a header for a new file; returns it with its chunk
+    /// key. With `index_block` (the plaintext's safetensors header, checked
+    /// here), the file gets the safetensors-aware layout.
     pub(crate) fn seal(
         plaintext_len: u64,
         chunk_size: u32,
         key: &ModelKey,
         rnd: &FileRandomness,
+        index_block: Option<&[u8]>,
     ) -> Result<UnlockedHeader, Error> {
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
             return Err(Error::InvalidParameter("chunk size"));
         }
+        let index = match index_block {
+            None => None,
+            Some(block) => {
+                let len = block.len() as u64;
+                let data_len = plaintext_len
+                    .checked_sub(len)
+                    .ok_or(SafetensorsError::DataLength { covered: len, data: plaintext_len })
+                    .map_err(HeaderError::from)?;
+                let index = TensorIndex::parse(block, data_len, chunk_size).map_err(HeaderError::from)?;
+                let digest =
+                    <[u8; DIGEST_LEN]>::try_from(sha2::Sha256::digest(block).as_slice()).map_err(|_| Error::Crypto)?;
+                Some(IndexRef { len, digest, index: std::sync::Arc::new(index) })
+            }
+        };
+        let flags = if index.is_some() { FLAG_SAFETENSORS } else { 0 };
         let mut header = Header {
-            flags: 0,
+            flags,
             chunk_size,
             plaintext_len,
             salt: rnd.salt,
@@ -258,6 +316,7 @@ impl Header {
             key_commitment: [0; DIGEST_LEN],
             wrap_nonce: rnd.wrap_nonce,
             wrapped_key: [0; KEY_LEN + TAG_LEN],
+            index,
         };
         if header.file_len().is_none() {
             return Err(HeaderError::TooLarge(plaintext_len).into());

@@ -1,10 +1,12 @@
-//! Random access: decrypt any byte range without reading the rest.
+//! Random access: decrypt any byte range (or, in the safetensors-aware
+//! layout, any one tensor) without reading the rest.
 
 use std::io::{Read, Seek, SeekFrom};
 
 use zeroize::Zeroizing;
 
 use super::header::{Header, TAG_LEN};
+use super::safetensors::{TensorIndex, TensorInfo};
 use super::stream::read_up_to;
 use super::{Error, ModelKey, UnlockedHeader};
 
@@ -42,6 +44,14 @@ impl<R: Read + Seek> ModelReader<R> {
         if actual > expected {
             return Err(Error::TrailingData);
         }
+        if let (Some(index), Some((tags_at, body_at))) = (header.tensor_index(), header.table_layout()) {
+            let pad_at = tags_at + index.chunk_count() * TAG_LEN as u64;
+            let mut pad = vec![0u8; usize::try_from(body_at - pad_at).map_err(|_| Error::Crypto)?];
+            inner.seek(SeekFrom::Start(pad_at))?;
+            if read_up_to(&mut inner, &mut pad)? < pad.len() || pad.iter().any(|b| *b != 0) {
+                return Err(Error::Padding);
+            }
+        }
         Ok(Self {
             inner,
             data_start: header.encoded_len() as u64,
@@ -67,20 +77,87 @@ impl<R: Read + Seek> ModelReader<R> {
         self.len() == 0
     }
 
+    /// The tensors, in the safetensors-aware layout (authenticated: the
+    /// header was unlocked).
+    pub fn tensors(&self) -> Option<&[TensorInfo]> {
+        self.unlocked.header().tensor_index().map(TensorIndex::tensors)
+    }
+
+    /// Decrypts the tensor called `name`, reading and authenticating only
+    /// its own chunks (safetensors-aware layout only).
+    pub fn read_tensor(&mut self, name: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let (begin, len) = self.tensor_span(name)?;
+        let mut out = Zeroizing::new(vec![0u8; usize::try_from(len).map_err(|_| Error::Crypto)?]);
+        self.read_tensor_at(begin, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`ModelReader::read_tensor`] into `out`, which must be exactly the
+    /// tensor's size (e.g. a buffer mapped for the loader).
+    pub fn read_tensor_into(&mut self, name: &str, out: &mut [u8]) -> Result<(), Error> {
+        let (begin, len) = self.tensor_span(name)?;
+        if out.len() as u64 != len {
+            return Err(Error::InvalidParameter("the buffer is not the tensor's size"));
+        }
+        self.read_tensor_at(begin, out)
+    }
+
+    /// The plaintext offset and length of a tensor.
+    fn tensor_span(&self, name: &str) -> Result<(u64, u64), Error> {
+        let index = self.unlocked.header().tensor_index().ok_or(Error::NotSafetensors)?;
+        let t = index.tensor(name).ok_or_else(|| Error::NoSuchTensor(name.to_owned()))?;
+        let (begin, _) = t.data_offsets();
+        Ok((index.raw().len() as u64 + begin, t.len()))
+    }
+
+    fn read_tensor_at(&mut self, begin: u64, out: &mut [u8]) -> Result<(), Error> {
+        match self.read_at(begin, out) {
+            Ok(n) if n == out.len() => Ok(()),
+            Ok(_) => Err(Error::Crypto),
+            Err(e) => {
+                zeroize::Zeroize::zeroize(out);
+                Err(e)
+            }
+        }
+    }
+
+    /// The chunk holding plaintext byte `at` (`at < len`): its index and
+    /// the plaintext offset it starts at, or `None` for the tensor index
+    /// (kept in clear, already authenticated).
+    fn chunk_of(&self, at: u64) -> Result<Option<(u64, u64)>, Error> {
+        let header = self.unlocked.header();
+        match header.tensor_index() {
+            None => {
+                let chunk = u64::from(header.chunk_size());
+                Ok(Some((at / chunk, at / chunk * chunk)))
+            }
+            Some(index) => {
+                let block = index.raw().len() as u64;
+                let Some(d) = at.checked_sub(block) else { return Ok(None) };
+                let (i, start, _) = index.chunk_at(d).ok_or(Error::Crypto)?;
+                Ok(Some((i, block + start)))
+            }
+        }
+    }
+
     /// Reads plaintext at `offset` into `out`; returns the bytes read
     /// (fewer than `out.len()` only at the end of the plaintext).
     pub fn read_at(&mut self, offset: u64, out: &mut [u8]) -> Result<usize, Error> {
-        let chunk = u64::from(self.unlocked.header().chunk_size());
         let mut done = 0usize;
         while done < out.len() {
             let at = offset.saturating_add(done as u64);
             if at >= self.len() {
                 break;
             }
-            let index = at / chunk;
-            self.load(index)?;
-            let within = usize::try_from(at - index * chunk).map_err(|_| Error::Crypto)?;
-            let src = self.buf.get(within..).unwrap_or_default();
+            let (src, within) = match self.chunk_of(at)? {
+                Some((index, start)) => {
+                    self.load(index)?;
+                    (self.buf.as_slice(), at - start)
+                }
+                None => (self.unlocked.header().tensor_index().map(TensorIndex::raw).unwrap_or_default(), at),
+            };
+            let within = usize::try_from(within).map_err(|_| Error::Crypto)?;
+            let src = src.get(within..).unwrap_or_default();
             let dst = out.get_mut(done..).unwrap_or_default();
             let n = src.len().min(dst.len());
             if n == 0 {
@@ -100,19 +177,45 @@ impl<R: Read + Seek> ModelReader<R> {
             return Ok(());
         }
         self.cached = None;
-        let stride = u64::from(self.unlocked.header().chunk_size()) + TAG_LEN as u64;
-        let start = index.checked_mul(stride).and_then(|o| o.checked_add(self.data_start)).ok_or(Error::Crypto)?;
-        let len = usize::try_from(self.unlocked.chunk_plain_len(index)).map_err(|_| Error::Crypto)? + TAG_LEN;
-        self.inner.seek(SeekFrom::Start(start))?;
+        let header = self.unlocked.header();
+        // Where the chunk's ciphertext starts, its length and, in the
+        // safetensors-aware layout, where its tag is.
+        let (start, len, tag_at) = match header.tensor_index() {
+            None => {
+                let stride = u64::from(header.chunk_size()) + TAG_LEN as u64;
+                let start =
+                    index.checked_mul(stride).and_then(|o| o.checked_add(self.data_start)).ok_or(Error::Crypto)?;
+                (start, self.unlocked.chunk_plain_len(index) + TAG_LEN as u64, None)
+            }
+            Some(tensors) => {
+                let (tags_at, body_at) = header.table_layout().ok_or(Error::Crypto)?;
+                let t = tensors.tensor_of_chunk(index).ok_or(Error::Crypto)?;
+                let chunk = u64::from(header.chunk_size());
+                let data = t.data_offsets().0 + (index - t.first_chunk()) * chunk;
+                let len = chunk.min(t.data_offsets().1 - data);
+                (body_at + data, len, Some(tags_at + index * TAG_LEN as u64))
+            }
+        };
+        let expected = header.file_len().unwrap_or(0);
+        let len = usize::try_from(len).map_err(|_| Error::Crypto)?;
         self.buf.clear();
         self.buf.resize(len, 0);
+        self.inner.seek(SeekFrom::Start(start))?;
         let got = read_up_to(&mut self.inner, &mut self.buf)?;
         if got < len {
             // The file shrank after it was opened.
-            let expected = self.unlocked.header().file_len().unwrap_or(0);
             return Err(Error::Truncated { expected, found: start.saturating_add(got as u64) });
         }
-        self.unlocked.payload.open(index, self.unlocked.is_last(index), &mut self.buf)?;
+        if let Some(tag_at) = tag_at {
+            let mut tag = [0u8; TAG_LEN];
+            self.inner.seek(SeekFrom::Start(tag_at))?;
+            if read_up_to(&mut self.inner, &mut tag)? < TAG_LEN {
+                return Err(Error::Truncated { expected, found: tag_at });
+            }
+            self.buf.extend_from_slice(&tag);
+        }
+        let last = self.unlocked.is_last(index);
+        self.unlocked.payload.open(index, last, &mut self.buf).map_err(|_| self.unlocked.chunk_error(index))?;
         self.cached = Some(index);
         Ok(())
     }

@@ -312,7 +312,8 @@ fn parser_refuses_each_malformation() {
     assert_eq!(set(0, b"KBSMODEX"), Err(HeaderError::BadMagic));
     assert_eq!(set(8, &2u16.to_be_bytes()), Err(HeaderError::UnsupportedVersion(2)));
     assert_eq!(set(8, &0u16.to_be_bytes()), Err(HeaderError::UnsupportedVersion(0)));
-    assert_eq!(set(10, &1u16.to_be_bytes()), Err(HeaderError::UnsupportedFlags(1)));
+    assert_eq!(set(10, &2u16.to_be_bytes()), Err(HeaderError::UnsupportedFlags(2)));
+    assert_eq!(set(10, &3u16.to_be_bytes()), Err(HeaderError::UnsupportedFlags(3)));
     assert_eq!(set(10, &0x8000u16.to_be_bytes()), Err(HeaderError::UnsupportedFlags(0x8000)));
     assert_eq!(set(12, &(MIN_CHUNK_SIZE - 1).to_be_bytes()), Err(HeaderError::ChunkSize(MIN_CHUNK_SIZE - 1)));
     assert_eq!(set(12, &(MAX_CHUNK_SIZE + 1).to_be_bytes()), Err(HeaderError::ChunkSize(MAX_CHUNK_SIZE + 1)));
@@ -375,6 +376,7 @@ proptest! {
             key_commitment: [2; DIGEST_LEN],
             wrap_nonce: [3; 12],
             wrapped_key: [4; 48],
+            index: None,
         };
         let bytes = header.to_bytes();
         prop_assert_eq!(bytes.len(), header.encoded_len());

@@ -32,7 +32,10 @@ pub(crate) enum ModelCommand {
         paths: Vec<PathBuf>,
     },
     /// Rewrap headers under a new model-key version; bodies are unchanged.
-    /// Each header is rewritten in place after it opened under the old key.
+    /// Each file is replaced atomically (a copy with the new header is
+    /// written beside it, synced, and renamed over it), so a crash leaves
+    /// either the old or the new file. Files already at the new version
+    /// under the new key are skipped, so an interrupted run can be rerun.
     Rewrap(RewrapArgs),
 }
 
@@ -63,6 +66,11 @@ pub(crate) struct EncryptArgs {
     /// Chunks encrypted in parallel [default: the number of cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Encrypt `.safetensors` files whole, like any other file, instead of
+    /// with the safetensors-aware layout (readable tensor index, per-tensor
+    /// chunks).
+    #[arg(long)]
+    whole: bool,
     /// Plaintext file or directory.
     #[arg(value_name = "IN")]
     in_path: PathBuf,
@@ -142,6 +150,10 @@ pub(crate) fn walk(root: &Path) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
             if kind.is_dir() {
                 pending.push(child);
             } else if kind.is_file() {
+                if is_leftover(&entry.file_name()) {
+                    eprintln!("skipping {}: an unfinished temporary file (safe to delete)", entry.path().display());
+                    continue;
+                }
                 out.push((entry.path(), child));
             } else {
                 return Err(Failure::Usage(format!("{}: not a regular file or directory", entry.path().display())));
@@ -150,6 +162,13 @@ pub(crate) fn walk(root: &Path) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
     }
     out.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(out)
+}
+
+/// Whether a file name is one of this tool's temporary files (left behind
+/// only by a crash: an interrupted encrypt or rewrap).
+fn is_leftover(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    (name.starts_with(".kbs-model-") || name.starts_with(".kbs-rewrap-")) && name.ends_with(".tmp")
 }
 
 /// One encrypted output, not yet in place.
@@ -210,7 +229,8 @@ async fn encrypt(cli: &Cli, args: &EncryptArgs) -> Result<(), Failure> {
             (true, _) => args.out_path.clone(),
             (false, _) => args.out_path.join(rel),
         };
-        let done = tokio::task::block_in_place(|| encrypt_one(src, &target, &key, &options))?;
+        let layout = if !args.whole && is_safetensors(src) { Layout::Safetensors } else { Layout::Whole };
+        let done = tokio::task::block_in_place(|| encrypt_one(src, &target, &key, &options, layout))?;
         if progress {
             eprintln!("encrypted {} ({} bytes)", src.display(), done.plaintext_len);
         }
@@ -273,8 +293,28 @@ async fn encrypt(cli: &Cli, args: &EncryptArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// How a file is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// As one opaque byte stream.
+    Whole,
+    /// With the safetensors-aware layout.
+    Safetensors,
+}
+
+/// Whether a file is named like a safetensors file.
+fn is_safetensors(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+}
+
 /// Encrypts `src` into a temporary file beside `target`.
-fn encrypt_one(src: &Path, target: &Path, key: &ModelKey, options: &EncryptOptions) -> Result<Pending, Failure> {
+fn encrypt_one(
+    src: &Path,
+    target: &Path,
+    key: &ModelKey,
+    options: &EncryptOptions,
+    layout: Layout,
+) -> Result<Pending, Failure> {
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -288,7 +328,17 @@ fn encrypt_one(src: &Path, target: &Path, key: &ModelKey, options: &EncryptOptio
         .tempfile_in(&parent)
         .map_err(|e| io_failure(&parent, &e))?;
     let mut writer = BufWriter::with_capacity(1 << 20, temp.as_file());
-    model::encrypt(&mut BufReader::new(input), len, &mut writer, key, options).map_err(|e| model_failure(src, &e))?;
+    let mut reader = BufReader::new(input);
+    match layout {
+        Layout::Whole => model::encrypt(&mut reader, len, &mut writer, key, options).map(|_| ()),
+        Layout::Safetensors => model::encrypt_safetensors(&mut reader, len, &mut writer, key, options).map(|_| ()),
+    }
+    .map_err(|e| match e {
+        model::Error::Header(model::HeaderError::Safetensors(_)) => {
+            Failure::Refused(format!("{}: {} (use --whole to encrypt it as an opaque file)", src.display(), chain(&e)))
+        }
+        other => model_failure(src, &other),
+    })?;
     writer.flush().map_err(|e| io_failure(temp.path(), &e))?;
     drop(writer);
     temp.as_file().sync_all().map_err(|e| io_failure(temp.path(), &e))?;
@@ -311,7 +361,76 @@ fn rewrap_in_place(path: &Path, old: &ModelKey, new: &ModelKey) -> Result<Header
     Ok(rewrapped)
 }
 
+/// The steps of an atomic rewrap, in order; a failure (or crash) between
+/// any two leaves `path` as it was, or (after the rename) as it will be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RewrapStep {
+    /// The copy with the new header is written.
+    Written,
+    /// The copy is synced to disk.
+    Synced,
+    /// The copy replaced the original.
+    Renamed,
+}
+
+/// Replaces `path` by a copy whose header is rewrapped from `old` to `new`
+/// (the header opened under `old` first): temporary file beside it, new
+/// header, body copied unchanged (`copy_file_range`, so a reflink or an
+/// in-kernel copy where the file system can), fsync, rename, fsync of the
+/// directory. `after` runs after each step (tests inject failures there).
+fn rewrap_file(
+    path: &Path,
+    old: &ModelKey,
+    new: &ModelKey,
+    after: &dyn Fn(RewrapStep) -> std::io::Result<()>,
+) -> Result<(), Failure> {
+    let mut src = File::open(path).map_err(|e| io_failure(path, &e))?;
+    let meta = src.metadata().map_err(|e| io_failure(path, &e))?;
+    let header = Header::read_from(&mut src).map_err(|e| model_failure(path, &e))?;
+    let rewrapped = header.rewrap(old, new).map_err(|e| model_failure(path, &e))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".kbs-rewrap-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(|e| io_failure(&dir, &e))?;
+    let mut out = temp.as_file();
+    out.write_all(&rewrapped.to_bytes()).map_err(|e| io_failure(temp.path(), &e))?;
+    let copied = std::io::copy(&mut src, &mut out).map_err(|e| io_failure(temp.path(), &e))?;
+    let expected = meta.len().saturating_sub(header.encoded_len() as u64);
+    if copied != expected {
+        return Err(Failure::Usage(format!("{}: changed while it was being rewrapped", path.display())));
+    }
+    std::fs::set_permissions(temp.path(), meta.permissions()).map_err(|e| io_failure(temp.path(), &e))?;
+    after(RewrapStep::Written).map_err(|e| io_failure(temp.path(), &e))?;
+    temp.as_file().sync_all().map_err(|e| io_failure(temp.path(), &e))?;
+    after(RewrapStep::Synced).map_err(|e| io_failure(temp.path(), &e))?;
+    temp.persist(path).map_err(|e| io_failure(path, &e.error))?;
+    after(RewrapStep::Renamed).map_err(|e| io_failure(path, &e))?;
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io_failure(&dir, &e))?;
+    Ok(())
+}
+
+/// What a rewrap does to one file.
+enum RewrapPlan {
+    /// Rewrap from the old key to the new one.
+    Rewrap(ModelKey, ModelKey),
+    /// Already at the new version under the new key (an earlier run).
+    Done(ModelKey),
+}
+
 fn rewrap(args: &RewrapArgs, output: Output) -> Result<(), Failure> {
+    rewrap_with(args, output, &|_| Ok(()))
+}
+
+fn rewrap_with(
+    args: &RewrapArgs,
+    output: Output,
+    after: &dyn Fn(RewrapStep) -> std::io::Result<()>,
+) -> Result<(), Failure> {
     let old_bytes = read_key_file(&args.key_file)?;
     let new_bytes = read_key_file(&args.new_key_file)?;
     let mut files = Vec::new();
@@ -323,19 +442,31 @@ fn rewrap(args: &RewrapArgs, output: Output) -> Result<(), Failure> {
     for path in &files {
         let mut file = File::open(path).map_err(|e| io_failure(path, &e))?;
         let header = Header::read_from(&mut file).map_err(|e| model_failure(path, &e))?;
-        let old = ModelKey::new(header.secret_name(), header.secret_version(), old_bytes.as_slice())
-            .map_err(|e| Failure::Usage(chain(&e)))?;
         let new = ModelKey::new(header.secret_name(), args.to_version, new_bytes.as_slice())
             .map_err(|e| Failure::Usage(chain(&e)))?;
+        if header.secret_version() == args.to_version && header.unlock(&new).is_ok() {
+            plan.push((path, RewrapPlan::Done(new)));
+            continue;
+        }
+        let old = ModelKey::new(header.secret_name(), header.secret_version(), old_bytes.as_slice())
+            .map_err(|e| Failure::Usage(chain(&e)))?;
         header.unlock(&old).map_err(|e| model_failure(path, &e))?;
-        plan.push((path, old, new));
+        plan.push((path, RewrapPlan::Rewrap(old, new)));
     }
     let mut done = Vec::with_capacity(plan.len());
-    for (path, old, new) in &plan {
-        rewrap_in_place(path, old, new)?;
-        done.push(serde_json::json!({ "file": path, "secret": new.name(), "version": new.version() }));
+    for (path, step) in &plan {
+        let (new, verb) = match step {
+            RewrapPlan::Rewrap(old, new) => {
+                tokio::task::block_in_place(|| rewrap_file(path, old, new, after))?;
+                (new, "rewrapped")
+            }
+            RewrapPlan::Done(new) => (new, "already at"),
+        };
+        done.push(serde_json::json!({
+            "file": path, "secret": new.name(), "version": new.version(), "changed": verb == "rewrapped",
+        }));
         if output == Output::Table {
-            outln!("rewrapped {} to {} version {}", path.display(), new.name(), new.version());
+            outln!("{verb} {} {} version {}", path.display(), new.name(), new.version());
         }
     }
     if output == Output::Json {
@@ -345,6 +476,17 @@ fn rewrap(args: &RewrapArgs, output: Output) -> Result<(), Failure> {
 }
 
 fn inspect(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
+    let (rows, bad) = inspect_rows(paths)?;
+    print_inspection(&rows, output);
+    if bad > 0 {
+        return Err(Failure::Refused(format!("{bad} file(s) are not valid encrypted model files")));
+    }
+    Ok(())
+}
+
+/// One row per file (header fields, tensors, status) and the number of
+/// files that are not valid; no key is used.
+fn inspect_rows(paths: &[PathBuf]) -> Result<(Vec<serde_json::Value>, usize), Failure> {
     let mut rows = Vec::new();
     let mut bad = 0usize;
     for root in paths {
@@ -362,12 +504,28 @@ fn inspect(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
                     if status != "ok" {
                         bad += 1;
                     }
-                    serde_json::json!({
+                    let mut row = serde_json::json!({
                         "file": path, "status": status, "format_version": model::FORMAT_VERSION,
                         "flags": h.flags(), "secret": h.secret_name(), "version": h.secret_version(),
                         "chunk_size": h.chunk_size(), "chunks": h.chunk_count(),
                         "plaintext_bytes": h.plaintext_len(), "file_bytes": size,
-                    })
+                        "layout": if h.tensor_index().is_some() { "safetensors" } else { "whole" },
+                    });
+                    if let (Some(index), Some(fields)) = (h.tensor_index(), row.as_object_mut()) {
+                        let tensors = index
+                            .tensors()
+                            .iter()
+                            .map(|t| {
+                                serde_json::json!({
+                                    "name": t.name(), "dtype": t.dtype().as_str(), "shape": t.shape(),
+                                    "bytes": t.len(),
+                                })
+                            })
+                            .collect();
+                        fields.insert("tensors".into(), tensors);
+                        fields.insert("metadata".into(), serde_json::json!(index.metadata()));
+                    }
+                    row
                 }
                 Err(e) => {
                     bad += 1;
@@ -377,11 +535,15 @@ fn inspect(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
             rows.push(row);
         }
     }
+    Ok((rows, bad))
+}
+
+fn print_inspection(rows: &[serde_json::Value], output: Output) {
     if output == Output::Json {
         outln!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
     } else {
         outln!("{:<40} {:<28} {:>7} {:>12} {:>9} STATUS", "FILE", "SECRET", "VERSION", "PLAINTEXT", "CHUNK");
-        for r in &rows {
+        for r in rows {
             outln!(
                 "{:<40} {:<28} {:>7} {:>12} {:>9} {}",
                 r["file"].as_str().unwrap_or_default(),
@@ -391,17 +553,183 @@ fn inspect(paths: &[PathBuf], output: Output) -> Result<(), Failure> {
                 r["chunk_size"].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                 r["status"].as_str().unwrap_or_default(),
             );
+            for t in r["tensors"].as_array().into_iter().flatten() {
+                let shape: Vec<String> = t["shape"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| d.as_u64().unwrap_or_default().to_string())
+                    .collect();
+                outln!(
+                    "  {:<48} {:<8} [{}] {} bytes",
+                    t["name"].as_str().unwrap_or_default(),
+                    t["dtype"].as_str().unwrap_or_default(),
+                    shape.join(", "),
+                    t["bytes"].as_u64().unwrap_or_default(),
+                );
+            }
         }
     }
-    if bad > 0 {
-        return Err(Failure::Refused(format!("{bad} file(s) are not valid encrypted model files")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Cursor;
+
     use super::*;
+
+    /// A small safetensors file: two F32 tensors and an empty one.
+    fn safetensors_plain() -> Vec<u8> {
+        let json = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,1500],"data_offsets":[0,12000]},"b":{"dtype":"F16","shape":[0],"data_offsets":[12000,12000]},"c":{"dtype":"U8","shape":[7],"data_offsets":[12000,12007]}}"#;
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(json.as_bytes());
+        out.extend((0..12007u32).map(|i| (i % 251) as u8));
+        out
+    }
+
+    fn encrypt_file(path: &Path, plain: &[u8], key: &ModelKey, layout: Layout) {
+        let src = path.with_extension("plain");
+        std::fs::write(&src, plain).unwrap();
+        let opts = EncryptOptions { chunk_size: 4096, threads: 2 };
+        let pending = encrypt_one(&src, path, key, &opts, layout).unwrap();
+        pending.temp.persist(path).unwrap();
+        std::fs::remove_file(src).unwrap();
+    }
+
+    fn decrypts_to(path: &Path, key: &ModelKey, plain: &[u8]) -> bool {
+        let mut out = Vec::new();
+        model::decrypt(&mut Cursor::new(std::fs::read(path).unwrap()), &mut out, key).is_ok() && out == plain
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn safetensors_files_get_the_tensor_layout_and_inspect_lists_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ModelKey::new("m/k", 1, &[7; 32]).unwrap();
+        let plain = safetensors_plain();
+        let path = dir.path().join("model.safetensors");
+        encrypt_file(&path, &plain, &key, Layout::Safetensors);
+        assert!(decrypts_to(&path, &key, &plain));
+        let (rows, bad) = inspect_rows(std::slice::from_ref(&path)).unwrap();
+        assert_eq!(bad, 0);
+        let row = &rows[0];
+        assert_eq!(row["layout"], "safetensors");
+        assert_eq!(row["status"], "ok");
+        assert_eq!(row["metadata"]["format"], "pt");
+        let tensors: Vec<_> = row["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (t["name"].as_str().unwrap(), t["dtype"].as_str().unwrap(), t["shape"].clone(), t["bytes"].clone())
+            })
+            .collect();
+        assert_eq!(
+            tensors,
+            vec![
+                ("a", "F32", serde_json::json!([2, 1500]), serde_json::json!(12000)),
+                ("b", "F16", serde_json::json!([0]), serde_json::json!(0)),
+                ("c", "U8", serde_json::json!([7]), serde_json::json!(7)),
+            ]
+        );
+        // A malformed safetensors file is refused, with the way out named.
+        let bad_src = dir.path().join("bad.safetensors.plain");
+        let mut broken = plain.clone();
+        broken[8] = b'[';
+        std::fs::write(&bad_src, &broken).unwrap();
+        let opts = EncryptOptions { chunk_size: 4096, threads: 1 };
+        let err =
+            encrypt_one(&bad_src, &dir.path().join("bad.safetensors"), &key, &opts, Layout::Safetensors).err().unwrap();
+        assert!(matches!(&err, Failure::Refused(m) if m.contains("--whole")), "{err:?}");
+        assert!(is_safetensors(Path::new("x/Model.SafeTensors")) && !is_safetensors(Path::new("x.bin")));
+    }
+
+    /// Encrypts a safetensors file and a plain file under version 1, with
+    /// key files for versions 1 (old) and 2 (new).
+    /// The working directory, the arguments, the old and new keys, and the
+    /// encrypted files with their plaintexts.
+    type RewrapSetup = (tempfile::TempDir, RewrapArgs, [ModelKey; 2], Vec<(PathBuf, Vec<u8>)>);
+
+    fn rewrap_setup() -> RewrapSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        std::fs::create_dir(&models).unwrap();
+        let old = ModelKey::new("m/k", 1, &[7; 32]).unwrap();
+        let new = ModelKey::new("m/k", 2, &[8; 32]).unwrap();
+        let files = vec![
+            (models.join("a.safetensors"), safetensors_plain()),
+            (models.join("b.bin"), (0..10_000u32).map(|i| (i % 13) as u8).collect()),
+        ];
+        encrypt_file(&files[0].0, &files[0].1, &old, Layout::Safetensors);
+        encrypt_file(&files[1].0, &files[1].1, &old, Layout::Whole);
+        std::fs::write(dir.path().join("old.key"), [7u8; 32]).unwrap();
+        std::fs::write(dir.path().join("new.key"), [8u8; 32]).unwrap();
+        let args = RewrapArgs {
+            key_file: dir.path().join("old.key"),
+            new_key_file: dir.path().join("new.key"),
+            to_version: 2,
+            paths: vec![models],
+        };
+        (dir, args, [old, new], files)
+    }
+
+    #[test]
+    fn rewrap_replaces_each_file_and_can_be_rerun() {
+        let (_dir, args, [old, new], files) = rewrap_setup();
+        rewrap_with(&args, Output::Json, &|_| Ok(())).unwrap();
+        for (path, plain) in &files {
+            assert!(decrypts_to(path, &new, plain), "{}", path.display());
+            assert!(!decrypts_to(path, &old, plain));
+        }
+        // A second run finds everything done and changes nothing.
+        let before: Vec<_> = files.iter().map(|(p, _)| std::fs::read(p).unwrap()).collect();
+        rewrap_with(&args, Output::Json, &|_| Ok(())).unwrap();
+        let after: Vec<_> = files.iter().map(|(p, _)| std::fs::read(p).unwrap()).collect();
+        assert_eq!(before, after);
+        assert_eq!(names_in(args.paths[0].as_path()), vec!["a.safetensors", "b.bin"]);
+    }
+
+    #[test]
+    fn an_interrupted_rewrap_leaves_a_decryptable_file() {
+        for crash in [RewrapStep::Written, RewrapStep::Synced, RewrapStep::Renamed] {
+            let (_dir, args, [old, new], files) = rewrap_setup();
+            let inject = |step: RewrapStep| {
+                if step == crash { Err(std::io::Error::other("injected crash")) } else { Ok(()) }
+            };
+            let err = rewrap_with(&args, Output::Json, &inject).err();
+            assert!(err.is_some(), "{crash:?}");
+            // The first file is whole: the old one before the rename, the
+            // new one after; the second was not touched.
+            let (first, plain) = &files[0];
+            let expect = if crash == RewrapStep::Renamed { &new } else { &old };
+            assert!(decrypts_to(first, expect, plain), "{crash:?}");
+            assert!(decrypts_to(&files[1].0, &old, &files[1].1), "{crash:?}");
+            // No temporary file is left behind, and a rerun completes.
+            assert_eq!(names_in(args.paths[0].as_path()), vec!["a.safetensors", "b.bin"], "{crash:?}");
+            rewrap_with(&args, Output::Json, &|_| Ok(())).unwrap();
+            for (path, plain) in &files {
+                assert!(decrypts_to(path, &new, plain), "{crash:?} {}", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_leftover_temporary_file_is_skipped() {
+        let (_dir, args, [_, new], files) = rewrap_setup();
+        let leftover = args.paths[0].join(".kbs-rewrap-abc123.tmp");
+        std::fs::write(&leftover, b"half a file").unwrap();
+        let listed: Vec<_> = walk(&args.paths[0]).unwrap().into_iter().map(|(_, r)| r).collect();
+        assert_eq!(listed, vec![PathBuf::from("a.safetensors"), PathBuf::from("b.bin")]);
+        rewrap_with(&args, Output::Json, &|_| Ok(())).unwrap();
+        assert!(decrypts_to(&files[0].0, &new, &files[0].1));
+        assert!(is_leftover(std::ffi::OsStr::new(".kbs-model-x.tmp")) && !is_leftover(std::ffi::OsStr::new("a.tmp")));
+    }
 
     #[test]
     fn walk_lists_files_relative_and_refuses_links() {
