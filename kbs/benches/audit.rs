@@ -8,6 +8,8 @@
 //! file is in `KBS_BENCH_DIR` (default: the system's temporary directory),
 //! which should be on the disk the broker would use.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

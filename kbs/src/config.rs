@@ -939,6 +939,26 @@ mod tests {
     }
 
     #[test]
+    fn audit_rotation_and_wait() {
+        let c = Config::from_toml(MINIMAL, Path::new("/etc/kbs")).unwrap();
+        assert_eq!(c.audit_rotation, crate::audit::Rotation::default(), "no rotation by default");
+        assert_eq!(c.audit_max_wait, crate::audit::DEFAULT_WAIT);
+        let with = |audit: &str| Config::from_toml(&format!("{MINIMAL}\n[audit]\n{audit}\n"), Path::new("/etc/kbs"));
+        let c =
+            with("path = \"audit.jsonl\"\nmax_file_bytes = 104857600\nkeep_files = 30\nmax_wait_ms = 2000").unwrap();
+        assert_eq!(c.audit_rotation, crate::audit::Rotation { max_file_bytes: Some(100 << 20), keep_files: 30 });
+        assert_eq!(c.audit_max_wait, Duration::from_secs(2));
+        for bad in [
+            "path = \"audit.jsonl\"\nmax_file_bytes = 100",
+            "max_file_bytes = 104857600",
+            "path = \"audit.jsonl\"\nkeep_files = 3",
+            "path = \"audit.jsonl\"\nmax_wait_ms = 0",
+        ] {
+            assert!(matches!(with(bad), Err(ConfigError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let text = format!("{MINIMAL}\n[dev]\ninsecure = true\n");
         assert!(matches!(Config::from_toml(&text, Path::new("/")), Err(ConfigError::Parse { .. })));

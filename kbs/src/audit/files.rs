@@ -123,7 +123,7 @@ pub fn log_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Option<u64>)>, Audit
     }
     // Rotated files by number, then the current file.
     files.sort_by_key(|(path, seq)| (seq.is_none(), *seq, path.clone()));
-    if files.windows(2).any(|w| w[0].1.is_some() && w[0].1 == w[1].1) {
+    if files.windows(2).any(|w| matches!(w, [(_, Some(a)), (_, Some(b))] if a == b)) {
         return Err(usage("two files with the same number given".into()));
     }
     if files.is_empty() {

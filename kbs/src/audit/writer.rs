@@ -179,7 +179,7 @@ impl Completion {
                 };
             }
         }
-        self.take().map_or_else(|| self.abandon(bound), |outcome| outcome)
+        self.take().unwrap_or_else(|| self.abandon(bound))
     }
 
     /// Waits without holding a thread, at most `bound`.
