@@ -254,10 +254,12 @@ pub enum AuditError {
     /// I/O.
     #[error("audit I/O: {0}")]
     Io(#[from] std::io::Error),
-    /// The record was not written within the wait: the sink is stalled or
-    /// the queue is full.
+    /// The record was not written within the wait: the sink is stalled.
     #[error("audit record not written within {0:?}")]
     Stalled(Duration),
+    /// The queue to the writer is full: the sink is stalled or too slow.
+    #[error("audit queue full ({QUEUE_RECORDS} records waiting)")]
+    QueueFull,
     /// The file's records are (not) keyed, and the log is opened without
     /// (with) a key: a file is keyed throughout or not at all.
     #[error("audit file {0}")]
@@ -432,7 +434,7 @@ impl AuditLog {
             Ok(()) => Ok(done),
             Err(TrySendError::Full(_)) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(AuditError::Stalled(Duration::ZERO))
+                Err(AuditError::QueueFull)
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.shared.queued.fetch_sub(1, Ordering::Relaxed);
@@ -975,6 +977,30 @@ mod tests {
         assert_eq!(failed.len(), 2, "{written}");
         assert!(failed.iter().all(|v| v["reason"] == "internal" && v["decision"] == "allow"));
         assert_eq!(verify_chain(written.as_bytes(), None).unwrap().count, 4);
+    }
+
+    /// Past the queue's bound a record is refused at once, not queued.
+    #[test]
+    fn a_full_queue_refuses_at_once() {
+        let sink = Arc::new(writer::TestSink::default());
+        let log = AuditLog::to_test_sink(Arc::clone(&sink)).with_wait(Duration::from_millis(50));
+        sink.block(true);
+        let mut queued = 0;
+        let refused = loop {
+            match log.submit(&release(queued), true, true, false) {
+                Ok(_) => queued += 1,
+                Err(e) => break e,
+            }
+            assert!(queued <= QUEUE_RECORDS + writer::MAX_BATCH, "the queue is not bounded");
+        };
+        assert!(matches!(refused, AuditError::QueueFull), "{refused}");
+        assert!(queued >= QUEUE_RECORDS);
+        assert!(matches!(log.record(&release(0)), Err(AuditError::QueueFull)));
+        sink.block(false);
+        // Once the writer has made room, a barrier gets through.
+        until(|| log.flush().is_ok());
+        let written = sink.bytes.lock().unwrap().clone();
+        assert_eq!(verify_chain(written.as_slice(), None).unwrap().count, queued);
     }
 
     fn rotating(dir: &Path, key: &AuditKey, keep_files: usize) -> AuditLog {

@@ -24,7 +24,7 @@ use super::files::{FileLink, LogFile, ROTATE_ACTION, RotateError};
 use super::{ANCHOR_EVERY, ANCHOR_EVERY_RECORDS, AuditError, AuditKey, Event, KEYED_VERSION};
 
 /// Most records written in one batch.
-const MAX_BATCH: usize = 1024;
+pub(super) const MAX_BATCH: usize = 1024;
 
 /// Reason of the second record of an `allow` whose caller was refused
 /// because its record was not written in time (`ReasonCode::Internal`).
