@@ -290,6 +290,12 @@ struct RawAudit {
     key_file: Option<PathBuf>,
     #[serde(default)]
     sync: Option<bool>,
+    #[serde(default)]
+    max_file_bytes: Option<u64>,
+    #[serde(default)]
+    keep_files: Option<usize>,
+    #[serde(default)]
+    max_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -446,6 +452,9 @@ pub struct SnpConfig {
     pub crl_refresh: Duration,
 }
 
+/// Smallest `audit.max_file_bytes`: a file holds at least a few records.
+pub const MIN_AUDIT_FILE_BYTES: u64 = 64 * 1024;
+
 /// Default of `snp.crl_refresh_seconds`.
 pub const DEFAULT_CRL_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -557,6 +566,12 @@ pub struct Config {
     /// Whether each audit record is written through to the disk before its
     /// decision is answered (`audit.sync`, default true; files only).
     pub audit_sync: bool,
+    /// Rotation of the audit file (`audit.max_file_bytes`,
+    /// `audit.keep_files`); none by default.
+    pub audit_rotation: crate::audit::Rotation,
+    /// How long a decision waits for its audit record before it is refused
+    /// (`audit.max_wait_ms`, default 5 s).
+    pub audit_max_wait: Duration,
     /// How often policies and reference values are re-read from the store
     /// (`policy.refresh_seconds`, default 30): changes made through another
     /// replica are in force here within it.
@@ -1034,6 +1049,25 @@ impl Config {
             None | Some("-") => None,
             Some(p) => Some(resolve(Path::new(p))),
         };
+        let audit_rotation = match (raw.audit.max_file_bytes, raw.audit.keep_files) {
+            (Some(max), _) if max < MIN_AUDIT_FILE_BYTES => {
+                return Err(ConfigError::Invalid(format!(
+                    "audit.max_file_bytes must be at least {MIN_AUDIT_FILE_BYTES}"
+                )));
+            }
+            (Some(_), _) if audit_path.is_none() => {
+                return Err(ConfigError::Invalid("audit.max_file_bytes needs audit.path (a file)".into()));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid("audit.keep_files needs audit.max_file_bytes".into()));
+            }
+            (max_file_bytes, keep) => crate::audit::Rotation { max_file_bytes, keep_files: keep.unwrap_or(0) },
+        };
+        let audit_max_wait = match raw.audit.max_wait_ms {
+            None => crate::audit::DEFAULT_WAIT,
+            Some(ms) if (1..=600_000).contains(&ms) => Duration::from_millis(ms),
+            Some(_) => return Err(ConfigError::Invalid("audit.max_wait_ms must be 1 to 600000".into())),
+        };
         Ok(Self {
             guest_listen,
             admin_listen,
@@ -1072,6 +1106,8 @@ impl Config {
             audit_path,
             audit_key_file: raw.audit.key_file.map(|p| resolve(&p)),
             audit_sync: raw.audit.sync.unwrap_or(true),
+            audit_rotation,
+            audit_max_wait,
             policy_refresh,
             policy_builtin_default,
             insecure_simulated_tee: raw.dev.insecure_simulated_tee,
@@ -1122,6 +1158,26 @@ mod tests {
         let c = Config::from_toml(&audit, Path::new("/etc/kbs")).unwrap();
         assert!(!c.audit_sync);
         assert_eq!(c.audit_key_file.as_deref(), Some(Path::new("/etc/kbs/audit.key")));
+    }
+
+    #[test]
+    fn audit_rotation_and_wait() {
+        let c = Config::from_toml(MINIMAL, Path::new("/etc/kbs")).unwrap();
+        assert_eq!(c.audit_rotation, crate::audit::Rotation::default(), "no rotation by default");
+        assert_eq!(c.audit_max_wait, crate::audit::DEFAULT_WAIT);
+        let with = |audit: &str| Config::from_toml(&format!("{MINIMAL}\n[audit]\n{audit}\n"), Path::new("/etc/kbs"));
+        let c =
+            with("path = \"audit.jsonl\"\nmax_file_bytes = 104857600\nkeep_files = 30\nmax_wait_ms = 2000").unwrap();
+        assert_eq!(c.audit_rotation, crate::audit::Rotation { max_file_bytes: Some(100 << 20), keep_files: 30 });
+        assert_eq!(c.audit_max_wait, Duration::from_secs(2));
+        for bad in [
+            "path = \"audit.jsonl\"\nmax_file_bytes = 100",
+            "max_file_bytes = 104857600",
+            "path = \"audit.jsonl\"\nkeep_files = 3",
+            "path = \"audit.jsonl\"\nmax_wait_ms = 0",
+        ] {
+            assert!(matches!(with(bad), Err(ConfigError::Invalid(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -149,6 +149,17 @@ pub struct ReleasedSecret {
     pub ciphertext: Vec<u8>,
 }
 
+/// The refusal of a decision whose audit record was not written.
+fn audit_refusal(event: &Event, audit_err: &crate::audit::AuditError) -> Error {
+    tracing::error!(
+        action = event.action,
+        attestation_id = event.attestation_id.as_deref().unwrap_or(""),
+        error = %audit_err,
+        "audit write failed; refusing"
+    );
+    Error::Internal("audit log unavailable".into())
+}
+
 /// The result of a successful release.
 #[derive(Debug)]
 pub struct Released {
@@ -315,15 +326,13 @@ impl Broker {
     /// be written the caller is refused (`internal`) whatever the decision,
     /// so nothing is released without a record.
     pub fn record_decision(&self, event: &Event) -> Result<(), Error> {
-        self.audit.record(event).map_err(|audit_err| {
-            tracing::error!(
-                action = event.action,
-                attestation_id = event.attestation_id.as_deref().unwrap_or(""),
-                error = %audit_err,
-                "audit write failed; refusing"
-            );
-            Error::Internal("audit log unavailable".into())
-        })
+        self.audit.record(event).map_err(|audit_err| audit_refusal(event, &audit_err))
+    }
+
+    /// [`Self::record_decision`] without holding a thread while the record
+    /// is written: a stalled audit sink refuses after its bound.
+    pub async fn record_decision_async(&self, event: &Event) -> Result<(), Error> {
+        self.audit.record_async(event).await.map_err(|audit_err| audit_refusal(event, &audit_err))
     }
 
     /// Issues a challenge for `tee` and `names`.
@@ -383,7 +392,7 @@ impl Broker {
                 tracing::warn!(attestation_id, reason = e.reason().as_str(), cause = %e, "release refused");
             }
         }
-        self.record_decision(&event)?;
+        self.record_decision_async(&event).await?;
         // Every release is in the audit record; the operational log has
         // refusals (above) and, at debug level, releases.
         if let Ok(released) = &result {

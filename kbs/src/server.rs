@@ -194,13 +194,12 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     let audit = Arc::new(
         match &config.audit_path {
             None => AuditLog::stdout(&config.replica_id, audit_key),
-            Some(path) => AuditLog::file(path, &config.replica_id, audit_key).map_err(|e| StartError::File {
-                what: "audit.path",
-                path: path.display().to_string(),
-                why: e.to_string(),
+            Some(path) => AuditLog::open(path, &config.replica_id, audit_key, config.audit_rotation).map_err(|e| {
+                StartError::File { what: "audit.path", path: path.display().to_string(), why: e.to_string() }
             })?,
         }
-        .with_sync(config.audit_sync),
+        .with_sync(config.audit_sync)
+        .with_wait(config.audit_max_wait),
     );
     if !config.audit_sync && config.audit_path.is_some() {
         tracing::warn!(

@@ -11,13 +11,18 @@ use crate::{Failure, Output};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum AuditCommand {
-    /// Check the hash chain of an audit file (JSON lines) and, with
+    /// Check the hash chain of an audit log (JSON lines) and, with
     /// `--key`, the MAC of every record: exit 0 intact, 2 broken (a record
-    /// edited, removed or reordered, or rewritten without the key), 1
+    /// edited, removed or reordered, a rotated file missing, reordered,
+    /// truncated or replaced, or a log rewritten without the key), 1
     /// unreadable.
     Verify {
-        /// The audit file.
-        file: PathBuf,
+        /// The log's files: the current file and the rotated ones
+        /// (`PATH.NNNNNN`), in any order, or the directory holding them.
+        /// A set may start at a rotated file (older ones shipped or
+        /// deleted): it is checked from that file's link on.
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
         /// The broker's audit key (`[audit] key_file`: 32 raw bytes or 64
         /// hex digits). Without it the MACs are not checked, and a file
         /// rewritten whole with a recomputed hash chain passes.
@@ -48,7 +53,7 @@ pub(crate) enum AuditCommand {
 
 /// `audit verify`: offline, no broker.
 pub(crate) fn verify(
-    file: &std::path::Path,
+    files: &[PathBuf],
     key: Option<&std::path::Path>,
     expect: Option<(usize, &str)>,
     output: Output,
@@ -70,43 +75,62 @@ pub(crate) fn verify(
         }
         None => None,
     };
-    match kbs::audit::verify_file_anchored(file, key.as_ref(), anchor.as_ref()) {
+    let named = |file: &Option<PathBuf>| match file {
+        Some(f) => f.display().to_string(),
+        None => files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" "),
+    };
+    match kbs::audit::verify_files(files, key.as_ref(), anchor.as_ref()) {
         Ok(found) => {
             let (count, last) = (found.count, hex::encode(found.last));
+            let span = if found.files > 1 || found.first_file > 1 {
+                format!(" in files {} to {}", found.first_file, found.last_file)
+            } else {
+                String::new()
+            };
+            let before = if found.before > 0 {
+                format!(" (the first {} in earlier files not given)", found.before)
+            } else {
+                String::new()
+            };
             match (output, found.head_mac) {
                 (Output::Json, head) => outln!(
                     "{}",
                     serde_json::json!({"ok": true, "records": count, "last": last, "keyed": found.keyed,
-                        "macs_checked": head.is_some(), "head_mac": head.map(hex::encode)})
+                        "macs_checked": head.is_some(), "head_mac": head.map(hex::encode),
+                        "files": found.files, "first_file": found.first_file, "last_file": found.last_file,
+                        "records_before": found.before})
                 ),
                 (Output::Table, Some(head)) => {
-                    outln!("ok: {count} records, hash and MAC chains intact (head MAC {})", hex::encode(head))
+                    outln!(
+                        "ok: {count} records{span}{before}, hash and MAC chains intact (head MAC {})",
+                        hex::encode(head)
+                    )
                 }
                 (Output::Table, None) => {
                     let carried = if found.keyed { "the records carry MACs, " } else { "" };
                     outln!(
-                        "ok: {count} records, hash chain intact (last record SHA-256 {last}); {carried}MACs not checked (give --key)"
+                        "ok: {count} records{span}{before}, hash chain intact (last record SHA-256 {last}); {carried}MACs not checked (give --key)"
                     )
                 }
             }
             Ok(())
         }
-        Err(kbs::audit::AuditError::Truncated { expected, found }) => {
+        Err((file, kbs::audit::AuditError::Truncated { expected, found })) => {
             if output == Output::Json {
                 outln!(
                     "{}",
                     serde_json::json!({"ok": false, "truncated": true, "expected": expected, "records": found})
                 );
             }
-            Err(Failure::Refused(format!("truncated: {}: {expected} records expected, {found} found", file.display())))
+            Err(Failure::Refused(format!("truncated: {}: {expected} records expected, {found} found", named(&file))))
         }
-        Err(kbs::audit::AuditError::Broken { line, why }) => {
+        Err((file, kbs::audit::AuditError::Broken { line, why })) => {
             if output == Output::Json {
-                outln!("{}", serde_json::json!({"ok": false, "line": line, "why": why}));
+                outln!("{}", serde_json::json!({"ok": false, "file": named(&file), "line": line, "why": why}));
             }
-            Err(Failure::Refused(format!("broken: {}: line {line}: {why}", file.display())))
+            Err(Failure::Refused(format!("broken: {}: line {line}: {why}", named(&file))))
         }
-        Err(e) => Err(Failure::Usage(format!("{}: {e}", file.display()))),
+        Err((file, e)) => Err(Failure::Usage(format!("{}: {e}", named(&file)))),
     }
 }
 

@@ -205,9 +205,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let mut client = connection::connect(&cli).await?;
             refval::run(&mut client, cmd, cli.output).await
         }
-        Command::Audit(audit::AuditCommand::Verify { file, key, expect_count, expect_head }) => {
+        Command::Audit(audit::AuditCommand::Verify { files, key, expect_count, expect_head }) => {
             let expect = expect_count.zip(expect_head.as_deref());
-            audit::verify(file, key.as_deref(), expect, cli.output)
+            audit::verify(files, key.as_deref(), expect, cli.output)
         }
         Command::Audit(cmd) => {
             let mut client = connection::connect(&cli).await?;

@@ -1,0 +1,594 @@
+//! The audit log's files: the current file, its rotation into numbered
+//! files, and the check of a chain that runs through several files.
+//!
+//! The current file is `PATH`; when it reaches `max_file_bytes` it becomes
+//! `PATH.NNNNNN` (its file sequence number, from 1) and a new `PATH` starts
+//! with an `audit.rotate` record. That record carries `"file":{"seq",
+//! "records","prev_mac"}`: its own file's number, the number of records
+//! before it in the whole log, and (keyed) the MAC of the previous file's
+//! last record; its `prev` is the SHA-256 of that last record's line, and
+//! its MAC continues the MAC chain. The files of a log are thus one chain:
+//! a missing, reordered, truncated or replaced file breaks it at the first
+//! record of the file after it, and a set that starts at a rotated file is
+//! checked from that file's link on.
+//!
+//! Rotation is crash-safe: the new file is written whole and synced as
+//! `PATH.next`, then `PATH` is renamed to `PATH.NNNNNN`, then `PATH.next`
+//! to `PATH`, then the directory is synced. A crash at any step leaves a
+//! set that verifies; opening the log removes a leftover `PATH.next` (it
+//! holds no decision) and, when `PATH` is missing, starts it again with the
+//! link to the last rotated file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Anchor, AuditError, AuditKey, KEYED_VERSION, MAC_SUFFIX_LEN, Verified, read_record};
+
+/// The action of the record that starts every file after the first.
+pub const ROTATE_ACTION: &str = "audit.rotate";
+
+/// Digits of a rotated file's number (`audit.jsonl.000001`).
+const SEQ_DIGITS: usize = 6;
+
+/// The link a file after the first starts with (the `file` field of its
+/// `audit.rotate` record).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub(super) struct FileLink {
+    /// This file's sequence number (2 for the file after the first).
+    pub seq: u64,
+    /// Records in the log before this one.
+    pub records: usize,
+    /// The MAC of the previous file's last record (keyed logs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_mac: Option<String>,
+}
+
+/// How the current file is rotated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate once the current file holds this many bytes (`None`: never).
+    pub max_file_bytes: Option<u64>,
+    /// Rotated files kept; older ones are deleted (0: all are kept).
+    pub keep_files: usize,
+}
+
+/// The name of rotated file `seq` of the log at `path`.
+pub fn rotated_path(path: &Path, seq: u64) -> PathBuf {
+    let mut name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(format!(".{seq:0SEQ_DIGITS$}"));
+    path.with_file_name(name)
+}
+
+/// Where a rotation writes the next file before renaming it in.
+fn next_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(".next");
+    path.with_file_name(name)
+}
+
+/// The sequence number in a rotated file's name (`BASE.NNNNNN`), and BASE.
+fn parse_rotated(name: &str) -> Option<(&str, u64)> {
+    let (base, digits) = name.rsplit_once('.')?;
+    if base.is_empty() || digits.len() < SEQ_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((base, digits.parse().ok()?))
+}
+
+/// The rotated files of the log at `path`, by number.
+pub fn rotated_files(path: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(own) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some((base, seq)) = name.to_str().and_then(parse_rotated)
+            && base == own
+        {
+            found.push((seq, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The files of one log, in chain order, from what a user names: files
+/// (ordered by the number in a rotated file's name, the file without one
+/// last) or one directory (its rotated files `BASE.NNNNNN` and `BASE`; or,
+/// without rotated files, its only `*.jsonl` file). Each comes with the
+/// number its name gives, checked against its content.
+pub fn log_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Option<u64>)>, AuditError> {
+    let usage = |why: String| AuditError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    let mut files = Vec::new();
+    for path in paths {
+        if std::fs::metadata(path)?.is_dir() {
+            files.extend(directory_files(path)?);
+        } else {
+            let seq = path.file_name().and_then(|n| n.to_str()).and_then(parse_rotated).map(|(_, seq)| seq);
+            files.push((path.clone(), seq));
+        }
+    }
+    if files.iter().filter(|(_, seq)| seq.is_none()).count() > 1 {
+        return Err(usage("more than one current file (a file without a .NNNNNN number) given".into()));
+    }
+    // Rotated files by number, then the current file.
+    files.sort_by_key(|(path, seq)| (seq.is_none(), *seq, path.clone()));
+    if files.windows(2).any(|w| matches!(w, [(_, Some(a)), (_, Some(b))] if a == b)) {
+        return Err(usage("two files with the same number given".into()));
+    }
+    if files.is_empty() {
+        return Err(usage("no audit file given".into()));
+    }
+    Ok(files)
+}
+
+fn directory_files(dir: &Path) -> Result<Vec<(PathBuf, Option<u64>)>, AuditError> {
+    let usage = |why: String| AuditError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    let mut rotated = Vec::new();
+    let mut others = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        match parse_rotated(&name) {
+            Some((base, seq)) => rotated.push((base.to_owned(), seq, entry.path())),
+            None => others.push(name),
+        }
+    }
+    let mut bases: Vec<&str> = rotated.iter().map(|(base, _, _)| base.as_str()).collect();
+    bases.dedup();
+    let base = match bases.as_slice() {
+        [one] => (*one).to_owned(),
+        [] => {
+            let logs: Vec<&String> = others.iter().filter(|n| n.ends_with(".jsonl")).collect();
+            match logs.as_slice() {
+                [one] => (*one).clone(),
+                _ => return Err(usage(format!("{}: no single audit log in it; give its files", dir.display()))),
+            }
+        }
+        _ => return Err(usage(format!("{}: rotated files of several logs in it; give the files", dir.display()))),
+    };
+    let mut files: Vec<(PathBuf, Option<u64>)> =
+        rotated.into_iter().filter(|(b, _, _)| *b == base).map(|(_, seq, path)| (path, Some(seq))).collect();
+    if others.contains(&base) {
+        files.push((dir.join(&base), None));
+    }
+    Ok(files)
+}
+
+/// The check of one chain through one or more files, fed in order.
+#[derive(Debug)]
+pub struct ChainCheck<'a> {
+    key: Option<&'a AuditKey>,
+    anchor: Option<&'a Anchor>,
+    prev: [u8; 32],
+    head: [u8; 32],
+    count: usize,
+    keyed: Option<bool>,
+    /// The number of the last file fed (`None` before the first record).
+    seq: Option<u64>,
+    first_seq: Option<u64>,
+    /// Records before the first file fed.
+    before: usize,
+    files: usize,
+}
+
+impl<'a> ChainCheck<'a> {
+    /// A check with the MACs under `key` (when given) and through `anchor`.
+    pub fn new(key: Option<&'a AuditKey>, anchor: Option<&'a Anchor>) -> Self {
+        Self {
+            key,
+            anchor,
+            prev: [0; 32],
+            head: [0; 32],
+            count: 0,
+            keyed: None,
+            seq: None,
+            first_seq: None,
+            before: 0,
+            files: 0,
+        }
+    }
+
+    /// Checks the next file; `named` is the number its name gives, if any.
+    pub fn file(&mut self, mut reader: impl BufRead, named: Option<u64>) -> Result<(), AuditError> {
+        let mut line = Vec::new();
+        let mut number = 0;
+        loop {
+            number += 1;
+            if !read_record(&mut reader, &mut line, number)? {
+                break;
+            }
+            let broken = |why: &str| AuditError::Broken { line: number, why: why.into() };
+            let value: serde_json::Value = serde_json::from_slice(&line)
+                .map_err(|e| AuditError::Broken { line: number, why: format!("not JSON: {e}") })?;
+            let is_link = value.get("action").and_then(serde_json::Value::as_str) == Some(ROTATE_ACTION);
+            if number == 1 {
+                self.start_file(&value, is_link, named).map_err(|why| broken(&why))?;
+            } else if is_link {
+                return Err(broken("a file link inside a file: files were joined"));
+            }
+            let claimed = value.get("prev").and_then(|p| p.as_str()).unwrap_or_default();
+            if claimed != hex::encode(self.prev) {
+                return Err(broken("prev does not match the previous record"));
+            }
+            let mac = value.get("mac").and_then(|m| m.as_str());
+            let has_mac = mac.is_some();
+            if *self.keyed.get_or_insert(has_mac) != has_mac {
+                return Err(broken("records with and without MACs are mixed"));
+            }
+            if has_mac && value.get("v").and_then(serde_json::Value::as_u64) != Some(u64::from(KEYED_VERSION)) {
+                return Err(broken("a MAC-chained record must be format v2"));
+            }
+            if let Some(key) = self.key {
+                let mac = mac.ok_or_else(|| broken("no MAC"))?;
+                let tag = hex::decode(mac)
+                    .ok()
+                    .filter(|t| t.len() == 32)
+                    .ok_or_else(|| broken("MAC is not 64 hex digits"))?;
+                let suffix = format!(",\"mac\":\"{mac}\"}}");
+                let body = line
+                    .len()
+                    .checked_sub(MAC_SUFFIX_LEN)
+                    .and_then(|n| line.get(..n))
+                    .filter(|_| line.ends_with(suffix.as_bytes()))
+                    .ok_or_else(|| broken("the MAC is not the record's last field"))?;
+                let mut content = body.to_vec();
+                content.push(b'}');
+                if !key.verify(&self.head, &content, &tag) {
+                    return Err(broken("MAC does not verify (edited, reordered, or another key)"));
+                }
+                self.head.copy_from_slice(&tag);
+            }
+            self.prev = Sha256::digest(&line).into();
+            self.count += 1;
+            if let Some(anchor) = self.anchor.filter(|a| a.count == self.count) {
+                let at = if self.key.is_some() { &self.head } else { &self.prev };
+                if *at != anchor.head {
+                    return Err(broken("not the expected head: the log was rewritten up to here"));
+                }
+            }
+        }
+        if number == 1 && named.is_some() {
+            return Err(AuditError::Broken { line: 1, why: "a rotated file is empty".into() });
+        }
+        self.files += 1;
+        Ok(())
+    }
+
+    /// The first record of a file: a file link continues the chain (or,
+    /// in the first file fed, starts the check there); any other record
+    /// starts a log, and only the first file fed may.
+    fn start_file(&mut self, value: &serde_json::Value, is_link: bool, named: Option<u64>) -> Result<(), String> {
+        let seq = if is_link {
+            let link = value.get("file").ok_or("a file link without its file field")?;
+            let seq = link.get("seq").and_then(serde_json::Value::as_u64).filter(|s| *s >= 2);
+            let records = link.get("records").and_then(serde_json::Value::as_u64);
+            let (Some(seq), Some(records)) = (seq, records) else {
+                return Err("a file link without a valid seq and records".into());
+            };
+            let records = usize::try_from(records).map_err(|_| "a file link's records out of range")?;
+            let prev_mac = link.get("prev_mac").and_then(serde_json::Value::as_str);
+            match self.seq {
+                None => {
+                    // The set starts after earlier files: take the link's
+                    // word for what came before; its own MAC (keyed) and
+                    // everything after it are still checked.
+                    let prev = value.get("prev").and_then(serde_json::Value::as_str).unwrap_or_default();
+                    self.prev = decode32(prev).ok_or("a file link whose prev is not 64 hex digits")?;
+                    if self.key.is_some() {
+                        self.head = prev_mac.and_then(decode32).ok_or("a keyed file link without prev_mac")?;
+                    }
+                    self.count = records;
+                    self.before = records;
+                }
+                Some(last) => {
+                    if seq != last.saturating_add(1) {
+                        return Err(format!("file {seq} follows file {last}: a file is missing or out of order"));
+                    }
+                    if records != self.count {
+                        return Err(format!(
+                            "the link counts {records} earlier records, the files before hold {}: a file was truncated",
+                            self.count
+                        ));
+                    }
+                    if self.key.is_some() && prev_mac != Some(hex::encode(self.head).as_str()) {
+                        return Err("prev_mac is not the previous file's last MAC".into());
+                    }
+                }
+            }
+            seq
+        } else {
+            if let Some(last) = self.seq {
+                return Err(format!(
+                    "a file after file {last} does not start with the link to it: a file is missing, out of order or truncated at its start"
+                ));
+            }
+            1
+        };
+        if let Some(named) = named
+            && named != seq
+        {
+            return Err(format!("the file is named number {named} but holds file {seq}: renamed"));
+        }
+        self.seq = Some(seq);
+        self.first_seq.get_or_insert(seq);
+        Ok(())
+    }
+
+    /// The result, once every file is fed.
+    pub fn finish(self) -> Result<Verified, AuditError> {
+        if let Some(anchor) = self.anchor {
+            if anchor.count > self.count {
+                return Err(AuditError::Truncated { expected: anchor.count, found: self.count });
+            }
+            if anchor.count <= self.before && anchor.count > 0 {
+                return Err(AuditError::Broken {
+                    line: 1,
+                    why: format!("the expected head (record {}) is in a file before those given", anchor.count),
+                });
+            }
+        }
+        let seq = self.seq.unwrap_or(1);
+        Ok(Verified {
+            count: self.count,
+            last: self.prev,
+            head_mac: self.key.map(|_| self.head),
+            keyed: self.keyed.unwrap_or(false),
+            before: self.before,
+            first_file: self.first_seq.unwrap_or(seq),
+            last_file: seq,
+            files: self.files,
+        })
+    }
+}
+
+fn decode32(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text).ok().and_then(|b| <[u8; 32]>::try_from(b).ok())
+}
+
+/// Checks the files of one log in order ([`log_files`]); an error names the
+/// file it is in.
+pub fn verify_files(
+    paths: &[PathBuf],
+    key: Option<&AuditKey>,
+    anchor: Option<&Anchor>,
+) -> Result<Verified, (Option<PathBuf>, AuditError)> {
+    let files = log_files(paths).map_err(|e| (None, e))?;
+    verify_ordered(&files, key, anchor)
+}
+
+fn verify_ordered(
+    files: &[(PathBuf, Option<u64>)],
+    key: Option<&AuditKey>,
+    anchor: Option<&Anchor>,
+) -> Result<Verified, (Option<PathBuf>, AuditError)> {
+    let mut check = ChainCheck::new(key, anchor);
+    let mut last = None;
+    for (path, named) in files {
+        let reader = File::open(path).map(BufReader::new).map_err(|e| (Some(path.clone()), e.into()))?;
+        check.file(reader, *named).map_err(|e| (Some(path.clone()), e))?;
+        last = Some(path.clone());
+    }
+    check.finish().map_err(|e| (last, e))
+}
+
+/// The current file, as the writer holds it.
+#[derive(Debug)]
+pub(super) struct LogFile {
+    path: PathBuf,
+    file: File,
+    /// Bytes in the current file.
+    pub len: u64,
+    /// The current file's number.
+    pub seq: u64,
+    rotation: Rotation,
+    /// No rotation is tried before this (after one that could not start).
+    retry_at: Option<std::time::Instant>,
+}
+
+/// What opening a log found.
+pub(super) struct Opened {
+    pub file: LogFile,
+    /// The chain's end, across the files checked.
+    pub found: Verified,
+    /// The current file was missing after rotated files (a rotation cut
+    /// short): it must start with the link to the last one.
+    pub needs_link: bool,
+}
+
+/// How a rotation failed.
+#[derive(Debug)]
+pub(super) enum RotateError {
+    /// Nothing was changed; the current file stays.
+    NotStarted(std::io::Error),
+    /// The current file was renamed and its successor is not in place: no
+    /// record may be written until the log is opened again.
+    Broken(std::io::Error),
+}
+
+fn open_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o640);
+    }
+    options
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl LogFile {
+    /// Opens the log at `path`: checks the last rotated file and the
+    /// current one as one chain (the MACs with `key`), and finishes a
+    /// rotation a crash cut short.
+    pub(super) fn open(path: &Path, key: Option<&AuditKey>, rotation: Rotation) -> Result<Opened, AuditError> {
+        // What is there is read before anything is written: a device or a
+        // FIFO (`/dev/zero`, `/dev/stdout`) would be read forever. Audit to
+        // stdout is `path = "-"`.
+        if path.exists() && !std::fs::metadata(path)?.is_file() {
+            return Err(AuditError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the audit path exists and is not a regular file",
+            )));
+        }
+        // A file a rotation wrote and did not rename in holds only its
+        // link record, no decision.
+        let next = next_path(path);
+        if next.exists() {
+            tracing::warn!(path = %next.display(), "removing the new file of a rotation cut short");
+            std::fs::remove_file(&next)?;
+        }
+        let mut files: Vec<(PathBuf, Option<u64>)> =
+            rotated_files(path)?.last().map(|(seq, p)| (p.clone(), Some(*seq))).into_iter().collect();
+        let current = path.exists() && std::fs::metadata(path)?.len() > 0;
+        if current {
+            files.push((path.to_owned(), None));
+        }
+        let unwrap_file = |(_, e): (Option<PathBuf>, AuditError)| e;
+        let mut found = verify_ordered(&files, None, None).map_err(unwrap_file)?;
+        match (key, found.count > 0, found.keyed) {
+            (Some(_), true, false) => {
+                return Err(AuditError::KeyMismatch("holds records without MACs; move it aside to start a keyed log"));
+            }
+            (None, _, true) => return Err(AuditError::KeyMismatch("is MAC-chained but no audit key is configured")),
+            (Some(key), _, true) => found = verify_ordered(&files, Some(key), None).map_err(unwrap_file)?,
+            _ => {}
+        }
+        let needs_link = !current && !files.is_empty();
+        let file = open_options().open(path)?;
+        let len = file.metadata()?.len();
+        let seq = if needs_link { found.last_file.saturating_add(1) } else { found.last_file };
+        Ok(Opened {
+            file: LogFile { path: path.to_owned(), file, len, seq, rotation, retry_at: None },
+            found,
+            needs_link,
+        })
+    }
+
+    /// Appends `bytes`.
+    pub(super) fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.file.flush()?;
+        self.len = self.len.saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
+        Ok(())
+    }
+
+    /// Writes what was appended through to the disk.
+    pub(super) fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Cuts the file back to `len` bytes (a batch whose write failed).
+    pub(super) fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Whether the current file should be rotated now.
+    pub(super) fn wants_rotation(&self) -> bool {
+        let due = self.rotation.max_file_bytes.is_some_and(|max| self.len >= max);
+        due && self.retry_at.is_none_or(|at| std::time::Instant::now() >= at)
+    }
+
+    /// Rotates: the current file becomes rotated file `seq`, and a new one
+    /// starts with `link` (the `audit.rotate` record of file `seq + 1`,
+    /// with its newline).
+    pub(super) fn rotate(&mut self, link: &[u8]) -> Result<(), RotateError> {
+        let rotated = rotated_path(&self.path, self.seq);
+        let next = next_path(&self.path);
+        let not_started = |e: std::io::Error, retry_at: &mut Option<std::time::Instant>| {
+            *retry_at = Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
+            RotateError::NotStarted(e)
+        };
+        if rotated.exists() {
+            let e = std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} exists", rotated.display()));
+            return Err(not_started(e, &mut self.retry_at));
+        }
+        let written = (|| {
+            let mut options = open_options();
+            options.append(false).write(true).truncate(true);
+            let mut file = options.open(&next)?;
+            file.write_all(link)?;
+            file.sync_data()?;
+            std::fs::rename(&self.path, &rotated)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&next);
+            return Err(not_started(e, &mut self.retry_at));
+        }
+        let placed = (|| {
+            std::fs::rename(&next, &self.path)?;
+            sync_dir(&self.path)?;
+            open_options().open(&self.path)
+        })();
+        let file = placed.map_err(RotateError::Broken)?;
+        self.file = file;
+        self.len = u64::try_from(link.len()).unwrap_or(u64::MAX);
+        self.seq = self.seq.saturating_add(1);
+        self.retry_at = None;
+        self.prune();
+        Ok(())
+    }
+
+    /// Starts a current file that a crash left missing with `link` (the
+    /// writer does it once, before any record).
+    pub(super) fn start_with_link(&mut self, link: &[u8]) -> std::io::Result<()> {
+        let next = next_path(&self.path);
+        let mut options = open_options();
+        options.append(false).write(true).truncate(true);
+        let mut file = options.open(&next)?;
+        file.write_all(link)?;
+        file.sync_data()?;
+        std::fs::rename(&next, &self.path)?;
+        sync_dir(&self.path)?;
+        self.file = open_options().open(&self.path)?;
+        self.len = u64::try_from(link.len()).unwrap_or(u64::MAX);
+        Ok(())
+    }
+
+    /// Deletes the oldest rotated files past `keep_files`.
+    fn prune(&self) {
+        if self.rotation.keep_files == 0 {
+            return;
+        }
+        let files = match rotated_files(&self.path) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(error = %e, "listing rotated audit files failed");
+                return;
+            }
+        };
+        let extra = files.len().saturating_sub(self.rotation.keep_files);
+        for (_, old) in files.iter().take(extra) {
+            match std::fs::remove_file(old) {
+                Ok(()) => tracing::info!(file = %old.display(), "rotated audit file deleted (audit.keep_files)"),
+                Err(e) => tracing::error!(file = %old.display(), error = %e, "deleting a rotated audit file failed"),
+            }
+        }
+    }
+}
