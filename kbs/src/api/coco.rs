@@ -694,7 +694,7 @@ impl Audit {
 
     /// Records the decision; if the record cannot be written, nothing is
     /// released.
-    fn finish<T>(mut self, broker: &Broker, result: Result<T, Error>) -> Result<T, Error> {
+    async fn finish<T>(mut self, broker: &Broker, result: Result<T, Error>) -> Result<T, Error> {
         let refused = result.as_ref().err().map(|e| e.reason().as_str());
         let (tee, id, count) = (self.event.tee, self.event.attestation_id.as_deref(), self.event.secrets.len());
         crate::telemetry::record_outcome(tee, id, count, refused);
@@ -717,7 +717,7 @@ impl Audit {
                 );
             }
         }
-        broker.record_decision(&self.event)?;
+        broker.record_decision_async(&self.event).await?;
         if result.is_ok() {
             tracing::debug!(
                 action = self.event.action,
@@ -750,7 +750,7 @@ async fn attest(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
     };
     let mut audit = Audit::new("coco.attest", Some(attestation_id.clone()), caller);
     let result = svc.attest(cookie.as_deref(), &body, &attestation_id, &mut audit).await;
-    match audit.finish(&svc.broker, result) {
+    match audit.finish(&svc.broker, result).await {
         Ok(token) => {
             let mut response = json_response(StatusCode::OK, &json!({ "token": token }));
             set_cookie(&mut response, &token, svc.token_ttl);
@@ -1058,7 +1058,7 @@ async fn resource(State(svc): State<Arc<CocoService>>, req: Request) -> Response
     let mut audit = Audit::new("coco.resource", attestation_id, caller);
     let result = svc.resource(&claims, &path, &mut audit).await;
     let tee = crate::metrics::Tee::from_name(audit.event.tee);
-    let result = audit.finish(&svc.broker, result);
+    let result = audit.finish(&svc.broker, result).await;
     svc.broker.metrics().release(tee, result.as_ref().err().map(Error::reason), started.elapsed());
     match result {
         Ok(jwe) => json_response(StatusCode::OK, &jwe),

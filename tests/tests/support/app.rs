@@ -72,6 +72,8 @@ pub struct TestApp {
     pub token: String,
     /// The broker's clock.
     pub clock: Arc<Mutex<OffsetDateTime>>,
+    /// The broker's audit log, to flush before the file is read.
+    audit: Arc<kbs::audit::AuditLog>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -169,6 +171,7 @@ impl TestApp {
             Arc::new(move || *clock.lock().unwrap())
         };
         let app = kbs::server::build(&config, clock_fn, !options.production).await.unwrap();
+        let audit = Arc::clone(app.broker.audit());
         let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
         let url = |l: &tokio::net::TcpListener| format!("https://localhost:{}", l.local_addr().unwrap().port());
         let (guest, admin) = (bind().await, bind().await);
@@ -200,6 +203,7 @@ impl TestApp {
             coco_url,
             metrics_url,
             clock,
+            audit,
             stop: Some(tx),
         }
     }
@@ -250,8 +254,10 @@ impl TestApp {
         *now += time::Duration::seconds(seconds);
     }
 
-    /// The audit log file.
+    /// The audit log file, once every record queued so far is in it
+    /// (refusals made before any effect are queued, not waited for).
     pub fn audit_path(&self) -> PathBuf {
+        self.audit.flush().unwrap();
         self.dir.path().join("audit.jsonl")
     }
 
