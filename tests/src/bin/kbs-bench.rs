@@ -962,11 +962,14 @@ impl FloodRun {
                 self.rate, args.flood_from, args.flood_connections
             );
             let (from, connections) = (args.flood_from, args.flood_connections);
+            let flood_cpu = CpuSource::Threads(flood::THREADS);
+            let flood_cpu_before = flood_cpu.seconds(tick);
             let flood =
                 flood::Flood::start(&self.tls, self.port, from, connections, self.rate, &template.names).await?;
             // The floor is not measured under the flood: it would measure
             // the flood.
             let phase = run_phase(args, template, concurrency, cpu, tick, None).await;
+            let flood_cpu_seconds = flood_cpu.seconds(tick).zip(flood_cpu_before).map(|(b, a)| b - a);
             let (seconds, [ok, limited, other, backlog], first_failure) = flood.stop();
             let phase = phase?;
             print_phase(&phase);
@@ -981,6 +984,12 @@ impl FloodRun {
                 per_s(other),
                 per_s(backlog)
             );
+            if let Some(cpu) = flood_cpu_seconds {
+                println!(
+                    "       flood: the flooding peer itself used {:.2} CPU cores on this machine",
+                    cpu / seconds.max(1e-9)
+                );
+            }
             if let Some(failure) = first_failure {
                 println!("       flood: first other error: {failure}");
                 failed = true;

@@ -43,11 +43,15 @@ impl Counts {
     }
 }
 
-/// A running flood; it stops when dropped.
+/// Name prefix of the flooding peer's threads (its own runtime, so that
+/// its CPU time can be told apart from the guests').
+pub const THREADS: &str = "kbs-flood";
+
+/// A running flood, on a runtime of its own; it stops when dropped.
 pub struct Flood {
     counts: Arc<Counts>,
     started: Instant,
-    task: tokio::task::JoinHandle<()>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Flood {
@@ -62,64 +66,103 @@ impl Flood {
         rate: u32,
         names: &[String],
     ) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(THREADS)
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
+            .enable_all()
+            .build()?;
         let names = Arc::new(names.to_vec());
         let tls = Arc::new(tls.clone());
-        let mut clients = Vec::with_capacity(connections);
-        for _ in 0..connections.max(1) {
-            clients.push(KeyBrokerClient::new(channel(&tls, port, from).await?));
-        }
         let counts = Arc::new(Counts::default());
-        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-        let task = {
+        let (ready, connected) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        {
             let counts = Arc::clone(&counts);
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let mut ticker = tokio::time::interval(TICK);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                let mut sent = 0u64;
-                let mut next = 0usize;
-                loop {
-                    ticker.tick().await;
-                    // Catch up to the rate, whatever the ticks' jitter.
-                    let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
-                    while sent < due {
-                        sent += 1;
-                        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-                            counts.backlog.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        };
-                        // `clients` holds at least one connection.
-                        let Some(client) = clients.get(next % clients.len()) else { return };
-                        let mut client = client.clone();
-                        next = next.wrapping_add(1);
-                        let (counts, names) = (Arc::clone(&counts), Arc::clone(&names));
-                        tokio::spawn(async move {
-                            let request =
-                                GetChallengeRequest { tee: Tee::Snp.into(), secret_names: names.as_ref().clone() };
-                            let counter = match client.get_challenge(request).await {
-                                Ok(_) => &counts.ok,
-                                Err(s) if s.code() == tonic::Code::ResourceExhausted => &counts.limited,
-                                Err(s) => {
-                                    let _ = counts.first_failure.set(format!("{:?}: {}", s.code(), s.message()));
-                                    &counts.failed
-                                }
-                            };
-                            counter.fetch_add(1, Ordering::Relaxed);
-                            drop(permit);
-                        });
+            runtime.spawn(async move {
+                let mut clients = Vec::with_capacity(connections);
+                for _ in 0..connections.max(1) {
+                    match channel(&tls, port, from).await {
+                        Ok(c) => clients.push(KeyBrokerClient::new(c)),
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("{e:#}")));
+                            return;
+                        }
                     }
                 }
-            })
-        };
-        Ok(Self { counts, started: Instant::now(), task })
+                let _ = ready.send(Ok(()));
+                send(clients, counts, rate, names).await;
+            });
+        }
+        match connected.await {
+            Ok(Ok(())) => Ok(Self { counts, started: Instant::now(), runtime: Some(runtime) }),
+            Ok(Err(e)) => {
+                runtime.shutdown_background();
+                anyhow::bail!(e)
+            }
+            Err(_) => {
+                runtime.shutdown_background();
+                anyhow::bail!("the flooding peer stopped before connecting")
+            }
+        }
     }
 
     /// Stops the flood and says what it did: (seconds, [ok, limited,
     /// failed, backlog], the first other failure).
-    pub fn stop(self) -> (f64, [u64; 4], Option<String>) {
-        self.task.abort();
+    pub fn stop(mut self) -> (f64, [u64; 4], Option<String>) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
         let first = self.counts.first_failure.get().cloned();
         (self.started.elapsed().as_secs_f64(), self.counts.snapshot(), first)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Sends challenge requests at `rate` per second over `clients` until the
+/// runtime stops.
+async fn send(clients: Vec<KeyBrokerClient<Channel>>, counts: Arc<Counts>, rate: u32, names: Arc<Vec<String>>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0u64;
+    let mut next = 0usize;
+    loop {
+        ticker.tick().await;
+        // Catch up to the rate, whatever the ticks' jitter.
+        let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        while sent < due {
+            sent += 1;
+            let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                counts.backlog.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            // `clients` holds at least one connection.
+            let Some(client) = clients.get(next % clients.len()) else { return };
+            let mut client = client.clone();
+            next = next.wrapping_add(1);
+            let (counts, names) = (Arc::clone(&counts), Arc::clone(&names));
+            tokio::spawn(async move {
+                let request = GetChallengeRequest { tee: Tee::Snp.into(), secret_names: names.as_ref().clone() };
+                let counter = match client.get_challenge(request).await {
+                    Ok(_) => &counts.ok,
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => &counts.limited,
+                    Err(s) => {
+                        let _ = counts.first_failure.set(format!("{:?}: {}", s.code(), s.message()));
+                        &counts.failed
+                    }
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
     }
 }
 
