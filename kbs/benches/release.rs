@@ -2,7 +2,9 @@
 //! broker can avoid (one P-384 ECDSA verify, one HPKE X25519 seal, one
 //! challenge open, one SHA-512 binding). `release/broker_core` runs the
 //! whole release flow in process (no TLS, no gRPC), so its ratio to
-//! `floor/snp_release` is the broker's overhead. docs/performance.md states
+//! `floor/snp_release` is the broker's overhead; `release/broker_core_snp_8gpu`
+//! against `floor/snp_8gpu_release` does the same for a VM with eight
+//! GPUs. docs/performance.md states
 //! the figures; `cargo bench -p kbs --bench release` reproduces them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -289,8 +291,123 @@ fn broker_core_with(c: &mut Criterion, name: &str, sync: bool) {
     group.finish();
 }
 
+/// GPUs in the composite benchmark: an 8-GPU HGX board.
+const GPUS: usize = 8;
+
+/// A broker that verifies the simulated GPUs (test device root) and
+/// appraises them against their RIMs (test RIM root).
+fn gpu_broker(broker: Broker) -> Broker {
+    use kbs::evidence::gpu::rim::{RimCheck, RimStore};
+    use kbs::evidence::gpu::{GpuAnchors, GpuVerifier, chain::pem_chain};
+    let anchors = |pem: &str| {
+        let mut anchors = GpuAnchors::empty();
+        anchors.add_root(&pem_chain(pem.as_bytes()).unwrap().remove(0)).unwrap();
+        anchors
+    };
+    let rim_anchors = anchors(attester_client::simulated::gpu_test_rim_root_pem());
+    let check = RimCheck { anchors: &rim_anchors, now: OffsetDateTime::now_utc(), accept_expired: false };
+    let mut rims = RimStore::default();
+    for rim in attester_client::simulated::simulated_gpu_rims().unwrap() {
+        rims.add(rim.xml.as_bytes(), &check).unwrap();
+    }
+    broker.with_gpu(GpuVerifier::new(anchors(attester_client::simulated::gpu_test_root_pem()))).with_gpu_rims(rims)
+}
+
+/// The unavoidable crypto of one composite SEV-SNP + 8 GPU release: the
+/// [`floor`]'s, plus one P-384 verify per GPU report (device chains and
+/// RIM appraisals are cached, like the VEK chain).
+fn floor_composite(c: &mut Criterion) {
+    let pair = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+    let public = ParsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, pair.public_key().as_ref()).unwrap();
+    let signed = [0x11u8; 0x2A0];
+    let signature = pair.sign(&aws_lc_rs::rand::SystemRandom::new(), &signed).unwrap();
+    let sealer = sealer();
+    let token = sealer.issue(TEE_SNP, &names(), i64::MAX).unwrap().token;
+    let key = EphemeralKey::generate(X25519).unwrap();
+    let recipient = RecipientKey::parse(X25519, key.public_key()).unwrap();
+    let aad = kbs_proto::secret_aad(SECRET, 1);
+    let value = [0x42u8; 32];
+    c.bench_function("floor/snp_8gpu_release", |b| {
+        b.iter(|| {
+            let opened = sealer.open(black_box(&token), 0).unwrap();
+            let binding = kbs_proto::report_data(&opened.nonce, X25519, key.public_key());
+            for _ in 0..=GPUS {
+                public.verify_sig(black_box(&signed), signature.as_ref()).unwrap();
+            }
+            let info = kbs_proto::secret_info(&opened.nonce);
+            black_box(binding);
+            seal::seal(&recipient, &info, &aad, &value).unwrap()
+        })
+    });
+}
+
+/// [`broker_core`] for a VM with 8 GPUs and a secret that needs them
+/// (`gpus = 8`): the device set and its binding, 8 SPDM report
+/// verifications, cached device chains and RIM appraisals, then the
+/// release as before.
+fn broker_core_composite(c: &mut Criterion) {
+    use attester_client::evidence::GpuEvidenceSource as _;
+    let dir = match std::env::var_os("KBS_BENCH_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let rt = runtime();
+    let store: Arc<dyn SecretStore> = CachedStore::wrap(Arc::new(local_store(dir.path())), Duration::from_secs(3600));
+    let mut secret = new_secret();
+    secret.labels.insert(kbs::release::GPUS_LABEL.to_owned(), GPUS.to_string());
+    rt.block_on(store.put(secret)).unwrap();
+    let key = Some(AuditKey::new(&[5; 32]));
+    let audit = Arc::new(AuditLog::file(&dir.path().join("audit.jsonl"), "bench", key).unwrap());
+    let broker = gpu_broker(Broker::new(
+        sealer(),
+        Duration::from_secs(600),
+        verifier(),
+        VekResolver::new(None, None),
+        store,
+        audit,
+        kbs::release::system_clock(),
+    ));
+    let sim = guest();
+    let gpus = attester_client::simulated::SimulatedGpus::new(GPUS).unwrap();
+    let cert_table = sim.cert_table().unwrap();
+    let make = || {
+        let issued = broker.challenge(TEE_SNP, &names()).unwrap();
+        let key = EphemeralKey::generate(X25519).unwrap();
+        let gpu_nonce = kbs_proto::gpu_nonce(&issued.nonce, X25519, key.public_key());
+        let devices = gpus.gpu_evidence(&gpu_nonce).unwrap();
+        let bound: Vec<kbs_proto::DeviceEvidence<'_>> = devices
+            .iter()
+            .map(|d| kbs_proto::DeviceEvidence { report: &d.report, cert_chain: &d.cert_chain })
+            .collect();
+        let rd = kbs_proto::device_report_data(&issued.nonce, X25519, key.public_key(), &bound);
+        ReleaseRequest {
+            challenge: issued.token,
+            evidence: EvidenceInput::Snp { report: sim.report(&rd).unwrap(), cert_table: cert_table.clone() },
+            suite: X25519,
+            public_key: key.public_key().to_vec(),
+            names: names(),
+            gpus: devices
+                .into_iter()
+                .map(|d| kbs::release::GpuInput { report: d.report, cert_chain: d.cert_chain, ocsp: Vec::new() })
+                .collect(),
+            caller: "bench".into(),
+        }
+    };
+    // Warm: the VEK chain, the device chains and the RIM appraisal cached.
+    let released = rt.block_on(broker.release(make())).unwrap();
+    assert_eq!(released.secrets.len(), 1);
+    let mut group = c.benchmark_group("release");
+    group.sample_size(20);
+    group.bench_function("broker_core_snp_8gpu", |b| {
+        b.iter_batched(make, |req| rt.block_on(broker.release(req)).unwrap(), criterion::BatchSize::SmallInput)
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    floor_composite,
+    broker_core_composite,
     floor,
     snp_verify,
     tdx_verify,

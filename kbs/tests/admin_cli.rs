@@ -393,13 +393,22 @@ async fn authorization_matrix() {
     }
     // Every call without a valid credential (17 with none, 17 with a bogus
     // token) is an audit record, with the reason and never the token.
-    let log = std::fs::read_to_string(b.dir.path().join("audit.jsonl")).unwrap();
-    let unauthenticated = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["action"] == "admin.auth" && r["decision"] == "deny" && r["reason"] == "unauthenticated")
-        .count();
-    assert_eq!(unauthenticated, 34, "{log}");
+    // Refusals before any effect are queued, not waited for: the last ones
+    // may reach the file just after their answers.
+    let count = |log: &str| {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["action"] == "admin.auth" && r["decision"] == "deny" && r["reason"] == "unauthenticated")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut log = std::fs::read_to_string(b.dir.path().join("audit.jsonl")).unwrap();
+    while count(&log) < 34 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        log = std::fs::read_to_string(b.dir.path().join("audit.jsonl")).unwrap();
+    }
+    assert!(log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{log}");
+    assert_eq!(count(&log), 34, "{log}");
     assert!(!log.contains("bogus-token"), "{log}");
 }
 
