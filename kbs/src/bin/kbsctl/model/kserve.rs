@@ -194,7 +194,7 @@ impl From<aws_lc_rs::error::Unspecified> for JweError {
 /// `header.encrypted_key.iv.ciphertext.tag` to `out`: a fresh content key
 /// wrapped with AES key wrap (RFC 3394) under `key`, a random 96-bit IV,
 /// AES-256-GCM with the encoded protected header as AAD.
-fn write_jwe(out: &mut impl Write, key: &[u8; 32], plain: &mut Vec<u8>) -> Result<(), JweError> {
+fn write_jwe(out: &mut impl Write, key: &[u8; 32], plain: &mut [u8]) -> Result<(), JweError> {
     let header = URL_SAFE_NO_PAD.encode(PROTECTED_HEADER);
     let mut cek = Zeroizing::new([0u8; 32]);
     aws_lc_rs::rand::fill(cek.as_mut_slice())?;
