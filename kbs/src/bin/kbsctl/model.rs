@@ -1,6 +1,9 @@
 //! `kbsctl model ...`: encrypt model files for release to attested guests,
 //! inspect their headers, rewrap them under a new model-key version. The
-//! format is `kbs_proto::model` (docs/model-format.md).
+//! format is `kbs_proto::model` (docs/model-format.md); `export-kserve`
+//! writes KServe's JWE layout instead (`kserve`).
+
+mod kserve;
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, IsTerminal, Seek, SeekFrom, Write};
@@ -37,6 +40,12 @@ pub(crate) enum ModelCommand {
     /// either the old or the new file. Files already at the new version
     /// under the new key are skipped, so an interrupted run can be rerun.
     Rewrap(RewrapArgs),
+    /// Export a file or a directory tree to KServe's confidential-model
+    /// layout: `OUT/REL_PATH.jwe`, one compact JWE (A256KW + A256GCM) per
+    /// file, decryptable by KServe's storage initializer with the model key
+    /// it fetches through the CoCo data hub. Not our format: one tag per
+    /// file, each file in memory (capped by --max-file-bytes).
+    ExportKserve(kserve::ExportKserveArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,6 +110,7 @@ pub(crate) async fn run(cli: &Cli, cmd: &ModelCommand) -> Result<(), Failure> {
         ModelCommand::Encrypt(args) => encrypt(cli, args).await,
         ModelCommand::Inspect { paths } => inspect(paths, cli.output),
         ModelCommand::Rewrap(args) => rewrap(args, cli.output),
+        ModelCommand::ExportKserve(args) => tokio::task::block_in_place(|| kserve::run(args, cli.output)),
     }
 }
 
