@@ -1263,29 +1263,15 @@ async fn grpc_release(
     app: &TestApp,
     want_attestation_token: bool,
 ) -> Result<(kbs_proto::v1::ReleaseSecretsResponse, attester_client::hpke::EphemeralKey), tonic::Status> {
-    use kbs_proto::v1::{GetChallengeRequest, ReleaseSecretsRequest, SnpEvidence, Tee, release_secrets_request};
+    use kbs_proto::v1::{GetChallengeRequest, Tee};
     let suite = kbs_proto::SuiteId::X25519_SHA256_AES256GCM;
     let mut rpc = app.guest().await;
     let challenge = rpc
         .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: vec![RESOURCE.into()] })
         .await?
         .into_inner();
-    let key = attester_client::hpke::EphemeralKey::generate(suite).unwrap();
-    let nonce: [u8; 32] = challenge.nonce.as_slice().try_into().unwrap();
-    let report_data = kbs_proto::report_data(&nonce, suite, key.public_key());
-    let sim = guest();
-    let req = ReleaseSecretsRequest {
-        challenge: challenge.challenge,
-        evidence: Some(release_secrets_request::Evidence::Snp(SnpEvidence {
-            report: sim.report(&report_data).unwrap(),
-            cert_table: sim.cert_table().unwrap(),
-        })),
-        hpke_suite: Some(suite.to_wire()),
-        hpke_public_key: key.public_key().to_vec(),
-        secret_names: vec![RESOURCE.into()],
-        gpus: Vec::new(),
-        want_attestation_token,
-    };
+    let (mut req, key, _) = app::snp_release_request(&guest(), challenge, suite, vec![RESOURCE.into()]);
+    req.want_attestation_token = want_attestation_token;
     Ok((rpc.release_secrets(req).await?.into_inner(), key))
 }
 
