@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 #[cfg(feature = "man")]
 pub mod man;
 pub mod model;
+pub mod spdm;
 
 /// Generated protobuf and gRPC code for package `kbs.v1`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]

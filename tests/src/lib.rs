@@ -1,1 +1,4 @@
-//! End-to-end tests live in `tests/`.
+//! End-to-end tests live in `tests/`. This library holds what the test
+//! binaries and the load generator (`kbs-bench`) share.
+
+pub mod coco;

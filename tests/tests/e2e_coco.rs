@@ -18,6 +18,7 @@ use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
 use aws_lc_rs::rsa::{KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, PrivateDecryptingKey};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use kbs_e2e::coco::{jcs, report_data as coco_report_data};
 use kbs_proto::v1::PutSecretRequest;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -315,7 +316,7 @@ impl<'a> Session<'a> {
         } else {
             use attester_client::evidence::GpuEvidenceSource as _;
             let gpu_key = t.gpu_key.clone().unwrap_or_else(|| jwk.clone());
-            let digest = Sha384::digest(jcs(&json!({"nonce": nonce, "tee-pubkey": gpu_key})));
+            let digest = Sha384::digest(jcs(&json!({"nonce": nonce, "tee-pubkey": gpu_key})).unwrap());
             let gpu_nonce: [u8; 32] = digest[..32].try_into().unwrap();
             let mut simulated = SimulatedGpus::new(t.gpus).unwrap();
             if let Some(index) = t.wrong_firmware {
@@ -332,13 +333,8 @@ impl<'a> Session<'a> {
                 .collect();
             json!({"nvidia": {"device_evidence_list": list}}).to_string()
         };
-        let runtime = json!({
-            "additional-evidence": additional,
-            "nonce": t.bind_nonce.clone().unwrap_or_else(|| nonce.clone()),
-            "tee-pubkey": bound_key,
-        });
-        let mut report_data = [0u8; 64];
-        report_data[..48].copy_from_slice(&Sha384::digest(jcs(&runtime)));
+        let bound_nonce = t.bind_nonce.clone().unwrap_or_else(|| nonce.clone());
+        let report_data = coco_report_data(&bound_nonce, &bound_key, &additional).unwrap();
         let evidence = match (&t.evidence, tee) {
             (Some(e), _) => e.clone(),
             (None, "sample") => json!({"svn": "1", "report_data": STANDARD.encode(&report_data[..48])}),
@@ -379,34 +375,6 @@ impl<'a> Session<'a> {
         }
         Ok(resp.json().await.unwrap())
     }
-}
-
-/// RFC 8785 canonical JSON of the runtime data (strings and objects only):
-/// written here from the RFC, independently of the broker's implementation.
-fn jcs(v: &Value) -> Vec<u8> {
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-                out.push('{');
-                for (i, k) in keys.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&serde_json::to_string(k).unwrap());
-                    out.push(':');
-                    write(&m[*k], out);
-                }
-                out.push('}');
-            }
-            Value::String(s) => out.push_str(&serde_json::to_string(s).unwrap()),
-            other => panic!("runtime data holds only strings and objects, not {other}"),
-        }
-    }
-    let mut out = String::new();
-    write(v, &mut out);
-    out.into_bytes()
 }
 
 fn guest() -> SimulatedSnp {
@@ -642,9 +610,7 @@ async fn an_expired_session_cookie_is_refused() {
     let mut s = Session::new(&app);
     let (nonce, _) = s.auth("snp", "0.4.0").await.unwrap();
     app.advance(61);
-    let runtime = json!({"additional-evidence": "", "nonce": nonce, "tee-pubkey": key.jwk()});
-    let mut rd = [0u8; 64];
-    rd[..48].copy_from_slice(&Sha384::digest(jcs(&runtime)));
+    let rd = coco_report_data(&nonce, &key.jwk(), "").unwrap();
     let body = json!({
         "runtime-data": {"nonce": nonce, "tee-pubkey": key.jwk()},
         "tee-evidence": {"primary_evidence": snp_evidence(&guest(), &rd), "additional_evidence": ""},
@@ -666,9 +632,7 @@ async fn a_session_started_at_one_replica_finishes_at_another() {
     let (nonce, _) = at_a.auth("snp", "0.4.0").await.unwrap();
     let mut at_b = Session::new(&b);
     at_b.cookie = at_a.cookie.clone();
-    let runtime = json!({"additional-evidence": "", "nonce": nonce, "tee-pubkey": key.jwk()});
-    let mut rd = [0u8; 64];
-    rd[..48].copy_from_slice(&Sha384::digest(jcs(&runtime)));
+    let rd = coco_report_data(&nonce, &key.jwk(), "").unwrap();
     let body = json!({
         "runtime-data": {"nonce": nonce, "tee-pubkey": key.jwk()},
         "tee-evidence": {"primary_evidence": snp_evidence(&guest(), &rd), "additional_evidence": ""},
@@ -765,7 +729,7 @@ async fn init_data_must_be_what_the_guest_was_launched_with() {
 fn the_test_client_canonicalizes_like_rfc8785() {
     let v = json!({"tee-pubkey": {"y": "b", "x": "a", "kty": "EC"}, "nonce": "n\"\u{1}", "additional-evidence": ""});
     assert_eq!(
-        String::from_utf8(jcs(&v)).unwrap(),
+        String::from_utf8(jcs(&v).unwrap()).unwrap(),
         r#"{"additional-evidence":"","nonce":"n\"\u0001","tee-pubkey":{"kty":"EC","x":"a","y":"b"}}"#
     );
 }
@@ -1137,7 +1101,7 @@ async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
     assert_eq!(kids, [kid(&token_b), kid(&token_a)]);
     for jwk in jwks["keys"].as_array().unwrap() {
         let required = json!({"crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"], "y": jwk["y"]});
-        let thumbprint = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&required)));
+        let thumbprint = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&required).unwrap()));
         assert_eq!(jwk["kid"].as_str(), Some(thumbprint.as_str()), "kid is the RFC 7638 thumbprint");
         assert!(jwk.get("d").is_none());
     }
@@ -1164,7 +1128,10 @@ async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
     assert_eq!(cpu["ear.veraison.annotated-evidence"]["measurement"], hex::encode(MEASUREMENT));
     assert_eq!(claims["tee-pubkey"], key.jwk());
     let bare = json!({"crv": "P-256", "kty": "EC", "x": key.jwk()["x"], "y": key.jwk()["y"]});
-    assert_eq!(claims["cnf"]["jkt"].as_str().unwrap(), URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&bare))));
+    assert_eq!(
+        claims["cnf"]["jkt"].as_str().unwrap(),
+        URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&bare).unwrap()))
+    );
     assert_eq!(claims["sub"], claims["cnf"]["jkt"]);
     // The claims digest is the one the audit record of the attestation holds.
     let digest = claims["kbs.claims-digest"].as_str().unwrap();
@@ -1225,7 +1192,10 @@ async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
     let x = URL_SAFE_NO_PAD.encode(hpke_key.public_key());
     assert_eq!(grpc_claims["tee-pubkey"], json!({"kty": "OKP", "crv": "X25519", "x": x}));
     let bare = json!({"crv": "X25519", "kty": "OKP", "x": x});
-    assert_eq!(grpc_claims["cnf"]["jkt"].as_str().unwrap(), URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&bare))));
+    assert_eq!(
+        grpc_claims["cnf"]["jkt"].as_str().unwrap(),
+        URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jcs(&bare).unwrap()))
+    );
     let audited = b.audit_log().lines().find(|l| l.contains(&released.attestation_id)).unwrap().to_owned();
     assert!(audited.contains(grpc_claims["kbs.claims-digest"].as_str().unwrap()), "{audited}");
     bao_login(&bao, &grpc_token).await.expect("OpenBao accepts the kbs.v1 attestation result");
@@ -1293,29 +1263,15 @@ async fn grpc_release(
     app: &TestApp,
     want_attestation_token: bool,
 ) -> Result<(kbs_proto::v1::ReleaseSecretsResponse, attester_client::hpke::EphemeralKey), tonic::Status> {
-    use kbs_proto::v1::{GetChallengeRequest, ReleaseSecretsRequest, SnpEvidence, Tee, release_secrets_request};
+    use kbs_proto::v1::{GetChallengeRequest, Tee};
     let suite = kbs_proto::SuiteId::X25519_SHA256_AES256GCM;
     let mut rpc = app.guest().await;
     let challenge = rpc
         .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: vec![RESOURCE.into()] })
         .await?
         .into_inner();
-    let key = attester_client::hpke::EphemeralKey::generate(suite).unwrap();
-    let nonce: [u8; 32] = challenge.nonce.as_slice().try_into().unwrap();
-    let report_data = kbs_proto::report_data(&nonce, suite, key.public_key());
-    let sim = guest();
-    let req = ReleaseSecretsRequest {
-        challenge: challenge.challenge,
-        evidence: Some(release_secrets_request::Evidence::Snp(SnpEvidence {
-            report: sim.report(&report_data).unwrap(),
-            cert_table: sim.cert_table().unwrap(),
-        })),
-        hpke_suite: Some(suite.to_wire()),
-        hpke_public_key: key.public_key().to_vec(),
-        secret_names: vec![RESOURCE.into()],
-        gpus: Vec::new(),
-        want_attestation_token,
-    };
+    let (mut req, key, _) = app::snp_release_request(&guest(), challenge, suite, vec![RESOURCE.into()]);
+    req.want_attestation_token = want_attestation_token;
     Ok((rpc.release_secrets(req).await?.into_inner(), key))
 }
 

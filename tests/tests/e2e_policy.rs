@@ -6,19 +6,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use attester_client::hpke::EphemeralKey;
 use attester_client::simulated::{Generation, SimulatedSnp};
 use kbs::evidence::anchors::SnpAnchors;
 use kbs::evidence::snp::SnpVerifier;
 use kbs::policy::{DEFAULT_POLICY, PolicyEngine, decide_offline, placeholder_meta};
 use kbs::reason::ReasonCode;
+use kbs_proto::SuiteId;
 use kbs_proto::v1::key_broker_client::KeyBrokerClient;
 use kbs_proto::v1::{
     GetChallengeRequest, GetPolicyRequest, ListPoliciesRequest, PutReferenceValuesRequest, PutSecretRequest,
-    ReleaseSecretsRequest, SetPolicyRequest, SnpEvidence, Tee, TestPolicyRequest, release_secrets_request,
-    test_policy_request,
+    SetPolicyRequest, SnpEvidence, Tee, TestPolicyRequest, test_policy_request,
 };
-use kbs_proto::{NONCE_LEN, SuiteId};
 use time::macros::datetime;
 use tonic::Code;
 
@@ -67,22 +65,7 @@ impl TestApp {
             .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: names.clone() })
             .await?
             .into_inner();
-        let nonce: [u8; NONCE_LEN] = challenge.nonce.as_slice().try_into().unwrap();
-        let suite = SuiteId::X25519_SHA256_AES256GCM;
-        let key = EphemeralKey::generate(suite).unwrap();
-        let report_data = kbs_proto::report_data(&nonce, suite, key.public_key());
-        let req = ReleaseSecretsRequest {
-            challenge: challenge.challenge,
-            evidence: Some(release_secrets_request::Evidence::Snp(SnpEvidence {
-                report: sim.report(&report_data).unwrap(),
-                cert_table: sim.cert_table().unwrap(),
-            })),
-            hpke_suite: Some(suite.to_wire()),
-            hpke_public_key: key.public_key().to_vec(),
-            secret_names: names,
-            gpus: Vec::new(),
-            want_attestation_token: false,
-        };
+        let (req, key, nonce) = app::snp_release_request(sim, challenge, SuiteId::X25519_SHA256_AES256GCM, names);
         let resp = rpc.release_secrets(req).await?.into_inner();
         Ok(resp
             .secrets

@@ -33,6 +33,7 @@
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+use kbs_proto::spdm::{self, opaque_type};
 use sha2::{Digest, Sha256, Sha384};
 
 use crate::evidence::{Error, GpuEvidence, GpuEvidenceSource};
@@ -72,19 +73,6 @@ const KEYS: [&str; SIMULATED_GPUS_MAX] = [
     include_str!("../../testdata/gpu-pki/gpu-8.key.pem"),
     include_str!("../../testdata/gpu-pki/gpu-9.key.pem"),
 ];
-
-/// Opaque data types (NVIDIA's `OpaqueDataType`).
-mod opaque {
-    pub(super) const DRIVER_VERSION: u16 = 3;
-    pub(super) const VBIOS_VERSION: u16 = 6;
-    pub(super) const NVDEC0_STATUS: u16 = 11;
-    pub(super) const CHIP_SKU: u16 = 15;
-    pub(super) const PROJECT: u16 = 17;
-    pub(super) const PROJECT_SKU: u16 = 18;
-    pub(super) const FWID: u16 = 20;
-    pub(super) const OPAQUE_DATA_VERSION: u16 = 34;
-    pub(super) const FEATURE_FLAG: u16 = 36;
-}
 
 /// The test GPU root (PEM): what a development broker pins.
 pub fn gpu_test_root_pem() -> &'static str {
@@ -159,11 +147,12 @@ impl SimulatedGpu {
     pub fn report(&self, nonce: &[u8; 32]) -> Result<Vec<u8>, Error> {
         let mut out = Vec::with_capacity(4200);
         // GET_MEASUREMENTS: SPDM 1.1, signature requested, all blocks, slot 0.
-        out.extend_from_slice(&[0x11, 0xE0, 0x01, 0xFF]);
+        out.extend_from_slice(&spdm::REQUEST_HEADER);
         out.extend_from_slice(nonce);
         out.push(0);
         // MEASUREMENTS.
-        out.extend_from_slice(&[0x11, 0x60, 0x00, 0x00, SIMULATED_BLOCKS]);
+        out.extend_from_slice(&spdm::RESPONSE_HEADER);
+        out.extend_from_slice(&[0x00, 0x00, SIMULATED_BLOCKS]);
         let record_len = u32::from(SIMULATED_BLOCKS) * (4 + 3 + 48);
         out.extend_from_slice(record_len.to_le_bytes().get(..3).unwrap_or_default());
         for index in 1..=SIMULATED_BLOCKS {
@@ -204,20 +193,20 @@ impl SimulatedGpu {
         };
         let mut driver = SIMULATED_DRIVER_VERSION.as_bytes().to_vec();
         driver.push(0);
-        tlv(opaque::DRIVER_VERSION, &driver);
+        tlv(opaque_type::DRIVER_VERSION, &driver);
         // "96.00.CF.00.02" as the GPU writes it: four bytes reversed, then the fifth.
-        tlv(opaque::VBIOS_VERSION, &[0x00, 0xCF, 0x00, 0x96, 0x02, 0, 0, 0]);
-        tlv(opaque::NVDEC0_STATUS, &[0x55]);
-        tlv(opaque::CHIP_SKU, b"895");
-        tlv(opaque::PROJECT, b"G520");
-        tlv(opaque::PROJECT_SKU, b"0280");
-        tlv(opaque::FWID, &simulated_fwid());
-        tlv(opaque::OPAQUE_DATA_VERSION, &1u16.to_le_bytes());
+        tlv(opaque_type::VBIOS_VERSION, &[0x00, 0xCF, 0x00, 0x96, 0x02, 0, 0, 0]);
+        tlv(opaque_type::NVDEC0_STATUS, &[0x55]);
+        tlv(opaque_type::CHIP_SKU, b"895");
+        tlv(opaque_type::PROJECT, b"G520");
+        tlv(opaque_type::PROJECT_SKU, b"0280");
+        tlv(opaque_type::FWID, &simulated_fwid());
+        tlv(opaque_type::OPAQUE_DATA_VERSION, &1u16.to_le_bytes());
         let mode: u16 = match self.mode {
             GpuMode::Spt => 0,
             GpuMode::Mpt => 1,
         };
-        tlv(opaque::FEATURE_FLAG, &mode.to_le_bytes());
+        tlv(opaque_type::FEATURE_FLAG, &mode.to_le_bytes());
         out
     }
 }

@@ -274,3 +274,32 @@ impl Drop for TestApp {
         }
     }
 }
+
+/// A guest's `kbs.v1` release by the simulated SNP guest `sim`: a fresh
+/// ephemeral key of `suite`, the report bound to `challenge`'s nonce and that
+/// key, asking for `secret_names` (and for no attestation result). Returns
+/// the request, the key and the nonce, which open the released secrets.
+pub fn snp_release_request(
+    sim: &attester_client::simulated::SimulatedSnp,
+    challenge: kbs_proto::v1::Challenge,
+    suite: kbs_proto::SuiteId,
+    secret_names: Vec<String>,
+) -> (kbs_proto::v1::ReleaseSecretsRequest, attester_client::hpke::EphemeralKey, [u8; kbs_proto::NONCE_LEN]) {
+    use kbs_proto::v1::{ReleaseSecretsRequest, SnpEvidence, release_secrets_request};
+    let nonce: [u8; kbs_proto::NONCE_LEN] = challenge.nonce.as_slice().try_into().unwrap();
+    let key = attester_client::hpke::EphemeralKey::generate(suite).unwrap();
+    let report_data = kbs_proto::report_data(&nonce, suite, key.public_key());
+    let req = ReleaseSecretsRequest {
+        challenge: challenge.challenge,
+        evidence: Some(release_secrets_request::Evidence::Snp(SnpEvidence {
+            report: sim.report(&report_data).unwrap(),
+            cert_table: sim.cert_table().unwrap(),
+        })),
+        hpke_suite: Some(suite.to_wire()),
+        hpke_public_key: key.public_key().to_vec(),
+        secret_names,
+        gpus: Vec::new(),
+        want_attestation_token: false,
+    };
+    (req, key, nonce)
+}

@@ -46,23 +46,14 @@ pub const REPORT_BUFFER_LEN: usize = 0x2000;
 /// (`NVML_CC_GPU_ATTESTATION_CERT_CHAIN_SIZE`).
 pub const CERT_CHAIN_BUFFER_LEN: usize = 0x1400;
 
-/// The nonce NVML passes to the GPU (`NVML_CC_GPU_CEC_NONCE_SIZE`).
-pub const NONCE_LEN: usize = 0x20;
-
-/// Length of the GET_MEASUREMENTS request.
-pub const REQUEST_LEN: usize = 4 + NONCE_LEN + 1;
-
-/// Length of the ECDSA P-384 `r || s` signature ending the response.
-pub const SIGNATURE_LEN: usize = 96;
+/// The nonce NVML passes to the GPU (`NVML_CC_GPU_CEC_NONCE_SIZE`), the
+/// GET_MEASUREMENTS request's length, and the length of the ECDSA P-384
+/// `r || s` signature ending the response.
+pub use kbs_proto::spdm::{NONCE_LEN, REQUEST_LEN, SIGNATURE_LEN};
+use kbs_proto::spdm::{REQUEST_HEADER, RESPONSE_HEADER};
 
 /// Most certificates accepted in one chain (NVIDIA's have five).
 pub const MAX_CERTIFICATES: usize = 8;
-
-/// SPDM 1.1, GET_MEASUREMENTS, signature requested, all measurements.
-const REQUEST_HEADER: [u8; 4] = [0x11, 0xE0, 0x01, 0xFF];
-
-/// SPDM 1.1, MEASUREMENTS.
-const RESPONSE_HEADER: [u8; 2] = [0x11, 0x60];
 
 const PEM_BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
 const PEM_END: &[u8] = b"-----END CERTIFICATE-----";

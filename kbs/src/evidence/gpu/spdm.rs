@@ -31,30 +31,17 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+pub use kbs_proto::spdm::{
+    CODE_GET_MEASUREMENTS, CODE_MEASUREMENTS, DIGEST_LEN, NVDAOD_MAGIC, REQUEST_LEN, SIGNATURE_LEN, SPDM_VERSION_11,
+};
+use kbs_proto::spdm::{MEAS_SPEC_DMTF, opaque_type};
+
 use super::GpuError;
 use super::reader::Reader;
 
 /// Largest report accepted: NVML's buffer is 8 KiB (`attestationReport[0x2000]`);
 /// real reports are 2.1-4.3 KiB.
 pub const MAX_REPORT_LEN: usize = 0x2000;
-
-/// Length of the GET_MEASUREMENTS request with a nonce and a slot.
-pub const REQUEST_LEN: usize = 37;
-
-/// SPDM version 1.1, the only one NVIDIA devices speak for attestation.
-pub const SPDM_VERSION_11: u8 = 0x11;
-
-/// GET_MEASUREMENTS request code.
-pub const CODE_GET_MEASUREMENTS: u8 = 0xE0;
-
-/// MEASUREMENTS response code.
-pub const CODE_MEASUREMENTS: u8 = 0x60;
-
-/// Length of an ECDSA P-384 `r || s` signature.
-pub const SIGNATURE_LEN: usize = 96;
-
-/// Length of a SHA-384 measurement.
-pub const DIGEST_LEN: usize = 48;
 
 /// Most zero bytes tolerated after the signature (one is observed).
 pub const MAX_TRAILING_ZEROS: usize = 8;
@@ -65,34 +52,12 @@ pub const MAX_OPAQUE_LEN: usize = 4096;
 /// Most opaque entries accepted (real: 7-17).
 pub const MAX_OPAQUE_ENTRIES: usize = 128;
 
-/// The versioned opaque format's magic.
-pub const NVDAOD_MAGIC: [u8; 6] = *b"NVDAOD";
-
 /// Highest versioned opaque format major version understood.
 pub const MAX_NVDAOD_MAJOR: u8 = 2;
-
-/// DMTF measurement specification (MeasurementSpecification bit 0).
-const MEAS_SPEC_DMTF: u8 = 0x01;
 
 /// Length of one measurement block with a SHA-384 digest: 4 header bytes,
 /// 3 DMTF value header bytes and the digest.
 const BLOCK_LEN: usize = 4 + 3 + DIGEST_LEN;
-
-/// Opaque types (NVIDIA's `OpaqueDataType`) the claims use.
-mod opaque_type {
-    pub(super) const DRIVER_VERSION: u16 = 3;
-    pub(super) const SKU: u16 = 5;
-    pub(super) const VBIOS_VERSION: u16 = 6;
-    pub(super) const NVDEC0_STATUS: u16 = 11;
-    pub(super) const CHIP_SKU: u16 = 15;
-    pub(super) const PROJECT: u16 = 17;
-    pub(super) const PROJECT_SKU: u16 = 18;
-    pub(super) const FWID: u16 = 20;
-    pub(super) const PDI: u16 = 22;
-    pub(super) const OPAQUE_DATA_VERSION: u16 = 34;
-    pub(super) const CHIP_INFO: u16 = 35;
-    pub(super) const FEATURE_FLAG: u16 = 36;
-}
 
 /// A 32-byte SPDM nonce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -12,7 +12,7 @@ use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha384};
+use sha2::Digest as _;
 
 /// The evidence a guest produces (one value per run: its size does not matter).
 #[allow(clippy::large_enum_variant)]
@@ -110,12 +110,7 @@ impl Coco {
             "kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW",
             "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y),
         });
-        // report_data = SHA-384(JCS({"additional-evidence", "nonce", "tee-pubkey"})), zero-padded.
-        let runtime = json!({"additional-evidence": "", "nonce": nonce, "tee-pubkey": jwk});
-        let mut report_data = [0u8; 64];
-        if let Some(head) = report_data.get_mut(..48) {
-            head.copy_from_slice(&Sha384::digest(jcs(&runtime)?));
-        }
+        let report_data = kbs_e2e::coco::report_data(nonce, &jwk, "").map_err(|_| "guest_side".to_owned())?;
         let body = json!({
             "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
             "tee-evidence": {"primary_evidence": self.tee.evidence(&report_data)?, "additional_evidence": ""},
@@ -259,35 +254,4 @@ fn snp_evidence(sim: &SimulatedSnp, report_data: &[u8; 64]) -> Result<Value, Str
         })
         .collect();
     Ok(json!({"attestation_report": report, "cert_chain": certs}))
-}
-
-/// RFC 8785 canonical JSON of the runtime data (strings and objects only).
-fn jcs(v: &Value) -> Result<Vec<u8>, String> {
-    fn write(v: &Value, out: &mut String) -> Result<(), String> {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-                out.push('{');
-                for (i, k) in keys.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
-                    out.push(':');
-                    write(m.get(*k).unwrap_or(&Value::Null), out)?;
-                }
-                out.push('}');
-                Ok(())
-            }
-            Value::String(s) => {
-                out.push_str(&serde_json::to_string(s).map_err(|e| e.to_string())?);
-                Ok(())
-            }
-            _ => Err("guest_side".to_owned()),
-        }
-    }
-    let mut out = String::new();
-    write(v, &mut out)?;
-    Ok(out.into_bytes())
 }
