@@ -45,6 +45,10 @@ impl OverheadRun {
         load.config = attester_client::client::ClientConfig::new(with.url.clone(), with.ca.clone());
         // Loopback only: no proxy from the environment.
         let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+        println!(
+            "metrics overhead: without metrics on threads named kbs-broker*, with metrics on threads named {THREADS}*, {url} scraped every {} s",
+            SCRAPE_EVERY.as_secs()
+        );
         Ok(Self { template: load, cpu: CpuSource::Threads(THREADS), url, http })
     }
 
