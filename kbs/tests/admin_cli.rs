@@ -696,9 +696,10 @@ async fn audit_query_prints_a_table_or_json() {
     let admin = b.token_file(&b.admin_token());
     let put = b.kbsctl(&["--token-file", &admin, "secret", "put", "q/a", "--from-file", "-"], Some(b"v")).await;
     assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
-    let query = ["--token-file", &admin, "audit", "query", "--action", "secret.put"];
+    let query: [&str; 6] = ["--token-file", &admin, "audit", "query", "--action", "secret.put"];
 
-    let json = b.kbsctl(&[&["--output", "json"], &query[..]].concat(), None).await;
+    let json_args: Vec<&str> = ["--output", "json"].into_iter().chain(query).collect();
+    let json = b.kbsctl(&json_args, None).await;
     assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
     let records: Vec<serde_json::Value> = serde_json::from_str(&stdout(&json)).unwrap();
     assert_eq!(records.len(), 1, "{records:?}");

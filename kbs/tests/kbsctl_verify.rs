@@ -195,13 +195,14 @@ fn completions_and_version() {
 /// not only the top level's.
 #[test]
 fn every_help_names_the_exit_codes() {
-    for args in [
-        &["--help"][..],
+    let cases: [&[&str]; 5] = [
+        &["--help"],
         &["secret", "list", "--help"],
         &["audit", "query", "--help"],
         &["model", "inspect", "--help"],
         &["verify", "--help"],
-    ] {
+    ];
+    for args in cases {
         let out = kbsctl(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         let help = String::from_utf8(out.stdout).unwrap();
