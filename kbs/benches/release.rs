@@ -4,7 +4,8 @@
 //! whole release flow in process (no TLS, no gRPC), so its ratio to
 //! `floor/snp_release` is the broker's overhead; `release/broker_core_snp_8gpu`
 //! against `floor/snp_8gpu_release` does the same for a VM with eight
-//! GPUs. docs/performance.md states
+//! GPUs. `observability/*` is what one release adds for its metrics and
+//! trace spans, against the same floor. docs/performance.md states
 //! the figures; `cargo bench -p kbs --bench release` reproduces them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -420,6 +421,59 @@ fn broker_core_composite(c: &mut Criterion) {
     group.finish();
 }
 
+/// What one release adds for its observability, against
+/// `floor/snp_release`: the metric updates of one release (a challenge
+/// issued, four phase durations and the release's outcome and duration,
+/// with their clock reads), and its trace spans as the release path makes
+/// them (the release span; verify with evidence_parse and collateral
+/// inside; store, policy and seal; the outcome recorded), without a
+/// subscriber and under the broker's own log subscriber at `info`
+/// (OpenTelemetry off, lines to a sink).
+fn observability(c: &mut Criterion) {
+    use kbs::metrics::{Metrics, Phase, Tee};
+    use kbs::telemetry::phase;
+    use std::time::Instant;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let metrics = Metrics::default();
+    c.bench_function("observability/release_metrics", |b| {
+        b.iter(|| {
+            let started = Instant::now();
+            metrics.challenge_issued(Tee::Snp);
+            for step in [Phase::Verify, Phase::Store, Phase::Policy, Phase::Seal] {
+                let timed = Instant::now();
+                metrics.phase(step, black_box(timed).elapsed());
+            }
+            metrics.release(Tee::Snp, None, started.elapsed());
+        })
+    });
+
+    let headers = axum::http::HeaderMap::new();
+    let spans = || {
+        let release = kbs::telemetry::release_span(&headers);
+        let _release = release.enter();
+        {
+            let _verify = tracing::info_span!(phase::VERIFY).entered();
+            tracing::info_span!(phase::EVIDENCE_PARSE).in_scope(|| black_box(()));
+            let _collateral = tracing::info_span!(phase::COLLATERAL, source = "cert_table").entered();
+        }
+        tracing::info_span!(phase::STORE).in_scope(|| black_box(()));
+        tracing::info_span!(phase::POLICY).in_scope(|| black_box(()));
+        tracing::info_span!(phase::SEAL).in_scope(|| black_box(()));
+        kbs::telemetry::record_outcome(Some("snp"), Some("0123456789abcdef0123456789abcdef"), 1, None);
+    };
+    c.bench_function("observability/release_spans_no_subscriber", |b| b.iter(spans));
+    // The filter and format of `kbs serve` (`init_tracing`), OpenTelemetry off.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::sink)
+        .with_ansi(false)
+        .with_filter(tracing_subscriber::EnvFilter::new("info,vaultrs=off,rustify=off"));
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(logs), || {
+        c.bench_function("observability/release_spans_log_subscriber", |b| b.iter(spans));
+    });
+}
+
 criterion_group!(
     benches,
     floor_composite,
@@ -432,6 +486,7 @@ criterion_group!(
     hpke_seal,
     store_read,
     broker_core,
-    broker_core_without_sync
+    broker_core_without_sync,
+    observability
 );
 criterion_main!(benches);

@@ -9,6 +9,11 @@
 //! adds: no lock, no hashing of label values, no allocation on the release
 //! path, and no dependency. Nothing a caller sends (a secret name, a peer
 //! address) can become a label value, so the series count is fixed.
+//!
+//! A broker without a metrics listener records nothing
+//! ([`Metrics::recording`]): no one could read the counts. The
+//! open-connections gauges are kept either way, since connection admission
+//! counts with them.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -234,6 +239,7 @@ pub struct Metrics {
     coco_requests: [[AtomicU64; COCO_STATUSES.len() + 1]; CocoEndpoint::ALL.len()],
     open_connections: [Arc<AtomicUsize>; Listener::ALL.len()],
     audit_write_failures: Arc<AtomicU64>,
+    recording: bool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -262,12 +268,24 @@ impl Metrics {
             coco_requests: std::array::from_fn(|_| counters()),
             open_connections: std::array::from_fn(|_| Arc::new(AtomicUsize::new(0))),
             audit_write_failures,
+            recording: true,
         }
+    }
+
+    /// These metrics, recording the release path's counters and histograms
+    /// only when `on` (the open-connections gauges and the audit failure
+    /// count are kept either way).
+    pub fn recording(mut self, on: bool) -> Self {
+        self.recording = on;
+        self
     }
 
     /// One release decision: allowed (`refused` is `None`) or refused with
     /// that reason, and how long the whole call took.
     pub fn release(&self, tee: Tee, refused: Option<ReasonCode>, took: Duration) {
+        if !self.recording {
+            return;
+        }
         let tee = tee as usize;
         if let Some(slot) = self.releases.get(tee).and_then(|row| row.get(outcome(refused))) {
             slot.fetch_add(1, Ordering::Relaxed);
@@ -279,6 +297,9 @@ impl Metrics {
 
     /// The time one phase of a release took.
     pub fn phase(&self, phase: Phase, took: Duration) {
+        if !self.recording {
+            return;
+        }
         if let Some(histogram) = self.phase_duration.get(phase as usize) {
             histogram.observe(took);
         }
@@ -286,6 +307,9 @@ impl Metrics {
 
     /// One challenge (or CoCo session) issued.
     pub fn challenge_issued(&self, tee: Tee) {
+        if !self.recording {
+            return;
+        }
         if let Some(counter) = self.challenges.get(tee as usize) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
@@ -293,11 +317,17 @@ impl Metrics {
 
     /// One guest-facing call refused by the rate limits.
     pub fn rate_limited(&self) {
+        if !self.recording {
+            return;
+        }
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One CoCo request answered with `status`.
     pub fn coco_request(&self, endpoint: CocoEndpoint, status: u16) {
+        if !self.recording {
+            return;
+        }
         let slot = COCO_STATUSES.iter().position(|s| *s == status).unwrap_or(COCO_STATUSES.len());
         if let Some(counter) = self.coco_requests.get(endpoint as usize).and_then(|row| row.get(slot)) {
             counter.fetch_add(1, Ordering::Relaxed);
@@ -530,6 +560,29 @@ mod tests {
         let (version, _) = build_info();
         assert!(text.contains(&format!("kbs_build_info{{version=\"{version}\",revision=")), "{text}");
         assert!(!version.is_empty() && !version.contains('('));
+    }
+
+    #[test]
+    fn metrics_not_recording_count_nothing_but_connections() {
+        let failures = Arc::new(AtomicU64::new(0));
+        let metrics = Metrics::new(Arc::clone(&failures)).recording(false);
+        metrics.release(Tee::Snp, None, Duration::from_micros(700));
+        metrics.phase(Phase::Seal, Duration::from_micros(100));
+        metrics.challenge_issued(Tee::Snp);
+        metrics.rate_limited();
+        metrics.coco_request(CocoEndpoint::Resource, 200);
+        metrics.open_connections(Listener::Guest).fetch_add(2, Ordering::Relaxed);
+        failures.fetch_add(1, Ordering::Relaxed);
+        let text = metrics.encode();
+        assert_eq!(value(&text, r#"kbs_releases_total{tee="snp",decision="allow",reason="ok"}"#), 0.0);
+        assert_eq!(value(&text, r#"kbs_release_duration_seconds_count{tee="snp"}"#), 0.0);
+        assert_eq!(value(&text, r#"kbs_release_phase_duration_seconds_count{phase="seal"}"#), 0.0);
+        assert_eq!(value(&text, r#"kbs_challenges_issued_total{tee="snp"}"#), 0.0);
+        assert_eq!(value(&text, "kbs_rate_limited_total"), 0.0);
+        assert!(!text.contains("kbs_coco_requests_total{"), "{text}");
+        // Admission still counts connections; the audit log its failures.
+        assert_eq!(value(&text, r#"kbs_open_connections{listener="guest"}"#), 2.0);
+        assert_eq!(value(&text, "kbs_audit_write_failures_total"), 1.0);
     }
 
     #[test]

@@ -244,6 +244,13 @@ impl Broker {
         }
     }
 
+    /// Records the release path's metrics only when `on` (a broker with a
+    /// metrics listener); see [`Metrics::recording`].
+    pub fn with_metrics_recording(mut self, on: bool) -> Self {
+        self.metrics = Arc::new(Metrics::new(self.audit.failure_counter()).recording(on));
+        self
+    }
+
     /// Holds guest-facing calls to `limits` (see [`crate::rate`]).
     pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
         self.rate = RateLimiter::new(limits);

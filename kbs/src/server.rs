@@ -241,6 +241,7 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
             Arc::clone(&audit),
             clock,
         )
+        .with_metrics_recording(config.metrics.is_some())
         .with_policy(policy)
         .with_rate_limits(config.rate_limits)
         .with_tdx(tdx_support(config)?)

@@ -686,3 +686,39 @@ async fn audit_verify_checks_macs_with_the_key() {
     let out = b.kbsctl(&args.iter().map(String::as_str).collect::<Vec<_>>(), None).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// `audit query` prints a table by default and, with `--output json`, a
+/// JSON array of the records as the broker wrote them.
+#[tokio::test]
+async fn audit_query_prints_a_table_or_json() {
+    let pki = ClientPki::new();
+    let b = start(&pki).await;
+    let admin = b.token_file(&b.admin_token());
+    let put = b.kbsctl(&["--token-file", &admin, "secret", "put", "q/a", "--from-file", "-"], Some(b"v")).await;
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    let query: [&str; 6] = ["--token-file", &admin, "audit", "query", "--action", "secret.put"];
+
+    let json_args: Vec<&str> = ["--output", "json"].into_iter().chain(query).collect();
+    let json = b.kbsctl(&json_args, None).await;
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let records: Vec<serde_json::Value> = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    assert_eq!(record["action"], "secret.put");
+    assert_eq!(record["secrets"][0]["name"], "q/a");
+    assert!(record["prev"].is_string() && record["time"].is_string(), "{record}");
+
+    let table = b.kbsctl(&query, None).await;
+    assert_eq!(table.status.code(), Some(0), "{}", stderr(&table));
+    let text = stdout(&table);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["TIME", "ACTION", "DECISION", "REASON", "TEE", "SECRETS", "CALLER"]);
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    let time = record["time"].as_str().unwrap();
+    assert!(row[0].ends_with('Z') && time.starts_with(row[0].trim_end_matches('Z')), "{text}");
+    assert_eq!(row[1..3], [record["action"].as_str().unwrap(), record["decision"].as_str().unwrap()], "{text}");
+    assert!(row[5].starts_with("q/a"), "{text}");
+    assert_eq!(row[6], record["caller"].as_str().unwrap(), "{text}");
+}

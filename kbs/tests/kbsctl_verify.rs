@@ -190,3 +190,51 @@ fn completions_and_version() {
         "{version}"
     );
 }
+
+/// Every subcommand's `--help` ends with the settings and the exit codes,
+/// not only the top level's.
+#[test]
+fn every_help_names_the_exit_codes() {
+    let cases: [&[&str]; 5] = [
+        &["--help"],
+        &["secret", "list", "--help"],
+        &["audit", "query", "--help"],
+        &["model", "inspect", "--help"],
+        &["verify", "--help"],
+    ];
+    for args in cases {
+        let out = kbsctl(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(help.contains("Exit codes:") && help.contains("141  stdout was closed"), "{args:?}: {help}");
+        assert!(help.contains("KBS_ADMIN_URL"), "{args:?}: {help}");
+    }
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR`: a usage error is
+/// coloured under a pseudo-terminal (`script`), plain when piped or when
+/// `NO_COLOR` is set.
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let piped = kbsctl(&["--no-such-flag"]);
+    assert_eq!(piped.status.code(), Some(1));
+    assert!(!piped.stderr.contains(&0x1b), "{}", String::from_utf8_lossy(&piped.stderr));
+    let on_a_terminal = |no_color: bool| {
+        let mut command = Command::new("script");
+        command
+            .args(["-qec", &format!("{} --no-such-flag", env!("CARGO_BIN_EXE_kbsctl")), "/dev/null"])
+            .env("TERM", "xterm")
+            .env_remove("CLICOLOR")
+            .env_remove("CLICOLOR_FORCE")
+            .env_remove("NO_COLOR");
+        if no_color {
+            command.env("NO_COLOR", "1");
+        }
+        let out = command.output().expect("script(1), from util-linux");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("--no-such-flag"), "{text}");
+        text
+    };
+    assert!(on_a_terminal(false).contains('\x1b'), "no colour on a terminal");
+    assert!(!on_a_terminal(true).contains('\x1b'), "colour despite NO_COLOR");
+}

@@ -11,7 +11,10 @@
 //! byte check, one new connection per flow), `--coco-gets` only resource
 //! GETs with a token on kept-alive connections. `--flood-challenges R`
 //! adds one peer sending R challenge requests per second from another
-//! loopback address and compares the guests' p99 without and with it. For each concurrency level
+//! loopback address and compares the guests' p99 without and with it.
+//! `--metrics-overhead R` runs R pairs of phases against two spawned
+//! brokers, one without metrics and one with its metrics listener scraped
+//! every second, and compares their CPU per release. For each concurrency level
 //! it prints releases (or flows, or GETs)/s, latency percentiles, errors by
 //! reason code and, when it can see the broker's CPU accounting, the
 //! broker's CPU time per release and its ratio to "the floor" (the
@@ -52,6 +55,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 mod coco;
 #[path = "kbs-bench/flood.rs"]
 mod flood;
+#[path = "kbs-bench/metrics.rs"]
+mod metrics;
 
 /// mimalloc: the release path allocates many small, short-lived objects
 /// (HTTP/2 frames, policy values), which it serves markedly faster than the
@@ -159,6 +164,13 @@ struct Args {
     /// Pairs of phases (without, with the flood) per concurrency level.
     #[arg(long, default_value_t = 3, requires = "flood_challenges")]
     flood_rounds: usize,
+    /// The cost of metrics: two spawned brokers, one without metrics and
+    /// one with its metrics listener scraped every second (as Prometheus
+    /// would), each concurrency level running this many pairs of phases,
+    /// one against each broker, in alternating order; then their broker
+    /// CPU per release is compared.
+    #[arg(long, requires = "spawn", conflicts_with_all = ["coco", "reconnect", "flood_challenges"])]
+    metrics_overhead: Option<usize>,
     /// Store cache TTL for the spawned broker (ms; 0 = off).
     #[arg(long)]
     spawn_cache_ttl_ms: Option<u64>,
@@ -269,6 +281,8 @@ fn clock_ticks_per_second() -> f64 {
 struct Spawned {
     url: String,
     coco_url: Option<String>,
+    /// `http://127.0.0.1:PORT/metrics` when its metrics listener is on.
+    metrics_url: Option<String>,
     ca: Vec<u8>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -277,13 +291,26 @@ struct Spawned {
 
 impl Spawned {
     /// A broker as `args` say (`--spawn-*`, `--tee`, `--coco`, `--resume`),
-    /// holding the secret `value` for `measurement`.
+    /// holding the secret `value` for `measurement`, on threads named
+    /// `kbs-broker`, without metrics.
     fn start(args: &Args, value: &[u8], measurement: &str) -> anyhow::Result<Self> {
+        Self::start_named(args, value, measurement, "kbs-broker", false)
+    }
+
+    /// [`Self::start`] on threads named `threads`, with its metrics
+    /// listener (`[metrics]`) when `metrics`.
+    fn start_named(
+        args: &Args,
+        value: &[u8],
+        measurement: &str,
+        threads: &'static str,
+        metrics: bool,
+    ) -> anyhow::Result<Self> {
         let (secret, cache_ttl_ms, tee, coco) = (&args.secret, args.spawn_cache_ttl_ms, args.tee, args.coco);
         let (ticket_key, audit_sync) = (args.resume, !args.spawn_no_audit_sync);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name("kbs-broker")
+            .thread_name(threads)
             // Blocking-pool threads must outlive the run for the per-thread
             // CPU accounting to see all of the broker's time.
             .thread_keep_alive(Duration::from_secs(24 * 3600))
@@ -298,6 +325,7 @@ impl Spawned {
             snp_test_roots: vec![ark],
             cache_ttl_ms,
             coco_listen: coco.then(|| "127.0.0.1:0".to_owned()),
+            metrics_listen: metrics.then(|| "127.0.0.1:0".to_owned()),
             ..Default::default()
         };
         if tee == TeeArg::Tdx {
@@ -335,7 +363,7 @@ impl Spawned {
         let name = secret.to_owned();
         let value = value.to_vec();
         let allowed = vec![measurement.to_owned()];
-        let (port, coco_port) = runtime.block_on(async move {
+        let (port, coco_port, metrics_port) = runtime.block_on(async move {
             let app = kbs::server::build(&config, kbs::release::system_clock(), true).await?;
             app.broker
                 .store()
@@ -355,7 +383,12 @@ impl Spawned {
                 false => None,
             };
             let coco_port = coco.as_ref().map(|l| l.local_addr()).transpose()?.map(|a| a.port());
-            let listeners = kbs::server::Listeners { guest, admin, coco, metrics: None };
+            let metrics = match metrics {
+                true => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+                false => None,
+            };
+            let metrics_port = metrics.as_ref().map(|l| l.local_addr()).transpose()?.map(|a| a.port());
+            let listeners = kbs::server::Listeners { guest, admin, coco, metrics };
             tokio::spawn(async move {
                 if let Err(e) = kbs::server::run_listeners(app, listeners, async move {
                     let _ = rx.await;
@@ -365,11 +398,12 @@ impl Spawned {
                     eprintln!("spawned broker stopped: {e}");
                 }
             });
-            anyhow::Ok((port, coco_port))
+            anyhow::Ok((port, coco_port, metrics_port))
         })?;
         Ok(Self {
             url: format!("https://localhost:{port}"),
             coco_url: coco_port.map(|p| format!("https://localhost:{p}")),
+            metrics_url: metrics_port.map(|p| format!("http://127.0.0.1:{p}/metrics")),
             ca: std::fs::read(&files.ca)?,
             stop: Some(tx),
             runtime: Some(runtime),
@@ -1073,6 +1107,11 @@ fn main() -> anyhow::Result<()> {
         let cpu = args.broker_pid.map_or(CpuSource::None, CpuSource::Pid);
         (None, url, args.coco_url.clone(), ca, cpu, Vec::new())
     };
+    // `--metrics-overhead`: the second broker, with its metrics listener.
+    let with_metrics = match args.metrics_overhead {
+        Some(_) => Some(Spawned::start_named(&args, &value, &measurement_hex, metrics::THREADS, true)?),
+        None => None,
+    };
     check_loopback(&url)?;
     if let Some(u) = &coco_url {
         check_loopback(u)?;
@@ -1192,6 +1231,13 @@ fn main() -> anyhow::Result<()> {
             "rssmax"
         );
         let mut failed = false;
+        if let (Some(rounds), Some(with)) = (args.metrics_overhead, &with_metrics) {
+            let run = metrics::OverheadRun::new(with, &template)?;
+            for &c in &args.concurrency {
+                failed |= run.compare(&args, &template, rounds, c, &cpu, tick, floor).await?;
+            }
+            return anyhow::Ok(failed);
+        }
         if let Some(rate) = args.flood_challenges {
             let tls = client_tls(&ca, false, b"h2")?;
             let flood = FloodRun { tls, port: port_of(&url)?, rate };
@@ -1212,6 +1258,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(failed)
     });
     drop(spawned);
+    drop(with_metrics);
     runtime.shutdown_timeout(Duration::from_secs(5));
     if result? {
         bail!("some releases failed");

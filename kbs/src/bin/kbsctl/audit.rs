@@ -37,7 +37,9 @@ pub(crate) enum AuditCommand {
         #[arg(long, requires = "expect_count")]
         expect_head: Option<String>,
     },
-    /// Print the broker's most recent audit records (JSON lines).
+    /// Print the broker's most recent audit records: a table (time,
+    /// action, decision, reason, TEE, secrets, caller), or with `--output
+    /// json` a JSON array of the records as the broker wrote them.
     Query {
         /// Only records at or after this time (RFC 3339 or Unix seconds).
         #[arg(long)]
@@ -140,6 +142,7 @@ pub(crate) async fn query(
     since: Option<&str>,
     action: Option<&str>,
     limit: u32,
+    output: Output,
 ) -> Result<(), Failure> {
     let since = match since {
         None => 0,
@@ -155,17 +158,62 @@ pub(crate) async fn query(
         .await
         .map_err(refused)?
         .into_inner();
-    for record in resp.records {
-        outln!("{record}");
-    }
+    let records = resp
+        .records
+        .iter()
+        .map(|r| serde_json::from_str(r))
+        .collect::<Result<Vec<serde_json::Value>, _>>()
+        .map_err(|e| Failure::Usage(format!("the broker sent an audit record that is not JSON: {e}")))?;
+    print_records(&records, output);
     Ok(())
 }
 
+/// The records as a table, or as a JSON array of them.
+fn print_records(records: &[serde_json::Value], output: Output) {
+    if output == Output::Json {
+        outln!("{}", serde_json::to_string_pretty(records).unwrap_or_default());
+        return;
+    }
+    outln!("{:<20} {:<16} {:<8} {:<28} {:<6} {:<40} CALLER", "TIME", "ACTION", "DECISION", "REASON", "TEE", "SECRETS");
+    let text =
+        |record: &serde_json::Value, key: &str| record.get(key).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+    for record in records {
+        let secrets: Vec<String> = record
+            .get("secrets")
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten()
+            .map(|s| match (s.get("name").and_then(|n| n.as_str()), s.get("version").and_then(|v| v.as_u64())) {
+                (Some(name), Some(version)) => format!("{name}@{version}"),
+                (Some(name), None) => name.to_owned(),
+                _ => "?".to_owned(),
+            })
+            .collect();
+        let secrets = if secrets.is_empty() { "-".to_owned() } else { secrets.join(",") };
+        // Whole seconds: the record keeps the exact time.
+        let time = text(record, "time");
+        let time = match time.split_once('.') {
+            Some((seconds, _)) => format!("{seconds}Z"),
+            None => time,
+        };
+        outln!(
+            "{:<20} {:<16} {:<8} {:<28} {:<6} {:<40} {}",
+            time,
+            text(record, "action"),
+            text(record, "decision"),
+            text(record, "reason"),
+            text(record, "tee"),
+            secrets,
+            text(record, "caller")
+        );
+    }
+}
+
 /// Runs an `audit` subcommand that needs the broker.
-pub(crate) async fn run(client: &mut Client, cmd: &AuditCommand) -> Result<(), Failure> {
+pub(crate) async fn run(client: &mut Client, cmd: &AuditCommand, output: Output) -> Result<(), Failure> {
     match cmd {
         AuditCommand::Query { since, action, limit } => {
-            query(client, since.as_deref(), action.as_deref(), *limit).await
+            query(client, since.as_deref(), action.as_deref(), *limit, output).await
         }
         AuditCommand::Verify { .. } => Ok(()),
     }

@@ -35,7 +35,7 @@ mod verify_tdx;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
 const EXIT_CODES: &str = "Settings come from flags, then the environment (KBS_ADMIN_URL, KBS_ADMIN_TOKEN,
 KBS_ADMIN_TOKEN_FILE, KBS_CA, KBS_CLIENT_CERT, KBS_CLIENT_KEY), then the config file
@@ -132,6 +132,15 @@ pub(crate) enum Command {
     },
 }
 
+/// The command line, with the settings and exit codes under every
+/// subcommand's help (and manual page), not only the top level's.
+fn command() -> clap::Command {
+    fn with_exit_codes(command: clap::Command) -> clap::Command {
+        command.after_help(EXIT_CODES).mut_subcommands(with_exit_codes)
+    }
+    with_exit_codes(<Cli as clap::CommandFactory>::command())
+}
+
 /// Writes to stdout. A reader that went away (`kbsctl ... | head`) ends the
 /// command quietly with exit 141, as SIGPIPE ends `ls`; any other write
 /// error is exit 1.
@@ -180,7 +189,7 @@ impl Failure {
 async fn main() -> ExitCode {
     // clap exits with 2 on usage errors; 2 means "refused" here, so usage
     // errors are mapped to 1.
-    let cli = match Cli::try_parse() {
+    let cli = match command().try_get_matches().and_then(|matches| Cli::from_arg_matches(&matches)) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -211,7 +220,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Audit(cmd) => {
             let mut client = connection::connect(&cli).await?;
-            audit::run(&mut client, cmd).await
+            audit::run(&mut client, cmd, cli.output).await
         }
         Command::Secret(cmd) => {
             let mut client = connection::connect(&cli).await?;
@@ -221,13 +230,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Gpu(cmd) => gpu::run(cmd),
         Command::Completion { shell } => {
             let mut script = Vec::new();
-            clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "kbsctl", &mut script);
+            clap_complete::generate(*shell, &mut command(), "kbsctl", &mut script);
             out!("{}", String::from_utf8_lossy(&script));
             Ok(())
         }
         Command::Model(cmd) => model::run(&cli, cmd).await,
         Command::Man { dir } => {
-            let written = kbs_proto::man::write_pages(<Cli as clap::CommandFactory>::command(), dir)
+            let written = kbs_proto::man::write_pages(command(), dir)
                 .map_err(|e| Failure::Usage(format!("writing manual pages to {}: {e}", dir.display())))?;
             for page in written {
                 outln!("{}", page.display());
