@@ -11,6 +11,7 @@ mod bounded;
 pub mod certtable;
 pub mod collateral;
 pub mod gpu;
+pub mod gpu_ocsp;
 pub mod gpu_rims;
 pub mod pcs;
 pub mod snp;
