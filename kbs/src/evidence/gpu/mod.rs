@@ -387,8 +387,9 @@ pub struct GpuSetClaims {
     pub driver_versions: Vec<String>,
     /// The VBIOS (NVSwitch: BIOS) versions the devices report, sorted, each once.
     pub vbios_versions: Vec<String>,
-    /// `good` when every device's chain was shown good by stapled OCSP
-    /// responses, else `not_checked`.
+    /// `good` when every device's chain was shown good by OCSP responses
+    /// (stapled, or fetched by the broker: `[gpu] ocsp_fetch`), else
+    /// `not_checked`.
     pub revocation: SetRevocation,
     /// `match` when every device's measurements matched its RIMs; else the
     /// first of `mismatch`, `missing`, `not_appraised` that a device has.
