@@ -351,8 +351,8 @@ fn gpu_broker(broker: Broker) -> Broker {
 
 /// The unavoidable crypto of one composite SEV-SNP + 8 GPU release: the
 /// [`floor`]'s, plus one P-384 verify per GPU report. Device chains and
-/// RIM appraisals can be cached, like the VEK chain, so they are not part
-/// of the floor (the broker does not cache device chains yet).
+/// RIM appraisals are cached, like the VEK chain, so they are not part of
+/// the floor.
 fn floor_composite(c: &mut Criterion) {
     let floor = Floor::new();
     c.bench_function("floor/snp_8gpu_release", |b| b.iter(|| floor.release(1 + GPUS)));

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::evidence::EvidenceError;
 use crate::evidence::amd_crl::Revocation;
+use crate::evidence::gpu_ocsp::OcspFetch;
 
 /// Why configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +315,10 @@ struct RawGpu {
     rim_dir: Option<PathBuf>,
     #[serde(default)]
     accept_expired_rim_signers: bool,
+    #[serde(default)]
+    ocsp_fetch: OcspFetch,
+    #[serde(default)]
+    ocsp_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -507,6 +512,15 @@ pub struct GpuConfig {
     /// ships RIMs signed by certificates past their two-year validity for
     /// firmware that is still current). Default false.
     pub accept_expired_rim_signers: bool,
+    /// Whether the broker asks NVIDIA's OCSP responder for device
+    /// certificates that came without a fresh stapled response: `off`
+    /// (default: stapled responses only), `best_effort` (revocation
+    /// `not_checked` when none can be had) or `require` (the device is
+    /// refused then).
+    pub ocsp_fetch: OcspFetch,
+    /// The responder to ask instead of the one each certificate names
+    /// (`https`, or `http` on loopback); needs `ocsp_fetch`.
+    pub ocsp_url: Option<String>,
 }
 
 /// Validated configuration.
@@ -978,6 +992,14 @@ impl Config {
         if !raw.dev.gpu_test_roots.is_empty() && !raw.dev.insecure_simulated_tee {
             return Err(ConfigError::Invalid("dev.gpu_test_roots needs dev.insecure_simulated_tee = true".into()));
         }
+        if raw.gpu.ocsp_url.is_some() && raw.gpu.ocsp_fetch == OcspFetch::Off {
+            return Err(ConfigError::Invalid(
+                "gpu.ocsp_url needs gpu.ocsp_fetch = \"best_effort\" or \"require\"".into(),
+            ));
+        }
+        if let Some(url) = &raw.gpu.ocsp_url {
+            crate::fetch::vendor_url_is_https(url, "gpu.ocsp_url").map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         if !raw.dev.gpu_test_rim_roots.is_empty() && !raw.dev.insecure_simulated_tee {
             return Err(ConfigError::Invalid("dev.gpu_test_rim_roots needs dev.insecure_simulated_tee = true".into()));
         }
@@ -1118,6 +1140,8 @@ impl Config {
             gpu: GpuConfig {
                 rim_dir: raw.gpu.rim_dir.map(|p| resolve(&p)),
                 accept_expired_rim_signers: raw.gpu.accept_expired_rim_signers,
+                ocsp_fetch: raw.gpu.ocsp_fetch,
+                ocsp_url: raw.gpu.ocsp_url,
             },
             coco,
             metrics,
@@ -1292,6 +1316,26 @@ mod tests {
         assert!(config.gpu.accept_expired_rim_signers);
         let text = format!("{MINIMAL}\n[gpu]\nrim_directory = \"rims\"\n");
         assert!(matches!(Config::from_toml(&text, Path::new("/")), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn online_ocsp_is_off_unless_asked_for() {
+        let config = Config::from_toml(MINIMAL, Path::new("/etc/kbs")).unwrap();
+        assert_eq!((config.gpu.ocsp_fetch, config.gpu.ocsp_url.as_deref()), (OcspFetch::Off, None));
+        let text = format!("{MINIMAL}\n[gpu]\nocsp_fetch = \"require\"\nocsp_url = \"https://ocsp.example/\"\n");
+        let config = Config::from_toml(&text, Path::new("/")).unwrap();
+        assert_eq!(config.gpu.ocsp_fetch, OcspFetch::Require);
+        assert_eq!(config.gpu.ocsp_url.as_deref(), Some("https://ocsp.example/"));
+        let best = format!("{MINIMAL}\n[gpu]\nocsp_fetch = \"best_effort\"\n");
+        assert_eq!(Config::from_toml(&best, Path::new("/")).unwrap().gpu.ocsp_fetch, OcspFetch::BestEffort);
+        for bad in ["ocsp_fetch = \"sometimes\"", "ocsp_fetch = true"] {
+            let text = format!("{MINIMAL}\n[gpu]\n{bad}\n");
+            assert!(matches!(Config::from_toml(&text, Path::new("/")), Err(ConfigError::Parse { .. })), "{bad}");
+        }
+        let orphan = format!("{MINIMAL}\n[gpu]\nocsp_url = \"https://ocsp.example/\"\n");
+        assert!(matches!(Config::from_toml(&orphan, Path::new("/")), Err(ConfigError::Invalid(_))));
+        let plain = format!("{MINIMAL}\n[gpu]\nocsp_fetch = \"require\"\nocsp_url = \"http://ocsp.example/\"\n");
+        assert!(matches!(Config::from_toml(&plain, Path::new("/")), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

@@ -306,6 +306,33 @@ pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Dura
     Some(at.duration_since(now).unwrap_or_default())
 }
 
+/// Why a response body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Longer than the cap (announced or received).
+    #[error("response too large")]
+    TooLarge,
+    /// The connection failed while reading (the message names no URL).
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// Reads a response body of at most `cap` bytes: refused when its
+/// `Content-Length` says more, or as soon as more arrives.
+pub async fn read_body_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, BodyError> {
+    if resp.content_length().is_some_and(|n| usize::try_from(n).map_or(true, |n| n > cap)) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| BodyError::Transport(e.without_url().to_string()))? {
+        if body.len().saturating_add(chunk.len()) > cap {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Reads a whole file of at most `cap` bytes; `None` if it does not exist.
 pub async fn read_capped(path: &Path, cap: usize) -> Result<Option<Vec<u8>>, FetchError> {
     let io = |source| FetchError::Io { path: path.to_owned(), source };

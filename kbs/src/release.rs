@@ -29,12 +29,14 @@ use crate::audit::{AuditLog, Event, SecretRef};
 use crate::challenge::{ChallengeSealer, IssuedChallenge};
 use crate::error::Error;
 use crate::evidence::collateral::VekResolver;
+use crate::evidence::gpu::ocsp::{OcspError, OcspGood};
 use crate::evidence::gpu::rim::{RimAppraiser, RimResult, RimStore};
 use crate::evidence::gpu::set::{DeviceSetExpectation, check_device_set};
 use crate::evidence::gpu::{
     DeviceClass, GpuDeviceClaims, GpuError, GpuNonce, GpuReport, GpuSetClaims, GpuVerifier, chain as gpu_chain, ocsp,
     spdm,
 };
+use crate::evidence::gpu_ocsp::{GpuOcspFetcher, OcspFetch};
 use crate::evidence::pcs::TdxCollateralResolver;
 use crate::evidence::snp::{SigningKey, SnpReport, SnpVerifier};
 use crate::evidence::tdx::{TdxQuote, TdxVerifier};
@@ -188,6 +190,7 @@ pub struct Broker {
     tdx: Option<TdxSupport>,
     gpu: Option<GpuVerifier>,
     rims: Arc<RimAppraiser>,
+    gpu_ocsp: Option<Arc<GpuOcspFetcher>>,
     rate: RateLimiter,
     metrics: Arc<Metrics>,
 }
@@ -240,6 +243,8 @@ impl Broker {
             gpu: crate::evidence::gpu::GpuAnchors::nvidia().ok().map(GpuVerifier::new),
             // No RIMs: every device is appraised `missing`.
             rims: Arc::new(RimAppraiser::default()),
+            // Stapled OCSP responses only.
+            gpu_ocsp: None,
             rate: RateLimiter::new(RateLimits::default()),
         }
     }
@@ -285,6 +290,13 @@ impl Broker {
     /// loaded) instead of an empty store.
     pub fn with_gpu_rims(mut self, rims: RimStore) -> Self {
         self.rims = Arc::new(RimAppraiser::new(rims));
+        self
+    }
+
+    /// Asks OCSP responders, through `fetcher`, for the device certificates
+    /// that came without a fresh stapled response (`[gpu] ocsp_fetch`).
+    pub fn with_gpu_ocsp(mut self, fetcher: Arc<GpuOcspFetcher>) -> Self {
+        self.gpu_ocsp = Some(fetcher);
         self
     }
 
@@ -443,10 +455,12 @@ impl Broker {
             Ok(mut claims) => {
                 // Recorded even when a GPU is refused next.
                 event.measurement = Some(claims.measurement.clone());
-                self.verify_gpus(&req.gpus, &devices, &challenge.nonce, req.suite, &req.public_key, now).map(|gpu| {
-                    claims.gpu = gpu;
-                    claims
-                })
+                self.verify_gpus(&req.gpus, &devices, &challenge.nonce, req.suite, &req.public_key, now).await.map(
+                    |gpu| {
+                        claims.gpu = gpu;
+                        claims
+                    },
+                )
             }
             Err(e) => Err(e),
         };
@@ -555,7 +569,7 @@ impl Broker {
     /// key, their stapled OCSP responses, then the set; `None` without
     /// devices. The caller has checked the caps and that the CPU evidence
     /// commits to exactly these devices.
-    fn verify_gpus(
+    async fn verify_gpus(
         &self,
         gpus: &[GpuInput],
         devices: &[kbs_proto::DeviceEvidence<'_>],
@@ -568,15 +582,16 @@ impl Broker {
             return Ok(None);
         }
         let nonce = GpuNonce(kbs_proto::gpu_nonce(challenge_nonce, suite, public_key));
-        self.verify_gpu_set(gpus, &nonce, &kbs_proto::device_set_digest(devices), now).map(Some)
+        self.verify_gpu_set(gpus, &nonce, &kbs_proto::device_set_digest(devices), now).await.map(Some)
     }
 
-    /// Verifies every device against `nonce`, their stapled OCSP responses,
+    /// Verifies every device against `nonce`, their revocation (stapled
+    /// OCSP responses, or fetched ones: [`Self::device_revocation`]),
     /// appraises each against the RIM store, then checks the set. For front
     /// ends with their own binding (the CoCo profile): the caller has
     /// checked the caps ([`check_gpu_caps`]) and that the CPU evidence
     /// commits to exactly these devices.
-    pub fn verify_gpu_set(
+    pub async fn verify_gpu_set(
         &self,
         gpus: &[GpuInput],
         nonce: &GpuNonce,
@@ -590,14 +605,9 @@ impl Broker {
                 tracing::info!(device = index, cause = %e, "GPU evidence refused");
                 EvidenceError::from(e)
             })?;
-            let claims = if gpu.ocsp.is_empty() {
-                claims
-            } else {
-                let good = ocsp::verify_chain_ocsp(&gpu.cert_chain, &gpu.ocsp, now).map_err(|e| {
-                    tracing::info!(device = index, cause = %e, "GPU revocation status refused");
-                    EvidenceError::from(e)
-                })?;
-                claims.with_revocation(&good)
+            let claims = match self.device_revocation(index, gpu, now).await? {
+                Some(good) => claims.with_revocation(&good),
+                None => claims,
             };
             // The report verified, so it parses; the appraisal is a claim,
             // judged per secret (`check_gpu_requirement`) and by policy.
@@ -618,6 +628,47 @@ impl Broker {
         };
         let summary = check_device_set(&verified, &expected).map_err(EvidenceError::from)?;
         Ok(GpuSetClaims::new(verified, summary, device_set_digest))
+    }
+
+    /// The revocation of a verified device's chain: `Some` when OCSP shows
+    /// it good at `now`, `None` when it was not checked. Stapled responses
+    /// come first, and any failure of theirs refuses the device, unless
+    /// online OCSP is on and they were only stale or incomplete: then the
+    /// fetcher's (cached or fetched) responses decide, and when they cannot
+    /// show the chain good either, `best_effort` leaves it `not_checked`
+    /// and `require` refuses it. A revoked or unknown status, or a response
+    /// that is not authentic, always refuses.
+    async fn device_revocation(
+        &self,
+        index: usize,
+        gpu: &GpuInput,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<OcspGood>>, Error> {
+        let refused = |e: OcspError| {
+            tracing::info!(device = index, cause = %e, "GPU revocation status refused");
+            Error::from(EvidenceError::from(e))
+        };
+        let stapled = (!gpu.ocsp.is_empty()).then(|| ocsp::verify_chain_ocsp(&gpu.cert_chain, &gpu.ocsp, now));
+        let Some(fetcher) = &self.gpu_ocsp else {
+            return stapled.transpose().map_err(refused);
+        };
+        match stapled {
+            Some(Ok(good)) => return Ok(Some(good)),
+            Some(Err(e @ (OcspError::Stale(_) | OcspError::Missing(_)))) => {
+                tracing::debug!(device = index, cause = %e, "stapled OCSP responses not enough; asking the responder");
+            }
+            Some(Err(e)) => return Err(refused(e)),
+            None => {}
+        }
+        let fetched = fetcher.responses(&gpu.cert_chain, now).await;
+        match ocsp::verify_chain_ocsp(&gpu.cert_chain, &fetched, now) {
+            Ok(good) => Ok(Some(good)),
+            Err(e @ (OcspError::Stale(_) | OcspError::Missing(_))) if fetcher.policy() != OcspFetch::Require => {
+                tracing::info!(device = index, cause = %e, "GPU revocation not checked: no fresh OCSP response");
+                Ok(None)
+            }
+            Err(e) => Err(refused(e)),
+        }
     }
 
     fn attestation_id(&self) -> Result<String, Error> {
@@ -891,7 +942,8 @@ mod tests {
     const KEY: [u8; 32] = [0x22; 32];
 
     fn verify_set(broker: &Broker, gpus: &[GpuInput], key: &[u8]) -> Result<Option<GpuSetClaims>, Error> {
-        broker.verify_gpus(gpus, &digest_of(gpus), &CHALLENGE, SUITE, key, OffsetDateTime::now_utc())
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(broker.verify_gpus(gpus, &digest_of(gpus), &CHALLENGE, SUITE, key, OffsetDateTime::now_utc()))
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::evidence::collateral::{CrlRefresh, CrlSources};
 use crate::evidence::collateral::{KdsConfig, KdsFetcher, VekDirectory, VekResolver};
 use crate::evidence::gpu::rim::{RimCheck, RimError, RimStore};
 use crate::evidence::gpu::{GpuAnchors, GpuVerifier};
+use crate::evidence::gpu_ocsp::{GpuOcspConfig, GpuOcspFetcher, OcspFetch};
 use crate::evidence::gpu_rims::{self, RimDirError};
 use crate::evidence::pcs::{PcsConfig, PcsFetcher, TdxCollateralDir, TdxCollateralResolver};
 use crate::evidence::snp::SnpVerifier;
@@ -231,23 +232,25 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     policy.spawn_refresher(config.policy_refresh);
     let crl_clock = Arc::clone(&clock);
     let now_for_rims = clock();
-    let broker = Arc::new(
-        Broker::new(
-            sealer,
-            config.challenge_ttl,
-            SnpVerifier::new(anchors).with_revocation(config.snp.revocation),
-            resolver,
-            Arc::clone(&store),
-            Arc::clone(&audit),
-            clock,
-        )
-        .with_metrics_recording(config.metrics.is_some())
-        .with_policy(policy)
-        .with_rate_limits(config.rate_limits)
-        .with_tdx(tdx_support(config)?)
-        .with_gpu(gpu_verifier(config)?)
-        .with_gpu_rims(gpu_rims(config, now_for_rims)?),
-    );
+    let mut broker = Broker::new(
+        sealer,
+        config.challenge_ttl,
+        SnpVerifier::new(anchors).with_revocation(config.snp.revocation),
+        resolver,
+        Arc::clone(&store),
+        Arc::clone(&audit),
+        clock,
+    )
+    .with_metrics_recording(config.metrics.is_some())
+    .with_policy(policy)
+    .with_rate_limits(config.rate_limits)
+    .with_tdx(tdx_support(config)?)
+    .with_gpu(gpu_verifier(config)?)
+    .with_gpu_rims(gpu_rims(config, now_for_rims)?);
+    if let Some(fetcher) = gpu_ocsp(config)? {
+        broker = broker.with_gpu_ocsp(Arc::new(fetcher));
+    }
+    let broker = Arc::new(broker);
     start_crl_refresh(&broker, crl_sources, crl_clock, config.snp.crl_refresh).await;
     let admin = AdminService::new(
         store,
@@ -464,6 +467,18 @@ fn gpu_verifier(config: &Config) -> Result<GpuVerifier, StartError> {
         }
     }
     Ok(GpuVerifier::new(anchors))
+}
+
+/// The online OCSP fetcher for device chains, when `gpu.ocsp_fetch` is
+/// not `off` (its URL was checked with the configuration).
+fn gpu_ocsp(config: &Config) -> Result<Option<GpuOcspFetcher>, StartError> {
+    if config.gpu.ocsp_fetch == OcspFetch::Off {
+        return Ok(None);
+    }
+    let settings = GpuOcspConfig { url: config.gpu.ocsp_url.clone(), ..GpuOcspConfig::new(config.gpu.ocsp_fetch) };
+    let fetcher = GpuOcspFetcher::new(settings).map_err(|e| StartError::Refused(format!("GPU OCSP fetcher: {e}")))?;
+    tracing::info!(policy = ?config.gpu.ocsp_fetch, "device certificates without stapled OCSP are checked online");
+    Ok(Some(fetcher))
 }
 
 /// The GPU reference values: every RIM file of `gpu.rim_dir` verified

@@ -33,6 +33,7 @@ const VERIFIERS: &[&str] = &[
     "evidence::certtable",
     "evidence::anchors",
     "evidence::amd_crl",
+    "evidence::bounded",
     "evidence::tdx_collateral",
     "evidence::gpu",
     "evidence::gpu::chain",

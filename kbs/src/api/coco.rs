@@ -832,12 +832,9 @@ impl CocoService {
                 .iter()
                 .map(|g| kbs_proto::DeviceEvidence { report: &g.report, cert_chain: &g.cert_chain })
                 .collect();
-            let set = self.broker.verify_gpu_set(
-                gpus,
-                &crate::evidence::gpu::GpuNonce(gpu_nonce),
-                &kbs_proto::device_set_digest(&devices),
-                self.broker.now_utc(),
-            )?;
+            let gpu_nonce = crate::evidence::gpu::GpuNonce(gpu_nonce);
+            let set_digest = kbs_proto::device_set_digest(&devices);
+            let set = self.broker.verify_gpu_set(gpus, &gpu_nonce, &set_digest, self.broker.now_utc()).await?;
             claims.gpu = Some(set);
             audit.claims(&claims);
         }

@@ -63,7 +63,7 @@ use super::amd_crl::MAX_CRL_LEN;
 use super::anchors::{self, Generation, IntermediateKind, MAX_CERT_LEN};
 use super::snp::{CrlInstall, RawTcb, SigningKey, SnpReport, SnpVerifier};
 use crate::fetch::{
-    Backoff, BoundedSet, FetchError, HoldKind, KeyedBackoff, read_capped, retry_after, vendor_client,
+    Backoff, BoundedSet, FetchError, HoldKind, KeyedBackoff, read_body_capped, read_capped, retry_after, vendor_client,
     vendor_url_is_https, write_atomic,
 };
 
@@ -526,7 +526,7 @@ impl KdsFetcher {
 
     /// One GET, with the response size capped.
     async fn get(&self, url: &str, cap: usize, check: impl Fn(&[u8]) -> Result<(), String>) -> Result<Fetched, String> {
-        let mut resp = self.client.get(url).send().await.map_err(|e| e.without_url().to_string())?;
+        let resp = self.client.get(url).send().await.map_err(|e| e.without_url().to_string())?;
         let status = resp.status();
         match status.as_u16() {
             200 => {}
@@ -534,16 +534,7 @@ impl KdsFetcher {
             429 | 503 => return Ok(Fetched::Busy(retry_after(resp.headers()))),
             _ => return Err(format!("HTTP {status}")),
         }
-        if resp.content_length().is_some_and(|n| usize::try_from(n).map_or(true, |n| n > cap)) {
-            return Err("response too large".into());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.without_url().to_string())? {
-            if body.len().saturating_add(chunk.len()) > cap {
-                return Err("response too large".into());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_body_capped(resp, cap).await.map_err(|e| e.to_string())?;
         // Only what parses is worth caching; an error page is not.
         check(&body)?;
         Ok(Fetched::Body(body))

@@ -7,9 +7,11 @@
 
 pub mod amd_crl;
 pub mod anchors;
+mod bounded;
 pub mod certtable;
 pub mod collateral;
 pub mod gpu;
+pub mod gpu_ocsp;
 pub mod gpu_rims;
 pub mod pcs;
 pub mod snp;

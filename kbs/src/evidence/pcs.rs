@@ -41,7 +41,9 @@ use tokio::time::Instant;
 
 use super::EvidenceError;
 use super::tdx_collateral::{Fmspc, MAX_COLLATERAL_LEN, PckCa, PcsFiles, TdxCollateral};
-use crate::fetch::{Backoff, HoldKind, KeyedBackoff, retry_after, vendor_client, vendor_url_is_https, write_atomic};
+use crate::fetch::{
+    Backoff, HoldKind, KeyedBackoff, read_body_capped, retry_after, vendor_client, vendor_url_is_https, write_atomic,
+};
 
 /// Bound on the resolver's in-memory map.
 const MEMO_CAPACITY: usize = 1024;
@@ -453,8 +455,7 @@ impl PcsFetcher {
 
     /// One GET, size-capped; non-200 is a failure, classified by status.
     async fn get_bytes(&self, url: &str) -> Result<(Vec<u8>, reqwest::header::HeaderMap), Failure> {
-        let mut resp =
-            self.client.get(url).send().await.map_err(|e| unavailable(format!("PCS: {}", e.without_url())))?;
+        let resp = self.client.get(url).send().await.map_err(|e| unavailable(format!("PCS: {}", e.without_url())))?;
         let status = resp.status();
         if status != reqwest::StatusCode::OK {
             let why = unavailable(format!("PCS: HTTP {status} for {}", path_of(url)));
@@ -464,17 +465,8 @@ impl PcsFetcher {
                 _ => Failure::Other(why),
             });
         }
-        if resp.content_length().is_some_and(|n| usize::try_from(n).map_or(true, |n| n > MAX_COLLATERAL_LEN)) {
-            return Err(unavailable("PCS response too large").into());
-        }
         let headers = resp.headers().clone();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| unavailable(format!("PCS: {}", e.without_url())))? {
-            if body.len().saturating_add(chunk.len()) > MAX_COLLATERAL_LEN {
-                return Err(unavailable("PCS response too large").into());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_body_capped(resp, MAX_COLLATERAL_LEN).await.map_err(|e| unavailable(format!("PCS: {e}")))?;
         Ok((body, headers))
     }
 }

@@ -48,7 +48,7 @@
 //! Trust anchors and the clock are inputs, so production and tests run the
 //! same code with different roots; the verifier does no I/O.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -61,6 +61,7 @@ use x509_parser::certificate::X509Certificate;
 
 use super::amd_crl::{AmdCrl, Revocation};
 use super::anchors::{self, CertWindow, Generation, Intermediate, IntermediateKind, MAX_CERT_LEN, SnpAnchors};
+use super::bounded::BoundedMap;
 use super::{Claims, EvidenceError, TeeKind};
 
 /// Size of an attestation report, signature included.
@@ -737,31 +738,8 @@ struct VerifiedVek {
     hwid: Option<Vec<u8>>,
 }
 
-/// A bounded map of verified VEKs keyed by the SHA-256 of their DER,
-/// evicting the oldest entry when full.
-struct VekCache {
-    map: HashMap<[u8; 32], Arc<VerifiedVek>>,
-    order: VecDeque<[u8; 32]>,
-    capacity: usize,
-}
-
-impl VekCache {
-    fn insert(&mut self, digest: [u8; 32], vek: Arc<VerifiedVek>) {
-        if self.capacity == 0 || self.map.contains_key(&digest) {
-            return;
-        }
-        while self.map.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.map.insert(digest, vek);
-        self.order.push_back(digest);
-    }
-}
+/// Verified VEKs keyed by the SHA-256 of their DER.
+type VekCache = BoundedMap<[u8; 32], Arc<VerifiedVek>>;
 
 /// The SEV-SNP verifier: trust anchors plus a cache of verified VEK
 /// chains. Cheap to share (`Send + Sync`); verification is pure.
@@ -896,7 +874,7 @@ impl SnpVerifier {
     pub fn with_cache_capacity(anchors: SnpAnchors, capacity: usize) -> Self {
         Self {
             anchors,
-            cache: RwLock::new(VekCache { map: HashMap::new(), order: VecDeque::new(), capacity }),
+            cache: RwLock::new(VekCache::new(capacity)),
             revocation: Revocation::default(),
             crls: RwLock::new(HashMap::new()),
         }
@@ -986,7 +964,7 @@ impl SnpVerifier {
 
     /// How many verified VEK chains are cached.
     pub fn cached_veks(&self) -> usize {
-        self.cache.read().unwrap_or_else(PoisonError::into_inner).map.len()
+        self.cache.read().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Verifies a report; see the module documentation for the checks.
@@ -1095,7 +1073,7 @@ impl SnpVerifier {
         digest: &[u8; 32],
         extra_certs: &[Vec<u8>],
     ) -> Result<Arc<VerifiedVek>, EvidenceError> {
-        if let Some(hit) = self.cache.read().unwrap_or_else(PoisonError::into_inner).map.get(digest) {
+        if let Some(hit) = self.cache.read().unwrap_or_else(PoisonError::into_inner).get(digest) {
             return Ok(Arc::clone(hit));
         }
         let vek = anchors::parse_der_cert(vek_der)?;
@@ -1456,34 +1434,5 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<SnpVerifier>();
         assert_send_sync::<VerifiedSnp>();
-    }
-
-    #[test]
-    fn cache_is_bounded() {
-        let mut cache = VekCache { map: HashMap::new(), order: VecDeque::new(), capacity: 2 };
-        use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-        let pair = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
-        let key = ParsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, pair.public_key().as_ref()).unwrap();
-        let window = CertWindow {
-            label: String::new(),
-            not_before: OffsetDateTime::UNIX_EPOCH,
-            not_after: OffsetDateTime::UNIX_EPOCH,
-        };
-        let vek = Arc::new(VerifiedVek {
-            generation: Generation::Milan,
-            signer: IntermediateKind::Ask,
-            product_name: String::new(),
-            key,
-            windows: [window.clone(), window.clone(), window],
-            signer_serial: vec![1],
-            spl: VekSpl::default(),
-            hwid: None,
-        });
-        for i in 0..5u8 {
-            cache.insert([i; 32], Arc::clone(&vek));
-        }
-        assert_eq!(cache.map.len(), 2);
-        assert!(cache.map.contains_key(&[4; 32]) && cache.map.contains_key(&[3; 32]));
-        assert_eq!(cache.order.len(), 2);
     }
 }

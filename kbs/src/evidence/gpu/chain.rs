@@ -18,7 +18,7 @@
 
 use std::fmt;
 
-use aws_lc_rs::signature::{ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
+use aws_lc_rs::signature::{ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_FIXED, ParsedPublicKey, UnparsedPublicKey};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
@@ -214,16 +214,22 @@ pub(crate) fn verify_link(cert: &X509Certificate<'_>, issuer: &X509Certificate<'
         .map_err(|_| GpuError::ChainInvalid(format!("{name}: signature does not verify under its issuer")))
 }
 
-/// Verifies the report signature (`r || s`) over `signed` under the leaf.
-pub(crate) fn verify_report_signature(
-    leaf: &X509Certificate<'_>,
-    signed: &[u8],
-    signature: &[u8],
-) -> Result<(), GpuError> {
-    let key = p384_key(leaf)?;
-    UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, key)
-        .verify(signed, signature)
-        .map_err(|_| GpuError::SignatureInvalid)
+/// The leaf's key, parsed once for the report signatures it checks (`r ||
+/// s`, [`ParsedPublicKey::verify_sig`]); a key that does not parse as a
+/// P-384 point cannot have signed the report (`SignatureInvalid`).
+pub(crate) fn report_key(leaf: &X509Certificate<'_>) -> Result<ParsedPublicKey, GpuError> {
+    ParsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, p384_key(leaf)?).map_err(|_| GpuError::SignatureInvalid)
+}
+
+/// Checks that every certificate is valid at `now` (`CertificateExpired`).
+pub(crate) fn check_validity(windows: &[CertWindow], now: OffsetDateTime) -> Result<(), GpuError> {
+    match windows.iter().find(|w| !w.contains(now)) {
+        Some(window) => Err(GpuError::CertificateExpired(format!(
+            "{} valid {} to {}",
+            window.label, window.not_before, window.not_after
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Checks the chain's shape and links: exactly [`CHAIN_LEN`] certificates,
@@ -260,16 +266,7 @@ pub(crate) fn verify_chain(
         )));
     }
     verify_link(root, root)?;
-    for cert in certs {
-        let window = CertWindow::of(cert);
-        if !window.contains(now) {
-            return Err(GpuError::CertificateExpired(format!(
-                "{} valid {} to {}",
-                window.label, window.not_before, window.not_after
-            )));
-        }
-    }
-    Ok(())
+    check_validity(&certs.iter().map(CertWindow::of).collect::<Vec<_>>(), now)
 }
 
 /// The leaf's FWID and, for the RIoT shape, the device key it names.

@@ -18,6 +18,23 @@ pub(crate) const CONTEXT_CONSTRUCTED_1: u8 = 0xA1;
 pub(crate) const CONTEXT_CONSTRUCTED_2: u8 = 0xA2;
 pub(crate) const CONTEXT_CONSTRUCTED_6: u8 = 0xA6;
 
+/// The DER of `tag` over `content` (definite length; content up to 64 KiB,
+/// longer is `None`).
+pub(crate) fn encode(tag: u8, content: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(content.len().saturating_add(4));
+    out.push(tag);
+    match u8::try_from(content.len()) {
+        Ok(len @ 0..=0x7F) => out.push(len),
+        Ok(len) => out.extend_from_slice(&[0x81, len]),
+        Err(_) => {
+            out.push(0x82);
+            out.extend_from_slice(&u16::try_from(content.len()).ok()?.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(content);
+    Some(out)
+}
+
 /// `(tag, content, rest)`.
 pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;

@@ -46,6 +46,16 @@
 //!    offline inspection only, skips this check and reports the nonce.
 //! 9. **Claims** ([`GpuDeviceClaims`]), built only now.
 //!
+//! A chain whose evidence passed every check is cached, keyed by SHA-256
+//! of the anchor set and the chain's DER (bounded, oldest evicted first),
+//! with what checks 4, 6 and 7 established from the chain alone: the
+//! chain to a pinned root, the device, the leaf's key and FWID. A cached
+//! chain skips those (four P-384 verifies and the parsing of five
+//! certificates); checks 1, 3, 5, the FWID comparison and 8 run on every
+//! report, so a cached chain still refuses a certificate not valid at
+//! `now`, a report it did not sign, another firmware and another nonce.
+//! A failure is never cached.
+//!
 //! The verifier is pure: report, chain, anchors and `now` come in as
 //! arguments; it does no I/O and reads no clock. Revocation is a separate
 //! pure step ([`ocsp::verify_chain_ocsp`], on stapled or cached OCSP
@@ -65,14 +75,20 @@ pub mod rim;
 pub mod set;
 pub mod spdm;
 
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
 use aws_lc_rs::constant_time;
+use aws_lc_rs::signature::ParsedPublicKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
 pub use self::chain::{GpuAnchors, NVIDIA_DEVICE_IDENTITY_CA_SHA256};
 pub use self::spdm::{FeatureFlag, GpuNonce, GpuReport, Nvdec0, OpaqueFormat};
-use crate::evidence::anchors;
+use crate::evidence::anchors::{self, CertWindow};
+use crate::evidence::bounded::BoundedMap;
 use crate::reason::ReasonCode;
 
 /// Why GPU evidence was refused. Malformed input and failed checks are
@@ -371,8 +387,9 @@ pub struct GpuSetClaims {
     pub driver_versions: Vec<String>,
     /// The VBIOS (NVSwitch: BIOS) versions the devices report, sorted, each once.
     pub vbios_versions: Vec<String>,
-    /// `good` when every device's chain was shown good by stapled OCSP
-    /// responses, else `not_checked`.
+    /// `good` when every device's chain was shown good by OCSP responses
+    /// (stapled, or fetched by the broker: `[gpu] ocsp_fetch`), else
+    /// `not_checked`.
     pub revocation: SetRevocation,
     /// `match` when every device's measurements matched its RIMs; else the
     /// first of `mismatch`, `missing`, `not_appraised` that a device has.
@@ -429,16 +446,73 @@ impl GpuSetClaims {
     }
 }
 
-/// Verifies NVIDIA device evidence against pinned anchors.
-#[derive(Clone, Debug)]
+/// Default bound on the verified device-chain cache (the VEK cache's: a
+/// chain is one per device and firmware, about 1 KiB cached).
+pub const DEFAULT_CHAIN_CACHE_CAPACITY: usize = 4096;
+
+/// A device chain that passed the checks that depend on it alone (4, the
+/// chain to a pinned root; 6, the device; 7, the leaf's FWID extension and
+/// the device key it names), with what the per-report checks and the claims
+/// need. Cached by the digest of the chain's DER and the anchor set; the
+/// validity windows (5), the report signature (3), the FWID equality (7)
+/// and the nonce (8) are checked on every use.
+struct VerifiedChain {
+    /// The leaf's key, which signs reports.
+    report_key: ParsedPublicKey,
+    /// Every certificate's validity, leaf first: checked against `now` on
+    /// every use.
+    windows: Vec<CertWindow>,
+    chip: String,
+    arch: GpuArch,
+    ueid: String,
+    device_key_sha256: String,
+    device_id: Option<String>,
+    /// The FWID the leaf certifies, if it has the extension.
+    leaf_fwid: Option<[u8; spdm::DIGEST_LEN]>,
+}
+
+/// Verified chains keyed by [`GpuVerifier::chain_key`].
+type ChainCache = BoundedMap<[u8; 32], Arc<VerifiedChain>>;
+
+/// Verifies NVIDIA device evidence against pinned anchors, caching the
+/// device chains that verified (like the SEV-SNP verifier's VEK chains).
+/// Cheap to share (`Send + Sync`); verification is pure.
 pub struct GpuVerifier {
     anchors: GpuAnchors,
+    /// SHA-256 over the pinned roots' fingerprints: part of every cache key.
+    anchors_digest: [u8; 32],
+    cache: RwLock<ChainCache>,
+}
+
+impl fmt::Debug for GpuVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GpuVerifier")
+            .field("anchors", &self.anchors)
+            .field("cached_chains", &self.cached_chains())
+            .finish_non_exhaustive()
+    }
 }
 
 impl GpuVerifier {
-    /// A verifier over `anchors` (production: [`GpuAnchors::nvidia`]).
+    /// A verifier over `anchors` (production: [`GpuAnchors::nvidia`]) with
+    /// the default cache bound.
     pub fn new(anchors: GpuAnchors) -> Self {
-        Self { anchors }
+        Self::with_cache_capacity(anchors, DEFAULT_CHAIN_CACHE_CAPACITY)
+    }
+
+    /// A verifier whose verified-chain cache holds at most `capacity`
+    /// chains (0 disables caching).
+    pub fn with_cache_capacity(anchors: GpuAnchors, capacity: usize) -> Self {
+        let mut digest = Sha256::new();
+        for fingerprint in anchors.root_fingerprints() {
+            digest.update(fingerprint);
+        }
+        Self { anchors, anchors_digest: digest.finalize().into(), cache: RwLock::new(ChainCache::new(capacity)) }
+    }
+
+    /// How many verified device chains are cached.
+    pub fn cached_chains(&self) -> usize {
+        self.cache.read().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Runs every check (see the module docs), the nonce against
@@ -477,36 +551,27 @@ impl GpuVerifier {
         let report = GpuReport::parse(report_bytes)?;
         let fields = report.opaque_fields()?;
         let report_fwid = report.fwid()?;
-        // 2. Chain.
+        // 2.-7. Chain: from the cache (then 3 and 5 here), or checked now.
         let ders = chain::pem_chain(chain_pem)?;
-        let certs = ders.iter().map(|der| chain::parse_cert(der)).collect::<Result<Vec<_>, _>>()?;
-        let (Some(leaf), Some(device)) = (certs.first(), certs.get(1)) else {
-            return Err(GpuError::ChainInvalid(format!("{} certificates, expected {}", certs.len(), chain::CHAIN_LEN)));
+        let key = self.chain_key(&ders);
+        let hit = self.cache.read().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
+        let (verified, cached) = match hit {
+            Some(verified) => {
+                // 3. Signature.
+                verified
+                    .report_key
+                    .verify_sig(report.signed, &report.response.signature)
+                    .map_err(|_| GpuError::SignatureInvalid)?;
+                // 5. Validity.
+                chain::check_validity(&verified.windows, now)?;
+                (verified, true)
+            }
+            None => (Arc::new(self.verify_chain(&report, &ders, now)?), false),
         };
-        // 3. Signature.
-        chain::verify_report_signature(leaf, report.signed, &report.response.signature)?;
-        // 4, 5. Chain and validity.
-        chain::verify_chain(&certs, &ders, &self.anchors, now)?;
-        // 6. Device.
-        let chip = chip_of(leaf);
-        if chip_of(device) != chip {
-            return Err(GpuError::UnsupportedDevice(format!(
-                "leaf names chip {chip}, device certificate {}",
-                chip_of(device)
-            )));
-        }
-        let arch = GpuArch::from_chip(&chip).ok_or_else(|| GpuError::UnsupportedDevice(format!("chip {chip}")))?;
         // 7. FWID.
-        let leaf_fwid = chain::leaf_fwid(leaf)?;
-        let device_spki = device.public_key().raw;
-        if let Some(spki) = leaf_fwid.as_ref().and_then(|f| f.device_spki.as_deref())
-            && spki != device_spki
-        {
-            return Err(GpuError::FwidMismatch("the leaf's FWID extension names another device key".into()));
-        }
-        let fwid = match (report_fwid, &leaf_fwid) {
+        let fwid = match (report_fwid, &verified.leaf_fwid) {
             (None, _) => FwidCheck::AbsentInReport,
-            (Some(reported), Some(certified)) if reported == certified.fwid => FwidCheck::Match,
+            (Some(reported), Some(certified)) if reported == *certified => FwidCheck::Match,
             (Some(_), Some(_)) => return Err(GpuError::FwidMismatch("the leaf certifies another firmware".into())),
             (Some(_), None) => return Err(GpuError::FwidMismatch("the leaf has no FWID extension".into())),
         };
@@ -519,15 +584,19 @@ impl GpuVerifier {
             }
             None => NonceCheck::NotChecked,
         };
+        // Only a chain whose evidence passed every check is remembered.
+        if !cached {
+            self.cache.write().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::clone(&verified));
+        }
         // 9. Claims.
         Ok(GpuDeviceClaims {
-            class: arch.class(),
+            class: verified.arch.class(),
             vendor: "nvidia".into(),
-            arch,
-            chip,
-            ueid: hex::encode(anchors::strip_serial_zeros(leaf.raw_serial())),
-            device_key_sha256: hex::encode(anchors::sha256(device_spki)),
-            device_id: chain::device_id(leaf),
+            arch: verified.arch,
+            chip: verified.chip.clone(),
+            ueid: verified.ueid.clone(),
+            device_key_sha256: verified.device_key_sha256.clone(),
+            device_id: verified.device_id.clone(),
             nonce: report.request.nonce.to_hex(),
             fwid: report_fwid.filter(|_| fwid == FwidCheck::Match).map(hex::encode),
             driver_version: fields.driver_version,
@@ -555,6 +624,68 @@ impl GpuVerifier {
             trailing_zeros: report.trailing_zeros,
             revocation: None,
             rim: None,
+        })
+    }
+
+    /// The cache key of a chain: SHA-256 over the anchor set's digest and
+    /// every certificate's DER, each preceded by its length.
+    fn chain_key(&self, ders: &[Vec<u8>]) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        digest.update(self.anchors_digest);
+        for der in ders {
+            digest.update(u64::try_from(der.len()).unwrap_or(u64::MAX).to_be_bytes());
+            digest.update(der);
+        }
+        digest.finalize().into()
+    }
+
+    /// Checks 2 to 7 on a chain not in the cache, in order: parse the
+    /// certificates (2), the report signature under the leaf (3), the
+    /// chain to a pinned root (4) and its validity at `now` (5), the
+    /// device (6) and the leaf's FWID extension (7, but the comparison
+    /// with the report's, which the caller makes).
+    fn verify_chain(
+        &self,
+        report: &GpuReport<'_>,
+        ders: &[Vec<u8>],
+        now: OffsetDateTime,
+    ) -> Result<VerifiedChain, GpuError> {
+        // 2. Chain.
+        let certs = ders.iter().map(|der| chain::parse_cert(der)).collect::<Result<Vec<_>, _>>()?;
+        let (Some(leaf), Some(device)) = (certs.first(), certs.get(1)) else {
+            return Err(GpuError::ChainInvalid(format!("{} certificates, expected {}", certs.len(), chain::CHAIN_LEN)));
+        };
+        // 3. Signature.
+        let report_key = chain::report_key(leaf)?;
+        report_key.verify_sig(report.signed, &report.response.signature).map_err(|_| GpuError::SignatureInvalid)?;
+        // 4, 5. Chain and validity.
+        chain::verify_chain(&certs, ders, &self.anchors, now)?;
+        // 6. Device.
+        let chip = chip_of(leaf);
+        if chip_of(device) != chip {
+            return Err(GpuError::UnsupportedDevice(format!(
+                "leaf names chip {chip}, device certificate {}",
+                chip_of(device)
+            )));
+        }
+        let arch = GpuArch::from_chip(&chip).ok_or_else(|| GpuError::UnsupportedDevice(format!("chip {chip}")))?;
+        // 7. FWID (the leaf's side).
+        let leaf_fwid = chain::leaf_fwid(leaf)?;
+        let device_spki = device.public_key().raw;
+        if let Some(spki) = leaf_fwid.as_ref().and_then(|f| f.device_spki.as_deref())
+            && spki != device_spki
+        {
+            return Err(GpuError::FwidMismatch("the leaf's FWID extension names another device key".into()));
+        }
+        Ok(VerifiedChain {
+            report_key,
+            windows: certs.iter().map(CertWindow::of).collect(),
+            chip,
+            arch,
+            ueid: hex::encode(anchors::strip_serial_zeros(leaf.raw_serial())),
+            device_key_sha256: hex::encode(anchors::sha256(device_spki)),
+            device_id: chain::device_id(leaf),
+            leaf_fwid: leaf_fwid.map(|f| f.fwid),
         })
     }
 }
@@ -646,6 +777,110 @@ mod tests {
         let other_chain = SimulatedGpu::new(1).unwrap().cert_chain().as_bytes();
         let swapped = GpuVerifier::new(test_anchors()).verify(&report, other_chain, now, &nonce);
         assert_eq!(swapped.unwrap_err(), GpuError::SignatureInvalid);
+    }
+
+    /// A simulated GPU's report for `nonce`, its chain, and a time inside
+    /// the chain's validity (2024-01-01 to 9999-12-31).
+    fn simulated(index: usize, nonce: &GpuNonce) -> (Vec<u8>, String) {
+        let gpu = attester_client::simulated::SimulatedGpu::new(index).unwrap();
+        (gpu.report(&nonce.0).unwrap(), gpu.cert_chain().to_owned())
+    }
+
+    const BEFORE_THE_CHAIN: OffsetDateTime = time::macros::datetime!(2023-12-31 23:59:59 UTC);
+
+    #[test]
+    fn a_cached_chain_is_still_checked_against_every_report_and_time() {
+        let verifier = GpuVerifier::new(test_anchors());
+        let now = OffsetDateTime::now_utc();
+        let nonce = GpuNonce([0x11; 32]);
+        let (report, chain) = simulated(0, &nonce);
+        let first = verifier.verify(&report, chain.as_bytes(), now, &nonce).unwrap();
+        assert_eq!(verifier.cached_chains(), 1);
+        // The cached chain yields the same claims, for a report with another nonce too.
+        assert_eq!(verifier.verify(&report, chain.as_bytes(), now, &nonce).unwrap(), first);
+        let other_nonce = GpuNonce([0x12; 32]);
+        let (second, _) = simulated(0, &other_nonce);
+        let again = verifier.verify(&second, chain.as_bytes(), now, &other_nonce).unwrap();
+        assert_eq!((again.ueid.as_str(), again.nonce.as_str()), (first.ueid.as_str(), other_nonce.to_hex().as_str()));
+        assert_eq!(verifier.cached_chains(), 1);
+        // Per-report and per-time checks still refuse, on the cached chain.
+        let expired = verifier.verify(&report, chain.as_bytes(), BEFORE_THE_CHAIN, &nonce);
+        assert!(matches!(expired, Err(GpuError::CertificateExpired(_))), "{expired:?}");
+        assert_eq!(verifier.verify(&report, chain.as_bytes(), now, &other_nonce).unwrap_err(), GpuError::NonceMismatch);
+        let mut tampered = report.clone();
+        tampered[37 + 8 + 7 + 10] ^= 1;
+        assert_eq!(verifier.verify(&tampered, chain.as_bytes(), now, &nonce).unwrap_err(), GpuError::SignatureInvalid);
+        // Another GPU's report under this GPU's (cached) chain.
+        let (foreign, foreign_chain) = simulated(1, &nonce);
+        assert_eq!(verifier.verify(&foreign, chain.as_bytes(), now, &nonce).unwrap_err(), GpuError::SignatureInvalid);
+        // Another anchor set: another key, and the chain is refused.
+        let nvidia = GpuVerifier::new(GpuAnchors::nvidia().unwrap());
+        let ders = chain::pem_chain(chain.as_bytes()).unwrap();
+        assert_ne!(nvidia.chain_key(&ders), verifier.chain_key(&ders));
+        let untrusted = nvidia.verify(&report, chain.as_bytes(), now, &nonce);
+        assert!(matches!(untrusted, Err(GpuError::UntrustedRoot(_))), "{untrusted:?}");
+        assert_eq!(nvidia.cached_chains(), 0);
+        // A chain differing in one certificate is another key.
+        let other_ders = chain::pem_chain(foreign_chain.as_bytes()).unwrap();
+        assert_ne!(verifier.chain_key(&other_ders), verifier.chain_key(&ders));
+        assert_eq!(verifier.cached_chains(), 1);
+    }
+
+    #[test]
+    fn failures_are_never_cached() {
+        let verifier = GpuVerifier::new(test_anchors());
+        let now = OffsetDateTime::now_utc();
+        let nonce = GpuNonce([0x21; 32]);
+        let (report, chain) = simulated(2, &nonce);
+        let chain = chain.as_bytes();
+        let mut tampered = report.clone();
+        tampered[37 + 8 + 7 + 10] ^= 1;
+        let (foreign, _) = simulated(3, &nonce);
+        let failures = [
+            verifier.verify(&report, chain, BEFORE_THE_CHAIN, &nonce),
+            verifier.verify(&report, chain, now, &GpuNonce([0x22; 32])),
+            verifier.verify(&tampered, chain, now, &nonce),
+            verifier.verify(&foreign, chain, now, &nonce),
+        ];
+        for failure in failures {
+            assert!(failure.is_err());
+            assert_eq!(verifier.cached_chains(), 0, "{failure:?}");
+        }
+        verifier.verify(&report, chain, now, &nonce).unwrap();
+        assert_eq!(verifier.cached_chains(), 1);
+        // Capacity zero: nothing is kept, everything still verifies.
+        let uncached = GpuVerifier::with_cache_capacity(test_anchors(), 0);
+        uncached.verify(&report, chain, now, &nonce).unwrap();
+        assert_eq!(uncached.cached_chains(), 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Any bit flipped in a report's signed bytes or signature is
+        /// refused by a cached chain as by a fresh one, and the cache
+        /// does not grow.
+        #[test]
+        fn a_cached_chain_refuses_any_tampered_report(at in 0usize..4117, bit in 0u8..8) {
+            use std::sync::OnceLock;
+            static WARM: OnceLock<(GpuVerifier, Vec<u8>, String)> = OnceLock::new();
+            let nonce = GpuNonce([0x31; 32]);
+            let (verifier, report, chain) = WARM.get_or_init(|| {
+                let verifier = GpuVerifier::new(test_anchors());
+                let (report, chain) = simulated(4, &nonce);
+                verifier.verify(&report, chain.as_bytes(), OffsetDateTime::now_utc(), &nonce).unwrap();
+                (verifier, report, chain)
+            });
+            let at = at % report.len();
+            let mut tampered = report.clone();
+            tampered[at] ^= 1 << bit;
+            let cold = GpuVerifier::new(test_anchors());
+            let now = OffsetDateTime::now_utc();
+            let warm_result = verifier.verify(&tampered, chain.as_bytes(), now, &nonce);
+            proptest::prop_assert!(warm_result.is_err(), "byte {at} bit {bit}");
+            proptest::prop_assert_eq!(warm_result, cold.verify(&tampered, chain.as_bytes(), now, &nonce));
+            proptest::prop_assert_eq!((verifier.cached_chains(), cold.cached_chains()), (1, 0));
+        }
     }
 
     #[test]

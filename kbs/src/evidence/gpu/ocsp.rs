@@ -53,6 +53,8 @@ pub const MAX_STAPLED_RESPONSES: usize = 16;
 
 /// DER of id-pkix-ocsp-basic (1.3.6.1.5.5.7.48.1.1).
 const OID_OCSP_BASIC: [u8; 9] = [0x2B, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
+/// id-ad-ocsp, the AIA access method of an OCSP responder.
+const OID_AD_OCSP: &str = "1.3.6.1.5.5.7.48.1";
 /// DER of ecdsa-with-SHA384 (1.2.840.10045.4.3.3).
 const OID_ECDSA_WITH_SHA384: [u8; 8] = [0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x03];
 
@@ -229,8 +231,7 @@ pub fn verify_chain_ocsp(
         return Err(OcspError::Malformed(format!("{} certificates, expected {}", ders.len(), chain::CHAIN_LEN)));
     }
     let mut out = Vec::new();
-    for pair in ders.windows(2).skip(1) {
-        let [target, issuer] = pair else { continue };
+    for (target, issuer) in covered(&ders) {
         let mut good: Option<OcspGood> = None;
         let mut stale = None;
         for response in responses {
@@ -255,6 +256,62 @@ pub fn verify_chain_ocsp(
         }
     }
     Ok(out)
+}
+
+/// The certificates of a device chain (DER, leaf first) that OCSP covers,
+/// each with its issuer: all but the leaf and the root.
+pub fn covered(ders: &[Vec<u8>]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    ders.windows(2).skip(1).filter_map(|pair| match pair {
+        [target, issuer] => Some((target.as_slice(), issuer.as_slice())),
+        _ => None,
+    })
+}
+
+/// The DER OCSP request for `target` (DER), issued by `issuer` (DER), as
+/// NVIDIA's responder expects it (RFC 6960 section 4.1.1): one `Request`
+/// whose CertID is SHA-384 of the issuer's name and key and the target's
+/// serial, unsigned, without a nonce (NVIDIA's responses carry none; their
+/// freshness is their `thisUpdate`/`nextUpdate` window).
+pub fn request(target: &[u8], issuer: &[u8]) -> Result<Vec<u8>, OcspError> {
+    let target = chain::parse_cert(target).map_err(|e| OcspError::Malformed(e.to_string()))?;
+    let issuer = chain::parse_cert(issuer).map_err(|e| OcspError::Malformed(e.to_string()))?;
+    let name_hash = digest::digest(&digest::SHA384, issuer.subject().as_raw());
+    let key_hash = digest::digest(&digest::SHA384, issuer.public_key().subject_public_key.data.as_ref());
+    let encode = || -> Option<Vec<u8>> {
+        let oid = der::encode(der::OID, &SHA384_OID_DER)?;
+        let algorithm = der::encode(der::SEQUENCE, &[oid, vec![der::NULL, 0]].concat())?;
+        let cert_id = der::encode(
+            der::SEQUENCE,
+            &[
+                algorithm,
+                der::encode(der::OCTET_STRING, name_hash.as_ref())?,
+                der::encode(der::OCTET_STRING, key_hash.as_ref())?,
+                der::encode(der::INTEGER, target.raw_serial())?,
+            ]
+            .concat(),
+        )?;
+        let request = der::encode(der::SEQUENCE, &cert_id)?;
+        let request_list = der::encode(der::SEQUENCE, &request)?;
+        let tbs_request = der::encode(der::SEQUENCE, &request_list)?;
+        der::encode(der::SEQUENCE, &tbs_request)
+    };
+    encode().ok_or_else(|| OcspError::Malformed("OCSP request too large".into()))
+}
+
+/// The OCSP responder a certificate (DER) names in its Authority
+/// Information Access extension (`id-ad-ocsp`, a URI), if it names one.
+pub fn responder_url(cert: &[u8]) -> Option<String> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let cert = chain::parse_cert(cert).ok()?;
+    cert.extensions().iter().find_map(|ext| match ext.parsed_extension() {
+        ParsedExtension::AuthorityInfoAccess(aia) => aia.accessdescs.iter().find_map(|desc| {
+            match (desc.access_method.to_id_string() == OID_AD_OCSP, &desc.access_location) {
+                (true, GeneralName::URI(uri)) if uri.len() <= 512 => Some((*uri).to_owned()),
+                _ => None,
+            }
+        }),
+        _ => None,
+    })
 }
 
 /// The certificate in the response that `responderID` names: signed by

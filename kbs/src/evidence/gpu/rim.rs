@@ -50,7 +50,7 @@
 //! RIMs not in the store), never an error: whether a device must match is
 //! the release's decision (the `gpus` secret label) and the policy's.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, PoisonError};
 
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
@@ -66,6 +66,7 @@ use super::chain::{is_ca, p384_key, parse_cert, verify_link};
 use super::spdm::{DIGEST_LEN, MeasurementBlock};
 use super::{DeviceClass, GpuAnchors};
 use crate::evidence::anchors::{self, CertWindow};
+use crate::evidence::bounded::BoundedMap;
 
 /// Largest RIM accepted (real ones: 20-60 KiB).
 pub const MAX_RIM_LEN: usize = 1024 * 1024;
@@ -538,30 +539,7 @@ pub struct RimAppraiser {
     cache: Mutex<AppraisalCache>,
 }
 
-#[derive(Debug)]
-struct AppraisalCache {
-    map: HashMap<AppraisalKey, RimClaims>,
-    order: VecDeque<AppraisalKey>,
-    capacity: usize,
-}
-
-impl AppraisalCache {
-    fn insert(&mut self, key: AppraisalKey, claims: RimClaims) {
-        if self.capacity == 0 || self.map.contains_key(&key) {
-            return;
-        }
-        while self.map.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
-            }
-        }
-        self.order.push_back(key.clone());
-        self.map.insert(key, claims);
-    }
-}
+type AppraisalCache = BoundedMap<AppraisalKey, RimClaims>;
 
 impl Default for RimAppraiser {
     fn default() -> Self {
@@ -578,7 +556,7 @@ impl RimAppraiser {
     /// An appraiser whose cache holds at most `capacity` outcomes (zero:
     /// no cache).
     pub fn with_cache_capacity(store: RimStore, capacity: usize) -> Self {
-        let cache = AppraisalCache { map: HashMap::new(), order: VecDeque::new(), capacity };
+        let cache = AppraisalCache::new(capacity);
         Self { store, cache: Mutex::new(cache) }
     }
 
@@ -589,7 +567,7 @@ impl RimAppraiser {
 
     /// How many outcomes are cached.
     pub fn cached(&self) -> usize {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).map.len()
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Appraises a verified device report: a GPU against the RIMs of its
@@ -636,7 +614,7 @@ impl RimAppraiser {
         }
         let key: AppraisalKey =
             (digest.finalize().into(), rims.iter().map(|(_, r)| (r.version.clone(), r.tag_id.clone())).collect());
-        if let Some(hit) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).map.get(&key) {
+        if let Some(hit) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
             return hit.clone();
         }
         let base = RimClaims {

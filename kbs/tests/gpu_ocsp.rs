@@ -1,0 +1,287 @@
+//! Online OCSP for NVIDIA device chains (`[gpu] ocsp_fetch`) against a
+//! local HTTP responder on 127.0.0.1 that serves the genuine H100 OCSP
+//! responses of google/go-nvattest-tools (signed by NVIDIA's delegated
+//! responders on 2025-08-21, 24-hour windows), checked at a time inside
+//! their window: fetched responses show the genuine chain good and are
+//! cached until their nextUpdate; a responder that fails or answers
+//! garbage is backed off and leaves the device `not_checked` (best effort)
+//! or refused (required), without a panic.
+//!
+//! Vectors come from `$KBS_TEST_VECTORS`, by default
+//! `$CARGO_MANIFEST_DIR/../../shared/vectors`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use kbs::audit::AuditLog;
+use kbs::challenge::ChallengeSealer;
+use kbs::evidence::anchors::SnpAnchors;
+use kbs::evidence::collateral::VekResolver;
+use kbs::evidence::gpu::ocsp::{self, OcspError};
+use kbs::evidence::gpu::{GpuNonce, GpuSetClaims, SetRevocation};
+use kbs::evidence::gpu_ocsp::{GpuOcspConfig, GpuOcspFetcher, OcspFetch};
+use kbs::evidence::snp::SnpVerifier;
+use kbs::reason::ReasonCode;
+use kbs::release::{Broker, GpuInput};
+use kbs::store::local::{Kek, LocalStore};
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+#[path = "../../tests/tests/support/vectors.rs"]
+mod vectors;
+
+use vectors::vector;
+
+const GOOGLE: &str = "nvidia/google-go-nvattest-tools/testing/testdata";
+/// The nonce of google/go-nvattest-tools' H100 report.
+const NONCE_931D: &str = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
+/// Inside every device-chain response's window (2025-08-21, one day).
+const FRESH: OffsetDateTime = datetime!(2025-08-21 12:00 UTC);
+
+fn chain_pem() -> Vec<u8> {
+    vector(&format!("{GOOGLE}/test_gpu_attestation_certificate_chain.dat"))
+}
+
+fn report() -> Vec<u8> {
+    vector(&format!("{GOOGLE}/test_raw_gpu_attestation_report.dat"))
+}
+
+/// The genuine responses for the BROM, Provisioner ICA and Identity
+/// certificates (levels 4, 3, 2).
+fn genuine_responses() -> Vec<Vec<u8>> {
+    [4, 3, 2]
+        .into_iter()
+        .map(|level| {
+            let text = vector(&format!("{GOOGLE}/ocsp/test_gpu_certificate_l{level}_base64encoded_ocsp_response.dat"));
+            let text: Vec<u8> = text.into_iter().filter(|b| !b.is_ascii_whitespace()).collect();
+            B64.decode(text).unwrap()
+        })
+        .collect()
+}
+
+/// How the local responder answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The genuine response whose CertID the request names.
+    Genuine,
+    /// HTTP 500.
+    Fail,
+    /// HTTP 200 with bytes that are no OCSP response.
+    Garbage,
+    /// Accepts the request and never answers.
+    Silent,
+}
+
+struct Responder {
+    url: String,
+    requests: Arc<AtomicUsize>,
+}
+
+/// `(tag, content, rest)` of one DER TLV (short and two-byte lengths).
+fn tlv(input: &[u8]) -> (u8, &[u8], &[u8]) {
+    let (tag, first) = (input[0], input[1]);
+    let (len, at) = match first {
+        0..=0x7F => (usize::from(first), 2),
+        0x81 => (usize::from(input[2]), 3),
+        _ => (usize::from(u16::from_be_bytes([input[2], input[3]])), 4),
+    };
+    (tag, &input[at..at + len], &input[at + len..])
+}
+
+/// The CertID of an OCSP request, read independently of the broker's
+/// encoder: OCSPRequest / TBSRequest / requestList / Request / CertID.
+fn requested_cert_id(request: &[u8]) -> Vec<u8> {
+    let (_, tbs_request, _) = tlv(request);
+    let (_, request_list, _) = tlv(tbs_request);
+    let (_, requests, _) = tlv(request_list);
+    let (_, one, others) = tlv(requests);
+    assert!(others.is_empty(), "one request per certificate");
+    let (tag, cert_id, _) = tlv(one);
+    assert_eq!(tag, 0x30);
+    let (_, _algorithm, fields) = tlv(cert_id);
+    // issuerNameHash, issuerKeyHash and serialNumber, as TLVs: the response's
+    // CertID repeats them byte for byte.
+    fields.to_vec()
+}
+
+async fn start_responder(mode: Mode) -> Responder {
+    use axum::body::Bytes;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let responses = Arc::new(genuine_responses());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&requests);
+    let handler = move |headers: axum::http::HeaderMap, body: Bytes| {
+        let (responses, counter) = (Arc::clone(&responses), Arc::clone(&counter));
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(headers[header::CONTENT_TYPE], "application/ocsp-request");
+            match mode {
+                Mode::Fail => return (StatusCode::INTERNAL_SERVER_ERROR, b"down".to_vec()).into_response(),
+                Mode::Garbage => return (StatusCode::OK, vec![0x30, 0x03, 0x0A, 0x01, 0x00]).into_response(),
+                Mode::Silent => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return StatusCode::OK.into_response();
+                }
+                Mode::Genuine => {}
+            }
+            let wanted = requested_cert_id(&body);
+            match responses.iter().find(|r| r.windows(wanted.len()).any(|w| w == wanted.as_slice())) {
+                Some(found) => ([(header::CONTENT_TYPE, "application/ocsp-response")], found.clone()).into_response(),
+                None => (StatusCode::NOT_FOUND, b"unknown certificate".to_vec()).into_response(),
+            }
+        }
+    };
+    let app = axum::Router::new().route("/", axum::routing::post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+            });
+        }
+    });
+    Responder { url, requests }
+}
+
+fn fetcher(responder: &Responder, policy: OcspFetch) -> Arc<GpuOcspFetcher> {
+    let config = GpuOcspConfig {
+        url: Some(responder.url.clone()),
+        timeout: Duration::from_millis(500),
+        ..GpuOcspConfig::new(policy)
+    };
+    Arc::new(GpuOcspFetcher::new(config).unwrap())
+}
+
+/// A broker pinning NVIDIA's device root (its default), with `fetcher`.
+fn broker(dir: &std::path::Path, fetcher: Option<Arc<GpuOcspFetcher>>) -> Broker {
+    let store = Arc::new(LocalStore::open(&dir.join("secrets"), &Kek::new([3; 32])).unwrap());
+    let audit = Arc::new(AuditLog::file(&dir.join("audit.jsonl"), "test", None).unwrap());
+    let broker = Broker::new(
+        ChallengeSealer::new(&[7; 32], &[]).unwrap(),
+        Duration::from_secs(60),
+        SnpVerifier::new(SnpAnchors::amd().unwrap()),
+        VekResolver::new(None, None),
+        store,
+        audit,
+        kbs::release::system_clock(),
+    );
+    match fetcher {
+        Some(f) => broker.with_gpu_ocsp(f),
+        None => broker,
+    }
+}
+
+async fn verify(
+    broker: &Broker,
+    stapled: Vec<Vec<u8>>,
+    now: OffsetDateTime,
+) -> Result<GpuSetClaims, kbs::error::Error> {
+    let gpus = vec![GpuInput { report: report(), cert_chain: chain_pem(), ocsp: stapled }];
+    let digest = [0u8; 48];
+    broker.verify_gpu_set(&gpus, &GpuNonce::from_hex(NONCE_931D).unwrap(), &digest, now).await
+}
+
+#[tokio::test]
+async fn fetched_responses_show_the_genuine_chain_good_and_are_cached_until_next_update() {
+    let responder = start_responder(Mode::Genuine).await;
+    let fetcher = fetcher(&responder, OcspFetch::Require);
+    let fetched = fetcher.responses(&chain_pem(), FRESH).await;
+    assert_eq!(fetched.len(), 3);
+    let good = ocsp::verify_chain_ocsp(&chain_pem(), &fetched, FRESH).unwrap();
+    let subjects: Vec<&str> = good.iter().map(|g| g.subject.as_str()).collect();
+    assert_eq!(subjects, ["GH100 A01 GSP BROM", "NVIDIA GH100 Provisioner ICA 1", "NVIDIA GH100 Identity"]);
+    assert_eq!((responder.requests.load(Ordering::SeqCst), fetcher.cached()), (3, 3));
+    // From the cache while fresh: the responder is not asked again.
+    assert_eq!(fetcher.responses(&chain_pem(), FRESH + time::Duration::hours(11)).await, fetched);
+    assert_eq!(responder.requests.load(Ordering::SeqCst), 3);
+
+    // Through the release flow: the device's revocation is good.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), Some(Arc::clone(&fetcher)));
+    let set = verify(&broker, Vec::new(), FRESH).await.unwrap();
+    assert_eq!(set.revocation, SetRevocation::Good);
+    let revocation = set.devices[0].revocation.as_ref().unwrap();
+    assert_eq!(revocation.certificates.len(), 3);
+    assert_eq!(responder.requests.load(Ordering::SeqCst), 3);
+
+    // Past nextUpdate the cache is not used: the responder is asked, its
+    // (now stale) answer does not verify, it is backed off, the device is
+    // refused under `require`.
+    let later = FRESH + time::Duration::days(2);
+    let err = verify(&broker, Vec::new(), later).await.unwrap_err();
+    assert_eq!(err.reason(), ReasonCode::CollateralUnavailable, "{err}");
+    assert_eq!(responder.requests.load(Ordering::SeqCst), 4, "one request, then the responder is backed off");
+    assert!(verify(&broker, Vec::new(), later).await.is_err());
+    assert_eq!(responder.requests.load(Ordering::SeqCst), 4, "backed off");
+}
+
+#[tokio::test]
+async fn stapled_responses_are_used_first_and_off_keeps_todays_behaviour() {
+    let responder = start_responder(Mode::Genuine).await;
+    let dir = tempfile::tempdir().unwrap();
+    let online = broker(dir.path(), Some(fetcher(&responder, OcspFetch::Require)));
+    let set = verify(&online, genuine_responses(), FRESH).await.unwrap();
+    assert_eq!(set.revocation, SetRevocation::Good);
+    assert_eq!(responder.requests.load(Ordering::SeqCst), 0, "fresh stapled responses need no fetch");
+
+    // Without a fetcher: stapled only, none is not_checked, stale is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let offline = broker(dir.path(), None);
+    assert_eq!(verify(&offline, Vec::new(), FRESH).await.unwrap().revocation, SetRevocation::NotChecked);
+    let stale = verify(&offline, genuine_responses(), FRESH + time::Duration::days(2)).await.unwrap_err();
+    assert_eq!(stale.reason(), ReasonCode::CollateralExpired);
+    assert_eq!(responder.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_failing_responder_is_backed_off_and_leaves_revocation_not_checked_or_refused() {
+    for mode in [Mode::Fail, Mode::Garbage, Mode::Silent] {
+        let responder = start_responder(mode).await;
+        let dir = tempfile::tempdir().unwrap();
+        let best_effort = fetcher(&responder, OcspFetch::BestEffort);
+        let broker_best = broker(dir.path(), Some(Arc::clone(&best_effort)));
+        let set = verify(&broker_best, Vec::new(), FRESH).await.unwrap();
+        assert_eq!(set.revocation, SetRevocation::NotChecked);
+        assert!(set.devices[0].revocation.is_none());
+        assert_eq!(best_effort.cached(), 0, "nothing that failed is cached");
+        assert_eq!(responder.requests.load(Ordering::SeqCst), 1, "the responder is backed off after one failure");
+        assert!(verify(&broker_best, Vec::new(), FRESH).await.is_ok());
+        assert_eq!(responder.requests.load(Ordering::SeqCst), 1, "still backed off");
+
+        let dir = tempfile::tempdir().unwrap();
+        let required = broker(dir.path(), Some(fetcher(&responder, OcspFetch::Require)));
+        let err = verify(&required, Vec::new(), FRESH).await.unwrap_err();
+        assert_eq!(err.reason(), ReasonCode::CollateralUnavailable, "{err}");
+        // A stale stapled response and a failing responder: still refused.
+        let err = verify(&required, genuine_responses(), FRESH + time::Duration::days(2)).await.unwrap_err();
+        assert_eq!(err.reason(), ReasonCode::CollateralUnavailable, "{err}");
+    }
+}
+
+#[test]
+fn requests_name_the_certificates_the_genuine_responses_answer() {
+    let ders: Vec<Vec<u8>> =
+        x509_parser::pem::Pem::iter_from_buffer(&chain_pem()).map(|p| p.unwrap().contents).collect();
+    let responses = genuine_responses();
+    for ((target, issuer), response) in ocsp::covered(&ders).zip(&responses) {
+        let request = ocsp::request(target, issuer).unwrap();
+        let cert_id = requested_cert_id(&request);
+        assert!(response.windows(cert_id.len()).any(|w| w == cert_id.as_slice()));
+        assert!(ocsp::verify_ocsp_response(response, target, issuer, FRESH).is_ok());
+    }
+    // NVIDIA's intermediate names its responder (over http; the fetcher asks over https).
+    assert_eq!(ocsp::responder_url(&ders[2]).as_deref(), Some("http://ocsp.ndis.nvidia.com"));
+    assert_eq!(ocsp::responder_url(&ders[1]), None, "the device identity certificate names none");
+    assert_eq!(ocsp::responder_url(&ders[4]), None);
+    assert!(matches!(ocsp::request(b"junk", &ders[2]), Err(OcspError::Malformed(_))));
+}
