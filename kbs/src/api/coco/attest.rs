@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -21,7 +21,7 @@ use super::init_data::{InitData, check_init_data};
 use super::jwe::{self, TeeKey};
 use super::problem::{body_bytes, error_response, json_response, session_cookie, set_cookie};
 use super::server::{Peer, peer_of};
-use super::session::{CocoTee, HashAlg};
+use super::session::{CocoTee, HashAlg, Session};
 use super::{CocoService, MAX_ADDITIONAL_EVIDENCE, MAX_ATTEST_BODY, evidence, jcs};
 
 /// Measurement reported for the insecure `sample` TEE.
@@ -113,15 +113,8 @@ impl CocoService {
     ) -> Result<String, Error> {
         // 1. The session: sealed by a broker holding the challenge key, unexpired.
         let cookie = cookie.ok_or(Error::Unauthenticated("no kbs-session-id cookie; call /kbs/v0/auth first"))?;
-        let sealed = URL_SAFE_NO_PAD.decode(cookie).map_err(|_| crate::challenge::ChallengeError::Malformed)?;
-        let session = self.broker.open_session(&sealed)?;
-        let tee =
-            CocoTee::from_code(session.tee).ok_or(crate::challenge::ChallengeError::Mismatch("not a CoCo session"))?;
-        let hash = match session.secret_names.as_slice() {
-            [label] => HashAlg::from_label(label),
-            _ => None,
-        }
-        .ok_or(crate::challenge::ChallengeError::Mismatch("not a CoCo session"))?;
+        let session = Session::open(&self.broker, cookie)?;
+        let (tee, hash) = (session.tee(), session.hash());
         audit.event.tee = Some(tee.name());
         if tee == CocoTee::Sample && !self.allow_sample {
             return Err(crate::evidence::EvidenceError::UnsupportedTee("sample").into());
@@ -130,7 +123,7 @@ impl CocoService {
         // 2. The request: shape, nonce, key.
         let request: AttestRequest =
             serde_json::from_slice(body).map_err(|e| Error::InvalidRequest(format!("attestation: {e}")))?;
-        let nonce = STANDARD.encode(session.nonce);
+        let nonce = STANDARD.encode(session.nonce());
         if request.runtime_data.nonce != nonce {
             return Err(crate::challenge::ChallengeError::Mismatch("runtime-data nonce is not the session's").into());
         }

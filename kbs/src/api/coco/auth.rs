@@ -6,7 +6,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -15,7 +15,7 @@ use crate::error::Error;
 use super::audit::too_large_event;
 use super::problem::{auth_refusal, body_bytes, json_response, set_cookie};
 use super::server::{Peer, peer_of};
-use super::session::{CocoTee, HashAlg};
+use super::session::{CocoTee, HashAlg, Session};
 use super::{CocoService, MAX_AUTH_BODY, PROTOCOL_VERSION};
 
 #[derive(Deserialize)]
@@ -66,16 +66,16 @@ impl CocoService {
             .filter(|t| *t != CocoTee::Sample || self.allow_sample)
             .ok_or(crate::evidence::EvidenceError::UnsupportedTee("not offered on the CoCo front end"))?;
         let hash = HashAlg::negotiate(&request.extra_params)?;
-        let issued = self.broker.seal_session(tee.code(), &[hash.label()])?;
+        let session = Session::seal(&self.broker, tee, hash)?;
         self.broker.metrics().challenge_issued(crate::metrics::Tee::from_name(Some(tee.name())));
         let mut response = json_response(
             StatusCode::OK,
             &json!({
-                "nonce": STANDARD.encode(issued.nonce),
+                "nonce": STANDARD.encode(session.nonce),
                 "extra-params": {"selected-hash-algorithm": hash.name()},
             }),
         );
-        set_cookie(&mut response, &URL_SAFE_NO_PAD.encode(&issued.token), self.broker.challenge_ttl());
+        set_cookie(&mut response, &session.cookie, self.broker.challenge_ttl());
         Ok(response)
     }
 }
