@@ -33,10 +33,7 @@ fn claims() -> Claims {
     let report_data = [9u8; 64];
     let report = SimulatedSnp::new(Generation::Genoa).measurement(MEASUREMENT).report(&report_data).unwrap();
     let extra = vec![test_ask_der().to_vec(), test_ark_der().to_vec()];
-    verifier
-        .verify(&report, Vcek::Genoa.cert_der(), &extra, OffsetDateTime::now_utc(), Some(&report_data))
-        .unwrap()
-        .claims
+    verifier.verify(&report, Vcek::Genoa.cert_der(), &extra, OffsetDateTime::now_utc(), &report_data).unwrap().claims
 }
 
 fn meta(allowed: bool) -> SecretMeta {

@@ -90,14 +90,14 @@ fn snp_verify(c: &mut Criterion) {
     let report = sim.report(&report_data).unwrap();
     let extra = vec![test_ask_der().to_vec(), test_ark_der().to_vec()];
     let now = OffsetDateTime::now_utc();
-    verifier.verify(&report, Vcek::Genoa.cert_der(), &extra, now, Some(&report_data)).unwrap();
+    verifier.verify(&report, Vcek::Genoa.cert_der(), &extra, now, &report_data).unwrap();
     assert_eq!(verifier.cached_veks(), 1);
     c.bench_function("snp/verify_report_vek_cached", |b| {
-        b.iter(|| verifier.verify(black_box(&report), Vcek::Genoa.cert_der(), &extra, now, Some(&report_data)).unwrap())
+        b.iter(|| verifier.verify(black_box(&report), Vcek::Genoa.cert_der(), &extra, now, &report_data).unwrap())
     });
     let cold = || {
         let fresh = SnpVerifier::with_cache_capacity(verifier.anchors().clone(), 0);
-        fresh.verify(&report, Vcek::Genoa.cert_der(), &extra, now, Some(&report_data)).unwrap()
+        fresh.verify(&report, Vcek::Genoa.cert_der(), &extra, now, &report_data).unwrap()
     };
     let mut group = c.benchmark_group("snp");
     group.sample_size(20);
@@ -122,18 +122,18 @@ fn tdx_verify(c: &mut Criterion) {
     let report_data = [9u8; 64];
     let quote = SimulatedTdx::new().mr_td(MEASUREMENT).quote(&report_data).unwrap();
     let now = OffsetDateTime::now_utc();
-    verifier.verify(&quote, &collateral, now, Some(&report_data)).unwrap();
+    verifier.verify(&quote, &collateral, now, &report_data).unwrap();
     let mut group = c.benchmark_group("tdx");
     group.sample_size(30);
     group.bench_function("verify_quote_full_appraisal", |b| {
         b.iter_batched(
             || TdxVerifier::new(anchors.clone(), TdxPolicy::default()),
-            |fresh| fresh.verify(black_box(&quote), &collateral, now, Some(&report_data)).unwrap(),
+            |fresh| fresh.verify(black_box(&quote), &collateral, now, &report_data).unwrap(),
             BatchSize::SmallInput,
         )
     });
     group.bench_function("verify_quote_appraisal_remembered", |b| {
-        b.iter(|| verifier.verify(black_box(&quote), &collateral, now, Some(&report_data)).unwrap())
+        b.iter(|| verifier.verify(black_box(&quote), &collateral, now, &report_data).unwrap())
     });
     group.finish();
 }

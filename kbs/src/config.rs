@@ -677,6 +677,101 @@ fn otel_overrides(raw: &mut RawTelemetry, env: &impl Fn(&str) -> Option<String>)
     }
 }
 
+/// The validated `[store]`, with its `max_secret_bytes` and `cache_ttl_ms`
+/// as written (their bounds are checked by the caller).
+fn store_config(
+    raw: RawStore,
+    resolve: impl Fn(&Path) -> PathBuf,
+) -> Result<(StoreConfig, Option<usize>, Option<u64>), ConfigError> {
+    match raw {
+        RawStore::Local { dir, kek_file, max_secret_bytes, cache_ttl_ms } => Ok((
+            StoreConfig::Local { dir: resolve(&dir), kek_file: resolve(&kek_file) },
+            max_secret_bytes,
+            cache_ttl_ms,
+        )),
+        RawStore::Vault {
+            address,
+            fallback_addresses,
+            mount,
+            prefix,
+            namespace,
+            ca_bundle,
+            insecure_skip_verify,
+            insecure_plain_http,
+            request_timeout_seconds,
+            max_secret_bytes,
+            cache_ttl_ms,
+            auth,
+        } => {
+            use crate::store::vault::{VaultAuth, VaultConfig};
+            if fallback_addresses.len() >= crate::store::vault::MAX_ADDRESSES {
+                return Err(ConfigError::Invalid(format!(
+                    "store.fallback_addresses: at most {} addresses in all",
+                    crate::store::vault::MAX_ADDRESSES
+                )));
+            }
+            for (key, address) in std::iter::once(("store.address", &address))
+                .chain(fallback_addresses.iter().map(|a| ("store.fallback_addresses", a)))
+            {
+                if !address.starts_with("https://") && !address.starts_with("http://") {
+                    return Err(ConfigError::Invalid(format!("{key} must hold http(s) URLs")));
+                }
+                let plain_remote = reqwest::Url::parse(address)
+                    .map(|url| url.scheme() == "http" && !crate::fetch::is_loopback(&url))
+                    .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?;
+                if plain_remote && !insecure_plain_http {
+                    return Err(ConfigError::Invalid(format!(
+                        "{key} is plain http to another machine: tokens and secrets would cross the network \
+                         in clear (use https, or set store.insecure_plain_http for a development set-up)"
+                    )));
+                }
+            }
+            let auth = match auth {
+                RawVaultAuth::Token { token_file } => VaultAuth::token_from_file(&resolve(&token_file))
+                    .map_err(|e| ConfigError::Invalid(format!("store.auth.token_file: {e}")))?,
+                RawVaultAuth::Approle { role_id, secret_id_file, mount } => {
+                    let mut auth = VaultAuth::approle(role_id, resolve(&secret_id_file));
+                    if let (VaultAuth::AppRole { mount: m, .. }, Some(mount)) = (&mut auth, mount) {
+                        *m = mount;
+                    }
+                    auth
+                }
+                RawVaultAuth::Kubernetes { role, jwt_file, mount } => {
+                    let mut auth = VaultAuth::kubernetes(role);
+                    if let VaultAuth::Kubernetes { mount: m, jwt_file: j, .. } = &mut auth {
+                        if let Some(mount) = mount {
+                            *m = mount;
+                        }
+                        if let Some(jwt_file) = jwt_file {
+                            *j = resolve(&jwt_file);
+                        }
+                    }
+                    auth
+                }
+            };
+            let mut vault = VaultConfig::new(address, auth);
+            vault.fallback_addresses = fallback_addresses;
+            if let Some(mount) = mount {
+                vault.mount = mount;
+            }
+            if let Some(prefix) = prefix {
+                vault.prefix = prefix;
+            }
+            vault.namespace = namespace;
+            vault.ca_bundle = ca_bundle.map(|p| resolve(&p));
+            vault.insecure_skip_verify = insecure_skip_verify;
+            vault.insecure_plain_http = insecure_plain_http;
+            if let Some(secs) = request_timeout_seconds {
+                if !(1..=300).contains(&secs) {
+                    return Err(ConfigError::Invalid("store.request_timeout_seconds must be within 1..=300".into()));
+                }
+                vault.request_timeout = Duration::from_secs(secs);
+            }
+            Ok((StoreConfig::Vault(Box::new(vault)), max_secret_bytes, cache_ttl_ms))
+        }
+    }
+}
+
 /// The trace exporter of `raw`, or `None` when no endpoint is set or
 /// tracing is switched off.
 fn telemetry(
@@ -829,96 +924,7 @@ impl Config {
                     })?,
             }),
         };
-        let store_cache_ms: Option<u64>;
-        let (store, max_secret_bytes) = match raw.store {
-            RawStore::Local { dir, kek_file, max_secret_bytes, cache_ttl_ms } => {
-                store_cache_ms = cache_ttl_ms;
-                (StoreConfig::Local { dir: resolve(&dir), kek_file: resolve(&kek_file) }, max_secret_bytes)
-            }
-            RawStore::Vault {
-                address,
-                fallback_addresses,
-                mount,
-                prefix,
-                namespace,
-                ca_bundle,
-                insecure_skip_verify,
-                insecure_plain_http,
-                request_timeout_seconds,
-                max_secret_bytes,
-                cache_ttl_ms,
-                auth,
-            } => {
-                store_cache_ms = cache_ttl_ms;
-                use crate::store::vault::{VaultAuth, VaultConfig};
-                if fallback_addresses.len() >= crate::store::vault::MAX_ADDRESSES {
-                    return Err(ConfigError::Invalid(format!(
-                        "store.fallback_addresses: at most {} addresses in all",
-                        crate::store::vault::MAX_ADDRESSES
-                    )));
-                }
-                for (key, address) in std::iter::once(("store.address", &address))
-                    .chain(fallback_addresses.iter().map(|a| ("store.fallback_addresses", a)))
-                {
-                    if !address.starts_with("https://") && !address.starts_with("http://") {
-                        return Err(ConfigError::Invalid(format!("{key} must hold http(s) URLs")));
-                    }
-                    let plain_remote = reqwest::Url::parse(address)
-                        .map(|url| url.scheme() == "http" && !crate::fetch::is_loopback(&url))
-                        .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?;
-                    if plain_remote && !insecure_plain_http {
-                        return Err(ConfigError::Invalid(format!(
-                            "{key} is plain http to another machine: tokens and secrets would cross the network \
-                             in clear (use https, or set store.insecure_plain_http for a development set-up)"
-                        )));
-                    }
-                }
-                let auth = match auth {
-                    RawVaultAuth::Token { token_file } => VaultAuth::token_from_file(&resolve(&token_file))
-                        .map_err(|e| ConfigError::Invalid(format!("store.auth.token_file: {e}")))?,
-                    RawVaultAuth::Approle { role_id, secret_id_file, mount } => {
-                        let mut auth = VaultAuth::approle(role_id, resolve(&secret_id_file));
-                        if let (VaultAuth::AppRole { mount: m, .. }, Some(mount)) = (&mut auth, mount) {
-                            *m = mount;
-                        }
-                        auth
-                    }
-                    RawVaultAuth::Kubernetes { role, jwt_file, mount } => {
-                        let mut auth = VaultAuth::kubernetes(role);
-                        if let VaultAuth::Kubernetes { mount: m, jwt_file: j, .. } = &mut auth {
-                            if let Some(mount) = mount {
-                                *m = mount;
-                            }
-                            if let Some(jwt_file) = jwt_file {
-                                *j = resolve(&jwt_file);
-                            }
-                        }
-                        auth
-                    }
-                };
-                let mut vault = VaultConfig::new(address, auth);
-                vault.fallback_addresses = fallback_addresses;
-                if let Some(mount) = mount {
-                    vault.mount = mount;
-                }
-                if let Some(prefix) = prefix {
-                    vault.prefix = prefix;
-                }
-                vault.namespace = namespace;
-                vault.ca_bundle = ca_bundle.map(|p| resolve(&p));
-                vault.insecure_skip_verify = insecure_skip_verify;
-                vault.insecure_plain_http = insecure_plain_http;
-                if let Some(secs) = request_timeout_seconds {
-                    if !(1..=300).contains(&secs) {
-                        return Err(ConfigError::Invalid(
-                            "store.request_timeout_seconds must be within 1..=300".into(),
-                        ));
-                    }
-                    vault.request_timeout = Duration::from_secs(secs);
-                }
-                (StoreConfig::Vault(Box::new(vault)), max_secret_bytes)
-            }
-        };
+        let (store, max_secret_bytes, store_cache_ms) = store_config(raw.store, resolve)?;
         let max_secret_bytes = max_secret_bytes.unwrap_or(crate::store::DEFAULT_MAX_SECRET_BYTES);
         let store_cache_ttl = match store_cache_ms {
             None => crate::store::cache::DEFAULT_TTL,

@@ -537,7 +537,7 @@ impl Broker {
                 let extra: Vec<Vec<u8>> =
                     table.map(|t| [t.ask, t.ark].into_iter().flatten().collect()).unwrap_or_default();
                 let chip_id = *parsed.chip_id();
-                let verified = self.snp.verify_parsed(parsed, &vek, &extra, now, Some(expected))?;
+                let verified = self.snp.verify_parsed(parsed, &vek, &extra, now, expected)?;
                 // A chip that proved itself keeps a share of the KDS budget.
                 self.vek.note_attested(&chip_id);
                 Ok(verified.claims)
@@ -559,7 +559,7 @@ impl Broker {
                     .resolve_checked(fmspc, ca, now, check)
                     .instrument(tracing::info_span!(phase::COLLATERAL, source = "resolver"))
                     .await?;
-                let verified = tdx.verifier.verify_parsed(parsed, &collateral, now, Some(expected))?;
+                let verified = tdx.verifier.verify_parsed(parsed, &collateral, now, expected)?;
                 Ok(verified.claims)
             }
         }

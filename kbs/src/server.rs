@@ -117,119 +117,15 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
             "dev.insecure_simulated_tee is set but the broker was not started with --insecure-dev".into(),
         ));
     }
-    let mut anchors = SnpAnchors::amd().map_err(|e| StartError::Refused(format!("AMD anchors: {e}")))?;
-    for path in &config.snp.intermediates {
-        let bytes = read("snp.intermediates", path)?;
-        anchors.add_intermediate(&bytes).map_err(|e| StartError::File {
-            what: "snp.intermediates",
-            path: path.display().to_string(),
-            why: e.to_string(),
-        })?;
-    }
-    if config.insecure_simulated_tee {
-        tracing::warn!("INSECURE: the simulated TEE is enabled; evidence signed by test roots is accepted");
-        tracing::warn!("INSECURE: never run this configuration with real secrets");
-        for path in &config.snp_test_roots {
-            let pem = read("dev.snp_test_roots", path)?;
-            let der = pem_to_der(&pem).ok_or_else(|| StartError::File {
-                what: "dev.snp_test_roots",
-                path: path.display().to_string(),
-                why: "no PEM certificate".into(),
-            })?;
-            for generation in [Generation::Milan, Generation::Genoa, Generation::Turin] {
-                anchors.add_root(generation, &der).map_err(|e| StartError::File {
-                    what: "dev.snp_test_roots",
-                    path: path.display().to_string(),
-                    why: e.to_string(),
-                })?;
-            }
-        }
-    }
-    let current = read_key32("challenge.key_file", &config.challenge_key_file)?;
-    let previous = config
-        .previous_challenge_key_files
-        .iter()
-        .map(|p| read_key32("challenge.previous_key_files", p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let sealer = match config.insecure_simulated_tee {
-        true => ChallengeSealer::new_insecure_dev(&current, &previous),
-        false => ChallengeSealer::new(&current, &previous),
-    }
-    .map_err(|e| StartError::Refused(e.to_string()))?;
-    let store: Arc<dyn SecretStore> = match &config.store {
-        StoreConfig::Local { dir, kek_file } => {
-            let kek = Kek::from_file(kek_file).map_err(|e| StartError::File {
-                what: "store.kek_file",
-                path: kek_file.display().to_string(),
-                why: e.to_string(),
-            })?;
-            Arc::new(LocalStore::open(dir, &kek).map_err(|e| StartError::File {
-                what: "store.dir",
-                path: dir.display().to_string(),
-                why: e.to_string(),
-            })?)
-        }
-        StoreConfig::Vault(vault) => {
-            if vault.insecure_skip_verify {
-                tracing::warn!("INSECURE: TLS verification of the Vault/OpenBao server is off");
-            }
-            Arc::new(
-                VaultStore::connect((**vault).clone())
-                    .await
-                    .map_err(|e| StartError::Refused(format!("Vault/OpenBao store at {}: {e}", vault.address)))?,
-            )
-        }
-    };
+    let anchors = snp_anchors(config)?;
+    let sealer = challenge_sealer(config)?;
+    let store = secret_store(config).await?;
     // Reads are served from memory for a short TTL: no store round trip
     // per release after warm-up; rotations are seen within the TTL.
     let store = crate::store::cache::CachedStore::wrap(store, config.store_cache_ttl);
-    let audit_key = match &config.audit_key_file {
-        Some(path) => Some(AuditKey::new(&*read_key32("audit.key_file", path)?)),
-        None => {
-            tracing::warn!(
-                "audit.key_file is not set: the audit log is hash-chained only, and whoever can write it can rewrite it whole undetected"
-            );
-            None
-        }
-    };
-    let audit = Arc::new(
-        match &config.audit_path {
-            None => AuditLog::stdout(&config.replica_id, audit_key),
-            Some(path) => AuditLog::open(path, &config.replica_id, audit_key, config.audit_rotation).map_err(|e| {
-                StartError::File { what: "audit.path", path: path.display().to_string(), why: e.to_string() }
-            })?,
-        }
-        .with_sync(config.audit_sync)
-        .with_wait(config.audit_max_wait),
-    );
-    if !config.audit_sync && config.audit_path.is_some() {
-        tracing::warn!(
-            "audit.sync is false: a crash of the machine can lose the last audit records of answered decisions"
-        );
-    }
-    let directory = config.snp.collateral_dir.as_ref().map(|d| VekDirectory::new(d.clone()));
-    let kds_fetcher = || -> Result<Option<KdsFetcher>, StartError> {
-        let Some(url) = &config.snp.kds_url else { return Ok(None) };
-        let cache =
-            config.snp.kds_cache_dir.clone().ok_or_else(|| {
-                StartError::Refused("snp.kds_url needs snp.kds_cache_dir for its on-disk cache".into())
-            })?;
-        let mut kds = KdsConfig::new(cache);
-        kds.base_url = url.clone();
-        Ok(Some(KdsFetcher::new(kds).map_err(|e| StartError::Refused(format!("KDS fetcher: {e}")))?))
-    };
-    let resolver = VekResolver::new(directory, kds_fetcher()?);
-    // CRLs have their own fetcher (and request budget), sharing the cache.
-    let crl_sources = CrlSources::new(config.snp.crl_dir.clone(), kds_fetcher()?);
-    // Policies and reference values: loaded from the store now, then
-    // re-read periodically so that changes made through other replicas
-    // take effect here. A store that cannot be read yet leaves every
-    // release refused until a refresh succeeds.
-    let policy = Arc::new(PolicyEngine::with_store(Arc::clone(&store), config.policy_builtin_default));
-    if let Err(e) = policy.refresh().await {
-        tracing::error!(error = %e, "loading policies failed; releases are refused until a refresh succeeds");
-    }
-    policy.spawn_refresher(config.policy_refresh);
+    let audit = audit_log(config)?;
+    let (resolver, crl_sources) = snp_collateral(config)?;
+    let policy = policy_engine(config, &store).await;
     let crl_clock = Arc::clone(&clock);
     let now_for_rims = clock();
     let mut broker = Broker::new(
@@ -262,44 +158,10 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     );
     let cert = read("server.tls_cert", &config.tls_cert)?;
     let key = read("server.tls_key", &config.tls_key)?;
-    let tls =
-        ServerTlsConfig::new().identity(Identity::from_pem(cert.as_slice(), key.as_slice())).timeout(HANDSHAKE_TIMEOUT);
-    let admin_tls = match &config.admin_client_ca {
-        // Client certificates are optional at the TLS layer so that bearer
-        // tokens keep working; a presented certificate must chain to this CA.
-        Some(ca) => tls
-            .clone()
-            .client_ca_root(Certificate::from_pem(read("admin.client_ca", ca)?.as_slice()))
-            .client_auth_optional(true),
-        None => tls.clone(),
-    };
-    // Session tickets: shared by the replicas when a ticket key is
-    // configured; otherwise rustls's default, resumption at this replica
-    // only (its in-memory session cache).
-    let ticketer: Option<Arc<dyn rustls::server::ProducesTickets>> = match &config.tls_tickets {
-        None => None,
-        Some(t) => Some(Arc::new(
-            crate::tickets::SharedTicketer::from_files(
-                &t.key_file,
-                &t.previous_key_files,
-                t.lifetime_seconds,
-                crate::tickets::system_clock(),
-            )
-            .map_err(|e| StartError::Refused(format!("server.tls_ticket_key_file: {e}")))?,
-        )),
-    };
+    let admin_tls = admin_tls_config(config, &cert, &key)?;
+    let ticketer = shared_ticketer(config)?;
     let guest_tls = guest_tls_config(cert.as_slice(), key.as_slice(), ticketer.clone())?;
-    let metrics_tls = match &config.metrics {
-        Some(m) if m.tls => {
-            let shared = crate::api::coco::tls_config(cert.as_slice(), key.as_slice(), None)
-                .map_err(|e| StartError::Refused(format!("metrics: {e}")))?;
-            // HTTP/1.1 only, as the listener serves.
-            let mut own = (*shared).clone();
-            own.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Some(Arc::new(own))
-        }
-        _ => None,
-    };
+    let metrics_tls = metrics_tls_config(config, &cert, &key)?;
     let coco = crate::api::coco::build(config, &broker, cert.as_slice(), key.as_slice(), ticketer)
         .map_err(|e| StartError::Refused(format!("coco: {e}")))?;
     let admin_max_message = config
@@ -320,6 +182,204 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
         metrics_tls,
         idle_timeout: config.idle_timeout,
     })
+}
+
+/// The SNP trust anchors: AMD's roots, the configured intermediates and,
+/// in the insecure dev mode only, the test roots.
+fn snp_anchors(config: &Config) -> Result<SnpAnchors, StartError> {
+    let mut anchors = SnpAnchors::amd().map_err(|e| StartError::Refused(format!("AMD anchors: {e}")))?;
+    for path in &config.snp.intermediates {
+        let bytes = read("snp.intermediates", path)?;
+        anchors.add_intermediate(&bytes).map_err(|e| StartError::File {
+            what: "snp.intermediates",
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+    }
+    if config.insecure_simulated_tee {
+        tracing::warn!("INSECURE: the simulated TEE is enabled; evidence signed by test roots is accepted");
+        tracing::warn!("INSECURE: never run this configuration with real secrets");
+        for path in &config.snp_test_roots {
+            let pem = read("dev.snp_test_roots", path)?;
+            let der = pem_to_der(&pem).ok_or_else(|| StartError::File {
+                what: "dev.snp_test_roots",
+                path: path.display().to_string(),
+                why: "no PEM certificate".into(),
+            })?;
+            for generation in [Generation::Milan, Generation::Genoa, Generation::Turin] {
+                anchors.add_root(generation, &der).map_err(|e| StartError::File {
+                    what: "dev.snp_test_roots",
+                    path: path.display().to_string(),
+                    why: e.to_string(),
+                })?;
+            }
+        }
+    }
+    Ok(anchors)
+}
+
+/// The challenge sealer over the challenge key files (derived keys in the
+/// insecure dev mode).
+fn challenge_sealer(config: &Config) -> Result<ChallengeSealer, StartError> {
+    let current = read_key32("challenge.key_file", &config.challenge_key_file)?;
+    let previous = config
+        .previous_challenge_key_files
+        .iter()
+        .map(|p| read_key32("challenge.previous_key_files", p))
+        .collect::<Result<Vec<_>, _>>()?;
+    match config.insecure_simulated_tee {
+        true => ChallengeSealer::new_insecure_dev(&current, &previous),
+        false => ChallengeSealer::new(&current, &previous),
+    }
+    .map_err(|e| StartError::Refused(e.to_string()))
+}
+
+/// The secret store `[store]` names, connected.
+async fn secret_store(config: &Config) -> Result<Arc<dyn SecretStore>, StartError> {
+    let store: Arc<dyn SecretStore> = match &config.store {
+        StoreConfig::Local { dir, kek_file } => {
+            let kek = Kek::from_file(kek_file).map_err(|e| StartError::File {
+                what: "store.kek_file",
+                path: kek_file.display().to_string(),
+                why: e.to_string(),
+            })?;
+            Arc::new(LocalStore::open(dir, &kek).map_err(|e| StartError::File {
+                what: "store.dir",
+                path: dir.display().to_string(),
+                why: e.to_string(),
+            })?)
+        }
+        StoreConfig::Vault(vault) => {
+            if vault.insecure_skip_verify {
+                tracing::warn!("INSECURE: TLS verification of the Vault/OpenBao server is off");
+            }
+            Arc::new(
+                VaultStore::connect((**vault).clone())
+                    .await
+                    .map_err(|e| StartError::Refused(format!("Vault/OpenBao store at {}: {e}", vault.address)))?,
+            )
+        }
+    };
+    Ok(store)
+}
+
+/// The audit log: its file (or stdout), its key, rotation, sync and wait.
+fn audit_log(config: &Config) -> Result<Arc<AuditLog>, StartError> {
+    let audit_key = match &config.audit_key_file {
+        Some(path) => Some(AuditKey::new(&*read_key32("audit.key_file", path)?)),
+        None => {
+            tracing::warn!(
+                "audit.key_file is not set: the audit log is hash-chained only, and whoever can write it can rewrite it whole undetected"
+            );
+            None
+        }
+    };
+    let audit = Arc::new(
+        match &config.audit_path {
+            None => AuditLog::stdout(&config.replica_id, audit_key),
+            Some(path) => AuditLog::open(path, &config.replica_id, audit_key, config.audit_rotation).map_err(|e| {
+                StartError::File { what: "audit.path", path: path.display().to_string(), why: e.to_string() }
+            })?,
+        }
+        .with_sync(config.audit_sync)
+        .with_wait(config.audit_max_wait),
+    );
+    if !config.audit_sync && config.audit_path.is_some() {
+        tracing::warn!(
+            "audit.sync is false: a crash of the machine can lose the last audit records of answered decisions"
+        );
+    }
+    Ok(audit)
+}
+
+/// Where VEKs and CRLs come from: the directory and the KDS fetchers
+/// (one for VEKs, one for CRLs, each with its own request budget).
+fn snp_collateral(config: &Config) -> Result<(VekResolver, CrlSources), StartError> {
+    let directory = config.snp.collateral_dir.as_ref().map(|d| VekDirectory::new(d.clone()));
+    let kds_fetcher = || -> Result<Option<KdsFetcher>, StartError> {
+        let Some(url) = &config.snp.kds_url else { return Ok(None) };
+        let cache =
+            config.snp.kds_cache_dir.clone().ok_or_else(|| {
+                StartError::Refused("snp.kds_url needs snp.kds_cache_dir for its on-disk cache".into())
+            })?;
+        let mut kds = KdsConfig::new(cache);
+        kds.base_url = url.clone();
+        Ok(Some(KdsFetcher::new(kds).map_err(|e| StartError::Refused(format!("KDS fetcher: {e}")))?))
+    };
+    let resolver = VekResolver::new(directory, kds_fetcher()?);
+    // CRLs have their own fetcher (and request budget), sharing the cache.
+    let crl_sources = CrlSources::new(config.snp.crl_dir.clone(), kds_fetcher()?);
+    Ok((resolver, crl_sources))
+}
+
+/// The policy engine over `store`, loaded now and refreshed periodically.
+async fn policy_engine(config: &Config, store: &Arc<dyn SecretStore>) -> Arc<PolicyEngine> {
+    // Policies and reference values: loaded from the store now, then
+    // re-read periodically so that changes made through other replicas
+    // take effect here. A store that cannot be read yet leaves every
+    // release refused until a refresh succeeds.
+    let policy = Arc::new(PolicyEngine::with_store(Arc::clone(store), config.policy_builtin_default));
+    if let Err(e) = policy.refresh().await {
+        tracing::error!(error = %e, "loading policies failed; releases are refused until a refresh succeeds");
+    }
+    policy.spawn_refresher(config.policy_refresh);
+    policy
+}
+
+/// The admin listener's TLS: the server's identity and, when configured,
+/// the CA of admin client certificates.
+fn admin_tls_config(config: &Config, cert: &[u8], key: &[u8]) -> Result<ServerTlsConfig, StartError> {
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key)).timeout(HANDSHAKE_TIMEOUT);
+    let admin_tls = match &config.admin_client_ca {
+        // Client certificates are optional at the TLS layer so that bearer
+        // tokens keep working; a presented certificate must chain to this CA.
+        Some(ca) => tls
+            .clone()
+            .client_ca_root(Certificate::from_pem(read("admin.client_ca", ca)?.as_slice()))
+            .client_auth_optional(true),
+        None => tls.clone(),
+    };
+    Ok(admin_tls)
+}
+
+/// The TLS session ticketer the replicas share, when a ticket key is set.
+fn shared_ticketer(config: &Config) -> Result<Option<Arc<dyn rustls::server::ProducesTickets>>, StartError> {
+    // Session tickets: shared by the replicas when a ticket key is
+    // configured; otherwise rustls's default, resumption at this replica
+    // only (its in-memory session cache).
+    let ticketer: Option<Arc<dyn rustls::server::ProducesTickets>> = match &config.tls_tickets {
+        None => None,
+        Some(t) => Some(Arc::new(
+            crate::tickets::SharedTicketer::from_files(
+                &t.key_file,
+                &t.previous_key_files,
+                t.lifetime_seconds,
+                crate::tickets::system_clock(),
+            )
+            .map_err(|e| StartError::Refused(format!("server.tls_ticket_key_file: {e}")))?,
+        )),
+    };
+    Ok(ticketer)
+}
+
+/// The metrics listener's TLS, when `metrics.tls` is set.
+fn metrics_tls_config(
+    config: &Config,
+    cert: &[u8],
+    key: &[u8],
+) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
+    let metrics_tls = match &config.metrics {
+        Some(m) if m.tls => {
+            let shared = crate::api::coco::tls_config(cert, key, None)
+                .map_err(|e| StartError::Refused(format!("metrics: {e}")))?;
+            // HTTP/1.1 only, as the listener serves.
+            let mut own = (*shared).clone();
+            own.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(Arc::new(own))
+        }
+        _ => None,
+    };
+    Ok(metrics_tls)
 }
 
 /// The guest listener's TLS: the server's identity, HTTP/2 only, and the

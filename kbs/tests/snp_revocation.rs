@@ -40,7 +40,7 @@ fn verify(verifier: &SnpVerifier, now: OffsetDateTime) -> Result<(), EvidenceErr
     let report_data = [7u8; 64];
     let report = SimulatedSnp::new(SimGeneration::Genoa).report(&report_data).unwrap();
     let extra = vec![test_ask_der().to_vec()];
-    verifier.verify(&report, Vcek::Genoa.cert_der(), &extra, now, Some(&report_data)).map(|_| ())
+    verifier.verify(&report, Vcek::Genoa.cert_der(), &extra, now, &report_data).map(|_| ())
 }
 
 fn ask_serial() -> Vec<u8> {
@@ -174,7 +174,7 @@ fn a_revoked_ask_is_refused_on_cached_and_fresh_chains() {
     operator.install_crl(TestCrl::RevokesAsk.der(), IntermediateKind::Ask, NOW).unwrap();
     let report_data = [3u8; 64];
     let report = SimulatedSnp::new(SimGeneration::Genoa).report(&report_data).unwrap();
-    let err = operator.verify(&report, Vcek::Genoa.cert_der(), &[], NOW, Some(&report_data)).unwrap_err();
+    let err = operator.verify(&report, Vcek::Genoa.cert_der(), &[], NOW, &report_data).unwrap_err();
     assert!(matches!(err, EvidenceError::Revoked(_)), "{err}");
 
     // A CRL for ASVKs does not speak for ASKs.

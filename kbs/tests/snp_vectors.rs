@@ -163,7 +163,7 @@ fn every_pass_vector_verifies_with_the_expected_claims() {
         let report = vector(p.report);
         let expected = report_data(&report);
         let verified = verifier
-            .verify(&report, &p.vek, &[], NOW, Some(&expected))
+            .verify(&report, &p.vek, &[], NOW, &expected)
             .unwrap_or_else(|e| panic!("{} did not verify: {e}", p.report));
         let c = &verified.claims;
         assert_eq!(c.tee, TeeKind::Snp);
@@ -203,7 +203,7 @@ fn vector_specific_claims() {
     // trustee VCEK report: current_tcb is newer than reported_tcb, and only
     // reported_tcb is bound to the VCEK.
     let r = vector("trustee/snp/test-report.bin");
-    let v = verifier.verify(&r, &vector("trustee/snp/test-vcek.der"), &[], NOW, None).unwrap();
+    let v = verifier.verify_ignoring_report_data(&r, &vector("trustee/snp/test-vcek.der"), &[], NOW).unwrap();
     let snp = v.claims.snp.unwrap();
     assert_eq!(snp.current_tcb.microcode, 206);
     assert_eq!(snp.reported_tcb.microcode, 115);
@@ -216,7 +216,7 @@ fn vector_specific_claims() {
 
     // VLEK report: CPUID says Milan, VLEK from AWS.
     let r = vector("trustee/snp/test-vlek-report.bin");
-    let v = verifier.verify(&r, &vector("trustee/snp/test-vlek.der"), &[], NOW, None).unwrap();
+    let v = verifier.verify_ignoring_report_data(&r, &vector("trustee/snp/test-vlek.der"), &[], NOW).unwrap();
     let snp = v.claims.snp.unwrap();
     let cpuid = snp.cpuid.unwrap();
     assert_eq!((cpuid.family, cpuid.model, cpuid.stepping), (0x19, 0x01, 0x01));
@@ -225,7 +225,7 @@ fn vector_specific_claims() {
     // Azure Genoa.
     let r = vector("trustee/az-snp-vtpm/genoa_snp_report.bin");
     let vek = pem_to_der(&vector("trustee/az-snp-vtpm/vcek-genoa.pem")).remove(0);
-    let v = verifier.verify(&r, &vek, &[], NOW, None).unwrap();
+    let v = verifier.verify_ignoring_report_data(&r, &vek, &[], NOW).unwrap();
     let snp = v.claims.snp.unwrap();
     let cpuid = snp.cpuid.unwrap();
     assert_eq!((cpuid.family, cpuid.model), (0x19, 0x11));
@@ -245,9 +245,9 @@ fn vlek_report_verifies_inside_and_expires_outside_its_validity() {
         assert_eq!(anchors.add_intermediate(&vector(bundle)).unwrap(), 0, "{bundle}");
     }
     let verifier = SnpVerifier::new(anchors);
-    verifier.verify(&report, &vlek, &[], datetime!(2025-06-01 00:00 UTC), None).unwrap();
+    verifier.verify_ignoring_report_data(&report, &vlek, &[], datetime!(2025-06-01 00:00 UTC)).unwrap();
     assert!(matches!(
-        verifier.verify(&report, &vlek, &[], datetime!(2026-11-28 00:00 UTC), None),
+        verifier.verify_ignoring_report_data(&report, &vlek, &[], datetime!(2026-11-28 00:00 UTC)),
         Err(EvidenceError::CertificateExpired(_))
     ));
 }
@@ -262,14 +262,20 @@ fn vlek_report_needs_the_asvk() {
     anchors.add_root(Generation::Milan, &milan[1]).unwrap();
     anchors.add_intermediate(&milan[0]).unwrap();
     let verifier = SnpVerifier::new(anchors);
-    assert!(matches!(verifier.verify(&report, &vlek, &[], NOW, None), Err(EvidenceError::UntrustedRoot(_))));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vlek, &[], NOW),
+        Err(EvidenceError::UntrustedRoot(_))
+    ));
     // Handing the ASK and ARK in as guest certificates changes nothing.
-    assert!(matches!(verifier.verify(&report, &vlek, &milan, NOW, None), Err(EvidenceError::UntrustedRoot(_))));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vlek, &milan, NOW),
+        Err(EvidenceError::UntrustedRoot(_))
+    ));
     // The ASVK from the guest's table works: it is signed by the pinned ARK.
     let asvk = pem_to_der(&vector("go-sev-guest/ask_ark_milan_vlek.pem"));
-    verifier.verify(&report, &vlek, &asvk, NOW, None).unwrap();
+    verifier.verify_ignoring_report_data(&report, &vlek, &asvk, NOW).unwrap();
     // AMD's anchors have it built in.
-    SnpVerifier::new(amd()).verify(&report, &vlek, &[], NOW, None).unwrap();
+    SnpVerifier::new(amd()).verify_ignoring_report_data(&report, &vlek, &[], NOW).unwrap();
 }
 
 #[test]
@@ -293,15 +299,15 @@ fn a_flipped_bit_in_the_signed_region_breaks_the_signature() {
         let mut bad = good.clone();
         bad[offset] ^= bit;
         assert!(
-            matches!(verifier.verify(&bad, &vek, &[], NOW, None), Err(EvidenceError::SignatureInvalid)),
+            matches!(verifier.verify_ignoring_report_data(&bad, &vek, &[], NOW), Err(EvidenceError::SignatureInvalid)),
             "flip at {offset:#x}"
         );
     }
     // A bit in the unused top of r is refused before the curve math.
     let mut bad = good.clone();
     bad[0x2A0 + 60] = 1;
-    assert!(matches!(verifier.verify(&bad, &vek, &[], NOW, None), Err(EvidenceError::SignatureInvalid)));
-    verifier.verify(&good, &vek, &[], NOW, None).unwrap();
+    assert!(matches!(verifier.verify_ignoring_report_data(&bad, &vek, &[], NOW), Err(EvidenceError::SignatureInvalid)));
+    verifier.verify_ignoring_report_data(&good, &vek, &[], NOW).unwrap();
 }
 
 #[test]
@@ -311,19 +317,28 @@ fn another_vectors_vcek_fails_the_signature_check() {
     // trustee's VCEK is for the same generation and the very same TCB
     // (bl=3 tee=0 snp=8 ucode=115), so only the key differs: check 4 fails.
     let same_tcb = vector("trustee/snp/test-vcek.der");
-    assert!(matches!(verifier.verify(&report, &same_tcb, &[], NOW, None), Err(EvidenceError::SignatureInvalid)));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &same_tcb, &[], NOW),
+        Err(EvidenceError::SignatureInvalid)
+    ));
     // go-sev-guest's VCEK also certifies another TCB (bl=2 snp=5 ucode=68),
     // but the report signature (check 4) is checked before the TCB binding
     // (check 5), so the refusal is still SignatureInvalid, not TcbMismatch.
     let other_tcb = vector("go-sev-guest/vcek.der");
-    assert!(matches!(verifier.verify(&report, &other_tcb, &[], NOW, None), Err(EvidenceError::SignatureInvalid)));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &other_tcb, &[], NOW),
+        Err(EvidenceError::SignatureInvalid)
+    ));
     // A Genoa VCEK on a Milan report: same story.
     let genoa = pem_to_der(&vector("trustee/az-snp-vtpm/vcek-genoa.pem")).remove(0);
-    assert!(matches!(verifier.verify(&report, &genoa, &[], NOW, None), Err(EvidenceError::SignatureInvalid)));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &genoa, &[], NOW),
+        Err(EvidenceError::SignatureInvalid)
+    ));
     // A Milan VCEK on the v3 Genoa report: CPUID names Genoa, the VCEK is Milan.
     let genoa_report = vector("trustee/az-snp-vtpm/genoa_snp_report.bin");
     assert!(matches!(
-        verifier.verify(&genoa_report, &vector("virtee-sev/vcek_milan.der"), &[], NOW, None),
+        verifier.verify_ignoring_report_data(&genoa_report, &vector("virtee-sev/vcek_milan.der"), &[], NOW),
         Err(EvidenceError::ChainInvalid(_))
     ));
 }
@@ -335,32 +350,38 @@ fn size_version_algorithm_and_reserved_checks_on_a_real_report() {
     let good = vector("virtee-sev/report_milan.bin");
 
     let truncated = &good[..REPORT_LEN - 1];
-    assert!(matches!(verifier.verify(truncated, &vek, &[], NOW, None), Err(EvidenceError::Malformed(_))));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(truncated, &vek, &[], NOW),
+        Err(EvidenceError::Malformed(_))
+    ));
     let mut oversized = good.clone();
     oversized.push(0);
     assert!(matches!(
-        verifier.verify(&oversized, &vek, &[], NOW, None),
+        verifier.verify_ignoring_report_data(&oversized, &vek, &[], NOW),
         Err(EvidenceError::TooLarge { len: 1185, max: REPORT_LEN })
     ));
     for version in [1u32, 4, 6] {
         let mut bad = good.clone();
         bad[..4].copy_from_slice(&version.to_le_bytes());
         assert!(matches!(
-            verifier.verify(&bad, &vek, &[], NOW, None),
+            verifier.verify_ignoring_report_data(&bad, &vek, &[], NOW),
             Err(EvidenceError::UnsupportedVersion(v)) if v == version
         ));
     }
     let mut bad = good.clone();
     bad[0x34] = 2;
     assert!(matches!(
-        verifier.verify(&bad, &vek, &[], NOW, None),
+        verifier.verify_ignoring_report_data(&bad, &vek, &[], NOW),
         Err(EvidenceError::UnsupportedSignatureAlgorithm(2))
     ));
     for offset in [0x4C, 0x18B, 0x1EB, 0x1F8, 0x29F, 0x330, 0x49F] {
         let mut bad = good.clone();
         bad[offset] = 0xff;
         assert!(
-            matches!(verifier.verify(&bad, &vek, &[], NOW, None), Err(EvidenceError::ReservedNonZero(_))),
+            matches!(
+                verifier.verify_ignoring_report_data(&bad, &vek, &[], NOW),
+                Err(EvidenceError::ReservedNonZero(_))
+            ),
             "reserved byte {offset:#x}"
         );
     }
@@ -381,7 +402,7 @@ fn a_v2_report_with_masked_chip_id_parses() {
     // ...but a VCEK-signed report is then bound to no chip: refused (the
     // signature breaks first, since chip_id is signed).
     assert!(matches!(
-        verifier().verify(&r, &vector("virtee-sev/vcek_milan.der"), &[], NOW, None),
+        verifier().verify_ignoring_report_data(&r, &vector("virtee-sev/vcek_milan.der"), &[], NOW),
         Err(EvidenceError::SignatureInvalid)
     ));
 }
@@ -395,12 +416,15 @@ fn certificate_validity_is_checked_at_now() {
     for now in [datetime!(2023-04-03 19:23:42 UTC), datetime!(2030-04-03 19:23:44 UTC), datetime!(2046-01-01 0:00 UTC)]
     {
         assert!(
-            matches!(verifier.verify(&report, &vek, &[], now, None), Err(EvidenceError::CertificateExpired(_))),
+            matches!(
+                verifier.verify_ignoring_report_data(&report, &vek, &[], now),
+                Err(EvidenceError::CertificateExpired(_))
+            ),
             "{now}"
         );
     }
     for now in [datetime!(2023-04-03 19:23:43 UTC), datetime!(2030-04-03 19:23:43 UTC)] {
-        verifier.verify(&report, &vek, &[], now, None).unwrap();
+        verifier.verify_ignoring_report_data(&report, &vek, &[], now).unwrap();
     }
 }
 
@@ -411,12 +435,9 @@ fn report_data_must_match_when_expected() {
     let report = vector("virtee-sev/report_milan.bin");
     let mut wrong = report_data(&report);
     wrong[63] ^= 1;
-    assert!(matches!(verifier.verify(&report, &vek, &[], NOW, Some(&wrong)), Err(EvidenceError::ReportDataMismatch)));
-    assert!(matches!(
-        verifier.verify(&report, &vek, &[], NOW, Some(&[0u8; 64])),
-        Err(EvidenceError::ReportDataMismatch)
-    ));
-    verifier.verify(&report, &vek, &[], NOW, Some(&report_data(&report))).unwrap();
+    assert!(matches!(verifier.verify(&report, &vek, &[], NOW, &wrong), Err(EvidenceError::ReportDataMismatch)));
+    assert!(matches!(verifier.verify(&report, &vek, &[], NOW, &[0u8; 64]), Err(EvidenceError::ReportDataMismatch)));
+    verifier.verify(&report, &vek, &[], NOW, &report_data(&report)).unwrap();
 }
 
 #[test]
@@ -435,7 +456,7 @@ fn a_foreign_root_pinned_with_add_root_does_not_match() {
     assert!(matches!(anchors.add_intermediate(milan_ask), Err(EvidenceError::UntrustedRoot(_))));
     let verifier = SnpVerifier::new(anchors.clone());
     assert!(matches!(
-        verifier.verify(&report, &vek, std::slice::from_ref(milan_ask), NOW, None),
+        verifier.verify_ignoring_report_data(&report, &vek, std::slice::from_ref(milan_ask), NOW),
         Err(EvidenceError::UntrustedRoot(_))
     ));
     // Its own ASK is accepted, but the Genoa VCEK's productName does not
@@ -444,20 +465,20 @@ fn a_foreign_root_pinned_with_add_root_does_not_match() {
     let genoa_report = vector("trustee/az-snp-vtpm/genoa_snp_report.bin");
     let genoa_vek = pem_to_der(&vector("trustee/az-snp-vtpm/vcek-genoa.pem")).remove(0);
     assert!(matches!(
-        SnpVerifier::new(anchors).verify(&genoa_report, &genoa_vek, &[], NOW, None),
+        SnpVerifier::new(anchors).verify_ignoring_report_data(&genoa_report, &genoa_vek, &[], NOW),
         Err(EvidenceError::ChainInvalid(_))
     ));
     // An ASK cannot be pinned as a root.
     assert!(SnpAnchors::empty().add_root(Generation::Milan, milan_ask).is_err());
     // With no roots at all nothing verifies.
     assert!(matches!(
-        SnpVerifier::new(SnpAnchors::empty()).verify(&report, &vek, &milan, NOW, None),
+        SnpVerifier::new(SnpAnchors::empty()).verify_ignoring_report_data(&report, &vek, &milan, NOW),
         Err(EvidenceError::UntrustedRoot(_))
     ));
     // The right root plus the guest's ASK from its table verifies.
     let mut anchors = SnpAnchors::empty();
     anchors.add_root(Generation::Milan, milan_ark).unwrap();
-    SnpVerifier::new(anchors).verify(&report, &vek, &milan, NOW, None).unwrap();
+    SnpVerifier::new(anchors).verify_ignoring_report_data(&report, &vek, &milan, NOW).unwrap();
 }
 
 #[test]
@@ -473,17 +494,22 @@ fn a_guest_ask_not_signed_by_the_pinned_ark_is_ignored() {
     let pki = test_pki();
     let forged = pki.forged_milan_ask(&milan[0]);
     assert!(matches!(
-        verifier.verify(&report, &vek, std::slice::from_ref(&forged), NOW, None),
+        verifier.verify_ignoring_report_data(&report, &vek, std::slice::from_ref(&forged), NOW),
         Err(EvidenceError::UntrustedRoot(_))
     ));
     // Other generations' ASKs and garbage are ignored too.
     let genoa = pem_to_der(&vector("go-sev-guest/ask_ark_genoa.pem"));
     assert!(matches!(
-        verifier.verify(&report, &vek, &[genoa[0].clone(), b"junk".to_vec(), vec![0; 70_000]], NOW, None),
+        verifier.verify_ignoring_report_data(
+            &report,
+            &vek,
+            &[genoa[0].clone(), b"junk".to_vec(), vec![0; 70_000]],
+            NOW
+        ),
         Err(EvidenceError::UntrustedRoot(_))
     ));
     // The genuine ASK next to the forged one is found.
-    verifier.verify(&report, &vek, &[forged, milan[0].clone()], NOW, None).unwrap();
+    verifier.verify_ignoring_report_data(&report, &vek, &[forged, milan[0].clone()], NOW).unwrap();
 }
 
 #[test]
@@ -569,19 +595,19 @@ fn the_chain_is_cached_by_vek_digest() {
     let vek = vector("virtee-sev/vcek_milan.der");
     let report = vector("virtee-sev/report_milan.bin");
     assert_eq!(verifier.cached_veks(), 0);
-    let first = verifier.verify(&report, &vek, &[], NOW, None).unwrap();
+    let first = verifier.verify_ignoring_report_data(&report, &vek, &[], NOW).unwrap();
     assert_eq!(verifier.cached_veks(), 1);
-    let second = verifier.verify(&report, &vek, &[], NOW, None).unwrap();
+    let second = verifier.verify_ignoring_report_data(&report, &vek, &[], NOW).unwrap();
     assert_eq!(verifier.cached_veks(), 1);
     assert_eq!(first.vek_sha256(), second.vek_sha256());
     // A cached chain is still checked against `now` and the report.
     assert!(matches!(
-        verifier.verify(&report, &vek, &[], datetime!(2031-01-01 0:00 UTC), None),
+        verifier.verify_ignoring_report_data(&report, &vek, &[], datetime!(2031-01-01 0:00 UTC)),
         Err(EvidenceError::CertificateExpired(_))
     ));
     // A bounded cache of zero caches nothing and still verifies.
     let uncached = SnpVerifier::with_cache_capacity(amd(), 0);
-    uncached.verify(&report, &vek, &[], NOW, None).unwrap();
+    uncached.verify_ignoring_report_data(&report, &vek, &[], NOW).unwrap();
     assert_eq!(uncached.cached_veks(), 0);
 }
 
@@ -596,7 +622,12 @@ fn cert_table_round_trip_feeds_the_verifier() {
     let mut anchors = SnpAnchors::empty();
     anchors.add_root(Generation::Milan, &chain[1]).unwrap();
     SnpVerifier::new(anchors)
-        .verify(&vector("virtee-sev/report_milan.bin"), parsed.vek().unwrap(), &parsed.extra_certs(), NOW, None)
+        .verify_ignoring_report_data(
+            &vector("virtee-sev/report_milan.bin"),
+            parsed.vek().unwrap(),
+            &parsed.extra_certs(),
+            NOW,
+        )
         .unwrap();
 }
 
@@ -889,7 +920,7 @@ fn synthetic_turin_v5_report_verifies() {
     let vek = make_vek(pki, &vs);
     let report = make_report(&vek, &rs);
     let verifier = SnpVerifier::new(pki.anchors(Generation::Turin));
-    let v = verifier.verify(&report, &vek.der, &[], NOW, Some(&[0x5a; 64])).unwrap();
+    let v = verifier.verify(&report, &vek.der, &[], NOW, &[0x5a; 64]).unwrap();
     let snp = v.claims.snp.unwrap();
     assert_eq!(snp.generation, Generation::Turin);
     assert_eq!(snp.reported_tcb, vs.tcb);
@@ -899,7 +930,10 @@ fn synthetic_turin_v5_report_verifies() {
     assert_eq!(v.claims.measurement, "a5".repeat(48));
     // The same root pinned for Genoa: productName "Turin" does not match.
     let genoa = SnpVerifier::new(pki.anchors(Generation::Genoa));
-    assert!(matches!(genoa.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::ChainInvalid(_))));
+    assert!(matches!(
+        genoa.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::ChainInvalid(_))
+    ));
 }
 
 #[test]
@@ -911,19 +945,28 @@ fn synthetic_tcb_mismatch() {
     vs.tcb.snp = 5;
     let vek = make_vek(pki, &vs);
     let report = make_report(&vek, &rs);
-    assert!(matches!(verifier.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::TcbMismatch(_))));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::TcbMismatch(_))
+    ));
     // A VEK without an FMC SPL cannot certify a Turin TCB.
     let (mut vs, rs) = turin_case();
     vs.tcb.fmc = None;
     let vek = make_vek(pki, &vs);
     let report = make_report(&vek, &rs);
-    assert!(matches!(verifier.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::TcbMismatch(_))));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::TcbMismatch(_))
+    ));
     // Non-zero reserved bytes in reported_tcb do not match either.
     let (vs, mut rs) = turin_case();
     rs.reported_tcb[5] = 1;
     let vek = make_vek(pki, &vs);
     let report = make_report(&vek, &rs);
-    assert!(matches!(verifier.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::TcbMismatch(_))));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::TcbMismatch(_))
+    ));
 }
 
 #[test]
@@ -934,13 +977,19 @@ fn synthetic_chip_id_mismatch() {
     vs.hwid = Some(vec![9; 8]);
     let vek = make_vek(pki, &vs);
     let report = make_report(&vek, &rs);
-    assert!(matches!(verifier.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::ChipIdMismatch)));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::ChipIdMismatch)
+    ));
     // A VCEK without hwID is bound to no chip: refused.
     let (mut vs, rs) = turin_case();
     vs.hwid = None;
     let vek = make_vek(pki, &vs);
     let report = make_report(&vek, &rs);
-    assert!(matches!(verifier.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::ChipIdMismatch)));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::ChipIdMismatch)
+    ));
     // Milan/Genoa compare all 64 bytes.
     let mut anchors = SnpAnchors::empty();
     anchors.add_root(Generation::Genoa, &pki.ark_der).unwrap();
@@ -959,10 +1008,13 @@ fn synthetic_chip_id_mismatch() {
         chip_id,
     };
     let report = make_report(&vek, &spec);
-    assert!(matches!(genoa.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::ChipIdMismatch)));
+    assert!(matches!(
+        genoa.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::ChipIdMismatch)
+    ));
     let vek = make_vek(pki, &VekSpec { product: "Genoa", tcb, hwid: Some(chip_id.to_vec()), vlek: false });
     let report = make_report(&vek, &spec);
-    genoa.verify(&report, &vek.der, &[], NOW, None).unwrap();
+    genoa.verify_ignoring_report_data(&report, &vek.der, &[], NOW).unwrap();
 }
 
 #[test]
@@ -974,13 +1026,19 @@ fn synthetic_generation_and_key_kind_mismatches() {
     rs.cpuid = [0x19, 0x11, 0x01];
     let vek = make_vek(pki, &vs);
     let report = make_report(&vek, &rs);
-    assert!(matches!(verifier.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::ChainInvalid(_))));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::ChainInvalid(_))
+    ));
     // key_info says VLEK, the certificate was issued by the ASK.
     let (vs, mut rs) = turin_case();
     rs.vlek = true;
     let vek = make_vek(pki, &vs);
     let report = make_report(&vek, &rs);
-    assert!(matches!(verifier.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::ChainInvalid(_))));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::ChainInvalid(_))
+    ));
     // A VLEK (issued by the ASVK, no hwID) with a masked chip_id verifies.
     let (mut vs, mut rs) = turin_case();
     vs.vlek = true;
@@ -989,12 +1047,15 @@ fn synthetic_generation_and_key_kind_mismatches() {
     rs.chip_id = [0; 64];
     let vek = make_vek(pki, &vs);
     let report = make_report(&vek, &rs);
-    let v = verifier.verify(&report, &vek.der, &[], NOW, None).unwrap();
+    let v = verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW).unwrap();
     assert_eq!(v.claims.snp.unwrap().signing_key, SigningKey::Vlek);
     // ...and a VCEK-signed report does not accept it.
     rs.vlek = false;
     let report = make_report(&vek, &rs);
-    assert!(matches!(verifier.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::ChainInvalid(_))));
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::ChainInvalid(_))
+    ));
 }
 
 #[test]
@@ -1006,10 +1067,13 @@ fn synthetic_intermediate_from_the_guest_table() {
     let (vs, rs) = turin_case();
     let vek = make_vek(pki, &vs);
     let report = make_report(&vek, &rs);
-    assert!(matches!(verifier.verify(&report, &vek.der, &[], NOW, None), Err(EvidenceError::UntrustedRoot(_))));
-    verifier.verify(&report, &vek.der, &[pki.ask_der.clone(), pki.ark_der.clone()], NOW, None).unwrap();
+    assert!(matches!(
+        verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW),
+        Err(EvidenceError::UntrustedRoot(_))
+    ));
+    verifier.verify_ignoring_report_data(&report, &vek.der, &[pki.ask_der.clone(), pki.ark_der.clone()], NOW).unwrap();
     // Once verified, the chain is cached: the table is not needed again.
-    verifier.verify(&report, &vek.der, &[], NOW, None).unwrap();
+    verifier.verify_ignoring_report_data(&report, &vek.der, &[], NOW).unwrap();
 }
 
 // ---------------------------------------------------------------------
@@ -1097,7 +1161,7 @@ async fn kds_fetcher_caches_and_degrades_to_the_cache() {
     assert_eq!(stub.hits.load(Ordering::SeqCst), 1);
     assert_eq!(stub.paths.lock().unwrap().as_slice(), std::slice::from_ref(&virtee_path));
     // It verifies.
-    verifier().verify_parsed(virtee.clone(), &got, &[], NOW, None).unwrap();
+    verifier().verify_parsed_ignoring_report_data(virtee.clone(), &got, &[], NOW).unwrap();
 
     // Again: memory. A new resolver on the same cache: disk. No new hits.
     assert_eq!(resolver.resolve(&virtee).await.unwrap(), virtee_vek);
@@ -1250,7 +1314,7 @@ async fn offline_directory_layouts() {
     for (report, expected) in [(az, az_vek), (gsg, vector("go-sev-guest/vcek.der")), (vlek, vlek_der)] {
         let der = resolver.resolve(&report).await.unwrap();
         assert_eq!(der, expected);
-        verifier.verify_parsed(report, &der, &[], NOW, None).unwrap();
+        verifier.verify_parsed_ignoring_report_data(report, &der, &[], NOW).unwrap();
     }
     // Nothing for an unknown chip.
     let virtee = SnpReport::parse(&vector("virtee-sev/report_milan.bin")).unwrap();
@@ -1304,7 +1368,7 @@ proptest! {
             bytes[*at] ^= x;
         }
         prop_assume!(bytes != real_reports()[which]);
-        let result = shared_verifier().verify(&bytes, &p.vek, &[], NOW, None);
+        let result = shared_verifier().verify_ignoring_report_data(&bytes, &p.vek, &[], NOW);
         // A change to the first 0x2A0 bytes or to r/s must not verify; a
         // change to reserved bytes must not parse.
         prop_assert!(result.is_err());
@@ -1386,7 +1450,7 @@ fn a_test_root_pinned_for_every_generation_serves_each() {
     let verifier = SnpVerifier::new(anchors);
     let (vs, rs) = turin_case();
     let vek = make_vek(pki, &vs);
-    verifier.verify(&make_report(&vek, &rs), &vek.der, &[], NOW, None).unwrap();
+    verifier.verify_ignoring_report_data(&make_report(&vek, &rs), &vek.der, &[], NOW).unwrap();
     let tcb = TcbVersion { bootloader: 10, tee: 0, snp: 23, microcode: 84, fmc: None };
     let chip_id = [0x42u8; 64];
     let vek = make_vek(pki, &VekSpec { product: "Genoa", tcb, hwid: Some(chip_id.to_vec()), vlek: false });
@@ -1397,7 +1461,7 @@ fn a_test_root_pinned_for_every_generation_serves_each() {
         reported_tcb: [10, 0, 0, 0, 0, 0, 23, 84],
         chip_id,
     };
-    let v = verifier.verify(&make_report(&vek, &spec), &vek.der, &[], NOW, None).unwrap();
+    let v = verifier.verify_ignoring_report_data(&make_report(&vek, &spec), &vek.der, &[], NOW).unwrap();
     assert_eq!(v.generation(), Generation::Genoa);
     // The guest-table path does the same.
     let mut anchors = SnpAnchors::empty();
@@ -1405,6 +1469,6 @@ fn a_test_root_pinned_for_every_generation_serves_each() {
         anchors.add_root(g, &pki.ark_der).unwrap();
     }
     SnpVerifier::new(anchors)
-        .verify(&make_report(&vek, &spec), &vek.der, std::slice::from_ref(&pki.ask_der), NOW, None)
+        .verify_ignoring_report_data(&make_report(&vek, &spec), &vek.der, std::slice::from_ref(&pki.ask_der), NOW)
         .unwrap();
 }

@@ -142,7 +142,7 @@ async fn fetches_caches_refreshes_and_backs_off() {
     assert_eq!(cached.expires_at(), set.expires_at());
     // The fetched set verifies the quote it belongs to.
     let verifier = TdxVerifier::new(TdxAnchors::intel().unwrap(), TdxPolicy::default());
-    verifier.verify(&vector("dcap-qvl/tdx_quote"), &got, at, None).unwrap();
+    verifier.verify_ignoring_report_data(&vector("dcap-qvl/tdx_quote"), &got, at).unwrap();
 
     // Well before nextUpdate: served from the cache, no request.
     fetcher.get(fmspc, PckCa::Platform, at).await.unwrap();
@@ -167,7 +167,7 @@ async fn fetches_caches_refreshes_and_backs_off() {
     let expired = set.expires_at() + time::Duration::hours(1);
     let stale = fetcher.get(fmspc, PckCa::Platform, expired).await.unwrap();
     assert!(matches!(
-        verifier.verify(&vector("dcap-qvl/tdx_quote"), &stale, expired, None),
+        verifier.verify_ignoring_report_data(&vector("dcap-qvl/tdx_quote"), &stale, expired),
         Err(EvidenceError::CollateralExpired(_))
     ));
 }
@@ -222,7 +222,9 @@ async fn kbsctl_fetches_collateral_for_an_air_gapped_broker() {
     let cached = TdxCollateralDir::new(&dir).lookup(Fmspc::from_hex("B0C06F000000").unwrap(), PckCa::Platform).await;
     let cached = cached.unwrap().expect("the set is in the output directory");
     let verifier = TdxVerifier::new(TdxAnchors::intel().unwrap(), TdxPolicy::default());
-    verifier.verify(&vector("dcap-qvl/tdx_quote"), &cached, datetime!(2025-07-01 00:00 UTC), None).unwrap();
+    verifier
+        .verify_ignoring_report_data(&vector("dcap-qvl/tdx_quote"), &cached, datetime!(2025-07-01 00:00 UTC))
+        .unwrap();
     // Collateral the service itself serves expired is refused, exit 2.
     let late = run("2030-01-01T00:00:00Z").await.unwrap();
     assert_eq!(late.status.code(), Some(2), "{}", String::from_utf8_lossy(&late.stderr));

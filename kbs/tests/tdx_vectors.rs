@@ -42,7 +42,7 @@ fn v4_quote_passes_up_to_date() {
     let quote = vector("dcap-qvl/tdx_quote");
     let c = collateral("tdx_quote");
     assert_eq!(c.fmspc(), Fmspc::from_hex("B0C06F000000").unwrap());
-    let v = verifier().verify(&quote, &c, datetime!(2025-07-01 00:00 UTC), None).unwrap();
+    let v = verifier().verify_ignoring_report_data(&quote, &c, datetime!(2025-07-01 00:00 UTC)).unwrap();
     let claims = &v.claims;
     assert_eq!(claims.tee, TeeKind::Tdx);
     assert!(!claims.debug);
@@ -73,10 +73,10 @@ fn v4_quote_passes_up_to_date() {
     // The expected binding is checked byte for byte.
     let mut rd = [0u8; 64];
     hex::decode_to_slice(&claims.report_data, &mut rd).unwrap();
-    assert!(verifier().verify(&quote, &c, datetime!(2025-07-01 00:00 UTC), Some(&rd)).is_ok());
+    assert!(verifier().verify(&quote, &c, datetime!(2025-07-01 00:00 UTC), &rd).is_ok());
     rd[63] ^= 1;
     assert!(matches!(
-        verifier().verify(&quote, &c, datetime!(2025-07-01 00:00 UTC), Some(&rd)),
+        verifier().verify(&quote, &c, datetime!(2025-07-01 00:00 UTC), &rd),
         Err(EvidenceError::ReportDataMismatch)
     ));
 }
@@ -85,7 +85,7 @@ fn v4_quote_passes_up_to_date() {
 fn td15ex_quote_passes_up_to_date() {
     let quote = vector("dcap-qvl/tdx_quote_td15ex");
     let c = collateral("tdx_quote_td15ex");
-    let v = verifier().verify(&quote, &c, datetime!(2026-10-20 00:00 UTC), None).unwrap();
+    let v = verifier().verify_ignoring_report_data(&quote, &c, datetime!(2026-10-20 00:00 UTC)).unwrap();
     let tdx = v.claims.tdx.as_ref().unwrap();
     assert_eq!(tdx.tcb_status, "UpToDate");
     assert_eq!(tdx.version, 5);
@@ -110,7 +110,7 @@ fn td15ex_quote_passes_up_to_date() {
 fn outdated_quote_has_no_matching_tcb_level() {
     let quote = vector("dcap-qvl/tdx_quote_outdated");
     let c = collateral("tdx_quote_outdated");
-    let err = verifier().verify(&quote, &c, datetime!(2026-03-01 00:00 UTC), None).unwrap_err();
+    let err = verifier().verify_ignoring_report_data(&quote, &c, datetime!(2026-03-01 00:00 UTC)).unwrap_err();
     assert!(matches!(err, EvidenceError::TcbStatusNotAllowed(_)), "{err}");
     assert_eq!(err.reason().as_str(), "tcb_status_not_allowed");
     // Every crypto step before TCB matching passes.
@@ -124,7 +124,7 @@ fn collateral_outside_its_window_is_refused() {
     let quote = vector("dcap-qvl/tdx_quote");
     let c = collateral("tdx_quote");
     for t in [datetime!(2025-06-01 00:00 UTC), datetime!(2025-07-20 00:00 UTC), datetime!(2026-11-28 00:00 UTC)] {
-        let err = verifier().verify(&quote, &c, t, None).unwrap_err();
+        let err = verifier().verify_ignoring_report_data(&quote, &c, t).unwrap_err();
         assert!(matches!(err, EvidenceError::CollateralExpired(_)), "{t}: {err}");
         assert_eq!(err.reason().as_str(), "collateral_expired");
     }
@@ -136,7 +136,7 @@ fn collateral_outside_its_window_is_refused() {
 fn collateral_for_another_platform_is_refused() {
     let quote = vector("dcap-qvl/tdx_quote");
     let other = collateral("tdx_quote_outdated");
-    let err = verifier().verify(&quote, &other, datetime!(2026-03-01 00:00 UTC), None).unwrap_err();
+    let err = verifier().verify_ignoring_report_data(&quote, &other, datetime!(2026-03-01 00:00 UTC)).unwrap_err();
     assert!(matches!(err, EvidenceError::CollateralInvalid(_)), "{err}");
 }
 
@@ -148,19 +148,22 @@ fn tampered_quotes_and_collateral_are_refused() {
     // A flipped bit in the body (MRTD).
     let mut q = quote.clone();
     q[48 + 136] ^= 1;
-    assert!(matches!(verifier().verify(&q, &c, at, None), Err(EvidenceError::SignatureInvalid)));
+    assert!(matches!(verifier().verify_ignoring_report_data(&q, &c, at), Err(EvidenceError::SignatureInvalid)));
     // A flipped bit in the QE report.
     let mut q = quote.clone();
     q[48 + 584 + 4 + 128 + 6 + 10] ^= 1;
-    assert!(matches!(verifier().verify(&q, &c, at, None), Err(EvidenceError::SignatureInvalid)));
+    assert!(matches!(verifier().verify_ignoring_report_data(&q, &c, at), Err(EvidenceError::SignatureInvalid)));
     // A TCB info whose bytes differ from what Intel signed.
     let mut v3 = c.as_v3().clone();
     v3.tcb_info = v3.tcb_info.replacen("\"tcbEvaluationDataNumber\":17", "\"tcbEvaluationDataNumber\":18", 1);
     let forged = TdxCollateral::from_v3(v3).unwrap();
-    assert!(matches!(verifier().verify(&quote, &forged, at, None), Err(EvidenceError::CollateralInvalid(_))));
+    assert!(matches!(
+        verifier().verify_ignoring_report_data(&quote, &forged, at),
+        Err(EvidenceError::CollateralInvalid(_))
+    ));
     // Not under a pinned root.
     let none = TdxVerifier::new(TdxAnchors::empty(), TdxPolicy::default());
-    assert!(matches!(none.verify(&quote, &c, at, None), Err(EvidenceError::UntrustedRoot(_))));
+    assert!(matches!(none.verify_ignoring_report_data(&quote, &c, at), Err(EvidenceError::UntrustedRoot(_))));
 }
 
 #[test]
@@ -173,42 +176,42 @@ fn the_appraisal_memo_still_checks_what_each_quote_changes() {
     // header; the AK's signature follows the 4-byte signature data length.
     let (report_data_at, signature_at) = (48 + 520, 48 + 584 + 4);
     let v = verifier();
-    let first = v.verify(&quote, &c, at, None).unwrap();
+    let first = v.verify_ignoring_report_data(&quote, &c, at).unwrap();
     assert_eq!(v.memo_stats(), (1, 0));
 
     // The same TD again: served by the memo, with the same claims.
-    let again = v.verify(&quote, &c, at + minutes(1), None).unwrap();
+    let again = v.verify_ignoring_report_data(&quote, &c, at + minutes(1)).unwrap();
     assert_eq!(v.memo_stats(), (1, 1));
     assert_eq!(serde_json::to_value(&again.claims).unwrap(), serde_json::to_value(&first.claims).unwrap());
 
     // The parts the memo key leaves out are checked on every quote.
     let mut q = quote.clone();
     q[report_data_at + 7] ^= 1;
-    assert!(matches!(v.verify(&q, &c, at, None), Err(EvidenceError::SignatureInvalid)));
+    assert!(matches!(v.verify_ignoring_report_data(&q, &c, at), Err(EvidenceError::SignatureInvalid)));
     let mut q = quote.clone();
     q[signature_at + 40] ^= 1;
-    assert!(matches!(v.verify(&q, &c, at, None), Err(EvidenceError::SignatureInvalid)));
+    assert!(matches!(v.verify_ignoring_report_data(&q, &c, at), Err(EvidenceError::SignatureInvalid)));
     let mut expected = [0u8; 64];
     hex::decode_to_slice(&first.claims.report_data, &mut expected).unwrap();
     expected[0] ^= 1;
-    assert!(matches!(v.verify(&quote, &c, at, Some(&expected)), Err(EvidenceError::ReportDataMismatch)));
+    assert!(matches!(v.verify(&quote, &c, at, &expected), Err(EvidenceError::ReportDataMismatch)));
     assert_eq!(v.memo_stats(), (1, 4), "each of these was a memo hit");
 
     // Time is checked on every quote: a hit after the collateral's
     // earliest expiry is refused.
     let late = c.expires_at() - minutes(5);
-    v.verify(&quote, &c, late, None).unwrap();
+    v.verify_ignoring_report_data(&quote, &c, late).unwrap();
     let hits = v.memo_stats().1;
-    let err = v.verify(&quote, &c, late + minutes(6), None).unwrap_err();
+    let err = v.verify_ignoring_report_data(&quote, &c, late + minutes(6)).unwrap_err();
     assert!(matches!(err, EvidenceError::CollateralExpired(_)), "{err}");
     assert_eq!(v.memo_stats().1, hits + 1);
 
     // An appraisal stands for APPRAISAL_MEMO_TTL of verification time, and
     // never for a time before it was made.
     let v = verifier();
-    v.verify(&quote, &c, at, None).unwrap();
-    v.verify(&quote, &c, at - minutes(1), None).unwrap();
-    v.verify(&quote, &c, at + APPRAISAL_MEMO_TTL, None).unwrap();
+    v.verify_ignoring_report_data(&quote, &c, at).unwrap();
+    v.verify_ignoring_report_data(&quote, &c, at - minutes(1)).unwrap();
+    v.verify_ignoring_report_data(&quote, &c, at + APPRAISAL_MEMO_TTL).unwrap();
     assert_eq!(v.memo_stats(), (1, 0));
 
     // Other collateral is another key; failures are never remembered.
@@ -216,8 +219,9 @@ fn the_appraisal_memo_still_checks_what_each_quote_changes() {
     v3.tcb_info = v3.tcb_info.replacen("\"tcbEvaluationDataNumber\":17", "\"tcbEvaluationDataNumber\":18", 1);
     let forged = TdxCollateral::from_v3(v3).unwrap();
     assert_ne!(forged.digest(), c.digest());
-    assert!(matches!(v.verify(&quote, &forged, at, None), Err(EvidenceError::CollateralInvalid(_))));
-    let err = v.verify(&vector("dcap-qvl/tdx_quote_outdated"), &collateral("tdx_quote_outdated"), at, None);
+    assert!(matches!(v.verify_ignoring_report_data(&quote, &forged, at), Err(EvidenceError::CollateralInvalid(_))));
+    let err =
+        v.verify_ignoring_report_data(&vector("dcap-qvl/tdx_quote_outdated"), &collateral("tdx_quote_outdated"), at);
     assert!(err.is_err());
     assert_eq!(v.memo_stats(), (1, 0));
 }
@@ -256,7 +260,7 @@ fn the_debug_td_is_refused() {
     let q = TdxQuote::parse(&vector("trustee/tdx/tdx_quote_4.dat")).unwrap();
     assert!(q.report().td_attributes.debug && q.report().td_attributes.under_debug);
     let c = collateral("tdx_quote");
-    let err = verifier().verify_parsed(q, &c, datetime!(2025-07-01 00:00 UTC), None).unwrap_err();
+    let err = verifier().verify_parsed_ignoring_report_data(q, &c, datetime!(2025-07-01 00:00 UTC)).unwrap_err();
     assert!(matches!(err, EvidenceError::CollateralInvalid(_)), "{err}");
 }
 
@@ -290,7 +294,7 @@ proptest! {
         let now: OffsetDateTime = datetime!(2025-07-01 00:00 UTC);
         // Everything up to the PCK chain is signed or bound (the chain is
         // checked by signature; the quote's copy of the root is ignored).
-        prop_assert!(verifier().verify(&q, &c, now, None).is_err());
+        prop_assert!(verifier().verify_ignoring_report_data(&q, &c, now).is_err());
     }
 
     #[test]
@@ -299,10 +303,10 @@ proptest! {
         let c = collateral("tdx_quote");
         let now: OffsetDateTime = datetime!(2025-07-01 00:00 UTC);
         let v = verifier();
-        v.verify(&quote, &c, now, None).unwrap();
+        v.verify_ignoring_report_data(&quote, &c, now).unwrap();
         let mut q = quote;
         q[pos] ^= 1 << bit;
-        prop_assert!(v.verify(&q, &c, now, None).is_err());
+        prop_assert!(v.verify_ignoring_report_data(&q, &c, now).is_err());
     }
 
     #[test]

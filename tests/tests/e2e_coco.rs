@@ -1016,6 +1016,11 @@ fn kid(token: &str) -> String {
     header["kid"].as_str().unwrap().to_owned()
 }
 
+/// The JSON document `/.well-known/{name}` of `app`'s CoCo listener.
+async fn well_known(app: &TestApp, name: &str) -> Value {
+    app.http().get(format!("{}/.well-known/{name}", app.coco_url)).send().await.unwrap().json().await.unwrap()
+}
+
 /// `POST /v1/{path}` as root; panics unless OpenBao accepts it.
 async fn bao_write(bao: &bao::Bao, path: &str, body: Value) {
     let resp =
@@ -1095,8 +1100,7 @@ async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
 
     // The JWKS: both keys, the signer first, each named by its thumbprint;
     // the discovery document points at it.
-    let jwks: Value =
-        b.http().get(format!("{}/.well-known/jwks.json", b.coco_url)).send().await.unwrap().json().await.unwrap();
+    let jwks = well_known(&b, "jwks.json").await;
     let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
     assert_eq!(kids, [kid(&token_b), kid(&token_a)]);
     for jwk in jwks["keys"].as_array().unwrap() {
@@ -1105,15 +1109,7 @@ async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
         assert_eq!(jwk["kid"].as_str(), Some(thumbprint.as_str()), "kid is the RFC 7638 thumbprint");
         assert!(jwk.get("d").is_none());
     }
-    let discovery: Value = b
-        .http()
-        .get(format!("{}/.well-known/openid-configuration", b.coco_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let discovery = well_known(&b, "openid-configuration").await;
     assert_eq!(discovery["issuer"], "https://kbs.test");
     assert_eq!(discovery["jwks_uri"], "https://kbs.test/.well-known/jwks.json");
 
@@ -1246,8 +1242,7 @@ async fn openbao_relies_on_the_attestation_result_through_the_jwks() {
     // is rebuilt when its configuration is written) and refuses A's token;
     // B's still logs in, and the broker itself refuses A's token too.
     let c = TestApp::start_with(Options { keys_from: Some(b.dir.path().to_path_buf()), ..relying("") }).await;
-    let jwks: Value =
-        c.http().get(format!("{}/.well-known/jwks.json", c.coco_url)).send().await.unwrap().json().await.unwrap();
+    let jwks = well_known(&c, "jwks.json").await;
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
     bao_trust(&bao, &c).await;
     let refused = bao_login(&bao, &token_a).await.unwrap_err();
@@ -1297,14 +1292,7 @@ async fn attestation_results_need_the_coco_front_end() {
 async fn the_discovery_document_names_the_jwks_under_the_requested_host() {
     let app = TestApp::start_with(coco()).await;
     let http = app.http();
-    let discovery: Value = http
-        .get(format!("{}/.well-known/openid-configuration", app.coco_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let discovery = well_known(&app, "openid-configuration").await;
     assert_eq!(discovery["issuer"], "kbs");
     let jwks_uri = discovery["jwks_uri"].as_str().unwrap();
     assert_eq!(jwks_uri, format!("{}/.well-known/jwks.json", app.coco_url));

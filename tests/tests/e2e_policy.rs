@@ -262,7 +262,7 @@ fn verified_claims(report: &str, vcek: &str) -> kbs::evidence::Claims {
     let report = vector(report);
     let report_data: [u8; 64] = report[0x50..0x90].try_into().unwrap();
     SnpVerifier::new(SnpAnchors::amd().unwrap())
-        .verify(&report, &vector(vcek), &[], datetime!(2025-06-01 00:00 UTC), Some(&report_data))
+        .verify(&report, &vector(vcek), &[], datetime!(2025-06-01 00:00 UTC), &report_data)
         .unwrap()
         .claims
 }

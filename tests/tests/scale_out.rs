@@ -11,18 +11,19 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use attester_client::hpke::EphemeralKey;
 use attester_client::simulated::{Generation, SimulatedSnp, test_ark_pem};
 use kbs::config::Config;
+use kbs_proto::SuiteId;
 use kbs_proto::v1::key_broker_client::KeyBrokerClient;
-use kbs_proto::v1::{GetChallengeRequest, ReleaseSecretsRequest, SnpEvidence, Tee, release_secrets_request};
-use kbs_proto::{NONCE_LEN, SuiteId};
+use kbs_proto::v1::{GetChallengeRequest, Tee};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 const MEASUREMENT: [u8; 48] = [0x3d; 48];
 const SECRET: &str = "models/scale/key";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[path = "support/app.rs"]
+mod app;
 #[path = "support/bao.rs"]
 mod bao;
 
@@ -150,25 +151,9 @@ async fn exchange(issue: &mut KeyBrokerClient<Channel>, redeem: &mut KeyBrokerCl
             .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: vec![SECRET.into()] })
             .await?
             .into_inner();
-        let nonce: [u8; NONCE_LEN] = challenge.nonce.as_slice().try_into().unwrap();
-        let key = EphemeralKey::generate(suite).unwrap();
         let sim = SimulatedSnp::new(Generation::Genoa).measurement(MEASUREMENT);
-        let rd = kbs_proto::report_data(&nonce, suite, key.public_key());
-        let resp = redeem
-            .release_secrets(ReleaseSecretsRequest {
-                challenge: challenge.challenge,
-                evidence: Some(release_secrets_request::Evidence::Snp(SnpEvidence {
-                    report: sim.report(&rd).unwrap(),
-                    cert_table: sim.cert_table().unwrap(),
-                })),
-                hpke_suite: Some(suite.to_wire()),
-                hpke_public_key: key.public_key().to_vec(),
-                secret_names: vec![SECRET.into()],
-                gpus: Vec::new(),
-                want_attestation_token: false,
-            })
-            .await?
-            .into_inner();
+        let (request, key, nonce) = app::snp_release_request(&sim, challenge, suite, vec![SECRET.into()]);
+        let resp = redeem.release_secrets(request).await?.into_inner();
         let [s] = resp.secrets.as_slice() else { return Ok::<_, tonic::Status>(Outcome::WrongBytes) };
         let aad = kbs_proto::secret_aad(&s.name, s.version);
         Ok(match key.open(&s.enc, &s.ciphertext, &kbs_proto::secret_info(&nonce), &aad) {

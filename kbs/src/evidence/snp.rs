@@ -967,19 +967,20 @@ impl SnpVerifier {
         self.cache.read().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// Verifies a report; see the module documentation for the checks.
+    /// Verifies a report bound to a request: every check of the module
+    /// documentation, its `report_data` equal to `expected_report_data`
+    /// (check 7).
     ///
     /// `vek_der`: the VCEK or VLEK (DER). `extra_certs`: DER certificates
     /// the guest sent (ASK/ASVK/ARK from its table), used only if they chain
-    /// to a pinned ARK. `expected_report_data`: `None` only for offline
-    /// operator verification, where nothing binds the report to a request.
+    /// to a pinned ARK.
     pub fn verify(
         &self,
         report: &[u8],
         vek_der: &[u8],
         extra_certs: &[Vec<u8>],
         now: OffsetDateTime,
-        expected_report_data: Option<&[u8; 64]>,
+        expected_report_data: &[u8; 64],
     ) -> Result<VerifiedSnp, EvidenceError> {
         // 1. Parse, before any cryptography.
         let report = SnpReport::parse(report)?;
@@ -990,6 +991,44 @@ impl SnpVerifier {
     /// [`SnpReport::parse`], e.g. after [`super::collateral::VekResolver`]
     /// used it to find the VEK.
     pub fn verify_parsed(
+        &self,
+        report: SnpReport,
+        vek_der: &[u8],
+        extra_certs: &[Vec<u8>],
+        now: OffsetDateTime,
+        expected_report_data: &[u8; 64],
+    ) -> Result<VerifiedSnp, EvidenceError> {
+        self.check(report, vek_der, extra_certs, now, Some(expected_report_data))
+    }
+
+    /// Every check but check 7: nothing binds the report to a request, so
+    /// its `report_data` is compared with nothing. Only for offline operator
+    /// verification (`kbsctl verify snp`) of a report whose freshness the
+    /// operator establishes otherwise; a release uses [`Self::verify`].
+    pub fn verify_ignoring_report_data(
+        &self,
+        report: &[u8],
+        vek_der: &[u8],
+        extra_certs: &[Vec<u8>],
+        now: OffsetDateTime,
+    ) -> Result<VerifiedSnp, EvidenceError> {
+        self.verify_parsed_ignoring_report_data(SnpReport::parse(report)?, vek_der, extra_certs, now)
+    }
+
+    /// [`Self::verify_ignoring_report_data`] on a report already parsed
+    /// with [`SnpReport::parse`].
+    pub fn verify_parsed_ignoring_report_data(
+        &self,
+        report: SnpReport,
+        vek_der: &[u8],
+        extra_certs: &[Vec<u8>],
+        now: OffsetDateTime,
+    ) -> Result<VerifiedSnp, EvidenceError> {
+        self.check(report, vek_der, extra_certs, now, None)
+    }
+
+    /// Checks 2-8; check 7 only when `expected_report_data` is given.
+    fn check(
         &self,
         report: SnpReport,
         vek_der: &[u8],

@@ -840,16 +840,15 @@ impl TdxVerifier {
         &self.policy
     }
 
-    /// Verifies a quote against `collateral` at `now`; see the module
-    /// documentation for the checks. `expected_report_data`: `None` only for
-    /// offline operator verification, where nothing binds the quote to a
-    /// request.
+    /// Verifies a quote bound to a request against `collateral` at `now`:
+    /// every check of the module documentation, its `report_data` equal to
+    /// `expected_report_data` (check 13).
     pub fn verify(
         &self,
         quote: &[u8],
         collateral: &TdxCollateral,
         now: OffsetDateTime,
-        expected_report_data: Option<&[u8; 64]>,
+        expected_report_data: &[u8; 64],
     ) -> Result<VerifiedTdx, EvidenceError> {
         // 1. Parse, before any cryptography.
         let quote = TdxQuote::parse(quote)?;
@@ -858,6 +857,40 @@ impl TdxVerifier {
 
     /// Checks 2-14 on a quote already parsed with [`TdxQuote::parse`].
     pub fn verify_parsed(
+        &self,
+        quote: TdxQuote,
+        collateral: &TdxCollateral,
+        now: OffsetDateTime,
+        expected_report_data: &[u8; 64],
+    ) -> Result<VerifiedTdx, EvidenceError> {
+        self.check(quote, collateral, now, Some(expected_report_data))
+    }
+
+    /// Every check but check 13 on a quote already parsed with
+    /// [`TdxQuote::parse`]: nothing binds the quote to a request, so its
+    /// `report_data` is compared with nothing. Only for offline operator
+    /// verification (`kbsctl verify tdx`); a release uses [`Self::verify`].
+    pub fn verify_parsed_ignoring_report_data(
+        &self,
+        quote: TdxQuote,
+        collateral: &TdxCollateral,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedTdx, EvidenceError> {
+        self.check(quote, collateral, now, None)
+    }
+
+    /// [`Self::verify_parsed_ignoring_report_data`] on quote bytes.
+    pub fn verify_ignoring_report_data(
+        &self,
+        quote: &[u8],
+        collateral: &TdxCollateral,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedTdx, EvidenceError> {
+        self.verify_parsed_ignoring_report_data(TdxQuote::parse(quote)?, collateral, now)
+    }
+
+    /// Checks 2-14; check 13 only when `expected_report_data` is given.
+    fn check(
         &self,
         quote: TdxQuote,
         collateral: &TdxCollateral,
