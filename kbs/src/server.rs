@@ -224,6 +224,7 @@ pub async fn build(config: &Config, clock: Clock, allow_insecure: bool) -> Resul
     // re-read periodically so that changes made through other replicas
     // take effect here. A store that cannot be read yet leaves every
     // release refused until a refresh succeeds.
+    crate::policy::engine::set_memory_limit(config.policy_max_memory_mib);
     let policy = Arc::new(PolicyEngine::with_store(Arc::clone(&store), config.policy_builtin_default));
     if let Err(e) = policy.refresh().await {
         tracing::error!(error = %e, "loading policies failed; releases are refused until a refresh succeeds");

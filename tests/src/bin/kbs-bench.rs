@@ -53,11 +53,11 @@ mod coco;
 #[path = "kbs-bench/flood.rs"]
 mod flood;
 
-/// mimalloc: the release path allocates many small, short-lived objects
-/// (HTTP/2 frames, policy values), which it serves markedly faster than the
-/// system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The global allocator is mimalloc, declared by regorus (its
+// `allocator-memory-limits` feature): the release path allocates many small,
+// short-lived objects (HTTP/2 frames, policy values), which it serves
+// markedly faster than the system allocator, and its per-thread counters
+// bound policy evaluations (`policy.max_memory_mib`).
 
 /// Hard caps, whatever the flags say.
 const MAX_CONCURRENCY: usize = 1024;
