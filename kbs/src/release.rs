@@ -188,7 +188,7 @@ pub struct Broker {
     tdx: Option<TdxSupport>,
     gpu: Option<GpuVerifier>,
     rims: Arc<RimAppraiser>,
-    rate: RateLimiter,
+    rate: Arc<RateLimiter>,
     metrics: Arc<Metrics>,
 }
 
@@ -240,14 +240,20 @@ impl Broker {
             gpu: crate::evidence::gpu::GpuAnchors::nvidia().ok().map(GpuVerifier::new),
             // No RIMs: every device is appraised `missing`.
             rims: Arc::new(RimAppraiser::default()),
-            rate: RateLimiter::new(RateLimits::default()),
+            rate: Arc::new(RateLimiter::new(RateLimits::default())),
         }
     }
 
     /// Holds guest-facing calls to `limits` (see [`crate::rate`]).
     pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
-        self.rate = RateLimiter::new(limits);
+        self.rate = Arc::new(RateLimiter::new(limits));
         self
+    }
+
+    /// The rate limits' state, which the guest listener's connections
+    /// answer to as well (see [`crate::connections`]).
+    pub fn rate_limiter(&self) -> &Arc<RateLimiter> {
+        &self.rate
     }
 
     /// Admits one guest-facing call from `peer` under the rate limits, or

@@ -609,7 +609,11 @@ async fn serve_grpc(
         .add_service(guest_health)
         .add_service(key_broker)
         .serve_with_incoming_shutdown(
-            tls_incoming(guest, admission(Listener::Guest, "guest"), app.guest_tls),
+            tls_incoming(
+                guest,
+                admission(Listener::Guest, "guest").with_rate_limits(Arc::clone(app.broker.rate_limiter())),
+                app.guest_tls,
+            ),
             stopped(stop_rx.clone()),
         );
     let admin_server = hardened()

@@ -970,17 +970,18 @@ impl FloodRun {
             // the flood.
             let phase = run_phase(args, template, concurrency, cpu, tick, None).await;
             let flood_cpu_seconds = flood_cpu.seconds(tick).zip(flood_cpu_before).map(|(b, a)| b - a);
-            let (seconds, [ok, limited, other, backlog], first_failure) = flood.stop();
+            let (seconds, [ok, limited, cut, other, backlog], first_failure) = flood.stop();
             let phase = phase?;
             print_phase(&phase);
             failed |= !phase.errors.is_empty() || phase.ok == 0;
             flooded.push(percentile(&phase.sorted, 99.0));
             let per_s = |n: u64| n as f64 / seconds.max(1e-9);
             println!(
-                "       flood: {:.0} sent/s: {:.0} challenges/s issued, {:.0}/s refused resource_exhausted, {:.0}/s other errors, {:.0}/s not sent (client backlog)",
-                per_s(ok + limited + other),
+                "       flood: {:.0} sent/s: {:.0} challenges/s issued, {:.0}/s refused resource_exhausted, {:.0}/s cut off (connection closed or refused), {:.0}/s other errors, {:.0}/s not sent (client backlog)",
+                per_s(ok + limited + cut + other),
                 per_s(ok),
                 per_s(limited),
+                per_s(cut),
                 per_s(other),
                 per_s(backlog)
             );
