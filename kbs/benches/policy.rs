@@ -18,9 +18,7 @@ use kbs::policy::{DEFAULT_POLICY, PolicyEngine, PreparedClaims, decide_offline, 
 use kbs::store::SecretMeta;
 use time::OffsetDateTime;
 
-/// The broker's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The broker's allocator (mimalloc) comes with regorus.
 
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 

@@ -34,9 +34,7 @@ use kbs::store::{NewSecret, SecretStore, SecretValue};
 use kbs_proto::SuiteId;
 use time::OffsetDateTime;
 
-/// The broker's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The broker's allocator (mimalloc) comes with regorus.
 
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 const SECRET: &str = "models/llama/key";

@@ -306,6 +306,8 @@ struct RawPolicy {
     refresh_seconds: Option<u64>,
     #[serde(default)]
     builtin_default: Option<bool>,
+    #[serde(default)]
+    max_memory_mib: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -594,6 +596,10 @@ pub struct Config {
     /// holds no `*` policy (`policy.builtin_default`, default true; false
     /// refuses every secret no stored policy covers, as `no_policy`).
     pub policy_builtin_default: bool,
+    /// Heap ceiling of policy evaluations, in MiB (`policy.max_memory_mib`,
+    /// default 1024): an evaluation during which the broker's heap is over
+    /// it is refused (`policy_error`).
+    pub policy_max_memory_mib: u64,
     /// INSECURE: accept evidence from the simulated TEE (test roots).
     pub insecure_simulated_tee: bool,
     /// INSECURE: test ARKs pinned for every SNP generation.
@@ -937,6 +943,11 @@ impl Config {
             Some(_) => return Err(ConfigError::Invalid("policy.refresh_seconds must be within 1..=3600".into())),
         };
         let policy_builtin_default = raw.policy.builtin_default.unwrap_or(true);
+        let policy_max_memory_mib = match raw.policy.max_memory_mib {
+            None => crate::policy::engine::DEFAULT_MAX_MEMORY_MIB,
+            Some(mib @ 64..=1_048_576) => mib,
+            Some(_) => return Err(ConfigError::Invalid("policy.max_memory_mib must be within 64..=1048576".into())),
+        };
         if max_secret_bytes == 0 || max_secret_bytes > 64 << 20 {
             return Err(ConfigError::Invalid("store.max_secret_bytes must be within 1..=64 MiB".into()));
         }
@@ -1138,6 +1149,7 @@ impl Config {
             audit_max_wait,
             policy_refresh,
             policy_builtin_default,
+            policy_max_memory_mib,
             insecure_simulated_tee: raw.dev.insecure_simulated_tee,
             snp_test_roots: raw.dev.snp_test_roots.iter().map(|p| resolve(p)).collect(),
             tdx_test_roots: raw.dev.tdx_test_roots.iter().map(|p| resolve(p)).collect(),
@@ -1361,10 +1373,18 @@ mod tests {
         let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
         assert_eq!(c.policy_refresh, crate::policy::DEFAULT_REFRESH);
         assert!(c.policy_builtin_default);
-        let set = format!("{MINIMAL}\n[policy]\nrefresh_seconds = 2\nbuiltin_default = false\n");
+        assert_eq!(c.policy_max_memory_mib, 1024);
+        let set = format!("{MINIMAL}\n[policy]\nrefresh_seconds = 2\nbuiltin_default = false\nmax_memory_mib = 256\n");
         let c = Config::from_toml(&set, Path::new("/")).unwrap();
         assert_eq!((c.policy_refresh, c.policy_builtin_default), (Duration::from_secs(2), false));
-        for bad in ["refresh_seconds = 0", "refresh_seconds = 3601", "refresh = 5"] {
+        assert_eq!(c.policy_max_memory_mib, 256);
+        for bad in [
+            "refresh_seconds = 0",
+            "refresh_seconds = 3601",
+            "refresh = 5",
+            "max_memory_mib = 63",
+            "max_memory_mib = -1",
+        ] {
             assert!(Config::from_toml(&format!("{MINIMAL}\n[policy]\n{bad}\n"), Path::new("/")).is_err(), "{bad}");
         }
     }

@@ -7,6 +7,13 @@
 //! opening connections and leaving them idle. A connection past either cap
 //! is closed as soon as it is accepted; its slot is released when the
 //! connection ends, however it ends.
+//!
+//! On the guest listener, the rate limits reach the connections too (see
+//! [`crate::rate`]): a connection from an address that is over its rate now
+//! is closed as soon as it is accepted, before the TLS handshake it would
+//! cost; and the open connections of a peer that is flooding (far past its
+//! rate for seconds) are closed, so that it has to pay for new ones, which
+//! are refused while it stays over its rate.
 
 use std::collections::HashMap;
 use std::future::Future as _;
@@ -22,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+
+use crate::rate::RateLimiter;
 
 /// Connections one listener admits at once, by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -51,6 +60,7 @@ pub struct Admission {
     peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
     per_peer: usize,
     open: Arc<AtomicUsize>,
+    rate: Option<Arc<RateLimiter>>,
 }
 
 /// A connection's slot, given back when dropped.
@@ -90,12 +100,24 @@ impl Admission {
             peers: Arc::new(Mutex::new(HashMap::new())),
             per_peer: limits.per_peer.max(1),
             open: gauge,
+            rate: None,
         }
+    }
+
+    /// Holds the connections to `rate` too: refused while their address is
+    /// over its rate, closed while it is flooding (see [`incoming`]).
+    pub fn with_rate_limits(mut self, rate: Arc<RateLimiter>) -> Self {
+        self.rate = Some(rate);
+        self
     }
 
     /// A slot for a connection from `peer`, or `None` when the listener or
     /// that peer is at its cap (the caller closes the connection).
     pub fn admit(&self, peer: SocketAddr) -> Option<Ticket> {
+        if self.rate.as_ref().is_some_and(|rate| rate.over(peer.ip())) {
+            tracing::debug!(listener = self.name, %peer, "peer over its rate; closing a connection");
+            return None;
+        }
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             tracing::warn!(listener = self.name, %peer, "listener at its connection limit; closing a connection");
             return None;
@@ -118,15 +140,38 @@ impl Admission {
     }
 }
 
-/// An admitted TCP connection: the stream and its slot.
+/// An admitted TCP connection: the stream and its slot; with the rate
+/// limits, it ends (as if the peer had closed it) once its peer is flooding.
 #[derive(Debug)]
 pub struct Admitted {
     stream: TcpStream,
-    _ticket: Ticket,
+    ticket: Ticket,
+    /// The rate limits, and their flood epoch when this connection last
+    /// looked.
+    rate: Option<(Arc<RateLimiter>, u64)>,
+}
+
+impl Admitted {
+    /// Whether the peer is flooding; asks the limiter only when a flooding
+    /// peer has been refused since the last time.
+    fn flooding(&mut self) -> bool {
+        let Some((rate, seen)) = &mut self.rate else { return false };
+        let epoch = rate.flood_epoch();
+        if epoch == *seen {
+            return false;
+        }
+        *seen = epoch;
+        rate.flooding(self.ticket.peer)
+    }
 }
 
 impl AsyncRead for Admitted {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.flooding() {
+            tracing::debug!(peer = %self.ticket.peer, "peer flooding past its rate; closing its connection");
+            // End of stream: the server closes the connection.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -180,7 +225,8 @@ pub fn incoming(
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
             }
-            Some(Ok(Admitted { stream, _ticket: ticket }))
+            let rate = admission.rate.as_ref().map(|r| (Arc::clone(r), r.flood_epoch()));
+            Some(Ok(Admitted { stream, ticket, rate }))
         }
         Err(e) => Some(Err(e)),
     })

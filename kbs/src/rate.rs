@@ -12,9 +12,20 @@
 //! Buckets of peers that have gone quiet are dropped once the table is
 //! full; a peer that cannot get an entry then is held to the global
 //! bucket alone.
+//!
+//! A refused call is cheap but not free (a frame to decode and an answer
+//! to send), so a peer that keeps going far past its rate is cut off
+//! sooner: while its bucket is empty, its new connections are closed
+//! before the TLS handshake ([`RateLimiter::over`]); and once its refused
+//! calls have outrun its rate by [`FLOOD_SECONDS`] seconds' worth (it sends
+//! more than twice its rate, for seconds), it is flooding
+//! ([`RateLimiter::flooding`]): its open connections are closed, and new
+//! ones until the refused calls have drained below that (at most
+//! [`FLOOD_SECONDS`] more seconds).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -26,6 +37,9 @@ pub const DEFAULT_GLOBAL_PER_SECOND: u32 = 50_000;
 const MAX_PEERS: usize = 65_536;
 /// Least time between two sweeps of a full table.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Seconds' worth of its rate in refused calls, over what drains at its
+/// rate, that make a peer flooding.
+pub const FLOOD_SECONDS: f64 = 5.0;
 
 /// The limits: sustained rates; a burst of one second's worth is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,26 +59,48 @@ impl Default for RateLimits {
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
     tokens: f64,
+    /// Refused calls, draining at the rate: past [`FLOOD_SECONDS`] of the
+    /// rate, the peer is flooding.
+    refused: f64,
     at: Instant,
 }
 
 impl Bucket {
     fn full(rate: u32, now: Instant) -> Self {
-        Self { tokens: f64::from(rate), at: now }
+        Self { tokens: f64::from(rate), refused: 0.0, at: now }
+    }
+
+    /// Brings the tokens and the refused calls to `now`.
+    fn refill(&mut self, rate: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refused = (self.refused - elapsed * rate).max(0.0);
+        self.at = now;
     }
 
     /// Takes a token, or says how long until one is back.
     fn take(&mut self, rate: u32, now: Instant) -> Result<(), Duration> {
         let rate = f64::from(rate.max(1));
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
-        self.at = now;
+        self.refill(rate, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
         } else {
+            self.refused = (self.refused + 1.0).min(2.0 * FLOOD_SECONDS * rate);
             Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
         }
+    }
+
+    /// Whether a call now would be refused.
+    fn is_empty(&mut self, rate: u32, now: Instant) -> bool {
+        self.refill(f64::from(rate.max(1)), now);
+        self.tokens < 1.0
+    }
+
+    fn is_flooding(&mut self, rate: u32, now: Instant) -> bool {
+        let rate = f64::from(rate.max(1));
+        self.refill(rate, now);
+        self.refused >= FLOOD_SECONDS * rate
     }
 
     fn is_full(&self, rate: u32, now: Instant) -> bool {
@@ -78,6 +114,10 @@ pub struct RateLimiter {
     limits: RateLimits,
     global: Mutex<Bucket>,
     peers: Mutex<Peers>,
+    /// Counts the calls refused to flooding peers: a connection whose
+    /// count has moved since it last looked checks whether its own peer
+    /// is flooding ([`RateLimiter::flood_epoch`]).
+    floods: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -108,6 +148,7 @@ impl RateLimiter {
             limits,
             global: Mutex::new(Bucket::full(limits.global_per_second, now)),
             peers: Mutex::new(Peers { buckets: HashMap::new(), swept: now }),
+            floods: AtomicU64::new(0),
         }
     }
 
@@ -132,10 +173,43 @@ impl RateLimiter {
                 peers.swept = now;
             }
             if known || peers.buckets.len() < MAX_PEERS {
-                peers.buckets.entry(ip).or_insert_with(|| Bucket::full(per_peer, now)).take(per_peer, now)?;
+                let bucket = peers.buckets.entry(ip).or_insert_with(|| Bucket::full(per_peer, now));
+                if let Err(wait) = bucket.take(per_peer, now) {
+                    if bucket.is_flooding(per_peer, now) {
+                        self.floods.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(wait);
+                }
             }
         }
         self.global.lock().unwrap_or_else(PoisonError::into_inner).take(self.limits.global_per_second, now)
+    }
+
+    /// Whether `peer` is over its rate now: a call from it would be
+    /// refused by its own bucket, or it is flooding (a new connection from
+    /// it is closed before any handshake: a flooding peer that could
+    /// reconnect as soon as a token is back would cost a handshake each
+    /// time).
+    pub fn over(&self, peer: IpAddr) -> bool {
+        self.with_bucket(peer, Instant::now(), |b, rate, now| b.is_empty(rate, now) || b.is_flooding(rate, now))
+    }
+
+    /// Whether `peer` is flooding: its refused calls have outrun its rate
+    /// by [`FLOOD_SECONDS`] seconds' worth (its connections are closed).
+    pub fn flooding(&self, peer: IpAddr) -> bool {
+        self.with_bucket(peer, Instant::now(), Bucket::is_flooding)
+    }
+
+    /// A count that moves whenever a flooding peer's call is refused: a
+    /// connection needs to ask [`RateLimiter::flooding`] only when it has
+    /// moved.
+    pub fn flood_epoch(&self) -> u64 {
+        self.floods.load(Ordering::Relaxed)
+    }
+
+    fn with_bucket(&self, peer: IpAddr, now: Instant, f: impl FnOnce(&mut Bucket, u32, Instant) -> bool) -> bool {
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers.buckets.get_mut(&bucket_key(peer)).is_some_and(|b| f(b, self.limits.per_peer_per_second, now))
     }
 }
 
@@ -195,6 +269,43 @@ mod tests {
         assert_eq!(admitted, 25);
         assert!(limiter.admit_at(None, now).is_err());
         assert!(limiter.admit_at(None, now + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn a_peer_far_past_its_rate_for_seconds_is_flooding() {
+        let limiter = RateLimiter::new(RateLimits { per_peer_per_second: 10, global_per_second: 1000 });
+        let start = Instant::now();
+        // `count` calls from `from` at `per_second`, from `t0`; the time of the last.
+        let calls = |from: u8, per_second: u32, count: u32, t0: Instant| {
+            let mut last = t0;
+            for i in 0..count {
+                last = t0 + Duration::from_secs_f64(f64::from(i) / f64::from(per_second));
+                let _ = limiter.admit_at(ip(from), last);
+            }
+            last
+        };
+        let state = |from: u8, t: Instant| {
+            let mut peers = limiter.peers.lock().unwrap();
+            let b = peers.buckets.get_mut(&ip(from).unwrap()).unwrap();
+            (b.is_empty(10, t), b.is_flooding(10, t))
+        };
+        // Twice its rate for 10 s: refused about half the time, never flooding.
+        let last = calls(1, 20, 200, start);
+        assert_eq!(state(1, last), (true, false));
+        // Ten times its rate: not yet after half a second, flooding after
+        // one, and the flood epoch moves.
+        let before = limiter.flood_epoch();
+        let last = calls(2, 100, 50, start);
+        assert_eq!(state(2, last), (true, false));
+        assert_eq!(limiter.flood_epoch(), before);
+        let last = calls(2, 100, 50, start + Duration::from_millis(500));
+        assert_eq!(state(2, last), (true, true));
+        assert!(limiter.flood_epoch() > before);
+        // Quiet for long enough, it is neither.
+        assert_eq!(state(2, last + Duration::from_secs(20)), (false, false));
+        // A peer the limiter has not seen is neither.
+        let unseen = IpAddr::from([10, 9, 9, 9]);
+        assert!(!limiter.over(unseen) && !limiter.flooding(unseen));
     }
 
     #[test]

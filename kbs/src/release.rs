@@ -191,7 +191,7 @@ pub struct Broker {
     gpu: Option<GpuVerifier>,
     rims: Arc<RimAppraiser>,
     gpu_ocsp: Option<Arc<GpuOcspFetcher>>,
-    rate: RateLimiter,
+    rate: Arc<RateLimiter>,
     metrics: Arc<Metrics>,
 }
 
@@ -245,7 +245,7 @@ impl Broker {
             rims: Arc::new(RimAppraiser::default()),
             // Stapled OCSP responses only.
             gpu_ocsp: None,
-            rate: RateLimiter::new(RateLimits::default()),
+            rate: Arc::new(RateLimiter::new(RateLimits::default())),
         }
     }
 
@@ -258,8 +258,14 @@ impl Broker {
 
     /// Holds guest-facing calls to `limits` (see [`crate::rate`]).
     pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
-        self.rate = RateLimiter::new(limits);
+        self.rate = Arc::new(RateLimiter::new(limits));
         self
+    }
+
+    /// The rate limits' state, which the guest listener's connections
+    /// answer to as well (see [`crate::connections`]).
+    pub fn rate_limiter(&self) -> &Arc<RateLimiter> {
+        &self.rate
     }
 
     /// Admits one guest-facing call from `peer` under the rate limits, or

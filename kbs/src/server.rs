@@ -318,6 +318,7 @@ async fn policy_engine(config: &Config, store: &Arc<dyn SecretStore>) -> Arc<Pol
     // re-read periodically so that changes made through other replicas
     // take effect here. A store that cannot be read yet leaves every
     // release refused until a refresh succeeds.
+    crate::policy::engine::set_memory_limit(config.policy_max_memory_mib);
     let policy = Arc::new(PolicyEngine::with_store(Arc::clone(store), config.policy_builtin_default));
     if let Err(e) = policy.refresh().await {
         tracing::error!(error = %e, "loading policies failed; releases are refused until a refresh succeeds");
@@ -684,7 +685,11 @@ async fn serve_grpc(
         .add_service(guest_health)
         .add_service(key_broker)
         .serve_with_incoming_shutdown(
-            tls_incoming(guest, admission(Listener::Guest, "guest"), app.guest_tls),
+            tls_incoming(
+                guest,
+                admission(Listener::Guest, "guest").with_rate_limits(Arc::clone(app.broker.rate_limiter())),
+                app.guest_tls,
+            ),
             stopped(stop_rx.clone()),
         );
     let admin_server = hardened()

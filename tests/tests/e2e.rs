@@ -604,3 +604,51 @@ async fn metrics_count_releases_and_refusals_and_name_no_secret() {
     let other = app.metrics_url.replace("/metrics", "/debug");
     assert_eq!(reqwest::get(&other).await.unwrap().status(), reqwest::StatusCode::NOT_FOUND);
 }
+
+/// Whether the guest listener closes a fresh TCP connection before the TLS
+/// handshake (end of stream or a reset at once), rather than waiting for
+/// the client's hello.
+async fn closed_before_the_handshake(app: &TestApp) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let port: u16 = app.guest_url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(std::time::Duration::from_secs(2), tcp.read(&mut byte)).await {
+        Ok(Ok(0) | Err(_)) => true,
+        Ok(Ok(_)) => panic!("the broker sent bytes before the client's hello"),
+        Err(_) => false,
+    }
+}
+
+/// A peer over its rate has new connections closed before the TLS
+/// handshake; one that keeps calling far past its rate has its open
+/// connection closed; once it keeps to its rate again it is served.
+#[tokio::test]
+async fn a_peer_flooding_past_its_rate_is_cut_off_at_the_connection() {
+    let app = TestApp::start_with(Options { rate_limit: Some((2, 1000)), ..Default::default() }).await;
+    let ask = || GetChallengeRequest { tee: Tee::Snp as i32, secret_names: vec!["keys/x".into()] };
+    assert!(!closed_before_the_handshake(&app).await, "a peer within its rate connects");
+    let mut guest = app.guest().await;
+    // Calls as fast as they come back, on one connection: refused
+    // `rate_limited` past the first few, then the connection is closed.
+    let (mut limited, mut cut) = (0, None);
+    for _ in 0..5000 {
+        match guest.get_challenge(ask()).await {
+            Ok(_) => {}
+            Err(s) if s.metadata().get("kbs-reason").is_some_and(|r| r == "rate_limited") => limited += 1,
+            Err(s) => {
+                cut = Some(s);
+                break;
+            }
+        }
+    }
+    let cut = cut.expect("the flooding peer's connection stayed open");
+    assert!(limited >= 10, "closed after {limited} refusals: {cut:?}");
+    assert!(matches!(cut.code(), Code::Unavailable | Code::Unknown | Code::Internal), "{cut:?}");
+    // Still over its rate: a new connection is closed before the handshake.
+    assert!(closed_before_the_handshake(&app).await, "a peer over its rate got a handshake");
+    // A second later its bucket has tokens again: connected and served.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(!closed_before_the_handshake(&app).await);
+    app.guest().await.get_challenge(ask()).await.unwrap();
+}

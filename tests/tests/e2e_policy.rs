@@ -299,3 +299,106 @@ fn default_policy_on_captured_hardware_evidence() {
     let refused = decide_offline(DEFAULT_POLICY, &strict, &claims, &meta).unwrap();
     assert_eq!(refused.reasons, ["tcb_below_minimum: snp 8 < 23"]);
 }
+
+/// Set in the child process that [`under_address_space_limit`] starts.
+const BOUNDED_CHILD: &str = "KBS_TEST_ADDRESS_SPACE_BOUNDED";
+/// The child's address space, in KiB (4 GiB; a test broker maps well under
+/// 1 GiB at rest).
+const ADDRESS_SPACE_KIB: u64 = 4 << 20;
+
+/// Runs the test `name` of this binary again in a child process under an
+/// address-space limit (`ulimit -v`), so that a broker whose memory bound
+/// fails cannot take the machine with it; returns whether this process is
+/// that child (which then runs the test's body).
+fn under_address_space_limit(name: &str) -> bool {
+    if std::env::var_os(BOUNDED_CHILD).is_some() {
+        return true;
+    }
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -v \"$1\" || exit 97\nshift\nexec \"$@\"", "sh"])
+        .arg(ADDRESS_SPACE_KIB.to_string())
+        .arg(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(BOUNDED_CHILD, "1")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the bounded run failed ({}):\n{text}", out.status);
+    // The child ran the body: libtest reports one test passed.
+    assert!(text.contains("1 passed"), "{text}");
+    false
+}
+
+/// Builds four distinct 896 KiB strings per iteration, 100,000 times: no
+/// single builtin call is past the builtins' bounds, and the heap grows by
+/// several MiB per iteration until a bound stops it.
+const GROWING: &str = r#"package kbs.release
+d0 := "0123456789abcdef"
+d1 := concat("", [d0, d0])
+d2 := concat("", [d1, d1])
+d3 := concat("", [d2, d2])
+d4 := concat("", [d3, d3])
+d5 := concat("", [d4, d4])
+d6 := concat("", [d5, d5])
+d7 := concat("", [d6, d6])
+d8 := concat("", [d7, d7])
+d9 := concat("", [d8, d8])
+d10 := concat("", [d9, d9])
+d11 := concat("", [d10, d10])
+d12 := concat("", [d11, d11])
+d13 := concat("", [d12, d12])
+d14 := concat("", [d13, d13])
+d15 := concat("", [d14, d14])
+grown := [[concat("", [d15, d14, d13, format_int(i, 10), x]) | some x in ["a", "b", "c", "d"]] | some i in numbers.range(1, 100000)]
+allow if count(grown) > 0
+"#;
+
+#[tokio::test]
+async fn policies_that_grow_the_heap_step_by_step_are_refused() {
+    if !under_address_space_limit("policies_that_grow_the_heap_step_by_step_are_refused") {
+        return;
+    }
+    let app = TestApp::start_with(app::Options {
+        extra_config: "[policy]\nmax_memory_mib = 64\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let a = guest(MEASUREMENT_A);
+    app.put("keys/a", b"key A", &[]).await;
+    // Refused by the heap ceiling or by the time limit, whichever stops
+    // the evaluation first (on a slow or loaded machine, the time limit).
+    let bound = |reasons: &[String]| {
+        assert!(
+            reasons.first().is_some_and(|r| {
+                r.starts_with("policy_error: kbs policy bound: the heap reached")
+                    || r.starts_with("policy_error: execution exceeded time limit")
+            }),
+            "{reasons:?}"
+        );
+    };
+
+    // A dry run of the policy: refused with the bound as its reason.
+    let report = a.report(&[3u8; 64]).unwrap();
+    let dry_run = TestPolicyRequest {
+        rego: GROWING.into(),
+        secret_name: "keys/a".into(),
+        input: Some(test_policy_request::Input::Snp(SnpEvidence { report, cert_table: a.cert_table().unwrap() })),
+    };
+    let decision = app.admin().await.test_policy(app.authed(dry_run.clone())).await.unwrap().into_inner();
+    assert!(!decision.allow);
+    bound(&decision.reasons);
+
+    // Uploaded and used by a release: refused, the reason audited.
+    app.set_policy("keys/a", GROWING).await.unwrap();
+    assert_refused(app.fetch(&a, &["keys/a"]).await, Code::PermissionDenied, "policy_denied");
+    let reasons: Vec<String> = serde_json::from_value(last_release(&app)["reasons"].clone()).unwrap();
+    bound(&reasons);
+
+    // The broker keeps serving, and the heap it grew is freed: the same
+    // dry run is refused again (not a different error), and a sane policy
+    // releases.
+    let decision = app.admin().await.test_policy(app.authed(dry_run)).await.unwrap().into_inner();
+    bound(&decision.reasons);
+    app.set_policy("keys/a", "package kbs.release\nallow := true").await.unwrap();
+    assert_eq!(app.fetch(&a, &["keys/a"]).await.unwrap()[0].1, b"key A");
+}

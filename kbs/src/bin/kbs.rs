@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kbs::config::Config;
 
-/// mimalloc: the release path allocates many small, short-lived objects
-/// (HTTP/2 frames, policy values), which it serves markedly faster than the
-/// system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The global allocator is mimalloc, declared by regorus (its
+// `allocator-memory-limits` feature): the release path allocates many small,
+// short-lived objects (HTTP/2 frames, policy values), which it serves
+// markedly faster than the system allocator, and its per-thread counters
+// bound policy evaluations (`policy.max_memory_mib`).
 
 #[derive(Parser, Debug)]
 #[command(name = "kbs", version, about = "Attested key broker for AMD SEV-SNP and Intel TDX confidential VMs")]

@@ -14,8 +14,16 @@
 //! The guards also refuse the arguments on which the originals panic (a
 //! zero step, a format width that overflows or is not ASCII).
 //!
-//! What stays unbounded here is growth over many small steps (comprehensions,
-//! rules that each double a value): that is what the time limit is for.
+//! Values can share parts: `a1 := [a0, a0]` costs one small array, so 40
+//! such rules make a value of 2^40 leaves in a few bytes. The builtins that
+//! write a value out or rebuild it whole (`sprintf`, `json.marshal`,
+//! `object.union`, `object.union_n`) are guarded by the value's size
+//! written out ([`expanded`]), counted with a budget, shared parts each
+//! time they appear.
+//!
+//! Growth over many small steps (comprehensions, rules that each double a
+//! value) is not bounded here: the heap ceiling and the time limit (see
+//! [`super::engine`]) stop it.
 //! Two builtins are refused outright: `strings.replace_n` (a product of its
 //! inputs, and not needed by release policies) and
 //! `json.marshal_with_options` (its indent string is repeated per line).
@@ -30,12 +38,14 @@ pub const MAX_ELEMENTS: u64 = 100_000;
 pub const MAX_STRING_BYTES: u64 = 1024 * 1024;
 /// Largest width or precision in a `sprintf` format.
 pub const MAX_FORMAT_WIDTH: u64 = 1000;
+/// Deepest nesting of a value a builtin writes out or rebuilds.
+pub const MAX_DEPTH: usize = 1000;
 
-/// The prefix of every error from these guards.
-const BOUND: &str = "kbs policy bound";
+/// The prefix of every error from these guards (and of the heap ceiling's).
+pub(super) const BOUND: &str = "kbs policy bound";
 
 /// The guarded builtins, with their arities.
-const GUARDED: [(&str, u8); 7] = [
+const GUARDED: [(&str, u8); 10] = [
     ("numbers.range", 2),
     ("numbers.range_step", 3),
     ("sprintf", 2),
@@ -43,6 +53,9 @@ const GUARDED: [(&str, u8); 7] = [
     ("replace", 3),
     ("split", 2),
     ("array.concat", 2),
+    ("json.marshal", 1),
+    ("object.union", 2),
+    ("object.union_n", 1),
 ];
 /// The builtins no policy may call.
 const REFUSED: [(&str, u8); 2] = [("strings.replace_n", 2), ("json.marshal_with_options", 2)];
@@ -107,7 +120,15 @@ fn check(name: &str, args: &[Value]) -> Result<(), String> {
             (_, _, None) if is_number(step) => Err("the step must be a positive integer".into()),
             _ => not_integers(from, to),
         },
-        ("sprintf", [Value::String(format), _]) => widths(format),
+        ("sprintf", [Value::String(format), values]) => {
+            widths(format)?;
+            expanded(values)
+        }
+        ("json.marshal", [value]) | ("object.union_n", [value]) => expanded(value),
+        ("object.union", [a, b]) => {
+            expanded(a)?;
+            expanded(b)
+        }
         ("concat", [Value::String(separator), items]) => {
             let (count, bytes) = match items {
                 Value::Array(a) => (a.len() as u64, a.iter().map(string_len).sum::<u64>()),
@@ -175,6 +196,43 @@ fn string(bytes: u64) -> Result<(), String> {
     }
 }
 
+/// Refuses a value whose size written out is past the bounds: more than
+/// [`MAX_ELEMENTS`] values (elements, entries, scalars), more than
+/// [`MAX_STRING_BYTES`] of strings, or nested deeper than [`MAX_DEPTH`].
+/// A part shared by several parents counts each time it appears, as it is
+/// written out; counting stops at the first bound, so the check costs at
+/// most the bounds' worth of work however large the value would be.
+pub(super) fn expanded(value: &Value) -> Result<(), String> {
+    let (mut nodes, mut bytes) = (0u64, 0u64);
+    count(value, 0, &mut nodes, &mut bytes)
+}
+
+fn count(value: &Value, depth: usize, nodes: &mut u64, bytes: &mut u64) -> Result<(), String> {
+    *nodes += 1;
+    if *nodes > MAX_ELEMENTS {
+        return Err(format!("a value of over {MAX_ELEMENTS} elements written out"));
+    }
+    if depth > MAX_DEPTH {
+        return Err(format!("a value nested over {MAX_DEPTH} deep"));
+    }
+    match value {
+        Value::String(s) => {
+            *bytes = bytes.saturating_add(s.len() as u64);
+            match *bytes > MAX_STRING_BYTES {
+                true => Err(format!("a value of over {MAX_STRING_BYTES} bytes of strings written out")),
+                false => Ok(()),
+            }
+        }
+        Value::Array(items) => items.iter().try_for_each(|v| count(v, depth + 1, nodes, bytes)),
+        Value::Set(items) => items.iter().try_for_each(|v| count(v, depth + 1, nodes, bytes)),
+        Value::Object(entries) => entries.iter().try_for_each(|(k, v)| {
+            count(k, depth + 1, nodes, bytes)?;
+            count(v, depth + 1, nodes, bytes)
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Every width and precision in a format is ASCII digits and at most
 /// [`MAX_FORMAT_WIDTH`] (regorus reads them as `u32` digits with Unicode's
 /// idea of a digit, and pads to them).
@@ -223,6 +281,28 @@ mod tests {
         assert!(widths("%\u{b2}d").is_err());
         assert!(widths("%\u{663}d").is_err());
         assert!(widths("100%").is_ok());
+    }
+
+    #[test]
+    fn values_are_measured_as_written_out() {
+        let leaf = Value::from("0123456789abcdef");
+        assert!(expanded(&leaf).is_ok());
+        // 2^40 leaves in 40 small arrays: refused after the budget, at once.
+        let mut shared = Value::from(vec![leaf]);
+        for _ in 0..40 {
+            shared = Value::from(vec![shared.clone(), shared]);
+        }
+        assert!(expanded(&shared).unwrap_err().contains("elements"));
+        // Few values, many bytes.
+        let big = Value::from("x".repeat(600 * 1024));
+        assert!(expanded(&Value::from(vec![big.clone()])).is_ok());
+        assert!(expanded(&Value::from(vec![big.clone(), big])).unwrap_err().contains("bytes"));
+        // Deep nesting.
+        let mut deep = Value::Null;
+        for _ in 0..=MAX_DEPTH {
+            deep = Value::from(vec![deep]);
+        }
+        assert!(expanded(&deep).unwrap_err().contains("deep"));
     }
 
     #[test]

@@ -13,7 +13,13 @@
 //!
 //! Builtins whose result can be far larger than their input are bounded
 //! (see [`super::bounds`]), so that no policy, uploaded or dry-run, can ask
-//! for one allocation that aborts the process; a panic inside the
+//! for one allocation that aborts the process. Growth over many small steps
+//! (comprehensions, rules that each double a value) is bounded by the heap
+//! ceiling ([`set_memory_limit`], `policy.max_memory_mib`): the global
+//! allocator is regorus' mimalloc, which counts every allocation per thread,
+//! and the interpreter compares the process's live heap with the ceiling as
+//! it iterates, so an evaluation that pushes the heap past it stops with an
+//! error (a refusal) and frees what it built. A panic inside the
 //! interpreter is caught and refuses the request.
 //!
 //! regorus' register VM (`rvm`) is faster but, in 0.14, treats a call with
@@ -25,7 +31,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use regorus::utils::limits::{ExecutionTimerConfig, set_fallback_execution_timer_config};
-use regorus::{CompiledPolicy, Engine, Value};
+use regorus::{CompiledPolicy, Engine, LimitError, Value};
 
 /// The package every policy must declare.
 pub const PACKAGE: &str = "kbs.release";
@@ -33,6 +39,8 @@ pub const PACKAGE: &str = "kbs.release";
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 /// Wall-clock limit of one evaluation.
 pub const EVAL_TIME_LIMIT: Duration = Duration::from_millis(200);
+/// Default heap ceiling of evaluations (`policy.max_memory_mib`), in MiB.
+pub const DEFAULT_MAX_MEMORY_MIB: u64 = 1024;
 
 /// The source name of the operator's module.
 const MODULE: &str = "policy.rego";
@@ -64,22 +72,63 @@ pub struct Outcome {
 }
 
 /// Bounds every regorus evaluation in this process (regorus applies its
-/// time limit process-wide to evaluations of compiled policies).
-fn install_time_limit() {
+/// time limit process-wide to evaluations of compiled policies), and sets
+/// the default heap ceiling unless one is set already.
+fn install_limits() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
             limit: EVAL_TIME_LIMIT,
             check_interval: NonZeroU32::MIN.saturating_add(63),
         }));
+        if regorus::global_memory_limit().is_none() {
+            set_memory_limit(DEFAULT_MAX_MEMORY_MIB);
+        }
     });
+}
+
+/// Sets the heap ceiling, in MiB, of every policy compilation and
+/// evaluation in this process: while the process's live heap (everything
+/// the broker holds, not only the policy's values) is over it, an
+/// evaluation stops with an error, which refuses its request. It is a
+/// ceiling of the whole process because regorus compares one global
+/// counter; the broker's own heap is a few tens of MiB at rest.
+pub fn set_memory_limit(mib: u64) {
+    regorus::set_global_memory_limit(Some(mib.saturating_mul(1 << 20)));
+    // Each thread adds its count to the process's after this much change
+    // (1 MiB by default); what a thread has not added when it exits is
+    // lost, so a small step keeps the count close over thread churn.
+    regorus::set_thread_flush_threshold_override(Some(FLUSH_BYTES));
+}
+
+/// See [`set_memory_limit`].
+const FLUSH_BYTES: u64 = 64 * 1024;
+
+/// An evaluation error as the refusal reports it: the heap ceiling is
+/// named as a bound, anything else is regorus' message.
+fn describe(e: &anyhow::Error) -> String {
+    let limit = e.chain().find_map(|c| c.downcast_ref::<LimitError>());
+    let text = format!("{e:#}");
+    match limit {
+        Some(LimitError::MemoryLimitExceeded { usage, limit }) => format!(
+            "{}: the heap reached {} MiB, over policy.max_memory_mib = {} MiB",
+            super::bounds::BOUND,
+            usage >> 20,
+            limit >> 20
+        ),
+        // regorus reports the limit in a rule's error as text.
+        _ if text.contains("exceeded memory limit") => {
+            format!("{}: the heap reached policy.max_memory_mib: {text}", super::bounds::BOUND)
+        }
+        _ => text,
+    }
 }
 
 impl CompiledRego {
     /// Parses, checks and compiles `rego` with `data`. The error is the
     /// compiler's message, for the operator who uploaded the policy.
     pub fn compile(rego: &str, data: &Value) -> Result<Self, String> {
-        install_time_limit();
+        install_limits();
         if rego.len() > MAX_POLICY_BYTES {
             return Err(format!("policy is {} bytes, at most {MAX_POLICY_BYTES}", rego.len()));
         }
@@ -115,11 +164,11 @@ impl CompiledRego {
     }
 
     fn evaluate_inner(&self, input: Value, reasons_if_allowed: bool) -> Result<Outcome, String> {
-        let allow = self.allow.eval_with_input(input.clone()).map_err(|e| format!("{e:#}"))?;
+        let allow = self.allow.eval_with_input(input.clone()).map_err(|e| describe(&e))?;
         let allow = allow == Value::Bool(true);
         let reasons = match &self.reasons {
             Some(compiled) if !allow || reasons_if_allowed => {
-                match compiled.eval_with_input(input).map_err(|e| format!("{e:#}")).and_then(|r| reasons(&r)) {
+                match compiled.eval_with_input(input).map_err(|e| describe(&e)).and_then(|r| reasons(&r)) {
                     Ok(reasons) => reasons,
                     // A refusal whose reasons cannot be had is an error (and
                     // so still a refusal); a dry run of an allowing policy
@@ -137,7 +186,12 @@ impl CompiledRego {
 fn reasons(value: &Value) -> Result<Vec<String>, String> {
     let text = |r: &Value| match r.as_string() {
         Ok(s) => s.to_string(),
-        Err(_) => r.to_json_str().unwrap_or_else(|_| "unprintable reason".into()),
+        // A reason that is not a string is written out, within the bounds
+        // of the builtins that write values out.
+        Err(_) => match super::bounds::expanded(r) {
+            Ok(()) => r.to_json_str().unwrap_or_else(|_| "unprintable reason".into()),
+            Err(e) => format!("{}: a reason: {e}", super::bounds::BOUND),
+        },
     };
     match value {
         Value::Undefined => Ok(Vec::new()),
@@ -289,6 +343,32 @@ allow if count(reasons) == 0
             let err = refused(&format!("{big}{tail}"));
             assert!(err.contains("kbs policy bound"), "{tail}: {err}");
         }
+    }
+
+    #[test]
+    fn values_shared_many_times_are_bounded_where_written_out() {
+        // 2^22 leaves in 22 small arrays: little to hold, 75 MB written out
+        // (small enough that an unguarded run cannot hurt the machine).
+        let mut rules = String::from("a0 := [\"0123456789abcdef\"]\n");
+        for i in 1..=22 {
+            rules.push_str(&format!("a{i} := [a{0}, a{0}]\n", i - 1));
+        }
+        for tail in [
+            "allow if count(sprintf(\"%v\", [a22])) > 0",
+            "allow if count(json.marshal(a22)) > 0",
+            "allow if count(object.union({\"k\": a22}, {\"k\": a22})) > 0",
+            "allow if count(object.union_n([{\"k\": a22}])) > 0",
+        ] {
+            let err = refused(&format!("{rules}{tail}"));
+            assert!(err.contains("kbs policy bound"), "{tail}: {err}");
+        }
+        // A reason that is such a value is not written out.
+        let rego = format!("package kbs.release\n{rules}reasons contains a22 if true\nallow := false");
+        let out = eval(&rego, serde_json::json!({})).unwrap();
+        assert!(out.reasons[0].starts_with("kbs policy bound: a reason"), "{:?}", out.reasons);
+        // Small values pass as before.
+        let ok = "allow if json.marshal({\"a\": [1, \"x\"]}) == \"{\\\"a\\\":[1,\\\"x\\\"]}\"";
+        assert!(eval(&format!("package kbs.release\n{ok}"), serde_json::json!({})).unwrap().allow);
     }
 
     #[test]

@@ -58,11 +58,11 @@ mod flood;
 #[path = "kbs-bench/metrics.rs"]
 mod metrics;
 
-/// mimalloc: the release path allocates many small, short-lived objects
-/// (HTTP/2 frames, policy values), which it serves markedly faster than the
-/// system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The global allocator is mimalloc, declared by regorus (its
+// `allocator-memory-limits` feature): the release path allocates many small,
+// short-lived objects (HTTP/2 frames, policy values), which it serves
+// markedly faster than the system allocator, and its per-thread counters
+// bound policy evaluations (`policy.max_memory_mib`).
 
 /// Hard caps, whatever the flags say.
 const MAX_CONCURRENCY: usize = 1024;
@@ -1004,17 +1004,18 @@ impl FloodRun {
             // the flood.
             let phase = run_phase(args, template, concurrency, cpu, tick, None).await;
             let flood_cpu_seconds = flood_cpu.seconds(tick).zip(flood_cpu_before).map(|(b, a)| b - a);
-            let (seconds, [ok, limited, other, backlog], first_failure) = flood.stop();
+            let (seconds, [ok, limited, cut, other, backlog], first_failure) = flood.stop();
             let phase = phase?;
             print_phase(&phase);
             failed |= !phase.errors.is_empty() || phase.ok == 0;
             flooded.push(percentile(&phase.sorted, 99.0));
             let per_s = |n: u64| n as f64 / seconds.max(1e-9);
             println!(
-                "       flood: {:.0} sent/s: {:.0} challenges/s issued, {:.0}/s refused resource_exhausted, {:.0}/s other errors, {:.0}/s not sent (client backlog)",
-                per_s(ok + limited + other),
+                "       flood: {:.0} sent/s: {:.0} challenges/s issued, {:.0}/s refused resource_exhausted, {:.0}/s cut off (connection closed or refused), {:.0}/s other errors, {:.0}/s not sent (client backlog)",
+                per_s(ok + limited + cut + other),
                 per_s(ok),
                 per_s(limited),
+                per_s(cut),
                 per_s(other),
                 per_s(backlog)
             );

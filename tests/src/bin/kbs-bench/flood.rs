@@ -29,6 +29,9 @@ pub struct Counts {
     pub ok: AtomicU64,
     /// Refused with `RESOURCE_EXHAUSTED` (the rate limit).
     pub limited: AtomicU64,
+    /// Failed `UNAVAILABLE`: the broker closed the peer's connection, or
+    /// closed new ones before the handshake, for flooding past its rate.
+    pub cut: AtomicU64,
     /// Other failures (connection, other status codes).
     pub failed: AtomicU64,
     /// Not sent: the in-flight cap was reached.
@@ -38,8 +41,8 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn snapshot(&self) -> [u64; 4] {
-        [&self.ok, &self.limited, &self.failed, &self.backlog].map(|c| c.load(Ordering::Relaxed))
+    fn snapshot(&self) -> [u64; 5] {
+        [&self.ok, &self.limited, &self.cut, &self.failed, &self.backlog].map(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -107,8 +110,8 @@ impl Flood {
     }
 
     /// Stops the flood and says what it did: (seconds, [ok, limited,
-    /// failed, backlog], the first other failure).
-    pub fn stop(mut self) -> (f64, [u64; 4], Option<String>) {
+    /// cut, failed, backlog], the first other failure).
+    pub fn stop(mut self) -> (f64, [u64; 5], Option<String>) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -154,6 +157,7 @@ async fn send(clients: Vec<KeyBrokerClient<Channel>>, counts: Arc<Counts>, rate:
                 let counter = match client.get_challenge(request).await {
                     Ok(_) => &counts.ok,
                     Err(s) if s.code() == tonic::Code::ResourceExhausted => &counts.limited,
+                    Err(s) if s.code() == tonic::Code::Unavailable => &counts.cut,
                     Err(s) => {
                         let _ = counts.first_failure.set(format!("{:?}: {}", s.code(), s.message()));
                         &counts.failed
