@@ -112,6 +112,9 @@ pub struct DecryptOptions {
     /// The VM's GPUs, presented and bound with the CPU evidence (for keys
     /// that need attested GPUs).
     pub gpus: Option<Arc<dyn GpuEvidenceSource>>,
+    /// Chunks decrypted in parallel [default (`None`): the number of
+    /// cores]. Memory use is about `2 × chunk size × threads`.
+    pub threads: Option<usize>,
 }
 
 /// One input file and its (not yet authenticated) header.
@@ -157,7 +160,11 @@ pub async fn decrypt_models(
         .map(|s| ModelKey::new(&s.name, s.version, &s.value).map_err(|_| Error::NotAModelKey(s.name.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     drop(release.secrets);
-    let done = decrypt_all(&inputs, &keys, &out)?;
+    let mut decrypt = model::DecryptOptions::default();
+    if let Some(t) = options.threads {
+        decrypt.threads = t.max(1);
+    }
+    let done = decrypt_all(&inputs, &keys, &out, &decrypt)?;
     Ok(Decrypted {
         attestation_id: release.attestation_id,
         files: done.files,
@@ -317,7 +324,12 @@ fn remove_stale_partials(dir: &Path) -> Result<usize, Error> {
 }
 
 /// Unlocks every header, decrypts every file to `.partial`, then renames.
-fn decrypt_all(inputs: &[Input], keys: &[ModelKey], out_dir: &OutDir) -> Result<Written, Error> {
+fn decrypt_all(
+    inputs: &[Input],
+    keys: &[ModelKey],
+    out_dir: &OutDir,
+    options: &model::DecryptOptions,
+) -> Result<Written, Error> {
     let out = out_dir.path.as_path();
     let stale_partials_removed = out_dir.stale_partials_removed;
     let mut unlocked = Vec::with_capacity(inputs.len());
@@ -359,7 +371,7 @@ fn decrypt_all(inputs: &[Input], keys: &[ModelKey], out_dir: &OutDir) -> Result<
             }
             let mut writer = BufWriter::with_capacity(1 << 20, &file);
             total += header
-                .decrypt_body(&mut BufReader::with_capacity(1 << 20, reader), &mut writer)
+                .decrypt_body_with(&mut BufReader::with_capacity(1 << 20, reader), &mut writer, options)
                 .map_err(|source| Error::Model { path: input.path.clone(), source })?;
             writer.flush().map_err(|source| Error::Output { path: partial.clone(), source })?;
             drop(writer);
@@ -426,6 +438,10 @@ mod tests {
         (dir, keys, plain)
     }
 
+    fn threads(threads: usize) -> model::DecryptOptions {
+        model::DecryptOptions { threads }
+    }
+
     fn listing(dir: &Path) -> Vec<String> {
         let mut out = Vec::new();
         let mut pending = vec![dir.to_path_buf()];
@@ -447,13 +463,15 @@ mod tests {
     fn decrypts_a_tree_and_leaves_no_partials() {
         let (dir, keys, plain) = setup();
         let inputs = read_headers(&dir.path().join("in")).unwrap();
-        let out = dir.path().join("out");
-        let done = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap()).unwrap();
-        assert_eq!(done.files.len(), 2);
-        assert_eq!(done.bytes, plain.len() as u64 + 2);
-        assert_eq!(done.stale_partials_removed, 0);
-        assert_eq!(fs::read(out.join("x/w.bin")).unwrap(), plain);
-        assert_eq!(listing(&out), vec!["x/w.bin", "y.json"]);
+        for n in [1, 3] {
+            let out = dir.path().join(format!("out-{n}"));
+            let done = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap(), &threads(n)).unwrap();
+            assert_eq!(done.files.len(), 2);
+            assert_eq!(done.bytes, plain.len() as u64 + 2);
+            assert_eq!(done.stale_partials_removed, 0);
+            assert_eq!(fs::read(out.join("x/w.bin")).unwrap(), plain, "{n} threads");
+            assert_eq!(listing(&out), vec!["x/w.bin", "y.json"]);
+        }
     }
 
     #[test]
@@ -469,7 +487,7 @@ mod tests {
         fs::write(&victim, b"keep me").unwrap();
         std::os::unix::fs::symlink(&victim, out.join("y.json.partial")).unwrap();
         let inputs = read_headers(&dir.path().join("in")).unwrap();
-        let done = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap()).unwrap();
+        let done = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap(), &threads(2)).unwrap();
         assert_eq!(done.stale_partials_removed, 3);
         assert_eq!(done.files, vec![out.join("x/w.bin"), out.join("y.json")]);
         assert_eq!(listing(&out), vec!["x/w.bin", "y.json"]);
@@ -480,7 +498,7 @@ mod tests {
         let wrong = vec![ModelKey::new("m/a", 2, &[9; 32]).unwrap(), ModelKey::new("m/b", 1, &[2; 32]).unwrap()];
         let prepared = OutDir::prepare(&out).unwrap();
         assert_eq!(prepared.stale_partials_removed, 1);
-        assert!(decrypt_all(&inputs, &wrong, &prepared).is_err());
+        assert!(decrypt_all(&inputs, &wrong, &prepared, &threads(2)).is_err());
         assert!(listing(&out).iter().all(|f| !f.ends_with(PARTIAL_SUFFIX)), "{:?}", listing(&out));
     }
 
@@ -494,7 +512,7 @@ mod tests {
         assert!(matches!(OutDir::prepare(&out), Err(Error::Busy(_))));
         assert!(listing(&out).is_empty());
         drop(held);
-        decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap()).unwrap();
+        decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap(), &threads(2)).unwrap();
     }
 
     #[test]
@@ -529,10 +547,15 @@ mod tests {
         bytes[last] ^= 1;
         fs::write(&path, bytes).unwrap();
         let inputs = read_headers(&dir.path().join("in")).unwrap();
-        let out = dir.path().join("out");
-        let err = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap()).unwrap_err();
-        assert!(matches!(&err, Error::Model { source: model::Error::ChunkAuthentication { index: 4 }, .. }), "{err:?}");
-        assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+        for n in [1, 3] {
+            let out = dir.path().join(format!("out-{n}"));
+            let err = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap(), &threads(n)).unwrap_err();
+            assert!(
+                matches!(&err, Error::Model { source: model::Error::ChunkAuthentication { index: 4 }, .. }),
+                "{n} threads: {err:?}"
+            );
+            assert!(listing(&out).is_empty(), "{:?}", listing(&out));
+        }
     }
 
     #[test]
@@ -541,7 +564,7 @@ mod tests {
         let keys = vec![ModelKey::new("m/a", 3, &[1; 32]).unwrap(), ModelKey::new("m/b", 1, &[2; 32]).unwrap()];
         let inputs = read_headers(&dir.path().join("in")).unwrap();
         let out = dir.path().join("out");
-        let err = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap()).unwrap_err();
+        let err = decrypt_all(&inputs, &keys, &OutDir::prepare(&out).unwrap(), &threads(2)).unwrap_err();
         assert!(
             matches!(&err, Error::Model { source: model::Error::WrongSecretVersion { header: 2, key: 3 }, .. }),
             "{err:?}"

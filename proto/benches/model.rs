@@ -1,6 +1,5 @@
-//! Throughput of the encrypted model-file format: streaming encryption with
-//! one thread and with every core, streaming decryption (one thread, as the
-//! guest runs it), and a 4 KiB random read through `ModelReader` (one chunk
+//! Throughput of the encrypted model-file format: streaming encryption and
+//! decryption with one thread and with every core, and a 4 KiB random read through `ModelReader` (one chunk
 //! authenticated per read), each beside the floor: aws-lc-rs's raw
 //! AES-256-GCM over the same bytes, measured before and after. Output goes to `io::sink()`, so the figures are
 //! the format's own cost (reading from memory, sealing, framing), not the
@@ -13,7 +12,7 @@ use std::io::{Cursor, sink};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use kbs_proto::model::{self, EncryptOptions, ModelKey, ModelReader};
+use kbs_proto::model::{self, DecryptOptions, EncryptOptions, ModelKey, ModelReader};
 
 const LEN: usize = 32 << 20;
 
@@ -57,9 +56,12 @@ fn bench(c: &mut Criterion) {
     }
     let mut file = Vec::new();
     model::encrypt(&mut Cursor::new(&plain), LEN as u64, &mut file, &key, &EncryptOptions::default()).unwrap();
-    group.bench_function("decrypt_32MiB", |b| {
-        b.iter(|| black_box(model::decrypt(&mut Cursor::new(&file), &mut sink(), &key).unwrap()))
-    });
+    for threads in [1, cores] {
+        let opts = DecryptOptions { threads };
+        group.bench_function(format!("decrypt_32MiB_{threads}_threads"), |b| {
+            b.iter(|| black_box(model::decrypt_with(&mut Cursor::new(&file), &mut sink(), &key, &opts).unwrap()))
+        });
+    }
     floor(&mut group, "floor_aes256gcm_32MiB_after");
     group.throughput(Throughput::Bytes(4096));
     let mut reader = ModelReader::open(Cursor::new(file.clone()), &key).unwrap();

@@ -75,7 +75,7 @@ async fn decrypt_with_gpus(app: &TestApp, gpus: usize, input: &Path, out: &Path)
         0 => None,
         n => Some(Arc::new(SimulatedGpus::new(n).unwrap())),
     };
-    let options = DecryptOptions { allow_persistent_disk: true, gpus };
+    let options = DecryptOptions { allow_persistent_disk: true, gpus, threads: None };
     decrypt_models(&mut client, guest(MEASUREMENT), input, out, &options).await.map(|d| d.files.len())
 }
 
@@ -88,7 +88,7 @@ async fn decrypt_with(
 ) -> Result<usize, Error> {
     let config = ClientConfig::new(app.guest_url.clone(), app.ca.clone());
     let mut client = KbsClient::connect(&config).await.unwrap();
-    let options = DecryptOptions { allow_persistent_disk, gpus: None };
+    let options = DecryptOptions { allow_persistent_disk, gpus: None, threads: None };
     decrypt_models(&mut client, guest(measurement), input, out, &options).await.map(|d| d.files.len())
 }
 

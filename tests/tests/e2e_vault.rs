@@ -118,7 +118,7 @@ async fn generated_key_reaches_the_guest_through_openbao() {
     kbs_proto::model::encrypt(&mut std::io::Cursor::new(&weights), len, &mut sealed, &model_key, &options).unwrap();
     std::fs::create_dir(work.path().join("enc")).unwrap();
     std::fs::write(work.path().join("enc/model.bin"), sealed).unwrap();
-    let decrypt = attester_client::model::DecryptOptions { allow_persistent_disk: true, gpus: None };
+    let decrypt = attester_client::model::DecryptOptions { allow_persistent_disk: true, gpus: None, threads: None };
     let (input, out) = (work.path().join("enc"), work.path().join("out"));
     let guest_sim = Arc::new(sim.clone());
     attester_client::model::decrypt_models(&mut client, guest_sim, &input, &out, &decrypt).await.unwrap();

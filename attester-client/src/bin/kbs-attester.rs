@@ -86,6 +86,9 @@ struct DecryptArgs {
     /// then readable by whoever can read that disk).
     #[arg(long)]
     allow_persistent_disk: bool,
+    /// Chunks decrypted in parallel [default: the number of cores].
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -229,7 +232,7 @@ async fn model_decrypt(args: DecryptArgs) -> Result<(), Failure> {
     let source = evidence_source(&args.broker)?;
     let config = client_config(&args.broker)?;
     let mut client = KbsClient::connect(&config).await.map_err(client_failure)?;
-    let options = DecryptOptions { allow_persistent_disk: args.allow_persistent_disk, gpus };
+    let options = DecryptOptions { allow_persistent_disk: args.allow_persistent_disk, gpus, threads: args.threads };
     let done =
         model::decrypt_models(&mut client, source, &args.input, &args.out, &options).await.map_err(|e| match e {
             model::Error::Fetch(inner) => client_failure(inner),

@@ -58,10 +58,11 @@ pub use self::header::{
 use self::header::{DIGEST_LEN, IndexRef, NONCE_LEN, valid_secret_name};
 pub use self::reader::ModelReader;
 pub use self::safetensors::{Dtype, SafetensorsError, TensorIndex, TensorInfo};
-pub use self::stream::{EncryptOptions, decrypt, encrypt, encrypt_safetensors};
+pub use self::stream::{DecryptOptions, EncryptOptions, decrypt, decrypt_with, encrypt, encrypt_safetensors};
 
 mod crypto;
 mod header;
+mod pipeline;
 mod reader;
 pub mod safetensors;
 mod stream;

@@ -52,13 +52,16 @@ impl<R: Read + Seek> ModelReader<R> {
                 return Err(Error::Padding);
             }
         }
+        // Room for a whole chunk and its tag, so the buffer never moves
+        // (a reallocation would free plaintext without wiping it).
+        let capacity = header.chunk_size() as usize + TAG_LEN;
         Ok(Self {
             inner,
             data_start: header.encoded_len() as u64,
             unlocked,
             pos: 0,
             cached: None,
-            buf: Zeroizing::new(Vec::new()),
+            buf: Zeroizing::new(Vec::with_capacity(capacity)),
         })
     }
 
@@ -198,7 +201,8 @@ impl<R: Read + Seek> ModelReader<R> {
         };
         let expected = header.file_len().unwrap_or(0);
         let len = usize::try_from(len).map_err(|_| Error::Crypto)?;
-        self.buf.clear();
+        // Resized, not cleared: the read overwrites the previous chunk's
+        // plaintext without zero-filling the buffer first.
         self.buf.resize(len, 0);
         self.inner.seek(SeekFrom::Start(start))?;
         let got = read_up_to(&mut self.inner, &mut self.buf)?;

@@ -1,20 +1,20 @@
-//! Streaming encryption and decryption: Read in, Write out, one batch of
-//! chunks in memory at a time (chunk size × threads).
+//! Streaming encryption and decryption: Read in, Write out, a bounded
+//! number of chunks in memory at a time (2 × chunk size × threads; see
+//! `pipeline`).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use zeroize::Zeroizing;
-
 use super::header::{DEFAULT_CHUNK_SIZE, Header, HeaderError, TAG_LEN};
 use super::safetensors::{self, SafetensorsError};
-use super::{Error, FileRandomness, ModelKey, UnlockedHeader};
+use super::{Error, FileRandomness, ModelKey, UnlockedHeader, pipeline};
 
 /// How to encrypt.
 #[derive(Clone, Debug)]
 pub struct EncryptOptions {
     /// Plaintext bytes per chunk (4 KiB ..= 64 MiB).
     pub chunk_size: u32,
-    /// Chunks sealed in parallel; memory use is about `chunk_size × threads`.
+    /// Chunks sealed in parallel; memory use is about
+    /// `2 × chunk_size × threads`.
     pub threads: usize,
 }
 
@@ -53,40 +53,26 @@ pub(crate) fn encrypt_with<R: Read, W: Write>(
 ) -> Result<Header, Error> {
     let unlocked = Header::seal(plaintext_len, options.chunk_size, key, rnd, None)?;
     output.write_all(&unlocked.header.to_bytes())?;
-    let threads = options.threads.clamp(1, 256);
-    let count = unlocked.header.chunk_count();
-    // One buffer per thread, reused for every batch: no allocation and no
-    // zero-filling per chunk. Each holds plaintext only until it is sealed
-    // in place, and is zeroized when dropped (also on an error). The
-    // capacity leaves room for the tag, so the buffer never moves.
-    let capacity = unlocked.header.chunk_size as usize + TAG_LEN + 64;
-    let mut bufs: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(threads);
+    // Each buffer holds plaintext only until it is sealed in place; the
+    // capacity leaves room for the tag, so it never moves.
+    let capacity = unlocked.header.chunk_size as usize + TAG_LEN;
     let mut read = 0u64;
-    let mut index = 0u64;
-    while index < count {
-        let first = index;
-        let mut used = 0usize;
-        while used < threads && index < count {
-            if bufs.len() <= used {
-                bufs.push(Zeroizing::new(Vec::with_capacity(capacity)));
-            }
-            let buf = bufs.get_mut(used).ok_or(Error::Crypto)?;
-            buf.clear();
+    pipeline::run(
+        unlocked.header.chunk_count(),
+        options.threads,
+        capacity,
+        |index, buf| {
             let len = unlocked.chunk_plain_len(index);
-            let got = read_exactly(input, len, buf)?;
+            let got = fill(input, len, buf)?;
             read = read.saturating_add(got);
             if got < len {
                 return Err(Error::InputLength { expected: plaintext_len, found: read });
             }
-            used += 1;
-            index += 1;
-        }
-        let batch = bufs.get_mut(..used).ok_or(Error::Crypto)?;
-        seal_batch(&unlocked, first, batch)?;
-        for sealed in batch.iter() {
-            output.write_all(sealed)?;
-        }
-    }
+            Ok(())
+        },
+        |index, buf| unlocked.payload.seal(index, unlocked.is_last(index), buf),
+        |_, sealed| Ok(output.write_all(sealed)?),
+    )?;
     let mut probe = [0u8; 1];
     if read_up_to(input, &mut probe)? != 0 {
         return Err(Error::InputLength { expected: plaintext_len, found: read.saturating_add(1) });
@@ -144,35 +130,34 @@ pub(crate) fn encrypt_safetensors_with<R: Read, W: Write + Seek>(
     std::io::copy(&mut std::io::repeat(0).take(body_at - tags_at), output)?;
     let count = index.chunk_count();
     let mut tags = vec![0u8; usize::try_from(count).map_err(|_| Error::Crypto)?.saturating_mul(TAG_LEN)];
-    let threads = options.threads.clamp(1, 256);
-    let capacity = header.chunk_size as usize + TAG_LEN;
-    let mut bufs: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(threads);
     let mut read = block_len;
-    let mut chunks = index.chunks().enumerate().peekable();
-    while chunks.peek().is_some() {
-        let mut batch = Vec::with_capacity(threads);
-        while batch.len() < threads {
-            let Some((i, (_, len))) = chunks.next() else { break };
-            if bufs.len() <= batch.len() {
-                bufs.push(Zeroizing::new(Vec::with_capacity(capacity)));
-            }
-            let buf = bufs.get_mut(batch.len()).ok_or(Error::Crypto)?;
-            buf.clear();
-            let got = read_exactly(input, len, buf)?;
+    let mut chunks = index.chunks();
+    pipeline::run(
+        count,
+        options.threads,
+        header.chunk_size as usize + TAG_LEN,
+        |_, buf| {
+            let (_, len) = chunks.next().ok_or(Error::Crypto)?;
+            let got = fill(input, len, buf)?;
             read = read.saturating_add(got);
             if got < len {
                 return Err(Error::InputLength { expected: plaintext_len, found: read });
             }
-            batch.push(i as u64);
-        }
-        let sealed = bufs.get_mut(..batch.len()).ok_or(Error::Crypto)?;
-        let batch_tags = seal_batch_separate(&unlocked, &batch, sealed)?;
-        for ((i, buf), tag) in batch.iter().zip(sealed.iter()).zip(batch_tags) {
-            output.write_all(buf)?;
-            let at = usize::try_from(*i).map_err(|_| Error::Crypto)? * TAG_LEN;
-            tags.get_mut(at..at + TAG_LEN).ok_or(Error::Crypto)?.copy_from_slice(&tag);
-        }
-    }
+            Ok(())
+        },
+        |index, buf| {
+            let tag = unlocked.payload.seal_separate(index, unlocked.is_last(index), buf)?;
+            buf.extend_from_slice(&tag);
+            Ok(())
+        },
+        |index, sealed| {
+            let (body, tag) = sealed.split_at(sealed.len().checked_sub(TAG_LEN).ok_or(Error::Crypto)?);
+            output.write_all(body)?;
+            let at = usize::try_from(index).map_err(|_| Error::Crypto)? * TAG_LEN;
+            tags.get_mut(at..at + TAG_LEN).ok_or(Error::Crypto)?.copy_from_slice(tag);
+            Ok(())
+        },
+    )?;
     let mut probe = [0u8; 1];
     if read_up_to(input, &mut probe)? != 0 {
         return Err(Error::InputLength { expected: plaintext_len, found: read.saturating_add(1) });
@@ -184,53 +169,34 @@ pub(crate) fn encrypt_safetensors_with<R: Read, W: Write + Seek>(
     Ok(unlocked.header.clone())
 }
 
-/// Seals the chunks `indices` held in `batch` (safetensors-aware layout),
-/// in parallel when there is more than one; returns their tags.
-fn seal_batch_separate(
-    unlocked: &UnlockedHeader,
-    indices: &[u64],
-    batch: &mut [Zeroizing<Vec<u8>>],
-) -> Result<Vec<[u8; TAG_LEN]>, Error> {
-    if let ([index], [buf]) = (indices, &mut *batch) {
-        return Ok(vec![unlocked.payload.seal_separate(*index, unlocked.is_last(*index), buf)?]);
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = indices
-            .iter()
-            .zip(batch.iter_mut())
-            .map(|(index, buf)| {
-                let last = unlocked.is_last(*index);
-                let payload = &unlocked.payload;
-                scope.spawn(move || payload.seal_separate(*index, last, buf))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().map_err(|_| Error::Crypto)?).collect()
-    })
-}
-
-/// Seals chunks `first, first + 1, ...` held in `batch`, in parallel when
-/// there is more than one.
-fn seal_batch(unlocked: &UnlockedHeader, first: u64, batch: &mut [Zeroizing<Vec<u8>>]) -> Result<(), Error> {
-    if let [buf] = batch {
-        return unlocked.payload.seal(first, unlocked.is_last(first), buf);
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (first..)
-            .zip(batch.iter_mut())
-            .map(|(index, buf)| {
-                let last = unlocked.is_last(index);
-                let payload = &unlocked.payload;
-                scope.spawn(move || payload.seal(index, last, buf))
-            })
-            .collect();
-        handles.into_iter().try_for_each(|h| h.join().map_err(|_| Error::Crypto)?)
-    })
-}
-
 /// Appends up to `len` bytes of `input` to `buf`; returns how many came.
 fn read_exactly<R: Read>(input: &mut R, len: u64, buf: &mut Vec<u8>) -> Result<u64, Error> {
     let got = input.by_ref().take(len).read_to_end(buf)?;
     Ok(got as u64)
+}
+
+/// Replaces the contents of `buf` with up to `len` bytes of `input`;
+/// returns how many came. The buffer is resized, not cleared, so a reused
+/// buffer is not zero-filled again: the read overwrites it, and on a short
+/// read the caller fails (the stale tail is never used).
+fn fill<R: Read>(input: &mut R, len: u64, buf: &mut Vec<u8>) -> Result<u64, Error> {
+    buf.resize(usize::try_from(len).map_err(|_| Error::Crypto)?, 0);
+    let got = read_up_to(input, buf)?;
+    Ok(got as u64)
+}
+
+/// How to decrypt.
+#[derive(Clone, Debug)]
+pub struct DecryptOptions {
+    /// Chunks opened in parallel; memory use is about
+    /// `2 × chunk_size × threads`.
+    pub threads: usize,
+}
+
+impl Default for DecryptOptions {
+    fn default() -> Self {
+        Self { threads: std::thread::available_parallelism().map(usize::from).unwrap_or(1) }
+    }
 }
 
 /// Decrypts a whole file from `input` into `output`, chunk by chunk: each
@@ -239,32 +205,56 @@ fn read_exactly<R: Read>(input: &mut R, len: u64, buf: &mut Vec<u8>) -> Result<u
 /// it only on `Ok` (as `kbs-attester model decrypt` does). Returns the
 /// plaintext length.
 pub fn decrypt<R: Read, W: Write>(input: &mut R, output: &mut W, key: &ModelKey) -> Result<u64, Error> {
+    decrypt_with(input, output, key, &DecryptOptions::default())
+}
+
+/// [`decrypt`] with options (the number of threads). The output, and the
+/// error on a damaged file, do not depend on the number of threads.
+pub fn decrypt_with<R: Read, W: Write>(
+    input: &mut R,
+    output: &mut W,
+    key: &ModelKey,
+    options: &DecryptOptions,
+) -> Result<u64, Error> {
     let header = Header::read_from(input)?;
-    header.unlock(key)?.decrypt_body(input, output)
+    header.unlock(key)?.decrypt_body_with(input, output, options)
 }
 
 impl UnlockedHeader {
     /// Decrypts the body that follows this header in `input` (positioned
-    /// just after the header).
+    /// just after the header), on every core.
     pub fn decrypt_body<R: Read, W: Write>(&self, input: &mut R, output: &mut W) -> Result<u64, Error> {
+        self.decrypt_body_with(input, output, &DecryptOptions::default())
+    }
+
+    /// [`UnlockedHeader::decrypt_body`] with options.
+    pub fn decrypt_body_with<R: Read, W: Write>(
+        &self,
+        input: &mut R,
+        output: &mut W,
+        options: &DecryptOptions,
+    ) -> Result<u64, Error> {
         if self.header.tensor_index().is_some() {
-            return self.decrypt_tensors(input, output);
+            return self.decrypt_tensors(input, output, options);
         }
         let expected = self.header.file_len().ok_or(Error::Crypto)?;
         let mut consumed = self.header.encoded_len() as u64;
-        let mut buf = Zeroizing::new(Vec::new());
-        for index in 0..self.header.chunk_count() {
-            let len = usize::try_from(self.chunk_plain_len(index)).map_err(|_| Error::Crypto)? + TAG_LEN;
-            buf.clear();
-            buf.resize(len, 0);
-            let got = read_up_to(input, &mut buf)?;
-            consumed = consumed.saturating_add(got as u64);
-            if got < len {
-                return Err(Error::Truncated { expected, found: consumed });
-            }
-            self.payload.open(index, self.is_last(index), &mut buf)?;
-            output.write_all(&buf)?;
-        }
+        pipeline::run(
+            self.header.chunk_count(),
+            options.threads,
+            self.header.chunk_size as usize + TAG_LEN,
+            |index, buf| {
+                let len = self.chunk_plain_len(index) + TAG_LEN as u64;
+                let got = fill(input, len, buf)?;
+                consumed = consumed.saturating_add(got);
+                if got < len {
+                    return Err(Error::Truncated { expected, found: consumed });
+                }
+                Ok(())
+            },
+            |index, buf| self.payload.open(index, self.is_last(index), buf),
+            |_, plain| Ok(output.write_all(plain)?),
+        )?;
         let mut probe = [0u8; 1];
         if read_up_to(input, &mut probe)? != 0 {
             return Err(Error::TrailingData);
@@ -272,13 +262,16 @@ impl UnlockedHeader {
         output.flush()?;
         Ok(self.header.plaintext_len)
     }
-}
 
-impl UnlockedHeader {
     /// [`UnlockedHeader::decrypt_body`] for the safetensors-aware layout:
     /// the tensor index (authenticated by the unlocked header), then the
     /// tag table, the zero padding and the chunks.
-    fn decrypt_tensors<R: Read, W: Write>(&self, input: &mut R, output: &mut W) -> Result<u64, Error> {
+    fn decrypt_tensors<R: Read, W: Write>(
+        &self,
+        input: &mut R,
+        output: &mut W,
+        options: &DecryptOptions,
+    ) -> Result<u64, Error> {
         let index = self.header.tensor_index().ok_or(Error::NotSafetensors)?;
         let expected = self.header.file_len().ok_or(Error::Crypto)?;
         let (tags_at, body_at) = self.header.table_layout().ok_or(Error::Crypto)?;
@@ -296,22 +289,25 @@ impl UnlockedHeader {
             return Err(Error::Padding);
         }
         output.write_all(index.raw())?;
-        let mut buf = Zeroizing::new(Vec::new());
-        for (i, (_, len)) in index.chunks().enumerate() {
-            let i = i as u64;
-            let len = usize::try_from(len).map_err(|_| Error::Crypto)?;
-            buf.clear();
-            buf.resize(len, 0);
-            let got = read_up_to(input, &mut buf)?;
-            consumed = consumed.saturating_add(got as u64);
-            if got < len {
-                return Err(Error::Truncated { expected, found: consumed });
-            }
-            let at = usize::try_from(i).map_err(|_| Error::Crypto)? * TAG_LEN;
-            buf.extend_from_slice(tags.get(at..at + TAG_LEN).ok_or(Error::Crypto)?);
-            self.payload.open(i, self.is_last(i), &mut buf).map_err(|_| self.chunk_error(i))?;
-            output.write_all(&buf)?;
-        }
+        let mut chunks = index.chunks();
+        pipeline::run(
+            index.chunk_count(),
+            options.threads,
+            self.header.chunk_size as usize + TAG_LEN,
+            |i, buf| {
+                let (_, len) = chunks.next().ok_or(Error::Crypto)?;
+                let got = fill(input, len, buf)?;
+                consumed = consumed.saturating_add(got);
+                if got < len {
+                    return Err(Error::Truncated { expected, found: consumed });
+                }
+                let at = usize::try_from(i).map_err(|_| Error::Crypto)? * TAG_LEN;
+                buf.extend_from_slice(tags.get(at..at + TAG_LEN).ok_or(Error::Crypto)?);
+                Ok(())
+            },
+            |i, buf| self.payload.open(i, self.is_last(i), buf).map_err(|_| self.chunk_error(i)),
+            |_, plain| Ok(output.write_all(plain)?),
+        )?;
         let mut probe = [0u8; 1];
         if read_up_to(input, &mut probe)? != 0 {
             return Err(Error::TrailingData);

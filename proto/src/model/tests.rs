@@ -31,10 +31,23 @@ fn seal(plain: &[u8], key: &ModelKey) -> Vec<u8> {
     out
 }
 
-fn open(file: &[u8], key: &ModelKey) -> (Result<u64, Error>, Vec<u8>) {
-    let mut out = Vec::new();
-    let result = decrypt(&mut Cursor::new(file), &mut out, key);
-    (result, out)
+/// Decrypts with one thread and with several, and checks that every
+/// thread count writes the same bytes and ends the same way (the same
+/// error for a damaged file), so each tamper test also covers parallel
+/// decryption. Returns the one-thread outcome.
+pub(super) fn open(file: &[u8], key: &ModelKey) -> (Result<u64, Error>, Vec<u8>) {
+    let run = |threads| {
+        let mut out = Vec::new();
+        let result = decrypt_with(&mut Cursor::new(file), &mut out, key, &DecryptOptions { threads });
+        (result, out)
+    };
+    let (one, one_out) = run(1);
+    for threads in [2, 3, 8] {
+        let (many, many_out) = run(threads);
+        assert_eq!(format!("{many:?}"), format!("{one:?}"), "{threads} threads");
+        assert!(many_out == one_out, "{threads} threads wrote other bytes");
+    }
+    (one, one_out)
 }
 
 /// Decrypts and expects the given failure, with no plaintext written for
@@ -189,6 +202,24 @@ fn truncation_and_trailing_data_are_refused() {
     assert!(matches!(refused(&longer, &k), Error::TrailingData));
     // Into the header: a header-level refusal.
     assert!(matches!(refused(&file[..100], &k), Error::Header(HeaderError::Truncated)));
+}
+
+#[test]
+fn the_first_failure_in_chunk_order_is_reported_whatever_the_threads() {
+    let k = key(1, 9);
+    let file = seal(&plaintext(9 * SMALL as usize + 3), &k);
+    // A damaged chunk 2 and a cut inside chunk 8: the reading thread meets
+    // the cut while chunk 2 may still be in flight; chunk 2 is reported,
+    // and chunks 0 and 1 are written, with any number of threads (`open`
+    // compares them).
+    let mut bad = file[..chunk_at(&file, 8) + 5].to_vec();
+    bad[chunk_at(&file, 2) + 1] ^= 1;
+    let (result, out) = open(&bad, &k);
+    assert!(matches!(result, Err(Error::ChunkAuthentication { index: 2 })), "{result:?}");
+    assert_eq!(out, plaintext(9 * SMALL as usize + 3)[..2 * SMALL as usize]);
+    // Chunk 7 damaged as well: still chunk 2.
+    bad[chunk_at(&file, 7)] ^= 1;
+    assert!(matches!(open(&bad, &k).0, Err(Error::ChunkAuthentication { index: 2 })));
 }
 
 #[test]

@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use super::header::{BODY_ALIGN, FLAG_SAFETENSORS};
 use super::safetensors::{MAX_JSON_LEN, MAX_RANK};
 use super::stream::encrypt_safetensors_with;
+use super::tests::open;
 use super::*;
 
 const NAME: &str = "models/demo/key";
@@ -79,12 +80,6 @@ fn seal(plain: &[u8], key: &ModelKey, threads: usize) -> Vec<u8> {
     let opts = EncryptOptions { chunk_size: SMALL, threads };
     encrypt_safetensors(&mut Cursor::new(plain), plain.len() as u64, &mut out, key, &opts).unwrap();
     out.into_inner()
-}
-
-fn open(file: &[u8], key: &ModelKey) -> (Result<u64, Error>, Vec<u8>) {
-    let mut out = Vec::new();
-    let result = decrypt(&mut Cursor::new(file), &mut out, key);
-    (result, out)
 }
 
 fn index_of(file: &[u8]) -> Header {
