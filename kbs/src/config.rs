@@ -308,6 +308,8 @@ struct RawPolicy {
     builtin_default: Option<bool>,
     #[serde(default)]
     max_memory_mib: Option<u64>,
+    #[serde(default)]
+    eval_time_limit_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -600,6 +602,10 @@ pub struct Config {
     /// default 1024): an evaluation during which the broker's heap is over
     /// it is refused (`policy_error`).
     pub policy_max_memory_mib: u64,
+    /// Wall-clock limit of one policy evaluation (`policy.eval_time_limit_ms`,
+    /// default 200): an evaluation that runs longer is refused
+    /// (`policy_error`).
+    pub policy_eval_time_limit: Duration,
     /// INSECURE: accept evidence from the simulated TEE (test roots).
     pub insecure_simulated_tee: bool,
     /// INSECURE: test ARKs pinned for every SNP generation.
@@ -948,6 +954,11 @@ impl Config {
             Some(mib @ 64..=1_048_576) => mib,
             Some(_) => return Err(ConfigError::Invalid("policy.max_memory_mib must be within 64..=1048576".into())),
         };
+        let policy_eval_time_limit = match raw.policy.eval_time_limit_ms {
+            None => crate::policy::engine::EVAL_TIME_LIMIT,
+            Some(ms @ 10..=60_000) => Duration::from_millis(ms),
+            Some(_) => return Err(ConfigError::Invalid("policy.eval_time_limit_ms must be within 10..=60000".into())),
+        };
         if max_secret_bytes == 0 || max_secret_bytes > 64 << 20 {
             return Err(ConfigError::Invalid("store.max_secret_bytes must be within 1..=64 MiB".into()));
         }
@@ -1150,6 +1161,7 @@ impl Config {
             policy_refresh,
             policy_builtin_default,
             policy_max_memory_mib,
+            policy_eval_time_limit,
             insecure_simulated_tee: raw.dev.insecure_simulated_tee,
             snp_test_roots: raw.dev.snp_test_roots.iter().map(|p| resolve(p)).collect(),
             tdx_test_roots: raw.dev.tdx_test_roots.iter().map(|p| resolve(p)).collect(),
@@ -1374,16 +1386,22 @@ mod tests {
         assert_eq!(c.policy_refresh, crate::policy::DEFAULT_REFRESH);
         assert!(c.policy_builtin_default);
         assert_eq!(c.policy_max_memory_mib, 1024);
-        let set = format!("{MINIMAL}\n[policy]\nrefresh_seconds = 2\nbuiltin_default = false\nmax_memory_mib = 256\n");
+        assert_eq!(c.policy_eval_time_limit, Duration::from_millis(200));
+        let set = format!(
+            "{MINIMAL}\n[policy]\nrefresh_seconds = 2\nbuiltin_default = false\nmax_memory_mib = 256\neval_time_limit_ms = 1500\n"
+        );
         let c = Config::from_toml(&set, Path::new("/")).unwrap();
         assert_eq!((c.policy_refresh, c.policy_builtin_default), (Duration::from_secs(2), false));
         assert_eq!(c.policy_max_memory_mib, 256);
+        assert_eq!(c.policy_eval_time_limit, Duration::from_millis(1500));
         for bad in [
             "refresh_seconds = 0",
             "refresh_seconds = 3601",
             "refresh = 5",
             "max_memory_mib = 63",
             "max_memory_mib = -1",
+            "eval_time_limit_ms = 9",
+            "eval_time_limit_ms = 60001",
         ] {
             assert!(Config::from_toml(&format!("{MINIMAL}\n[policy]\n{bad}\n"), Path::new("/")).is_err(), "{bad}");
         }

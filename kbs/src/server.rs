@@ -319,6 +319,7 @@ async fn policy_engine(config: &Config, store: &Arc<dyn SecretStore>) -> Arc<Pol
     // take effect here. A store that cannot be read yet leaves every
     // release refused until a refresh succeeds.
     crate::policy::engine::set_memory_limit(config.policy_max_memory_mib);
+    crate::policy::engine::set_time_limit(config.policy_eval_time_limit);
     let policy = Arc::new(PolicyEngine::with_store(Arc::clone(store), config.policy_builtin_default));
     if let Err(e) = policy.refresh().await {
         tracing::error!(error = %e, "loading policies failed; releases are refused until a refresh succeeds");

@@ -77,10 +77,11 @@ const VERIFIER_EXCEPTIONS: &[(&str, &str)] = &[];
 /// (and in ARCHITECTURE.md).
 const LAYERS: &[&[&str]] = &[
     // Leaves: vocabulary and helpers every layer shares.
-    &["reason", "names", "fetch", "keyfile", "connections", "rate", "telemetry"],
+    &["reason", "names", "fetch", "keyfile", "rate", "telemetry"],
     // The domain: challenges, verification, secret storage, the audit log;
-    // the metrics every layer above records; TLS session tickets.
-    &["audit", "challenge", "evidence", "store", "metrics", "tickets"],
+    // the metrics every layer above records; TLS session tickets; the
+    // admission of inbound connections (which asks the rate limits).
+    &["audit", "challenge", "evidence", "store", "metrics", "tickets", "connections"],
     // The error type that composes theirs.
     &["error"],
     // Sealing and the release policy.

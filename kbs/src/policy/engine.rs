@@ -37,7 +37,7 @@ use regorus::{CompiledPolicy, Engine, LimitError, Value};
 pub const PACKAGE: &str = "kbs.release";
 /// Largest policy source accepted.
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
-/// Wall-clock limit of one evaluation.
+/// Wall-clock limit of one evaluation, by default (`policy.eval_time_limit_ms`).
 pub const EVAL_TIME_LIMIT: Duration = Duration::from_millis(200);
 /// Default heap ceiling of evaluations (`policy.max_memory_mib`), in MiB.
 pub const DEFAULT_MAX_MEMORY_MIB: u64 = 1024;
@@ -77,14 +77,29 @@ pub struct Outcome {
 fn install_limits() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
-            limit: EVAL_TIME_LIMIT,
-            check_interval: NonZeroU32::MIN.saturating_add(63),
-        }));
+        apply_time_limit();
         if regorus::global_memory_limit().is_none() {
             set_memory_limit(DEFAULT_MAX_MEMORY_MIB);
         }
     });
+}
+
+/// The wall-clock limit of every evaluation in this process, in ms.
+static TIME_LIMIT_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(EVAL_TIME_LIMIT.as_millis() as u64);
+
+/// Sets the wall-clock limit of every policy evaluation in this process.
+pub fn set_time_limit(limit: Duration) {
+    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+    TIME_LIMIT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+    apply_time_limit();
+}
+
+fn apply_time_limit() {
+    set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
+        limit: Duration::from_millis(TIME_LIMIT_MS.load(std::sync::atomic::Ordering::Relaxed)),
+        check_interval: NonZeroU32::MIN.saturating_add(63),
+    }));
 }
 
 /// Sets the heap ceiling, in MiB, of every policy compilation and
