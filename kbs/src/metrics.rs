@@ -444,9 +444,117 @@ impl Metrics {
                 );
             }
         }
+        self.encode_trustee_names(&mut out);
         out
     }
+
+    /// The same counts under the metric names of trustee (the CNCF
+    /// Confidential Containers KBS) where it measures the same quantity, so
+    /// that dashboards and alerts written for it keep working; see
+    /// docs/metrics.md. Each is a sum of the series above, without labels.
+    fn encode_trustee_names(&self, out: &mut String) {
+        let count =
+            |row: &[AtomicU64; OUTCOMES], refused: Option<ReasonCode>| row.get(outcome(refused)).map_or(0, load);
+        let approvals: u64 = self.releases.iter().map(|row| count(row, None)).sum();
+        let violations: u64 =
+            self.releases.iter().flat_map(|row| POLICY_REFUSALS.iter().map(move |code| count(row, Some(*code)))).sum();
+        let coco = |endpoint: CocoEndpoint, status: Option<u16>| -> u64 {
+            let Some(row) = self.coco_requests.get(endpoint as usize) else { return 0 };
+            match status {
+                None => row.iter().map(load).sum(),
+                Some(s) => COCO_STATUSES.iter().position(|x| *x == s).and_then(|i| row.get(i)).map_or(0, load),
+            }
+        };
+        let attest = coco(CocoEndpoint::Attest, None);
+        let attest_ok = coco(CocoEndpoint::Attest, Some(200));
+        let attest_refused = coco(CocoEndpoint::Attest, Some(401)) + coco(CocoEndpoint::Attest, Some(403));
+        let all_coco: u64 = CocoEndpoint::ALL.iter().map(|e| coco(*e, None)).sum();
+        let open_coco = self.open_connections.get(Listener::Coco as usize).map_or(0, |g| g.load(Ordering::Relaxed));
+        let families: [(&str, &str, &str, u64); 11] = [
+            (
+                "kbs_policy_evaluations_total",
+                "counter",
+                "Release decisions made by policy (trustee's name).",
+                approvals + violations,
+            ),
+            ("kbs_policy_approvals_total", "counter", "Releases allowed (trustee's name).", approvals),
+            ("kbs_policy_violations_total", "counter", "Releases refused by policy (trustee's name).", violations),
+            ("kbs_http_requests_total", "counter", "CoCo protocol requests (trustee's name).", all_coco),
+            (
+                "kbs_http_active_connections",
+                "gauge",
+                "Open CoCo listener connections (trustee's name).",
+                open_coco as u64,
+            ),
+            (
+                "kbs_auth_requests_total",
+                "counter",
+                "CoCo /auth requests (trustee's name).",
+                coco(CocoEndpoint::Auth, None),
+            ),
+            (
+                "kbs_auth_successes_total",
+                "counter",
+                "CoCo /auth requests answered 200 (trustee's name).",
+                coco(CocoEndpoint::Auth, Some(200)),
+            ),
+            ("kbs_attestation_requests_total", "counter", "CoCo /attest requests (trustee's name).", attest),
+            (
+                "kbs_attestation_successes_total",
+                "counter",
+                "CoCo /attest requests answered 200 (trustee's name; no tee_type label).",
+                attest_ok,
+            ),
+            (
+                "kbs_attestation_failures_total",
+                "counter",
+                "CoCo /attest requests refused, 401 or 403 (trustee's name; no tee_type label).",
+                attest_refused,
+            ),
+            (
+                "kbs_attestation_errors_total",
+                "counter",
+                "CoCo /attest requests answered with another status (trustee's name).",
+                attest.saturating_sub(attest_ok + attest_refused),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
 }
+
+/// The metric names served for trustee's dashboards
+/// ([`Metrics::encode`]), each an unlabelled sum of this broker's series.
+pub const TRUSTEE_NAMES: [&str; 11] = [
+    "kbs_policy_evaluations_total",
+    "kbs_policy_approvals_total",
+    "kbs_policy_violations_total",
+    "kbs_http_requests_total",
+    "kbs_http_active_connections",
+    "kbs_auth_requests_total",
+    "kbs_auth_successes_total",
+    "kbs_attestation_requests_total",
+    "kbs_attestation_successes_total",
+    "kbs_attestation_failures_total",
+    "kbs_attestation_errors_total",
+];
+
+/// The refusals a release policy decides (the built-in and Rego policies),
+/// as opposed to evidence, challenge, store or rate-limit refusals: what
+/// trustee counts as `kbs_policy_violations_total`.
+const POLICY_REFUSALS: [ReasonCode; 9] = [
+    ReasonCode::DebugEnabled,
+    ReasonCode::VmplNotAllowed,
+    ReasonCode::MeasurementNotAllowed,
+    ReasonCode::PolicyDenied,
+    ReasonCode::NoPolicy,
+    ReasonCode::TcbStatusNotAllowed,
+    ReasonCode::TdAttributesNotAllowed,
+    ReasonCode::GpuCountMismatch,
+    ReasonCode::GpuMeasurementMismatch,
+];
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -556,10 +664,52 @@ mod tests {
         // The series count documented in docs/metrics.md: fixed, whatever
         // callers send (the CoCo pairs seen so far come on top).
         let fixed = text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("kbs_coco_requests_total")).count();
-        assert_eq!(fixed, 319);
+        assert_eq!(fixed, 330);
         let (version, _) = build_info();
         assert!(text.contains(&format!("kbs_build_info{{version=\"{version}\",revision=")), "{text}");
         assert!(!version.is_empty() && !version.contains('('));
+    }
+
+    #[test]
+    fn trustee_names_sum_the_same_counts() {
+        let metrics = Metrics::new(Arc::new(AtomicU64::new(0)));
+        metrics.release(Tee::Snp, None, Duration::from_micros(700));
+        metrics.release(Tee::Tdx, None, Duration::from_micros(700));
+        metrics.release(Tee::Sample, None, Duration::from_micros(700));
+        metrics.release(Tee::Snp, Some(ReasonCode::MeasurementNotAllowed), Duration::from_millis(3));
+        metrics.release(Tee::Tdx, Some(ReasonCode::PolicyDenied), Duration::from_millis(3));
+        // Not the policy's decisions: not violations.
+        metrics.release(Tee::Snp, Some(ReasonCode::SignatureInvalid), Duration::from_millis(3));
+        metrics.release(Tee::Snp, Some(ReasonCode::RateLimited), Duration::from_millis(3));
+        for status in [200, 200, 200, 429] {
+            metrics.coco_request(CocoEndpoint::Auth, status);
+        }
+        for status in [200, 401, 403, 403, 400, 500] {
+            metrics.coco_request(CocoEndpoint::Attest, status);
+        }
+        metrics.coco_request(CocoEndpoint::Resource, 200);
+        metrics.open_connections(Listener::Coco).fetch_add(5, Ordering::Relaxed);
+        metrics.open_connections(Listener::Guest).fetch_add(7, Ordering::Relaxed);
+        let text = metrics.encode();
+        for (series, expected) in [
+            ("kbs_policy_approvals_total", 3.0),
+            ("kbs_policy_violations_total", 2.0),
+            ("kbs_policy_evaluations_total", 5.0),
+            ("kbs_http_requests_total", 11.0),
+            ("kbs_http_active_connections", 5.0),
+            ("kbs_auth_requests_total", 4.0),
+            ("kbs_auth_successes_total", 3.0),
+            ("kbs_attestation_requests_total", 6.0),
+            ("kbs_attestation_successes_total", 1.0),
+            ("kbs_attestation_failures_total", 3.0),
+            ("kbs_attestation_errors_total", 2.0),
+        ] {
+            assert_eq!(value(&text, series), expected, "{series}");
+        }
+        // Nothing under a trustee name carries a label (no resource_path).
+        assert!(!text.contains("kbs_resource_reads_total"), "{text}");
+        let typed: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        assert!(TRUSTEE_NAMES.iter().all(|n| typed.contains(n)), "{typed:?}");
     }
 
     #[test]

@@ -599,6 +599,11 @@ async fn metrics_count_releases_and_refusals_and_name_no_secret() {
     let last = app.scrape().await;
     assert_eq!(sample(&last, r#"kbs_releases_total{tee="unknown",decision="deny",reason="invalid_request"}"#), 1.0);
     assert_eq!(sample(&last, allow), 1.0);
+    // The same counts under trustee's names: the policy's refusal is a
+    // violation, the malformed request is not.
+    assert_eq!(sample(&last, "kbs_policy_approvals_total"), 1.0);
+    assert_eq!(sample(&last, "kbs_policy_violations_total"), 1.0);
+    assert_eq!(sample(&last, "kbs_policy_evaluations_total"), 2.0);
 
     // Only /metrics is served.
     let other = app.metrics_url.replace("/metrics", "/debug");
