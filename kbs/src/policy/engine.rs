@@ -78,6 +78,7 @@ fn install_limits() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         apply_time_limit();
+        #[cfg(feature = "policy-heap-limit")]
         if regorus::global_memory_limit().is_none() {
             set_memory_limit(DEFAULT_MAX_MEMORY_MIB);
         }
@@ -108,6 +109,10 @@ fn apply_time_limit() {
 /// evaluation stops with an error, which refuses its request. It is a
 /// ceiling of the whole process because regorus compares one global
 /// counter; the broker's own heap is a few tens of MiB at rest.
+///
+/// Without the `policy-heap-limit` feature (the fuzz targets) nothing is
+/// counted and this does nothing.
+#[cfg(feature = "policy-heap-limit")]
 pub fn set_memory_limit(mib: u64) {
     regorus::set_global_memory_limit(Some(mib.saturating_mul(1 << 20)));
     // Each thread adds its count to the process's after this much change
@@ -116,7 +121,13 @@ pub fn set_memory_limit(mib: u64) {
     regorus::set_thread_flush_threshold_override(Some(FLUSH_BYTES));
 }
 
+/// See [`set_memory_limit`]: without the `policy-heap-limit` feature there
+/// is no heap count to compare.
+#[cfg(not(feature = "policy-heap-limit"))]
+pub fn set_memory_limit(_mib: u64) {}
+
 /// See [`set_memory_limit`].
+#[cfg(feature = "policy-heap-limit")]
 const FLUSH_BYTES: u64 = 64 * 1024;
 
 /// An evaluation error as the refusal reports it: the heap ceiling is
