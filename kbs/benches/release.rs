@@ -25,7 +25,7 @@ use kbs::challenge::ChallengeSealer;
 use kbs::evidence::anchors::{Generation as AmdGeneration, SnpAnchors};
 use kbs::evidence::collateral::VekResolver;
 use kbs::evidence::snp::SnpVerifier;
-use kbs::release::{Broker, EvidenceInput, ReleaseRequest, TEE_SNP};
+use kbs::release::{Broker, EvidenceInput, ReleaseRequest, SnpCerts, TEE_SNP};
 use kbs::seal::{self, RecipientKey};
 use kbs::store::cache::CachedStore;
 use kbs::store::local::{Kek, LocalStore};
@@ -305,7 +305,10 @@ fn broker_core_with(c: &mut Criterion, name: &str, sync: bool) {
         let rd = kbs_proto::report_data(&issued.nonce, X25519, key.public_key());
         ReleaseRequest {
             challenge: issued.token,
-            evidence: EvidenceInput::Snp { report: sim.report(&rd).unwrap(), cert_table: cert_table.clone() },
+            evidence: EvidenceInput::Snp {
+                report: sim.report(&rd).unwrap(),
+                certs: SnpCerts::Table(cert_table.clone()),
+            },
             suite: X25519,
             public_key: key.public_key().to_vec(),
             names: names(),
@@ -397,7 +400,10 @@ fn broker_core_composite(c: &mut Criterion) {
         let rd = kbs_proto::device_report_data(&issued.nonce, X25519, key.public_key(), &bound);
         ReleaseRequest {
             challenge: issued.token,
-            evidence: EvidenceInput::Snp { report: sim.report(&rd).unwrap(), cert_table: cert_table.clone() },
+            evidence: EvidenceInput::Snp {
+                report: sim.report(&rd).unwrap(),
+                certs: SnpCerts::Table(cert_table.clone()),
+            },
             suite: X25519,
             public_key: key.public_key().to_vec(),
             names: names(),

@@ -15,6 +15,7 @@
 //!    the answer leaves; if the record cannot be written, nothing is
 //!    released.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ use tracing::Instrument as _;
 use crate::audit::{AuditLog, Event, SecretRef};
 use crate::challenge::{ChallengeSealer, IssuedChallenge};
 use crate::error::Error;
+use crate::evidence::certtable::{self, CertTable};
 use crate::evidence::collateral::VekResolver;
 use crate::evidence::gpu::ocsp::{OcspError, OcspGood};
 use crate::evidence::gpu::rim::{RimAppraiser, RimResult, RimStore};
@@ -40,7 +42,7 @@ use crate::evidence::gpu_ocsp::{GpuOcspFetcher, OcspFetch};
 use crate::evidence::pcs::TdxCollateralResolver;
 use crate::evidence::snp::{SigningKey, SnpReport, SnpVerifier};
 use crate::evidence::tdx::{TdxQuote, TdxVerifier};
-use crate::evidence::{Claims, EvidenceError, certtable};
+use crate::evidence::{Claims, EvidenceError};
 use crate::metrics::{Metrics, Phase};
 use crate::names::check_not_reserved;
 use crate::policy::{PolicyEngine, PreparedClaims};
@@ -69,18 +71,47 @@ pub fn system_clock() -> Clock {
 /// Evidence as received.
 #[derive(Debug)]
 pub enum EvidenceInput {
-    /// SEV-SNP report and optional certificate table.
+    /// SEV-SNP report and the certificates the guest sent with it.
     Snp {
         /// Raw report.
         report: Vec<u8>,
-        /// Raw GUID certificate table (may be empty).
-        cert_table: Vec<u8>,
+        /// The guest's certificates, as its front end received them.
+        certs: SnpCerts,
     },
     /// TDX quote.
     Tdx {
         /// Raw quote.
         quote: Vec<u8>,
     },
+}
+
+/// The certificates a guest sent with its SEV-SNP report. Every one is
+/// untrusted until the verifier has checked its chain.
+#[derive(Debug)]
+pub enum SnpCerts {
+    /// The GUID certificate table as the guest's firmware returned it (the
+    /// gRPC protocol), parsed in the release's parse step; empty when the
+    /// guest sent none.
+    Table(Vec<u8>),
+    /// Certificates a front end has already decoded (the CoCo protocol
+    /// carries them as JSON entries, not as a table).
+    Decoded(CertTable),
+}
+
+impl SnpCerts {
+    /// No certificates.
+    pub fn none() -> Self {
+        Self::Table(Vec::new())
+    }
+
+    /// The decoded certificates (`None` when the guest sent none).
+    fn decode(&self) -> Result<Option<Cow<'_, CertTable>>, EvidenceError> {
+        match self {
+            Self::Table(raw) if raw.is_empty() => Ok(None),
+            Self::Table(raw) => Ok(Some(Cow::Owned(certtable::parse(raw)?))),
+            Self::Decoded(table) => Ok(Some(Cow::Borrowed(table))),
+        }
+    }
 }
 
 /// The secret label that makes a secret need attested GPUs: its value, a
@@ -520,12 +551,12 @@ impl Broker {
         expected: &[u8; 64],
     ) -> Result<Claims, Error> {
         match evidence {
-            EvidenceInput::Snp { report, cert_table } => {
+            EvidenceInput::Snp { report, certs } => {
                 // Parse first: nothing reaches the network or crypto unless
                 // the report is well-formed.
                 let (parsed, table) = tracing::info_span!(phase::EVIDENCE_PARSE).in_scope(|| {
                     let parsed = SnpReport::parse(report)?;
-                    let table = if cert_table.is_empty() { None } else { Some(certtable::parse(cert_table)?) };
+                    let table = certs.decode()?;
                     Ok::<_, Error>((parsed, table))
                 })?;
                 let table_vek = table.as_ref().and_then(|t| {
@@ -540,8 +571,7 @@ impl Broker {
                 }
                 .instrument(tracing::info_span!(phase::COLLATERAL, source))
                 .await?;
-                let extra: Vec<Vec<u8>> =
-                    table.map(|t| [t.ask, t.ark].into_iter().flatten().collect()).unwrap_or_default();
+                let extra: Vec<Vec<u8>> = table.map(|t| t.extra_certs()).unwrap_or_default();
                 let chip_id = *parsed.chip_id();
                 let verified = self.snp.verify_parsed(parsed, &vek, &extra, now, expected)?;
                 // A chip that proved itself keeps a share of the KDS budget.
@@ -886,7 +916,7 @@ mod tests {
     fn forged_request() -> ReleaseRequest {
         ReleaseRequest {
             challenge: vec![0; 16],
-            evidence: EvidenceInput::Snp { report: vec![0; 16], cert_table: Vec::new() },
+            evidence: EvidenceInput::Snp { report: vec![0; 16], certs: SnpCerts::none() },
             suite: SuiteId::X25519_SHA256_AES256GCM,
             public_key: vec![0; 32],
             names: vec!["models/a".into()],

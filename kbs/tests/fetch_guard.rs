@@ -23,7 +23,7 @@ use kbs::evidence::pcs::{PcsConfig, PcsFetcher, TdxCollateralResolver};
 use kbs::evidence::snp::{RawTcb, SnpVerifier};
 use kbs::evidence::tdx::{TdxPolicy, TdxVerifier};
 use kbs::evidence::tdx_collateral::{Fmspc, PckCa, TdxCollateral};
-use kbs::release::{Broker, EvidenceInput, ReleaseRequest, TEE_SNP, TEE_TDX, TdxSupport};
+use kbs::release::{Broker, EvidenceInput, ReleaseRequest, SnpCerts, TEE_SNP, TEE_TDX, TdxSupport};
 use kbs::store::local::{Kek, LocalStore};
 use kbs::store::{NewSecret, SecretStore, SecretValue};
 use kbs_proto::SuiteId;
@@ -381,8 +381,10 @@ async fn known_chips_keep_a_share_of_the_kds_budget() {
 
     // The chip attests once with its host's certificate table: no KDS.
     let table = sim.cert_table().unwrap();
-    let first =
-        request(&broker, TEE_SNP, |rd| EvidenceInput::Snp { report: snp_report(&sim, rd, None), cert_table: table });
+    let first = request(&broker, TEE_SNP, |rd| EvidenceInput::Snp {
+        report: snp_report(&sim, rd, None),
+        certs: SnpCerts::Table(table),
+    });
     broker.release(first).await.unwrap();
     assert_eq!(kds.requests(), 0);
 
@@ -391,7 +393,7 @@ async fn known_chips_keep_a_share_of_the_kds_budget() {
     for n in 0..(budget as u64 + 5) {
         let flood = request(&broker, TEE_SNP, |rd| EvidenceInput::Snp {
             report: snp_report(&sim, rd, Some(random_chip(n + 100))),
-            cert_table: Vec::new(),
+            certs: SnpCerts::none(),
         });
         let refused = broker.release(flood).await.unwrap_err();
         assert_eq!(refused.reason().as_str(), "collateral_unavailable", "{refused}");
@@ -401,7 +403,7 @@ async fn known_chips_keep_a_share_of_the_kds_budget() {
     // The known chip, now without a table: its VCEK comes from KDS.
     let again = request(&broker, TEE_SNP, |rd| EvidenceInput::Snp {
         report: snp_report(&sim, rd, None),
-        cert_table: Vec::new(),
+        certs: SnpCerts::none(),
     });
     let released = broker.release(again).await.unwrap();
     assert_eq!(released.secrets.len(), 1);
@@ -424,7 +426,7 @@ async fn a_guest_certificate_table_is_used_before_kds() {
         let table = table.clone();
         let forged = request(&broker, TEE_SNP, |rd| EvidenceInput::Snp {
             report: snp_report(&sim, rd, Some(random_chip(n))),
-            cert_table: table,
+            certs: SnpCerts::Table(table),
         });
         let refused = broker.release(forged).await.unwrap_err();
         assert_ne!(refused.reason().as_str(), "collateral_unavailable", "{refused}");

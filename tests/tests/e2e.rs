@@ -191,7 +191,7 @@ async fn a_challenge_is_redeemed_at_another_replica_with_the_same_key() {
             challenge: challenge.challenge,
             evidence: kbs::release::EvidenceInput::Snp {
                 report: sim.report(&rd).unwrap(),
-                cert_table: sim.cert_table().unwrap(),
+                certs: kbs::release::SnpCerts::Table(sim.cert_table().unwrap()),
             },
             suite: SuiteId::X25519_SHA256_AES256GCM,
             public_key: key.public_key().to_vec(),

@@ -15,7 +15,7 @@ use crate::api::coco::CocoService;
 use crate::api::coco::token::hpke_public_jwk;
 use crate::error::Error;
 use crate::metrics::Tee;
-use crate::release::{Broker, EvidenceInput, GpuInput, ReleaseRequest};
+use crate::release::{Broker, EvidenceInput, GpuInput, ReleaseRequest, SnpCerts};
 use crate::seal::SUPPORTED_SUITES;
 
 /// Largest gRPC message the guest service decodes.
@@ -100,7 +100,7 @@ impl KeyBrokerService {
         let req = request.into_inner();
         let (evidence, tee) = match req.evidence {
             Some(release_secrets_request::Evidence::Snp(snp)) => {
-                (EvidenceInput::Snp { report: snp.report, cert_table: snp.cert_table }, Tee::Snp)
+                (EvidenceInput::Snp { report: snp.report, certs: SnpCerts::Table(snp.cert_table) }, Tee::Snp)
             }
             Some(release_secrets_request::Evidence::Tdx(tdx)) => (EvidenceInput::Tdx { quote: tdx.quote }, Tee::Tdx),
             None => return Err(refused(Tee::Unknown, Error::InvalidRequest("no evidence".into()))),

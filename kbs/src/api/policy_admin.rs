@@ -29,7 +29,7 @@ use crate::evidence::snp::SnpReport;
 use crate::evidence::tdx::TdxQuote;
 use crate::names::check_not_reserved;
 use crate::policy::{PolicyEngine, PolicyInfo, RefvalsInfo, placeholder_meta};
-use crate::release::{Broker, EvidenceInput};
+use crate::release::{Broker, EvidenceInput, SnpCerts};
 use crate::store::{SecretMeta, StoreError, validate_name};
 
 /// Default number of audit records a query returns.
@@ -122,7 +122,7 @@ pub async fn test_policy(ctx: &PolicyAdminContext, req: TestPolicyRequest) -> Re
             let report = SnpReport::parse(&snp.report)?;
             let own = *report.report_data();
             ctx.broker
-                .verify_bound(&EvidenceInput::Snp { report: snp.report, cert_table: snp.cert_table }, &own)
+                .verify_bound(&EvidenceInput::Snp { report: snp.report, certs: SnpCerts::Table(snp.cert_table) }, &own)
                 .await?
         }
         Some(test_policy_request::Input::Tdx(tdx)) => {

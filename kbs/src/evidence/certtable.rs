@@ -138,6 +138,17 @@ impl CertTable {
         self.ask.iter().chain(self.ark.iter()).cloned().collect()
     }
 
+    /// Puts `data` in `kind`'s place. Refused (`Malformed`) when the place
+    /// is taken: a guest names each certificate once.
+    pub fn insert(&mut self, kind: CertKind, data: Vec<u8>) -> Result<(), EvidenceError> {
+        let slot = self.slot(kind);
+        if slot.is_some() {
+            return Err(malformed("certificate table repeats a GUID"));
+        }
+        *slot = Some(data);
+        Ok(())
+    }
+
     fn slot(&mut self, kind: CertKind) -> &mut Option<Vec<u8>> {
         match kind {
             CertKind::Vcek => &mut self.vcek,
@@ -227,11 +238,7 @@ pub fn parse(bytes: &[u8]) -> Result<CertTable, EvidenceError> {
             continue;
         };
         let data = bytes.get(entry.offset..end).ok_or_else(|| malformed("certificate data runs past the buffer"))?;
-        let slot = table.slot(kind);
-        if slot.is_some() {
-            return Err(malformed("certificate table repeats a GUID"));
-        }
-        *slot = Some(data.to_vec());
+        table.insert(kind, data.to_vec())?;
     }
     Ok(table)
 }

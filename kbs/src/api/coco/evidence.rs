@@ -29,11 +29,11 @@ use serde_json::Value;
 use crate::evidence::EvidenceError;
 use crate::evidence::anchors::Generation;
 use crate::evidence::anchors::MAX_CERT_LEN;
-use crate::evidence::certtable::{self, CertKind};
+use crate::evidence::certtable::{CertKind, CertTable};
 use crate::evidence::gpu::{chain as gpu_chain, spdm};
 use crate::evidence::snp::{REPORT_LEN, TcbVersion};
 use crate::evidence::tdx::MAX_QUOTE_LEN;
-use crate::release::{EvidenceInput, GpuInput};
+use crate::release::{EvidenceInput, GpuInput, SnpCerts};
 
 /// Most certificate entries accepted in an SNP `cert_chain`.
 pub const MAX_CERT_ENTRIES: usize = 8;
@@ -192,20 +192,18 @@ pub fn snp(evidence: &Value) -> Result<EvidenceInput, EvidenceError> {
     if entries.len() > MAX_CERT_ENTRIES {
         return Err(EvidenceError::TooLarge { len: entries.len(), max: MAX_CERT_ENTRIES });
     }
-    let mut table = Vec::new();
-    for entry in &entries {
+    // The certificates go to the verifier decoded: there is no firmware
+    // table here to rebuild and parse again.
+    let mut certs = CertTable::default();
+    for entry in entries {
         if entry.data.len() > MAX_CERT_LEN {
             return Err(EvidenceError::TooLarge { len: entry.data.len(), max: MAX_CERT_LEN });
         }
         if let Some(kind) = cert_kind(&entry.cert_type)? {
-            if table.iter().any(|(k, _)| *k == kind) {
-                return Err(malformed("cert_chain repeats a certificate type"));
-            }
-            table.push((kind, entry.data.as_slice()));
+            certs.insert(kind, entry.data).map_err(|_| malformed("cert_chain repeats a certificate type"))?;
         }
     }
-    let cert_table = if table.is_empty() { Vec::new() } else { certtable::build(&table)? };
-    Ok(EvidenceInput::Snp { report, cert_table })
+    Ok(EvidenceInput::Snp { report, certs: SnpCerts::Decoded(certs) })
 }
 
 /// Decodes `tee: "tdx"` evidence: the quote only (the event log is not
@@ -343,7 +341,7 @@ mod tests {
             {"cert_type": "CRL", "data": [1]},
             {"cert_type": {"OTHER": "00000000-0000-0000-0000-000000000001"}, "data": [1]},
         ]});
-        let EvidenceInput::Snp { report, cert_table } = snp(&ev).unwrap() else { panic!() };
+        let EvidenceInput::Snp { report, certs: SnpCerts::Decoded(table) } = snp(&ev).unwrap() else { panic!() };
         assert_eq!(report.len(), REPORT_LEN);
         assert_eq!(&report[0..4], &3u32.to_le_bytes());
         assert_eq!(&report[0x08..0x10], &0x30000u64.to_le_bytes());
@@ -355,9 +353,8 @@ mod tests {
         assert_eq!(&report[0x2A0..0x2E8], &[0xaau8; 72]);
         assert_eq!(&report[0x2E8..0x330], &[0xbbu8; 72]);
         assert!(report[0x330..].iter().all(|b| *b == 0));
-        let table = certtable::parse(&cert_table).unwrap();
         assert_eq!(table.vcek.as_deref(), Some(&[48u8, 1, 2][..]));
-        assert!(table.ark.is_none());
+        assert!(table.vlek.is_none() && table.ask.is_none() && table.ark.is_none());
     }
 
     #[test]
