@@ -104,6 +104,28 @@ pub struct IssuedChallenge {
     pub expires_at: i64,
 }
 
+/// The first kind code of a sealed session; `kbs.v1.Tee` values, the
+/// codes of challenges, lie below it.
+pub const SESSION_CODE_MIN: u8 = 0x80;
+
+/// Session state a front end other than `kbs.v1` seals under the
+/// challenge key (the CoCo protocol's cookie): a nonce, a kind code from
+/// [`SESSION_CODE_MIN`] up and one label. It shares the challenge token's
+/// layout, the code in the TEE byte and the label as the one name, so any
+/// replica opens it; the code ranges keep a session from being redeemed as
+/// a challenge and a challenge from being opened as a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedSession {
+    /// The nonce the evidence must bind.
+    pub nonce: [u8; CHALLENGE_NONCE_LEN],
+    /// The front end's kind code (at least [`SESSION_CODE_MIN`]).
+    pub code: u8,
+    /// The front end's label.
+    pub label: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+}
+
 struct SealingKey {
     id: [u8; KEY_ID_LEN],
     key: LessSafeKey,
@@ -211,8 +233,41 @@ impl ChallengeSealer {
         Ok(IssuedChallenge { nonce, token: header, expires_at })
     }
 
-    /// Opens a token and checks its expiry against `now` (Unix seconds).
+    /// Opens a challenge: [`Self::open_token`], and refused (`Mismatch`)
+    /// when the token is a session.
     pub fn open(&self, token: &[u8], now: i64) -> Result<OpenedChallenge, ChallengeError> {
+        let opened = self.open_token(token, now)?;
+        if opened.tee >= SESSION_CODE_MIN {
+            return Err(ChallengeError::Mismatch("a session is not a challenge"));
+        }
+        Ok(opened)
+    }
+
+    /// Seals a session of kind `code` with `label`, valid until
+    /// `expires_at` (Unix seconds). The token is a challenge's with the
+    /// code as its TEE and the label as its one name.
+    pub fn issue_session(&self, code: u8, label: &str, expires_at: i64) -> Result<IssuedChallenge, ChallengeError> {
+        if code < SESSION_CODE_MIN {
+            return Err(ChallengeError::Unissuable("a session code lies in the kbs.v1 TEE range"));
+        }
+        self.issue(code, &[label.to_owned()], expires_at)
+    }
+
+    /// Opens a session: authentic, unexpired, of a session kind and with
+    /// one label; a challenge is refused (`Mismatch`).
+    pub fn open_session(&self, token: &[u8], now: i64) -> Result<OpenedSession, ChallengeError> {
+        let opened = self.open_token(token, now)?;
+        if opened.tee < SESSION_CODE_MIN {
+            return Err(ChallengeError::Mismatch("a challenge is not a session"));
+        }
+        let [label] = <[String; 1]>::try_from(opened.secret_names)
+            .map_err(|_| ChallengeError::Mismatch("a session carries one label"))?;
+        Ok(OpenedSession { nonce: opened.nonce, code: opened.tee, label, expires_at: opened.expires_at })
+    }
+
+    /// Opens a token of either kind and checks its expiry against `now`
+    /// (Unix seconds).
+    fn open_token(&self, token: &[u8], now: i64) -> Result<OpenedChallenge, ChallengeError> {
         if token.len() < HEADER_LEN + TAG_LEN || token.len() > MAX_TOKEN_LEN {
             return Err(ChallengeError::Malformed);
         }
@@ -281,6 +336,33 @@ mod tests {
 
     fn names() -> Vec<String> {
         vec!["models/llama/key".to_owned(), "models/llama/config".to_owned()]
+    }
+
+    /// A session and a challenge share the token layout; neither opens as
+    /// the other, whatever code a caller asks for.
+    #[test]
+    fn sessions_and_challenges_do_not_open_as_each_other() {
+        let s = sealer(1);
+        let session = s.issue_session(0x81, "kbs/v0 sha384", 100).unwrap();
+        let opened = s.open_session(&session.token, 50).unwrap();
+        assert_eq!((opened.code, opened.label.as_str(), opened.nonce), (0x81, "kbs/v0 sha384", session.nonce));
+        assert_eq!(s.open(&session.token, 50), Err(ChallengeError::Mismatch("a session is not a challenge")));
+
+        let challenge = s.issue(1, &names(), 100).unwrap();
+        assert!(s.open(&challenge.token, 50).is_ok());
+        assert_eq!(s.open_session(&challenge.token, 50), Err(ChallengeError::Mismatch("a challenge is not a session")));
+
+        for code in [0, 1, 2, SESSION_CODE_MIN - 1] {
+            assert!(matches!(s.issue_session(code, "x", 100), Err(ChallengeError::Unissuable(_))), "{code}");
+        }
+        // A session-kind token without exactly one label is no session.
+        for labels in [vec![], names()] {
+            let odd = s.issue(0x81, &labels, 100).unwrap();
+            assert_eq!(s.open_session(&odd.token, 50), Err(ChallengeError::Mismatch("a session carries one label")));
+        }
+        // Expiry and authenticity are checked as for a challenge.
+        assert!(matches!(s.open_session(&session.token, 100), Err(ChallengeError::Expired { .. })));
+        assert_eq!(sealer(2).open_session(&session.token, 50), Err(ChallengeError::UnknownKey));
     }
 
     #[test]

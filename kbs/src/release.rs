@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use tracing::Instrument as _;
 
 use crate::audit::{AuditLog, Event, SecretRef};
-use crate::challenge::{ChallengeSealer, IssuedChallenge};
+use crate::challenge::{ChallengeSealer, IssuedChallenge, OpenedSession};
 use crate::error::Error;
 use crate::evidence::certtable::{self, CertTable};
 use crate::evidence::collateral::VekResolver;
@@ -846,21 +846,19 @@ impl Broker {
         self.attestation_id()
     }
 
-    /// Seals session state under the challenge key, valid for the
-    /// challenge lifetime. `code` must lie outside the `kbs.v1.Tee` values
-    /// so such a token can never be redeemed on the gRPC path.
-    pub fn seal_session(&self, code: u8, labels: &[String]) -> Result<IssuedChallenge, Error> {
-        if code == TEE_SNP || code == TEE_TDX || code < 0x80 {
-            return Err(Error::Internal("session code collides with kbs.v1 TEE codes".into()));
-        }
+    /// Seals session state of kind `code` (from
+    /// [`crate::challenge::SESSION_CODE_MIN`] up, so such a token can never
+    /// be redeemed on the gRPC path) under the challenge key, valid for the
+    /// challenge lifetime.
+    pub fn seal_session(&self, code: u8, label: &str) -> Result<IssuedChallenge, Error> {
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(60);
         let expires_at = self.now().unix_timestamp().saturating_add(ttl);
-        Ok(self.sealer.issue(code, labels, expires_at)?)
+        Ok(self.sealer.issue_session(code, label, expires_at)?)
     }
 
-    /// Opens sealed session state (authentic, unexpired).
-    pub fn open_session(&self, token: &[u8]) -> Result<crate::challenge::OpenedChallenge, Error> {
-        Ok(self.sealer.open(token, self.now().unix_timestamp())?)
+    /// Opens sealed session state (authentic, unexpired, a session).
+    pub fn open_session(&self, token: &[u8]) -> Result<OpenedSession, Error> {
+        Ok(self.sealer.open_session(token, self.now().unix_timestamp())?)
     }
 
     /// Verifies evidence whose report_data must equal `expected`.

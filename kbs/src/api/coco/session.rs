@@ -137,7 +137,7 @@ impl Session {
     /// Seals a session for `tee` and `hash`, valid for the challenge
     /// lifetime.
     pub(super) fn seal(broker: &Broker, tee: CocoTee, hash: HashAlg) -> Result<NewSession, Error> {
-        let issued = broker.seal_session(tee.code(), &[hash.label()])?;
+        let issued = broker.seal_session(tee.code(), &hash.label())?;
         Ok(NewSession { nonce: issued.nonce, cookie: URL_SAFE_NO_PAD.encode(&issued.token) })
     }
 
@@ -147,12 +147,8 @@ impl Session {
     pub(super) fn open(broker: &Broker, cookie: &str) -> Result<Self, Error> {
         let sealed = URL_SAFE_NO_PAD.decode(cookie).map_err(|_| ChallengeError::Malformed)?;
         let opened = broker.open_session(&sealed)?;
-        let tee = CocoTee::from_code(opened.tee).ok_or(ChallengeError::Mismatch("not a CoCo session"))?;
-        let hash = match opened.secret_names.as_slice() {
-            [label] => HashAlg::from_label(label),
-            _ => None,
-        }
-        .ok_or(ChallengeError::Mismatch("not a CoCo session"))?;
+        let tee = CocoTee::from_code(opened.code).ok_or(ChallengeError::Mismatch("not a CoCo session"))?;
+        let hash = HashAlg::from_label(&opened.label).ok_or(ChallengeError::Mismatch("not a CoCo session"))?;
         Ok(Self { nonce: opened.nonce, tee, hash })
     }
 
@@ -195,7 +191,7 @@ mod tests {
     #[test]
     fn session_codes_are_not_grpc_tee_codes() {
         for tee in [CocoTee::Snp, CocoTee::Tdx, CocoTee::Sample] {
-            assert!(tee.code() >= 0x80, "{tee:?}");
+            assert!(tee.code() >= crate::challenge::SESSION_CODE_MIN, "{tee:?}");
             assert_ne!(tee.code(), crate::release::TEE_SNP);
             assert_ne!(tee.code(), crate::release::TEE_TDX);
             assert_eq!(CocoTee::from_code(tee.code()), Some(tee));
