@@ -4,6 +4,7 @@
 //! file's directory.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -784,6 +785,234 @@ fn store_config(
     }
 }
 
+/// `value` checked against `range`; unset stays unset (the caller's
+/// default applies).
+fn within<T: PartialOrd + std::fmt::Display>(
+    value: Option<T>,
+    range: RangeInclusive<T>,
+    key: &str,
+) -> Result<Option<T>, ConfigError> {
+    match value {
+        Some(v) if !range.contains(&v) => {
+            Err(ConfigError::Invalid(format!("{key} must be within {}..={}", range.start(), range.end())))
+        }
+        v => Ok(v),
+    }
+}
+
+fn socket_addr(s: &str, key: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid(format!("{key} {s:?}: {e}")))
+}
+
+/// `server.max_connections` and `max_connections_per_peer`.
+fn connection_limits(server: &RawServer) -> Result<crate::connections::Limits, ConfigError> {
+    use crate::connections::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_PEER, Limits};
+    let limits = Limits {
+        total: server.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        per_peer: server.max_connections_per_peer.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_PEER),
+    };
+    if !(1..=1_000_000).contains(&limits.total) || !(1..=limits.total).contains(&limits.per_peer) {
+        return Err(ConfigError::Invalid(
+            "server.max_connections must be within 1..=1000000 and server.max_connections_per_peer within 1..=max_connections"
+                .into(),
+        ));
+    }
+    Ok(limits)
+}
+
+/// `[rate_limit]`.
+fn rate_limits(raw: &RawRateLimit) -> Result<crate::rate::RateLimits, ConfigError> {
+    use crate::rate::{DEFAULT_GLOBAL_PER_SECOND, DEFAULT_PER_PEER_PER_SECOND, RateLimits};
+    let limits = RateLimits {
+        per_peer_per_second: raw.per_peer_per_second.unwrap_or(DEFAULT_PER_PEER_PER_SECOND),
+        global_per_second: raw.global_per_second.unwrap_or(DEFAULT_GLOBAL_PER_SECOND),
+    };
+    if limits.per_peer_per_second == 0 || limits.global_per_second < limits.per_peer_per_second {
+        return Err(ConfigError::Invalid(
+            "rate_limit.per_peer_per_second must be at least 1 and at most rate_limit.global_per_second".into(),
+        ));
+    }
+    Ok(limits)
+}
+
+/// The TLS session-ticket keys of `[server]` (`None`: tickets stay within
+/// one process).
+fn tls_tickets(server: &RawServer, resolve: impl Fn(&Path) -> PathBuf) -> Result<Option<TlsTicketConfig>, ConfigError> {
+    let Some(key) = &server.tls_ticket_key_file else {
+        if !server.tls_ticket_previous_key_files.is_empty() || server.tls_ticket_lifetime_seconds.is_some() {
+            return Err(ConfigError::Invalid(
+                "server.tls_ticket_previous_key_files and tls_ticket_lifetime_seconds need server.tls_ticket_key_file"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let lifetime = server.tls_ticket_lifetime_seconds.unwrap_or(crate::tickets::DEFAULT_LIFETIME_SECS.into());
+    let lifetime_seconds = u32::try_from(lifetime)
+        .ok()
+        .filter(|l| (60..=crate::tickets::MAX_LIFETIME_SECS).contains(l))
+        .ok_or_else(|| ConfigError::Invalid("server.tls_ticket_lifetime_seconds must be within 60..=86400".into()))?;
+    Ok(Some(TlsTicketConfig {
+        key_file: resolve(key),
+        previous_key_files: server.tls_ticket_previous_key_files.iter().map(|p| resolve(p)).collect(),
+        lifetime_seconds,
+    }))
+}
+
+/// `[snp]`: vendor URLs on the fetchers' own check, and revocation that
+/// defaults to `require` once a CRL source is configured.
+fn snp_config(raw: RawSnp, resolve: impl Fn(&Path) -> PathBuf) -> Result<SnpConfig, ConfigError> {
+    // The fetchers' own check, on the parsed URL (a prefix test would
+    // pass `http://127.attacker.example` or `http://localhost.attacker.example`).
+    if let Some(url) = &raw.kds_url
+        && let Err(e) = crate::fetch::vendor_url_is_https(url, "snp.kds_url").map_err(EvidenceError::from)
+    {
+        return Err(ConfigError::Invalid(format!("snp.kds_url must be https:// (or http on loopback): {e}")));
+    }
+    let crl_source = raw.crl_dir.is_some() || raw.kds_url.is_some();
+    let revocation = match raw.revocation {
+        Some(Revocation::Require) if !crl_source => {
+            return Err(ConfigError::Invalid(
+                "snp.revocation = \"require\" needs a CRL source: snp.crl_dir or snp.kds_url".into(),
+            ));
+        }
+        Some(r) => r,
+        None if crl_source => Revocation::Require,
+        None => Revocation::BestEffort,
+    };
+    let crl_refresh = within(raw.crl_refresh_seconds, 60..=86_400, "snp.crl_refresh_seconds")?
+        .map_or(DEFAULT_CRL_REFRESH, Duration::from_secs);
+    Ok(SnpConfig {
+        collateral_dir: raw.collateral_dir.map(|p| resolve(&p)),
+        kds_url: raw.kds_url,
+        kds_cache_dir: raw.kds_cache_dir.map(|p| resolve(&p)),
+        intermediates: raw.intermediates.iter().map(|p| resolve(p)).collect(),
+        crl_dir: raw.crl_dir.map(|p| resolve(&p)),
+        revocation,
+        crl_refresh,
+    })
+}
+
+/// `[tdx]`.
+fn tdx_config(raw: RawTdx, resolve: impl Fn(&Path) -> PathBuf) -> Result<TdxConfig, ConfigError> {
+    for url in raw.pccs_url.iter().chain(raw.root_crl_url.iter()) {
+        if let Err(e) = crate::fetch::vendor_url_is_https(url, "tdx").map_err(EvidenceError::from) {
+            return Err(ConfigError::Invalid(format!("tdx URLs must be https:// (or http on loopback): {e}")));
+        }
+    }
+    if raw.pccs_url.is_some() && raw.cache_dir.is_none() {
+        return Err(ConfigError::Invalid("tdx.pccs_url needs tdx.cache_dir for its on-disk cache".into()));
+    }
+    let policy = match &raw.accepted_tcb_statuses {
+        None => crate::evidence::tdx::TdxPolicy::default(),
+        Some(names) => crate::evidence::tdx::TdxPolicy::from_names(names)
+            .map_err(|e| ConfigError::Invalid(format!("tdx.accepted_tcb_statuses: {e}")))?,
+    };
+    Ok(TdxConfig {
+        collateral_dir: raw.collateral_dir.map(|p| resolve(&p)),
+        pccs_url: raw.pccs_url,
+        root_crl_url: raw.root_crl_url,
+        cache_dir: raw.cache_dir.map(|p| resolve(&p)),
+        policy,
+    })
+}
+
+/// `[gpu]`.
+fn gpu_config(raw: RawGpu, resolve: impl Fn(&Path) -> PathBuf) -> Result<GpuConfig, ConfigError> {
+    if let Some(url) = &raw.ocsp_url {
+        if raw.ocsp_fetch == OcspFetch::Off {
+            return Err(ConfigError::Invalid(
+                "gpu.ocsp_url needs gpu.ocsp_fetch = \"best_effort\" or \"require\"".into(),
+            ));
+        }
+        crate::fetch::vendor_url_is_https(url, "gpu.ocsp_url").map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    }
+    Ok(GpuConfig {
+        rim_dir: raw.rim_dir.map(|p| resolve(&p)),
+        accept_expired_rim_signers: raw.accept_expired_rim_signers,
+        ocsp_fetch: raw.ocsp_fetch,
+        ocsp_url: raw.ocsp_url,
+    })
+}
+
+/// `[[admin.tokens]]`: each names the SHA-256 of its bearer token.
+fn admin_tokens(raw: Vec<RawToken>) -> Result<Vec<TokenEntry>, ConfigError> {
+    raw.into_iter()
+        .map(|t| {
+            let digest =
+                hex::decode(t.sha256.trim()).ok().and_then(|d| <[u8; 32]>::try_from(d).ok()).ok_or_else(|| {
+                    ConfigError::Invalid(format!("admin token {:?}: sha256 must be 64 hex digits", t.name))
+                })?;
+            Ok(TokenEntry { name: t.name, sha256: digest, role: t.role })
+        })
+        .collect()
+}
+
+/// `[[admin.clients]]`: each names exactly one certificate identity.
+fn admin_clients(raw: Vec<RawClient>) -> Result<Vec<ClientEntry>, ConfigError> {
+    raw.into_iter()
+        .map(|c| {
+            if c.common_name.is_none() == c.dns_san.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "admin client {:?}: set exactly one of common_name and dns_san",
+                    c.name
+                )));
+            }
+            Ok(ClientEntry { name: c.name, common_name: c.common_name, dns_san: c.dns_san, role: c.role })
+        })
+        .collect()
+}
+
+/// Test roots are trusted only by a broker switched to simulated TEEs.
+fn dev_switch_checks(dev: &RawDev) -> Result<(), ConfigError> {
+    let roots = [
+        ("snp_test_roots", &dev.snp_test_roots),
+        ("tdx_test_roots", &dev.tdx_test_roots),
+        ("gpu_test_roots", &dev.gpu_test_roots),
+        ("gpu_test_rim_roots", &dev.gpu_test_rim_roots),
+    ];
+    match roots.iter().find(|(_, paths)| !paths.is_empty()) {
+        Some((key, _)) if !dev.insecure_simulated_tee => {
+            Err(ConfigError::Invalid(format!("dev.{key} needs dev.insecure_simulated_tee = true")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `[coco]`: the CoCo listener and its attestation tokens.
+fn coco_config(c: RawCoco, resolve: impl Fn(&Path) -> PathBuf) -> Result<CocoConfig, ConfigError> {
+    let listen = socket_addr(&c.listen, "coco.listen")?;
+    let ttl = within(c.token_ttl_seconds, 10..=86_400, "coco.token_ttl_seconds")?.unwrap_or(300);
+    if !c.token_previous_key_files.is_empty() && c.token_key_file.is_none() {
+        return Err(ConfigError::Invalid("coco.token_previous_key_files needs coco.token_key_file".into()));
+    }
+    if c.token_previous_key_files.len() > MAX_PREVIOUS_TOKEN_KEYS {
+        return Err(ConfigError::Invalid(format!(
+            "coco.token_previous_key_files: at most {MAX_PREVIOUS_TOKEN_KEYS} files"
+        )));
+    }
+    let printable = |s: &str| !s.is_empty() && s.len() <= 256 && s.chars().all(|c| c.is_ascii_graphic());
+    let token_issuer = c.token_issuer.unwrap_or_else(|| "kbs".into());
+    if !printable(&token_issuer) {
+        return Err(ConfigError::Invalid(
+            "coco.token_issuer must be 1..=256 printable ASCII characters without spaces".into(),
+        ));
+    }
+    if c.token_audiences.len() > MAX_TOKEN_AUDIENCES || !c.token_audiences.iter().all(|a| printable(a)) {
+        return Err(ConfigError::Invalid(format!(
+            "coco.token_audiences: at most {MAX_TOKEN_AUDIENCES}, each 1..=256 printable ASCII characters"
+        )));
+    }
+    Ok(CocoConfig {
+        listen,
+        token_key_file: c.token_key_file.map(|p| resolve(&p)),
+        token_ttl: Duration::from_secs(ttl),
+        token_previous_key_files: c.token_previous_key_files.iter().map(|p| resolve(p)).collect(),
+        token_issuer,
+        token_audiences: c.token_audiences,
+    })
+}
+
 /// The trace exporter of `raw`, or `None` when no endpoint is set or
 /// tracing is switched off.
 fn telemetry(
@@ -875,219 +1104,42 @@ impl Config {
 
     fn validate(raw: RawConfig, base: &Path) -> Result<Self, ConfigError> {
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
-        let addr = |s: &str, what: &str| {
-            s.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid(format!("{what} {s:?}: {e}")))
-        };
-        let guest_listen = addr(&raw.server.guest_listen, "server.guest_listen")?;
-        let admin_listen = addr(&raw.server.admin_listen, "server.admin_listen")?;
+        let guest_listen = socket_addr(&raw.server.guest_listen, "server.guest_listen")?;
+        let admin_listen = socket_addr(&raw.server.admin_listen, "server.admin_listen")?;
         if guest_listen == admin_listen && guest_listen.port() != 0 {
             return Err(ConfigError::Invalid("guest and admin listeners must differ".into()));
         }
-        if !(5..=600).contains(&raw.challenge.ttl_seconds) {
-            return Err(ConfigError::Invalid("challenge.ttl_seconds must be within 5..=600".into()));
-        }
-        let connection_limits = crate::connections::Limits {
-            total: raw.server.max_connections.unwrap_or(crate::connections::DEFAULT_MAX_CONNECTIONS),
-            per_peer: raw
-                .server
-                .max_connections_per_peer
-                .unwrap_or(crate::connections::DEFAULT_MAX_CONNECTIONS_PER_PEER),
-        };
-        if !(1..=1_000_000).contains(&connection_limits.total)
-            || !(1..=connection_limits.total).contains(&connection_limits.per_peer)
-        {
-            return Err(ConfigError::Invalid(
-                "server.max_connections must be within 1..=1000000 and server.max_connections_per_peer within 1..=max_connections"
-                    .into(),
-            ));
-        }
-        let rate_limits = crate::rate::RateLimits {
-            per_peer_per_second: raw.rate_limit.per_peer_per_second.unwrap_or(crate::rate::DEFAULT_PER_PEER_PER_SECOND),
-            global_per_second: raw.rate_limit.global_per_second.unwrap_or(crate::rate::DEFAULT_GLOBAL_PER_SECOND),
-        };
-        if rate_limits.per_peer_per_second == 0 || rate_limits.global_per_second < rate_limits.per_peer_per_second {
-            return Err(ConfigError::Invalid(
-                "rate_limit.per_peer_per_second must be at least 1 and at most rate_limit.global_per_second".into(),
-            ));
-        }
-        let idle_timeout = Duration::from_secs(raw.server.idle_timeout_seconds.unwrap_or(30));
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&idle_timeout) {
-            return Err(ConfigError::Invalid("server.idle_timeout_seconds must be within 1..=3600".into()));
-        }
-        let lifetime = raw.server.tls_ticket_lifetime_seconds.unwrap_or(crate::tickets::DEFAULT_LIFETIME_SECS.into());
-        let tls_tickets = match &raw.server.tls_ticket_key_file {
-            None if !raw.server.tls_ticket_previous_key_files.is_empty()
-                || raw.server.tls_ticket_lifetime_seconds.is_some() =>
-            {
-                return Err(ConfigError::Invalid(
-                    "server.tls_ticket_previous_key_files and tls_ticket_lifetime_seconds need server.tls_ticket_key_file"
-                        .into(),
-                ));
-            }
-            None => None,
-            Some(key) => Some(TlsTicketConfig {
-                key_file: resolve(key),
-                previous_key_files: raw.server.tls_ticket_previous_key_files.iter().map(|p| resolve(p)).collect(),
-                lifetime_seconds: u32::try_from(lifetime)
-                    .ok()
-                    .filter(|l| (60..=crate::tickets::MAX_LIFETIME_SECS).contains(l))
-                    .ok_or_else(|| {
-                        ConfigError::Invalid("server.tls_ticket_lifetime_seconds must be within 60..=86400".into())
-                    })?,
-            }),
-        };
+        within(Some(raw.challenge.ttl_seconds), 5..=600, "challenge.ttl_seconds")?;
+        let connection_limits = connection_limits(&raw.server)?;
+        let rate_limits = rate_limits(&raw.rate_limit)?;
+        let idle_timeout =
+            within(raw.server.idle_timeout_seconds, 1..=3600, "server.idle_timeout_seconds")?.unwrap_or(30);
+        let tls_tickets = tls_tickets(&raw.server, resolve)?;
         let (store, max_secret_bytes, store_cache_ms) = store_config(raw.store, resolve)?;
         let max_secret_bytes = max_secret_bytes.unwrap_or(crate::store::DEFAULT_MAX_SECRET_BYTES);
-        let store_cache_ttl = match store_cache_ms {
-            None => crate::store::cache::DEFAULT_TTL,
-            Some(ms) if ms <= 60_000 => Duration::from_millis(ms),
-            Some(_) => return Err(ConfigError::Invalid("store.cache_ttl_ms must be within 0..=60000".into())),
-        };
-        let policy_refresh = match raw.policy.refresh_seconds {
-            None => crate::policy::DEFAULT_REFRESH,
-            Some(secs @ 1..=3600) => Duration::from_secs(secs),
-            Some(_) => return Err(ConfigError::Invalid("policy.refresh_seconds must be within 1..=3600".into())),
-        };
-        let policy_builtin_default = raw.policy.builtin_default.unwrap_or(true);
-        let policy_max_memory_mib = match raw.policy.max_memory_mib {
-            None => crate::policy::engine::DEFAULT_MAX_MEMORY_MIB,
-            Some(mib @ 64..=1_048_576) => mib,
-            Some(_) => return Err(ConfigError::Invalid("policy.max_memory_mib must be within 64..=1048576".into())),
-        };
-        let policy_eval_time_limit = match raw.policy.eval_time_limit_ms {
-            None => crate::policy::engine::EVAL_TIME_LIMIT,
-            Some(ms @ 10..=60_000) => Duration::from_millis(ms),
-            Some(_) => return Err(ConfigError::Invalid("policy.eval_time_limit_ms must be within 10..=60000".into())),
-        };
         if max_secret_bytes == 0 || max_secret_bytes > 64 << 20 {
             return Err(ConfigError::Invalid("store.max_secret_bytes must be within 1..=64 MiB".into()));
         }
-        // The fetchers' own check, on the parsed URL (a prefix test would
-        // pass `http://127.attacker.example` or `http://localhost.attacker.example`).
-        if let Some(url) = &raw.snp.kds_url
-            && let Err(e) = crate::fetch::vendor_url_is_https(url, "snp.kds_url").map_err(EvidenceError::from)
-        {
-            return Err(ConfigError::Invalid(format!("snp.kds_url must be https:// (or http on loopback): {e}")));
-        }
-        let crl_source = raw.snp.crl_dir.is_some() || raw.snp.kds_url.is_some();
-        let revocation = match raw.snp.revocation {
-            Some(Revocation::Require) if !crl_source => {
-                return Err(ConfigError::Invalid(
-                    "snp.revocation = \"require\" needs a CRL source: snp.crl_dir or snp.kds_url".into(),
-                ));
-            }
-            Some(r) => r,
-            None if crl_source => Revocation::Require,
-            None => Revocation::BestEffort,
-        };
-        let crl_refresh = match raw.snp.crl_refresh_seconds {
-            None => DEFAULT_CRL_REFRESH,
-            Some(secs @ 60..=86_400) => Duration::from_secs(secs),
-            Some(_) => return Err(ConfigError::Invalid("snp.crl_refresh_seconds must be within 60..=86400".into())),
-        };
-        let mut admin_tokens = Vec::new();
-        for t in raw.admin.tokens {
-            let digest =
-                hex::decode(t.sha256.trim()).ok().and_then(|d| <[u8; 32]>::try_from(d).ok()).ok_or_else(|| {
-                    ConfigError::Invalid(format!("admin token {:?}: sha256 must be 64 hex digits", t.name))
-                })?;
-            admin_tokens.push(TokenEntry { name: t.name, sha256: digest, role: t.role });
-        }
-        let mut admin_clients = Vec::new();
-        for c in raw.admin.clients {
-            if c.common_name.is_none() == c.dns_san.is_none() {
-                return Err(ConfigError::Invalid(format!(
-                    "admin client {:?}: set exactly one of common_name and dns_san",
-                    c.name
-                )));
-            }
-            admin_clients.push(ClientEntry {
-                name: c.name,
-                common_name: c.common_name,
-                dns_san: c.dns_san,
-                role: c.role,
-            });
-        }
+        let store_cache_ttl = within(store_cache_ms, 0..=60_000, "store.cache_ttl_ms")?
+            .map_or(crate::store::cache::DEFAULT_TTL, Duration::from_millis);
+        let policy = &raw.policy;
+        let policy_refresh = within(policy.refresh_seconds, 1..=3600, "policy.refresh_seconds")?
+            .map_or(crate::policy::DEFAULT_REFRESH, Duration::from_secs);
+        let policy_max_memory_mib = within(policy.max_memory_mib, 64..=1_048_576, "policy.max_memory_mib")?
+            .unwrap_or(crate::policy::engine::DEFAULT_MAX_MEMORY_MIB);
+        let policy_eval_time_limit = within(policy.eval_time_limit_ms, 10..=60_000, "policy.eval_time_limit_ms")?
+            .map_or(crate::policy::engine::EVAL_TIME_LIMIT, Duration::from_millis);
+        let admin_tokens = admin_tokens(raw.admin.tokens)?;
+        let admin_clients = admin_clients(raw.admin.clients)?;
         if !admin_clients.is_empty() && raw.admin.client_ca.is_none() {
             return Err(ConfigError::Invalid("admin.clients needs admin.client_ca".into()));
         }
-        if !raw.dev.snp_test_roots.is_empty() && !raw.dev.insecure_simulated_tee {
-            return Err(ConfigError::Invalid("dev.snp_test_roots needs dev.insecure_simulated_tee = true".into()));
-        }
-        if !raw.dev.tdx_test_roots.is_empty() && !raw.dev.insecure_simulated_tee {
-            return Err(ConfigError::Invalid("dev.tdx_test_roots needs dev.insecure_simulated_tee = true".into()));
-        }
-        if !raw.dev.gpu_test_roots.is_empty() && !raw.dev.insecure_simulated_tee {
-            return Err(ConfigError::Invalid("dev.gpu_test_roots needs dev.insecure_simulated_tee = true".into()));
-        }
-        if raw.gpu.ocsp_url.is_some() && raw.gpu.ocsp_fetch == OcspFetch::Off {
-            return Err(ConfigError::Invalid(
-                "gpu.ocsp_url needs gpu.ocsp_fetch = \"best_effort\" or \"require\"".into(),
-            ));
-        }
-        if let Some(url) = &raw.gpu.ocsp_url {
-            crate::fetch::vendor_url_is_https(url, "gpu.ocsp_url").map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        }
-        if !raw.dev.gpu_test_rim_roots.is_empty() && !raw.dev.insecure_simulated_tee {
-            return Err(ConfigError::Invalid("dev.gpu_test_rim_roots needs dev.insecure_simulated_tee = true".into()));
-        }
-        for url in raw.tdx.pccs_url.iter().chain(raw.tdx.root_crl_url.iter()) {
-            if let Err(e) = crate::fetch::vendor_url_is_https(url, "tdx").map_err(EvidenceError::from) {
-                return Err(ConfigError::Invalid(format!("tdx URLs must be https:// (or http on loopback): {e}")));
-            }
-        }
-        if raw.tdx.pccs_url.is_some() && raw.tdx.cache_dir.is_none() {
-            return Err(ConfigError::Invalid("tdx.pccs_url needs tdx.cache_dir for its on-disk cache".into()));
-        }
-        let tdx_policy = match &raw.tdx.accepted_tcb_statuses {
-            None => crate::evidence::tdx::TdxPolicy::default(),
-            Some(names) => crate::evidence::tdx::TdxPolicy::from_names(names)
-                .map_err(|e| ConfigError::Invalid(format!("tdx.accepted_tcb_statuses: {e}")))?,
-        };
-        let coco = match raw.coco {
-            None => None,
-            Some(c) => {
-                let listen =
-                    c.listen.parse().map_err(|e| ConfigError::Invalid(format!("coco.listen {:?}: {e}", c.listen)))?;
-                let ttl = c.token_ttl_seconds.unwrap_or(300);
-                if !(10..=86_400).contains(&ttl) {
-                    return Err(ConfigError::Invalid("coco.token_ttl_seconds must be within 10..=86400".into()));
-                }
-                if !c.token_previous_key_files.is_empty() && c.token_key_file.is_none() {
-                    return Err(ConfigError::Invalid("coco.token_previous_key_files needs coco.token_key_file".into()));
-                }
-                if c.token_previous_key_files.len() > MAX_PREVIOUS_TOKEN_KEYS {
-                    return Err(ConfigError::Invalid(format!(
-                        "coco.token_previous_key_files: at most {} files",
-                        MAX_PREVIOUS_TOKEN_KEYS
-                    )));
-                }
-                let printable = |s: &str| !s.is_empty() && s.len() <= 256 && s.chars().all(|c| c.is_ascii_graphic());
-                let token_issuer = c.token_issuer.unwrap_or_else(|| "kbs".into());
-                if !printable(&token_issuer) {
-                    return Err(ConfigError::Invalid(
-                        "coco.token_issuer must be 1..=256 printable ASCII characters without spaces".into(),
-                    ));
-                }
-                if c.token_audiences.len() > MAX_TOKEN_AUDIENCES || !c.token_audiences.iter().all(|a| printable(a)) {
-                    return Err(ConfigError::Invalid(format!(
-                        "coco.token_audiences: at most {MAX_TOKEN_AUDIENCES}, each 1..=256 printable ASCII characters"
-                    )));
-                }
-                Some(CocoConfig {
-                    listen,
-                    token_key_file: c.token_key_file.map(|p| resolve(&p)),
-                    token_ttl: Duration::from_secs(ttl),
-                    token_previous_key_files: c.token_previous_key_files.iter().map(|p| resolve(p)).collect(),
-                    token_issuer,
-                    token_audiences: c.token_audiences,
-                })
-            }
-        };
+        dev_switch_checks(&raw.dev)?;
+        let coco = raw.coco.map(|c| coco_config(c, resolve)).transpose()?;
         let metrics = match raw.metrics {
             None => None,
             Some(m) => {
-                let listen = addr(&m.listen, "metrics.listen")?;
+                let listen = socket_addr(&m.listen, "metrics.listen")?;
                 if listen.port() != 0 && (listen == guest_listen || listen == admin_listen) {
                     return Err(ConfigError::Invalid("metrics.listen must differ from the other listeners".into()));
                 }
@@ -1125,7 +1177,7 @@ impl Config {
             tls_key: resolve(&raw.server.tls_key),
             replica_id: raw.server.replica_id.unwrap_or_else(|| "kbs-0".into()),
             connection_limits,
-            idle_timeout,
+            idle_timeout: Duration::from_secs(idle_timeout),
             rate_limits,
             tls_tickets,
             challenge_key_file: resolve(&raw.challenge.key_file),
@@ -1134,22 +1186,8 @@ impl Config {
             store,
             max_secret_bytes,
             store_cache_ttl,
-            snp: SnpConfig {
-                collateral_dir: raw.snp.collateral_dir.map(|p| resolve(&p)),
-                kds_url: raw.snp.kds_url,
-                kds_cache_dir: raw.snp.kds_cache_dir.map(|p| resolve(&p)),
-                intermediates: raw.snp.intermediates.iter().map(|p| resolve(p)).collect(),
-                crl_dir: raw.snp.crl_dir.map(|p| resolve(&p)),
-                revocation,
-                crl_refresh,
-            },
-            tdx: TdxConfig {
-                collateral_dir: raw.tdx.collateral_dir.map(|p| resolve(&p)),
-                pccs_url: raw.tdx.pccs_url,
-                root_crl_url: raw.tdx.root_crl_url,
-                cache_dir: raw.tdx.cache_dir.map(|p| resolve(&p)),
-                policy: tdx_policy,
-            },
+            snp: snp_config(raw.snp, resolve)?,
+            tdx: tdx_config(raw.tdx, resolve)?,
             admin_tokens,
             admin_client_ca: raw.admin.client_ca.map(|p| resolve(&p)),
             admin_clients,
@@ -1159,7 +1197,7 @@ impl Config {
             audit_rotation,
             audit_max_wait,
             policy_refresh,
-            policy_builtin_default,
+            policy_builtin_default: raw.policy.builtin_default.unwrap_or(true),
             policy_max_memory_mib,
             policy_eval_time_limit,
             insecure_simulated_tee: raw.dev.insecure_simulated_tee,
@@ -1167,12 +1205,7 @@ impl Config {
             tdx_test_roots: raw.dev.tdx_test_roots.iter().map(|p| resolve(p)).collect(),
             gpu_test_roots: raw.dev.gpu_test_roots.iter().map(|p| resolve(p)).collect(),
             gpu_test_rim_roots: raw.dev.gpu_test_rim_roots.iter().map(|p| resolve(p)).collect(),
-            gpu: GpuConfig {
-                rim_dir: raw.gpu.rim_dir.map(|p| resolve(&p)),
-                accept_expired_rim_signers: raw.gpu.accept_expired_rim_signers,
-                ocsp_fetch: raw.gpu.ocsp_fetch,
-                ocsp_url: raw.gpu.ocsp_url,
-            },
+            gpu: gpu_config(raw.gpu, resolve)?,
             coco,
             metrics,
             telemetry,
@@ -1320,6 +1353,11 @@ mod tests {
 
     #[test]
     fn test_roots_need_the_dev_switch() {
+        for key in ["snp_test_roots", "tdx_test_roots", "gpu_test_roots", "gpu_test_rim_roots"] {
+            let text = format!("{MINIMAL}\n[dev]\n{key} = [\"root.pem\"]\n");
+            let err = Config::from_toml(&text, Path::new("/")).unwrap_err().to_string();
+            assert!(err.contains(&format!("dev.{key} needs dev.insecure_simulated_tee")), "{key}: {err}");
+        }
         let text = format!("{MINIMAL}\n[dev]\nsnp_test_roots = [\"ark.pem\"]\n");
         assert!(matches!(Config::from_toml(&text, Path::new("/")), Err(ConfigError::Invalid(_))));
         let text = format!("{MINIMAL}\n[dev]\ngpu_test_roots = [\"gpu-root.pem\"]\n");
