@@ -36,6 +36,7 @@ use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
 use kbs_proto::spdm::{self, opaque_type};
 use sha2::{Digest, Sha256, Sha384};
 
+use super::x509::{self, tlv};
 use crate::evidence::{Error, GpuEvidence, GpuEvidenceSource};
 
 /// How many simulated GPUs the test PKI holds.
@@ -260,29 +261,16 @@ fn leaf_key(index: usize) -> Result<EcdsaKeyPair, Error> {
 /// bytes (keys are fresh); the committed fixtures are one output of it.
 pub fn generate(devices: usize) -> Result<(String, Vec<(String, String)>), Error> {
     use rcgen::{
-        BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-        OtherNameValue, PKCS_ECDSA_P384_SHA384, PublicKeyData as _, SanType, SerialNumber,
+        CustomExtension, DnType, Issuer, KeyPair, KeyUsagePurpose, OtherNameValue, PKCS_ECDSA_P384_SHA384,
+        PublicKeyData as _, SanType,
     };
     let sim = |_| Error::Simulated("GPU test PKI generation failed");
     let from = time::macros::datetime!(2024-01-01 00:00 UTC);
     let until = time::macros::datetime!(9999-12-31 23:59:59 UTC);
     let params = |cn: &str, ca: bool, serial: &[u8]| {
-        let mut p = CertificateParams::default();
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.distinguished_name.push(DnType::OrganizationName, "KBS test (INSECURE)");
-        p.not_before = from;
-        p.not_after = until;
-        p.serial_number = Some(SerialNumber::from_slice(serial));
-        if ca {
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        } else {
-            p.is_ca = IsCa::ExplicitNoCa;
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        }
-        p
+        x509::params(cn, ca, serial, (from, until), &[KeyUsagePurpose::DigitalSignature])
     };
+
     let new_key = || KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(sim);
 
     let root_key = new_key()?;
@@ -335,22 +323,6 @@ fn riot_fwid(spki: &[u8]) -> Vec<u8> {
     body.extend_from_slice(spki);
     body.extend(tlv(0x30, &fwid));
     tlv(0x30, &body)
-}
-
-/// DER TLV (lengths below 64 KiB).
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(u8::try_from(len).unwrap_or(0));
-    } else if len < 0x100 {
-        out.extend_from_slice(&[0x81, u8::try_from(len).unwrap_or(0)]);
-    } else {
-        let [hi, lo] = u16::try_from(len).unwrap_or(0).to_be_bytes();
-        out.extend_from_slice(&[0x82, hi, lo]);
-    }
-    out.extend_from_slice(content);
-    out
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha384};
 
 use super::gpu::{SIMULATED_BLOCKS, SIMULATED_DRIVER_VERSION, simulated_measurement};
+use super::x509;
 use crate::evidence::Error;
 
 const RIM_ROOT_PEM: &str = include_str!("../../testdata/gpu-rim-pki/root.pem");
@@ -176,28 +177,13 @@ fn pem_blocks(pem: &str) -> Result<Vec<Vec<u8>>, Error> {
 /// first, root last, as `KeyInfo` carries it) and the signer's key (PKCS#8
 /// PEM). The committed fixtures are one output of it.
 pub fn generate_rim_pki() -> Result<(String, String, String), Error> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P384_SHA384,
-        SerialNumber,
-    };
+    use rcgen::{Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P384_SHA384};
     let sim = |_| Error::Simulated("RIM test PKI generation failed");
+    let validity = (time::macros::datetime!(2024-01-01 00:00 UTC), time::macros::datetime!(9999-12-31 23:59:59 UTC));
     let params = |cn: &str, ca: bool, serial: u8| {
-        let mut p = CertificateParams::default();
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.distinguished_name.push(DnType::OrganizationName, "KBS test (INSECURE)");
-        p.not_before = time::macros::datetime!(2024-01-01 00:00 UTC);
-        p.not_after = time::macros::datetime!(9999-12-31 23:59:59 UTC);
-        p.serial_number = Some(SerialNumber::from_slice(&[0x52, serial]));
-        if ca {
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        } else {
-            p.is_ca = IsCa::ExplicitNoCa;
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        }
-        p
+        x509::params(cn, ca, &[0x52, serial], validity, &[KeyUsagePurpose::DigitalSignature])
     };
+
     let new_key = || KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(sim);
     let root_key = new_key()?;
     let root_params = params("KBS TEST NVIDIA CoRIM signing Root CA", true, 1);

@@ -45,6 +45,7 @@ mod gpu;
 mod gpu_rim;
 mod pki;
 mod tdx;
+mod x509;
 
 pub use cert_table::{
     ARK_GUID, ASK_GUID, CERT_TABLE_ENTRY_LEN, CertTableEntry, VCEK_GUID, decode_cert_table, encode_cert_table,

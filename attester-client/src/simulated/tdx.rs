@@ -34,13 +34,14 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension, DnType, IsCa, Issuer,
-    KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, RevokedCertParams, SerialNumber,
+    CertificateParams, CertificateRevocationListParams, CustomExtension, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, RevokedCertParams, SerialNumber,
 };
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
+use super::x509::{self, tlv};
 use crate::evidence::{Error, EvidenceSource, SnpEvidence, TdxEvidence, Tee};
 
 /// Intel's QE vendor id (the only one verifiers accept).
@@ -153,38 +154,15 @@ impl std::fmt::Debug for TdxTestPki {
 
 const SIM: fn(rcgen::Error) -> Error = |_| Error::Simulated("test PKI generation failed");
 
+/// A test certificate's parameters; PCK leaves sign and commit.
 fn params(cn: &str, ca: bool, serial: &[u8], from: OffsetDateTime, until: OffsetDateTime) -> CertificateParams {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.distinguished_name.push(DnType::OrganizationName, "KBS test (INSECURE)");
-    p.not_before = from;
-    p.not_after = until;
-    p.serial_number = Some(SerialNumber::from_slice(serial));
-    if ca {
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    } else {
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::ContentCommitment];
-    }
-    p
-}
-
-/// DER TLV.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(u8::try_from(len).unwrap_or(0));
-    } else if len < 0x100 {
-        out.extend_from_slice(&[0x81, u8::try_from(len).unwrap_or(0)]);
-    } else {
-        let [hi, lo] = u16::try_from(len).unwrap_or(0).to_be_bytes();
-        out.extend_from_slice(&[0x82, hi, lo]);
-    }
-    out.extend_from_slice(content);
-    out
+    x509::params(
+        cn,
+        ca,
+        serial,
+        (from, until),
+        &[KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::ContentCommitment],
+    )
 }
 
 /// `SEQUENCE { OID arc.sub, value }`.
