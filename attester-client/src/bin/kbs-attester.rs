@@ -464,6 +464,15 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// `kbs-attester fetch` with its required options, then `extra`.
+    fn fetch_with(extra: &[&str]) -> Result<Box<FetchArgs>, clap::Error> {
+        let required = ["kbs-attester", "fetch", "--kbs", "https://x", "--ca", "c", "--secret", "s", "--out", "o"];
+        let Command::Fetch(args) = Cli::try_parse_from(required.iter().chain(extra))?.command else {
+            panic!("not fetch")
+        };
+        Ok(args)
+    }
+
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
@@ -530,10 +539,7 @@ mod tests {
             Cli::try_parse_from(["kbs-attester", "model", "decrypt", "--in", "i"].iter().chain(&common)).unwrap();
         let Command::Model(ModelCommand::Decrypt(args)) = decrypt.command else { panic!("not model decrypt") };
         assert_eq!(args.broker.gpus, Some(GpuSelection::All));
-        let none =
-            Cli::try_parse_from(["kbs-attester", "fetch", "--kbs", "x", "--ca", "c", "--secret", "s", "--out", "o"])
-                .unwrap();
-        let Command::Fetch(args) = none.command else { panic!("not fetch") };
+        let args = fetch_with(&[]).unwrap();
         assert_eq!(args.broker.gpus, None);
         assert!(matches!(gpu_source(&args.broker), Ok(None)));
     }
@@ -541,62 +547,21 @@ mod tests {
     #[cfg(feature = "insecure-simulated-tee")]
     #[test]
     fn gpus_conflicts_with_sim_gpus() {
-        let parsed = Cli::try_parse_from([
-            "kbs-attester",
-            "fetch",
-            "--kbs",
-            "https://x",
-            "--ca",
-            "c",
-            "--secret",
-            "s",
-            "--out",
-            "o",
-            "--evidence",
-            "simulated",
-            "--sim-gpus",
-            "2",
-            "--gpus",
-            "all",
-        ]);
-        let err = parsed.map(|_| ()).unwrap_err();
+        let err = fetch_with(&["--evidence", "simulated", "--sim-gpus", "2", "--gpus", "all"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict, "{err}");
     }
 
     #[cfg(not(feature = "insecure-simulated-tee"))]
     #[test]
     fn simulated_evidence_does_not_exist_without_the_feature() {
-        let parsed = Cli::try_parse_from([
-            "kbs-attester",
-            "fetch",
-            "--kbs",
-            "https://x",
-            "--ca",
-            "c",
-            "--secret",
-            "s",
-            "--out",
-            "o",
-            "--evidence",
-            "simulated",
-        ]);
-        assert!(parsed.is_err());
+        assert!(fetch_with(&["--evidence", "simulated"]).is_err());
     }
 
     #[cfg(feature = "insecure-simulated-tee")]
     #[test]
     fn simulated_options_parse() {
-        let parsed = Cli::try_parse_from([
-            "kbs-attester",
-            "fetch",
-            "--kbs",
-            "https://x",
-            "--ca",
-            "c",
-            "--secret",
-            "s",
-            "--out",
-            "o",
+        let measurement = "ab".repeat(48);
+        let args = fetch_with(&[
             "--evidence",
             "simulated",
             "--sim-generation",
@@ -604,35 +569,14 @@ mod tests {
             "--sim-policy",
             "0xB0000",
             "--sim-measurement",
-            &"ab".repeat(48),
+            &measurement,
         ])
         .unwrap();
-        let Command::Fetch(args) = parsed.command else { panic!("not fetch") };
         assert!(args.broker.sim.build().is_ok());
         assert!(evidence_source(&args.broker).is_ok());
         assert!(matches!(gpu_source(&args.broker), Ok(None)));
 
-        let fetch_with_gpus = |n: &str, evidence: &str| {
-            let parsed = Cli::try_parse_from([
-                "kbs-attester",
-                "fetch",
-                "--kbs",
-                "https://x",
-                "--ca",
-                "c",
-                "--secret",
-                "s",
-                "--out",
-                "o",
-                "--evidence",
-                evidence,
-                "--sim-gpus",
-                n,
-            ])
-            .unwrap();
-            let Command::Fetch(args) = parsed.command else { panic!("not fetch") };
-            args
-        };
+        let fetch_with_gpus = |n: &str, evidence: &str| fetch_with(&["--evidence", evidence, "--sim-gpus", n]).unwrap();
         let eight = fetch_with_gpus("8", "simulated");
         let Ok(Some(gpus)) = gpu_source(&eight.broker) else { panic!("no GPUs") };
         assert_eq!(gpus.gpu_evidence(&[0; 32]).unwrap().len(), 8);
@@ -641,26 +585,7 @@ mod tests {
         // Only with the simulated TEE.
         assert!(evidence_source(&fetch_with_gpus("1", "configfs-tsm").broker).is_err());
 
-        let tdx = Cli::try_parse_from([
-            "kbs-attester",
-            "fetch",
-            "--kbs",
-            "https://x",
-            "--ca",
-            "c",
-            "--secret",
-            "s",
-            "--out",
-            "o",
-            "--evidence",
-            "simulated",
-            "--tee",
-            "tdx",
-            "--sim-measurement",
-            &"ab".repeat(48),
-        ])
-        .unwrap();
-        let Command::Fetch(args) = tdx.command else { panic!("not fetch") };
+        let args = fetch_with(&["--evidence", "simulated", "--tee", "tdx", "--sim-measurement", &measurement]).unwrap();
         let source = evidence_source(&args.broker).map_err(|f| f.line).unwrap();
         assert_eq!(source.tee(), Tee::Tdx);
     }
