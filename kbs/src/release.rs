@@ -635,13 +635,20 @@ impl Broker {
         now: OffsetDateTime,
     ) -> Result<GpuSetClaims, Error> {
         let verifier = self.gpu.as_ref().ok_or_else(|| Error::Internal("no GPU trust anchors".into()))?;
-        let mut verified: Vec<GpuDeviceClaims> = Vec::with_capacity(gpus.len());
+        let mut devices = Vec::with_capacity(gpus.len());
         for (index, gpu) in gpus.iter().enumerate() {
-            let claims = verifier.verify(&gpu.report, &gpu.cert_chain, now, nonce).map_err(|e| {
+            devices.push(verifier.verify(&gpu.report, &gpu.cert_chain, now, nonce).map_err(|e| {
                 tracing::info!(device = index, cause = %e, "GPU evidence refused");
                 EvidenceError::from(e)
-            })?;
-            let claims = match self.device_revocation(index, gpu, now).await? {
+            })?);
+        }
+        // Revocation once every device has verified: no responder is asked
+        // for a set that fails anyway, and the devices' are asked at once.
+        let revocations = gpus.iter().enumerate().map(|(index, gpu)| self.device_revocation(index, gpu, now));
+        let revocations = futures_util::future::join_all(revocations).await;
+        let mut verified: Vec<GpuDeviceClaims> = Vec::with_capacity(gpus.len());
+        for (index, ((gpu, claims), revocation)) in gpus.iter().zip(devices).zip(revocations).enumerate() {
+            let claims = match revocation? {
                 Some(good) => claims.with_revocation(&good),
                 None => claims,
             };

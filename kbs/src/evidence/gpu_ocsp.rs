@@ -19,12 +19,16 @@
 //! Each request is bounded in time and size; a responder that fails, times
 //! out or answers with something that does not verify is left alone for a
 //! back-off that doubles per failure (per responder, so one bad responder
-//! never holds back another). One request is in flight at a time. The
-//! certificate's response is then missing, which the release flow treats
-//! per [`OcspFetch`].
+//! never holds back another). The certificates of a chain are asked for
+//! at once, and each response is fetched once however many releases need
+//! it at that moment: the others wait for that one request, and a slow
+//! answer for one certificate holds back no other. A certificate whose
+//! response cannot be had is left out, which the release flow treats per
+//! [`OcspFetch`].
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -104,9 +108,31 @@ pub struct GpuOcspFetcher {
     config: GpuOcspConfig,
     /// Keyed by the request's DER (which is the certificate's CertID).
     cache: Mutex<BoundedMap<Vec<u8>, Cached>>,
-    /// Back-off per responder URL; held for a whole request, so one
-    /// request is in flight at a time.
-    holds: tokio::sync::Mutex<KeyedBackoff<String>>,
+    /// Back-off per responder URL.
+    holds: Mutex<KeyedBackoff<String>>,
+    /// The turn of each request (DER) being fetched: whoever holds it
+    /// fetches, the others wait and then find the response cached. An entry
+    /// lives only while someone holds or waits for it.
+    in_flight: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A place in the line for one request's fetch; leaving it (also when the
+/// waiting release is dropped) removes the line once nobody else is in it.
+struct Turn<'a> {
+    fetcher: &'a GpuOcspFetcher,
+    request: &'a [u8],
+    line: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.fetcher.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's reference and this one: nobody else is waiting. (Others
+        // take a reference only under the map's lock, held here.)
+        if Arc::strong_count(&self.line) <= 2 {
+            in_flight.remove(self.request);
+        }
+    }
 }
 
 impl fmt::Debug for GpuOcspFetcher {
@@ -114,6 +140,7 @@ impl fmt::Debug for GpuOcspFetcher {
         f.debug_struct("GpuOcspFetcher")
             .field("config", &self.config)
             .field("cached", &self.cached())
+            .field("fetching", &self.fetching())
             .finish_non_exhaustive()
     }
 }
@@ -130,7 +157,8 @@ impl GpuOcspFetcher {
         Ok(Self {
             client,
             cache: Mutex::new(BoundedMap::new(config.cache_capacity)),
-            holds: tokio::sync::Mutex::new(KeyedBackoff::new(HOLD_CAPACITY)),
+            holds: Mutex::new(KeyedBackoff::new(HOLD_CAPACITY)),
+            in_flight: Mutex::new(HashMap::new()),
             config,
         })
     }
@@ -145,6 +173,11 @@ impl GpuOcspFetcher {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
+    /// How many responses are being fetched or waited for.
+    pub fn fetching(&self) -> usize {
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// A response for each certificate of `chain_pem` (a chain that
     /// verified) that OCSP covers, where one can be had: cached while
     /// fresh at `now`, else fetched (see the module docs). Never fails: a
@@ -154,12 +187,15 @@ impl GpuOcspFetcher {
         let Ok(ders) = chain::pem_chain(chain_pem) else {
             return Vec::new();
         };
-        let mut out = Vec::new();
-        for (at, (target, issuer)) in ocsp::covered(&ders).enumerate() {
+        let pending = ocsp::covered(&ders).enumerate().map(|(at, (target, issuer))| {
             // The device identity certificate names no responder: NVIDIA's
             // one responder serves the whole chain, as its issuer names it.
             let named = ders.iter().skip(at.saturating_add(1)).find_map(|der| https_responder(der));
-            match self.response(target, issuer, named, now).await {
+            self.response(target, issuer, named, now)
+        });
+        let mut out = Vec::new();
+        for result in futures_util::future::join_all(pending).await {
+            match result {
                 Ok(der) => out.push(der),
                 Err(why) => tracing::info!(error = %why, "no OCSP response for a GPU certificate"),
             }
@@ -182,13 +218,14 @@ impl GpuOcspFetcher {
             Some(url) => url.clone(),
             None => named.ok_or("the chain names no OCSP responder")?,
         };
-        let mut holds = self.holds.lock().await;
+        let turn = self.turn(&request);
+        let _fetching = turn.line.lock().await;
         // Another task may have fetched it while this one waited.
         if let Some(der) = self.lookup(&request, now) {
             return Ok(der);
         }
         let started = Instant::now();
-        if let Some((_, remaining)) = holds.remaining(&url, started) {
+        if let Some((_, remaining)) = self.holds().remaining(&url, started) {
             return Err(format!("the OCSP responder is backing off for {}s", remaining.as_secs()));
         }
         let fetched = self.post(&url, &request).await;
@@ -200,19 +237,30 @@ impl GpuOcspFetcher {
         });
         match checked {
             Ok((body, next_update)) => {
-                holds.succeeded(&url);
+                self.holds().succeeded(&url);
                 if let Some(next_update) = next_update {
                     let cached = Cached { der: body.clone(), next_update };
-                    self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(request, cached);
+                    self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(request.clone(), cached);
                 }
                 Ok(body)
             }
             Err(why) => {
-                let delay = holds.failed(&url, started, None, self.config.min_backoff, self.config.max_backoff);
+                let delay = self.holds().failed(&url, started, None, self.config.min_backoff, self.config.max_backoff);
                 tracing::warn!(error = %why, delay_s = delay.as_secs(), "GPU OCSP request failed; backing off");
                 Err(why)
             }
         }
+    }
+
+    /// A place in the line of `request`'s fetch.
+    fn turn<'a>(&'a self, request: &'a [u8]) -> Turn<'a> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let line = Arc::clone(in_flight.entry(request.to_vec()).or_default());
+        Turn { fetcher: self, request, line }
+    }
+
+    fn holds(&self) -> MutexGuard<'_, KeyedBackoff<String>> {
+        self.holds.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The cached response for `request`, if it is still inside its window.
