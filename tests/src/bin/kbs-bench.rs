@@ -14,7 +14,10 @@
 //! loopback address and compares the guests' p99 without and with it.
 //! `--metrics-overhead R` runs R pairs of phases against two spawned
 //! brokers, one without metrics and one with its metrics listener scraped
-//! every second, and compares their CPU per release. For each concurrency level
+//! every second, and compares their CPU per release. `--rate R` runs an
+//! open loop: the guests together start R releases per second on fixed
+//! schedules, and each latency counts from the scheduled start (so a
+//! saturated broker shows as latency, not as a lower offered load). For each concurrency level
 //! it prints releases (or flows, or GETs)/s, latency percentiles, errors by
 //! reason code and, when it can see the broker's CPU accounting, the
 //! broker's CPU time per release and its ratio to "the floor" (the
@@ -122,6 +125,13 @@ struct Args {
     /// Launch measurement of the simulated guests (96 hex digits).
     #[arg(long, default_value_t = hex::encode([0x5a; 48]))]
     measurement: String,
+    /// Open loop: the guests together start this many releases (flows,
+    /// GETs) per second, each guest on a fixed schedule of its own, and a
+    /// release's latency counts from its scheduled start, so a slow answer
+    /// that delays the next start is not hidden. Without it each guest
+    /// starts its next release when the last one ends (closed loop).
+    #[arg(long, value_parser = positive_rate)]
+    rate: Option<f64>,
     /// Per-release timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
@@ -188,6 +198,13 @@ struct Args {
     /// running broker pins, for `--tee tdx` against `--kbs`.
     #[arg(long, conflicts_with = "spawn")]
     tdx_pki: Option<PathBuf>,
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && (0.01..=1e6).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?}: a rate from 0.01 to 1000000 per second")),
+    }
 }
 
 /// `--write-tdx-pki`: the files a development broker and later runs need.
@@ -539,6 +556,8 @@ struct Load {
     coco_gets: bool,
     deadline: Instant,
     budget: Arc<AtomicU64>,
+    /// Open loop (`--rate`): each guest's time between scheduled starts.
+    period: Option<Duration>,
     /// Kept-alive guests connect each from an address of its own (with
     /// `--flood-challenges`, so that per-address limits see them apart
     /// from the flooding peer): the TLS configuration and the port.
@@ -559,6 +578,7 @@ impl Load {
             coco_gets: self.coco_gets,
             deadline,
             budget: Arc::new(AtomicU64::new(budget)),
+            period: None,
             own_addresses: self.own_addresses.clone(),
         }
     }
@@ -643,14 +663,28 @@ async fn one(load: &Load, guest: &mut Guest) -> Result<(), String> {
     }
 }
 
-async fn guest_loop(load: Arc<Load>, mut guest: Guest) -> Tally {
+/// One guest's releases until the deadline or the budget ends; in the open
+/// loop its first scheduled start is `first`.
+async fn guest_loop(load: Arc<Load>, mut guest: Guest, first: Instant) -> Tally {
     let mut tally = Tally::default();
+    let mut next = first;
     while Instant::now() < load.deadline {
         // Claim one release from the shared budget.
         if load.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
             break;
         }
-        let started = Instant::now();
+        let started = match load.period {
+            None => Instant::now(),
+            Some(period) => {
+                if next >= load.deadline {
+                    break;
+                }
+                tokio::time::sleep_until(next.into()).await;
+                let scheduled = next;
+                next += period;
+                scheduled
+            }
+        };
         match one(&load, &mut guest).await {
             Ok(()) => tally.latencies.push(started.elapsed()),
             Err(reason) => *tally.errors.entry(reason).or_default() += 1,
@@ -843,7 +877,10 @@ async fn run_phase(
     let floor_before = floor.map(|f| f()).transpose()?;
     let duration = Duration::from_secs(args.duration).min(MAX_PHASE);
     let budget = args.releases.unwrap_or(MAX_RELEASES).min(MAX_RELEASES);
-    let load = Arc::new(template.with(Instant::now() + duration, budget));
+    let mut load = template.with(Instant::now() + duration, budget);
+    // Open loop: guest i starts at i / rate, then every concurrency / rate.
+    load.period = args.rate.map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
+    let load = Arc::new(load);
     let handshakes_before = template.dialer.as_ref().map(|d| d.counts());
     let rss_start = cpu.rss_kib();
     let rss_max = Arc::new(AtomicU64::new(rss_start.unwrap_or(0)));
@@ -861,7 +898,12 @@ async fn run_phase(
     };
     let cpu_start = cpu.seconds(tick);
     let started = Instant::now();
-    let handles: Vec<_> = guests.into_iter().map(|g| tokio::spawn(guest_loop(Arc::clone(&load), g))).collect();
+    let step = load.period.map_or(Duration::ZERO, |p| p / u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX));
+    let handles: Vec<_> = guests
+        .into_iter()
+        .zip(0u32..)
+        .map(|(g, i)| tokio::spawn(guest_loop(Arc::clone(&load), g, started + step * i)))
+        .collect();
     let mut latencies = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for handle in handles {
@@ -1167,6 +1209,7 @@ fn main() -> anyhow::Result<()> {
             coco_gets: args.coco_gets,
             deadline: Instant::now(),
             budget: Arc::new(AtomicU64::new(0)),
+            period: None,
             own_addresses: match args.flood_challenges {
                 Some(_) => Some((Arc::new(client_tls(&ca, false, b"h2")?), port_of(&url)?)),
                 None => None,
@@ -1181,10 +1224,11 @@ fn main() -> anyhow::Result<()> {
             (false, _, false, _) => "one kept-alive connection per guest",
         };
         println!(
-            "kbs-bench: tee={:?} target={} {} mode: {mode}; phase={}s{} cpu={}",
+            "kbs-bench: tee={:?} target={} {} mode: {mode}{}; phase={}s{} cpu={}",
             args.tee,
             coco_url.as_deref().filter(|_| args.coco).unwrap_or(&url),
             if args.spawn { "(spawned in process)" } else { "" },
+            args.rate.map(|r| format!(", open loop at {r}/s")).unwrap_or_default(),
             args.duration,
             args.releases.map(|n| format!(" or {n} releases")).unwrap_or_default(),
             match &cpu {
