@@ -39,9 +39,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub mod files;
+pub mod query;
 mod writer;
 
 pub use files::{ChainCheck, Rotation, log_files, rotated_path, verify_files};
+pub use query::{Found, MAX_QUERY_SCAN_BYTES, Query};
 use writer::{Chain, Completion, Head, MacChain, Request, Shared, Sink, Writer};
 
 /// One released (or requested) secret in a record.
