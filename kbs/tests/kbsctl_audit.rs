@@ -20,7 +20,7 @@ fn text(out: &[u8]) -> String {
 /// logged head (count and MAC).
 fn rotated_log(dir: &Path) -> (usize, String) {
     std::fs::write(dir.join("audit.key"), hex::encode([6u8; 32])).unwrap();
-    let rotation = Rotation { max_file_bytes: Some(1500), keep_files: 0 };
+    let rotation = Rotation { max_file_bytes: Some(1500), ..Rotation::default() };
     let log = AuditLog::open(&dir.join("audit.jsonl"), "r0", Some(AuditKey::new(&[6; 32])), rotation).unwrap();
     for i in 0..25 {
         let event = Event {

@@ -22,6 +22,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -52,6 +53,10 @@ pub(super) struct FileLink {
 pub struct Rotation {
     /// Rotate once the current file holds this many bytes (`None`: never).
     pub max_file_bytes: Option<u64>,
+    /// Rotate once the current file's first record is this old (`None`:
+    /// never), checked at each batch and, while no record comes, by the
+    /// writer's timer; a file holding only its link is not rotated by age.
+    pub max_file_age: Option<std::time::Duration>,
     /// Rotated files kept; older ones are deleted (0: all are kept).
     pub keep_files: usize,
 }
@@ -387,6 +392,25 @@ fn verify_ordered(
     check.finish().map_err(|e| (last, e))
 }
 
+/// When the (verified) file at `path` started, from its first record's
+/// time (now, if that is unreadable), and whether it holds only its link.
+fn first_record(path: &Path) -> Result<(Option<SystemTime>, bool), AuditError> {
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    if !read_record(&mut reader, &mut line, 1)? {
+        return Ok((None, false));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+    let started = value
+        .get("time")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .map_or_else(SystemTime::now, SystemTime::from);
+    let is_link = value.get("action").and_then(serde_json::Value::as_str) == Some(ROTATE_ACTION);
+    let alone = !read_record(&mut reader, &mut line, 2)?;
+    Ok((Some(started), is_link && alone))
+}
+
 /// The current file, as the writer holds it.
 #[derive(Debug)]
 pub(super) struct LogFile {
@@ -399,6 +423,10 @@ pub(super) struct LogFile {
     rotation: Rotation,
     /// No rotation is tried before this (after one that could not start).
     retry_at: Option<std::time::Instant>,
+    /// When the current file's first record was written (`None`: empty).
+    started: Option<SystemTime>,
+    /// The file's length while it holds only its link record.
+    link_len: Option<u64>,
 }
 
 /// What opening a log found.
@@ -482,8 +510,10 @@ impl LogFile {
         let file = open_options().open(path)?;
         let len = file.metadata()?.len();
         let seq = if needs_link { found.last_file.saturating_add(1) } else { found.last_file };
+        let (started, link_only) = if current { first_record(path)? } else { (None, false) };
+        let link_len = link_only.then_some(len);
         Ok(Opened {
-            file: LogFile { path: path.to_owned(), file, len, seq, rotation, retry_at: None },
+            file: LogFile { path: path.to_owned(), file, len, seq, rotation, retry_at: None, started, link_len },
             found,
             needs_link,
         })
@@ -491,6 +521,9 @@ impl LogFile {
 
     /// Appends `bytes`.
     pub(super) fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.len == 0 && !bytes.is_empty() {
+            self.started = Some(SystemTime::now());
+        }
         self.file.write_all(bytes)?;
         self.file.flush()?;
         self.len = self.len.saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
@@ -506,13 +539,37 @@ impl LogFile {
     pub(super) fn truncate(&mut self, len: u64) -> std::io::Result<()> {
         self.file.set_len(len)?;
         self.len = len;
+        if len == 0 {
+            self.started = None;
+        }
         Ok(())
     }
 
     /// Whether the current file should be rotated now.
     pub(super) fn wants_rotation(&self) -> bool {
-        let due = self.rotation.max_file_bytes.is_some_and(|max| self.len >= max);
-        due && self.retry_at.is_none_or(|at| std::time::Instant::now() >= at)
+        let big = self.rotation.max_file_bytes.is_some_and(|max| self.len >= max);
+        let old = self.age_due_in().is_some_and(|wait| wait.is_zero());
+        (big || old) && self.retry_at.is_none_or(|at| std::time::Instant::now() >= at)
+    }
+
+    /// How long until the current file is due for rotation by age (zero:
+    /// it is), or `None`: never (no `max_file_age`, or the file is empty
+    /// or holds only its link).
+    fn age_due_in(&self) -> Option<Duration> {
+        let age = self.rotation.max_file_age?;
+        if self.len == 0 || self.link_len == Some(self.len) {
+            return None;
+        }
+        let due = self.started?.checked_add(age)?;
+        Some(due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    }
+
+    /// How long the writer may wait for records before it must look at
+    /// the file's age again (`None`: as long as it likes).
+    pub(super) fn next_age_check(&self) -> Option<Duration> {
+        let wait = self.age_due_in()?;
+        let retry = self.retry_at.map_or(Duration::ZERO, |at| at.saturating_duration_since(std::time::Instant::now()));
+        Some(wait.max(retry))
     }
 
     /// Rotates: the current file becomes rotated file `seq`, and a new one
@@ -549,6 +606,8 @@ impl LogFile {
         let file = placed.map_err(RotateError::Broken)?;
         self.file = file;
         self.len = u64::try_from(link.len()).unwrap_or(u64::MAX);
+        self.started = Some(SystemTime::now());
+        self.link_len = Some(self.len);
         self.seq = self.seq.saturating_add(1);
         self.retry_at = None;
         self.prune();
@@ -568,6 +627,8 @@ impl LogFile {
         sync_dir(&self.path)?;
         self.file = open_options().open(&self.path)?;
         self.len = u64::try_from(link.len()).unwrap_or(u64::MAX);
+        self.started = Some(SystemTime::now());
+        self.link_len = Some(self.len);
         Ok(())
     }
 

@@ -13,7 +13,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -350,9 +350,23 @@ impl Writer {
         loop {
             batch.append(&mut self.late);
             if batch.is_empty() {
-                match queue.recv() {
+                // While no record comes, wake up to rotate a file that
+                // grows too old (`max_file_age`).
+                let wait = match (&self.sink, &self.poisoned) {
+                    (Sink::File(file), None) => file.next_age_check(),
+                    _ => None,
+                };
+                let received = match wait {
+                    Some(wait) => queue.recv_timeout(wait),
+                    None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match received {
                     Ok(request) => batch.push(request),
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.rotate_if_due();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
             while batch.len() < MAX_BATCH {
@@ -367,6 +381,8 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Request>) {
+        // A file due by age is rotated before the batch goes in.
+        self.rotate_if_due();
         let written = match &self.poisoned {
             Some(why) => Err(format!("audit log unusable until reopened: {why}")),
             None => self.append(batch),
@@ -446,6 +462,18 @@ impl Writer {
     fn poison(&mut self, why: String) {
         tracing::error!(error = why, "the audit log refuses every record until the broker is restarted");
         self.poisoned = Some(why);
+    }
+
+    /// Rotates the file when it is due (by size or age), and publishes
+    /// the head if it did.
+    fn rotate_if_due(&mut self) {
+        if self.poisoned.is_none()
+            && let Sink::File(file) = &self.sink
+            && file.wants_rotation()
+        {
+            self.rotate();
+            self.publish();
+        }
     }
 
     /// Rotates when due, publishes the head, logs it when due.
