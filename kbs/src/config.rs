@@ -1266,7 +1266,11 @@ mod tests {
         let c = with("path = \"audit.jsonl\"\nmax_file_age_seconds = 86400\nkeep_files = 7").unwrap();
         assert_eq!(
             c.audit_rotation,
-            crate::audit::Rotation { max_file_bytes: None, keep_files: 7, max_file_age: Some(Duration::from_secs(86400)) }
+            crate::audit::Rotation {
+                max_file_bytes: None,
+                keep_files: 7,
+                max_file_age: Some(Duration::from_secs(86400))
+            }
         );
         let c = with("path = \"audit.jsonl\"\nmax_file_age_seconds = 3600\nmax_file_bytes = 104857600").unwrap();
         assert_eq!(c.audit_rotation.max_file_age, Some(Duration::from_secs(3600)));

@@ -260,7 +260,9 @@ mod tests {
         let ids = |records: &[String]| -> Vec<String> {
             records
                 .iter()
-                .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["attestation_id"].as_str().map(str::to_owned))
+                .filter_map(|r| {
+                    serde_json::from_str::<serde_json::Value>(r).unwrap()["attestation_id"].as_str().map(str::to_owned)
+                })
                 .collect()
         };
         let all = read_audit(&path, 0, "", 1000).unwrap().records;

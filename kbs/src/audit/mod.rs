@@ -333,6 +333,14 @@ impl AuditLog {
             chain = starter.chain;
             tracing::warn!(file = file.seq, "audit file started again after a rotation cut short");
         }
+        if let Some(torn) = &opened.torn {
+            // The cut is the first thing recorded, before any decision.
+            let mut starter = Writer::new(replica, Sink::Stdout, chain.clone(), file.seq);
+            let line = starter.repair_line(torn)?;
+            file.write(&line)?;
+            file.sync()?;
+            chain = starter.chain;
+        }
         let seq = file.seq;
         Ok(Self::start(replica, Sink::File(file), chain, seq))
     }
@@ -1139,6 +1147,70 @@ mod tests {
         let head = log.head(true).unwrap();
         drop(log);
         set(dir.path(), Some(&key), Some(&head)).unwrap();
+    }
+
+    /// After a crash mid-write the current file ends with part of a record.
+    /// Opening the log moves those bytes to a side file, cuts them, and
+    /// records the cut (its size, SHA-256 and where the bytes are) as the
+    /// next record of the chain, which then verifies across files. A last
+    /// record that is whole but lacks its newline is kept, and one that is
+    /// whole but breaks the chain is refused, the file left as it is.
+    #[test]
+    fn a_torn_last_line_is_kept_aside_cut_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = AuditKey::new(&[4; 32]);
+        let path = dir.path().join("audit.jsonl");
+        let log = rotating(dir.path(), &key, 0);
+        for i in 0..8 {
+            log.record(&release(i)).unwrap();
+        }
+        let before = log.head(true).unwrap();
+        assert!(log.file_seq() >= 2);
+        drop(log);
+        let text = std::fs::read(&path).unwrap();
+        let last = text[..text.len() - 1].rsplit(|b| *b == b'\n').next().unwrap().to_vec();
+        let torn = last[..last.len() / 2].to_vec();
+        std::fs::write(&path, [text.as_slice(), torn.as_slice()].concat()).unwrap();
+
+        // Not rotated any more: the records after the cut stay in this file.
+        let reopen = || AuditLog::open(&path, "r0", Some(key.clone()), Rotation::default()).unwrap();
+        let log = reopen();
+        log.record(&release(100)).unwrap();
+        let head = log.head(true).unwrap();
+        drop(log);
+        let found = set(dir.path(), Some(&key), Some(&head)).unwrap();
+        assert_eq!(found.count, before.count + 2, "the repair record and the new one");
+        set(dir.path(), Some(&key), Some(&before)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let repair = &records[records.len() - 2];
+        assert_eq!(repair["action"], "audit.repair");
+        assert_eq!(repair["torn"]["bytes"], torn.len());
+        assert_eq!(repair["torn"]["sha256"], hex::encode(Sha256::digest(&torn)));
+        let kept = dir.path().join(repair["torn"]["kept"].as_str().unwrap());
+        assert_eq!(std::fs::read(&kept).unwrap(), torn, "the cut bytes are kept as evidence");
+        assert!(kept.file_name().unwrap().to_str().unwrap().starts_with("audit.jsonl.torn-"));
+        assert_eq!(records.last().unwrap()["attestation_id"], "id-100");
+
+        // A whole last record without its newline is not cut.
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 1]).unwrap();
+        let log = reopen();
+        log.record(&release(101)).unwrap();
+        let head = log.head(true).unwrap();
+        drop(log);
+        assert_eq!(set(dir.path(), Some(&key), Some(&head)).unwrap().count, found.count + 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().matches("audit.repair").count(), 1);
+
+        // A whole record that breaks the chain, without its newline, is
+        // never cut as torn: the log is refused and left as it is.
+        let text = std::fs::read(&path).unwrap();
+        let edited = String::from_utf8(text[..text.len() - 1].to_vec()).unwrap();
+        let at = edited.rfind("id-101").unwrap();
+        let edited = format!("{}id-666{}", &edited[..at], &edited[at + 6..]);
+        std::fs::write(&path, &edited).unwrap();
+        assert!(AuditLog::open(&path, "r0", Some(key.clone()), Rotation::default()).is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), edited);
     }
 
     /// `keep_files` deletes the oldest rotated files; what is left still

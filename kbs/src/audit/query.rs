@@ -207,7 +207,8 @@ mod tests {
         let rotation = Rotation { max_file_bytes: Some(1500), ..Rotation::default() };
         let log = AuditLog::open(path, "r0", None, rotation).unwrap();
         for i in 0..n {
-            let event = Event { attestation_id: Some(format!("id-{i}")), ..Event::new("release", "127.0.0.1:1".into()) };
+            let event =
+                Event { attestation_id: Some(format!("id-{i}")), ..Event::new("release", "127.0.0.1:1".into()) };
             log.record(&event).unwrap();
         }
         log.flush().unwrap();

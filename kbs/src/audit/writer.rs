@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::files::{FileLink, LogFile, ROTATE_ACTION, RotateError};
+use super::files::{FileLink, LogFile, REPAIR_ACTION, ROTATE_ACTION, RotateError, TornCut};
 use super::{ANCHOR_EVERY, ANCHOR_EVERY_RECORDS, AuditError, AuditKey, Event, KEYED_VERSION};
 
 /// Most records written in one batch.
@@ -39,6 +39,9 @@ struct Record<'a> {
     /// The link to the previous file (first record of a rotated-in file).
     #[serde(skip_serializing_if = "Option::is_none")]
     file: Option<&'a FileLink>,
+    /// The torn line cut from the file (an `audit.repair` record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torn: Option<&'a TornCut>,
     prev: String,
     /// Format: 2 for MAC-chained records (absent on unkeyed ones).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,9 +73,10 @@ impl Chain {
         replica: &str,
         event: &Event,
         file: Option<&FileLink>,
+        torn: Option<&TornCut>,
     ) -> Result<Vec<u8>, AuditError> {
         let v = self.mac.as_ref().map(|_| KEYED_VERSION);
-        let record = Record { time, replica, event, file, prev: hex::encode(self.prev), v };
+        let record = Record { time, replica, event, file, torn, prev: hex::encode(self.prev), v };
         let mut line = serde_json::to_vec(&record).map_err(|e| AuditError::Io(std::io::Error::other(e)))?;
         if let Some(chain) = &mut self.mac {
             let mac = chain.key.mac(&chain.head, &line);
@@ -427,7 +431,7 @@ impl Writer {
         let len = self.sink.len();
         let mut bytes = Vec::new();
         for request in batch.iter().filter(|r| r.write) {
-            match self.chain.link(&request.time, &self.replica, &request.event, None) {
+            match self.chain.link(&request.time, &self.replica, &request.event, None, None) {
                 Ok(line) => bytes.extend_from_slice(&line),
                 Err(e) => {
                     self.chain = before;
@@ -508,7 +512,19 @@ impl Writer {
         let link =
             FileLink { seq, records: self.chain.count, prev_mac: self.chain.mac.as_ref().map(|m| hex::encode(m.head)) };
         let event = Event::new(ROTATE_ACTION, self.replica.clone());
-        self.chain.link(&now(), &self.replica, &event, Some(&link))
+        self.chain.link(&now(), &self.replica, &event, Some(&link), None)
+    }
+
+    /// The `audit.repair` record of a torn line cut from the file.
+    pub(super) fn repair_line(&mut self, torn: &TornCut) -> Result<Vec<u8>, AuditError> {
+        let event = Event {
+            reasons: vec![format!(
+                "the file ended with {} bytes of a record cut short by a crash; they were moved to {}",
+                torn.bytes, torn.kept
+            )],
+            ..Event::new(REPAIR_ACTION, self.replica.clone())
+        };
+        self.chain.link(&now(), &self.replica, &event, None, Some(torn))
     }
 
     fn rotate(&mut self) {
