@@ -1139,7 +1139,8 @@ mod tests {
         drop(log);
         let found = set(dir.path(), Some(&key), Some(&head)).unwrap();
         assert_eq!((found.count, found.files, found.last_file), (4, 3, 3), "2 records, 2 links");
-        // Re-opened, the age counts from the current file's first record.
+        // Re-opened on a file holding only its link, which is older than
+        // the age: the first record goes in, then the file is rotated.
         let log = AuditLog::open(&dir.path().join("audit.jsonl"), "r0", Some(key.clone()), rotation).unwrap();
         std::thread::sleep(age * 2);
         log.record(&release(2)).unwrap();
