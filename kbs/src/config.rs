@@ -297,6 +297,8 @@ struct RawAudit {
     #[serde(default)]
     keep_files: Option<usize>,
     #[serde(default)]
+    max_file_age_seconds: Option<u64>,
+    #[serde(default)]
     max_wait_ms: Option<u64>,
 }
 
@@ -462,6 +464,9 @@ pub struct SnpConfig {
     pub crl_refresh: Duration,
 }
 
+/// Largest `audit.max_file_age_seconds` (366 days).
+pub const MAX_AUDIT_FILE_AGE_SECONDS: u64 = 366 * 86_400;
+
 /// Smallest `audit.max_file_bytes`: a file holds at least a few records.
 pub const MIN_AUDIT_FILE_BYTES: u64 = 64 * 1024;
 
@@ -586,7 +591,7 @@ pub struct Config {
     /// decision is answered (`audit.sync`, default true; files only).
     pub audit_sync: bool,
     /// Rotation of the audit file (`audit.max_file_bytes`,
-    /// `audit.keep_files`); none by default.
+    /// `audit.max_file_age_seconds`, `audit.keep_files`); none by default.
     pub audit_rotation: crate::audit::Rotation,
     /// How long a decision waits for its audit record before it is refused
     /// (`audit.max_wait_ms`, default 5 s).
@@ -1151,6 +1156,18 @@ impl Config {
             None | Some("-") => None,
             Some(p) => Some(resolve(Path::new(p))),
         };
+        let audit_max_file_age = match raw.audit.max_file_age_seconds {
+            None => None,
+            Some(_) if audit_path.is_none() => {
+                return Err(ConfigError::Invalid("audit.max_file_age_seconds needs audit.path (a file)".into()));
+            }
+            Some(secs) if (60..=MAX_AUDIT_FILE_AGE_SECONDS).contains(&secs) => Some(Duration::from_secs(secs)),
+            Some(_) => {
+                return Err(ConfigError::Invalid(format!(
+                    "audit.max_file_age_seconds must be 60 to {MAX_AUDIT_FILE_AGE_SECONDS}"
+                )));
+            }
+        };
         let audit_rotation = match (raw.audit.max_file_bytes, raw.audit.keep_files) {
             (Some(max), _) if max < MIN_AUDIT_FILE_BYTES => {
                 return Err(ConfigError::Invalid(format!(
@@ -1160,10 +1177,16 @@ impl Config {
             (Some(_), _) if audit_path.is_none() => {
                 return Err(ConfigError::Invalid("audit.max_file_bytes needs audit.path (a file)".into()));
             }
-            (None, Some(_)) => {
-                return Err(ConfigError::Invalid("audit.keep_files needs audit.max_file_bytes".into()));
+            (None, Some(_)) if audit_max_file_age.is_none() => {
+                return Err(ConfigError::Invalid(
+                    "audit.keep_files needs audit.max_file_bytes or audit.max_file_age_seconds".into(),
+                ));
             }
-            (max_file_bytes, keep) => crate::audit::Rotation { max_file_bytes, keep_files: keep.unwrap_or(0) },
+            (max_file_bytes, keep) => crate::audit::Rotation {
+                max_file_bytes,
+                keep_files: keep.unwrap_or(0),
+                max_file_age: audit_max_file_age,
+            },
         };
         let audit_max_wait = match raw.audit.max_wait_ms {
             None => crate::audit::DEFAULT_WAIT,
@@ -1255,13 +1278,41 @@ mod tests {
         let with = |audit: &str| Config::from_toml(&format!("{MINIMAL}\n[audit]\n{audit}\n"), Path::new("/etc/kbs"));
         let c =
             with("path = \"audit.jsonl\"\nmax_file_bytes = 104857600\nkeep_files = 30\nmax_wait_ms = 2000").unwrap();
-        assert_eq!(c.audit_rotation, crate::audit::Rotation { max_file_bytes: Some(100 << 20), keep_files: 30 });
+        assert_eq!(
+            c.audit_rotation,
+            crate::audit::Rotation { max_file_bytes: Some(100 << 20), keep_files: 30, max_file_age: None }
+        );
         assert_eq!(c.audit_max_wait, Duration::from_secs(2));
         for bad in [
             "path = \"audit.jsonl\"\nmax_file_bytes = 100",
             "max_file_bytes = 104857600",
             "path = \"audit.jsonl\"\nkeep_files = 3",
             "path = \"audit.jsonl\"\nmax_wait_ms = 0",
+        ] {
+            assert!(matches!(with(bad), Err(ConfigError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn audit_rotation_by_age() {
+        let with = |audit: &str| Config::from_toml(&format!("{MINIMAL}\n[audit]\n{audit}\n"), Path::new("/etc/kbs"));
+        let c = with("path = \"audit.jsonl\"\nmax_file_age_seconds = 86400\nkeep_files = 7").unwrap();
+        assert_eq!(
+            c.audit_rotation,
+            crate::audit::Rotation {
+                max_file_bytes: None,
+                keep_files: 7,
+                max_file_age: Some(Duration::from_secs(86400))
+            }
+        );
+        let c = with("path = \"audit.jsonl\"\nmax_file_age_seconds = 3600\nmax_file_bytes = 104857600").unwrap();
+        assert_eq!(c.audit_rotation.max_file_age, Some(Duration::from_secs(3600)));
+        assert_eq!(c.audit_rotation.max_file_bytes, Some(100 << 20));
+        for bad in [
+            "max_file_age_seconds = 86400",
+            "path = \"-\"\nmax_file_age_seconds = 86400",
+            "path = \"audit.jsonl\"\nmax_file_age_seconds = 59",
+            "path = \"audit.jsonl\"\nmax_file_age_seconds = 31622401",
         ] {
             assert!(matches!(with(bad), Err(ConfigError::Invalid(_))), "{bad}");
         }

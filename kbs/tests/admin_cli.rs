@@ -722,3 +722,53 @@ async fn audit_query_prints_a_table_or_json() {
     assert!(row[5].starts_with("q/a"), "{text}");
     assert_eq!(row[6], record["caller"].as_str().unwrap(), "{text}");
 }
+
+/// `audit query` through the broker finds records from before a rotation:
+/// a log rotated into several files before the broker starts is searched
+/// through its rotated files, and the latest matches come back in order.
+#[tokio::test]
+async fn audit_query_reads_rotated_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = kbs::dev::init(
+        dir.path(),
+        &kbs::dev::DevOptions {
+            guest_listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let key = kbs::keyfile::read(&dir.path().join("audit.key")).unwrap();
+    let rotation = kbs::audit::Rotation { max_file_bytes: Some(1500), ..Default::default() };
+    let path = dir.path().join("audit.jsonl");
+    let log = kbs::audit::AuditLog::open(&path, "r0", Some(kbs::audit::AuditKey::new(&key)), rotation).unwrap();
+    for i in 0..20 {
+        let event = kbs::audit::Event {
+            decision: "allow",
+            attestation_id: Some(format!("id-{i}")),
+            ..kbs::audit::Event::new("release", "127.0.0.1:1".into())
+        };
+        log.record(&event).unwrap();
+    }
+    assert!(log.file_seq() >= 4, "rotated {} times", log.file_seq() - 1);
+    drop(log);
+    let (url, _stop) = serve(&files.config).await;
+    let b = Broker { dir, url, _stop };
+    let admin = b.token_file(&b.admin_token());
+    let out =
+        b.kbsctl(&["--output", "json", "--token-file", &admin, "audit", "query", "--action", "release"], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let records: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    let ids: Vec<&str> = records.iter().map(|r| r["attestation_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, (0..20).map(|i| format!("id-{i}")).collect::<Vec<_>>(), "every release, oldest first");
+    assert!(!stderr(&out).contains("not read"), "{}", stderr(&out));
+    let out = b
+        .kbsctl(
+            &["--output", "json", "--token-file", &admin, "audit", "query", "--action", "release", "--limit", "3"],
+            None,
+        )
+        .await;
+    let records: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    let ids: Vec<&str> = records.iter().map(|r| r["attestation_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["id-17", "id-18", "id-19"]);
+}

@@ -12,7 +12,6 @@
 //! except the report_data binding, which belongs to a live challenge. Nothing is released and no secret is read: only the
 //! secret's metadata (labels, allow-list) when it exists.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -204,46 +203,18 @@ pub async fn query_audit(ctx: &PolicyAdminContext, req: QueryAuditRequest) -> Re
         0 => DEFAULT_AUDIT_LIMIT,
         n => n.min(MAX_AUDIT_LIMIT),
     };
-    let records = tokio::task::spawn_blocking(move || read_audit(&path, req.since, &req.action, limit))
+    let found = tokio::task::spawn_blocking(move || read_audit(&path, req.since, &req.action, limit))
         .await
         .map_err(|e| Error::Internal(format!("audit query task: {e}")))??;
-    Ok(QueryAuditResponse { records })
+    Ok(QueryAuditResponse { records: found.records, truncated: found.truncated })
 }
 
-fn read_audit(path: &std::path::Path, since: i64, action: &str, limit: usize) -> Result<Vec<String>, Error> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| Error::Store(StoreError::Unavailable(format!("opening the audit log: {e}"))))?;
-    let mut kept: VecDeque<String> = VecDeque::with_capacity(limit);
-    let mut reader = std::io::BufReader::new(file);
-    let mut bytes = Vec::new();
-    for number in 1.. {
-        // Records are bounded in size (a longer line ends the query).
-        match crate::audit::read_record(&mut reader, &mut bytes, number) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => return Err(Error::Store(StoreError::Unavailable(format!("reading the audit log: {e}")))),
-        }
-        let Ok(line) = String::from_utf8(bytes.clone()) else { continue };
-        let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        if !action.is_empty() && record.get("action").and_then(|a| a.as_str()) != Some(action) {
-            continue;
-        }
-        if since > 0 {
-            let at = record
-                .get("time")
-                .and_then(|t| t.as_str())
-                .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
-                .map(|t| t.unix_timestamp());
-            if at.is_none_or(|at| at < since) {
-                continue;
-            }
-        }
-        if kept.len() == limit {
-            kept.pop_front();
-        }
-        kept.push_back(line);
-    }
-    Ok(kept.into())
+/// The latest records of the audit log at `path` (its rotated files too),
+/// reading at most [`crate::audit::MAX_QUERY_SCAN_BYTES`].
+fn read_audit(path: &std::path::Path, since: i64, action: &str, limit: usize) -> Result<crate::audit::Found, Error> {
+    let query = crate::audit::Query { since, action, limit, max_scan_bytes: crate::audit::MAX_QUERY_SCAN_BYTES };
+    crate::audit::query::query(path, &query)
+        .map_err(|e| Error::Store(StoreError::Unavailable(format!("reading the audit log: {e}"))))
 }
 
 #[cfg(test)]
@@ -261,11 +232,50 @@ mod tests {
             r#"{"time":"2024-01-04T00:00:00Z","action":"release","n":4}"#,
         ];
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        let all = read_audit(&path, 0, "", 10).unwrap();
+        let all = read_audit(&path, 0, "", 10).unwrap().records;
         assert_eq!(all.len(), 4);
-        let releases = read_audit(&path, 0, "release", 2).unwrap();
+        let releases = read_audit(&path, 0, "release", 2).unwrap().records;
         assert_eq!(releases, vec![lines[2].to_owned(), lines[3].to_owned()]);
         let since = time::macros::datetime!(2024-01-02 00:00 UTC).unix_timestamp();
-        assert_eq!(read_audit(&path, since, "", 10).unwrap().len(), 3);
+        assert_eq!(read_audit(&path, since, "", 10).unwrap().records.len(), 3);
+    }
+
+    /// Records from before a rotation are found: the query runs through the
+    /// rotated files, newest first, and returns the latest matches in order.
+    #[test]
+    fn audit_query_reads_the_rotated_files() {
+        use crate::audit::{AuditLog, Event, Rotation};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rotation = Rotation { max_file_bytes: Some(1500), ..Rotation::default() };
+        let log = AuditLog::open(&path, "r0", None, rotation).unwrap();
+        for i in 0..30 {
+            let action = if i % 3 == 0 { "secret.put" } else { "release" };
+            let event = Event { attestation_id: Some(format!("id-{i}")), ..Event::new(action, "127.0.0.1:1".into()) };
+            log.record(&event).unwrap();
+        }
+        log.flush().unwrap();
+        assert!(log.file_seq() >= 4, "rotated {} times", log.file_seq() - 1);
+        drop(log);
+        let ids = |records: &[String]| -> Vec<String> {
+            records
+                .iter()
+                .filter_map(|r| {
+                    serde_json::from_str::<serde_json::Value>(r).unwrap()["attestation_id"].as_str().map(str::to_owned)
+                })
+                .collect()
+        };
+        let all = read_audit(&path, 0, "", 1000).unwrap().records;
+        assert_eq!(ids(&all), (0..30).map(|i| format!("id-{i}")).collect::<Vec<_>>());
+        let puts = read_audit(&path, 0, "secret.put", 4).unwrap().records;
+        assert_eq!(ids(&puts), ["id-18", "id-21", "id-24", "id-27"]);
+        let latest = read_audit(&path, 0, "release", 15).unwrap().records;
+        assert_eq!(ids(&latest).first().map(String::as_str), Some("id-8"), "the releases after the first five");
+        assert_eq!(latest.len(), 15);
+        // Files deleted meanwhile (keep_files) only shorten the answer.
+        std::fs::remove_file(crate::audit::rotated_path(&path, 1)).unwrap();
+        let rest = read_audit(&path, 0, "release", 1000).unwrap().records;
+        assert!(!rest.is_empty() && ids(&rest).last().map(String::as_str) == Some("id-29"));
+        assert!(!ids(&rest).contains(&"id-1".to_owned()));
     }
 }

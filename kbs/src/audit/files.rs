@@ -18,18 +18,33 @@
 //! set that verifies; opening the log removes a leftover `PATH.next` (it
 //! holds no decision) and, when `PATH` is missing, starts it again with the
 //! link to the last rotated file.
+//!
+//! Rotation is also by age (`max_file_age`): the writer rotates the current
+//! file once its first record is that old, before a batch and, while no
+//! record comes, on a timer.
+//!
+//! A crash mid-write can leave `PATH` ending in part of a record. Opening
+//! the log checks the chain up to that torn line, moves its bytes to
+//! `PATH.torn-SECONDS`, cuts them, and the writer records the cut as an
+//! `audit.repair` record (`"torn":{"bytes","sha256","kept"}`) that
+//! continues the chain. Only a last line that is not JSON is cut: a whole
+//! record never is (without its newline it is checked and kept).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Anchor, AuditError, AuditKey, KEYED_VERSION, MAC_SUFFIX_LEN, Verified, read_record};
+use super::{Anchor, AuditError, AuditKey, KEYED_VERSION, MAC_SUFFIX_LEN, MAX_RECORD_BYTES, Verified, read_record};
 
 /// The action of the record that starts every file after the first.
 pub const ROTATE_ACTION: &str = "audit.rotate";
+
+/// The action of the record of a torn last line cut from the current file.
+pub const REPAIR_ACTION: &str = "audit.repair";
 
 /// Digits of a rotated file's number (`audit.jsonl.000001`).
 const SEQ_DIGITS: usize = 6;
@@ -47,11 +62,38 @@ pub(super) struct FileLink {
     pub prev_mac: Option<String>,
 }
 
+/// A torn last line cut from the current file when the log was opened
+/// (the `torn` field of its `audit.repair` record).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub(super) struct TornCut {
+    /// Bytes cut.
+    pub bytes: usize,
+    /// Their SHA-256.
+    pub sha256: String,
+    /// The file they were moved to, beside the log (`PATH.torn-SECONDS`).
+    pub kept: String,
+}
+
+/// What the current file ends with, past its last newline.
+enum Tail {
+    /// Nothing: it is empty or ends with a newline.
+    Clean,
+    /// A whole record (valid JSON) without its newline: a crash between
+    /// the record and its newline. It is checked with the rest and kept.
+    Unterminated,
+    /// Part of a record (not JSON) from byte `at` on: a crash mid-write.
+    Torn { at: u64, bytes: Vec<u8> },
+}
+
 /// How the current file is rotated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rotation {
     /// Rotate once the current file holds this many bytes (`None`: never).
     pub max_file_bytes: Option<u64>,
+    /// Rotate once the current file's first record is this old (`None`:
+    /// never), checked at each batch and, while no record comes, by the
+    /// writer's timer; a file holding only its link is not rotated by age.
+    pub max_file_age: Option<std::time::Duration>,
     /// Rotated files kept; older ones are deleted (0: all are kept).
     pub keep_files: usize,
 }
@@ -369,22 +411,124 @@ pub fn verify_files(
     anchor: Option<&Anchor>,
 ) -> Result<Verified, (Option<PathBuf>, AuditError)> {
     let files = log_files(paths).map_err(|e| (None, e))?;
-    verify_ordered(&files, key, anchor)
+    verify_ordered(&files, key, anchor, u64::MAX)
 }
 
+/// Checks `files` in order, reading at most `current_len` bytes of the
+/// current file (the one without a number).
 fn verify_ordered(
     files: &[(PathBuf, Option<u64>)],
     key: Option<&AuditKey>,
     anchor: Option<&Anchor>,
+    current_len: u64,
 ) -> Result<Verified, (Option<PathBuf>, AuditError)> {
     let mut check = ChainCheck::new(key, anchor);
     let mut last = None;
     for (path, named) in files {
-        let reader = File::open(path).map(BufReader::new).map_err(|e| (Some(path.clone()), e.into()))?;
+        let limit = if named.is_none() { current_len } else { u64::MAX };
+        let reader = File::open(path)
+            .map(|f| BufReader::new(std::io::Read::take(f, limit)))
+            .map_err(|e| (Some(path.clone()), e.into()))?;
         check.file(reader, *named).map_err(|e| (Some(path.clone()), e))?;
         last = Some(path.clone());
     }
     check.finish().map_err(|e| (last, e))
+}
+
+/// What the current file at `path` ends with past its last newline. A
+/// tail longer than a record is refused as broken.
+fn tail(path: &Path) -> Result<Tail, AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let window = len.min(u64::try_from(MAX_RECORD_BYTES).unwrap_or(u64::MAX).saturating_add(1));
+    file.seek(SeekFrom::Start(len - window))?;
+    let mut end = Vec::new();
+    file.take(window).read_to_end(&mut end)?;
+    if end.last().is_none_or(|b| *b == b'\n') {
+        return Ok(Tail::Clean);
+    }
+    let start = match end.iter().rposition(|b| *b == b'\n') {
+        Some(newline) => newline + 1,
+        None if window == len => 0,
+        None => {
+            return Err(AuditError::Broken { line: 0, why: format!("the last line is over {MAX_RECORD_BYTES} bytes") });
+        }
+    };
+    let bytes = end.split_off(start);
+    // Any prefix of a record short of its closing brace is not JSON; a
+    // whole record is, and is checked (and kept) like the others.
+    if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() {
+        return Ok(Tail::Unterminated);
+    }
+    let at = len - u64::try_from(bytes.len()).unwrap_or(len);
+    Ok(Tail::Torn { at, bytes })
+}
+
+/// Ends a whole last record that lacks its newline with one.
+fn terminate(path: &Path) -> Result<(), AuditError> {
+    let mut file = open_options().open(path)?;
+    file.write_all(b"\n")?;
+    file.sync_data()?;
+    tracing::warn!(path = %path.display(), "the audit file's last record lacked its newline (a crash): added");
+    Ok(())
+}
+
+/// Moves the torn last line (`bytes`, from `at` on) of the current file to
+/// `PATH.torn-SECONDS` (synced, with the directory), then cuts it from the
+/// file (synced). The caller writes the `audit.repair` record next.
+fn cut_torn(path: &Path, at: u64, bytes: &[u8]) -> Result<TornCut, AuditError> {
+    let seconds = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(format!(".torn-{seconds}"));
+    let mut kept = path.with_file_name(&name);
+    let mut options = open_options();
+    options.append(false).write(true).create_new(true);
+    let mut n = 1;
+    let mut side = loop {
+        match options.open(&kept) {
+            Ok(file) => break file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
+                let mut other = name.clone();
+                other.push(format!("-{n}"));
+                kept = path.with_file_name(other);
+                n += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    side.write_all(bytes)?;
+    side.sync_data()?;
+    sync_dir(&kept)?;
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(at)?;
+    file.sync_data()?;
+    let kept = kept.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let sha256 = hex::encode(Sha256::digest(bytes));
+    tracing::warn!(
+        path = %path.display(), bytes = bytes.len(), sha256, kept,
+        "the audit file ended with a torn record (a crash mid-write): cut, and kept aside"
+    );
+    Ok(TornCut { bytes: bytes.len(), sha256, kept })
+}
+
+/// When the (verified) file at `path` started, from its first record's
+/// time (now, if that is unreadable), and whether it holds only its link.
+fn first_record(path: &Path) -> Result<(Option<SystemTime>, bool), AuditError> {
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    if !read_record(&mut reader, &mut line, 1)? {
+        return Ok((None, false));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+    let started = value
+        .get("time")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .map_or_else(SystemTime::now, SystemTime::from);
+    let is_link = value.get("action").and_then(serde_json::Value::as_str) == Some(ROTATE_ACTION);
+    let alone = !read_record(&mut reader, &mut line, 2)?;
+    Ok((Some(started), is_link && alone))
 }
 
 /// The current file, as the writer holds it.
@@ -399,6 +543,10 @@ pub(super) struct LogFile {
     rotation: Rotation,
     /// No rotation is tried before this (after one that could not start).
     retry_at: Option<std::time::Instant>,
+    /// When the current file's first record was written (`None`: empty).
+    started: Option<SystemTime>,
+    /// The file's length while it holds only its link record.
+    link_len: Option<u64>,
 }
 
 /// What opening a log found.
@@ -409,6 +557,9 @@ pub(super) struct Opened {
     /// The current file was missing after rotated files (a rotation cut
     /// short): it must start with the link to the last one.
     pub needs_link: bool,
+    /// A torn last line was cut from the current file: the next record
+    /// must say so.
+    pub torn: Option<TornCut>,
 }
 
 /// How a rotation failed.
@@ -468,29 +619,52 @@ impl LogFile {
         if current {
             files.push((path.to_owned(), None));
         }
+        // A torn last line is left out of the check, and cut only once
+        // everything before it has verified.
+        let tail = if current { tail(path)? } else { Tail::Clean };
+        let checked_len = match &tail {
+            Tail::Torn { at, .. } => *at,
+            Tail::Clean | Tail::Unterminated => u64::MAX,
+        };
         let unwrap_file = |(_, e): (Option<PathBuf>, AuditError)| e;
-        let mut found = verify_ordered(&files, None, None).map_err(unwrap_file)?;
+        let mut found = verify_ordered(&files, None, None, checked_len).map_err(unwrap_file)?;
         match (key, found.count > 0, found.keyed) {
             (Some(_), true, false) => {
                 return Err(AuditError::KeyMismatch("holds records without MACs; move it aside to start a keyed log"));
             }
             (None, _, true) => return Err(AuditError::KeyMismatch("is MAC-chained but no audit key is configured")),
-            (Some(key), _, true) => found = verify_ordered(&files, Some(key), None).map_err(unwrap_file)?,
+            (Some(key), _, true) => {
+                found = verify_ordered(&files, Some(key), None, checked_len).map_err(unwrap_file)?
+            }
             _ => {}
         }
+        let torn = match tail {
+            Tail::Clean => None,
+            Tail::Unterminated => {
+                terminate(path)?;
+                None
+            }
+            Tail::Torn { at, bytes } => Some(cut_torn(path, at, &bytes)?),
+        };
         let needs_link = !current && !files.is_empty();
         let file = open_options().open(path)?;
         let len = file.metadata()?.len();
         let seq = if needs_link { found.last_file.saturating_add(1) } else { found.last_file };
+        let (started, link_only) = if current { first_record(path)? } else { (None, false) };
+        let link_len = link_only.then_some(len);
         Ok(Opened {
-            file: LogFile { path: path.to_owned(), file, len, seq, rotation, retry_at: None },
+            file: LogFile { path: path.to_owned(), file, len, seq, rotation, retry_at: None, started, link_len },
             found,
             needs_link,
+            torn,
         })
     }
 
     /// Appends `bytes`.
     pub(super) fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.len == 0 && !bytes.is_empty() {
+            self.started = Some(SystemTime::now());
+        }
         self.file.write_all(bytes)?;
         self.file.flush()?;
         self.len = self.len.saturating_add(u64::try_from(bytes.len()).unwrap_or(u64::MAX));
@@ -506,13 +680,37 @@ impl LogFile {
     pub(super) fn truncate(&mut self, len: u64) -> std::io::Result<()> {
         self.file.set_len(len)?;
         self.len = len;
+        if len == 0 {
+            self.started = None;
+        }
         Ok(())
     }
 
     /// Whether the current file should be rotated now.
     pub(super) fn wants_rotation(&self) -> bool {
-        let due = self.rotation.max_file_bytes.is_some_and(|max| self.len >= max);
-        due && self.retry_at.is_none_or(|at| std::time::Instant::now() >= at)
+        let big = self.rotation.max_file_bytes.is_some_and(|max| self.len >= max);
+        let old = self.age_due_in().is_some_and(|wait| wait.is_zero());
+        (big || old) && self.retry_at.is_none_or(|at| std::time::Instant::now() >= at)
+    }
+
+    /// How long until the current file is due for rotation by age (zero:
+    /// it is), or `None`: never (no `max_file_age`, or the file is empty
+    /// or holds only its link).
+    fn age_due_in(&self) -> Option<Duration> {
+        let age = self.rotation.max_file_age?;
+        if self.len == 0 || self.link_len == Some(self.len) {
+            return None;
+        }
+        let due = self.started?.checked_add(age)?;
+        Some(due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    }
+
+    /// How long the writer may wait for records before it must look at
+    /// the file's age again (`None`: as long as it likes).
+    pub(super) fn next_age_check(&self) -> Option<Duration> {
+        let wait = self.age_due_in()?;
+        let retry = self.retry_at.map_or(Duration::ZERO, |at| at.saturating_duration_since(std::time::Instant::now()));
+        Some(wait.max(retry))
     }
 
     /// Rotates: the current file becomes rotated file `seq`, and a new one
@@ -549,6 +747,8 @@ impl LogFile {
         let file = placed.map_err(RotateError::Broken)?;
         self.file = file;
         self.len = u64::try_from(link.len()).unwrap_or(u64::MAX);
+        self.started = Some(SystemTime::now());
+        self.link_len = Some(self.len);
         self.seq = self.seq.saturating_add(1);
         self.retry_at = None;
         self.prune();
@@ -568,6 +768,8 @@ impl LogFile {
         sync_dir(&self.path)?;
         self.file = open_options().open(&self.path)?;
         self.len = u64::try_from(link.len()).unwrap_or(u64::MAX);
+        self.started = Some(SystemTime::now());
+        self.link_len = Some(self.len);
         Ok(())
     }
 

@@ -39,9 +39,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub mod files;
+pub mod query;
 mod writer;
 
 pub use files::{ChainCheck, Rotation, log_files, rotated_path, verify_files};
+pub use query::{Found, MAX_QUERY_SCAN_BYTES, Query};
 use writer::{Chain, Completion, Head, MacChain, Request, Shared, Sink, Writer};
 
 /// One released (or requested) secret in a record.
@@ -330,6 +332,14 @@ impl AuditLog {
             file.start_with_link(&line)?;
             chain = starter.chain;
             tracing::warn!(file = file.seq, "audit file started again after a rotation cut short");
+        }
+        if let Some(torn) = &opened.torn {
+            // The cut is the first thing recorded, before any decision.
+            let mut starter = Writer::new(replica, Sink::Stdout, chain.clone(), file.seq);
+            let line = starter.repair_line(torn)?;
+            file.write(&line)?;
+            file.sync()?;
+            chain = starter.chain;
         }
         let seq = file.seq;
         Ok(Self::start(replica, Sink::File(file), chain, seq))
@@ -970,7 +980,9 @@ mod tests {
         assert_eq!(log.failure_counter().load(Ordering::SeqCst), 2);
         sink.block(false);
         let flushed = Arc::clone(&log);
-        tokio::task::spawn_blocking(move || flushed.flush()).await.unwrap().unwrap();
+        // Twice: the second record of an allow whose own record went out
+        // in the same batch as the first barrier is written with the next.
+        tokio::task::spawn_blocking(move || flushed.flush().and_then(|()| flushed.flush())).await.unwrap().unwrap();
         let written = String::from_utf8(sink.bytes.lock().unwrap().clone()).unwrap();
         let values: Vec<serde_json::Value> = written.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let failed: Vec<&serde_json::Value> = values.iter().filter(|v| v["outcome"] == "failed").collect();
@@ -1004,7 +1016,7 @@ mod tests {
     }
 
     fn rotating(dir: &Path, key: &AuditKey, keep_files: usize) -> AuditLog {
-        let rotation = Rotation { max_file_bytes: Some(1500), keep_files };
+        let rotation = Rotation { max_file_bytes: Some(1500), keep_files, ..Rotation::default() };
         AuditLog::open(&dir.join("audit.jsonl"), "r0", Some(key.clone()), rotation).unwrap()
     }
 
@@ -1103,6 +1115,103 @@ mod tests {
         std::fs::rename(second(renamed.path()), rotated_path(&renamed.path().join("audit.jsonl"), 7)).unwrap();
         assert!(matches!(set(renamed.path(), None, None), Err(AuditError::Broken { .. })));
         drop(path);
+    }
+
+    /// A file whose first record is older than `max_file_age` is rotated,
+    /// by the writer's timer when no record comes; a file holding only its
+    /// link is not rotated again; the files verify as one chain.
+    #[test]
+    fn files_rotate_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = AuditKey::new(&[4; 32]);
+        let age = Duration::from_millis(300);
+        let rotation = Rotation { max_file_age: Some(age), ..Rotation::default() };
+        let log = AuditLog::open(&dir.path().join("audit.jsonl"), "r0", Some(key.clone()), rotation).unwrap();
+        log.record(&release(0)).unwrap();
+        // Idle: the timer rotates.
+        until(|| log.file_seq() == 2);
+        // The new file holds its link only: it is not rotated again.
+        std::thread::sleep(age * 3);
+        assert_eq!(log.file_seq(), 2, "a file with nothing but its link was rotated");
+        log.record(&release(1)).unwrap();
+        until(|| log.file_seq() == 3);
+        let head = log.head(true).unwrap();
+        drop(log);
+        let found = set(dir.path(), Some(&key), Some(&head)).unwrap();
+        assert_eq!((found.count, found.files, found.last_file), (4, 3, 3), "2 records, 2 links");
+        // Re-opened on a file holding only its link, which is older than
+        // the age: the first record goes in, then the file is rotated.
+        let log = AuditLog::open(&dir.path().join("audit.jsonl"), "r0", Some(key.clone()), rotation).unwrap();
+        std::thread::sleep(age * 2);
+        log.record(&release(2)).unwrap();
+        until(|| log.file_seq() == 4);
+        let head = log.head(true).unwrap();
+        drop(log);
+        set(dir.path(), Some(&key), Some(&head)).unwrap();
+    }
+
+    /// After a crash mid-write the current file ends with part of a record.
+    /// Opening the log moves those bytes to a side file, cuts them, and
+    /// records the cut (its size, SHA-256 and where the bytes are) as the
+    /// next record of the chain, which then verifies across files. A last
+    /// record that is whole but lacks its newline is kept, and one that is
+    /// whole but breaks the chain is refused, the file left as it is.
+    #[test]
+    fn a_torn_last_line_is_kept_aside_cut_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = AuditKey::new(&[4; 32]);
+        let path = dir.path().join("audit.jsonl");
+        let log = rotating(dir.path(), &key, 0);
+        for i in 0..8 {
+            log.record(&release(i)).unwrap();
+        }
+        let before = log.head(true).unwrap();
+        assert!(log.file_seq() >= 2);
+        drop(log);
+        let text = std::fs::read(&path).unwrap();
+        let last = text[..text.len() - 1].rsplit(|b| *b == b'\n').next().unwrap().to_vec();
+        let torn = last[..last.len() / 2].to_vec();
+        std::fs::write(&path, [text.as_slice(), torn.as_slice()].concat()).unwrap();
+
+        // Not rotated any more: the records after the cut stay in this file.
+        let reopen = || AuditLog::open(&path, "r0", Some(key.clone()), Rotation::default()).unwrap();
+        let log = reopen();
+        log.record(&release(100)).unwrap();
+        let head = log.head(true).unwrap();
+        drop(log);
+        let found = set(dir.path(), Some(&key), Some(&head)).unwrap();
+        assert_eq!(found.count, before.count + 2, "the repair record and the new one");
+        set(dir.path(), Some(&key), Some(&before)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let repair = &records[records.len() - 2];
+        assert_eq!(repair["action"], "audit.repair");
+        assert_eq!(repair["torn"]["bytes"], torn.len());
+        assert_eq!(repair["torn"]["sha256"], hex::encode(Sha256::digest(&torn)));
+        let kept = dir.path().join(repair["torn"]["kept"].as_str().unwrap());
+        assert_eq!(std::fs::read(&kept).unwrap(), torn, "the cut bytes are kept as evidence");
+        assert!(kept.file_name().unwrap().to_str().unwrap().starts_with("audit.jsonl.torn-"));
+        assert_eq!(records.last().unwrap()["attestation_id"], "id-100");
+
+        // A whole last record without its newline is not cut.
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 1]).unwrap();
+        let log = reopen();
+        log.record(&release(101)).unwrap();
+        let head = log.head(true).unwrap();
+        drop(log);
+        assert_eq!(set(dir.path(), Some(&key), Some(&head)).unwrap().count, found.count + 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().matches("audit.repair").count(), 1);
+
+        // A whole record that breaks the chain, without its newline, is
+        // never cut as torn: the log is refused and left as it is.
+        let text = std::fs::read(&path).unwrap();
+        let edited = String::from_utf8(text[..text.len() - 1].to_vec()).unwrap();
+        let at = edited.rfind("id-101").unwrap();
+        let edited = format!("{}id-666{}", &edited[..at], &edited[at + 6..]);
+        std::fs::write(&path, &edited).unwrap();
+        assert!(AuditLog::open(&path, "r0", Some(key.clone()), Rotation::default()).is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), edited);
     }
 
     /// `keep_files` deletes the oldest rotated files; what is left still

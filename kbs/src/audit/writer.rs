@@ -13,14 +13,14 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::files::{FileLink, LogFile, ROTATE_ACTION, RotateError};
+use super::files::{FileLink, LogFile, REPAIR_ACTION, ROTATE_ACTION, RotateError, TornCut};
 use super::{ANCHOR_EVERY, ANCHOR_EVERY_RECORDS, AuditError, AuditKey, Event, KEYED_VERSION};
 
 /// Most records written in one batch.
@@ -39,6 +39,9 @@ struct Record<'a> {
     /// The link to the previous file (first record of a rotated-in file).
     #[serde(skip_serializing_if = "Option::is_none")]
     file: Option<&'a FileLink>,
+    /// The torn line cut from the file (an `audit.repair` record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torn: Option<&'a TornCut>,
     prev: String,
     /// Format: 2 for MAC-chained records (absent on unkeyed ones).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,9 +73,10 @@ impl Chain {
         replica: &str,
         event: &Event,
         file: Option<&FileLink>,
+        torn: Option<&TornCut>,
     ) -> Result<Vec<u8>, AuditError> {
         let v = self.mac.as_ref().map(|_| KEYED_VERSION);
-        let record = Record { time, replica, event, file, prev: hex::encode(self.prev), v };
+        let record = Record { time, replica, event, file, torn, prev: hex::encode(self.prev), v };
         let mut line = serde_json::to_vec(&record).map_err(|e| AuditError::Io(std::io::Error::other(e)))?;
         if let Some(chain) = &mut self.mac {
             let mac = chain.key.mac(&chain.head, &line);
@@ -350,9 +354,23 @@ impl Writer {
         loop {
             batch.append(&mut self.late);
             if batch.is_empty() {
-                match queue.recv() {
+                // While no record comes, wake up to rotate a file that
+                // grows too old (`max_file_age`).
+                let wait = match (&self.sink, &self.poisoned) {
+                    (Sink::File(file), None) => file.next_age_check(),
+                    _ => None,
+                };
+                let received = match wait {
+                    Some(wait) => queue.recv_timeout(wait),
+                    None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match received {
                     Ok(request) => batch.push(request),
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.rotate_if_due();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
             while batch.len() < MAX_BATCH {
@@ -367,6 +385,8 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Request>) {
+        // A file due by age is rotated before the batch goes in.
+        self.rotate_if_due();
         let written = match &self.poisoned {
             Some(why) => Err(format!("audit log unusable until reopened: {why}")),
             None => self.append(batch),
@@ -411,7 +431,7 @@ impl Writer {
         let len = self.sink.len();
         let mut bytes = Vec::new();
         for request in batch.iter().filter(|r| r.write) {
-            match self.chain.link(&request.time, &self.replica, &request.event, None) {
+            match self.chain.link(&request.time, &self.replica, &request.event, None, None) {
                 Ok(line) => bytes.extend_from_slice(&line),
                 Err(e) => {
                     self.chain = before;
@@ -448,6 +468,18 @@ impl Writer {
         self.poisoned = Some(why);
     }
 
+    /// Rotates the file when it is due (by size or age), and publishes
+    /// the head if it did.
+    fn rotate_if_due(&mut self) {
+        if self.poisoned.is_none()
+            && let Sink::File(file) = &self.sink
+            && file.wants_rotation()
+        {
+            self.rotate();
+            self.publish();
+        }
+    }
+
     /// Rotates when due, publishes the head, logs it when due.
     fn after_batch(&mut self) {
         if let Sink::File(file) = &self.sink
@@ -480,7 +512,19 @@ impl Writer {
         let link =
             FileLink { seq, records: self.chain.count, prev_mac: self.chain.mac.as_ref().map(|m| hex::encode(m.head)) };
         let event = Event::new(ROTATE_ACTION, self.replica.clone());
-        self.chain.link(&now(), &self.replica, &event, Some(&link))
+        self.chain.link(&now(), &self.replica, &event, Some(&link), None)
+    }
+
+    /// The `audit.repair` record of a torn line cut from the file.
+    pub(super) fn repair_line(&mut self, torn: &TornCut) -> Result<Vec<u8>, AuditError> {
+        let event = Event {
+            reasons: vec![format!(
+                "the file ended with {} bytes of a record cut short by a crash; they were moved to {}",
+                torn.bytes, torn.kept
+            )],
+            ..Event::new(REPAIR_ACTION, self.replica.clone())
+        };
+        self.chain.link(&now(), &self.replica, &event, None, Some(torn))
     }
 
     fn rotate(&mut self) {

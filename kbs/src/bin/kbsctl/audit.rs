@@ -37,9 +37,12 @@ pub(crate) enum AuditCommand {
         #[arg(long, requires = "expect_count")]
         expect_head: Option<String>,
     },
-    /// Print the broker's most recent audit records: a table (time,
-    /// action, decision, reason, TEE, secrets, caller), or with `--output
-    /// json` a JSON array of the records as the broker wrote them.
+    /// Print the broker's most recent audit records, from the current file
+    /// and the rotated ones: a table (time, action, decision, reason, TEE,
+    /// secrets, caller), or with `--output json` a JSON array of the
+    /// records as the broker wrote them. The broker reads at most 256 MiB
+    /// of audit files per query, newest first; a note on stderr says when
+    /// older files were left unread.
     Query {
         /// Only records at or after this time (RFC 3339 or Unix seconds).
         #[arg(long)]
@@ -165,6 +168,12 @@ pub(crate) async fn query(
         .collect::<Result<Vec<serde_json::Value>, _>>()
         .map_err(|e| Failure::Usage(format!("the broker sent an audit record that is not JSON: {e}")))?;
     print_records(&records, output);
+    if resp.truncated {
+        eprintln!(
+            "note: {} records found; older audit files were not read (a query reads at most 256 MiB of them): narrow it with --since or --action",
+            records.len()
+        );
+    }
     Ok(())
 }
 
