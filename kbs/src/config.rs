@@ -1018,6 +1018,56 @@ fn coco_config(c: RawCoco, resolve: impl Fn(&Path) -> PathBuf) -> Result<CocoCon
     })
 }
 
+/// The audit file's settings (`[audit]` but its key and sync).
+struct AuditFiles {
+    path: Option<PathBuf>,
+    rotation: crate::audit::Rotation,
+    max_wait: Duration,
+}
+
+/// `[audit]`: the file (none, or `-`: standard output), its rotation by
+/// size and age, and the bound on waiting for a record to be written.
+fn audit_files(raw: &RawAudit, resolve: impl Fn(&Path) -> PathBuf) -> Result<AuditFiles, ConfigError> {
+    let path = match raw.path.as_deref() {
+        None | Some("-") => None,
+        Some(p) => Some(resolve(Path::new(p))),
+    };
+    let max_file_age = match raw.max_file_age_seconds {
+        None => None,
+        Some(_) if path.is_none() => {
+            return Err(ConfigError::Invalid("audit.max_file_age_seconds needs audit.path (a file)".into()));
+        }
+        Some(secs) if (60..=MAX_AUDIT_FILE_AGE_SECONDS).contains(&secs) => Some(Duration::from_secs(secs)),
+        Some(_) => {
+            return Err(ConfigError::Invalid(format!(
+                "audit.max_file_age_seconds must be 60 to {MAX_AUDIT_FILE_AGE_SECONDS}"
+            )));
+        }
+    };
+    let rotation = match (raw.max_file_bytes, raw.keep_files) {
+        (Some(max), _) if max < MIN_AUDIT_FILE_BYTES => {
+            return Err(ConfigError::Invalid(format!("audit.max_file_bytes must be at least {MIN_AUDIT_FILE_BYTES}")));
+        }
+        (Some(_), _) if path.is_none() => {
+            return Err(ConfigError::Invalid("audit.max_file_bytes needs audit.path (a file)".into()));
+        }
+        (None, Some(_)) if max_file_age.is_none() => {
+            return Err(ConfigError::Invalid(
+                "audit.keep_files needs audit.max_file_bytes or audit.max_file_age_seconds".into(),
+            ));
+        }
+        (max_file_bytes, keep) => {
+            crate::audit::Rotation { max_file_bytes, keep_files: keep.unwrap_or(0), max_file_age }
+        }
+    };
+    let max_wait = match raw.max_wait_ms {
+        None => crate::audit::DEFAULT_WAIT,
+        Some(ms) if (1..=600_000).contains(&ms) => Duration::from_millis(ms),
+        Some(_) => return Err(ConfigError::Invalid("audit.max_wait_ms must be 1 to 600000".into())),
+    };
+    Ok(AuditFiles { path, rotation, max_wait })
+}
+
 /// The trace exporter of `raw`, or `None` when no endpoint is set or
 /// tracing is switched off.
 fn telemetry(
@@ -1152,47 +1202,7 @@ impl Config {
             }
         };
         let telemetry = telemetry(raw.telemetry, resolve)?;
-        let audit_path = match raw.audit.path.as_deref() {
-            None | Some("-") => None,
-            Some(p) => Some(resolve(Path::new(p))),
-        };
-        let audit_max_file_age = match raw.audit.max_file_age_seconds {
-            None => None,
-            Some(_) if audit_path.is_none() => {
-                return Err(ConfigError::Invalid("audit.max_file_age_seconds needs audit.path (a file)".into()));
-            }
-            Some(secs) if (60..=MAX_AUDIT_FILE_AGE_SECONDS).contains(&secs) => Some(Duration::from_secs(secs)),
-            Some(_) => {
-                return Err(ConfigError::Invalid(format!(
-                    "audit.max_file_age_seconds must be 60 to {MAX_AUDIT_FILE_AGE_SECONDS}"
-                )));
-            }
-        };
-        let audit_rotation = match (raw.audit.max_file_bytes, raw.audit.keep_files) {
-            (Some(max), _) if max < MIN_AUDIT_FILE_BYTES => {
-                return Err(ConfigError::Invalid(format!(
-                    "audit.max_file_bytes must be at least {MIN_AUDIT_FILE_BYTES}"
-                )));
-            }
-            (Some(_), _) if audit_path.is_none() => {
-                return Err(ConfigError::Invalid("audit.max_file_bytes needs audit.path (a file)".into()));
-            }
-            (None, Some(_)) if audit_max_file_age.is_none() => {
-                return Err(ConfigError::Invalid(
-                    "audit.keep_files needs audit.max_file_bytes or audit.max_file_age_seconds".into(),
-                ));
-            }
-            (max_file_bytes, keep) => crate::audit::Rotation {
-                max_file_bytes,
-                keep_files: keep.unwrap_or(0),
-                max_file_age: audit_max_file_age,
-            },
-        };
-        let audit_max_wait = match raw.audit.max_wait_ms {
-            None => crate::audit::DEFAULT_WAIT,
-            Some(ms) if (1..=600_000).contains(&ms) => Duration::from_millis(ms),
-            Some(_) => return Err(ConfigError::Invalid("audit.max_wait_ms must be 1 to 600000".into())),
-        };
+        let audit = audit_files(&raw.audit, resolve)?;
         Ok(Self {
             guest_listen,
             admin_listen,
@@ -1214,11 +1224,11 @@ impl Config {
             admin_tokens,
             admin_client_ca: raw.admin.client_ca.map(|p| resolve(&p)),
             admin_clients,
-            audit_path,
+            audit_path: audit.path,
             audit_key_file: raw.audit.key_file.map(|p| resolve(&p)),
             audit_sync: raw.audit.sync.unwrap_or(true),
-            audit_rotation,
-            audit_max_wait,
+            audit_rotation: audit.rotation,
+            audit_max_wait: audit.max_wait,
             policy_refresh,
             policy_builtin_default: raw.policy.builtin_default.unwrap_or(true),
             policy_max_memory_mib,
