@@ -35,8 +35,7 @@ use crate::evidence::gpu::ocsp::{OcspError, OcspGood};
 use crate::evidence::gpu::rim::{RimAppraiser, RimResult, RimStore};
 use crate::evidence::gpu::set::{DeviceSetExpectation, check_device_set};
 use crate::evidence::gpu::{
-    DeviceClass, GpuDeviceClaims, GpuError, GpuNonce, GpuReport, GpuSetClaims, GpuVerifier, chain as gpu_chain, ocsp,
-    spdm,
+    DeviceClass, GpuDeviceClaims, GpuError, GpuNonce, GpuSetClaims, GpuVerifier, chain as gpu_chain, ocsp, spdm,
 };
 use crate::evidence::gpu_ocsp::{GpuOcspFetcher, OcspFetch};
 use crate::evidence::pcs::TdxCollateralResolver;
@@ -637,7 +636,7 @@ impl Broker {
         let verifier = self.gpu.as_ref().ok_or_else(|| Error::Internal("no GPU trust anchors".into()))?;
         let mut devices = Vec::with_capacity(gpus.len());
         for (index, gpu) in gpus.iter().enumerate() {
-            devices.push(verifier.verify(&gpu.report, &gpu.cert_chain, now, nonce).map_err(|e| {
+            devices.push(verifier.verify_with_report(&gpu.report, &gpu.cert_chain, now, nonce).map_err(|e| {
                 tracing::info!(device = index, cause = %e, "GPU evidence refused");
                 EvidenceError::from(e)
             })?);
@@ -647,14 +646,14 @@ impl Broker {
         let revocations = gpus.iter().enumerate().map(|(index, gpu)| self.device_revocation(index, gpu, now));
         let revocations = futures_util::future::join_all(revocations).await;
         let mut verified: Vec<GpuDeviceClaims> = Vec::with_capacity(gpus.len());
-        for (index, ((gpu, claims), revocation)) in gpus.iter().zip(devices).zip(revocations).enumerate() {
+        for (index, ((claims, report), revocation)) in devices.into_iter().zip(revocations).enumerate() {
             let claims = match revocation? {
                 Some(good) => claims.with_revocation(&good),
                 None => claims,
             };
-            // The report verified, so it parses; the appraisal is a claim,
-            // judged per secret (`check_gpu_requirement`) and by policy.
-            let report = GpuReport::parse(&gpu.report).map_err(EvidenceError::from)?;
+            // The verified report, as the verifier parsed it; the appraisal
+            // is a claim, judged per secret (`check_gpu_requirement`) and by
+            // policy.
             let rim = self.rims.appraise(&report, claims.class);
             if rim.result != RimResult::Match {
                 let (result, mismatched, missing) = (&rim.result, &rim.mismatched, &rim.missing);

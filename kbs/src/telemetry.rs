@@ -13,6 +13,9 @@
 //!   when the call carries a W3C `traceparent`, with the TEE, the outcome,
 //!   the reason code, the number of secrets asked for and the attestation id
 //!   (which ties the trace to the audit record);
+//! - a root span per gRPC `GetChallenge` call ([`challenge_span`]), likewise
+//!   a child of the caller's span, with the same attributes but the
+//!   attestation id (a challenge has none yet);
 //! - a child span per phase ([`phase`] names them): evidence verification,
 //!   with evidence parsing and collateral inside it, then per secret the
 //!   store read, the policy decision and the sealing.
@@ -59,6 +62,9 @@ pub mod phase {
 
 /// The root span of a gRPC release.
 pub const RELEASE_SPAN: &str = "kbs.release";
+
+/// The root span of a gRPC challenge request.
+pub const CHALLENGE_SPAN: &str = "kbs.challenge";
 
 /// Where the spans go and which are kept.
 #[derive(Clone, Debug, PartialEq)]
@@ -243,7 +249,7 @@ pub fn set_remote_parent(span: &tracing::Span, headers: &HeaderMap) {
 /// recorded by [`record_outcome`].
 pub fn release_span(headers: &HeaderMap) -> tracing::Span {
     let span = tracing::info_span!(
-        "kbs.release",
+        RELEASE_SPAN,
         otel.kind = "server",
         rpc.system = "grpc",
         rpc.service = "kbs.v1.KeyBroker",
@@ -253,6 +259,26 @@ pub fn release_span(headers: &HeaderMap) -> tracing::Span {
         reason = Empty,
         secrets = Empty,
         attestation_id = Empty,
+        otel.status_code = Empty,
+    );
+    set_remote_parent(&span, headers);
+    span
+}
+
+/// The root span of a gRPC `GetChallenge` call, a child of the caller's
+/// span when `headers` (the call's metadata) carry one. The outcome is
+/// recorded by [`record_outcome`], without an attestation id.
+pub fn challenge_span(headers: &HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        CHALLENGE_SPAN,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = "kbs.v1.KeyBroker",
+        rpc.method = "GetChallenge",
+        tee = Empty,
+        outcome = Empty,
+        reason = Empty,
+        secrets = Empty,
         otel.status_code = Empty,
     );
     set_remote_parent(&span, headers);
@@ -287,7 +313,8 @@ pub fn coco_span(path: &str, headers: &HeaderMap) -> tracing::Span {
     span
 }
 
-/// Records a decision on the current span (a release or CoCo request span;
+/// Records a decision on the current span (a release, challenge or CoCo
+/// request span;
 /// nothing happens outside one): the TEE, the attestation id, the number of
 /// secrets asked for, and `allow` or `deny` with the reason code.
 pub fn record_outcome(tee: Option<&str>, attestation_id: Option<&str>, secrets: usize, refused: Option<&'static str>) {

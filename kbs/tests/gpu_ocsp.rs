@@ -3,8 +3,9 @@
 //! responses of google/go-nvattest-tools (signed by NVIDIA's delegated
 //! responders on 2025-08-21, 24-hour windows), checked at a time inside
 //! their window: fetched responses show the genuine chain good and are
-//! cached until their nextUpdate; a responder that fails or answers
-//! garbage is backed off and leaves the device `not_checked` (best effort)
+//! cached until their nextUpdate, as are `revoked` and `unknown` answers
+//! (signed under a test PKI made in the test: no captured vector holds
+//! one); a responder that fails or answers garbage is backed off and leaves the device `not_checked` (best effort)
 //! or refused (required), without a panic.
 //!
 //! Vectors come from `$KBS_TEST_VECTORS`, by default
@@ -114,10 +115,15 @@ fn requested_cert_id(request: &[u8]) -> Vec<u8> {
 }
 
 async fn start_responder(mode: Mode) -> Responder {
+    start_responder_with(mode, genuine_responses()).await
+}
+
+/// A responder that answers from `responses` (by the CertID asked for).
+async fn start_responder_with(mode: Mode, responses: Vec<Vec<u8>>) -> Responder {
     use axum::body::Bytes;
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
-    let responses = Arc::new(genuine_responses());
+    let responses = Arc::new(responses);
     let requests = Arc::new(AtomicUsize::new(0));
     let (in_flight, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let counters = (Arc::clone(&requests), Arc::clone(&in_flight), Arc::clone(&peak));
@@ -312,6 +318,167 @@ async fn a_failing_responder_is_backed_off_and_leaves_revocation_not_checked_or_
         let err = verify(&required, genuine_responses(), FRESH + time::Duration::days(2)).await.unwrap_err();
         assert_eq!(err.reason(), ReasonCode::CollateralUnavailable, "{err}");
     }
+}
+
+/// DER TLV (content below 64 KiB).
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = vec![tag];
+    match len {
+        0..=0x7F => out.push(len as u8),
+        0x80..=0xFF => out.extend([0x81, len as u8]),
+        _ => out.extend([0x82, (len >> 8) as u8, len as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn generalized_time(at: OffsetDateTime) -> Vec<u8> {
+    let text = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    );
+    der(0x18, text.as_bytes())
+}
+
+/// The status a test response gives.
+#[derive(Clone, Copy)]
+enum Status {
+    Good,
+    Revoked,
+    Unknown,
+}
+
+/// INSECURE: a device chain of NVIDIA's shape (leaf, BROM, Provisioner ICA,
+/// Identity, root) under a test PKI made here, whose issuer keys sign OCSP
+/// responses in NVIDIA's format (SHA-384 CertID, ECDSA P-384/SHA-384, the
+/// issuer itself as responder). No NVIDIA responder signed these: they stand
+/// for the `revoked` and `unknown` answers no captured vector holds.
+struct TestChain {
+    pem: Vec<u8>,
+    /// Leaf first.
+    ders: Vec<Vec<u8>>,
+    /// The key of each certificate, in the same order.
+    keys: Vec<rcgen::KeyPair>,
+}
+
+impl TestChain {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PKCS_ECDSA_P384_SHA384};
+        let params = |cn: &str, serial: u8, ca: bool| {
+            let mut p = CertificateParams::default();
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.serial_number = Some(rcgen::SerialNumber::from_slice(&[serial]));
+            p.is_ca = if ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::ExplicitNoCa };
+            p
+        };
+        // Root first here; reversed at the end.
+        let names =
+            ["KBS TEST OCSP root", "NVIDIA GH100 Identity", "NVIDIA GH100 Provisioner ICA 1", "GH100 A01 GSP BROM"];
+        let mut keys: Vec<KeyPair> = Vec::new();
+        let mut pems = Vec::new();
+        let mut ders = Vec::new();
+        let mut issuer: Option<Issuer<'static, KeyPair>> = None;
+        for (at, cn) in names.iter().chain(&["GH100 A01 GSP FMC LF"]).enumerate() {
+            let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+            let p = params(cn, at as u8 + 1, at < names.len());
+            let cert = match &issuer {
+                None => p.self_signed(&key).unwrap(),
+                Some(issuer) => p.signed_by(&key, issuer).unwrap(),
+            };
+            pems.push(cert.pem());
+            ders.push(cert.der().to_vec());
+            let copy = KeyPair::from_pem(&key.serialize_pem()).unwrap();
+            issuer = Some(Issuer::new(p, copy));
+            keys.push(key);
+        }
+        pems.reverse();
+        ders.reverse();
+        keys.reverse();
+        Self { pem: pems.concat().into_bytes(), ders, keys }
+    }
+
+    /// A response for covered certificate `at` (1: BROM, 2: ICA, 3:
+    /// Identity) with `status`, valid for a day from an hour before `FRESH`.
+    fn response(&self, at: usize, status: Status) -> Vec<u8> {
+        use aws_lc_rs::signature::{ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair};
+        let this_update = FRESH - time::Duration::hours(1);
+        let sha384 =
+            der(0x30, &[der(0x06, &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02]), vec![0x05, 0x00]].concat());
+        let fields = requested_cert_id(&ocsp::request(&self.ders[at], &self.ders[at + 1]).unwrap());
+        let cert_id = der(0x30, &[sha384, fields].concat());
+        let status = match status {
+            Status::Good => vec![0x80, 0x00],
+            Status::Revoked => der(0xA1, &generalized_time(datetime!(2025-06-01 00:00 UTC))),
+            Status::Unknown => vec![0x82, 0x00],
+        };
+        let next_update = der(0xA0, &generalized_time(this_update + time::Duration::days(1)));
+        let single = der(0x30, &[cert_id, status, generalized_time(this_update), next_update].concat());
+        let (_, issuer) = x509_parser::parse_x509_certificate(&self.ders[at + 1]).unwrap();
+        let responder = der(0xA1, issuer.subject().as_raw());
+        let tbs = der(0x30, &[responder, generalized_time(this_update), der(0x30, &single)].concat());
+        let key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &self.keys[at + 1].serialize_der()).unwrap();
+        let signature = key.sign(&aws_lc_rs::rand::SystemRandom::new(), &tbs).unwrap();
+        let algorithm = der(0x30, &der(0x06, &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x03]));
+        let bits = der(0x03, &[&[0u8][..], signature.as_ref()].concat());
+        let basic = der(0x30, &[tbs, algorithm, bits].concat());
+        let basic_oid = der(0x06, &[0x2B, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01]);
+        let bytes = der(0xA0, &der(0x30, &[basic_oid, der(0x04, &basic)].concat()));
+        der(0x30, &[vec![0x0A, 0x01, 0x00], bytes].concat())
+    }
+}
+
+/// Authentic, fresh answers that are not `good` are cached until their
+/// nextUpdate too: a revoked device does not make each release ask the
+/// responder again, and the caller's check refuses it from the cache as
+/// it did from the responder.
+#[tokio::test]
+async fn revoked_and_unknown_answers_are_cached_until_next_update_and_still_refuse() {
+    let chain = TestChain::new();
+    let statuses = [Status::Revoked, Status::Unknown, Status::Good];
+    let responses: Vec<Vec<u8>> = statuses.iter().enumerate().map(|(i, s)| chain.response(i + 1, *s)).collect();
+    // What each answer says, as the pure check reads it.
+    for (i, response) in responses.iter().enumerate() {
+        let answer = ocsp::verify_ocsp_answer(response, &chain.ders[i + 1], &chain.ders[i + 2], FRESH).unwrap();
+        assert_eq!(answer.next_update, FRESH + time::Duration::hours(23));
+        match statuses[i] {
+            Status::Revoked => assert!(matches!(answer.status, Err(OcspError::Revoked { reason: None, .. }))),
+            Status::Unknown => assert_eq!(answer.status, Err(OcspError::Unknown)),
+            Status::Good => assert!(answer.status.is_ok()),
+        }
+    }
+
+    let responder = start_responder_with(Mode::Genuine, responses.clone()).await;
+    let fetcher = fetcher(&responder, OcspFetch::Require);
+    let fetched = fetcher.responses(&chain.pem, FRESH).await;
+    assert_eq!(fetched, responses);
+    assert_eq!((responder.requests.load(Ordering::SeqCst), fetcher.cached()), (3, 3));
+    let refused = ocsp::verify_chain_ocsp(&chain.pem, &fetched, FRESH).unwrap_err();
+    assert!(matches!(refused, OcspError::Revoked { .. }), "{refused}");
+    // Unknown alone refuses as well.
+    let unknown = [responses[1].clone(), responses[2].clone(), chain.response(1, Status::Good)];
+    assert_eq!(ocsp::verify_chain_ocsp(&chain.pem, &unknown, FRESH), Err(OcspError::Unknown));
+
+    // From the cache while fresh: the responder is not asked again, and the
+    // outcome is the same.
+    let later = FRESH + time::Duration::hours(22);
+    let cached = fetcher.responses(&chain.pem, later).await;
+    assert_eq!(cached, fetched);
+    assert_eq!(responder.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(ocsp::verify_chain_ocsp(&chain.pem, &cached, later), Err(refused));
+
+    // Past nextUpdate the cache is not used: the responder is asked again
+    // (its answers, stale by then, are not kept).
+    let stale = FRESH + time::Duration::days(2);
+    assert!(fetcher.responses(&chain.pem, stale).await.is_empty());
+    assert!(responder.requests.load(Ordering::SeqCst) > 3);
 }
 
 #[test]

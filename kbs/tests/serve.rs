@@ -95,3 +95,46 @@ fn manual_pages_cover_every_subcommand() {
     let serve = std::fs::read_to_string(dir.path().join("kbs-serve.1")).unwrap();
     assert!(serve.contains("\\-\\-config") && serve.contains("KBS_CONFIG"), "{serve}");
 }
+
+/// `kbs serve`'s log is coloured by the rule kbsctl's usage errors follow
+/// (see `kbsctl_verify`): on a terminal only, and never with a non-empty
+/// `NO_COLOR` (no-color.org; an empty one does not count). A missing
+/// configuration makes `kbs serve` log its error line and stop.
+#[test]
+fn log_colour_only_on_a_terminal_and_never_with_no_color() {
+    let missing = tempfile::tempdir().unwrap().path().join("kbs.toml");
+    let serve = format!("{} serve --config {}", env!("CARGO_BIN_EXE_kbs"), missing.display());
+    let log = |terminal: bool, no_color: Option<&str>| {
+        let mut command = if terminal {
+            let mut command = std::process::Command::new("script");
+            command.args(["-qec", &serve, "/dev/null"]);
+            command
+        } else {
+            let mut command = std::process::Command::new("sh");
+            command.args(["-c", &serve]);
+            command
+        };
+        command.env("TERM", "xterm").env_remove("CLICOLOR").env_remove("CLICOLOR_FORCE").env_remove("NO_COLOR");
+        command.env_remove("KBS_LOG").env_remove("KBS_CONFIG").env_remove("CI");
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let out = command.output().expect("script(1), from util-linux");
+        assert!(!out.status.success());
+        // Under `script` the terminal's output (the log) is on stdout.
+        let text = String::from_utf8_lossy(if terminal { &out.stdout } else { &out.stderr }).into_owned();
+        assert!(text.contains("ERROR") && text.contains("kbs.toml"), "{text}");
+        text.contains('\x1b')
+    };
+    let cases = [
+        (true, None, true),
+        (true, Some(""), true),
+        (true, Some("1"), false),
+        (true, Some("false"), false),
+        (false, None, false),
+        (false, Some("1"), false),
+    ];
+    for (terminal, no_color, coloured) in cases {
+        assert_eq!(log(terminal, no_color), coloured, "terminal {terminal}, NO_COLOR {no_color:?}");
+    }
+}

@@ -36,17 +36,20 @@ struct Sent {
     result: Result<ReleaseSecretsResponse, tonic::Status>,
 }
 
-/// Challenge, then release of `name` with `traceparent` in the call's
+/// A `GetChallenge` request with `traceparent` in the call's metadata.
+fn challenge_request(names: &[String], traceparent: &str) -> tonic::Request<GetChallengeRequest> {
+    let mut request = tonic::Request::new(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: names.to_vec() });
+    request.metadata_mut().insert("traceparent", traceparent.parse().unwrap());
+    request
+}
+
+/// Challenge, then release of `name`, with `traceparent` in both calls'
 /// metadata.
 async fn release(app: &TestApp, name: &str, traceparent: &str) -> Sent {
     let sim = SimulatedSnp::new(Generation::Genoa).measurement(MEASUREMENT);
     let mut rpc = app.guest().await;
     let names = vec![name.to_owned()];
-    let challenge = rpc
-        .get_challenge(GetChallengeRequest { tee: Tee::Snp.into(), secret_names: names.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let challenge = rpc.get_challenge(challenge_request(&names, traceparent)).await.unwrap().into_inner();
     let nonce: [u8; NONCE_LEN] = challenge.nonce.as_slice().try_into().unwrap();
     let suite = SuiteId::X25519_SHA256_AES256GCM;
     let key = EphemeralKey::generate(suite).unwrap();
@@ -105,6 +108,11 @@ async fn a_release_is_a_tree_of_phase_spans_under_the_callers_trace_and_holds_no
     let status = refused.result.as_ref().unwrap_err();
     let refused_reason = status.metadata().get("kbs-reason").unwrap().to_str().unwrap().to_owned();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // A challenge refused (a name asked for twice) before any release.
+    let (bad_parent, bad_trace, bad_caller) = otlp::traceparent();
+    let twice = vec![SECRET.to_owned(), SECRET.to_owned()];
+    let status = app.guest().await.get_challenge(challenge_request(&twice, &bad_parent)).await.unwrap_err();
+    let bad_reason = status.metadata().get("kbs-reason").unwrap().to_str().unwrap().to_owned();
 
     // The broker stops, then the exporter flushes what is left.
     let admin_token = app.token.trim().to_owned();
@@ -144,8 +152,31 @@ async fn a_release_is_a_tree_of_phase_spans_under_the_callers_trace_and_holds_no
     assert_eq!(root.status_code, 2);
     assert_eq!(names(&children(&spans, root)), ["policy", "store", "verify"].map(String::from).into());
 
+    // Each challenge: a root span of its own under the caller's span, the
+    // TEE asked for, the outcome and the number of names, no attestation
+    // id (there is none yet) and no child.
+    let challenges: Vec<&otlp::Span> = spans.iter().filter(|s| s.name == "kbs.challenge").collect();
+    assert_eq!(challenges.len(), 3, "{spans:#?}");
+    for (trace, caller, secrets, reason) in [
+        (allowed_trace, allowed_caller, 1, None),
+        (refused_trace, refused_caller, 1, None),
+        (bad_trace, bad_caller, 2, Some(&bad_reason)),
+    ] {
+        let span = challenges.iter().find(|s| s.trace_id == trace).expect("the caller's trace id was not propagated");
+        assert_eq!(span.parent_span_id, caller);
+        assert_eq!((span.str("rpc.system"), span.str("rpc.method")), (Some("grpc"), Some("GetChallenge")));
+        assert_eq!(span.str("rpc.service"), Some("kbs.v1.KeyBroker"));
+        assert_eq!(span.str("tee"), Some("snp"));
+        assert_eq!(span.int("secrets"), Some(secrets));
+        assert_eq!(span.str("attestation_id"), None);
+        assert_eq!(span.str("reason"), reason.map(String::as_str));
+        assert_eq!(span.str("outcome"), Some(if reason.is_some() { "deny" } else { "allow" }));
+        assert_eq!(span.status_code == 2, reason.is_some());
+        assert!(children(&spans, span).is_empty());
+    }
+
     // Only the broker's spans, from this service.
-    let known = ["kbs.release", "verify", "evidence_parse", "collateral", "store", "policy", "seal"];
+    let known = ["kbs.challenge", "kbs.release", "verify", "evidence_parse", "collateral", "store", "policy", "seal"];
     assert!(spans.iter().all(|s| known.contains(&s.name.as_str())), "{spans:#?}");
     let resource = &collector.requests()[0].resource_spans[0].resource.clone().unwrap();
     let service = resource.attributes.iter().find(|kv| kv.key == "service.name").unwrap();

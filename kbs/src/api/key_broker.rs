@@ -51,23 +51,10 @@ fn tee_code(tee: i32) -> u8 {
 #[tonic::async_trait]
 impl KeyBroker for KeyBrokerService {
     async fn get_challenge(&self, request: Request<GetChallengeRequest>) -> Result<Response<Challenge>, Status> {
-        let caller = super::peer(&request);
-        let refuse = |e: Error| {
-            self.broker.audit().record_refusal(&super::refusal_event("challenge", caller.clone(), &e));
-            e.to_status()
-        };
-        self.broker.admit(request.remote_addr().map(|a| a.ip())).map_err(refuse)?;
-        let req = request.into_inner();
-        let issued = self.broker.challenge(tee_code(req.tee), &req.secret_names).map_err(|e| {
-            tracing::info!(reason = e.reason().as_str(), cause = %e, "challenge refused");
-            refuse(e)
-        })?;
-        Ok(Response::new(Challenge {
-            nonce: issued.nonce.to_vec(),
-            challenge: issued.token,
-            expires_at: issued.expires_at,
-            hpke_suites: SUPPORTED_SUITES.iter().map(|s| s.to_wire()).collect(),
-        }))
+        // One trace span per challenge, a child of the guest's span if the
+        // call carries a W3C `traceparent`.
+        let span = crate::telemetry::challenge_span(request.metadata().as_ref());
+        span.in_scope(|| self.challenge(request))
     }
 
     async fn release_secrets(
@@ -82,6 +69,34 @@ impl KeyBroker for KeyBrokerService {
 }
 
 impl KeyBrokerService {
+    fn challenge(&self, request: Request<GetChallengeRequest>) -> Result<Response<Challenge>, Status> {
+        let caller = super::peer(&request);
+        let tee = match kbs_proto::v1::Tee::try_from(request.get_ref().tee) {
+            Ok(kbs_proto::v1::Tee::Snp) => Tee::Snp,
+            Ok(kbs_proto::v1::Tee::Tdx) => Tee::Tdx,
+            _ => Tee::Unknown,
+        };
+        let secrets = request.get_ref().secret_names.len();
+        let refuse = |e: Error| {
+            crate::telemetry::record_outcome(Some(tee.as_str()), None, secrets, Some(e.reason().as_str()));
+            self.broker.audit().record_refusal(&super::refusal_event("challenge", caller.clone(), &e));
+            e.to_status()
+        };
+        self.broker.admit(request.remote_addr().map(|a| a.ip())).map_err(refuse)?;
+        let req = request.into_inner();
+        let issued = self.broker.challenge(tee_code(req.tee), &req.secret_names).map_err(|e| {
+            tracing::info!(reason = e.reason().as_str(), cause = %e, "challenge refused");
+            refuse(e)
+        })?;
+        crate::telemetry::record_outcome(Some(tee.as_str()), None, secrets, None);
+        Ok(Response::new(Challenge {
+            nonce: issued.nonce.to_vec(),
+            challenge: issued.token,
+            expires_at: issued.expires_at,
+            hpke_suites: SUPPORTED_SUITES.iter().map(|s| s.to_wire()).collect(),
+        }))
+    }
+
     async fn release(
         &self,
         request: Request<ReleaseSecretsRequest>,

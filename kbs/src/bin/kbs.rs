@@ -110,8 +110,11 @@ fn init_tracing(json: bool, telemetry: Option<&kbs::telemetry::Telemetry>) {
     use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("KBS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,vaultrs=off,rustify=off"));
-    // Colour only for a terminal: a log file or collector gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colour by the rule clap applies to the help and usage errors of kbs
+    // and kbsctl: only on a terminal (a log file or collector gets plain
+    // text), never with a non-empty `NO_COLOR` (no-color.org) or
+    // `TERM=dumb`, and `CLICOLOR`/`CLICOLOR_FORCE` as clap reads them.
+    let ansi = anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never;
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let logs = if json { fmt.json().with_filter(filter).boxed() } else { fmt.with_filter(filter).boxed() };
     let traces = telemetry.map(|t| t.layer());

@@ -12,9 +12,11 @@
 //! else the one the nearest certificate above it names (NVIDIA's device
 //! identity certificates name none; one responder serves the chain), or
 //! the configured `ocsp_url` for all. A response is kept only if the pure
-//! check ([`ocsp::verify_ocsp_response`]) finds it authentic and fresh;
-//! the caller checks the set again with [`ocsp::verify_chain_ocsp`], so
-//! nothing here decides a status.
+//! check ([`ocsp::verify_ocsp_answer`]) finds it authentic and fresh, and
+//! then whatever it says (`good`, `revoked` or `unknown`: a revoked device
+//! does not make every release ask the responder again); the caller checks
+//! the set again with [`ocsp::verify_chain_ocsp`], so nothing here decides
+//! a status.
 //!
 //! Each request is bounded in time and size; a responder that fails, times
 //! out or answers with something that does not verify is left alone for a
@@ -38,7 +40,7 @@ use tokio::time::Instant;
 use super::EvidenceError;
 use super::bounded::BoundedMap;
 use super::gpu::chain;
-use super::gpu::ocsp::{self, OcspError};
+use super::gpu::ocsp;
 use crate::fetch::{KeyedBackoff, read_body_capped, vendor_client, vendor_url_is_https};
 
 /// Default bound on cached responses (three per device model and chip).
@@ -96,7 +98,7 @@ impl GpuOcspConfig {
     }
 }
 
-/// A verified response and the end of its window.
+/// An authentic response (of any status) and the end of its window.
 struct Cached {
     der: Vec<u8>,
     next_update: OffsetDateTime,
@@ -229,19 +231,19 @@ impl GpuOcspFetcher {
             return Err(format!("the OCSP responder is backing off for {}s", remaining.as_secs()));
         }
         let fetched = self.post(&url, &request).await;
-        let checked = fetched.and_then(|body| match ocsp::verify_ocsp_response(&body, target, issuer, now) {
-            Ok(good) => Ok((body, Some(good.next_update))),
-            // Authentic and fresh, not good: the caller's check says so.
-            Err(OcspError::Revoked { .. } | OcspError::Unknown) => Ok((body, None)),
+        // Authentic and fresh, whatever the status: kept until its
+        // nextUpdate, as the responder would give the same answer until
+        // then; the caller's check reads the status (a revoked or unknown
+        // one refuses the device).
+        let checked = fetched.and_then(|body| match ocsp::verify_ocsp_answer(&body, target, issuer, now) {
+            Ok(answer) => Ok((body, answer.next_update)),
             Err(e) => Err(format!("the responder's answer does not verify: {e}")),
         });
         match checked {
             Ok((body, next_update)) => {
                 self.holds().succeeded(&url);
-                if let Some(next_update) = next_update {
-                    let cached = Cached { der: body.clone(), next_update };
-                    self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(request.clone(), cached);
-                }
+                let cached = Cached { der: body.clone(), next_update };
+                self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(request.clone(), cached);
                 Ok(body)
             }
             Err(why) => {

@@ -524,6 +524,19 @@ impl GpuVerifier {
         now: OffsetDateTime,
         expected_nonce: &GpuNonce,
     ) -> Result<GpuDeviceClaims, GpuError> {
+        self.run(report, chain_pem, now, Some(expected_nonce)).map(|(claims, _)| claims)
+    }
+
+    /// As [`Self::verify`], and the report as parsed, for what is judged of
+    /// it afterwards (the RIM appraisal) without parsing it again: it is
+    /// handed out only once every check has passed.
+    pub fn verify_with_report<'r>(
+        &self,
+        report: &'r [u8],
+        chain_pem: &[u8],
+        now: OffsetDateTime,
+        expected_nonce: &GpuNonce,
+    ) -> Result<(GpuDeviceClaims, GpuReport<'r>), GpuError> {
         self.run(report, chain_pem, now, Some(expected_nonce))
     }
 
@@ -537,16 +550,16 @@ impl GpuVerifier {
         chain_pem: &[u8],
         now: OffsetDateTime,
     ) -> Result<GpuDeviceClaims, GpuError> {
-        self.run(report, chain_pem, now, None)
+        self.run(report, chain_pem, now, None).map(|(claims, _)| claims)
     }
 
-    fn run(
+    fn run<'r>(
         &self,
-        report_bytes: &[u8],
+        report_bytes: &'r [u8],
         chain_pem: &[u8],
         now: OffsetDateTime,
         expected_nonce: Option<&GpuNonce>,
-    ) -> Result<GpuDeviceClaims, GpuError> {
+    ) -> Result<(GpuDeviceClaims, GpuReport<'r>), GpuError> {
         // 1. Report.
         let report = GpuReport::parse(report_bytes)?;
         let fields = report.opaque_fields()?;
@@ -589,7 +602,7 @@ impl GpuVerifier {
             self.cache.write().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::clone(&verified));
         }
         // 9. Claims.
-        Ok(GpuDeviceClaims {
+        let claims = GpuDeviceClaims {
             class: verified.arch.class(),
             vendor: "nvidia".into(),
             arch: verified.arch,
@@ -624,7 +637,8 @@ impl GpuVerifier {
             trailing_zeros: report.trailing_zeros,
             revocation: None,
             rim: None,
-        })
+        };
+        Ok((claims, report))
     }
 
     /// The cache key of a chain: SHA-256 over the anchor set's digest and
@@ -824,6 +838,29 @@ mod tests {
         let other_ders = chain::pem_chain(foreign_chain.as_bytes()).unwrap();
         assert_ne!(verifier.chain_key(&other_ders), verifier.chain_key(&ders));
         assert_eq!(verifier.cached_chains(), 1);
+    }
+
+    /// `verify_with_report` runs the same checks as `verify` (uncached and
+    /// cached chain alike) and hands out the report it parsed, only when
+    /// they all pass.
+    #[test]
+    fn the_report_is_handed_out_only_with_its_verified_claims() {
+        let verifier = GpuVerifier::new(test_anchors());
+        let now = OffsetDateTime::now_utc();
+        let nonce = GpuNonce([0x21; 32]);
+        let (report, chain) = simulated(0, &nonce);
+        for _ in 0..2 {
+            let (claims, parsed) = verifier.verify_with_report(&report, chain.as_bytes(), now, &nonce).unwrap();
+            assert_eq!(claims, verifier.verify(&report, chain.as_bytes(), now, &nonce).unwrap());
+            assert_eq!(parsed, GpuReport::parse(&report).unwrap());
+        }
+        let other_nonce = GpuNonce([0x22; 32]);
+        let refused = verifier.verify_with_report(&report, chain.as_bytes(), now, &other_nonce);
+        assert_eq!(refused.unwrap_err(), GpuError::NonceMismatch);
+        let mut tampered = report.clone();
+        tampered[37 + 8 + 7 + 10] ^= 1;
+        let refused = verifier.verify_with_report(&tampered, chain.as_bytes(), now, &nonce);
+        assert_eq!(refused.unwrap_err(), GpuError::SignatureInvalid);
     }
 
     #[test]

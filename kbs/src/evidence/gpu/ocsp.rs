@@ -147,6 +147,16 @@ struct BasicResponse<'a> {
     certs: Vec<&'a [u8]>,
 }
 
+/// What an authentic response, fresh at the verification time, says about
+/// a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OcspAnswer {
+    /// `good`, or the error `Revoked` or `Unknown`.
+    pub status: Result<OcspGood, OcspError>,
+    /// End of the validity window.
+    pub next_update: OffsetDateTime,
+}
+
 /// Checks that `response` shows `target` (DER), issued by `issuer` (DER),
 /// as good at `now`. See the module docs for the checks.
 pub fn verify_ocsp_response(
@@ -155,6 +165,19 @@ pub fn verify_ocsp_response(
     issuer: &[u8],
     now: OffsetDateTime,
 ) -> Result<OcspGood, OcspError> {
+    verify_ocsp_answer(response, target, issuer, now)?.status
+}
+
+/// Checks 1 to 5 of [`verify_ocsp_response`] (the response is authentic
+/// and about `target`, and fresh at `now`) and returns what it says, good
+/// or not, with the end of its window: for a cache, which may keep any
+/// authentic answer until then.
+pub fn verify_ocsp_answer(
+    response: &[u8],
+    target: &[u8],
+    issuer: &[u8],
+    now: OffsetDateTime,
+) -> Result<OcspAnswer, OcspError> {
     // 1. Parse.
     if response.len() > MAX_OCSP_LEN {
         return Err(OcspError::Malformed(format!("{} bytes, at most {MAX_OCSP_LEN}", response.len())));
@@ -199,7 +222,7 @@ pub fn verify_ocsp_response(
         )));
     }
     // 6. Status.
-    match single.status {
+    let status = match single.status {
         CertStatus::Good => Ok(OcspGood {
             subject: anchors::common_name(&target),
             responder: anchors::common_name(signer),
@@ -209,7 +232,8 @@ pub fn verify_ocsp_response(
         }),
         CertStatus::Revoked { revoked_at, reason } => Err(OcspError::Revoked { revoked_at, reason }),
         CertStatus::Unknown => Err(OcspError::Unknown),
-    }
+    };
+    Ok(OcspAnswer { status, next_update })
 }
 
 /// Checks a device chain's revocation with the given (stapled or cached)
