@@ -160,12 +160,16 @@ pub async fn serve(
             }
         },
     ));
-    let admission = crate::connections::Admission::with_gauge("coco", server.limits, gauge);
-    crate::connections::accept_loop(listener, admission, shutdown, move |tcp, peer, ticket| {
+    // As on the guest listener, a peer over its rate has its new
+    // connections closed before the TLS handshake they would cost, and a
+    // flooding peer its open ones too (see `crate::connections`); its
+    // requests on a connection already open are refused with 429.
+    let admission = crate::connections::Admission::with_gauge("coco", server.limits, gauge)
+        .with_rate_limits(Arc::clone(server.service.broker.rate_limiter()));
+    crate::connections::accept_loop(listener, admission, shutdown, move |tcp, peer| {
         let acceptor = acceptor.clone();
         let app = router.clone().layer(axum::Extension(Peer(peer)));
         tokio::spawn(async move {
-            let _ticket = ticket;
             // A peer that sends nothing for the idle bound (after the
             // handshake, between requests, or half-way through one) loses
             // its connection.
