@@ -603,6 +603,36 @@ async fn every_refusal_has_its_status_and_reason() {
     kbs::audit::verify_lines(log.as_bytes()).unwrap();
 }
 
+/// The broker remembers a token after its first GET, but every GET is
+/// still decided: the secret's current version and allow-list, an audit
+/// record each; and the remembered token is refused once it has expired.
+#[tokio::test]
+async fn every_get_with_a_remembered_token_is_decided_and_audited() {
+    let app = TestApp::start_with(coco()).await;
+    app.put(RESOURCE, b"first", &[MEASUREMENT]).await;
+    let key = GuestKey::ec();
+    let mut s = Session::new(&app);
+    let token = s.attest(&guest(), &key, Tamper::default()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(key.decrypt(&s.get(RESOURCE, Some(&token)).await.unwrap()), b"first");
+    }
+    app.put(RESOURCE, b"second", &[MEASUREMENT]).await;
+    assert_eq!(key.decrypt(&s.get(RESOURCE, Some(&token)).await.unwrap()), b"second");
+    // The next version allows another measurement only: refused.
+    app.put(RESOURCE, b"third", &[OTHER_MEASUREMENT]).await;
+    assert_problem(s.get(RESOURCE, Some(&token)).await, StatusCode::FORBIDDEN, "measurement_not_allowed");
+    app.put(RESOURCE, b"fourth", &[MEASUREMENT]).await;
+    app.advance(299);
+    assert_eq!(key.decrypt(&s.get(RESOURCE, None).await.unwrap()), b"fourth");
+    app.advance(1);
+    assert_problem(s.get(RESOURCE, Some(&token)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let log = app.audit_log();
+    let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let gets =
+        |decision: &str| records.iter().filter(|r| r["action"] == "coco.resource" && r["decision"] == decision).count();
+    assert_eq!((gets("allow"), gets("deny")), (5, 2), "{log}");
+}
+
 #[tokio::test]
 async fn an_expired_session_cookie_is_refused() {
     let app = TestApp::start_with(coco()).await;

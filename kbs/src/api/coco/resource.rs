@@ -37,8 +37,9 @@ pub(super) async fn resource(State(svc): State<Arc<CocoService>>, req: Request) 
     let Some(token) = token else {
         return unauthenticated("no attestation token");
     };
-    // Nothing about the resource is looked at before the token verifies.
-    let claims = match svc.token_keys.verify(&token, now) {
+    // Nothing about the resource is looked at before the token verifies
+    // (or verified before, and is still valid now).
+    let claims = match svc.verified.verify(&svc.token_keys, &token, now) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(cause = %e, "coco resource request with a bad token");
