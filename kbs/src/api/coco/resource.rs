@@ -18,6 +18,7 @@ use super::jwe::TeeKey;
 use super::problem::{error_response, json_response, session_cookie};
 use super::server::peer_of;
 use super::session::CocoTee;
+use super::verified::VerifiedToken;
 
 pub(super) async fn resource(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
     let caller = peer_of(&req);
@@ -39,17 +40,17 @@ pub(super) async fn resource(State(svc): State<Arc<CocoService>>, req: Request) 
     };
     // Nothing about the resource is looked at before the token verifies
     // (or verified before, and is still valid now).
-    let claims = match svc.verified.verify(&svc.token_keys, &token, now) {
+    let verified = match svc.verified.verify(&svc.token_keys, &token, now) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(cause = %e, "coco resource request with a bad token");
             return unauthenticated("bad or expired attestation token");
         }
     };
-    let attestation_id = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+    let attestation_id = verified.claims.get("jti").and_then(Value::as_str).map(str::to_owned);
     let started = std::time::Instant::now();
     let mut audit = Audit::new("coco.resource", attestation_id, caller);
-    let result = svc.resource(&claims, &path, &mut audit).await;
+    let result = svc.resource(&verified, &path, &mut audit).await;
     let tee = crate::metrics::Tee::from_name(audit.event.tee);
     let result = audit.finish(&svc.broker, result).await;
     svc.broker.metrics().release(tee, result.as_ref().err().map(Error::reason), started.elapsed());
@@ -60,7 +61,8 @@ pub(super) async fn resource(State(svc): State<Arc<CocoService>>, req: Request) 
 }
 
 impl CocoService {
-    async fn resource(&self, token: &Value, path: &str, audit: &mut Audit) -> Result<Value, Error> {
+    async fn resource(&self, verified: &VerifiedToken, path: &str, audit: &mut Audit) -> Result<Value, Error> {
+        let token = &verified.claims;
         audit.event.tee = token.get("tee").and_then(Value::as_str).and_then(CocoTee::from_name).map(CocoTee::name);
         let name = path
             .strip_prefix("/kbs/v0/resource/")
@@ -76,10 +78,17 @@ impl CocoService {
         if claims.tee == TeeKind::Sample && !self.allow_sample {
             return Err(crate::evidence::EvidenceError::UnsupportedTee("sample").into());
         }
-        let key = token
-            .get("tee-pubkey")
-            .ok_or(Error::Unauthenticated("attestation token carries no key"))
-            .and_then(|k| TeeKey::from_jwk(k).map_err(|e| Error::InvalidRequest(e.to_string())))?;
+        let checked;
+        let key = match &verified.key {
+            Some(key) => key,
+            None => {
+                checked = token
+                    .get("tee-pubkey")
+                    .ok_or(Error::Unauthenticated("attestation token carries no key"))
+                    .and_then(|k| TeeKey::from_jwk(k).map_err(|e| Error::InvalidRequest(e.to_string())))?;
+                &checked
+            }
+        };
         let record = self.broker.read_for(&claims, name).await?;
         audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: Some(record.meta.version) }];
         let sealing = tracing::info_span!(crate::telemetry::phase::SEAL);

@@ -7,7 +7,9 @@
 //! ([`TokenKeys::set_id`]) and the exact bytes of the token: a token that
 //! differs in one byte is another key, and is verified in full; a broker
 //! with other token keys shares no entry. Only a token that verified goes
-//! in, with its claims, `iat` and `exp`; an entry is used only while the
+//! in, with its claims, `iat` and `exp`, and its guest key as checked
+//! once ([`TeeKey::from_jwk`] agrees once with a throwaway key to check
+//! the point, which costs another ECDH); an entry is used only while the
 //! clock at that use is within the token's validity, as a full
 //! verification would check. At most [`MAX_ENTRIES`] tokens of at most
 //! [`MAX_CACHED_TOKEN_LEN`] bytes are kept (the oldest evicted first), and
@@ -23,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::evidence::bounded::BoundedMap;
 
+use super::jwe::TeeKey;
 use super::token::{self, TokenError, TokenKeys};
 
 /// Most tokens remembered at once.
@@ -32,10 +35,14 @@ pub const MAX_ENTRIES: usize = 4096;
 /// keeps the cache's memory to tens of MiB at most.
 pub const MAX_CACHED_TOKEN_LEN: usize = 16 * 1024;
 
-/// A verified token's claims and validity.
+/// A verified token's claims, its guest key and its validity.
 #[derive(Debug)]
-struct Verified {
-    claims: Arc<Value>,
+pub(super) struct VerifiedToken {
+    /// The claims.
+    pub(super) claims: Value,
+    /// The claims' `tee-pubkey`, checked; `None` when it is missing or
+    /// does not pass [`TeeKey::from_jwk`] (the GET then says why).
+    pub(super) key: Option<TeeKey>,
     iat: i64,
     exp: i64,
 }
@@ -43,7 +50,7 @@ struct Verified {
 /// The verified tokens of one front end.
 #[derive(Debug)]
 pub(super) struct VerifiedTokens {
-    entries: Mutex<BoundedMap<[u8; 32], Verified>>,
+    entries: Mutex<BoundedMap<[u8; 32], Arc<VerifiedToken>>>,
 }
 
 impl VerifiedTokens {
@@ -58,26 +65,28 @@ impl VerifiedTokens {
     /// The claims of `token` if `keys` verify it at `now` (Unix seconds):
     /// from the cache when it verified before and is still valid at `now`,
     /// otherwise by [`TokenKeys::verify`], remembering it if it passes.
-    pub(super) fn verify(&self, keys: &TokenKeys, token: &str, now: i64) -> Result<Arc<Value>, TokenError> {
+    pub(super) fn verify(&self, keys: &TokenKeys, token: &str, now: i64) -> Result<Arc<VerifiedToken>, TokenError> {
         let key = cache_key(keys, token);
         if let Some(hit) = self.lock().get(&key) {
             // The same time check as a full verification, at this use.
             return match token::current(hit.iat, hit.exp, now) {
-                true => Ok(Arc::clone(&hit.claims)),
+                true => Ok(Arc::clone(hit)),
                 false => Err(TokenError::Expired),
             };
         }
-        let claims = Arc::new(keys.verify(token, now)?);
+        let claims = keys.verify(token, now)?;
+        // `verify` checked that both are present.
+        let field = |name| claims.get(name).and_then(Value::as_i64).unwrap_or_default();
+        let (iat, exp) = (field("iat"), field("exp"));
+        let guest_key = claims.get("tee-pubkey").and_then(|k| TeeKey::from_jwk(k).ok());
+        let verified = Arc::new(VerifiedToken { claims, key: guest_key, iat, exp });
         if token.len() <= MAX_CACHED_TOKEN_LEN {
-            // `verify` checked that both are present.
-            let field = |name| claims.get(name).and_then(Value::as_i64).unwrap_or_default();
-            let (iat, exp) = (field("iat"), field("exp"));
-            self.lock().insert(key, Verified { claims: Arc::clone(&claims), iat, exp });
+            self.lock().insert(key, Arc::clone(&verified));
         }
-        Ok(claims)
+        Ok(verified)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BoundedMap<[u8; 32], Verified>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BoundedMap<[u8; 32], Arc<VerifiedToken>>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -117,13 +126,13 @@ mod tests {
     fn a_remembered_token_is_refused_past_its_exp_and_before_its_iat() {
         let (keys, cache) = (keys(), VerifiedTokens::new());
         let t = token(&keys, "a");
-        assert_eq!(cache.verify(&keys, &t, NOW).unwrap()["jti"], "a");
+        assert_eq!(cache.verify(&keys, &t, NOW).unwrap().claims["jti"], "a");
         assert_eq!(cache.len(), 1);
         // Still remembered, and still checked against the clock at each use.
-        assert_eq!(cache.verify(&keys, &t, NOW + 299).unwrap()["jti"], "a");
-        assert_eq!(cache.verify(&keys, &t, NOW + 300), Err(TokenError::Expired));
-        assert_eq!(cache.verify(&keys, &t, NOW + 10_000), Err(TokenError::Expired));
-        assert_eq!(cache.verify(&keys, &t, NOW - token::MAX_SKEW_SECONDS - 1), Err(TokenError::Expired));
+        assert_eq!(cache.verify(&keys, &t, NOW + 299).unwrap().claims["jti"], "a");
+        assert_eq!(cache.verify(&keys, &t, NOW + 300).err(), Some(TokenError::Expired));
+        assert_eq!(cache.verify(&keys, &t, NOW + 10_000).err(), Some(TokenError::Expired));
+        assert_eq!(cache.verify(&keys, &t, NOW - token::MAX_SKEW_SECONDS - 1).err(), Some(TokenError::Expired));
         assert_eq!(cache.len(), 1, "the entry was not replaced by a refusal");
         // The same answers as a full verification.
         for now in [NOW + 300, NOW - token::MAX_SKEW_SECONDS - 1] {
@@ -135,9 +144,9 @@ mod tests {
     fn a_token_that_fails_is_never_remembered() {
         let (keys, cache) = (keys(), VerifiedTokens::new());
         let expired = token(&keys, "old");
-        assert_eq!(cache.verify(&keys, &expired, NOW + 300), Err(TokenError::Expired));
+        assert_eq!(cache.verify(&keys, &expired, NOW + 300).err(), Some(TokenError::Expired));
         let other = token(&self::keys(), "elsewhere");
-        assert_eq!(cache.verify(&keys, &other, NOW), Err(TokenError::UnknownKey));
+        assert_eq!(cache.verify(&keys, &other, NOW).err(), Some(TokenError::UnknownKey));
         assert!(cache.verify(&keys, "not.a.token", NOW).is_err());
         assert_eq!(cache.len(), 0);
         // Once valid, the expired one is verified in full and then kept.
@@ -153,14 +162,32 @@ mod tests {
         // A key set without the token's key: refused, although the token
         // verified under the first one.
         let rotated = TokenKeys::new(TokenKey::generate().unwrap(), Vec::new()).unwrap();
-        assert_eq!(cache.verify(&rotated, &t, NOW), Err(TokenError::UnknownKey));
+        assert_eq!(cache.verify(&rotated, &t, NOW).err(), Some(TokenError::UnknownKey));
         // The same keys in the other trust mode refuse it as well.
         let pkcs8 = TokenKey::generate_pkcs8().unwrap();
         let production = TokenKeys::new(TokenKey::from_pkcs8(&pkcs8).unwrap(), Vec::new()).unwrap();
         let dev = TokenKeys::new(TokenKey::from_pkcs8(&pkcs8).unwrap(), Vec::new()).unwrap().insecure_dev();
         let t = token(&production, "b");
         cache.verify(&production, &t, NOW).unwrap();
-        assert_eq!(cache.verify(&dev, &t, NOW), Err(TokenError::OtherMode));
+        assert_eq!(cache.verify(&dev, &t, NOW).err(), Some(TokenError::OtherMode));
+    }
+
+    #[test]
+    fn the_guest_key_is_checked_once_and_kept() {
+        let (keys, cache) = (keys(), VerifiedTokens::new());
+        let jwk = json!({"kty": "EC", "crv": "P-256",
+                         "x": "gI0GAILBdu7T53akrFmMyGcsF3n5dO7MmwNBHKW5SV0",
+                         "y": "SLW_xSffzlPWrHEVI30DHM_4egVwt3NQqeUD7nMFpps"});
+        let t = keys.sign(&json!({"iat": NOW, "exp": NOW + 300, "tee-pubkey": jwk})).unwrap();
+        let verified = cache.verify(&keys, &t, NOW).unwrap();
+        assert_eq!(verified.key, Some(TeeKey::from_jwk(&jwk).unwrap()));
+        assert!(Arc::ptr_eq(&verified, &cache.verify(&keys, &t, NOW).unwrap()), "remembered");
+        // A point off the curve, or no key: none, and the GET says why.
+        let mut off = jwk.clone();
+        off["y"] = json!("SLW_xSffzlPWrHEVI30DHM_4egVwt3NQqeUD7nMFppw");
+        let t = keys.sign(&json!({"iat": NOW, "exp": NOW + 300, "tee-pubkey": off})).unwrap();
+        assert_eq!(cache.verify(&keys, &t, NOW).unwrap().key, None);
+        assert_eq!(cache.verify(&keys, &token(&keys, "keyless"), NOW).unwrap().key, None);
     }
 
     #[test]
@@ -172,7 +199,7 @@ mod tests {
         }
         assert_eq!(cache.len(), 8);
         // Evicted tokens still verify, in full.
-        assert_eq!(cache.verify(&keys, &tokens[0], NOW).unwrap()["jti"], "0");
+        assert_eq!(cache.verify(&keys, &tokens[0], NOW).unwrap().claims["jti"], "0");
         assert_eq!(cache.len(), 8);
         assert_eq!(VerifiedTokens::new().entries.lock().unwrap().len(), 0);
         // A token larger than the bound verifies but takes no place.
