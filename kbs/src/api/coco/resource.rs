@@ -69,12 +69,9 @@ impl CocoService {
             .filter(|n| n.split('/').count() == 3)
             .ok_or_else(|| Error::InvalidRequest("resource path must be <repository>/<type>/<tag>".into()))?;
         audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: None }];
-        let claims: Claims = token
-            .pointer("/submods/cpu0/ear.veraison.annotated-evidence")
-            .cloned()
-            .and_then(|c| serde_json::from_value(c).ok())
-            .ok_or(Error::Unauthenticated("attestation token carries no claims"))?;
-        audit.claims(&claims);
+        let claims: &Claims =
+            verified.evidence.as_ref().ok_or(Error::Unauthenticated("attestation token carries no claims"))?;
+        audit.claims(claims);
         if claims.tee == TeeKind::Sample && !self.allow_sample {
             return Err(crate::evidence::EvidenceError::UnsupportedTee("sample").into());
         }
@@ -89,7 +86,7 @@ impl CocoService {
                 &checked
             }
         };
-        let record = self.broker.read_for(&claims, name).await?;
+        let record = self.broker.read_for(claims, name).await?;
         audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: Some(record.meta.version) }];
         let sealing = tracing::info_span!(crate::telemetry::phase::SEAL);
         sealing.in_scope(|| key.encrypt(record.value.expose())).map_err(|e| Error::Internal(e.to_string()))

@@ -7,9 +7,10 @@
 //! ([`TokenKeys::set_id`]) and the exact bytes of the token: a token that
 //! differs in one byte is another key, and is verified in full; a broker
 //! with other token keys shares no entry. Only a token that verified goes
-//! in, with its claims, `iat` and `exp`, and its guest key as checked
-//! once ([`TeeKey::from_jwk`] agrees once with a throwaway key to check
-//! the point, which costs another ECDH); an entry is used only while the
+//! in, with its claims (and the evidence claims they carry, parsed),
+//! `iat` and `exp`, and its guest key as checked once
+//! ([`TeeKey::from_jwk`] agrees once with a throwaway key to check the
+//! point, which costs another ECDH); an entry is used only while the
 //! clock at that use is within the token's validity, as a full
 //! verification would check. At most [`MAX_ENTRIES`] tokens of at most
 //! [`MAX_CACHED_TOKEN_LEN`] bytes are kept (the oldest evicted first), and
@@ -20,13 +21,18 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use serde::Deserialize as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::evidence::Claims;
 use crate::evidence::bounded::BoundedMap;
 
 use super::jwe::TeeKey;
 use super::token::{self, TokenError, TokenKeys};
+
+/// Where a token carries the verified evidence claims.
+const EVIDENCE_CLAIMS: &str = "/submods/cpu0/ear.veraison.annotated-evidence";
 
 /// Most tokens remembered at once.
 pub const MAX_ENTRIES: usize = 4096;
@@ -40,6 +46,9 @@ pub const MAX_CACHED_TOKEN_LEN: usize = 16 * 1024;
 pub(super) struct VerifiedToken {
     /// The claims.
     pub(super) claims: Value,
+    /// The verified evidence claims they carry (EAR's annotated evidence),
+    /// parsed; `None` when there are none or they do not parse.
+    pub(super) evidence: Option<Claims>,
     /// The claims' `tee-pubkey`, checked; `None` when it is missing or
     /// does not pass [`TeeKey::from_jwk`] (the GET then says why).
     pub(super) key: Option<TeeKey>,
@@ -79,7 +88,8 @@ impl VerifiedTokens {
         let field = |name| claims.get(name).and_then(Value::as_i64).unwrap_or_default();
         let (iat, exp) = (field("iat"), field("exp"));
         let guest_key = claims.get("tee-pubkey").and_then(|k| TeeKey::from_jwk(k).ok());
-        let verified = Arc::new(VerifiedToken { claims, key: guest_key, iat, exp });
+        let evidence = claims.pointer(EVIDENCE_CLAIMS).and_then(|c| Claims::deserialize(c).ok());
+        let verified = Arc::new(VerifiedToken { claims, evidence, key: guest_key, iat, exp });
         if token.len() <= MAX_CACHED_TOKEN_LEN {
             self.lock().insert(key, Arc::clone(&verified));
         }
@@ -181,6 +191,7 @@ mod tests {
         let t = keys.sign(&json!({"iat": NOW, "exp": NOW + 300, "tee-pubkey": jwk})).unwrap();
         let verified = cache.verify(&keys, &t, NOW).unwrap();
         assert_eq!(verified.key, Some(TeeKey::from_jwk(&jwk).unwrap()));
+        assert!(verified.evidence.is_none(), "no evidence claims in this token");
         assert!(Arc::ptr_eq(&verified, &cache.verify(&keys, &t, NOW).unwrap()), "remembered");
         // A point off the curve, or no key: none, and the GET says why.
         let mut off = jwk.clone();
