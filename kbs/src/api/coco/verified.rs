@@ -34,11 +34,14 @@ use super::token::{self, TokenError, TokenKeys};
 /// Where a token carries the verified evidence claims.
 const EVIDENCE_CLAIMS: &str = "/submods/cpu0/ear.veraison.annotated-evidence";
 
-/// Most tokens remembered at once.
-pub const MAX_ENTRIES: usize = 4096;
+/// Most tokens remembered at once. A guest makes its GETs within seconds
+/// of attesting, so this covers a thousand guests starting at once; the
+/// oldest go first.
+pub const MAX_ENTRIES: usize = 1024;
 /// Largest token remembered, in bytes: a token of a VM with one GPU is
-/// about 6 KiB. Larger ones (many GPUs) are verified on every use, which
-/// keeps the cache's memory to tens of MiB at most.
+/// about 6 KiB. Larger ones (many GPUs) are verified on every use. An
+/// entry holds the claims as parsed JSON, a few times the token's size,
+/// so the cache stays within some tens of MiB.
 pub const MAX_CACHED_TOKEN_LEN: usize = 16 * 1024;
 
 /// A verified token's claims, its guest key and its validity.
