@@ -8,8 +8,8 @@
 //! is closed as soon as it is accepted; its slot is released when the
 //! connection ends, however it ends.
 //!
-//! On the guest listener, the rate limits reach the connections too (see
-//! [`crate::rate`]): a connection from an address that is over its rate now
+//! On the guest and CoCo listeners, the rate limits reach the connections
+//! too (see [`crate::rate`]): a connection from an address that is over its rate now
 //! is closed as soon as it is accepted, before the TLS handshake it would
 //! cost; and the open connections of a peer that is flooding (far past its
 //! rate for seconds) are closed, so that it has to pay for new ones, which
@@ -138,6 +138,19 @@ impl Admission {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
+
+    /// `stream` from `peer` if [`Admission::admit`] admits it, with Nagle's
+    /// algorithm off (a guest's calls are small request/response exchanges,
+    /// which Nagle and delayed ACKs would hold back by tens of
+    /// milliseconds); `None` closes it.
+    fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Option<Admitted> {
+        let ticket = self.admit(peer)?;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let rate = self.rate.as_ref().map(|r| (Arc::clone(r), r.flood_epoch()));
+        Some(Admitted { stream, ticket, rate })
+    }
 }
 
 /// An admitted TCP connection: the stream and its slot; with the rate
@@ -211,8 +224,7 @@ impl tonic::transport::server::Connected for Admitted {
 }
 
 /// The connections of `listener` that `admission` admits, with Nagle's
-/// algorithm off (a guest's calls are small request/response exchanges,
-/// which Nagle and delayed ACKs would hold back by tens of milliseconds).
+/// algorithm off (see [`Admission::accept`]).
 pub fn incoming(
     listener: TcpListener,
     admission: Admission,
@@ -221,28 +233,24 @@ pub fn incoming(
     tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |accepted| match accepted {
         Ok(stream) => {
             let peer = stream.peer_addr().ok()?;
-            let ticket = admission.admit(peer)?;
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-            let rate = admission.rate.as_ref().map(|r| (Arc::clone(r), r.flood_epoch()));
-            Some(Ok(Admitted { stream, ticket, rate }))
+            admission.accept(stream, peer).map(Ok)
         }
         Err(e) => Some(Err(e)),
     })
 }
 
 /// Accepts connections on `listener` until `shutdown` completes and hands
-/// each one `admission` admits to `serve`, with its peer and the ticket
-/// that holds its slot (drop it when the connection ends); refused ones
-/// are closed at once. Nagle's algorithm is turned off (small request and
-/// response exchanges). A failing `accept` (out of file descriptors and
-/// the like) is logged and retried after a pause, never fatal.
+/// each one `admission` admits to `serve`, with its peer; the connection
+/// holds its slot until it is dropped, and with the rate limits it ends
+/// once its peer is flooding. Refused ones are closed at once, before any
+/// handshake. Nagle's algorithm is turned off (small request and response
+/// exchanges). A failing `accept` (out of file descriptors and the like)
+/// is logged and retried after a pause, never fatal.
 pub async fn accept_loop(
     listener: TcpListener,
     admission: Admission,
     shutdown: impl std::future::Future<Output = ()> + Send,
-    mut serve: impl FnMut(tokio::net::TcpStream, SocketAddr, Ticket) + Send,
+    mut serve: impl FnMut(Admitted, SocketAddr) + Send,
 ) -> io::Result<()> {
     tokio::pin!(shutdown);
     loop {
@@ -257,11 +265,8 @@ pub async fn accept_loop(
                 }
             },
         };
-        let Some(ticket) = admission.admit(peer) else { continue };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-        serve(tcp, peer, ticket);
+        let Some(admitted) = admission.accept(tcp, peer) else { continue };
+        serve(admitted, peer);
     }
 }
 

@@ -822,11 +822,10 @@ async fn serve_metrics(
         ));
     let admission = Admission::with_gauge("metrics", limits, gauge);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    connections::accept_loop(listener, admission, shutdown, move |tcp, peer, ticket| {
+    connections::accept_loop(listener, admission, shutdown, move |tcp, peer| {
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let _ticket = ticket;
             // A scraper that goes silent (mid-request or between requests)
             // loses its connection.
             let tcp = connections::IdleTimeout::new(tcp, idle);

@@ -603,6 +603,36 @@ async fn every_refusal_has_its_status_and_reason() {
     kbs::audit::verify_lines(log.as_bytes()).unwrap();
 }
 
+/// The broker remembers a token after its first GET, but every GET is
+/// still decided: the secret's current version and allow-list, an audit
+/// record each; and the remembered token is refused once it has expired.
+#[tokio::test]
+async fn every_get_with_a_remembered_token_is_decided_and_audited() {
+    let app = TestApp::start_with(coco()).await;
+    app.put(RESOURCE, b"first", &[MEASUREMENT]).await;
+    let key = GuestKey::ec();
+    let mut s = Session::new(&app);
+    let token = s.attest(&guest(), &key, Tamper::default()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(key.decrypt(&s.get(RESOURCE, Some(&token)).await.unwrap()), b"first");
+    }
+    app.put(RESOURCE, b"second", &[MEASUREMENT]).await;
+    assert_eq!(key.decrypt(&s.get(RESOURCE, Some(&token)).await.unwrap()), b"second");
+    // The next version allows another measurement only: refused.
+    app.put(RESOURCE, b"third", &[OTHER_MEASUREMENT]).await;
+    assert_problem(s.get(RESOURCE, Some(&token)).await, StatusCode::FORBIDDEN, "measurement_not_allowed");
+    app.put(RESOURCE, b"fourth", &[MEASUREMENT]).await;
+    app.advance(299);
+    assert_eq!(key.decrypt(&s.get(RESOURCE, None).await.unwrap()), b"fourth");
+    app.advance(1);
+    assert_problem(s.get(RESOURCE, Some(&token)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let log = app.audit_log();
+    let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let gets =
+        |decision: &str| records.iter().filter(|r| r["action"] == "coco.resource" && r["decision"] == decision).count();
+    assert_eq!((gets("allow"), gets("deny")), (5, 2), "{log}");
+}
+
 #[tokio::test]
 async fn an_expired_session_cookie_is_refused() {
     let app = TestApp::start_with(coco()).await;
@@ -901,6 +931,11 @@ async fn tokens_and_challenges_of_a_dev_broker_are_refused_in_production() {
 async fn calls_past_the_rate_limit_are_refused_with_a_retry_time() {
     let app = TestApp::start_with(Options { coco: true, rate_limit: Some((5, 1000)), ..Default::default() }).await;
     let mut guest = app.guest().await;
+    // A CoCo connection opened while within the rate (a new one past it is
+    // closed before its handshake).
+    let http = app.http();
+    let jwks = http.get(format!("{}/.well-known/jwks.json", app.coco_url)).send().await.unwrap();
+    assert_eq!(jwks.status(), StatusCode::OK);
     let ask = || kbs_proto::v1::GetChallengeRequest {
         tee: kbs_proto::v1::Tee::Snp as i32,
         secret_names: vec![RESOURCE.into()],
@@ -919,7 +954,7 @@ async fn calls_past_the_rate_limit_are_refused_with_a_retry_time() {
     assert!((1..=2).contains(&after), "{after}");
 
     // The same peer on the CoCo front end shares its bucket.
-    let resp = app.http().post(format!("{}/kbs/v0/auth", app.coco_url)).body("{}").send().await.unwrap();
+    let resp = http.post(format!("{}/kbs/v0/auth", app.coco_url)).body("{}").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(resp.headers().get(reqwest::header::RETRY_AFTER).is_some());
     let problem: Value = resp.json().await.unwrap();
@@ -928,6 +963,87 @@ async fn calls_past_the_rate_limit_are_refused_with_a_retry_time() {
     // After the wait, served again.
     tokio::time::sleep(std::time::Duration::from_secs(after)).await;
     guest.get_challenge(ask()).await.unwrap();
+}
+
+/// Whether the CoCo listener closes a fresh TCP connection from `from`
+/// before the TLS handshake (end of stream or a reset at once, or the
+/// handshake refused), rather than completing it.
+async fn coco_closed_before_the_handshake(app: &TestApp, from: std::net::IpAddr) -> bool {
+    let port: u16 = app.coco_url.rsplit(':').next().unwrap().parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let tcp = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject as _;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&app.ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), connector.connect(name, tcp)).await {
+        Ok(Ok(_)) => false,
+        Ok(Err(_)) => true,
+        Err(_) => panic!("the TLS handshake neither completed nor failed"),
+    }
+}
+
+/// On the CoCo listener as on the guest listener: a peer over its rate has
+/// its new connections closed before the TLS handshake, and one that keeps
+/// calling far past its rate has its open connection closed; meanwhile
+/// another peer completes a flow, and the first is served again once it
+/// keeps to its rate.
+#[tokio::test]
+async fn a_coco_peer_flooding_past_its_rate_is_cut_off_at_the_connection() {
+    let app = TestApp::start_with(Options { coco: true, rate_limit: Some((2, 1000)), ..Default::default() }).await;
+    app.put(RESOURCE, b"coco-rate-limited", &[MEASUREMENT]).await;
+    let flooder: std::net::IpAddr = [127, 0, 0, 1].into();
+    let other: std::net::IpAddr = [127, 0, 0, 2].into();
+    assert!(!coco_closed_before_the_handshake(&app, flooder).await, "a peer within its rate connects");
+    // `/auth` as fast as answers come back, on one kept-alive connection:
+    // refused with 429 past the first two, then the connection is closed
+    // (and a new one refused before its handshake).
+    let http = app.http();
+    let (mut limited, mut cut) = (0, None);
+    for _ in 0..5000 {
+        match http.post(format!("{}/kbs/v0/auth", app.coco_url)).body("{}").send().await {
+            Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                assert!(r.headers().get(reqwest::header::RETRY_AFTER).is_some());
+                limited += 1;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                cut = Some(e);
+                break;
+            }
+        }
+    }
+    let cut = cut.expect("the flooding peer's connection stayed open");
+    assert!(limited >= 10, "closed after {limited} refusals: {cut:?}");
+    assert!(coco_closed_before_the_handshake(&app, flooder).await, "a peer over its rate got a handshake");
+    // Another peer is not held back: a whole flow, resource included.
+    let ca = reqwest::Certificate::from_pem(&app.ca).unwrap();
+    let elsewhere = reqwest::Client::builder().tls_certs_only(vec![ca]).local_address(other).build().unwrap();
+    let mut session = Session { app: &app, http: elsewhere, cookie: None };
+    let key = GuestKey::ec();
+    session.attest(&guest(), &key, Tamper::default()).await.unwrap();
+    assert_eq!(key.decrypt(&session.get(RESOURCE, None).await.unwrap()), b"coco-rate-limited");
+    // Once its refused calls have drained, the first peer is served again.
+    let mut served = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if !coco_closed_before_the_handshake(&app, flooder).await {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "the peer was never let back in");
+    let (nonce, _) = Session::new(&app).auth("snp", "0.4.0").await.unwrap();
+    assert!(!nonce.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

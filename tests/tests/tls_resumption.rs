@@ -56,6 +56,11 @@ fn with_key(key: &Path, previous: &[&Path]) -> String {
 /// store, so it offers a ticket from any of them to the next (all are
 /// `localhost`).
 fn client(cas: &[&[u8]], alpn: &[u8], store: &Arc<ClientSessionMemoryCache>) -> Arc<ClientConfig> {
+    client_with(cas, alpn, Arc::clone(store) as Arc<dyn rustls::client::ClientSessionStore>)
+}
+
+/// [`client`] with any session store.
+fn client_with(cas: &[&[u8]], alpn: &[u8], store: Arc<dyn rustls::client::ClientSessionStore>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for ca in cas {
         for cert in CertificateDer::pem_slice_iter(ca) {
@@ -68,7 +73,7 @@ fn client(cas: &[&[u8]], alpn: &[u8], store: &Arc<ClientSessionMemoryCache>) -> 
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    config.resumption = Resumption::store(Arc::clone(store) as Arc<dyn rustls::client::ClientSessionStore>);
+    config.resumption = Resumption::store(store);
     Arc::new(config)
 }
 
@@ -142,6 +147,58 @@ async fn a_ticket_from_one_broker_resumes_at_another_with_the_same_key_only() {
         let config = client(&cas, alpn, &store);
         assert_eq!(connect(port_of(&url_of(&b)), &config).await, HandshakeKind::Full, "{name}");
         assert_eq!(connect(port_of(&url_of(&other)), &config).await, HandshakeKind::Full, "{name}: rotated out");
+    }
+}
+
+/// A client session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingStore {
+    inner: ClientSessionMemoryCache,
+    tickets: AtomicU64,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group);
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(&self, name: ServerName<'static>, value: rustls::client::Tls12ClientSessionValue) {
+        self.inner.set_tls12_session(name, value);
+    }
+    fn tls12_session(&self, name: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name);
+    }
+    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        self.tickets.fetch_add(1, Ordering::Relaxed);
+        self.inner.insert_tls13_ticket(name, value);
+    }
+    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// With a ticket key, a broker sends one ticket per handshake (a guest
+/// reconnecting once per release redeems one and gets the next), on the
+/// guest and the CoCo listeners, and each next connection resumes.
+#[tokio::test]
+async fn with_a_ticket_key_each_handshake_gives_one_ticket() {
+    let keys = tempfile::tempdir().unwrap();
+    let app = broker(with_key(&key_file(keys.path(), "k1", 1), &[])).await;
+    for (alpn, url) in [(&b"h2"[..], &app.guest_url), (&b"http/1.1"[..], &app.coco_url)] {
+        let store = Arc::new(CountingStore { inner: ClientSessionMemoryCache::new(32), tickets: AtomicU64::new(0) });
+        let config = client_with(&[app.ca.as_slice()], alpn, Arc::clone(&store) as _);
+        let name = String::from_utf8_lossy(alpn);
+        assert_eq!(connect(port_of(url), &config).await, HandshakeKind::Full, "{name}");
+        assert_eq!(store.tickets.load(Ordering::Relaxed), 1, "{name}: tickets after a full handshake");
+        for n in 2..=3 {
+            assert_eq!(connect(port_of(url), &config).await, HandshakeKind::Resumed, "{name}");
+            assert_eq!(store.tickets.load(Ordering::Relaxed), n, "{name}: one more per resumed handshake");
+        }
     }
 }
 

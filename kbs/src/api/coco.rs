@@ -31,7 +31,10 @@
 //! 3. `GET /kbs/v0/resource/<repo>/<type>/<tag>` with `Authorization: Bearer
 //!    <token>` or the cookie: the token's claims are checked against the
 //!    release policy of the secret `repo/type/tag` and the value is
-//!    returned as a JWE (flattened JSON) encrypted to the token's key.
+//!    returned as a JWE (flattened JSON) encrypted to the token's key. A
+//!    token's signature is verified at its first GET and the token then
+//!    remembered until it expires (see [`verified`]); the policy, the
+//!    read, the seal and the audit record run on every GET.
 //!
 //! 4. `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`:
 //!    the public halves of the token keys, for relying parties that check
@@ -62,6 +65,7 @@ mod resource;
 mod server;
 mod session;
 pub mod token;
+mod verified;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +101,8 @@ pub const MAX_INIT_DATA: usize = 64 * 1024;
 pub struct CocoService {
     broker: Arc<Broker>,
     token_keys: TokenKeys,
+    /// Tokens that verified under `token_keys`, for the resource GETs.
+    verified: verified::VerifiedTokens,
     token_ttl: Duration,
     allow_sample: bool,
     issuer: String,
@@ -117,7 +123,15 @@ impl CocoService {
     /// A front end over `broker`. `allow_sample` is the broker's insecure
     /// dev mode.
     pub fn new(broker: Arc<Broker>, token_keys: TokenKeys, token_ttl: Duration, allow_sample: bool) -> Self {
-        Self { broker, token_keys, token_ttl, allow_sample, issuer: "kbs".into(), audiences: Vec::new() }
+        Self {
+            broker,
+            token_keys,
+            verified: verified::VerifiedTokens::new(),
+            token_ttl,
+            allow_sample,
+            issuer: "kbs".into(),
+            audiences: Vec::new(),
+        }
     }
 
     /// Tokens name `issuer` as `iss` and `audiences` as `aud`.

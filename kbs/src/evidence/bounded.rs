@@ -1,7 +1,8 @@
 //! The bounded map behind the verifiers' caches of verified outcomes (VEK
-//! chains, GPU device chains, RIM appraisals): at most `capacity` entries,
-//! the oldest evicted first. Only outcomes that passed every check go in;
-//! the caller keeps it behind a lock.
+//! chains, GPU device chains, RIM appraisals, the CoCo front end's
+//! attestation tokens): at most `capacity` entries, the oldest evicted
+//! first. Only outcomes that passed every check go in; the caller keeps it
+//! behind a lock.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};

@@ -7,7 +7,7 @@
 
 pub mod amd_crl;
 pub mod anchors;
-mod bounded;
+pub(crate) mod bounded;
 pub mod certtable;
 pub mod collateral;
 pub mod gpu;

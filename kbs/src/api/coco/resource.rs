@@ -18,6 +18,7 @@ use super::jwe::TeeKey;
 use super::problem::{error_response, json_response, session_cookie};
 use super::server::peer_of;
 use super::session::CocoTee;
+use super::verified::VerifiedToken;
 
 pub(super) async fn resource(State(svc): State<Arc<CocoService>>, req: Request) -> Response {
     let caller = peer_of(&req);
@@ -37,18 +38,19 @@ pub(super) async fn resource(State(svc): State<Arc<CocoService>>, req: Request) 
     let Some(token) = token else {
         return unauthenticated("no attestation token");
     };
-    // Nothing about the resource is looked at before the token verifies.
-    let claims = match svc.token_keys.verify(&token, now) {
+    // Nothing about the resource is looked at before the token verifies
+    // (or verified before, and is still valid now).
+    let verified = match svc.verified.verify(&svc.token_keys, &token, now) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(cause = %e, "coco resource request with a bad token");
             return unauthenticated("bad or expired attestation token");
         }
     };
-    let attestation_id = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+    let attestation_id = verified.claims.get("jti").and_then(Value::as_str).map(str::to_owned);
     let started = std::time::Instant::now();
     let mut audit = Audit::new("coco.resource", attestation_id, caller);
-    let result = svc.resource(&claims, &path, &mut audit).await;
+    let result = svc.resource(&verified, &path, &mut audit).await;
     let tee = crate::metrics::Tee::from_name(audit.event.tee);
     let result = audit.finish(&svc.broker, result).await;
     svc.broker.metrics().release(tee, result.as_ref().err().map(Error::reason), started.elapsed());
@@ -59,27 +61,32 @@ pub(super) async fn resource(State(svc): State<Arc<CocoService>>, req: Request) 
 }
 
 impl CocoService {
-    async fn resource(&self, token: &Value, path: &str, audit: &mut Audit) -> Result<Value, Error> {
+    async fn resource(&self, verified: &VerifiedToken, path: &str, audit: &mut Audit) -> Result<Value, Error> {
+        let token = &verified.claims;
         audit.event.tee = token.get("tee").and_then(Value::as_str).and_then(CocoTee::from_name).map(CocoTee::name);
         let name = path
             .strip_prefix("/kbs/v0/resource/")
             .filter(|n| n.split('/').count() == 3)
             .ok_or_else(|| Error::InvalidRequest("resource path must be <repository>/<type>/<tag>".into()))?;
         audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: None }];
-        let claims: Claims = token
-            .pointer("/submods/cpu0/ear.veraison.annotated-evidence")
-            .cloned()
-            .and_then(|c| serde_json::from_value(c).ok())
-            .ok_or(Error::Unauthenticated("attestation token carries no claims"))?;
-        audit.claims(&claims);
+        let claims: &Claims =
+            verified.evidence.as_ref().ok_or(Error::Unauthenticated("attestation token carries no claims"))?;
+        audit.claims(claims);
         if claims.tee == TeeKind::Sample && !self.allow_sample {
             return Err(crate::evidence::EvidenceError::UnsupportedTee("sample").into());
         }
-        let key = token
-            .get("tee-pubkey")
-            .ok_or(Error::Unauthenticated("attestation token carries no key"))
-            .and_then(|k| TeeKey::from_jwk(k).map_err(|e| Error::InvalidRequest(e.to_string())))?;
-        let record = self.broker.read_for(&claims, name).await?;
+        let checked;
+        let key = match &verified.key {
+            Some(key) => key,
+            None => {
+                checked = token
+                    .get("tee-pubkey")
+                    .ok_or(Error::Unauthenticated("attestation token carries no key"))
+                    .and_then(|k| TeeKey::from_jwk(k).map_err(|e| Error::InvalidRequest(e.to_string())))?;
+                &checked
+            }
+        };
+        let record = self.broker.read_for(claims, name).await?;
         audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: Some(record.meta.version) }];
         let sealing = tracing::info_span!(crate::telemetry::phase::SEAL);
         sealing.in_scope(|| key.encrypt(record.value.expose())).map_err(|e| Error::Internal(e.to_string()))

@@ -95,8 +95,9 @@ pub fn build(
 /// The rustls server configuration of the TLS identity `cert_pem`/`key_pem`
 /// (aws-lc-rs, safe defaults, ALPN h2 and http/1.1), shared with the
 /// metrics and guest listeners. TLS 1.3 session tickets are sealed by
-/// `ticketer` when given (see [`crate::tickets`]); otherwise sessions
-/// resume only at this process (rustls's in-memory session cache).
+/// `ticketer` when given (see [`crate::tickets`]), one per handshake;
+/// otherwise sessions resume only at this process (rustls's in-memory
+/// session cache).
 pub(crate) fn tls_config(
     cert_pem: &[u8],
     key_pem: &[u8],
@@ -118,6 +119,13 @@ pub(crate) fn tls_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if let Some(ticketer) = ticketer {
         config.ticketer = ticketer;
+        // One ticket, not rustls's two: a guest connects once per release
+        // (or a few times per pod), in turn, and each resumed handshake
+        // gives it the ticket for the next; the second ticket was a seal,
+        // a record and a client-side store entry per connection for
+        // nothing. Two connections opened at once from one session store
+        // then make one full handshake.
+        config.send_tls13_tickets = 1;
     }
     Ok(Arc::new(config))
 }
@@ -160,12 +168,16 @@ pub async fn serve(
             }
         },
     ));
-    let admission = crate::connections::Admission::with_gauge("coco", server.limits, gauge);
-    crate::connections::accept_loop(listener, admission, shutdown, move |tcp, peer, ticket| {
+    // As on the guest listener, a peer over its rate has its new
+    // connections closed before the TLS handshake they would cost, and a
+    // flooding peer its open ones too (see `crate::connections`); its
+    // requests on a connection already open are refused with 429.
+    let admission = crate::connections::Admission::with_gauge("coco", server.limits, gauge)
+        .with_rate_limits(Arc::clone(server.service.broker.rate_limiter()));
+    crate::connections::accept_loop(listener, admission, shutdown, move |tcp, peer| {
         let acceptor = acceptor.clone();
         let app = router.clone().layer(axum::Extension(Peer(peer)));
         tokio::spawn(async move {
-            let _ticket = ticket;
             // A peer that sends nothing for the idle bound (after the
             // handshake, between requests, or half-way through one) loses
             // its connection.

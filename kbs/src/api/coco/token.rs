@@ -196,7 +196,7 @@ impl TokenKey {
             .ok_or(TokenError::Malformed("claims"))?;
         let exp = claims.get("exp").and_then(Value::as_i64).ok_or(TokenError::Malformed("exp"))?;
         let iat = claims.get("iat").and_then(Value::as_i64).ok_or(TokenError::Malformed("iat"))?;
-        if now >= exp || iat > now.saturating_add(MAX_SKEW_SECONDS) {
+        if !current(iat, exp, now) {
             return Err(TokenError::Expired);
         }
         if claims.get(INSECURE_DEV_CLAIM).is_some() != self.insecure_dev {
@@ -204,6 +204,12 @@ impl TokenKey {
         }
         Ok(claims)
     }
+}
+
+/// Whether a token issued at `iat` and expiring at `exp` is valid at `now`
+/// (Unix seconds): `now` within `[iat - skew, exp)`.
+pub(super) fn current(iat: i64, exp: i64, now: i64) -> bool {
+    now < exp && iat <= now.saturating_add(MAX_SKEW_SECONDS)
 }
 
 /// A compact JWS split into its parts; the header checked for `ES256`.
@@ -249,6 +255,7 @@ pub struct TokenKeys {
     signer: TokenKey,
     previous: Vec<TokenKey>,
     jwks: Value,
+    set_id: [u8; 32],
 }
 
 impl TokenKeys {
@@ -265,7 +272,26 @@ impl TokenKeys {
             }
         }
         let keys: Vec<Value> = std::iter::once(&signer).chain(&previous).map(TokenKey::public_jwk).collect();
-        Ok(Self { signer, previous, jwks: json!({ "keys": keys }) })
+        let set_id = Self::identify(&signer, &previous);
+        Ok(Self { signer, previous, jwks: json!({ "keys": keys }), set_id })
+    }
+
+    /// SHA-256 over the trust mode and the key ids, in order.
+    fn identify(signer: &TokenKey, previous: &[TokenKey]) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(b"kbs coco token key set\0");
+        hash.update([u8::from(signer.insecure_dev)]);
+        for key in std::iter::once(signer).chain(previous) {
+            hash.update(key.kid.as_bytes());
+            hash.update(b"\0");
+        }
+        hash.finalize().into()
+    }
+
+    /// What identifies this key set: its keys and its trust mode (not
+    /// secret). Equal for the same keys, in the same order and mode.
+    pub fn set_id(&self) -> [u8; 32] {
+        self.set_id
     }
 
     /// Reads the signing key file and the previous key files.
@@ -276,11 +302,10 @@ impl TokenKeys {
 
     /// Every key in the insecure dev mode ([`TokenKey::insecure_dev`]).
     pub fn insecure_dev(self) -> Self {
-        Self {
-            signer: self.signer.insecure_dev(),
-            previous: self.previous.into_iter().map(TokenKey::insecure_dev).collect(),
-            jwks: self.jwks,
-        }
+        let signer = self.signer.insecure_dev();
+        let previous: Vec<TokenKey> = self.previous.into_iter().map(TokenKey::insecure_dev).collect();
+        let set_id = Self::identify(&signer, &previous);
+        Self { signer, previous, jwks: self.jwks, set_id }
     }
 
     /// The key that signs.
