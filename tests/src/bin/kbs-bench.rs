@@ -229,8 +229,8 @@ fn write_tdx_pki(dir: &std::path::Path) -> anyhow::Result<()> {
 enum CpuSource {
     /// `/proc/PID/stat`.
     Pid(u32),
-    /// Threads of this process whose name starts with the prefix.
-    Threads(&'static str),
+    /// Threads of this process whose name starts with one of the prefixes.
+    Threads(&'static [&'static str]),
     None,
 }
 
@@ -239,12 +239,12 @@ impl CpuSource {
     fn seconds(&self, tick: f64) -> Option<f64> {
         match self {
             Self::Pid(pid) => proc_stat_ticks(&format!("/proc/{pid}/stat")).map(|t| t as f64 / tick),
-            Self::Threads(prefix) => {
+            Self::Threads(prefixes) => {
                 let mut total = 0u64;
                 for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
                     let path = entry.path();
                     let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-                    if comm.starts_with(prefix) {
+                    if prefixes.iter().any(|p| comm.starts_with(p)) {
                         total += proc_stat_ticks(&path.join("stat").display().to_string()).unwrap_or(0);
                     }
                 }
@@ -1038,7 +1038,7 @@ impl FloodRun {
                 self.rate, args.flood_from, args.flood_connections
             );
             let (from, connections) = (args.flood_from, args.flood_connections);
-            let flood_cpu = CpuSource::Threads(flood::THREADS);
+            let flood_cpu = CpuSource::Threads(&[flood::THREADS]);
             let flood_cpu_before = flood_cpu.seconds(tick);
             let flood =
                 flood::Flood::start(&self.tls, self.port, from, connections, self.rate, &template.names).await?;
@@ -1132,7 +1132,12 @@ fn main() -> anyhow::Result<()> {
     let (spawned, url, coco_url, ca, cpu, expected) = if args.spawn {
         let s = Spawned::start(&args, &value, &measurement_hex)?;
         let (url, coco_url, ca) = (s.url.clone(), s.coco_url.clone(), s.ca.clone());
-        (Some(s), url, coco_url, ca, CpuSource::Threads("kbs-broker"), value.clone())
+        // The broker's runtime and its audit writer; with two spawned
+        // brokers (--metrics-overhead) the audit writers share a name, so
+        // only the runtimes are counted there.
+        let threads: &'static [&'static str] =
+            if args.metrics_overhead.is_some() { &["kbs-broker"] } else { &["kbs-broker", "kbs-audit"] };
+        (Some(s), url, coco_url, ca, CpuSource::Threads(threads), value.clone())
     } else {
         match (args.tee, &args.tdx_pki) {
             (TeeArg::Tdx, None) => {
@@ -1233,7 +1238,7 @@ fn main() -> anyhow::Result<()> {
             args.releases.map(|n| format!(" or {n} releases")).unwrap_or_default(),
             match &cpu {
                 CpuSource::Pid(pid) => format!("/proc/{pid}"),
-                CpuSource::Threads(p) => format!("threads named {p}*"),
+                CpuSource::Threads(p) => format!("threads named {}*", p.join("*, ")),
                 CpuSource::None => "unknown (give --broker-pid)".into(),
             }
         );

@@ -49,7 +49,7 @@ impl OverheadRun {
             "metrics overhead: without metrics on threads named kbs-broker*, with metrics on threads named {THREADS}*, {url} scraped every {} s",
             SCRAPE_EVERY.as_secs()
         );
-        Ok(Self { template: load, cpu: CpuSource::Threads(THREADS), url, http })
+        Ok(Self { template: load, cpu: CpuSource::Threads(&[THREADS]), url, http })
     }
 
     /// `rounds` pairs of phases at `concurrency`, then the median CPU per
