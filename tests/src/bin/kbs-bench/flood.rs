@@ -158,6 +158,11 @@ async fn send(clients: Vec<KeyBrokerClient<Channel>>, counts: Arc<Counts>, rate:
                     Ok(_) => &counts.ok,
                     Err(s) if s.code() == tonic::Code::ResourceExhausted => &counts.limited,
                     Err(s) if s.code() == tonic::Code::Unavailable => &counts.cut,
+                    // The broker closed the connection under this request,
+                    // or before it was sent (a peer cut off for flooding):
+                    // what tonic says then (a transport or HTTP/2 error, a
+                    // cancellation), never an answer the broker gives.
+                    Err(s) if matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled) => &counts.cut,
                     Err(s) => {
                         let _ = counts.first_failure.set(format!("{:?}: {}", s.code(), s.message()));
                         &counts.failed
