@@ -16,6 +16,7 @@ use kbs::evidence::anchors::{Generation as AmdGeneration, SnpAnchors};
 use kbs::evidence::snp::SnpVerifier;
 use kbs::policy::{DEFAULT_POLICY, PolicyEngine, PreparedClaims, decide_offline, placeholder_meta};
 use kbs::store::SecretMeta;
+use regorus::utils::limits::ExecutionTimerConfig;
 use time::OffsetDateTime;
 
 // The broker's allocator (mimalloc) comes with regorus.
@@ -69,6 +70,21 @@ fn policy(c: &mut Criterion) {
     let input = kbs::policy::policy_input(&kbs::policy::engine::to_value(serde_json::json!(claims)), &allowed, 0);
     assert!(compiled.evaluate(input.clone(), false).unwrap().allow);
     group.bench_function("default_allow_rego", |b| b.iter(|| compiled.evaluate(black_box(input.clone()), false)));
+    // The same with the interpreter's clock read at every 4th and every
+    // 64th step instead of at every step (see `policy::engine`): what
+    // checking the time limit at every step costs.
+    for every in [4, 64] {
+        let config = regorus::utils::limits::fallback_execution_timer_config().unwrap();
+        let check_interval = std::num::NonZeroU32::new(every).unwrap();
+        regorus::utils::limits::set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
+            check_interval,
+            ..config
+        }));
+        group.bench_function(format!("default_allow_rego_clock_every_{every}"), |b| {
+            b.iter(|| compiled.evaluate(black_box(input.clone()), false))
+        });
+        regorus::utils::limits::set_fallback_execution_timer_config(Some(config));
+    }
     // With a reference value set of 100 measurements and TCB minimums.
     let mut measurements: Vec<String> = (0..99u8).map(|i| hex::encode([i; 48])).collect();
     measurements.push(hex::encode(MEASUREMENT));

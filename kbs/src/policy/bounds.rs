@@ -21,9 +21,23 @@
 //! written out ([`expanded`]), counted with a budget, shared parts each
 //! time they appear.
 //!
+//! Integers are arbitrary-precision in regorus, and their cost grows with
+//! their length: parsing one from text, writing one out in decimal and
+//! dividing one by another take time quadratic in its length, in one step
+//! the time limit cannot interrupt. So the builtins that make a long
+//! integer in one call (`bits.lsh`, `product`, `units.parse`,
+//! `units.parse_bytes`, `to_number`) refuse a result past
+//! [`MAX_INTEGER_BITS`] (or a number written in more than
+//! [`MAX_NUMBER_TEXT`] bytes, or with an exponent past
+//! [`MAX_DECIMAL_EXPONENT`]), and the builtins that write a value out
+//! (`format_int`, and [`expanded`]) refuse an integer past
+//! [`MAX_INTEGER_BITS`].
+//!
 //! Growth over many small steps (comprehensions, rules that each double a
-//! value) is not bounded here: the heap ceiling and the time limit (see
-//! [`super::engine`]) stop it.
+//! value, an integer multiplied by itself rule after rule) is not bounded
+//! here: the heap ceiling and the time limit (see [`super::engine`]) stop
+//! it. One step of the arithmetic operators is not bounded at all: see the
+//! residual risk in [`super::engine`].
 //! Two builtins are refused outright: `strings.replace_n` (a product of its
 //! inputs, and not needed by release policies) and
 //! `json.marshal_with_options` (its indent string is repeated per line).
@@ -40,12 +54,19 @@ pub const MAX_STRING_BYTES: u64 = 1024 * 1024;
 pub const MAX_FORMAT_WIDTH: u64 = 1000;
 /// Deepest nesting of a value a builtin writes out or rebuilds.
 pub const MAX_DEPTH: usize = 1000;
+/// Longest integer, in bits, that a bounded builtin makes or writes out
+/// (1,233 decimal digits).
+pub const MAX_INTEGER_BITS: u64 = 4096;
+/// Longest text a bounded builtin reads a number from.
+pub const MAX_NUMBER_TEXT: usize = 1000;
+/// Largest decimal exponent (`1e1000`) a bounded builtin reads.
+pub const MAX_DECIMAL_EXPONENT: u64 = 1000;
 
 /// The prefix of every error from these guards (and of the heap ceiling's).
 pub(super) const BOUND: &str = "kbs policy bound";
 
 /// The guarded builtins, with their arities.
-const GUARDED: [(&str, u8); 10] = [
+const GUARDED: [(&str, u8); 16] = [
     ("numbers.range", 2),
     ("numbers.range_step", 3),
     ("sprintf", 2),
@@ -56,6 +77,12 @@ const GUARDED: [(&str, u8); 10] = [
     ("json.marshal", 1),
     ("object.union", 2),
     ("object.union_n", 1),
+    ("bits.lsh", 2),
+    ("product", 1),
+    ("units.parse", 1),
+    ("units.parse_bytes", 1),
+    ("to_number", 1),
+    ("format_int", 2),
 ];
 /// The builtins no policy may call.
 const REFUSED: [(&str, u8); 2] = [("strings.replace_n", 2), ("json.marshal_with_options", 2)];
@@ -150,7 +177,54 @@ fn check(name: &str, args: &[Value]) -> Result<(), String> {
             false => s.matches(separator.as_ref()).count() as u64 + 1,
         }),
         ("array.concat", [Value::Array(a), Value::Array(b)]) => elements(a.len() as u64 + b.len() as u64),
+        ("bits.lsh", [x, Value::Number(shift)]) => match shift.as_u64() {
+            Some(shift) => integer_bits(bits(x).saturating_add(shift)),
+            None => Ok(()),
+        },
+        ("product", [Value::Array(a)]) => integer_bits(a.iter().map(bits).fold(0, u64::saturating_add)),
+        ("product", [Value::Set(s)]) => integer_bits(s.iter().map(bits).fold(0, u64::saturating_add)),
+        ("units.parse" | "units.parse_bytes" | "to_number", [Value::String(s)]) => number_text(s),
+        ("format_int", [n, _]) => integer_bits(bits(n)),
         _ => Ok(()),
+    }
+}
+
+/// The length in bits of an integer's magnitude; 64 for any other number
+/// (a float is at most a `f64`), 0 for other types.
+fn bits(value: &Value) -> u64 {
+    match value {
+        Value::Number(n) if n.as_i64().is_some() || n.as_u64().is_some() || !n.is_integer() => 64,
+        Value::Number(n) => n.as_big().map_or(64, |b| b.bits()),
+        _ => 0,
+    }
+}
+
+fn integer_bits(bits: u64) -> Result<(), String> {
+    match bits > MAX_INTEGER_BITS {
+        true => Err(format!("an integer of {bits} bits, at most {MAX_INTEGER_BITS}")),
+        false => Ok(()),
+    }
+}
+
+/// A number written as text: at most [`MAX_NUMBER_TEXT`] bytes, and a
+/// decimal exponent (the digits after an `e` in the part that ends with
+/// the last digit, as the parsers split it) at most
+/// [`MAX_DECIMAL_EXPONENT`]. Anything that does not look like an exponent
+/// goes to the original, which reads it or refuses it as it always has.
+fn number_text(s: &str) -> Result<(), String> {
+    if s.len() > MAX_NUMBER_TEXT {
+        return Err(format!("a number of {} bytes of text, at most {MAX_NUMBER_TEXT}", s.len()));
+    }
+    let number = s.rfind(|c: char| c.is_ascii_digit()).map_or("", |last| &s[..=last]);
+    let Some(at) = number.rfind(['e', 'E']) else { return Ok(()) };
+    let digits = number[at + 1..].trim_start_matches(['+', '-']);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(());
+    }
+    let exponent = digits.bytes().fold(0u64, |e, d| e.saturating_mul(10).saturating_add(u64::from(d - b'0')));
+    match exponent > MAX_DECIMAL_EXPONENT {
+        true => Err(format!("a decimal exponent of {exponent}, at most {MAX_DECIMAL_EXPONENT}")),
+        false => Ok(()),
     }
 }
 
@@ -198,7 +272,9 @@ fn string(bytes: u64) -> Result<(), String> {
 
 /// Refuses a value whose size written out is past the bounds: more than
 /// [`MAX_ELEMENTS`] values (elements, entries, scalars), more than
-/// [`MAX_STRING_BYTES`] of strings, or nested deeper than [`MAX_DEPTH`].
+/// [`MAX_STRING_BYTES`] of strings, an integer over [`MAX_INTEGER_BITS`]
+/// (written out in decimal in time quadratic in its length), or nested
+/// deeper than [`MAX_DEPTH`].
 /// A part shared by several parents counts each time it appears, as it is
 /// written out; counting stops at the first bound, so the check costs at
 /// most the bounds' worth of work however large the value would be.
@@ -223,6 +299,7 @@ fn count(value: &Value, depth: usize, nodes: &mut u64, bytes: &mut u64) -> Resul
                 false => Ok(()),
             }
         }
+        Value::Number(_) => integer_bits(bits(value)).map_err(|e| format!("{e} written out")),
         Value::Array(items) => items.iter().try_for_each(|v| count(v, depth + 1, nodes, bytes)),
         Value::Set(items) => items.iter().try_for_each(|v| count(v, depth + 1, nodes, bytes)),
         Value::Object(entries) => entries.iter().try_for_each(|(k, v)| {
@@ -303,6 +380,18 @@ mod tests {
             deep = Value::from(vec![deep]);
         }
         assert!(expanded(&deep).unwrap_err().contains("deep"));
+    }
+
+    #[test]
+    fn numbers_as_text() {
+        for ok in ["1", "1e1000", "1E-1000", "2.5e+3Mi", "10E", "1eb", "e5", "1e", "0x1e5", ""] {
+            assert!(number_text(ok).is_ok(), "{ok}");
+        }
+        for bad in ["1e1001", "1E+99999999999999999999999", "3e5000Ki", "-1.0e-2000"] {
+            assert!(number_text(bad).unwrap_err().contains("exponent"), "{bad}");
+        }
+        assert!(number_text(&"1".repeat(MAX_NUMBER_TEXT)).is_ok());
+        assert!(number_text(&"1".repeat(MAX_NUMBER_TEXT + 1)).unwrap_err().contains("bytes"));
     }
 
     #[test]

@@ -96,10 +96,17 @@ pub fn set_time_limit(limit: Duration) {
     apply_time_limit();
 }
 
+/// The clock is read at every step of the interpreter, not every 64th:
+/// one step can be one arithmetic operation on integers of millions of
+/// bits (each `x * x` doubles its length and costs about three times the
+/// one before), so a policy of a few dozen such steps would run for hours
+/// between two checks. Checked at every step, an evaluation overruns its
+/// limit by at most its last step, about twice the time it had already
+/// run. A clock read costs some 20 ns; see the `policy` benchmark.
 fn apply_time_limit() {
     set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
         limit: Duration::from_millis(TIME_LIMIT_MS.load(std::sync::atomic::Ordering::Relaxed)),
-        check_interval: NonZeroU32::MIN.saturating_add(63),
+        check_interval: NonZeroU32::MIN,
     }));
 }
 
@@ -349,6 +356,49 @@ allow if count(reasons) == 0
     }
 
     #[test]
+    fn long_integers_are_refused_where_one_step_makes_or_writes_them() {
+        // Each of these made an integer of hundreds of thousands of bits
+        // in one builtin call, or wrote one out in decimal (time quadratic
+        // in its length, which the time limit cannot interrupt): the same
+        // calls with a larger exponent ran for minutes.
+        let x = "x := bits.lsh(1, 3000)\n";
+        for rego in [
+            "allow if bits.lsh(1, 100000) > 0".to_owned(),
+            "allow if bits.lsh(bits.lsh(1, 4000), 200) > 0".to_owned(),
+            "allow if units.parse(\"1e100000\") > 0".to_owned(),
+            "allow if units.parse(\"1.5E+2000Mi\") > 0".to_owned(),
+            "allow if units.parse_bytes(\"1e100000\") > 0".to_owned(),
+            "allow if to_number(concat(\"\", [\"9\" | some _ in numbers.range(1, 2000)])) > 0".to_owned(),
+            format!("{x}allow if product([x, x]) > 0"),
+            format!("{x}allow if count(format_int(x * x, 10)) > 0"),
+            format!("{x}allow if count(sprintf(\"%d\", [x * x])) > 0"),
+            format!("{x}allow if count(json.marshal({{\"k\": [x * x]}})) > 0"),
+        ] {
+            let err = refused(&rego);
+            assert!(err.contains("kbs policy bound"), "{rego}: {err}");
+        }
+        // Within the bound, the same builtins answer.
+        let ok =
+            format!("package kbs.release\n{x}allow if product([x]) == x\nallow if count(sprintf(\"%d\", [x])) == 904");
+        assert!(eval(&ok, serde_json::json!({})).unwrap().allow);
+    }
+
+    #[test]
+    fn integers_squared_rule_after_rule_are_stopped_by_the_time_limit() {
+        // Each rule squares the one before: 4,000 bits doubled 13 times is
+        // 33 million bits, and the last squaring and the division take
+        // seconds. The time limit was checked every 64 steps, and these 14
+        // rules are fewer, so they ran to the end however long they took.
+        let mut rego = String::from("package kbs.release\na0 := bits.lsh(1, 4000) + 12345\n");
+        for i in 1..=13 {
+            rego.push_str(&format!("a{i} := a{0} * a{0}\n", i - 1));
+        }
+        rego.push_str("allow if a13 % (a12 + 7) >= 0\n");
+        let err = eval(&rego, serde_json::json!({})).unwrap_err();
+        assert!(err.contains("time limit"), "{err}");
+    }
+
+    #[test]
     fn builtins_that_multiply_their_input_are_bounded() {
         // 64 KiB doubled by one concat is fine; the same string joined
         // 100 times, replaced into every character or split into
@@ -413,6 +463,15 @@ allow if count(reasons) == 0
             ("split(\"a,b\", \",\")", serde_json::json!(["a", "b"])),
             ("split(\"ab\", \"\")", serde_json::json!(["a", "b"])),
             ("array.concat([1], [2, 3])", serde_json::json!([1, 2, 3])),
+            ("bits.lsh(3, 10)", serde_json::json!(3072)),
+            ("product([2, 3, 4])", serde_json::json!(24)),
+            ("product({2, 5})", serde_json::json!(10)),
+            ("units.parse(\"1e3\")", serde_json::json!(1000)),
+            ("units.parse(\"2K\")", serde_json::json!(2000)),
+            ("units.parse_bytes(\"1KiB\")", serde_json::json!(1024)),
+            ("to_number(\"12.5\")", serde_json::json!(12.5)),
+            ("format_int(255, 16)", serde_json::json!("ff")),
+            ("count(format_int(bits.lsh(1, 4000), 2))", serde_json::json!(4001)),
         ];
         for (call, want) in cases {
             let rego = format!("package kbs.release\nout := {call}\nallow if out == input.want");
