@@ -28,7 +28,13 @@
 //! `PATH.torn-SECONDS`, cuts them, and the writer records the cut as an
 //! `audit.repair` record (`"torn":{"bytes","sha256","kept"}`) that
 //! continues the chain. Only a last line that is not JSON is cut: a whole
-//! record never is (without its newline it is checked and kept).
+//! record never is (without its newline it is checked and kept). The side
+//! file is named `PATH.torn-SECONDS.pending` until its record is written
+//! and synced, so a crash between the cut and the record is found at the
+//! next opening: a pending file whose bytes are still the file's torn tail
+//! was never cut (it is removed, and the tail cut again); one that no
+//! `audit.repair` record names gets its record then; either way it is
+//! renamed to its final name only once its record is on disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -45,6 +51,9 @@ pub const ROTATE_ACTION: &str = "audit.rotate";
 
 /// The action of the record of a torn last line cut from the current file.
 pub const REPAIR_ACTION: &str = "audit.repair";
+
+/// The suffix of a torn line's side file until its record is written.
+const PENDING: &str = ".pending";
 
 /// Digits of a rotated file's number (`audit.jsonl.000001`).
 const SEQ_DIGITS: usize = 6;
@@ -123,11 +132,7 @@ fn parse_rotated(name: &str) -> Option<(&str, u64)> {
 
 /// The rotated files of the log at `path`, by number.
 pub fn rotated_files(path: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let Some(own) = path.file_name().and_then(|n| n.to_str()) else {
+    let Some((dir, own)) = dir_and_name(path) else {
         return Ok(Vec::new());
     };
     let mut found = Vec::new();
@@ -142,6 +147,71 @@ pub fn rotated_files(path: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
     }
     found.sort();
     Ok(found)
+}
+
+/// The directory of the log at `path` and the log's file name.
+fn dir_and_name(path: &Path) -> Option<(&Path, &str)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some((dir, path.file_name()?.to_str()?))
+}
+
+/// The side files of torn lines whose record may not have been written
+/// (`PATH.torn-*.pending`), in name order.
+fn pending_torn(path: &Path) -> Result<Vec<PathBuf>, AuditError> {
+    let Some((dir, own)) = dir_and_name(path) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{own}.torn-");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(name) = name.to_str()
+            && name.starts_with(&prefix)
+            && name.ends_with(PENDING)
+        {
+            found.push(path.with_file_name(name));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The file name a pending side file is renamed to once its record is
+/// written (the `kept` of its record).
+fn kept_name(pending: &Path) -> String {
+    let name = pending.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.strip_suffix(PENDING).unwrap_or(&name).to_owned()
+}
+
+/// The `kept` names of the `audit.repair` records in the current file,
+/// up to byte `len`.
+fn repaired(path: &Path, len: u64) -> Result<Vec<String>, AuditError> {
+    let mut reader = BufReader::new(std::io::Read::take(File::open(path)?, len));
+    let (mut line, mut number, mut kept) = (Vec::new(), 0, Vec::new());
+    while read_record(&mut reader, &mut line, number + 1)? {
+        number += 1;
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+        if value.get("action").and_then(serde_json::Value::as_str) == Some(REPAIR_ACTION)
+            && let Some(name) = value.pointer("/torn/kept").and_then(serde_json::Value::as_str)
+        {
+            kept.push(name.to_owned());
+        }
+    }
+    Ok(kept)
+}
+
+/// Renames the side files of `cuts`, whose records are now written and
+/// synced, to their final names.
+pub(super) fn settle_torn(path: &Path, cuts: &[TornCut]) -> Result<(), AuditError> {
+    for cut in cuts {
+        let kept = path.with_file_name(&cut.kept);
+        std::fs::rename(path.with_file_name(format!("{}{PENDING}", cut.kept)), &kept)?;
+        sync_dir(&kept)?;
+    }
+    Ok(())
 }
 
 /// The files of one log, in chain order, from what a user names: files
@@ -475,23 +545,24 @@ fn terminate(path: &Path) -> Result<(), AuditError> {
 }
 
 /// Moves the torn last line (`bytes`, from `at` on) of the current file to
-/// `PATH.torn-SECONDS` (synced, with the directory), then cuts it from the
-/// file (synced). The caller writes the `audit.repair` record next.
+/// `PATH.torn-SECONDS.pending` (synced, with the directory), then cuts it
+/// from the file (synced). The caller writes the `audit.repair` record
+/// next, then renames the side file ([`settle_torn`]).
 fn cut_torn(path: &Path, at: u64, bytes: &[u8]) -> Result<TornCut, AuditError> {
     let seconds = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let mut name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
-    name.push(format!(".torn-{seconds}"));
-    let mut kept = path.with_file_name(&name);
+    let own = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut options = open_options();
     options.append(false).write(true).create_new(true);
-    let mut n = 1;
+    let (mut kept, mut n) = (format!("{own}.torn-{seconds}"), 1);
     let mut side = loop {
-        match options.open(&kept) {
+        let opened = match path.with_file_name(&kept).exists() {
+            true => Err(std::io::ErrorKind::AlreadyExists.into()),
+            false => options.open(path.with_file_name(format!("{kept}{PENDING}"))),
+        };
+        match opened {
             Ok(file) => break file,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => {
-                let mut other = name.clone();
-                other.push(format!("-{n}"));
-                kept = path.with_file_name(other);
+                kept = format!("{own}.torn-{seconds}-{n}");
                 n += 1;
             }
             Err(e) => return Err(e.into()),
@@ -499,17 +570,50 @@ fn cut_torn(path: &Path, at: u64, bytes: &[u8]) -> Result<TornCut, AuditError> {
     };
     side.write_all(bytes)?;
     side.sync_data()?;
-    sync_dir(&kept)?;
+    sync_dir(path)?;
     let file = OpenOptions::new().write(true).open(path)?;
     file.set_len(at)?;
     file.sync_data()?;
-    let kept = kept.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let sha256 = hex::encode(Sha256::digest(bytes));
+    let cut = torn_cut(bytes, kept);
     tracing::warn!(
-        path = %path.display(), bytes = bytes.len(), sha256, kept,
+        path = %path.display(), bytes = cut.bytes, sha256 = cut.sha256, kept = cut.kept,
         "the audit file ended with a torn record (a crash mid-write): cut, and kept aside"
     );
-    Ok(TornCut { bytes: bytes.len(), sha256, kept })
+    Ok(cut)
+}
+
+fn torn_cut(bytes: &[u8], kept: String) -> TornCut {
+    TornCut { bytes: bytes.len(), sha256: hex::encode(Sha256::digest(bytes)), kept }
+}
+
+/// The cuts of earlier openings whose records may be missing (a crash
+/// between a cut and its record), from their pending side files: a side
+/// file whose bytes are still the current file's torn `tail` was never
+/// cut and is removed; one that an `audit.repair` record of the current
+/// file (up to `len`) names only needs its final name; the others are
+/// returned, to be recorded now.
+fn unrecorded_cuts(path: &Path, tail: &Tail, len: u64) -> Result<Vec<TornCut>, AuditError> {
+    let pending = pending_torn(path)?;
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let recorded = repaired(path, len)?;
+    let mut cuts = Vec::new();
+    for side in pending {
+        let bytes = std::fs::read(&side)?;
+        let cut = torn_cut(&bytes, kept_name(&side));
+        if matches!(tail, Tail::Torn { bytes: torn, .. } if *torn == bytes) {
+            tracing::warn!(kept = %side.display(), "removing the side file of a cut a crash cut short");
+            std::fs::remove_file(&side)?;
+            sync_dir(path)?;
+        } else if recorded.contains(&cut.kept) {
+            settle_torn(path, std::slice::from_ref(&cut))?;
+        } else {
+            tracing::warn!(kept = cut.kept, "a torn line was cut without its record (a crash): recording it now");
+            cuts.push(cut);
+        }
+    }
+    Ok(cuts)
 }
 
 /// When the (verified) file at `path` started, from its first record's
@@ -557,9 +661,9 @@ pub(super) struct Opened {
     /// The current file was missing after rotated files (a rotation cut
     /// short): it must start with the link to the last one.
     pub needs_link: bool,
-    /// A torn last line was cut from the current file: the next record
-    /// must say so.
-    pub torn: Option<TornCut>,
+    /// Torn lines cut from the current file, now or by an opening a crash
+    /// cut short: the next records must say so, before anything else.
+    pub torn: Vec<TornCut>,
 }
 
 /// How a rotation failed.
@@ -638,14 +742,15 @@ impl LogFile {
             }
             _ => {}
         }
-        let torn = match tail {
-            Tail::Clean => None,
-            Tail::Unterminated => {
-                terminate(path)?;
-                None
-            }
-            Tail::Torn { at, bytes } => Some(cut_torn(path, at, &bytes)?),
+        let mut torn = match current {
+            true => unrecorded_cuts(path, &tail, checked_len)?,
+            false => Vec::new(),
         };
+        match tail {
+            Tail::Clean => {}
+            Tail::Unterminated => terminate(path)?,
+            Tail::Torn { at, bytes } => torn.push(cut_torn(path, at, &bytes)?),
+        }
         let needs_link = !current && !files.is_empty();
         let file = open_options().open(path)?;
         let len = file.metadata()?.len();

@@ -333,7 +333,7 @@ impl AuditLog {
             chain = starter.chain;
             tracing::warn!(file = file.seq, "audit file started again after a rotation cut short");
         }
-        if let Some(torn) = &opened.torn {
+        for torn in &opened.torn {
             // The cut is the first thing recorded, before any decision.
             let mut starter = Writer::new(replica, Sink::Stdout, chain.clone(), file.seq);
             let line = starter.repair_line(torn)?;
@@ -341,6 +341,7 @@ impl AuditLog {
             file.sync()?;
             chain = starter.chain;
         }
+        files::settle_torn(path, &opened.torn)?;
         let seq = file.seq;
         Ok(Self::start(replica, Sink::File(file), chain, seq))
     }
@@ -1212,6 +1213,76 @@ mod tests {
         std::fs::write(&path, &edited).unwrap();
         assert!(AuditLog::open(&path, "r0", Some(key.clone()), Rotation::default()).is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), edited);
+    }
+
+    /// A crash between cutting a torn line and writing its `audit.repair`
+    /// record left a side file that no record names: the next opening
+    /// records it. A side file whose bytes are still the file's torn tail
+    /// was never cut: it is removed and the tail cut again. One whose
+    /// record is written only gets its final name.
+    #[test]
+    fn a_cut_whose_record_a_crash_lost_is_recorded_at_the_next_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = AuditKey::new(&[4; 32]);
+        let path = dir.path().join("audit.jsonl");
+        let reopen = || AuditLog::open(&path, "r0", Some(key.clone()), Rotation::default()).unwrap();
+        let log = reopen();
+        for i in 0..3 {
+            log.record(&release(i)).unwrap();
+        }
+        drop(log);
+        let repairs = |path: &Path| -> Vec<serde_json::Value> {
+            let text = std::fs::read_to_string(path).unwrap();
+            let records = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+            records.filter(|r| r["action"] == "audit.repair").collect()
+        };
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.contains(".torn-"))
+                .collect();
+            names.sort();
+            names
+        };
+
+        // Cut, and the crash came before the record.
+        let lost = b"{\"time\":\"2026-12-07T".to_vec();
+        std::fs::write(dir.path().join("audit.jsonl.torn-100.pending"), &lost).unwrap();
+        let log = reopen();
+        log.record(&release(3)).unwrap();
+        let head = log.head(true).unwrap();
+        drop(log);
+        let found = repairs(&path);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0]["torn"]["kept"], "audit.jsonl.torn-100");
+        assert_eq!(found[0]["torn"]["bytes"], lost.len());
+        assert_eq!(found[0]["torn"]["sha256"], hex::encode(Sha256::digest(&lost)));
+        assert_eq!(names(), ["audit.jsonl.torn-100"]);
+        assert_eq!(set(dir.path(), Some(&key), Some(&head)).unwrap().count, 5);
+
+        // Recorded, and the crash came before the rename: nothing recorded twice.
+        std::fs::rename(dir.path().join("audit.jsonl.torn-100"), dir.path().join("audit.jsonl.torn-100.pending"))
+            .unwrap();
+        drop(reopen());
+        assert_eq!(repairs(&path).len(), 1);
+        assert_eq!(names(), ["audit.jsonl.torn-100"]);
+
+        // The crash came before the cut: the tail is cut again, once.
+        let torn = b"{\"time\":\"2026-12-07T10:".to_vec();
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, [text.as_slice(), torn.as_slice()].concat()).unwrap();
+        std::fs::write(dir.path().join("audit.jsonl.torn-200.pending"), &torn).unwrap();
+        let log = reopen();
+        let head = log.head(true).unwrap();
+        drop(log);
+        let found = repairs(&path);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[1]["torn"]["sha256"], hex::encode(Sha256::digest(&torn)));
+        let kept = found[1]["torn"]["kept"].as_str().unwrap().to_owned();
+        assert_eq!(std::fs::read(dir.path().join(&kept)).unwrap(), torn);
+        assert_eq!(names(), ["audit.jsonl.torn-100".to_owned(), kept]);
+        assert_eq!(set(dir.path(), Some(&key), Some(&head)).unwrap().count, 6);
     }
 
     /// `keep_files` deletes the oldest rotated files; what is left still
