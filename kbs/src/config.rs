@@ -1032,18 +1032,11 @@ fn audit_files(raw: &RawAudit, resolve: impl Fn(&Path) -> PathBuf) -> Result<Aud
         None | Some("-") => None,
         Some(p) => Some(resolve(Path::new(p))),
     };
-    let max_file_age = match raw.max_file_age_seconds {
-        None => None,
-        Some(_) if path.is_none() => {
-            return Err(ConfigError::Invalid("audit.max_file_age_seconds needs audit.path (a file)".into()));
-        }
-        Some(secs) if (60..=MAX_AUDIT_FILE_AGE_SECONDS).contains(&secs) => Some(Duration::from_secs(secs)),
-        Some(_) => {
-            return Err(ConfigError::Invalid(format!(
-                "audit.max_file_age_seconds must be 60 to {MAX_AUDIT_FILE_AGE_SECONDS}"
-            )));
-        }
-    };
+    if raw.max_file_age_seconds.is_some() && path.is_none() {
+        return Err(ConfigError::Invalid("audit.max_file_age_seconds needs audit.path (a file)".into()));
+    }
+    let max_file_age = within(raw.max_file_age_seconds, 60..=MAX_AUDIT_FILE_AGE_SECONDS, "audit.max_file_age_seconds")?
+        .map(Duration::from_secs);
     let rotation = match (raw.max_file_bytes, raw.keep_files) {
         (Some(max), _) if max < MIN_AUDIT_FILE_BYTES => {
             return Err(ConfigError::Invalid(format!("audit.max_file_bytes must be at least {MIN_AUDIT_FILE_BYTES}")));
@@ -1060,11 +1053,8 @@ fn audit_files(raw: &RawAudit, resolve: impl Fn(&Path) -> PathBuf) -> Result<Aud
             crate::audit::Rotation { max_file_bytes, keep_files: keep.unwrap_or(0), max_file_age }
         }
     };
-    let max_wait = match raw.max_wait_ms {
-        None => crate::audit::DEFAULT_WAIT,
-        Some(ms) if (1..=600_000).contains(&ms) => Duration::from_millis(ms),
-        Some(_) => return Err(ConfigError::Invalid("audit.max_wait_ms must be 1 to 600000".into())),
-    };
+    let max_wait = within(raw.max_wait_ms, 1..=600_000, "audit.max_wait_ms")?
+        .map_or(crate::audit::DEFAULT_WAIT, Duration::from_millis);
     Ok(AuditFiles { path, rotation, max_wait })
 }
 

@@ -46,17 +46,20 @@ impl ClientPki {
     }
 }
 
+/// A dev broker's files, with its listeners on loopback ports of the
+/// system's choosing.
+fn dev_files(dir: &Path) -> kbs::dev::DevFiles {
+    let options = kbs::dev::DevOptions {
+        guest_listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        ..Default::default()
+    };
+    kbs::dev::init(dir, &options).unwrap()
+}
+
 async fn start(pki: &ClientPki) -> Broker {
     let dir = tempfile::tempdir().unwrap();
-    let files = kbs::dev::init(
-        dir.path(),
-        &kbs::dev::DevOptions {
-            guest_listen: "127.0.0.1:0".into(),
-            admin_listen: "127.0.0.1:0".into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let files = dev_files(dir.path());
     std::fs::write(dir.path().join("client-ca.pem"), &pki.ca_pem).unwrap();
     let mut text = std::fs::read_to_string(&files.config).unwrap();
     text.push_str(&token_entry("up", "uploader-token", "uploader"));
@@ -729,15 +732,7 @@ async fn audit_query_prints_a_table_or_json() {
 #[tokio::test]
 async fn audit_query_reads_rotated_files() {
     let dir = tempfile::tempdir().unwrap();
-    let files = kbs::dev::init(
-        dir.path(),
-        &kbs::dev::DevOptions {
-            guest_listen: "127.0.0.1:0".into(),
-            admin_listen: "127.0.0.1:0".into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let files = dev_files(dir.path());
     let key = kbs::keyfile::read(&dir.path().join("audit.key")).unwrap();
     let rotation = kbs::audit::Rotation { max_file_bytes: Some(1500), ..Default::default() };
     let path = dir.path().join("audit.jsonl");
