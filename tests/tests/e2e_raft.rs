@@ -429,6 +429,10 @@ async fn a_lagging_standby_never_turns_a_written_secret_into_not_found() {
         assert_eq!(on_node3(&name).await.0, 404, "node 3 does not lag");
         // Served (from the active node), not refused as missing.
         assert_eq!(fetch(&all, &name).await, Ok((1, b"just written".to_vec())), "round {round}");
+        // The same for the admin API.
+        let mut admin = all.admin().await;
+        let meta = admin.get_secret_metadata(all.authed(GetSecretMetadataRequest { name: name.clone() })).await;
+        assert_eq!(meta.map(|m| m.into_inner().version).ok(), Some(1), "round {round}");
         // The broker that cannot reach an active node cannot tell: the
         // store is unavailable, not the secret missing.
         assert_eq!(fetch(&lone, &name).await, Err(Some("store_unavailable".to_owned())), "round {round}");
