@@ -78,6 +78,36 @@
 //! [`StoreError::Unavailable`] with its outcome unknown. A write that no
 //! node took (no connection could be made to any) fails at once.
 //!
+//! # A standby's "not found"
+//! With OpenBao's default (`disable_standby_reads = false`) a standby
+//! answers reads from its own copy of the data, which may lag the active
+//! node by a moment (or longer, if it is cut off from the leader): a
+//! secret just written through the active node, by this replica or any
+//! other writer, may be a 404 there. So a 404 that would become an answer
+//! (`get`, `metadata`, `delete`, and the version operations) is confirmed
+//! first: `sys/leader` of the node that answered names the active node; the
+//! read is asked again of that node, between two `sys/leader` calls to it
+//! that both say it is active since the same `active_time`, at the API
+//! address it advertises (`api_addr`), so it was the active node
+//! throughout and that address reaches it alone. Its answer decides: the
+//! secret if it has it, [`StoreError::NotFound`] if it confirms the 404. A
+//! server without HA (`ha_enabled` false: a dev server, one node with a
+//! storage backend without HA) needs no confirmation. When no configured
+//! address is the active node's own (only a load balancer's is listed),
+//! there is no active node (an election), or it changes meanwhile, the
+//! store cannot tell, and the answer is [`StoreError::Unavailable`], never
+//! [`StoreError::NotFound`]. List the nodes by the API addresses they
+//! advertise to get "not found" answers from an HA cluster.
+//!
+//! Reads whose 404 is not an answer take the node's word: the version a
+//! check-and-set write is sent with (the active node checks it) and the
+//! secrets of a listing (as fresh as the node that lists them).
+//!
+//! OpenBao 2.7's index headers (`X-Vault-Index`, `X-Vault-Inconsistent`)
+//! are not used: only successful responses carry an index (not a 404), the
+//! value is opaque and storage-specific, and a node that fails to compare
+//! an index treats it as seen and answers from its own copy.
+//!
 //! # Authentication
 //! - [`VaultAuth::Token`]: a token given by the operator; looked up at start
 //!   (`auth/token/lookup-self`) and renewed if renewable. It cannot be
@@ -111,7 +141,8 @@
 //!
 //! # Errors
 //! Errors are classified by HTTP status code, never by message text: 404 is
-//! [`StoreError::NotFound`]; 403 is retried once after a new login, then
+//! [`StoreError::NotFound`] once confirmed (see "A standby's not found"
+//! above); 403 is retried once after a new login, then
 //! [`StoreError::Unavailable`]; 400 on a write is a conflict only as
 //! described above; every other status, connection errors and timeouts are
 //! [`StoreError::Unavailable`]. Data that does not decode is
