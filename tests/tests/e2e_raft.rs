@@ -423,6 +423,7 @@ async fn a_lagging_standby_never_turns_a_written_secret_into_not_found() {
     for round in 0..3 {
         let name = format!("fresh-{round}");
         relay.hold();
+        let held = Instant::now();
         let (status, body) = write(&name, b"just written").await;
         assert_eq!(status, 200, "{body}");
         // Node 3 cannot have it: nothing reached it since the hold.
@@ -439,6 +440,8 @@ async fn a_lagging_standby_never_turns_a_written_secret_into_not_found() {
         // A secret nobody wrote is missing for the active node too.
         assert_eq!(fetch(&all, "never-written").await, Err(Some("secret_not_found".to_owned())), "round {round}");
         relay.release();
+        // Well under a second, so node 3 does not call an election.
+        eprintln!("round {round}: node 3 held back for {} ms", held.elapsed().as_millis());
         // Once node 3 caught up, both serve the secret.
         let caught_up = Instant::now() + Duration::from_secs(10);
         while on_node3(&name).await.0 != 200 {
