@@ -328,3 +328,126 @@ async fn leader_killed_under_load(standby_reads: bool) -> usize {
     assert_eq!((got[0].version, got[0].value.to_vec()), (current, stored[&current].clone()));
     failed_after_kill
 }
+
+/// Standby reads on, node 3 cut off from the leader's Raft traffic (its
+/// relay held) so that it lags for certain while it still answers reads.
+/// A secret written through the active node (by an operator or another
+/// replica) is missing on node 3 only; the broker, which asks node 3
+/// first, must not refuse it as `secret_not_found`: a not-found stands only
+/// when the active node confirms it, and is `store_unavailable` when no
+/// active node it can reach confirms it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lagging_standby_never_turns_a_written_secret_into_not_found() {
+    if bao::skip_requested() {
+        eprintln!("KBS_SKIP_VAULT_TESTS=1: skipping the OpenBao Raft test");
+        return;
+    }
+    const LAG_PREFIX: &str = "kbs-lag";
+    let cluster = &RaftCluster::start_relayed(true, 10).await;
+    let leader = cluster.active().await.expect("a leader after set-up");
+    assert_ne!(leader, 2, "node 3 joined last and cannot lead yet");
+    std::fs::write(cluster.dir.path().join("broker.token"), &cluster.root).unwrap();
+    let broker = |addresses: &[usize]| {
+        let addresses: Vec<String> = addresses.iter().map(|i| format!("\"{}\"", cluster.nodes[*i].addr)).collect();
+        format!(
+            "[store]\nkind = \"vault\"\naddress = {}\nfallback_addresses = [{}]\nprefix = \"{LAG_PREFIX}\"\n\
+             cache_ttl_ms = 0\nrequest_timeout_seconds = 2\n[store.auth]\nmethod = \"token\"\ntoken_file = \"{}\"\n",
+            addresses[0],
+            addresses[1..].join(", "),
+            cluster.dir.path().join("broker.token").display(),
+        )
+    };
+    // One broker that lists every node, node 3 first; one that knows node
+    // 3 only.
+    let other = 3 - leader - 2;
+    // Policies are read again every second (the first read may come
+    // before the store answers).
+    let options = |store: String| Options {
+        store: Some(store),
+        extra_config: "[policy]\nrefresh_seconds = 1\n".into(),
+        ..Default::default()
+    };
+    let all = TestApp::start_with(options(broker(&[2, leader, other]))).await;
+    let lone = TestApp::start_with(options(broker(&[2]))).await;
+    let fetch = |app: &TestApp, name: &str| {
+        let config = ClientConfig::new(app.guest_url.clone(), app.ca.clone());
+        let name = name.to_owned();
+        async move {
+            let mut client = KbsClient::connect(&config).await.unwrap();
+            let sim = Arc::new(SimulatedSnp::new(Generation::Genoa).measurement(MEASUREMENT));
+            match client.fetch(sim, &[name]).await {
+                Ok(got) => Ok((got[0].version, got[0].value.to_vec())),
+                Err(e) => Err(e.reason().map(str::to_owned)),
+            }
+        }
+    };
+    let write = |name: &str, value: &[u8]| {
+        let data = serde_json::json!({"data": {
+            "value": base64::engine::general_purpose::STANDARD.encode(value),
+            "allowed_measurements": [hex::encode(MEASUREMENT)],
+            "write_id": "",
+        }});
+        let path = format!("secret/data/{LAG_PREFIX}/{name}");
+        async move { cluster.call(leader, "POST", &path, Some(data)).await }
+    };
+    let on_node3 = |name: &str| {
+        let path = format!("secret/data/{LAG_PREFIX}/{name}");
+        async move { cluster.call(2, "GET", &path, None).await }
+    };
+    let relay = cluster.relay.as_ref().unwrap();
+
+    // Both brokers serve a secret all nodes have.
+    assert_eq!(write("old", b"everywhere").await.0, 200);
+    let replicated = Instant::now() + Duration::from_secs(10);
+    while on_node3("old").await.0 != 200 {
+        assert!(Instant::now() < replicated, "node 3 never received the first secret");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each broker reads its policies from the store in the background
+    // after it starts: it refuses releases until then.
+    for app in [&all, &lone] {
+        let loaded = Instant::now() + Duration::from_secs(30);
+        loop {
+            match fetch(app, "old").await {
+                Err(Some(reason)) if reason == "store_unavailable" && Instant::now() < loaded => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                served => {
+                    assert_eq!(served, Ok((1, b"everywhere".to_vec())));
+                    break;
+                }
+            }
+        }
+    }
+
+    for round in 0..3 {
+        let name = format!("fresh-{round}");
+        relay.hold();
+        let held = Instant::now();
+        let (status, body) = write(&name, b"just written").await;
+        assert_eq!(status, 200, "{body}");
+        // Node 3 cannot have it: nothing reached it since the hold.
+        assert_eq!(on_node3(&name).await.0, 404, "node 3 does not lag");
+        // Served (from the active node), not refused as missing.
+        assert_eq!(fetch(&all, &name).await, Ok((1, b"just written".to_vec())), "round {round}");
+        // The same for the admin API.
+        let mut admin = all.admin().await;
+        let meta = admin.get_secret_metadata(all.authed(GetSecretMetadataRequest { name: name.clone() })).await;
+        assert_eq!(meta.map(|m| m.into_inner().version).ok(), Some(1), "round {round}");
+        // The broker that cannot reach an active node cannot tell: the
+        // store is unavailable, not the secret missing.
+        assert_eq!(fetch(&lone, &name).await, Err(Some("store_unavailable".to_owned())), "round {round}");
+        // A secret nobody wrote is missing for the active node too.
+        assert_eq!(fetch(&all, "never-written").await, Err(Some("secret_not_found".to_owned())), "round {round}");
+        relay.release();
+        // Well under a second, so node 3 does not call an election.
+        eprintln!("round {round}: node 3 held back for {} ms", held.elapsed().as_millis());
+        // Once node 3 caught up, both serve the secret.
+        let caught_up = Instant::now() + Duration::from_secs(10);
+        while on_node3(&name).await.0 != 200 {
+            assert!(Instant::now() < caught_up, "node 3 did not catch up after the release");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(fetch(&lone, &name).await, Ok((1, b"just written".to_vec())), "round {round}");
+    }
+}

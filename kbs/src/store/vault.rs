@@ -78,6 +78,36 @@
 //! [`StoreError::Unavailable`] with its outcome unknown. A write that no
 //! node took (no connection could be made to any) fails at once.
 //!
+//! # A standby's "not found"
+//! With OpenBao's default (`disable_standby_reads = false`) a standby
+//! answers reads from its own copy of the data, which may lag the active
+//! node by a moment (or longer, if it is cut off from the leader): a
+//! secret just written through the active node, by this replica or any
+//! other writer, may be a 404 there. So a 404 that would become an answer
+//! (`get`, `metadata`, `delete`, and the version operations) is confirmed
+//! first: `sys/leader` of the node that answered names the active node; the
+//! read is asked again of that node, between two `sys/leader` calls to it
+//! that both say it is active since the same `active_time`, at the API
+//! address it advertises (`api_addr`), so it was the active node
+//! throughout and that address reaches it alone. Its answer decides: the
+//! secret if it has it, [`StoreError::NotFound`] if it confirms the 404. A
+//! server without HA (`ha_enabled` false: a dev server, one node with a
+//! storage backend without HA) needs no confirmation. When no configured
+//! address is the active node's own (only a load balancer's is listed),
+//! there is no active node (an election), or it changes meanwhile, the
+//! store cannot tell, and the answer is [`StoreError::Unavailable`], never
+//! [`StoreError::NotFound`]. List the nodes by the API addresses they
+//! advertise to get "not found" answers from an HA cluster.
+//!
+//! Reads whose 404 is not an answer take the node's word: the version a
+//! check-and-set write is sent with (the active node checks it) and the
+//! secrets of a listing (as fresh as the node that lists them).
+//!
+//! OpenBao 2.7's index headers (`X-Vault-Index`, `X-Vault-Inconsistent`)
+//! are not used: only successful responses carry an index (not a 404), the
+//! value is opaque and storage-specific, and a node that fails to compare
+//! an index treats it as seen and answers from its own copy.
+//!
 //! # Authentication
 //! - [`VaultAuth::Token`]: a token given by the operator; looked up at start
 //!   (`auth/token/lookup-self`) and renewed if renewable. It cannot be
@@ -111,7 +141,8 @@
 //!
 //! # Errors
 //! Errors are classified by HTTP status code, never by message text: 404 is
-//! [`StoreError::NotFound`]; 403 is retried once after a new login, then
+//! [`StoreError::NotFound`] once confirmed (see "A standby's not found"
+//! above); 403 is retried once after a new login, then
 //! [`StoreError::Unavailable`]; 400 on a write is a conflict only as
 //! described above; every other status, connection errors and timeouts are
 //! [`StoreError::Unavailable`]. Data that does not decode is
@@ -525,6 +556,71 @@ enum Outcome {
     NotYet,
 }
 
+/// What `sys/leader` (unauthenticated) says about the node asked.
+#[derive(Debug, Default, Deserialize)]
+struct LeaderStatus {
+    /// False for a server without HA (no standby can answer for it).
+    #[serde(default)]
+    ha_enabled: bool,
+    /// Whether the node asked is the active node.
+    #[serde(default)]
+    is_self: bool,
+    /// When the node asked became active (only on the active node); it
+    /// changes whenever the node becomes active again.
+    #[serde(default)]
+    active_time: String,
+    /// The active node's API address (empty during an election).
+    #[serde(default)]
+    leader_address: String,
+}
+
+impl LeaderStatus {
+    /// The address the status names as the active node's, if it parses.
+    fn leader(&self) -> Option<reqwest::Url> {
+        reqwest::Url::parse(&self.leader_address).ok()
+    }
+
+    /// Whether the node that gave this status at `address` is the active
+    /// node, and `address` is its own (the API address it advertises), so
+    /// that `address` reaches this node and no other (not a load balancer
+    /// in front of several).
+    fn is_active_at(&self, address: &reqwest::Url) -> bool {
+        self.ha_enabled && self.is_self && !self.active_time.is_empty() && self.leader().as_ref() == Some(address)
+    }
+}
+
+/// Who can confirm a "not found" that a node gave.
+#[derive(Debug, PartialEq, Eq)]
+enum Confirmer {
+    /// A server without HA: its answer is the only one.
+    None,
+    /// The node at this index of the configured addresses is the active
+    /// node, as far as the status tells.
+    At(usize),
+    /// No configured address reaches the active node (or there is none).
+    Unreachable(String),
+}
+
+/// Reads a node's leader status into a [`Confirmer`]: the configured
+/// address that is the active node's own.
+fn confirmer(status: &LeaderStatus, addresses: &[reqwest::Url]) -> Confirmer {
+    if !status.ha_enabled {
+        return Confirmer::None;
+    }
+    if status.leader_address.is_empty() {
+        return Confirmer::Unreachable("the cluster has no active node".into());
+    }
+    let leader = status.leader();
+    match leader.and_then(|leader| addresses.iter().position(|a| *a == leader)) {
+        Some(index) => Confirmer::At(index),
+        None => Confirmer::Unreachable(format!(
+            "the active node's address ({}) is not among the configured addresses{}",
+            status.leader_address.chars().take(256).collect::<String>(),
+            if status.is_self { " (is the address a load balancer?)" } else { "" },
+        )),
+    }
+}
+
 impl fmt::Debug for VaultStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VaultStore")
@@ -752,7 +848,7 @@ impl VaultStore {
     pub async fn soft_delete(&self, name: &str) -> Result<(), StoreError> {
         validate_name(name)?;
         let path = self.inner.kv_path(name);
-        self.inner.read_metadata(&path).await?.ok_or(StoreError::NotFound)?;
+        self.inner.read_metadata_confirmed(&path).await?.ok_or(StoreError::NotFound)?;
         let (mount, path) = (self.inner.mount.as_str(), path.as_str());
         self.inner
             .call(|s| async move { vaultrs::kv2::delete_latest(s.client()?, mount, path).await.map_err(classify) })
@@ -774,7 +870,7 @@ impl VaultStore {
     async fn versions_op(&self, name: &str, versions: &[u64], op: VersionsOp) -> Result<(), StoreError> {
         validate_name(name)?;
         let path = self.inner.kv_path(name);
-        self.inner.read_metadata(&path).await?.ok_or(StoreError::NotFound)?;
+        self.inner.read_metadata_confirmed(&path).await?.ok_or(StoreError::NotFound)?;
         if versions.is_empty() {
             return Ok(());
         }
@@ -976,6 +1072,22 @@ impl Conn {
             )));
         }
         Ok(())
+    }
+
+    /// `sys/leader` of the node at `index`; unauthenticated, so no token
+    /// is sent.
+    async fn leader_status(&self, index: usize) -> Result<LeaderStatus, Failure> {
+        let address = self.addresses.get(index).ok_or(Failure::Malformed("no server address"))?;
+        let url = address.join("v1/sys/leader").map_err(|_| Failure::Malformed("request could not be built"))?;
+        let response = self.http.get(url).send().await.map_err(|e| {
+            if e.is_connect() { Failure::Unreached(error_chain(&e)) } else { Failure::Transport(error_chain(&e)) }
+        })?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(Failure::Status(status));
+        }
+        let body = response.bytes().await.map_err(|e| Failure::Transport(error_chain(&e)))?;
+        serde_json::from_slice(&body).map_err(|_| Failure::Malformed("leader status does not decode"))
     }
 
     /// One client per address, each sending `token` (none if empty).
@@ -1201,7 +1313,10 @@ impl Inner {
         self.relogin_locked().await
     }
 
-    /// The metadata of a KV path; `None` if there is none.
+    /// The metadata of a KV path; `None` if the node asked has none. That
+    /// node may lag: enough to choose a check-and-set version (the write
+    /// goes to the active node, which checks it), not to answer "not
+    /// found" (see [`Inner::read_metadata_confirmed`]).
     async fn read_metadata(&self, path: &str) -> Result<Option<ReadSecretMetadataResponse>, StoreError> {
         let mount = self.mount.as_str();
         match self
@@ -1211,6 +1326,98 @@ impl Inner {
             Ok(meta) => Ok(Some(meta)),
             Err(Failure::Status(404)) => Ok(None),
             Err(f) => Err(f.into_store("reading secret metadata")),
+        }
+    }
+
+    /// The metadata of a KV path; `None` if there is none, as the active
+    /// node confirms ([`Inner::confirm_not_found`]).
+    async fn read_metadata_confirmed(&self, path: &str) -> Result<Option<ReadSecretMetadataResponse>, StoreError> {
+        let mount = self.mount.as_str();
+        let asked = AtomicUsize::new(usize::MAX);
+        let read = |s: Endpoint| {
+            let asked = &asked;
+            async move {
+                let meta = vaultrs::kv2::read_metadata(s.client()?, mount, path).await.map_err(classify);
+                if matches!(meta, Err(Failure::Status(404))) {
+                    asked.store(s.index, Ordering::Relaxed);
+                }
+                meta
+            }
+        };
+        match self.call(&read).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(Failure::Status(404)) => {
+                self.confirm_not_found(asked.load(Ordering::Relaxed), &read, "reading secret metadata").await
+            }
+            Err(f) => Err(f.into_store("reading secret metadata")),
+        }
+    }
+
+    /// Runs `op` once on the node at `index`, without trying another.
+    async fn call_at<T, F, Fut>(&self, index: usize, op: F) -> Result<T, Failure>
+    where
+        F: Fn(Endpoint) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        op(Endpoint { session: self.session().map_err(Failure::Store)?, index }).await
+    }
+
+    /// Confirms the 404 that node `asked` gave to the read `op`, and returns
+    /// what the active node answers to it instead: `Some` if it has the
+    /// data, `None` if it confirms the 404.
+    ///
+    /// A standby serving reads (OpenBao's default, `disable_standby_reads =
+    /// false`) answers from its own copy of the data, which may lag the
+    /// active node: its 404 may be a secret written a moment ago. So the
+    /// read is asked again of the node that `sys/leader` names as active,
+    /// between two `sys/leader` calls to that node that both say it is
+    /// active, since the same `active_time`: it was active all along, and
+    /// the active node has every acknowledged write. A server without HA
+    /// needs no confirmation. When the active node is not among the
+    /// configured addresses, there is none (election), or it changes
+    /// meanwhile, the store cannot tell: [`StoreError::Unavailable`], never
+    /// [`StoreError::NotFound`].
+    async fn confirm_not_found<T, F, Fut>(&self, asked: usize, op: F, what: &str) -> Result<Option<T>, StoreError>
+    where
+        F: Fn(Endpoint) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let unconfirmed =
+            |why: String| StoreError::Unavailable(format!("{what}: a node answered \"not found\", and {why}"));
+        let status_of = |index: usize| async move {
+            self.conn.leader_status(index).await.map_err(|f| match f.into_store_no_404("reading the leader status") {
+                StoreError::Unavailable(cause) => {
+                    unconfirmed(format!("the active node could not confirm it ({cause})"))
+                }
+                other => other,
+            })
+        };
+        let status = status_of(asked).await?;
+        let target = match confirmer(&status, &self.conn.addresses) {
+            Confirmer::None => return Ok(None),
+            Confirmer::At(index) => index,
+            Confirmer::Unreachable(why) => return Err(unconfirmed(why)),
+        };
+        let address = self.conn.addresses.get(target).ok_or_else(|| unconfirmed("no server address".into()))?;
+        let before = if target == asked { status } else { status_of(target).await? };
+        if !before.is_active_at(address) {
+            return Err(unconfirmed(format!("{} does not say it is the active node", self.conn.address_text(target))));
+        }
+        let answer = self.call_at(target, op).await;
+        let after = status_of(target).await?;
+        if !after.is_active_at(address) || after.active_time != before.active_time {
+            return Err(unconfirmed("the active node changed while it was asked".into()));
+        }
+        match answer {
+            Ok(found) => {
+                tracing::debug!(
+                    node = %self.conn.address_text(asked),
+                    "a node lagging behind the active node answered \"not found\"; the active node has the data"
+                );
+                Ok(Some(found))
+            }
+            Err(Failure::Status(404)) => Ok(None),
+            Err(f) => Err(f.into_store_no_404(what)),
         }
     }
 
@@ -1268,21 +1475,38 @@ impl Inner {
     }
 
     /// The current version of a secret with its data, if it can be served.
-    async fn read_current(&self, name: &str) -> Result<SecretRecord, StoreError> {
+    /// With `confirm`, a "not found" is confirmed by the active node
+    /// ([`Inner::confirm_not_found`]); without, it is the answering node's
+    /// (for a listing, which is only as fresh as the node that lists).
+    async fn read_current(&self, name: &str, confirm: bool) -> Result<SecretRecord, StoreError> {
         validate_name(name)?;
         let path = self.kv_path(name);
         let (mount, kv_path) = (self.mount.as_str(), path.as_str());
-        let response: ReadSecretResponse = self
-            .call(|s| async move {
+        let asked = AtomicUsize::new(usize::MAX);
+        let read = |s: Endpoint| {
+            let asked = &asked;
+            async move {
                 let endpoint = ReadSecretRequest::builder()
                     .mount(mount)
                     .path(kv_path)
                     .build()
                     .map_err(|_| Failure::Malformed("request could not be built"))?;
-                vaultrs::api::exec_with_result(s.client()?, endpoint).await.map_err(classify)
-            })
-            .await
-            .map_err(|f| f.into_store("reading secret"))?;
+                let response: Result<ReadSecretResponse, Failure> =
+                    vaultrs::api::exec_with_result(s.client()?, endpoint).await.map_err(classify);
+                if matches!(response, Err(Failure::Status(404))) {
+                    asked.store(s.index, Ordering::Relaxed);
+                }
+                response
+            }
+        };
+        let response = match self.call(&read).await {
+            Ok(response) => response,
+            Err(Failure::Status(404)) if confirm => self
+                .confirm_not_found(asked.load(Ordering::Relaxed), &read, "reading secret")
+                .await?
+                .ok_or(StoreError::NotFound)?,
+            Err(f) => return Err(f.into_store("reading secret")),
+        };
         let version = response.metadata;
         if !is_live(&version.deletion_time, version.destroyed, OffsetDateTime::now_utc()) {
             return Err(StoreError::NotFound);
@@ -1298,7 +1522,8 @@ impl Inner {
             .decode(stored.value.as_bytes())
             .map(SecretValue::new)
             .map_err(|_| StoreError::Corrupt(format!("{name}: version {} value is not base64", version.version)))?;
-        let meta = self.read_metadata(&path).await?.ok_or(StoreError::NotFound)?;
+        let meta = if confirm { self.read_metadata_confirmed(&path).await? } else { self.read_metadata(&path).await? };
+        let meta = meta.ok_or(StoreError::NotFound)?;
         Ok(SecretRecord {
             meta: SecretMeta {
                 name: name.to_owned(),
@@ -1467,11 +1692,11 @@ impl SecretStore for VaultStore {
     }
 
     async fn get(&self, name: &str) -> Result<SecretRecord, StoreError> {
-        self.inner.read_current(name).await
+        self.inner.read_current(name, true).await
     }
 
     async fn metadata(&self, name: &str) -> Result<SecretMeta, StoreError> {
-        self.inner.read_current(name).await.map(|record| record.meta)
+        self.inner.read_current(name, true).await.map(|record| record.meta)
     }
 
     async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
@@ -1525,7 +1750,7 @@ impl SecretStore for VaultStore {
                         return Ok(Page { items, next });
                     }
                     budget = budget.saturating_sub(2);
-                    match self.inner.read_current(&name).await {
+                    match self.inner.read_current(&name, false).await {
                         Ok(record) => items.push(record.meta),
                         // Soft-deleted, or deleted since the listing.
                         Err(StoreError::NotFound) => {}
@@ -1546,7 +1771,7 @@ impl SecretStore for VaultStore {
         validate_name(name)?;
         let inner = &self.inner;
         let path = inner.kv_path(name);
-        inner.read_metadata(&path).await?.ok_or(StoreError::NotFound)?;
+        inner.read_metadata_confirmed(&path).await?.ok_or(StoreError::NotFound)?;
         let (mount, path) = (inner.mount.as_str(), path.as_str());
         inner
             .call(|s| async move { vaultrs::kv2::delete_metadata(s.client()?, mount, path).await.map_err(classify) })
@@ -1689,6 +1914,57 @@ mod tests {
         // Valid, but nothing listens: unavailable after trying both.
         let r = connect("http://127.0.0.1:1", &["http://127.0.0.1:2"]).await;
         assert!(matches!(r, Err(ConnectError::Store(StoreError::Unavailable(_)))), "{r:?}");
+    }
+
+    /// `sys/leader` bodies as OpenBao 2.7.2 gives them: a dev server, a
+    /// standby, the active node, and a standby during an election.
+    const NO_HA: &str = r#"{"ha_enabled":false}"#;
+    const STANDBY: &str = r#"{"ha_enabled":true,"is_self":false,"leader_address":"http://127.0.0.1:18200",
+        "leader_cluster_address":"https://127.0.0.1:18201","raft_committed_index":37,"raft_applied_index":36}"#;
+    const ACTIVE: &str = r#"{"ha_enabled":true,"is_self":true,"active_time":"2026-12-07T15:20:14.919671788Z",
+        "leader_address":"http://127.0.0.1:18200","leader_cluster_address":"https://127.0.0.1:18201",
+        "raft_committed_index":37,"raft_applied_index":37}"#;
+    const ELECTION: &str = r#"{"ha_enabled":true,"is_self":false,"leader_address":"","leader_cluster_address":""}"#;
+
+    fn leader_status(body: &str) -> LeaderStatus {
+        serde_json::from_str(body).unwrap()
+    }
+
+    #[test]
+    fn a_not_found_is_confirmed_only_by_a_listed_active_node() {
+        let nodes = conn(&["http://127.0.0.1:18210", "http://127.0.0.1:18200", "http://127.0.0.1:18220"]).addresses;
+        // No HA: no standby can answer for the server.
+        assert_eq!(confirmer(&leader_status(NO_HA), &nodes), Confirmer::None);
+        // A standby names the active node, which is listed.
+        assert_eq!(confirmer(&leader_status(STANDBY), &nodes), Confirmer::At(1));
+        assert_eq!(confirmer(&leader_status(ACTIVE), &nodes), Confirmer::At(1));
+        // Not listed, none during an election, or an address that does not
+        // parse: nobody can confirm.
+        let others = conn(&["http://127.0.0.1:18210", "http://127.0.0.1:18220"]).addresses;
+        assert!(matches!(confirmer(&leader_status(STANDBY), &others), Confirmer::Unreachable(_)));
+        assert!(matches!(confirmer(&leader_status(ELECTION), &nodes), Confirmer::Unreachable(_)));
+        let garbled = LeaderStatus { leader_address: "not a url".into(), ..leader_status(STANDBY) };
+        assert!(matches!(confirmer(&garbled, &nodes), Confirmer::Unreachable(_)));
+        // The active node answering at another address than its own (a load
+        // balancer in front of the nodes) does not count.
+        let balanced = conn(&["http://127.0.0.1:18000"]).addresses;
+        match confirmer(&leader_status(ACTIVE), &balanced) {
+            Confirmer::Unreachable(why) => assert!(why.contains("load balancer"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_active_node_at_its_own_address_is_active() {
+        let [own, other] = [parse_address("http://127.0.0.1:18200").unwrap(), parse_address("http://lb:8200").unwrap()];
+        assert!(leader_status(ACTIVE).is_active_at(&own));
+        assert!(!leader_status(ACTIVE).is_active_at(&other));
+        assert!(!leader_status(STANDBY).is_active_at(&own));
+        assert!(!leader_status(NO_HA).is_active_at(&own));
+        let no_time = LeaderStatus { active_time: String::new(), ..leader_status(ACTIVE) };
+        assert!(!no_time.is_active_at(&own));
+        // Unknown fields and missing ones decode; a wrong type does not.
+        assert!(serde_json::from_str::<LeaderStatus>(r#"{"ha_enabled":"yes"}"#).is_err());
     }
 
     #[test]

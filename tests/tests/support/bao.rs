@@ -79,12 +79,22 @@ pub fn binary() -> PathBuf {
 }
 
 /// A port whose successor is free too (the dev server also listens on
-/// port + 1 for cluster traffic).
+/// port + 1 for cluster traffic). Both are released before the server
+/// binds them, so they are drawn below Linux's ephemeral range
+/// (32768-60999 by default): the source port of a connection some other
+/// test opens meanwhile cannot take them.
 pub fn free_port_pair() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const FIRST: u16 = 20_000;
+    const COUNT: u64 = 12_000;
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
     loop {
-        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        random.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
+        random.write_u32(std::process::id());
+        let port = FIRST + u16::try_from(random.finish() % COUNT).unwrap();
+        let first = std::net::TcpListener::bind(("127.0.0.1", port));
+        if first.is_ok() && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
             return port;
         }
     }

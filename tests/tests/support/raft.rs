@@ -10,6 +10,11 @@
 //! go through the HTTP API those commands call, which saves starting the
 //! CLI a dozen times.
 //!
+//! With [`RaftCluster::start_relayed`], node 3 advertises a cluster address
+//! that is a relay in this process ([`Relay`]) in front of its real cluster
+//! port: the Raft traffic the leader sends it can be held back at will, so
+//! node 3 lags while it still answers on its API port.
+//!
 //! Each node runs in its own process group under an address-space limit
 //! (`ulimit -v`, below a small watchdog shell); [`RaftCluster`] kills every
 //! group with SIGKILL when dropped, panics included, and the watchdog stops
@@ -23,6 +28,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 use super::bao;
 
@@ -84,10 +91,76 @@ impl Node {
     }
 }
 
+/// A TCP relay in front of one node's cluster port. While it is held, the
+/// bytes it reads wait in it: the node receives nothing from the leader
+/// (no log entries, no heartbeats) and the leader hears nothing back.
+pub struct Relay {
+    held: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Relays `127.0.0.1:{port}` (returned) to `127.0.0.1:{target}`.
+    async fn start(target: u16) -> (Relay, u16) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (held, _) = watch::channel(false);
+        let sender = held.clone();
+        let task = tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { continue };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                pipes.spawn(Self::pipe(in_read, out_write, sender.subscribe()));
+                pipes.spawn(Self::pipe(out_read, in_write, sender.subscribe()));
+            }
+        });
+        (Relay { held, task }, port)
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut held: watch::Receiver<bool>,
+    ) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Whatever was read after `hold` returned waits here.
+            if held.wait_for(|held| !*held).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    }
+
+    /// From now on nothing passes until [`Relay::release`].
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Lets the held bytes and everything after them pass.
+    pub fn release(&self) {
+        self.held.send_replace(false);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A running 3-node cluster; every node is killed when it is dropped.
 pub struct RaftCluster {
     /// The nodes; node 1 (index 0) was initialized and led first.
     pub nodes: Vec<Node>,
+    /// The relay in front of node 3's cluster port, if started with one.
+    pub relay: Option<Relay>,
     /// The root token.
     pub root: String,
     http: reqwest::Client,
@@ -110,12 +183,32 @@ impl RaftCluster {
     /// node (`disable_standby_reads`): reads are never stale, and nothing
     /// is served while there is no active node.
     pub async fn start(standby_reads: bool, max_versions: u64) -> RaftCluster {
+        Self::start_with(standby_reads, max_versions, false).await
+    }
+
+    /// Like [`RaftCluster::start`], with node 3's cluster traffic through a
+    /// [`Relay`] (`relay`).
+    pub async fn start_relayed(standby_reads: bool, max_versions: u64) -> RaftCluster {
+        Self::start_with(standby_reads, max_versions, true).await
+    }
+
+    async fn start_with(standby_reads: bool, max_versions: u64, relayed: bool) -> RaftCluster {
         let binary = bao::binary();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..3).map(|_| bao::free_port_pair()).collect();
         let api = |port: u16| format!("http://127.0.0.1:{port}");
         let mut nodes = Vec::new();
+        let mut relay = None;
         for (i, port) in ports.iter().enumerate() {
+            // The cluster address the node advertises: its own port, or the
+            // relay's for node 3 of a relayed cluster.
+            let advertised = if relayed && i == 2 {
+                let (started, relay_port) = Relay::start(port + 1).await;
+                relay = Some(started);
+                relay_port
+            } else {
+                port + 1
+            };
             let node_dir = dir.path().join(format!("node{}", i + 1));
             fs::create_dir_all(node_dir.join("data")).unwrap();
             let joins: String = ports
@@ -138,7 +231,7 @@ listener "tcp" {{
   tls_disable = true
 }}
 api_addr = "http://127.0.0.1:{port}"
-cluster_addr = "http://127.0.0.1:{cluster}"
+cluster_addr = "http://127.0.0.1:{advertised}"
 disable_standby_reads = {strict}
 ui = false
 "#,
@@ -171,7 +264,7 @@ ui = false
         }
         let http =
             reqwest::Client::builder().timeout(Duration::from_secs(5)).tls_certs_only(Vec::new()).build().unwrap();
-        let mut cluster = RaftCluster { nodes, root: String::new(), http, dir };
+        let mut cluster = RaftCluster { nodes, relay, root: String::new(), http, dir };
         for i in 0..3 {
             cluster.wait_for(i, "its listener", |status, _| status.is_some()).await;
         }
