@@ -309,14 +309,23 @@ impl AdminService {
     /// (its allow-list and its labels, which policies read, e.g. `refvals`):
     /// a new version from anyone else carries the current ones over when it
     /// gives none, and is refused when it gives others. The write is made
-    /// conditional on the version whose conditions were read.
+    /// conditional on the version whose conditions were read, or, for a
+    /// name that has no secret, on its still having none.
     async fn keep_release_conditions(&self, who: &Caller, secret: &mut NewSecret) -> Result<(), Error> {
         if who.role == Role::Admin {
             return Ok(());
         }
-        let current = match self.store.metadata(&secret.name).await {
+        // The store checks the write against its newest version, so the
+        // answering server's word is enough here (it may lag: then the
+        // write is refused as a conflict, never made over newer conditions).
+        let current = match self.store.metadata_for_write(&secret.name).await {
             Ok(current) => current,
-            Err(crate::store::StoreError::NotFound) => return Ok(()),
+            Err(crate::store::StoreError::NotFound) => {
+                // A new secret, as long as it stays new: one an admin
+                // creates meanwhile keeps its conditions.
+                secret.expected_version.get_or_insert(0);
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         };
         let given = !secret.labels.is_empty() || !secret.allowed_measurements.is_empty();
@@ -715,6 +724,25 @@ mod tests {
     fn assert_internal<T: std::fmt::Debug>(result: Result<T, Status>) {
         let status = result.expect_err("a change without its record must be refused");
         assert_eq!(status.code(), Code::Internal, "{status:?}");
+    }
+
+    /// An uploader's write of a new name is checked while the name is free;
+    /// an admin who creates the secret before that write lands keeps the
+    /// release conditions it set (the write was unconditional before).
+    #[tokio::test]
+    async fn a_secret_an_admin_creates_meanwhile_keeps_its_release_conditions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (recorded, _, store, _) = services(dir.path());
+        let uploader = Caller { id: "token:uploader".into(), role: Role::Uploader };
+        let labels = |set: &str| std::collections::HashMap::from([("refvals".to_owned(), set.to_owned())]);
+        let value = SecretValue::new(b"mine".to_vec());
+        let mut mine = recorded.new_secret("a/b".into(), value, labels("lenient"), Vec::new(), None).unwrap();
+        recorded.keep_release_conditions(&uploader, &mut mine).await.unwrap();
+        let strict = PutSecretRequest { labels: labels("strict"), ..put("a/b", b"admin's") };
+        recorded.put_secret(by(Role::Admin, strict)).await.unwrap();
+        let err = store.put(mine).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { expected: 0, found: 1 }), "{err:?}");
+        assert_eq!(store.metadata("a/b").await.unwrap().labels["refvals"], "strict");
     }
 
     #[tokio::test]

@@ -179,6 +179,10 @@ impl SecretStore for CachedStore {
         self.inner.metadata(name).await
     }
 
+    async fn metadata_for_write(&self, name: &str) -> Result<SecretMeta, StoreError> {
+        self.inner.metadata_for_write(name).await
+    }
+
     async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
         self.inner.list(prefix, after, limit).await
     }

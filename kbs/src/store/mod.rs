@@ -167,6 +167,14 @@ pub trait SecretStore: Send + Sync + fmt::Debug {
     async fn get(&self, name: &str) -> Result<SecretRecord, StoreError>;
     /// The current version's metadata.
     async fn metadata(&self, name: &str) -> Result<SecretMeta, StoreError>;
+    /// The current version's metadata as the server asked knows it, which
+    /// may lag the newest (a standby serving reads): enough to choose the
+    /// version a check-and-set write is made on (version 0 for a name it
+    /// does not know), since the write is checked against the newest, but
+    /// never an answer. By default [`SecretStore::metadata`].
+    async fn metadata_for_write(&self, name: &str) -> Result<SecretMeta, StoreError> {
+        self.metadata(name).await
+    }
     /// Metadata of secrets whose names start with `prefix`, in name order,
     /// starting after `after`.
     async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError>;

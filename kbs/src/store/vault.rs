@@ -1699,6 +1699,11 @@ impl SecretStore for VaultStore {
         self.inner.read_current(name, true).await.map(|record| record.meta)
     }
 
+    /// The node's word, not confirmed (see "A standby's not found").
+    async fn metadata_for_write(&self, name: &str) -> Result<SecretMeta, StoreError> {
+        self.inner.read_current(name, false).await.map(|record| record.meta)
+    }
+
     async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
         let limit = limit.min(MAX_PAGE);
         if limit == 0 {
