@@ -413,6 +413,18 @@ async fn snp_guest_gets_its_resource_with_ec_and_rsa_keys_by_cookie_and_bearer()
     assert_eq!(claims["submods"]["cpu0"]["ear.status"], "affirming");
     assert_eq!(claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["measurement"], hex::encode(MEASUREMENT));
     assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 300);
+    // A key sent with members beside the key's own (they are bound to the
+    // evidence like the rest) is carried in the token as its key alone.
+    let mut padded = key.jwk();
+    padded["kid"] = json!("guest");
+    padded["x-padding"] = json!("p".repeat(3000));
+    let mut s = Session::new(&app);
+    let tamper = Tamper { send_key: Some(padded), ..Tamper::default() };
+    let token = s.attest(&guest(), &key, tamper).await.unwrap();
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(claims["tee-pubkey"], key.jwk());
+    assert_eq!(key.decrypt(&s.get(RESOURCE, None).await.unwrap()), value);
 
     // The same secret, through the gRPC protocol.
     let config = ClientConfig::new(app.guest_url.clone(), app.ca.clone());

@@ -194,8 +194,8 @@ impl CocoService {
                 device.measurements.clear();
             }
         }
-        let mut token =
-            self.attestation_result(attestation_id, &claims, &digest, tee.name(), &request.runtime_data.tee_pubkey)?;
+        let tee_pubkey = jwe::key_members(&request.runtime_data.tee_pubkey);
+        let mut token = self.attestation_result(attestation_id, &claims, &digest, tee.name(), &tee_pubkey)?;
         // The JWE key-wrapping algorithm the resource GET will use.
         if let Some(object) = token.as_object_mut() {
             object.insert("kbs.key-alg".into(), key.alg().into());

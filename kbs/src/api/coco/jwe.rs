@@ -67,6 +67,17 @@ fn b64(field: &'static str, value: &Value) -> Result<Vec<u8>, JweError> {
     URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| JweError::Key(field))
 }
 
+/// The members of a JWK that make its key (`kty`, `crv`, `x`, `y`, `n`,
+/// `e`, `alg`), as given; any other member is left out. A token carries the
+/// guest's key this way, so that what the guest sends beside its key (up
+/// to [`MAX_JWK_LEN`] of arbitrary JSON) does not ride along in every token
+/// and in the broker's memory of verified tokens.
+pub fn key_members(jwk: &Value) -> Value {
+    const MEMBERS: [&str; 7] = ["kty", "crv", "x", "y", "n", "e", "alg"];
+    let members = jwk.as_object().into_iter().flatten().filter(|(name, _)| MEMBERS.contains(&name.as_str()));
+    Value::Object(members.map(|(name, value)| (name.clone(), value.clone())).collect())
+}
+
 impl TeeKey {
     /// Parses and checks a JWK (`kty` `EC` with `crv` `P-256`, or `RSA`).
     /// An `alg` member, when present, must name the algorithm the broker
