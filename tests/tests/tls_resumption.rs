@@ -3,6 +3,8 @@
 //! guest gRPC listener and the CoCo listener), refused (full handshake) by
 //! one with another key, and by a ticketer that sees it altered or too old;
 //! without a ticket key a session resumes only at the broker that made it.
+//! Also the TLS 1.3 suite the listeners choose, whose hash every handshake
+//! runs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -338,4 +340,44 @@ async fn altered_and_expired_tickets_get_a_full_handshake() {
     now.fetch_add(601, Ordering::SeqCst);
     assert_eq!(connect(port, &config).await, HandshakeKind::Full, "an expired ticket");
     assert_eq!(connect(port, &config).await, HandshakeKind::Resumed, "a ticket issued since");
+}
+
+/// The TLS 1.3 suite of one handshake with `config`.
+async fn suite(port: u16, config: &Arc<ClientConfig>) -> rustls::CipherSuite {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+}
+
+/// The guest and CoCo listeners choose AES-128-GCM-SHA256 (a SHA-256 key
+/// schedule) over the AES-256-GCM-SHA384 that rustls's client lists first,
+/// and still serve a client that offers AES-256-GCM-SHA384 only.
+#[tokio::test]
+async fn the_listeners_prefer_aes_128_gcm_sha256_and_serve_aes_256_only_clients() {
+    use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
+    let app = broker(String::new()).await;
+    let default_order = provider();
+    assert_eq!(default_order.cipher_suites[0].suite(), TLS13_AES_256_GCM_SHA384, "the client's first choice");
+    let mut only_256 = rustls::crypto::aws_lc_rs::default_provider();
+    only_256.cipher_suites.retain(|s| s.suite() == TLS13_AES_256_GCM_SHA384);
+    let only_256 = Arc::new(only_256);
+    for (alpn, url) in [(&b"h2"[..], &app.guest_url), (&b"http/1.1"[..], &app.coco_url)] {
+        let name = String::from_utf8_lossy(alpn);
+        for (client_provider, expected) in
+            [(&default_order, TLS13_AES_128_GCM_SHA256), (&only_256, TLS13_AES_256_GCM_SHA384)]
+        {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&app.ca) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let mut config = ClientConfig::builder_with_provider(Arc::clone(client_provider))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            assert_eq!(suite(port_of(url), &Arc::new(config)).await, expected, "{name}");
+        }
+    }
 }
