@@ -600,6 +600,11 @@ fn unrecorded_cuts(path: &Path, tail: &Tail, len: u64) -> Result<Vec<TornCut>, A
     let recorded = repaired(path, len)?;
     let mut cuts = Vec::new();
     for side in pending {
+        // A torn tail is at most one record long (see `tail`).
+        if std::fs::metadata(&side)?.len() > u64::try_from(MAX_RECORD_BYTES).unwrap_or(u64::MAX).saturating_add(1) {
+            let why = format!("{} is longer than a torn line can be; move it aside", side.display());
+            return Err(AuditError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, why)));
+        }
         let bytes = std::fs::read(&side)?;
         let cut = torn_cut(&bytes, kept_name(&side));
         if matches!(tail, Tail::Torn { bytes: torn, .. } if *torn == bytes) {

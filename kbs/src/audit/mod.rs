@@ -1283,6 +1283,13 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join(&kept)).unwrap(), torn);
         assert_eq!(names(), ["audit.jsonl.torn-100".to_owned(), kept]);
         assert_eq!(set(dir.path(), Some(&key), Some(&head)).unwrap().count, 6);
+
+        // A pending file longer than any torn line is not read: the log is
+        // refused until it is moved aside.
+        std::fs::write(dir.path().join("audit.jsonl.torn-300.pending"), vec![b'x'; MAX_RECORD_BYTES + 2]).unwrap();
+        let err = AuditLog::open(&path, "r0", Some(key.clone()), Rotation::default()).unwrap_err();
+        assert!(err.to_string().contains("longer than a torn line"), "{err}");
+        assert_eq!(repairs(&path).len(), 2);
     }
 
     /// `keep_files` deletes the oldest rotated files; what is left still
