@@ -35,7 +35,8 @@ use crate::evidence::gpu::ocsp::{OcspError, OcspGood};
 use crate::evidence::gpu::rim::{RimAppraiser, RimResult, RimStore};
 use crate::evidence::gpu::set::{DeviceSetExpectation, check_device_set};
 use crate::evidence::gpu::{
-    DeviceClass, GpuDeviceClaims, GpuError, GpuNonce, GpuSetClaims, GpuVerifier, chain as gpu_chain, ocsp, spdm,
+    DeviceClass, GpuDeviceClaims, GpuError, GpuNonce, GpuSetClaims, GpuVerifier, VerifiedDevice, chain as gpu_chain,
+    ocsp, spdm,
 };
 use crate::evidence::gpu_ocsp::{GpuOcspFetcher, OcspFetch};
 use crate::evidence::pcs::TdxCollateralResolver;
@@ -642,11 +643,18 @@ impl Broker {
             })?);
         }
         // Revocation once every device has verified: no responder is asked
-        // for a set that fails anyway, and the devices' are asked at once.
-        let revocations = gpus.iter().enumerate().map(|(index, gpu)| self.device_revocation(index, gpu, now));
+        // for a set that fails anyway, and the devices' are asked at once,
+        // each about its chain as the verifier parsed it.
+        let revocations = devices
+            .iter()
+            .zip(gpus)
+            .enumerate()
+            .map(|(index, (device, gpu))| self.device_revocation(index, &device.chain, &gpu.ocsp, now));
         let revocations = futures_util::future::join_all(revocations).await;
         let mut verified: Vec<GpuDeviceClaims> = Vec::with_capacity(gpus.len());
-        for (index, ((claims, report), revocation)) in devices.into_iter().zip(revocations).enumerate() {
+        for (index, (VerifiedDevice { claims, report, .. }, revocation)) in
+            devices.into_iter().zip(revocations).enumerate()
+        {
             let claims = match revocation? {
                 Some(good) => claims.with_revocation(&good),
                 None => claims,
@@ -672,9 +680,9 @@ impl Broker {
         Ok(GpuSetClaims::new(verified, summary, device_set_digest))
     }
 
-    /// The revocation of a verified device's chain: `Some` when OCSP shows
-    /// it good at `now`, `None` when it was not checked. Stapled responses
-    /// come first, and any failure of theirs refuses the device, unless
+    /// The revocation of a verified device's chain (its DER certificates,
+    /// as the verifier parsed them): `Some` when OCSP shows it good at
+    /// `now`, `None` when it was not checked. `stapled` responses come first, and any failure of theirs refuses the device, unless
     /// online OCSP is on and they were only stale or incomplete: then the
     /// fetcher's (cached or fetched) responses decide, and when they cannot
     /// show the chain good either, `best_effort` leaves it `not_checked`
@@ -683,14 +691,15 @@ impl Broker {
     async fn device_revocation(
         &self,
         index: usize,
-        gpu: &GpuInput,
+        chain: &[Vec<u8>],
+        stapled: &[Vec<u8>],
         now: OffsetDateTime,
     ) -> Result<Option<Vec<OcspGood>>, Error> {
         let refused = |e: OcspError| {
             tracing::info!(device = index, cause = %e, "GPU revocation status refused");
             Error::from(EvidenceError::from(e))
         };
-        let stapled = (!gpu.ocsp.is_empty()).then(|| ocsp::verify_chain_ocsp(&gpu.cert_chain, &gpu.ocsp, now));
+        let stapled = (!stapled.is_empty()).then(|| ocsp::verify_chain_ocsp(chain, stapled, now));
         let Some(fetcher) = &self.gpu_ocsp else {
             return stapled.transpose().map_err(refused);
         };
@@ -702,8 +711,8 @@ impl Broker {
             Some(Err(e)) => return Err(refused(e)),
             None => {}
         }
-        let fetched = fetcher.responses(&gpu.cert_chain, now).await;
-        match ocsp::verify_chain_ocsp(&gpu.cert_chain, &fetched, now) {
+        let fetched = fetcher.responses(chain, now).await;
+        match ocsp::verify_chain_ocsp(chain, &fetched, now) {
             Ok(good) => Ok(Some(good)),
             Err(e @ (OcspError::Stale(_) | OcspError::Missing(_))) if fetcher.policy() != OcspFetch::Require => {
                 tracing::info!(device = index, cause = %e, "GPU revocation not checked: no fresh OCSP response");

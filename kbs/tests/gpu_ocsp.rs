@@ -47,6 +47,11 @@ fn chain_pem() -> Vec<u8> {
     vector(&format!("{GOOGLE}/test_gpu_attestation_certificate_chain.dat"))
 }
 
+/// The genuine chain as the verifier parses it (DER, leaf first).
+fn chain_ders() -> Vec<Vec<u8>> {
+    kbs::evidence::gpu::chain::pem_chain(&chain_pem()).unwrap()
+}
+
 fn report() -> Vec<u8> {
     vector(&format!("{GOOGLE}/test_raw_gpu_attestation_report.dat"))
 }
@@ -219,14 +224,14 @@ async fn verify(
 async fn fetched_responses_show_the_genuine_chain_good_and_are_cached_until_next_update() {
     let responder = start_responder(Mode::Genuine).await;
     let fetcher = fetcher(&responder, OcspFetch::Require);
-    let fetched = fetcher.responses(&chain_pem(), FRESH).await;
+    let fetched = fetcher.responses(&chain_ders(), FRESH).await;
     assert_eq!(fetched.len(), 3);
-    let good = ocsp::verify_chain_ocsp(&chain_pem(), &fetched, FRESH).unwrap();
+    let good = ocsp::verify_chain_ocsp(&chain_ders(), &fetched, FRESH).unwrap();
     let subjects: Vec<&str> = good.iter().map(|g| g.subject.as_str()).collect();
     assert_eq!(subjects, ["GH100 A01 GSP BROM", "NVIDIA GH100 Provisioner ICA 1", "NVIDIA GH100 Identity"]);
     assert_eq!((responder.requests.load(Ordering::SeqCst), fetcher.cached()), (3, 3));
     // From the cache while fresh: the responder is not asked again.
-    assert_eq!(fetcher.responses(&chain_pem(), FRESH + time::Duration::hours(11)).await, fetched);
+    assert_eq!(fetcher.responses(&chain_ders(), FRESH + time::Duration::hours(11)).await, fetched);
     assert_eq!(responder.requests.load(Ordering::SeqCst), 3);
 
     // Through the release flow: the device's revocation is good.
@@ -257,7 +262,7 @@ async fn fetched_responses_show_the_genuine_chain_good_and_are_cached_until_next
 async fn certificates_are_fetched_at_once_and_one_response_is_fetched_once() {
     let responder = start_responder(Mode::Gathering).await;
     let fetcher = fetcher(&responder, OcspFetch::Require);
-    let chain = chain_pem();
+    let chain = chain_ders();
     let (a, b) = tokio::join!(fetcher.responses(&chain, FRESH), fetcher.responses(&chain, FRESH));
     assert_eq!((a.len(), b.len()), (3, 3));
     assert_eq!(a, b);
@@ -320,6 +325,25 @@ async fn a_failing_responder_is_backed_off_and_leaves_revocation_not_checked_or_
     }
 }
 
+/// Nothing is asked for a chain longer than a device chain's PEM may hold
+/// (one certificate more than a device chain), as when the fetcher parsed
+/// the PEM itself.
+#[tokio::test]
+async fn nothing_is_asked_for_a_chain_longer_than_a_pem_chain_may_hold() {
+    let responder = start_responder(Mode::Genuine).await;
+    let fetcher = fetcher(&responder, OcspFetch::Require);
+    let mut six = chain_ders();
+    six.push(six[4].clone());
+    let mut seven = six.clone();
+    seven.push(six[4].clone());
+    assert!(fetcher.responses(&seven, FRESH).await.is_empty());
+    assert_eq!((responder.requests.load(Ordering::SeqCst), fetcher.cached()), (0, 0));
+    // Six is still asked for: the three genuine responses, and none for
+    // the root as its own issuer.
+    assert_eq!(fetcher.responses(&six, FRESH).await, genuine_responses());
+    assert_eq!(responder.requests.load(Ordering::SeqCst), 4);
+}
+
 /// DER TLV (content below 64 KiB).
 fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     let len = content.len();
@@ -360,7 +384,6 @@ enum Status {
 /// issuer itself as responder). No NVIDIA responder signed these: they stand
 /// for the `revoked` and `unknown` answers no captured vector holds.
 struct TestChain {
-    pem: Vec<u8>,
     /// Leaf first.
     ders: Vec<Vec<u8>>,
     /// The key of each certificate, in the same order.
@@ -382,7 +405,6 @@ impl TestChain {
         let names =
             ["KBS TEST OCSP root", "NVIDIA GH100 Identity", "NVIDIA GH100 Provisioner ICA 1", "GH100 A01 GSP BROM"];
         let mut keys: Vec<KeyPair> = Vec::new();
-        let mut pems = Vec::new();
         let mut ders = Vec::new();
         let mut issuer: Option<Issuer<'static, KeyPair>> = None;
         for (at, cn) in names.iter().chain(&["GH100 A01 GSP FMC LF"]).enumerate() {
@@ -392,16 +414,14 @@ impl TestChain {
                 None => p.self_signed(&key).unwrap(),
                 Some(issuer) => p.signed_by(&key, issuer).unwrap(),
             };
-            pems.push(cert.pem());
             ders.push(cert.der().to_vec());
             let copy = KeyPair::from_pem(&key.serialize_pem()).unwrap();
             issuer = Some(Issuer::new(p, copy));
             keys.push(key);
         }
-        pems.reverse();
         ders.reverse();
         keys.reverse();
-        Self { pem: pems.concat().into_bytes(), ders, keys }
+        Self { ders, keys }
     }
 
     /// A response for covered certificate `at` (1: BROM, 2: ICA, 3:
@@ -457,27 +477,27 @@ async fn revoked_and_unknown_answers_are_cached_until_next_update_and_still_refu
 
     let responder = start_responder_with(Mode::Genuine, responses.clone()).await;
     let fetcher = fetcher(&responder, OcspFetch::Require);
-    let fetched = fetcher.responses(&chain.pem, FRESH).await;
+    let fetched = fetcher.responses(&chain.ders, FRESH).await;
     assert_eq!(fetched, responses);
     assert_eq!((responder.requests.load(Ordering::SeqCst), fetcher.cached()), (3, 3));
-    let refused = ocsp::verify_chain_ocsp(&chain.pem, &fetched, FRESH).unwrap_err();
+    let refused = ocsp::verify_chain_ocsp(&chain.ders, &fetched, FRESH).unwrap_err();
     assert!(matches!(refused, OcspError::Revoked { .. }), "{refused}");
     // Unknown alone refuses as well.
     let unknown = [responses[1].clone(), responses[2].clone(), chain.response(1, Status::Good)];
-    assert_eq!(ocsp::verify_chain_ocsp(&chain.pem, &unknown, FRESH), Err(OcspError::Unknown));
+    assert_eq!(ocsp::verify_chain_ocsp(&chain.ders, &unknown, FRESH), Err(OcspError::Unknown));
 
     // From the cache while fresh: the responder is not asked again, and the
     // outcome is the same.
     let later = FRESH + time::Duration::hours(22);
-    let cached = fetcher.responses(&chain.pem, later).await;
+    let cached = fetcher.responses(&chain.ders, later).await;
     assert_eq!(cached, fetched);
     assert_eq!(responder.requests.load(Ordering::SeqCst), 3);
-    assert_eq!(ocsp::verify_chain_ocsp(&chain.pem, &cached, later), Err(refused));
+    assert_eq!(ocsp::verify_chain_ocsp(&chain.ders, &cached, later), Err(refused));
 
     // Past nextUpdate the cache is not used: the responder is asked again
     // (its answers, stale by then, are not kept).
     let stale = FRESH + time::Duration::days(2);
-    assert!(fetcher.responses(&chain.pem, stale).await.is_empty());
+    assert!(fetcher.responses(&chain.ders, stale).await.is_empty());
     assert!(responder.requests.load(Ordering::SeqCst) > 3);
 }
 

@@ -763,30 +763,46 @@ mod ocsp {
         B64.decode(text).unwrap()
     }
 
+    /// The chain of a case as the verifier parsed it, once it verified.
+    fn verified_chain(c: &Case) -> Vec<Vec<u8>> {
+        verifier().verify_with_report(&c.report, &c.chain, NOW, &c.nonce).unwrap().chain
+    }
+
     #[test]
     fn a_device_chain_is_good_only_with_a_fresh_response_for_each_covered_certificate() {
         let c = case("google_spt_hopper_full");
+        let chain = verified_chain(c);
         let all = vec![response(2), response(3), response(4)];
-        let good = verify_chain_ocsp(&c.chain, &all, FRESH).unwrap();
+        let good = verify_chain_ocsp(&chain, &all, FRESH).unwrap();
         let subjects: Vec<&str> = good.iter().map(|g| g.subject.as_str()).collect();
         assert_eq!(subjects, ["GH100 A01 GSP BROM", "NVIDIA GH100 Provisioner ICA 1", "NVIDIA GH100 Identity"]);
         // Order does not matter; unrelated responses are ignored.
         let mut shuffled = vec![response_file("test_gpu_rim_l2"), response(4), response(2), response(3)];
         shuffled.reverse();
-        assert_eq!(verify_chain_ocsp(&c.chain, &shuffled, FRESH).unwrap(), good);
+        assert_eq!(verify_chain_ocsp(&chain, &shuffled, FRESH).unwrap(), good);
         // One missing: refused, naming it.
-        let err = verify_chain_ocsp(&c.chain, &all[1..], FRESH).unwrap_err();
+        let err = verify_chain_ocsp(&chain, &all[1..], FRESH).unwrap_err();
         assert_eq!(err, OcspError::Missing("NVIDIA GH100 Identity".into()));
         assert_eq!(err.reason(), ReasonCode::CollateralUnavailable);
         // Stale now.
-        assert!(matches!(verify_chain_ocsp(&c.chain, &all, NOW), Err(OcspError::Stale(_))));
+        assert!(matches!(verify_chain_ocsp(&chain, &all, NOW), Err(OcspError::Stale(_))));
         // Another device's chain: the BROM response is not about its BROM.
-        let other = &case("trustee_hopper_coco_report1").chain;
+        let other = verified_chain(case("trustee_hopper_coco_report1"));
         assert!(
-            matches!(verify_chain_ocsp(other, &all, FRESH), Err(OcspError::Missing(m)) if m == "GH100 A01 GSP BROM")
+            matches!(verify_chain_ocsp(&other, &all, FRESH), Err(OcspError::Missing(m)) if m == "GH100 A01 GSP BROM")
         );
         // Too many responses.
-        assert!(matches!(verify_chain_ocsp(&c.chain, &vec![response(2); 17], FRESH), Err(OcspError::Malformed(_))));
+        assert!(matches!(verify_chain_ocsp(&chain, &vec![response(2); 17], FRESH), Err(OcspError::Malformed(_))));
+        // The chain the verifier hands out is the PEM's, certificate for
+        // certificate; one of another length is malformed.
+        assert_eq!(chain, kbs::evidence::gpu::chain::pem_chain(&c.chain).unwrap());
+        let mut six = chain.clone();
+        six.push(chain[4].clone());
+        for shape in [&chain[..0], &chain[..4], &six[..]] {
+            let err = verify_chain_ocsp(shape, &all, FRESH).unwrap_err();
+            assert!(matches!(err, OcspError::Malformed(_)), "{} certificates: {err}", shape.len());
+            assert_eq!(err.reason(), ReasonCode::EvidenceMalformed);
+        }
         // Recorded in the claims.
         let claims = verify(c).unwrap().with_revocation(&good);
         let value = serde_json::to_value(&claims).unwrap();

@@ -3,7 +3,8 @@
 //! broker asks the responder itself.
 //!
 //! For every certificate OCSP covers (all but the leaf and the root, see
-//! [`ocsp::covered`]) of a chain that already verified to a pinned root,
+//! [`ocsp::covered`]) of a chain that already verified to a pinned root
+//! (its DER certificates, as the verifier parsed them),
 //! [`GpuOcspFetcher::responses`] returns a response: from its cache while
 //! the response is inside its window at `now` (bounded, oldest evicted
 //! first, each entry until its `nextUpdate`), else by POSTing the
@@ -180,16 +181,18 @@ impl GpuOcspFetcher {
         self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// A response for each certificate of `chain_pem` (a chain that
-    /// verified) that OCSP covers, where one can be had: cached while
-    /// fresh at `now`, else fetched (see the module docs). Never fails: a
-    /// certificate without a response is left out, and the caller's check
-    /// reports it missing.
-    pub async fn responses(&self, chain_pem: &[u8], now: OffsetDateTime) -> Vec<Vec<u8>> {
-        let Ok(ders) = chain::pem_chain(chain_pem) else {
+    /// A response for each certificate of `ders` (a chain that verified,
+    /// DER, leaf first, as the verifier parsed it:
+    /// [`super::gpu::VerifiedDevice::chain`]) that OCSP covers, where one
+    /// can be had: cached while fresh at `now`, else fetched (see the module
+    /// docs). Never fails: a certificate without a response is left out,
+    /// and the caller's check reports it missing. A chain longer than a
+    /// device chain's PEM may hold ([`chain::pem_chain`]) has none.
+    pub async fn responses(&self, ders: &[Vec<u8>], now: OffsetDateTime) -> Vec<Vec<u8>> {
+        if ders.len() > chain::CHAIN_LEN + 1 {
             return Vec::new();
-        };
-        let pending = ocsp::covered(&ders).enumerate().map(|(at, (target, issuer))| {
+        }
+        let pending = ocsp::covered(ders).enumerate().map(|(at, (target, issuer))| {
             // The device identity certificate names no responder: NVIDIA's
             // one responder serves the whole chain, as its issuer names it.
             let named = ders.iter().skip(at.saturating_add(1)).find_map(|der| https_responder(der));
@@ -326,9 +329,11 @@ mod tests {
     async fn garbage_chains_have_no_responses() {
         let fetcher = GpuOcspFetcher::new(GpuOcspConfig::new(OcspFetch::BestEffort)).unwrap();
         let now = OffsetDateTime::UNIX_EPOCH;
-        assert!(fetcher.responses(b"not a chain", now).await.is_empty());
-        let root = attester_client::simulated::gpu_test_root_pem();
-        assert!(fetcher.responses(root.as_bytes(), now).await.is_empty());
-        assert_eq!(fetcher.cached(), 0);
+        assert!(fetcher.responses(&[], now).await.is_empty());
+        let root = chain::pem_chain(attester_client::simulated::gpu_test_root_pem().as_bytes()).unwrap();
+        assert!(fetcher.responses(&root, now).await.is_empty());
+        let garbage = vec![b"not a certificate".to_vec(); chain::CHAIN_LEN];
+        assert!(fetcher.responses(&garbage, now).await.is_empty());
+        assert_eq!((fetcher.cached(), fetcher.fetching()), (0, 0));
     }
 }

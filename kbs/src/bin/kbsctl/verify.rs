@@ -184,7 +184,10 @@ fn verify_gpu(
     }
     let responses =
         ocsp.iter().map(|p| read_file(p).and_then(|b| der_or_base64(b, p))).collect::<Result<Vec<_>, _>>()?;
-    let good = kbs::evidence::gpu::ocsp::verify_chain_ocsp(&chain, &responses, now)
+    // The chain verified above, so it parses.
+    let ders = kbs::evidence::gpu::chain::pem_chain(&chain)
+        .map_err(|e| Failure::Refused(format!("rejected: {}: {e}", e.reason())))?;
+    let good = kbs::evidence::gpu::ocsp::verify_chain_ocsp(&ders, &responses, now)
         .map_err(|e| Failure::Refused(format!("rejected: {}: {e}", e.reason())))?;
     Ok(claims.with_revocation(&good))
 }

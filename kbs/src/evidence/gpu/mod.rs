@@ -60,7 +60,8 @@
 //! arguments; it does no I/O and reads no clock. Revocation is a separate
 //! pure step ([`ocsp::verify_chain_ocsp`], on stapled or cached OCSP
 //! responses for the device chain's certificates but the leaf and the
-//! root), and so are the checks on the whole set of devices a VM presents
+//! root, given the chain as the verifier parsed it: [`VerifiedDevice`]),
+//! and so are the checks on the whole set of devices a VM presents
 //! ([`set::check_device_set`]: one checked nonce, distinct devices, the
 //! expected counts, one mode), and so is the appraisal of the measurements
 //! against reference values ([`rim::RimAppraiser`], over a RIM store the
@@ -446,6 +447,21 @@ impl GpuSetClaims {
     }
 }
 
+/// A device whose evidence passed every check, as
+/// [`GpuVerifier::verify_with_report`] hands it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedDevice<'r> {
+    /// The device's claims.
+    pub claims: GpuDeviceClaims,
+    /// The report, as parsed (for the RIM appraisal).
+    pub report: GpuReport<'r>,
+    /// The chain's DER certificates, leaf first, as parsed from its PEM:
+    /// [`chain::CHAIN_LEN`] of them, ending at a pinned root (for the
+    /// revocation check, [`ocsp::verify_chain_ocsp`], and the online
+    /// fetcher, which take the chain as parsed here).
+    pub chain: Vec<Vec<u8>>,
+}
+
 /// Default bound on the verified device-chain cache (the VEK cache's: a
 /// chain is one per device and firmware, about 1 KiB cached).
 pub const DEFAULT_CHAIN_CACHE_CAPACITY: usize = 4096;
@@ -524,19 +540,20 @@ impl GpuVerifier {
         now: OffsetDateTime,
         expected_nonce: &GpuNonce,
     ) -> Result<GpuDeviceClaims, GpuError> {
-        self.run(report, chain_pem, now, Some(expected_nonce)).map(|(claims, _)| claims)
+        self.run(report, chain_pem, now, Some(expected_nonce)).map(|device| device.claims)
     }
 
-    /// As [`Self::verify`], and the report as parsed, for what is judged of
-    /// it afterwards (the RIM appraisal) without parsing it again: it is
-    /// handed out only once every check has passed.
+    /// As [`Self::verify`], and the report and chain as parsed, for what is
+    /// judged of them afterwards (the RIM appraisal, revocation) without
+    /// parsing them again: they are handed out only once every check has
+    /// passed.
     pub fn verify_with_report<'r>(
         &self,
         report: &'r [u8],
         chain_pem: &[u8],
         now: OffsetDateTime,
         expected_nonce: &GpuNonce,
-    ) -> Result<(GpuDeviceClaims, GpuReport<'r>), GpuError> {
+    ) -> Result<VerifiedDevice<'r>, GpuError> {
         self.run(report, chain_pem, now, Some(expected_nonce))
     }
 
@@ -550,7 +567,7 @@ impl GpuVerifier {
         chain_pem: &[u8],
         now: OffsetDateTime,
     ) -> Result<GpuDeviceClaims, GpuError> {
-        self.run(report, chain_pem, now, None).map(|(claims, _)| claims)
+        self.run(report, chain_pem, now, None).map(|device| device.claims)
     }
 
     fn run<'r>(
@@ -559,7 +576,7 @@ impl GpuVerifier {
         chain_pem: &[u8],
         now: OffsetDateTime,
         expected_nonce: Option<&GpuNonce>,
-    ) -> Result<(GpuDeviceClaims, GpuReport<'r>), GpuError> {
+    ) -> Result<VerifiedDevice<'r>, GpuError> {
         // 1. Report.
         let report = GpuReport::parse(report_bytes)?;
         let fields = report.opaque_fields()?;
@@ -638,7 +655,7 @@ impl GpuVerifier {
             revocation: None,
             rim: None,
         };
-        Ok((claims, report))
+        Ok(VerifiedDevice { claims, report, chain: ders })
     }
 
     /// The cache key of a chain: SHA-256 over the anchor set's digest and
@@ -841,18 +858,21 @@ mod tests {
     }
 
     /// `verify_with_report` runs the same checks as `verify` (uncached and
-    /// cached chain alike) and hands out the report it parsed, only when
-    /// they all pass.
+    /// cached chain alike) and hands out the report and the chain it
+    /// parsed, only when they all pass.
     #[test]
-    fn the_report_is_handed_out_only_with_its_verified_claims() {
+    fn the_report_and_chain_are_handed_out_only_with_their_verified_claims() {
         let verifier = GpuVerifier::new(test_anchors());
         let now = OffsetDateTime::now_utc();
         let nonce = GpuNonce([0x21; 32]);
         let (report, chain) = simulated(0, &nonce);
-        for _ in 0..2 {
-            let (claims, parsed) = verifier.verify_with_report(&report, chain.as_bytes(), now, &nonce).unwrap();
-            assert_eq!(claims, verifier.verify(&report, chain.as_bytes(), now, &nonce).unwrap());
-            assert_eq!(parsed, GpuReport::parse(&report).unwrap());
+        for cached in [false, true] {
+            assert_eq!(verifier.cached_chains(), usize::from(cached));
+            let device = verifier.verify_with_report(&report, chain.as_bytes(), now, &nonce).unwrap();
+            assert_eq!(device.claims, verifier.verify(&report, chain.as_bytes(), now, &nonce).unwrap());
+            assert_eq!(device.report, GpuReport::parse(&report).unwrap());
+            assert_eq!(device.chain, chain::pem_chain(chain.as_bytes()).unwrap());
+            assert_eq!(device.chain.len(), chain::CHAIN_LEN);
         }
         let other_nonce = GpuNonce([0x22; 32]);
         let refused = verifier.verify_with_report(&report, chain.as_bytes(), now, &other_nonce);

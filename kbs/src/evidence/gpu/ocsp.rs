@@ -241,21 +241,21 @@ pub fn verify_ocsp_answer(
 /// root) must have a response that shows it good at `now`. A revoked or
 /// unknown status for a certificate wins over any good one; then a fresh
 /// good one over a stale one; no authentic response at all is `Missing`.
-/// The chain itself is assumed verified ([`super::GpuVerifier`]).
+/// The chain (DER, leaf first) is the one the verifier parsed and verified
+/// ([`super::VerifiedDevice::chain`]); one of another length is `Malformed`.
 pub fn verify_chain_ocsp(
-    chain_pem: &[u8],
+    ders: &[Vec<u8>],
     responses: &[Vec<u8>],
     now: OffsetDateTime,
 ) -> Result<Vec<OcspGood>, OcspError> {
     if responses.len() > MAX_STAPLED_RESPONSES {
         return Err(OcspError::Malformed(format!("{} responses, at most {MAX_STAPLED_RESPONSES}", responses.len())));
     }
-    let ders = chain::pem_chain(chain_pem).map_err(|e| OcspError::Malformed(e.to_string()))?;
     if ders.len() != chain::CHAIN_LEN {
         return Err(OcspError::Malformed(format!("{} certificates, expected {}", ders.len(), chain::CHAIN_LEN)));
     }
     let mut out = Vec::new();
-    for (target, issuer) in covered(&ders) {
+    for (target, issuer) in covered(ders) {
         let mut good: Option<OcspGood> = None;
         let mut stale = None;
         for response in responses {
