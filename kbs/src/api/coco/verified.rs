@@ -44,8 +44,9 @@ const EVIDENCE_CLAIMS: &str = "/submods/cpu0/ear.veraison.annotated-evidence";
 pub const MAX_ENTRIES: usize = 1024;
 /// Largest token remembered, in bytes: a token of a VM with one GPU is
 /// about 6 KiB. Larger ones (many GPUs) are verified on every use. An
-/// entry holds the claims as parsed JSON, a few times the token's size,
-/// so the cache stays within some tens of MiB.
+/// entry holds the claims as parsed JSON and the evidence claims in the
+/// policy's form, a few times the token's size, so the cache stays within
+/// some tens of MiB.
 pub const MAX_CACHED_TOKEN_LEN: usize = 16 * 1024;
 
 /// A verified token's claims, its guest key and its validity.
