@@ -643,6 +643,19 @@ async fn every_get_with_a_remembered_token_is_decided_and_audited() {
     let gets =
         |decision: &str| records.iter().filter(|r| r["action"] == "coco.resource" && r["decision"] == decision).count();
     assert_eq!((gets("allow"), gets("deny")), (5, 2), "{log}");
+    // The claims the remembered token keeps prepared are the ones attested:
+    // every decided GET records the attestation's id, measurement and
+    // claims digest.
+    let attested = records.iter().find(|r| r["action"] == "coco.attest").unwrap();
+    let decided: Vec<&Value> =
+        records.iter().filter(|r| r["action"] == "coco.resource" && r["reason"] != "unauthenticated").collect();
+    assert_eq!(decided.len(), 6, "{log}");
+    for record in decided {
+        for field in ["attestation_id", "measurement", "claims_digest"] {
+            assert!(attested[field].as_str().is_some_and(|v| !v.is_empty()), "{field}: {attested}");
+            assert_eq!(record[field], attested[field], "{field}: {record}");
+        }
+    }
 }
 
 #[tokio::test]

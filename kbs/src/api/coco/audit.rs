@@ -4,6 +4,7 @@
 use crate::audit::Event;
 use crate::error::Error;
 use crate::evidence::Claims;
+use crate::policy::PreparedClaims;
 use crate::reason::ReasonCode;
 use crate::release::{Broker, claims_digest};
 
@@ -29,6 +30,12 @@ impl Audit {
     pub(super) fn claims(&mut self, claims: &Claims) {
         self.event.measurement = Some(claims.measurement.clone());
         self.event.claims_digest = Some(claims_digest(claims));
+    }
+
+    /// [`Audit::claims`] with their digest computed once, when prepared.
+    pub(super) fn claims_prepared(&mut self, claims: &Claims, prepared: &PreparedClaims) {
+        self.event.measurement = Some(claims.measurement.clone());
+        self.event.claims_digest = Some(prepared.digest().to_owned());
     }
 
     /// Records the decision; if the record cannot be written, nothing is

@@ -17,7 +17,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey, PublicKeyComponents};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -154,27 +154,27 @@ impl TeeKey {
         }
     }
 
-    /// Encrypts `plaintext` to this key; returns the flattened JWE JSON.
-    pub fn encrypt(&self, plaintext: &[u8]) -> Result<Value, JweError> {
+    /// Encrypts `plaintext` to this key; returns the flattened JWE JSON
+    /// text, written directly (every member but the header is base64url,
+    /// which JSON never escapes).
+    pub fn encrypt(&self, plaintext: &[u8]) -> Result<String, JweError> {
         let rng = SystemRandom::new();
         let mut cek = Zeroizing::new([0u8; 32]);
         rng.fill(cek.as_mut_slice()).map_err(|_| JweError::Crypto("random"))?;
+        // The protected header, with its members in the order serde_json
+        // writes the parsed header back (alg, enc, then epk with sorted
+        // members), so a client re-encoding it recomputes the same AAD.
         let (header, encrypted_key) = match self {
             Self::EcP256 { point } => {
                 let ephemeral =
                     EphemeralPrivateKey::generate(&ECDH_P256, &rng).map_err(|_| JweError::Crypto("ecdh"))?;
                 let epk = ephemeral.compute_public_key().map_err(|_| JweError::Crypto("ecdh"))?;
                 let (x, y) = epk.as_ref().get(1..33).zip(epk.as_ref().get(33..65)).ok_or(JweError::Crypto("epk"))?;
-                let header = json!({
-                    "alg": ALG_ECDH_ES_A256KW,
-                    "enc": ENC_A256GCM,
-                    "epk": {
-                        "crv": "P-256",
-                        "kty": "EC",
-                        "x": URL_SAFE_NO_PAD.encode(x),
-                        "y": URL_SAFE_NO_PAD.encode(y),
-                    },
-                });
+                let header = format!(
+                    r#"{{"alg":"{ALG_ECDH_ES_A256KW}","enc":"{ENC_A256GCM}","epk":{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}}}"#,
+                    URL_SAFE_NO_PAD.encode(x),
+                    URL_SAFE_NO_PAD.encode(y),
+                );
                 let kek = agreement::agree_ephemeral(
                     ephemeral,
                     UnparsedPublicKey::new(&ECDH_P256, point),
@@ -195,17 +195,14 @@ impl TeeKey {
                     .map_err(|_| JweError::Crypto("rsa-oaep"))?
                     .len();
                 out.truncate(len);
-                (json!({"alg": ALG_RSA_OAEP_256, "enc": ENC_A256GCM}), out)
+                (format!(r#"{{"alg":"{ALG_RSA_OAEP_256}","enc":"{ENC_A256GCM}"}}"#), out)
             }
         };
-        // serde_json writes these members in the order given above (alg,
-        // enc, then epk with sorted members), the order a client re-encoding
-        // the parsed header produces, so its recomputed AAD matches.
-        let protected = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|_| JweError::Crypto("header"))?);
         let mut iv = [0u8; 12];
         rng.fill(&mut iv).map_err(|_| JweError::Crypto("random"))?;
         let key =
             LessSafeKey::new(UnboundKey::new(&AES_256_GCM, cek.as_slice()).map_err(|_| JweError::Crypto("aead"))?);
+        let protected = URL_SAFE_NO_PAD.encode(header);
         let mut ciphertext = plaintext.to_vec();
         let tag = key
             .seal_in_place_separate_tag(
@@ -214,13 +211,23 @@ impl TeeKey {
                 &mut ciphertext,
             )
             .map_err(|_| JweError::Crypto("aead"))?;
-        Ok(json!({
-            "protected": protected,
-            "encrypted_key": URL_SAFE_NO_PAD.encode(encrypted_key),
-            "iv": URL_SAFE_NO_PAD.encode(iv),
-            "ciphertext": URL_SAFE_NO_PAD.encode(&ciphertext),
-            "tag": URL_SAFE_NO_PAD.encode(tag.as_ref()),
-        }))
+        // Base64 takes 4 characters per 3 bytes; the rest is the members' names.
+        let mut jwe = String::with_capacity(96 + protected.len() + (encrypted_key.len() + ciphertext.len()) * 4 / 3);
+        jwe.push_str(r#"{"protected":""#);
+        jwe.push_str(&protected);
+        for (name, bytes) in [
+            ("encrypted_key", encrypted_key.as_slice()),
+            ("iv", iv.as_slice()),
+            ("ciphertext", ciphertext.as_slice()),
+            ("tag", tag.as_ref()),
+        ] {
+            jwe.push_str(r#"",""#);
+            jwe.push_str(name);
+            jwe.push_str(r#"":""#);
+            URL_SAFE_NO_PAD.encode_string(bytes, &mut jwe);
+        }
+        jwe.push_str(r#""}"#);
+        Ok(jwe)
     }
 }
 
@@ -255,9 +262,24 @@ mod tests {
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::key_wrap::KeyWrap;
     use aws_lc_rs::rsa::{KeySize, OaepPrivateDecryptingKey, PrivateDecryptingKey};
+    use serde_json::json;
 
     fn d(v: &Value, field: &str) -> Vec<u8> {
         URL_SAFE_NO_PAD.decode(v[field].as_str().unwrap()).unwrap()
+    }
+
+    /// The JWE JSON text as parsed, checked to be the flattened
+    /// serialization: exactly its five members, each a base64url string.
+    fn parsed(text: &str) -> Value {
+        let jwe: Value = serde_json::from_str(text).unwrap();
+        let members = jwe.as_object().unwrap();
+        let mut names: Vec<&str> = members.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["ciphertext", "encrypted_key", "iv", "protected", "tag"]);
+        for (name, value) in members {
+            assert!(URL_SAFE_NO_PAD.decode(value.as_str().unwrap()).is_ok(), "{name}");
+        }
+        jwe
     }
 
     fn open_content(jwe: &Value, cek: &[u8]) -> Vec<u8> {
@@ -284,7 +306,7 @@ mod tests {
     fn ec_round_trip() {
         let (sk, jwk) = ec_pair();
         let key = TeeKey::from_jwk(&jwk).unwrap();
-        let jwe = key.encrypt(b"model key bytes").unwrap();
+        let jwe = parsed(&key.encrypt(b"model key bytes").unwrap());
         let header: Value = serde_json::from_slice(&d(&jwe, "protected")).unwrap();
         assert_eq!(header["alg"], ALG_ECDH_ES_A256KW);
         assert_eq!(header["enc"], ENC_A256GCM);
@@ -321,7 +343,7 @@ mod tests {
     fn rsa_round_trip_and_rsa1_5_refused() {
         let sk = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
         let key = TeeKey::from_jwk(&rsa_jwk(&sk, ALG_RSA_OAEP_256)).unwrap();
-        let jwe = key.encrypt(b"rsa secret").unwrap();
+        let jwe = parsed(&key.encrypt(b"rsa secret").unwrap());
         let header: Value = serde_json::from_slice(&d(&jwe, "protected")).unwrap();
         assert_eq!(header, json!({"alg": "RSA-OAEP-256", "enc": "A256GCM"}));
         let oaep = OaepPrivateDecryptingKey::new(sk.clone()).unwrap();

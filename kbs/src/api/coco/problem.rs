@@ -99,7 +99,12 @@ pub(super) fn auth_refusal(e: &Error) -> Response {
 }
 
 pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut response = (status, body.to_string()).into_response();
+    json_text_response(status, body.to_string())
+}
+
+/// [`json_response`] for a body already written as JSON text.
+pub(super) fn json_text_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -7,15 +7,21 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use crate::audit::SecretRef;
 use crate::error::Error;
 use crate::evidence::{Claims, TeeKind};
+use crate::names::check_not_reserved;
+use crate::policy::PreparedClaims;
+use crate::release::check_gpu_requirement;
+use crate::store::{SecretRecord, validate_name};
+use crate::telemetry::phase;
 
 use super::CocoService;
 use super::audit::Audit;
 use super::jwe::TeeKey;
-use super::problem::{error_response, json_response, session_cookie};
+use super::problem::{error_response, json_text_response, session_cookie};
 use super::server::peer_of;
 use super::session::CocoTee;
 use super::verified::VerifiedToken;
@@ -47,21 +53,20 @@ pub(super) async fn resource(State(svc): State<Arc<CocoService>>, req: Request) 
             return unauthenticated("bad or expired attestation token");
         }
     };
-    let attestation_id = verified.claims.get("jti").and_then(Value::as_str).map(str::to_owned);
     let started = std::time::Instant::now();
-    let mut audit = Audit::new("coco.resource", attestation_id, caller);
+    let mut audit = Audit::new("coco.resource", verified.jti.clone(), caller);
     let result = svc.resource(&verified, &path, &mut audit).await;
     let tee = crate::metrics::Tee::from_name(audit.event.tee);
     let result = audit.finish(&svc.broker, result).await;
     svc.broker.metrics().release(tee, result.as_ref().err().map(Error::reason), started.elapsed());
     match result {
-        Ok(jwe) => json_response(StatusCode::OK, &jwe),
+        Ok(jwe) => json_text_response(StatusCode::OK, jwe),
         Err(e) => error_response(&e),
     }
 }
 
 impl CocoService {
-    async fn resource(&self, verified: &VerifiedToken, path: &str, audit: &mut Audit) -> Result<Value, Error> {
+    async fn resource(&self, verified: &VerifiedToken, path: &str, audit: &mut Audit) -> Result<String, Error> {
         let token = &verified.claims;
         audit.event.tee = token.get("tee").and_then(Value::as_str).and_then(CocoTee::from_name).map(CocoTee::name);
         let name = path
@@ -71,7 +76,10 @@ impl CocoService {
         audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: None }];
         let claims: &Claims =
             verified.evidence.as_ref().ok_or(Error::Unauthenticated("attestation token carries no claims"))?;
-        audit.claims(claims);
+        match &verified.prepared {
+            Some(prepared) => audit.claims_prepared(claims, prepared),
+            None => audit.claims(claims),
+        }
         if claims.tee == TeeKind::Sample && !self.allow_sample {
             return Err(crate::evidence::EvidenceError::UnsupportedTee("sample").into());
         }
@@ -86,9 +94,31 @@ impl CocoService {
                 &checked
             }
         };
-        let record = self.broker.read_for(claims, name).await?;
+        let record = match &verified.prepared {
+            Some(prepared) => self.read_prepared(claims, prepared, name).await?,
+            None => self.broker.read_for(claims, name).await?,
+        };
         audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: Some(record.meta.version) }];
         let sealing = tracing::info_span!(crate::telemetry::phase::SEAL);
         sealing.in_scope(|| key.encrypt(record.value.expose())).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// [`crate::release::Broker::read_for`] with the claims prepared once
+    /// per token: the same checks in the same order (name, reserved
+    /// prefix, store read, GPU requirement, release policy).
+    async fn read_prepared(
+        &self,
+        claims: &Claims,
+        prepared: &PreparedClaims,
+        name: &str,
+    ) -> Result<SecretRecord, Error> {
+        validate_name(name).map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        check_not_reserved(name)?;
+        let record = self.broker.store().get(name).instrument(tracing::info_span!(phase::STORE)).await?;
+        check_gpu_requirement(claims, &record.meta)?;
+        tracing::info_span!(phase::POLICY)
+            .in_scope(|| self.broker.policy().evaluate_prepared(prepared, &record.meta))
+            .map_err(|denial| Error::Denied { code: denial.code, reasons: denial.reasons })?;
+        Ok(record)
     }
 }

@@ -16,7 +16,10 @@
 //! [`MAX_CACHED_TOKEN_LEN`] bytes are kept (the oldest evicted first), and
 //! only tokens this broker signed can take a place.
 //!
-//! Everything after the token (the release policy, the secret's read, the
+//! The evidence claims are also kept prepared ([`PreparedClaims`]: their
+//! policy form and the digest the audit record carries), as the gRPC path
+//! prepares them once per release. Everything after the token (the release
+//! policy's evaluation, at the clock of that GET, the secret's read, the
 //! seal and the audit record) still runs on every GET.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::evidence::Claims;
 use crate::evidence::bounded::BoundedMap;
+use crate::policy::PreparedClaims;
 
 use super::jwe::TeeKey;
 use super::token::{self, TokenError, TokenKeys};
@@ -40,8 +44,9 @@ const EVIDENCE_CLAIMS: &str = "/submods/cpu0/ear.veraison.annotated-evidence";
 pub const MAX_ENTRIES: usize = 1024;
 /// Largest token remembered, in bytes: a token of a VM with one GPU is
 /// about 6 KiB. Larger ones (many GPUs) are verified on every use. An
-/// entry holds the claims as parsed JSON, a few times the token's size,
-/// so the cache stays within some tens of MiB.
+/// entry holds the claims as parsed JSON and the evidence claims in the
+/// policy's form, a few times the token's size, so the cache stays within
+/// some tens of MiB.
 pub const MAX_CACHED_TOKEN_LEN: usize = 16 * 1024;
 
 /// A verified token's claims, its guest key and its validity.
@@ -52,6 +57,13 @@ pub(super) struct VerifiedToken {
     /// The verified evidence claims they carry (EAR's annotated evidence),
     /// parsed; `None` when there are none or they do not parse.
     pub(super) evidence: Option<Claims>,
+    /// The evidence claims prepared for the release policy and the audit
+    /// record (their policy form and digest); `None` when there are no
+    /// evidence claims or they do not prepare (the GET then prepares them
+    /// itself and fails as it would have).
+    pub(super) prepared: Option<PreparedClaims>,
+    /// The claims' `jti`, the audit records' attestation id.
+    pub(super) jti: Option<String>,
     /// The claims' `tee-pubkey`, checked; `None` when it is missing or
     /// does not pass [`TeeKey::from_jwk`] (the GET then says why).
     pub(super) key: Option<TeeKey>,
@@ -92,7 +104,9 @@ impl VerifiedTokens {
         let (iat, exp) = (field("iat"), field("exp"));
         let guest_key = claims.get("tee-pubkey").and_then(|k| TeeKey::from_jwk(k).ok());
         let evidence = claims.pointer(EVIDENCE_CLAIMS).and_then(|c| Claims::deserialize(c).ok());
-        let verified = Arc::new(VerifiedToken { claims, evidence, key: guest_key, iat, exp });
+        let prepared = evidence.as_ref().and_then(|c| PreparedClaims::new(c).ok());
+        let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+        let verified = Arc::new(VerifiedToken { claims, evidence, prepared, jti, key: guest_key, iat, exp });
         if token.len() <= MAX_CACHED_TOKEN_LEN {
             self.lock().insert(key, Arc::clone(&verified));
         }
