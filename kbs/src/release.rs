@@ -881,19 +881,27 @@ impl Broker {
         self.verify(evidence, self.now(), expected).instrument(tracing::info_span!(phase::VERIFY)).await
     }
 
-    /// Reads the secret `name` and checks the release policy for `claims`.
+    /// Reads the secret `name` and checks the release policy for `claims`
+    /// (`prepared`, when given, is `claims` prepared for the policy once,
+    /// for callers that decide on the same claims many times).
     /// Not found is reported only to callers that verified `claims`.
-    pub async fn read_for(&self, claims: &Claims, name: &str) -> Result<crate::store::SecretRecord, Error> {
+    pub async fn read_for(
+        &self,
+        claims: &Claims,
+        prepared: Option<&PreparedClaims>,
+        name: &str,
+    ) -> Result<crate::store::SecretRecord, Error> {
         validate_name(name).map_err(|e| Error::InvalidRequest(e.to_string()))?;
         // Policies and reference values live in the store under the
         // reserved prefix; they are never released as secrets.
         check_not_reserved(name)?;
         let record = self.store.get(name).instrument(tracing::info_span!(phase::STORE)).await?;
         check_gpu_requirement(claims, &record.meta)?;
-        if let Err(denial) = tracing::info_span!(phase::POLICY).in_scope(|| self.policy.evaluate(claims, &record.meta))
-        {
-            return Err(Error::Denied { code: denial.code, reasons: denial.reasons });
-        }
+        let decided = tracing::info_span!(phase::POLICY).in_scope(|| match prepared {
+            Some(prepared) => self.policy.evaluate_prepared(prepared, &record.meta),
+            None => self.policy.evaluate(claims, &record.meta),
+        });
+        decided.map_err(|denial| Error::Denied { code: denial.code, reasons: denial.reasons })?;
         Ok(record)
     }
 }

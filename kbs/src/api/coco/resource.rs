@@ -7,16 +7,10 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use serde_json::Value;
-use tracing::Instrument as _;
 
 use crate::audit::SecretRef;
 use crate::error::Error;
 use crate::evidence::{Claims, TeeKind};
-use crate::names::check_not_reserved;
-use crate::policy::PreparedClaims;
-use crate::release::check_gpu_requirement;
-use crate::store::{SecretRecord, validate_name};
-use crate::telemetry::phase;
 
 use super::CocoService;
 use super::audit::Audit;
@@ -94,31 +88,9 @@ impl CocoService {
                 &checked
             }
         };
-        let record = match &verified.prepared {
-            Some(prepared) => self.read_prepared(claims, prepared, name).await?,
-            None => self.broker.read_for(claims, name).await?,
-        };
+        let record = self.broker.read_for(claims, verified.prepared.as_ref(), name).await?;
         audit.event.secrets = vec![SecretRef { name: name.to_owned(), version: Some(record.meta.version) }];
         let sealing = tracing::info_span!(crate::telemetry::phase::SEAL);
         sealing.in_scope(|| key.encrypt(record.value.expose())).map_err(|e| Error::Internal(e.to_string()))
-    }
-
-    /// [`crate::release::Broker::read_for`] with the claims prepared once
-    /// per token: the same checks in the same order (name, reserved
-    /// prefix, store read, GPU requirement, release policy).
-    async fn read_prepared(
-        &self,
-        claims: &Claims,
-        prepared: &PreparedClaims,
-        name: &str,
-    ) -> Result<SecretRecord, Error> {
-        validate_name(name).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        check_not_reserved(name)?;
-        let record = self.broker.store().get(name).instrument(tracing::info_span!(phase::STORE)).await?;
-        check_gpu_requirement(claims, &record.meta)?;
-        tracing::info_span!(phase::POLICY)
-            .in_scope(|| self.broker.policy().evaluate_prepared(prepared, &record.meta))
-            .map_err(|denial| Error::Denied { code: denial.code, reasons: denial.reasons })?;
-        Ok(record)
     }
 }
