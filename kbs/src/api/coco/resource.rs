@@ -48,7 +48,7 @@ pub(super) async fn resource(State(svc): State<Arc<CocoService>>, req: Request) 
         }
     };
     let started = std::time::Instant::now();
-    let mut audit = Audit::new("coco.resource", verified.jti.clone(), caller);
+    let mut audit = Audit::new("coco.resource", verified.jti().map(str::to_owned), caller);
     let result = svc.resource(&verified, &path, &mut audit).await;
     let tee = crate::metrics::Tee::from_name(audit.event.tee);
     let result = audit.finish(&svc.broker, result).await;

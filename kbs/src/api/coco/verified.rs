@@ -62,13 +62,18 @@ pub(super) struct VerifiedToken {
     /// evidence claims or they do not prepare (the GET then prepares them
     /// itself and fails as it would have).
     pub(super) prepared: Option<PreparedClaims>,
-    /// The claims' `jti`, the audit records' attestation id.
-    pub(super) jti: Option<String>,
     /// The claims' `tee-pubkey`, checked; `None` when it is missing or
     /// does not pass [`TeeKey::from_jwk`] (the GET then says why).
     pub(super) key: Option<TeeKey>,
     iat: i64,
     exp: i64,
+}
+
+impl VerifiedToken {
+    /// The claims' `jti`, the audit records' attestation id.
+    pub(super) fn jti(&self) -> Option<&str> {
+        self.claims.get("jti").and_then(Value::as_str)
+    }
 }
 
 /// The verified tokens of one front end.
@@ -105,8 +110,7 @@ impl VerifiedTokens {
         let guest_key = claims.get("tee-pubkey").and_then(|k| TeeKey::from_jwk(k).ok());
         let evidence = claims.pointer(EVIDENCE_CLAIMS).and_then(|c| Claims::deserialize(c).ok());
         let prepared = evidence.as_ref().and_then(|c| PreparedClaims::new(c).ok());
-        let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
-        let verified = Arc::new(VerifiedToken { claims, evidence, prepared, jti, key: guest_key, iat, exp });
+        let verified = Arc::new(VerifiedToken { claims, evidence, prepared, key: guest_key, iat, exp });
         if token.len() <= MAX_CACHED_TOKEN_LEN {
             self.lock().insert(key, Arc::clone(&verified));
         }
