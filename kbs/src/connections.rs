@@ -11,9 +11,15 @@
 //! On the guest and CoCo listeners, the rate limits reach the connections
 //! too (see [`crate::rate`]): a connection from an address that is over its rate now
 //! is closed as soon as it is accepted, before the TLS handshake it would
-//! cost; and the open connections of a peer that is flooding (far past its
-//! rate for seconds) are closed, so that it has to pay for new ones, which
-//! are refused while it stays over its rate.
+//! cost; and the connections of a peer that is flooding (far past its
+//! rate), open or new, are not read until its cut-off ends. Its calls then wait in its
+//! own buffers and client, at no cost to the broker, and it has no reason
+//! to reconnect: a closed connection is reopened at once by most clients,
+//! and each reopening the broker refuses still costs it an accept, a close
+//! and a wake-up (about 40 us each on a small virtual machine), which a
+//! peer reconnecting without pause turns into a flood of its own. A
+//! stalled connection is still closed by the bounds every connection has
+//! (unanswered HTTP/2 keepalive PINGs, the CoCo idle timeout).
 
 use std::collections::HashMap;
 use std::future::Future as _;
@@ -105,16 +111,22 @@ impl Admission {
     }
 
     /// Holds the connections to `rate` too: refused while their address is
-    /// over its rate, closed while it is flooding (see [`incoming`]).
+    /// over its rate, not read while it is cut off for flooding (see
+    /// [`Admitted`]).
     pub fn with_rate_limits(mut self, rate: Arc<RateLimiter>) -> Self {
         self.rate = Some(rate);
         self
     }
 
     /// A slot for a connection from `peer`, or `None` when the listener or
-    /// that peer is at its cap (the caller closes the connection).
+    /// that peer is at its cap, or the peer is over its rate but not cut off
+    /// (the caller closes the connection). A connection from a peer cut off
+    /// for flooding is admitted, to be held unread (see [`Admitted`]).
     pub fn admit(&self, peer: SocketAddr) -> Option<Ticket> {
-        if self.rate.as_ref().is_some_and(|rate| rate.over(peer.ip())) {
+        if let Some(rate) = &self.rate
+            && rate.cut_off(peer.ip()).is_none()
+            && rate.over(peer.ip())
+        {
             tracing::debug!(listener = self.name, %peer, "peer over its rate; closing a connection");
             return None;
         }
@@ -149,12 +161,20 @@ impl Admission {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
         let rate = self.rate.as_ref().map(|r| (Arc::clone(r), r.flood_epoch()));
-        Some(Admitted { stream, ticket, rate })
+        // A peer cut off for flooding gets a connection that is not read
+        // until its cut-off ends (its TLS handshake times out first, if
+        // that comes sooner): closing it would have the peer reconnect at
+        // once, and again, each time for an accept and a close.
+        let stalled = self.rate.as_ref().and_then(|r| r.cut_off(peer.ip())).map(|left| {
+            tracing::debug!(listener = self.name, %peer, ?left, "peer flooding past its rate; its new connection is held unread");
+            Box::pin(tokio::time::sleep(left))
+        });
+        Some(Admitted { stream, ticket, rate, stalled })
     }
 }
 
 /// An admitted TCP connection: the stream and its slot; with the rate
-/// limits, it ends (as if the peer had closed it) once its peer is flooding.
+/// limits, it is not read while its peer is cut off for flooding.
 #[derive(Debug)]
 pub struct Admitted {
     stream: TcpStream,
@@ -162,28 +182,42 @@ pub struct Admitted {
     /// The rate limits, and their flood epoch when this connection last
     /// looked.
     rate: Option<(Arc<RateLimiter>, u64)>,
+    /// While the peer is cut off: when to look again.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl Admitted {
-    /// Whether the peer is flooding; asks the limiter only when a flooding
-    /// peer has been refused since the last time.
-    fn flooding(&mut self) -> bool {
-        let Some((rate, seen)) = &mut self.rate else { return false };
+    /// How long the peer is cut off for flooding, if it is; asks the
+    /// limiter only when a flooding peer has been refused since the last
+    /// time, or `always`.
+    fn cut_off(&mut self, always: bool) -> Option<Duration> {
+        let (rate, seen) = self.rate.as_mut()?;
         let epoch = rate.flood_epoch();
-        if epoch == *seen {
-            return false;
+        if epoch == *seen && !always {
+            return None;
         }
         *seen = epoch;
-        rate.flooding(self.ticket.peer)
+        rate.cut_off(self.ticket.peer)
     }
 }
 
 impl AsyncRead for Admitted {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.flooding() {
-            tracing::debug!(peer = %self.ticket.peer, "peer flooding past its rate; closing its connection");
-            // End of stream: the server closes the connection.
-            return Poll::Ready(Ok(()));
+        loop {
+            let left = match self.stalled.as_mut() {
+                Some(stalled) => {
+                    if stalled.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.stalled = None;
+                    // Cut off again meanwhile?
+                    self.cut_off(true)
+                }
+                None => self.cut_off(false),
+            };
+            let Some(left) = left else { break };
+            tracing::debug!(peer = %self.ticket.peer, ?left, "peer flooding past its rate; its connection is not read until its cut-off ends");
+            self.stalled = Some(Box::pin(tokio::time::sleep(left)));
         }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
@@ -241,8 +275,8 @@ pub fn incoming(
 
 /// Accepts connections on `listener` until `shutdown` completes and hands
 /// each one `admission` admits to `serve`, with its peer; the connection
-/// holds its slot until it is dropped, and with the rate limits it ends
-/// once its peer is flooding. Refused ones are closed at once, before any
+/// holds its slot until it is dropped, and with the rate limits it is not
+/// read while its peer is cut off for flooding. Refused ones are closed at once, before any
 /// handshake. Nagle's algorithm is turned off (small request and response
 /// exchanges). A failing `accept` (out of file descriptors and the like)
 /// is logged and retried after a pause, never fatal.

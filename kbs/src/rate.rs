@@ -14,14 +14,19 @@
 //! bucket alone.
 //!
 //! A refused call is cheap but not free (a frame to decode and an answer
-//! to send), so a peer that keeps going far past its rate is cut off
-//! sooner: while its bucket is empty, its new connections are closed
-//! before the TLS handshake ([`RateLimiter::over`]); and once its refused
-//! calls have outrun its rate by [`FLOOD_SECONDS`] seconds' worth (it sends
-//! more than twice its rate, for seconds), it is flooding
-//! ([`RateLimiter::flooding`]): its open connections are closed, and new
-//! ones until the refused calls have drained below that (at most
-//! [`FLOOD_SECONDS`] more seconds).
+//! to send), and a peer that answers each refusal with a new call keeps as
+//! many calls queued as its connections allow, ahead of other guests'. So a
+//! peer that keeps going far past its rate is cut off: while its bucket is
+//! empty, its new connections are closed before the TLS handshake
+//! ([`RateLimiter::over`]); and once its refused calls have outrun its rate
+//! by [`FLOOD_SECONDS`] seconds' worth (it sends more than twice its rate),
+//! it is flooding ([`RateLimiter::flooding`]): for [`CUT_OFF`] its
+//! connections, open and new, are not read (see [`crate::connections`]) and
+//! its calls are refused. A peer found flooding again within
+//! [`STRIKES_KEPT`] of its last cut-off ending is cut off twice as long as
+//! the time before, up to [`MAX_CUT_OFF`], so that a peer flooding without
+//! pause is let back for a fraction of a second in minutes, not every few
+//! seconds.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -39,7 +44,13 @@ const MAX_PEERS: usize = 65_536;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Seconds' worth of its rate in refused calls, over what drains at its
 /// rate, that make a peer flooding.
-pub const FLOOD_SECONDS: f64 = 5.0;
+pub const FLOOD_SECONDS: f64 = 1.0;
+/// How long a peer found flooding is cut off the first time.
+pub const CUT_OFF: Duration = Duration::from_secs(5);
+/// The longest cut-off (the fifth time in a row, and after).
+pub const MAX_CUT_OFF: Duration = Duration::from_secs(80);
+/// How long after its cut-off ends a peer's next one is longer.
+pub const STRIKES_KEPT: Duration = Duration::from_secs(60);
 
 /// The limits: sustained rates; a burst of one second's worth is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,11 +74,15 @@ struct Bucket {
     /// rate, the peer is flooding.
     refused: f64,
     at: Instant,
+    /// The end of the peer's last cut-off for flooding (in the future while
+    /// it is cut off), and how many it has had in a row.
+    cut_until: Option<Instant>,
+    strikes: u32,
 }
 
 impl Bucket {
     fn full(rate: u32, now: Instant) -> Self {
-        Self { tokens: f64::from(rate), refused: 0.0, at: now }
+        Self { tokens: f64::from(rate), refused: 0.0, at: now, cut_until: None, strikes: 0 }
     }
 
     /// Brings the tokens and the refused calls to `now`.
@@ -78,33 +93,61 @@ impl Bucket {
         self.at = now;
     }
 
+    /// How long the peer is still cut off for flooding, if it is.
+    fn cut_left(&self, now: Instant) -> Option<Duration> {
+        self.cut_until.map(|end| end.saturating_duration_since(now)).filter(|left| !left.is_zero())
+    }
+
     /// Takes a token, or says how long until one is back.
     fn take(&mut self, rate: u32, now: Instant) -> Result<(), Duration> {
         let rate = f64::from(rate.max(1));
         self.refill(rate, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            Ok(())
-        } else {
-            self.refused = (self.refused + 1.0).min(2.0 * FLOOD_SECONDS * rate);
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+            return Ok(());
         }
+        Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+    }
+
+    /// [`Bucket::take`] for a peer: refused while it is cut off (until the
+    /// cut-off ends); the refusal that makes it flooding cuts it off.
+    fn take_peer(&mut self, rate: u32, now: Instant) -> Result<(), Duration> {
+        if let Some(left) = self.cut_left(now) {
+            return Err(left);
+        }
+        let wait = self.take(rate, now).err();
+        let Some(wait) = wait else { return Ok(()) };
+        let rate = f64::from(rate.max(1));
+        self.refused += 1.0;
+        if self.refused < FLOOD_SECONDS * rate {
+            return Err(wait);
+        }
+        let again = self.cut_until.is_some_and(|end| now.saturating_duration_since(end) < STRIKES_KEPT);
+        self.strikes = if again { self.strikes.saturating_add(1) } else { 1 };
+        let cut = CUT_OFF.saturating_mul(1 << self.strikes.saturating_sub(1).min(4)).min(MAX_CUT_OFF);
+        self.cut_until = Some(now + cut);
+        self.refused = 0.0;
+        Err(cut)
     }
 
     /// Whether a call now would be refused.
     fn is_empty(&mut self, rate: u32, now: Instant) -> bool {
         self.refill(f64::from(rate.max(1)), now);
-        self.tokens < 1.0
+        self.tokens < 1.0 || self.cut_left(now).is_some()
     }
 
-    fn is_flooding(&mut self, rate: u32, now: Instant) -> bool {
-        let rate = f64::from(rate.max(1));
-        self.refill(rate, now);
-        self.refused >= FLOOD_SECONDS * rate
+    fn is_flooding(&mut self, _rate: u32, now: Instant) -> bool {
+        self.cut_left(now).is_some()
     }
 
+    /// Whether the bucket is as a new one would be (its tokens back, its
+    /// refused calls drained, no cut-off to remember), so that dropping it
+    /// forgets nothing.
     fn is_full(&self, rate: u32, now: Instant) -> bool {
-        self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * f64::from(rate) >= f64::from(rate)
+        let refilled = now.saturating_duration_since(self.at).as_secs_f64() * f64::from(rate);
+        self.tokens + refilled >= f64::from(rate)
+            && self.refused <= refilled
+            && self.cut_until.is_none_or(|end| now.saturating_duration_since(end) >= STRIKES_KEPT)
     }
 }
 
@@ -174,7 +217,7 @@ impl RateLimiter {
             }
             if known || peers.buckets.len() < MAX_PEERS {
                 let bucket = peers.buckets.entry(ip).or_insert_with(|| Bucket::full(per_peer, now));
-                if let Err(wait) = bucket.take(per_peer, now) {
+                if let Err(wait) = bucket.take_peer(per_peer, now) {
                     if bucket.is_flooding(per_peer, now) {
                         self.floods.fetch_add(1, Ordering::Relaxed);
                     }
@@ -187,17 +230,23 @@ impl RateLimiter {
 
     /// Whether `peer` is over its rate now: a call from it would be
     /// refused by its own bucket, or it is flooding (a new connection from
-    /// it is closed before any handshake: a flooding peer that could
-    /// reconnect as soon as a token is back would cost a handshake each
-    /// time).
+    /// a peer over its rate and not flooding is closed before any
+    /// handshake; one from a flooding peer is held unread).
     pub fn over(&self, peer: IpAddr) -> bool {
         self.with_bucket(peer, Instant::now(), |b, rate, now| b.is_empty(rate, now) || b.is_flooding(rate, now))
     }
 
-    /// Whether `peer` is flooding: its refused calls have outrun its rate
-    /// by [`FLOOD_SECONDS`] seconds' worth (its connections are closed).
+    /// Whether `peer` is flooding: cut off, after its refused calls had
+    /// outrun its rate by [`FLOOD_SECONDS`] seconds' worth.
     pub fn flooding(&self, peer: IpAddr) -> bool {
-        self.with_bucket(peer, Instant::now(), Bucket::is_flooding)
+        self.cut_off(peer).is_some()
+    }
+
+    /// How long `peer` is still cut off for flooding, if it is (its
+    /// connections are not read meanwhile).
+    pub fn cut_off(&self, peer: IpAddr) -> Option<Duration> {
+        let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers.buckets.get(&bucket_key(peer)).and_then(|b| b.cut_left(Instant::now()))
     }
 
     /// A count that moves whenever a flooding peer's call is refused: a
@@ -236,8 +285,9 @@ mod tests {
         // After the wait, the first peer gets one more.
         limiter.admit_at(ip(1), start + wait).unwrap();
         assert!(limiter.admit_at(ip(1), start + wait).is_err());
-        // Refused calls do not count: 100 refusals cost the peer nothing more.
-        for _ in 0..100 {
+        // A few refused calls cost the peer nothing more (a second's worth
+        // make it flooding: see below).
+        for _ in 0..5 {
             let _ = limiter.admit_at(ip(1), start + wait);
         }
         limiter.admit_at(ip(1), start + wait + Duration::from_millis(101)).unwrap();
@@ -271,41 +321,94 @@ mod tests {
         assert!(limiter.admit_at(None, now + Duration::from_secs(1)).is_ok());
     }
 
+    /// Sends `count` calls from `from` at `per_second`, from `t0`; the time
+    /// of the last and how many were admitted.
+    fn calls(limiter: &RateLimiter, from: u8, per_second: u32, count: u32, t0: Instant) -> (Instant, u32) {
+        let (mut last, mut admitted) = (t0, 0);
+        for i in 0..count {
+            last = t0 + Duration::from_secs_f64(f64::from(i) / f64::from(per_second));
+            admitted += u32::from(limiter.admit_at(ip(from), last).is_ok());
+        }
+        (last, admitted)
+    }
+
+    fn state(limiter: &RateLimiter, from: u8, t: Instant) -> (bool, bool) {
+        let mut peers = limiter.peers.lock().unwrap();
+        let b = peers.buckets.get_mut(&ip(from).unwrap()).unwrap();
+        (b.is_empty(10, t), b.is_flooding(10, t))
+    }
+
     #[test]
-    fn a_peer_far_past_its_rate_for_seconds_is_flooding() {
+    fn a_peer_far_past_its_rate_is_flooding() {
         let limiter = RateLimiter::new(RateLimits { per_peer_per_second: 10, global_per_second: 1000 });
         let start = Instant::now();
-        // `count` calls from `from` at `per_second`, from `t0`; the time of the last.
-        let calls = |from: u8, per_second: u32, count: u32, t0: Instant| {
-            let mut last = t0;
-            for i in 0..count {
-                last = t0 + Duration::from_secs_f64(f64::from(i) / f64::from(per_second));
-                let _ = limiter.admit_at(ip(from), last);
-            }
-            last
-        };
-        let state = |from: u8, t: Instant| {
-            let mut peers = limiter.peers.lock().unwrap();
-            let b = peers.buckets.get_mut(&ip(from).unwrap()).unwrap();
-            (b.is_empty(10, t), b.is_flooding(10, t))
-        };
         // Twice its rate for 10 s: refused about half the time, never flooding.
-        let last = calls(1, 20, 200, start);
-        assert_eq!(state(1, last), (true, false));
-        // Ten times its rate: not yet after half a second, flooding after
-        // one, and the flood epoch moves.
+        let (last, admitted) = calls(&limiter, 1, 20, 200, start);
+        assert_eq!(state(&limiter, 1, last), (true, false));
+        assert!((105..=115).contains(&admitted), "{admitted}");
+        // Ten times its rate: past its burst and a second's worth of
+        // refusals, flooding, and the flood epoch moves.
         let before = limiter.flood_epoch();
-        let last = calls(2, 100, 50, start);
-        assert_eq!(state(2, last), (true, false));
+        let (last, _) = calls(&limiter, 2, 100, 20, start);
+        assert_eq!(state(&limiter, 2, last), (true, false));
         assert_eq!(limiter.flood_epoch(), before);
-        let last = calls(2, 100, 50, start + Duration::from_millis(500));
-        assert_eq!(state(2, last), (true, true));
+        let (last, _) = calls(&limiter, 2, 100, 5, start + Duration::from_millis(200));
+        assert_eq!(state(&limiter, 2, last), (true, true));
         assert!(limiter.flood_epoch() > before);
-        // Quiet for long enough, it is neither.
-        assert_eq!(state(2, last + Duration::from_secs(20)), (false, false));
+        // After its cut-off, it is neither.
+        assert_eq!(state(&limiter, 2, last + CUT_OFF + Duration::from_secs(1)), (false, false));
         // A peer the limiter has not seen is neither.
         let unseen = IpAddr::from([10, 9, 9, 9]);
         assert!(!limiter.over(unseen) && !limiter.flooding(unseen));
+    }
+
+    #[test]
+    fn a_peer_flooding_again_and_again_is_cut_off_for_longer_each_time() {
+        let limiter = RateLimiter::new(RateLimits { per_peer_per_second: 10, global_per_second: 1000 });
+        let start = Instant::now();
+        // Ten times its rate, without pause, for ten minutes.
+        let (mut admitted, mut cut_offs, mut was_cut) = (Vec::new(), Vec::new(), false);
+        for i in 0..60_000u32 {
+            let now = start + Duration::from_millis(u64::from(i) * 10);
+            let result = limiter.admit_at(ip(1), now);
+            if result.is_ok() {
+                admitted.push(now);
+            }
+            let cut = limiter.with_bucket(ip(1).unwrap(), now, Bucket::is_flooding);
+            if cut && !was_cut {
+                cut_offs.push((now, result.unwrap_err()));
+            }
+            was_cut = cut;
+            // While cut off, its calls are refused, told to wait until the end.
+            if cut {
+                assert!(result.is_err());
+            }
+        }
+        // Cut off for 5, 10, 20, 40, then 80 s; let back for a fraction of a
+        // second between them.
+        let lengths: Vec<u64> = cut_offs.iter().map(|(_, wait)| wait.as_secs()).collect();
+        assert_eq!(lengths.get(..6), Some(&[5, 10, 20, 40, 80, 80][..]), "{lengths:?}");
+        for pair in cut_offs.windows(2) {
+            let let_back = pair[1].0.saturating_duration_since(pair[0].0 + pair[0].1);
+            assert!(let_back < Duration::from_millis(500), "{let_back:?}");
+        }
+        // Over ten minutes it got about what it gets in the time it was
+        // let back (a burst and a little more each time), not 6,000 calls.
+        assert!(admitted.len() < 200, "{}", admitted.len());
+        // Others are served meanwhile.
+        limiter.admit_at(ip(2), start + Duration::from_secs(30)).unwrap();
+        // A full table would not forget it while it is cut off, nor soon after.
+        let end = cut_offs.last().map(|(at, wait)| *at + *wait).unwrap();
+        let bucket = limiter.peers.lock().unwrap().buckets[&ip(1).unwrap()];
+        assert!(!bucket.is_full(10, end - Duration::from_secs(1)));
+        assert!(!bucket.is_full(10, end + STRIKES_KEPT - Duration::from_secs(1)));
+        assert!(bucket.is_full(10, end + STRIKES_KEPT));
+        // Quiet for longer than that, its next flood counts as a first one.
+        let later = end + STRIKES_KEPT + Duration::from_secs(1);
+        let (_, _) = calls(&limiter, 1, 100, 30, later);
+        let wait = limiter.admit_at(ip(1), later + Duration::from_millis(300)).unwrap_err();
+        assert!(limiter.with_bucket(ip(1).unwrap(), later + Duration::from_millis(300), Bucket::is_flooding));
+        assert!(wait <= CUT_OFF && wait > CUT_OFF - Duration::from_secs(1), "{wait:?}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tonic::{Code, Request};
 #[path = "support/app.rs"]
 mod app;
 
-use app::{Options, TestApp};
+use app::{Handshake, Options, TestApp};
 
 const MEASUREMENT: [u8; 48] = [0x5a; 48];
 const OTHER_MEASUREMENT: [u8; 48] = [0x77; 48];
@@ -610,50 +610,55 @@ async fn metrics_count_releases_and_refusals_and_name_no_secret() {
     assert_eq!(reqwest::get(&other).await.unwrap().status(), reqwest::StatusCode::NOT_FOUND);
 }
 
-/// Whether the guest listener closes a fresh TCP connection before the TLS
-/// handshake (end of stream or a reset at once), rather than waiting for
-/// the client's hello.
-async fn closed_before_the_handshake(app: &TestApp) -> bool {
-    use tokio::io::AsyncReadExt as _;
-    let port: u16 = app.guest_url.rsplit(':').next().unwrap().parse().unwrap();
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut byte = [0u8; 1];
-    match tokio::time::timeout(std::time::Duration::from_secs(2), tcp.read(&mut byte)).await {
-        Ok(Ok(0) | Err(_)) => true,
-        Ok(Ok(_)) => panic!("the broker sent bytes before the client's hello"),
-        Err(_) => false,
-    }
-}
-
 /// A peer over its rate has new connections closed before the TLS
-/// handshake; one that keeps calling far past its rate has its open
-/// connection closed; once it keeps to its rate again it is served.
+/// handshake; one that keeps calling far past its rate is cut off for
+/// `CUT_OFF`: its open connection is no longer read (its call waits), and
+/// its new ones are held unread too, even once its bucket has tokens
+/// again. Once the cut-off ends, the waiting connection is read again and
+/// answers, and new connections are served.
 #[tokio::test]
 async fn a_peer_flooding_past_its_rate_is_cut_off_at_the_connection() {
+    use std::time::{Duration, Instant};
     let app = TestApp::start_with(Options { rate_limit: Some((2, 1000)), ..Default::default() }).await;
+    let local: std::net::IpAddr = [127, 0, 0, 1].into();
     let ask = || GetChallengeRequest { tee: Tee::Snp as i32, secret_names: vec!["keys/x".into()] };
-    assert!(!closed_before_the_handshake(&app).await, "a peer within its rate connects");
+    assert_eq!(app.handshake(&app.guest_url, local).await, Handshake::Completed, "a peer within its rate connects");
     let mut guest = app.guest().await;
-    // Calls as fast as they come back, on one connection: refused
-    // `rate_limited` past the first few, then the connection is closed.
-    let (mut limited, mut cut) = (0, None);
+    // Its two calls a second, then a new connection: over its rate (not
+    // flooding), closed before the handshake.
+    guest.get_challenge(ask()).await.unwrap();
+    guest.get_challenge(ask()).await.unwrap();
+    assert_eq!(app.handshake(&app.guest_url, local).await, Handshake::Closed, "a peer over its rate got a handshake");
+    // Calls as fast as they come back, on the open connection: refused
+    // `rate_limited`, then not answered at all.
+    let (mut limited, mut stalled) = (0, None);
     for _ in 0..5000 {
-        match guest.get_challenge(ask()).await {
-            Ok(_) => {}
-            Err(s) if s.metadata().get("kbs-reason").is_some_and(|r| r == "rate_limited") => limited += 1,
-            Err(s) => {
-                cut = Some(s);
+        let started = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(2), guest.get_challenge(ask())).await {
+            Err(_) => {
+                stalled = Some(started);
                 break;
             }
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) if s.metadata().get("kbs-reason").is_some_and(|r| r == "rate_limited") => limited += 1,
+            Ok(Err(s)) => panic!("the flooding peer's call failed instead of waiting: {s:?}"),
         }
     }
-    let cut = cut.expect("the flooding peer's connection stayed open");
-    assert!(limited >= 10, "closed after {limited} refusals: {cut:?}");
-    assert!(matches!(cut.code(), Code::Unavailable | Code::Unknown | Code::Internal), "{cut:?}");
-    // Still over its rate: a new connection is closed before the handshake.
-    assert!(closed_before_the_handshake(&app).await, "a peer over its rate got a handshake");
-    // A second later its bucket has tokens again: connected and served.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert!(!closed_before_the_handshake(&app).await);
+    // It was cut off before its last call was sent.
+    let cut_before = stalled.expect("the flooding peer's connection was still read");
+    assert!(limited >= 2, "stalled after {limited} refusals");
+    // Cut off: a new connection is held unread, not closed (a closed one
+    // would be reopened at once), though its bucket has had tokens again
+    // for a second and more.
+    assert_eq!(app.handshake(&app.guest_url, local).await, Handshake::Held, "let back before its cut-off ended");
+    // Once the cut-off has ended, the connection it left open is read again
+    // and answers; new ones are served.
+    tokio::time::sleep((cut_before + kbs::rate::CUT_OFF).saturating_duration_since(Instant::now())).await;
+    let answered = tokio::time::timeout(Duration::from_secs(5), guest.get_challenge(ask())).await;
+    answered.expect("the connection was not read after the cut-off").unwrap();
+    // (The resumed connection's calls, the one given up on included, took
+    // its tokens; a second later they are back.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.handshake(&app.guest_url, local).await, Handshake::Completed);
     app.guest().await.get_challenge(ask()).await.unwrap();
 }

@@ -77,6 +77,17 @@ pub struct TestApp {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// What came of a TLS handshake with a listener ([`TestApp::handshake`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// It completed.
+    Completed,
+    /// The connection was closed (or the handshake refused) first.
+    Closed,
+    /// Neither: the connection is held unread.
+    Held,
+}
+
 impl TestApp {
     /// A dev-mode broker without the CoCo front end.
     pub async fn start() -> TestApp {
@@ -222,6 +233,34 @@ impl TestApp {
     /// An Admin client (requests need [`TestApp::authed`]).
     pub async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel(&self.admin_url).await)
+    }
+
+    /// A TLS handshake from the loopback address `from` with the listener
+    /// at `url` (`https://host:port`), trusting the dev CA: what came of it
+    /// within two seconds.
+    pub async fn handshake(&self, url: &str, from: std::net::IpAddr) -> Handshake {
+        use rustls::pki_types::pem::PemObject as _;
+        let port: u16 = url.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        let tcp = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&self.ca) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        match tokio::time::timeout(std::time::Duration::from_secs(2), connector.connect(name, tcp)).await {
+            Ok(Ok(_)) => Handshake::Completed,
+            Ok(Err(_)) => Handshake::Closed,
+            Err(_) => Handshake::Held,
+        }
     }
 
     /// An HTTPS client that trusts the dev CA (for the CoCo front end).

@@ -183,7 +183,8 @@ pub async fn serve(
     ));
     // As on the guest listener, a peer over its rate has its new
     // connections closed before the TLS handshake they would cost, and a
-    // flooding peer its open ones too (see `crate::connections`); its
+    // flooding peer's open ones are not read until its cut-off ends (see
+    // `crate::connections`); its
     // requests on a connection already open are refused with 429.
     let admission = crate::connections::Admission::with_gauge("coco", server.limits, gauge)
         .with_rate_limits(Arc::clone(server.service.broker.rate_limiter()));
