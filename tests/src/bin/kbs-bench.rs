@@ -60,6 +60,8 @@ mod coco;
 mod flood;
 #[path = "kbs-bench/metrics.rs"]
 mod metrics;
+#[path = "kbs-bench/pin.rs"]
+mod pin;
 
 // The global allocator is mimalloc, declared by regorus (its
 // `allocator-memory-limits` feature): the release path allocates many small,
@@ -174,6 +176,11 @@ struct Args {
     /// Pairs of phases (without, with the flood) per concurrency level.
     #[arg(long, default_value_t = 3, requires = "flood_challenges")]
     flood_rounds: usize,
+    /// Seconds the flood runs before each flooded phase starts: 0 measures
+    /// the guests across the flood's start; longer, against a flood the
+    /// broker has already been answering for that long.
+    #[arg(long, default_value_t = 0, requires = "flood_challenges")]
+    flood_lead: u64,
     /// The cost of metrics: two spawned brokers, one without metrics and
     /// one with its metrics listener scraped every second (as Prometheus
     /// would), each concurrency level running this many pairs of phases,
@@ -181,6 +188,13 @@ struct Args {
     /// CPU per release is compared.
     #[arg(long, requires = "spawn", conflicts_with_all = ["coco", "reconnect", "flood_challenges"])]
     metrics_overhead: Option<usize>,
+    /// With `--spawn`: the broker's threads on the first CPU this process
+    /// may use and every other thread (the guests', the flooding peer's)
+    /// on the others, the flooding peer's at the lowest priority, so that
+    /// a latency measures the broker rather than the generator's share of
+    /// the broker's cores (Linux; needs 2 CPUs).
+    #[arg(long, requires = "spawn")]
+    pin: bool,
     /// Store cache TTL for the spawned broker (ms; 0 = off).
     #[arg(long)]
     spawn_cache_ttl_ms: Option<u64>,
@@ -842,6 +856,9 @@ async fn run_phase(
     tick: f64,
     floor: Option<&(dyn Fn() -> anyhow::Result<f64> + Sync)>,
 ) -> anyhow::Result<Phase> {
+    if args.pin {
+        pin::threads(&[flood::THREADS])?;
+    }
     let mut guests = Vec::with_capacity(concurrency);
     for index in 0..concurrency {
         let kept = template.dialer.is_none() && template.coco.is_none();
@@ -1034,32 +1051,41 @@ impl FloodRun {
             quiet.push(percentile(&phase.sorted, 99.0));
 
             println!(
-                "       round {round}: with {} challenges/s from {} over {} connections",
-                self.rate, args.flood_from, args.flood_connections
+                "       round {round}: with {} challenges/s from {} over {} connections, started {} s before the phase",
+                self.rate, args.flood_from, args.flood_connections, args.flood_lead
             );
             let (from, connections) = (args.flood_from, args.flood_connections);
             let flood_cpu = CpuSource::Threads(&[flood::THREADS]);
             let flood_cpu_before = flood_cpu.seconds(tick);
             let flood =
                 flood::Flood::start(&self.tls, self.port, from, connections, self.rate, &template.names).await?;
+            if args.pin {
+                let pinned = pin::threads(&[flood::THREADS])?;
+                println!(
+                    "       pinned: {} broker threads on a CPU of their own, {} others beside it ({} of the flooding peer's at the lowest priority)",
+                    pinned.broker, pinned.others, pinned.lowest_priority
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(args.flood_lead)).await;
             // The floor is not measured under the flood: it would measure
             // the flood.
             let phase = run_phase(args, template, concurrency, cpu, tick, None).await;
             let flood_cpu_seconds = flood_cpu.seconds(tick).zip(flood_cpu_before).map(|(b, a)| b - a);
-            let (seconds, [ok, limited, cut, other, backlog], first_failure) = flood.stop();
+            let (seconds, [ok, limited, cut, other, backlog, waiting], first_failure) = flood.stop();
             let phase = phase?;
             print_phase(&phase);
             failed |= !phase.errors.is_empty() || phase.ok == 0;
             flooded.push(percentile(&phase.sorted, 99.0));
             let per_s = |n: u64| n as f64 / seconds.max(1e-9);
             println!(
-                "       flood: {:.0} sent/s: {:.0} challenges/s issued, {:.0}/s refused resource_exhausted, {:.0}/s cut off (connection closed or refused), {:.0}/s other errors, {:.0}/s not sent (client backlog)",
-                per_s(ok + limited + cut + other),
+                "       flood: {:.0} sent/s: {:.0} challenges/s issued, {:.0}/s refused resource_exhausted, {:.0}/s cut off (connection closed or refused), {:.0}/s other errors, {:.0}/s not sent (client backlog); {} sent and never answered",
+                per_s(ok + limited + cut + other + waiting),
                 per_s(ok),
                 per_s(limited),
                 per_s(cut),
                 per_s(other),
-                per_s(backlog)
+                per_s(backlog),
+                waiting
             );
             if let Some(cpu) = flood_cpu_seconds {
                 println!(

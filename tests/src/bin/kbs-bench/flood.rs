@@ -36,13 +36,17 @@ pub struct Counts {
     pub failed: AtomicU64,
     /// Not sent: the in-flight cap was reached.
     pub backlog: AtomicU64,
+    /// Sent and not answered yet (on a connection the broker has stopped
+    /// reading, most of them).
+    pub waiting: AtomicU64,
     /// The first other failure, to name it.
     pub first_failure: std::sync::OnceLock<String>,
 }
 
 impl Counts {
-    fn snapshot(&self) -> [u64; 5] {
-        [&self.ok, &self.limited, &self.cut, &self.failed, &self.backlog].map(|c| c.load(Ordering::Relaxed))
+    fn snapshot(&self) -> [u64; 6] {
+        [&self.ok, &self.limited, &self.cut, &self.failed, &self.backlog, &self.waiting]
+            .map(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -84,7 +88,7 @@ impl Flood {
             runtime.spawn(async move {
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections.max(1) {
-                    match channel(&tls, port, from).await {
+                    match lazy_channel(&tls, port, from) {
                         Ok(c) => clients.push(KeyBrokerClient::new(c)),
                         Err(e) => {
                             let _ = ready.send(Err(format!("{e:#}")));
@@ -110,8 +114,8 @@ impl Flood {
     }
 
     /// Stops the flood and says what it did: (seconds, [ok, limited,
-    /// cut, failed, backlog], the first other failure).
-    pub fn stop(mut self) -> (f64, [u64; 5], Option<String>) {
+    /// cut, failed, backlog, waiting], the first other failure).
+    pub fn stop(mut self) -> (f64, [u64; 6], Option<String>) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -152,6 +156,7 @@ async fn send(clients: Vec<KeyBrokerClient<Channel>>, counts: Arc<Counts>, rate:
             let mut client = client.clone();
             next = next.wrapping_add(1);
             let (counts, names) = (Arc::clone(&counts), Arc::clone(&names));
+            counts.waiting.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let request = GetChallengeRequest { tee: Tee::Snp.into(), secret_names: names.as_ref().clone() };
                 let counter = match client.get_challenge(request).await {
@@ -169,6 +174,7 @@ async fn send(clients: Vec<KeyBrokerClient<Channel>>, counts: Arc<Counts>, rate:
                     }
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                counts.waiting.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }
@@ -177,22 +183,51 @@ async fn send(clients: Vec<KeyBrokerClient<Channel>>, counts: Arc<Counts>, rate:
 
 /// One HTTP/2 connection from `from` to `localhost:port`.
 pub async fn channel(tls: &Arc<rustls::ClientConfig>, port: u16, from: IpAddr) -> anyhow::Result<Channel> {
-    let tls = Arc::clone(tls);
-    tonic::transport::Endpoint::from_shared(format!("http://localhost:{port}"))?
-        .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
-            let tls = Arc::clone(&tls);
-            async move {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.bind(SocketAddr::new(from, 0))?;
-                let tcp = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-                tcp.set_nodelay(true)?;
-                let name = rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-                let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
+    endpoint(port)?
+        .connect_with_connector(connector(tls, port, from))
         .await
-        .with_context(|| format!("connecting the flooding peer from {from}"))
+        .with_context(|| format!("connecting from {from}"))
+}
+
+/// [`channel`], connecting when first used and again whenever the broker
+/// has closed it: the flooding peer's, which the broker may refuse (a peer
+/// still cut off from an earlier phase).
+fn lazy_channel(tls: &Arc<rustls::ClientConfig>, port: u16, from: IpAddr) -> anyhow::Result<Channel> {
+    Ok(endpoint(port)?.connect_with_connector_lazy(connector(tls, port, from)))
+}
+
+fn endpoint(port: u16) -> anyhow::Result<tonic::transport::Endpoint> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://localhost:{port}"))?)
+}
+
+/// TCP from `from`, then TLS, to `localhost:port`.
+fn connector(
+    tls: &Arc<rustls::ClientConfig>,
+    port: u16,
+    from: IpAddr,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Future<
+        Output = std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>,
+    > + Send,
+> + Clone
++ Send
++ 'static {
+    let tls = Arc::clone(tls);
+    tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let tls = Arc::clone(&tls);
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(from, 0))?;
+            let tcp = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+            let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
 }
 
 /// The address guest `index` connects from while a flood runs: each
