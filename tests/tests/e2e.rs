@@ -652,13 +652,12 @@ async fn a_peer_flooding_past_its_rate_is_cut_off_at_the_connection() {
     // for a second and more.
     assert_eq!(app.handshake(&app.guest_url, local).await, Handshake::Held, "let back before its cut-off ended");
     // Once the cut-off has ended, the connection it left open is read again
-    // and answers; new ones are served.
-    tokio::time::sleep((cut_before + kbs::rate::CUT_OFF).saturating_duration_since(Instant::now())).await;
+    // and answers, and new ones are served, once its bucket (empty when it
+    // is let back) has refilled.
+    let refilled = cut_before + kbs::rate::CUT_OFF + Duration::from_millis(1500);
+    tokio::time::sleep(refilled.saturating_duration_since(Instant::now())).await;
     let answered = tokio::time::timeout(Duration::from_secs(5), guest.get_challenge(ask())).await;
     answered.expect("the connection was not read after the cut-off").unwrap();
-    // (The resumed connection's calls, the one given up on included, took
-    // its tokens; a second later they are back.)
-    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(app.handshake(&app.guest_url, local).await, Handshake::Completed);
     app.guest().await.get_challenge(ask()).await.unwrap();
 }
