@@ -36,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use crate::rate::RateLimiter;
+use crate::rate::{NewConnection, RateLimiter};
 
 /// Connections one listener admits at once, by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -123,13 +123,19 @@ impl Admission {
     /// (the caller closes the connection). A connection from a peer cut off
     /// for flooding is admitted, to be held unread (see [`Admitted`]).
     pub fn admit(&self, peer: SocketAddr) -> Option<Ticket> {
-        if let Some(rate) = &self.rate
-            && rate.cut_off(peer.ip()).is_none()
-            && rate.over(peer.ip())
-        {
-            tracing::debug!(listener = self.name, %peer, "peer over its rate; closing a connection");
-            return None;
-        }
+        self.admit_for(peer).map(|(ticket, _)| ticket)
+    }
+
+    /// [`Admission::admit`], and how long to hold the connection unread.
+    fn admit_for(&self, peer: SocketAddr) -> Option<(Ticket, Option<Duration>)> {
+        let hold = match self.rate.as_ref().map(|rate| rate.connection(peer.ip())) {
+            Some(NewConnection::Refuse) => {
+                tracing::debug!(listener = self.name, %peer, "peer over its rate; closing a connection");
+                return None;
+            }
+            Some(NewConnection::Hold(left)) => Some(left),
+            Some(NewConnection::Serve) | None => None,
+        };
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             tracing::warn!(listener = self.name, %peer, "listener at its connection limit; closing a connection");
             return None;
@@ -143,7 +149,7 @@ impl Admission {
         }
         *count += 1;
         self.open.fetch_add(1, Ordering::Relaxed);
-        Some(Ticket { _slot: slot, peer: ip, peers: Arc::clone(&self.peers), open: Arc::clone(&self.open) })
+        Some((Ticket { _slot: slot, peer: ip, peers: Arc::clone(&self.peers), open: Arc::clone(&self.open) }, hold))
     }
 
     /// Connections open now (for tests, diagnostics and the metrics).
@@ -156,7 +162,7 @@ impl Admission {
     /// which Nagle and delayed ACKs would hold back by tens of
     /// milliseconds); `None` closes it.
     fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Option<Admitted> {
-        let ticket = self.admit(peer)?;
+        let (ticket, hold) = self.admit_for(peer)?;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
@@ -165,7 +171,7 @@ impl Admission {
         // until its cut-off ends (its TLS handshake times out first, if
         // that comes sooner): closing it would have the peer reconnect at
         // once, and again, each time for an accept and a close.
-        let stalled = self.rate.as_ref().and_then(|r| r.cut_off(peer.ip())).map(|left| {
+        let stalled = hold.map(|left| {
             tracing::debug!(listener = self.name, %peer, ?left, "peer flooding past its rate; its new connection is held unread");
             Box::pin(tokio::time::sleep(left))
         });

@@ -18,9 +18,9 @@
 //! many calls queued as its connections allow, ahead of other guests'. So a
 //! peer that keeps going far past its rate is cut off: while its bucket is
 //! empty, its new connections are closed before the TLS handshake
-//! ([`RateLimiter::over`]); and once its refused calls have outrun its rate
-//! by [`FLOOD_SECONDS`] seconds' worth (it sends more than twice its rate),
-//! it is flooding ([`RateLimiter::flooding`]): for [`CUT_OFF`] its
+//! ([`RateLimiter::connection`]); and once its refused calls have outrun its
+//! rate by [`FLOOD_SECONDS`] seconds' worth (it sends more than twice its
+//! rate), it is flooding ([`RateLimiter::cut_off`]): for [`CUT_OFF`] its
 //! connections, open and new, are not read (see [`crate::connections`]) and
 //! its calls are refused. A peer found flooding again within
 //! [`STRIKES_KEPT`] of its last cut-off ending is cut off twice as long as
@@ -134,10 +134,11 @@ impl Bucket {
         Err(cut)
     }
 
-    /// Whether a call now would be refused.
+    /// Whether a call now would find no token (none refill while the peer
+    /// is cut off).
     fn is_empty(&mut self, rate: u32, now: Instant) -> bool {
         self.refill(f64::from(rate.max(1)), now);
-        self.tokens < 1.0 || self.cut_left(now).is_some()
+        self.tokens < 1.0
     }
 
     fn is_flooding(&mut self, _rate: u32, now: Instant) -> bool {
@@ -153,6 +154,17 @@ impl Bucket {
             && self.refused <= refilled
             && self.cut_until.is_none_or(|end| now.saturating_duration_since(end) >= STRIKES_KEPT)
     }
+}
+
+/// What a new connection from a peer gets ([`RateLimiter::connection`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewConnection {
+    /// Served.
+    Serve,
+    /// Closed before the TLS handshake: the peer is over its rate.
+    Refuse,
+    /// Held unread for this long: the peer is cut off for flooding.
+    Hold(Duration),
 }
 
 /// The buckets of one broker.
@@ -232,18 +244,21 @@ impl RateLimiter {
         self.global.lock().unwrap_or_else(PoisonError::into_inner).take(self.limits.global_per_second, now)
     }
 
-    /// Whether `peer` is over its rate now: a call from it would be
-    /// refused by its own bucket, or it is flooding (a new connection from
-    /// a peer over its rate and not flooding is closed before any
-    /// handshake; one from a flooding peer is held unread).
-    pub fn over(&self, peer: IpAddr) -> bool {
-        self.with_bucket(peer, Instant::now(), |b, rate, now| b.is_empty(rate, now) || b.is_flooding(rate, now))
-    }
-
-    /// Whether `peer` is flooding: cut off, after its refused calls had
-    /// outrun its rate by [`FLOOD_SECONDS`] seconds' worth.
-    pub fn flooding(&self, peer: IpAddr) -> bool {
-        self.cut_off(peer).is_some()
+    /// What a new connection from `peer` gets now, from one look at its
+    /// bucket: held unread while the peer is cut off for flooding (for the
+    /// time left), refused before any handshake while a call from it would
+    /// be refused, served otherwise.
+    pub fn connection(&self, peer: IpAddr) -> NewConnection {
+        let (now, rate) = (Instant::now(), self.limits.per_peer_per_second);
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        match peers.buckets.get_mut(&bucket_key(peer)) {
+            Some(b) => match b.cut_left(now) {
+                Some(left) => NewConnection::Hold(left),
+                None if b.is_empty(rate, now) => NewConnection::Refuse,
+                None => NewConnection::Serve,
+            },
+            None => NewConnection::Serve,
+        }
     }
 
     /// How long `peer` is still cut off for flooding, if it is (its
@@ -254,12 +269,14 @@ impl RateLimiter {
     }
 
     /// A count that moves whenever a flooding peer's call is refused: a
-    /// connection needs to ask [`RateLimiter::flooding`] only when it has
+    /// connection needs to ask [`RateLimiter::cut_off`] only when it has
     /// moved.
     pub fn flood_epoch(&self) -> u64 {
         self.floods.load(Ordering::Relaxed)
     }
 
+    /// `f` of `peer`'s bucket at `now` (false for a peer not seen): for tests.
+    #[cfg(test)]
     fn with_bucket(&self, peer: IpAddr, now: Instant, f: impl FnOnce(&mut Bucket, u32, Instant) -> bool) -> bool {
         let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         peers.buckets.get_mut(&bucket_key(peer)).is_some_and(|b| f(b, self.limits.per_peer_per_second, now))
@@ -363,7 +380,8 @@ mod tests {
         assert_eq!(state(&limiter, 2, last + CUT_OFF + Duration::from_secs(1)), (false, false));
         // A peer the limiter has not seen is neither.
         let unseen = IpAddr::from([10, 9, 9, 9]);
-        assert!(!limiter.over(unseen) && !limiter.flooding(unseen));
+        assert_eq!(limiter.connection(unseen), NewConnection::Serve);
+        assert_eq!(limiter.cut_off(unseen), None);
     }
 
     #[test]
