@@ -803,7 +803,7 @@ fn priority(reason: &str) -> u8 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::evidence::TeeKind;
     use crate::store::local::{Kek, LocalStore};

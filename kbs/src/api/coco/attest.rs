@@ -94,13 +94,24 @@ pub(super) async fn attest(State(svc): State<Arc<CocoService>>, req: Request) ->
     let mut audit = Audit::new("coco.attest", Some(attestation_id.clone()), caller);
     let result = svc.attest(cookie.as_deref(), &body, &attestation_id, &mut audit).await;
     match audit.finish(&svc.broker, result).await {
-        Ok(token) => {
+        Ok(Issued { token, claims, key }) => {
+            // Its record written, the token goes out, and its GETs to this
+            // broker need not verify it again.
+            svc.verified.remember_issued(&svc.token_keys, &token, claims, key);
             let mut response = json_response(StatusCode::OK, &json!({ "token": token }));
             set_cookie(&mut response, &token, svc.token_ttl);
             response
         }
         Err(e) => error_response(&e),
     }
+}
+
+/// An attestation's answer: the signed token, the claims it carries and
+/// the guest key they name, as checked.
+struct Issued {
+    token: String,
+    claims: Value,
+    key: TeeKey,
 }
 
 impl CocoService {
@@ -110,7 +121,7 @@ impl CocoService {
         body: &[u8],
         attestation_id: &str,
         audit: &mut Audit,
-    ) -> Result<String, Error> {
+    ) -> Result<Issued, Error> {
         // 1. The session: sealed by a broker holding the challenge key, unexpired.
         let cookie = cookie.ok_or(Error::Unauthenticated("no kbs-session-id cookie; call /kbs/v0/auth first"))?;
         let session = Session::open(&self.broker, cookie)?;
@@ -178,13 +189,13 @@ impl CocoService {
         // 4. Init-data, when sent, must be what the TEE was launched with.
         if let Some(init_data) = &request.init_data {
             check_init_data(init_data, &mut claims, tee)?;
+            audit.claims(&claims);
         }
 
         // 5. The token: the attestation result, for this broker's resource
-        // GETs and for other relying parties.
-        // The digest of the claims as verified (the audit record's), taken
-        // before the GPU measurements are left out below.
-        audit.claims(&claims);
+        // GETs and for other relying parties, with the digest of the
+        // claims as verified (the audit record's, taken above), before
+        // the GPU measurements are left out below.
         let digest = audit.event.claims_digest.clone().unwrap_or_default();
         // The token carries each GPU's claims without its measurements, so
         // that eight GPUs still fit a cookie; policies on this path see
@@ -200,7 +211,8 @@ impl CocoService {
         if let Some(object) = token.as_object_mut() {
             object.insert("kbs.key-alg".into(), key.alg().into());
         }
-        self.token_keys.sign(&token).map_err(|e| Error::Internal(e.to_string()))
+        let (token, claims) = self.token_keys.sign_claims(token).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(Issued { token, claims, key })
     }
 }
 

@@ -11,7 +11,7 @@
 //! ASCII of the base64url protected header as AAD (RFC 7516 §5.1 step 14).
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::agreement::{self, ECDH_P256, EphemeralPrivateKey, UnparsedPublicKey};
+use aws_lc_rs::agreement::{self, ECDH_P256, EphemeralPrivateKey, ParsedPublicKey, UnparsedPublicKey};
 use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrap};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey, PublicKeyComponents};
@@ -104,12 +104,13 @@ impl TeeKey {
                 point.push(4);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
-                // The point must be on the curve: agree once with a
-                // throwaway key, so a bad key fails now, not at release.
-                let rng = SystemRandom::new();
-                let probe = EphemeralPrivateKey::generate(&ECDH_P256, &rng).map_err(|_| JweError::Crypto("ecdh"))?;
-                agreement::agree_ephemeral(probe, UnparsedPublicKey::new(&ECDH_P256, &point), (), |_| Ok(()))
-                    .map_err(|()| JweError::Key("the EC point is not on P-256"))?;
+                // The point must be on the curve, so a bad key fails now,
+                // not at release: aws-lc decodes it as a P-256 point,
+                // which checks each coordinate is below p and the curve
+                // equation holds (P-256's cofactor is 1: every point on
+                // the curve is in its prime-order group).
+                ParsedPublicKey::try_from(&UnparsedPublicKey::new(&ECDH_P256, &point))
+                    .map_err(|_| JweError::Key("the EC point is not on P-256"))?;
                 Ok(Self::EcP256 { point })
             }
             Some("RSA") => {
@@ -372,13 +373,45 @@ mod tests {
             bad[field] = value;
             assert!(TeeKey::from_jwk(&bad).is_err(), "{field}");
         }
-        // A point off the curve.
+        // A point off the curve, and coordinates that are not field
+        // elements (p, or above it) or that make the point at infinity.
         let mut off = jwk.clone();
         off["y"] = json!(URL_SAFE_NO_PAD.encode([1u8; 32]));
         assert_eq!(TeeKey::from_jwk(&off), Err(JweError::Key("the EC point is not on P-256")));
+        let p256_p = hex::decode("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff").unwrap();
+        for (x, y) in [
+            (p256_p.clone(), d(&jwk, "y")),
+            (d(&jwk, "x"), p256_p.clone()),
+            (vec![0xff; 32], vec![0xff; 32]),
+            (vec![0; 32], vec![0; 32]),
+        ] {
+            let mut bad = jwk.clone();
+            bad["x"] = json!(URL_SAFE_NO_PAD.encode(&x));
+            bad["y"] = json!(URL_SAFE_NO_PAD.encode(&y));
+            assert_eq!(TeeKey::from_jwk(&bad), Err(JweError::Key("the EC point is not on P-256")));
+        }
+        // p - y is the negated point: on the curve, and another key.
+        let y = sub_be(&p256_p, &d(&jwk, "y"));
+        let mut negated = jwk.clone();
+        negated["y"] = json!(URL_SAFE_NO_PAD.encode(&y));
+        let negated = TeeKey::from_jwk(&negated).expect("-P is on the curve");
+        assert_ne!(negated, TeeKey::from_jwk(&jwk).unwrap());
         assert!(TeeKey::from_jwk(&json!("EC")).is_err());
         let small = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode([0xc3u8; 128]), "e": "AQAB"});
         assert!(TeeKey::from_jwk(&small).is_err());
+    }
+
+    /// `a - b` for big-endian numbers of one length, `a >= b`.
+    fn sub_be(a: &[u8], b: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; a.len()];
+        let mut borrow = 0i16;
+        for i in (0..a.len()).rev() {
+            let v = i16::from(a[i]) - i16::from(b[i]) - borrow;
+            borrow = i16::from(v < 0);
+            out[i] = v.rem_euclid(256) as u8;
+        }
+        assert_eq!(borrow, 0);
+        out
     }
 
     /// RFC 7518 Appendix C: the worked Concat KDF example (ECDH-ES with

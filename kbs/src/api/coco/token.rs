@@ -166,17 +166,22 @@ impl TokenKey {
 
     /// Signs `claims` as a compact JWS whose header names this key.
     pub fn sign(&self, claims: &Value) -> Result<String, TokenError> {
+        self.sign_claims(claims.clone()).map(|(token, _)| token)
+    }
+
+    /// [`TokenKey::sign`], also handing back the claims exactly as the
+    /// token carries them (in the insecure dev mode, with its marker).
+    pub fn sign_claims(&self, mut claims: Value) -> Result<(String, Value), TokenError> {
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
         let enc = |v: &Value| serde_json::to_vec(v).map(|b| URL_SAFE_NO_PAD.encode(b));
         let header = enc(&header).map_err(|_| TokenError::Malformed("header"))?;
-        let mut claims = claims.clone();
         if let (true, Some(object)) = (self.insecure_dev, claims.as_object_mut()) {
             object.insert(INSECURE_DEV_CLAIM.into(), Value::Bool(true));
         }
         let payload = enc(&claims).map_err(|_| TokenError::Malformed("claims"))?;
         let input = format!("{header}.{payload}");
         let sig = self.pair.sign(&self.rng, input.as_bytes()).map_err(|_| TokenError::Key("signing failed".into()))?;
-        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())))
+        Ok((format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())), claims))
     }
 
     /// Verifies a token and returns its claims, if it was signed by this
@@ -321,6 +326,11 @@ impl TokenKeys {
     /// Signs with the signing key.
     pub fn sign(&self, claims: &Value) -> Result<String, TokenError> {
         self.signer.sign(claims)
+    }
+
+    /// Signs with the signing key ([`TokenKey::sign_claims`]).
+    pub fn sign_claims(&self, claims: Value) -> Result<(String, Value), TokenError> {
+        self.signer.sign_claims(claims)
     }
 
     /// Verifies a token signed by any of the keys, found by its `kid`.

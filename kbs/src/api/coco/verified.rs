@@ -16,6 +16,12 @@
 //! [`MAX_CACHED_TOKEN_LEN`] bytes are kept (the oldest evicted first), and
 //! only tokens this broker signed can take a place.
 //!
+//! A token this broker has just issued at an attestation is remembered
+//! then, as a full verification of it would have kept it
+//! ([`VerifiedTokens::remember_issued`]), so that the guest's first GET
+//! does not verify the signature made a moment before. Another broker of
+//! the deployment that receives the token verifies it in full.
+//!
 //! The evidence claims are also kept prepared ([`PreparedClaims`]: their
 //! policy form and the digest the audit record carries), as the gRPC path
 //! prepares them once per release. Everything after the token (the release
@@ -70,6 +76,18 @@ pub(super) struct VerifiedToken {
 }
 
 impl VerifiedToken {
+    /// What is kept of a token whose signature and validity were checked
+    /// (or that this broker has just signed): its claims, the evidence
+    /// claims they carry, parsed and prepared, and the guest `key`
+    /// checked from its `tee-pubkey`. `None` without `iat` and `exp`.
+    fn new(claims: Value, key: Option<TeeKey>) -> Option<Self> {
+        let field = |name| claims.get(name).and_then(Value::as_i64);
+        let (iat, exp) = (field("iat")?, field("exp")?);
+        let evidence = claims.pointer(EVIDENCE_CLAIMS).and_then(|c| Claims::deserialize(c).ok());
+        let prepared = evidence.as_ref().and_then(|c| PreparedClaims::new(c).ok());
+        Some(Self { claims, evidence, prepared, key, iat, exp })
+    }
+
     /// The claims' `jti`, the audit records' attestation id.
     pub(super) fn jti(&self) -> Option<&str> {
         self.claims.get("jti").and_then(Value::as_str)
@@ -104,17 +122,30 @@ impl VerifiedTokens {
             };
         }
         let claims = keys.verify(token, now)?;
-        // `verify` checked that both are present.
-        let field = |name| claims.get(name).and_then(Value::as_i64).unwrap_or_default();
-        let (iat, exp) = (field("iat"), field("exp"));
         let guest_key = claims.get("tee-pubkey").and_then(|k| TeeKey::from_jwk(k).ok());
-        let evidence = claims.pointer(EVIDENCE_CLAIMS).and_then(|c| Claims::deserialize(c).ok());
-        let prepared = evidence.as_ref().and_then(|c| PreparedClaims::new(c).ok());
-        let verified = Arc::new(VerifiedToken { claims, evidence, prepared, key: guest_key, iat, exp });
+        // `verify` checked that `iat` and `exp` are present.
+        let verified = Arc::new(VerifiedToken::new(claims, guest_key).ok_or(TokenError::Malformed("iat"))?);
         if token.len() <= MAX_CACHED_TOKEN_LEN {
             self.lock().insert(key, Arc::clone(&verified));
         }
         Ok(verified)
+    }
+
+    /// Remembers a token this front end has just signed and handed out:
+    /// `claims` as [`TokenKeys::sign_claims`] returned them, `key` the
+    /// guest key its `tee-pubkey` names, as the attestation checked it.
+    /// The guest's GETs to this broker then start from what a full
+    /// verification of the token would have kept, without verifying a
+    /// signature made here a moment before; every use still checks the
+    /// token's validity at its own clock. A token that another broker of
+    /// the deployment receives is verified there in full.
+    pub(super) fn remember_issued(&self, keys: &TokenKeys, token: &str, claims: Value, key: TeeKey) {
+        if token.len() > MAX_CACHED_TOKEN_LEN {
+            return;
+        }
+        if let Some(issued) = VerifiedToken::new(claims, Some(key)) {
+            self.lock().insert(cache_key(keys, token), Arc::new(issued));
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BoundedMap<[u8; 32], Arc<VerifiedToken>>> {
@@ -124,6 +155,11 @@ impl VerifiedTokens {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    #[cfg(test)]
+    fn remembered(&self, keys: &TokenKeys, token: &str) -> Option<Arc<VerifiedToken>> {
+        self.lock().get(&cache_key(keys, token)).cloned()
     }
 }
 
@@ -220,6 +256,60 @@ mod tests {
         let t = keys.sign(&json!({"iat": NOW, "exp": NOW + 300, "tee-pubkey": off})).unwrap();
         assert_eq!(cache.verify(&keys, &t, NOW).unwrap().key, None);
         assert_eq!(cache.verify(&keys, &token(&keys, "keyless"), NOW).unwrap().key, None);
+    }
+
+    /// What an attestation remembers of the token it hands out is what a
+    /// full verification of that token keeps, and the first GET finds it
+    /// there; it is checked against the clock at each use as well.
+    #[test]
+    fn an_issued_token_is_remembered_as_a_verification_would_keep_it() {
+        let claims = crate::policy::tests::sample_claims(false, 0, &"5a".repeat(48));
+        let jwk = json!({"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW",
+                         "x": "gI0GAILBdu7T53akrFmMyGcsF3n5dO7MmwNBHKW5SV0",
+                         "y": "SLW_xSffzlPWrHEVI30DHM_4egVwt3NQqeUD7nMFpps"});
+        let ear = token::ear_claims(&token::EarInput {
+            issuer: "https://kbs.example",
+            audiences: &[],
+            attestation_id: "att-1",
+            now: NOW,
+            ttl: 300,
+            claims: &claims,
+            claims_digest: "ab12",
+            tee: "snp",
+            tee_pubkey: &jwk,
+        })
+        .unwrap();
+        for keys in [keys(), keys().insecure_dev()] {
+            let (issuing, verifying) = (VerifiedTokens::new(), VerifiedTokens::new());
+            let (t, signed) = keys.sign_claims(ear.clone()).unwrap();
+            issuing.remember_issued(&keys, &t, signed, TeeKey::from_jwk(&jwk).unwrap());
+            let issued = issuing.remembered(&keys, &t).expect("remembered before any GET");
+            let full = verifying.verify(&keys, &t, NOW).unwrap();
+            assert_eq!(issued.claims, full.claims);
+            assert_eq!((issued.iat, issued.exp), (full.iat, full.exp));
+            assert_eq!(issued.key, full.key);
+            assert!(issued.key.is_some());
+            let measurement = |v: &VerifiedToken| v.evidence.as_ref().map(|c| c.measurement.clone());
+            assert_eq!(measurement(&issued), Some("5a".repeat(48)));
+            assert_eq!(measurement(&issued), measurement(&full));
+            let digest = |v: &VerifiedToken| v.prepared.as_ref().map(|p| p.digest().to_owned());
+            assert!(digest(&issued).is_some());
+            assert_eq!(digest(&issued), digest(&full));
+            // The GET finds it, and the clock still decides.
+            assert!(Arc::ptr_eq(&issued, &issuing.verify(&keys, &t, NOW + 299).unwrap()));
+            assert_eq!(issuing.verify(&keys, &t, NOW + 300).err(), Some(TokenError::Expired));
+            // Another key set shares no entry.
+            assert_eq!(issuing.verify(&self::keys(), &t, NOW).err(), Some(TokenError::UnknownKey));
+        }
+        // Claims a verification would refuse (no `exp`), or a token too
+        // large to keep, take no place.
+        let (keys, cache) = (keys(), VerifiedTokens::new());
+        let (t, signed) = keys.sign_claims(json!({"iat": NOW})).unwrap();
+        cache.remember_issued(&keys, &t, signed, TeeKey::from_jwk(&jwk).unwrap());
+        let large = json!({"iat": NOW, "exp": NOW + 300, "pad": "x".repeat(MAX_CACHED_TOKEN_LEN)});
+        let (t, signed) = keys.sign_claims(large).unwrap();
+        cache.remember_issued(&keys, &t, signed, TeeKey::from_jwk(&jwk).unwrap());
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]
