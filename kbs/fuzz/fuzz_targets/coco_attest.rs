@@ -11,15 +11,16 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = init_data_algorithm(text);
-    }
-    let Ok(value) = serde_json::from_slice::<Value>(data) else {
+    let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = evidence::snp(&value);
-    let _ = evidence::tdx(&value);
-    let _ = evidence::sample_report_data(&value);
+    let _ = init_data_algorithm(text);
+    let _ = evidence::snp(text);
+    let _ = evidence::tdx(text);
+    let _ = evidence::sample_report_data(text);
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
     let _ = TeeKey::from_jwk(&value);
     if let Some(key) = value.get("tee-pubkey") {
         let _ = TeeKey::from_jwk(key);

@@ -11,6 +11,7 @@ use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::error::Error;
@@ -50,11 +51,11 @@ pub(super) fn expected_report_data(
 }
 
 #[derive(Deserialize)]
-pub(super) struct AttestRequest {
+pub(super) struct AttestRequest<'a> {
     #[serde(rename = "runtime-data")]
     runtime_data: RuntimeData,
-    #[serde(rename = "tee-evidence")]
-    tee_evidence: CompositeEvidence,
+    #[serde(rename = "tee-evidence", borrow)]
+    tee_evidence: CompositeEvidence<'a>,
     #[serde(rename = "init-data", default)]
     init_data: Option<InitData>,
 }
@@ -67,8 +68,13 @@ pub(super) struct RuntimeData {
 }
 
 #[derive(Deserialize)]
-pub(super) struct CompositeEvidence {
-    primary_evidence: Value,
+pub(super) struct CompositeEvidence<'a> {
+    /// The TEE's evidence, as JSON text: decoded by the session's TEE
+    /// straight into its own shape (an SNP report carries its bytes and
+    /// certificates as arrays of numbers, tens of KiB of them; a JSON tree
+    /// of them first cost more than the report's signature check).
+    #[serde(borrow)]
+    primary_evidence: &'a RawValue,
     #[serde(default)]
     additional_evidence: String,
 }
@@ -159,7 +165,7 @@ impl CocoService {
 
         // 3. The evidence, bound to nonce, key and additional evidence.
         let expected = expected_report_data(hash, &nonce, &request.runtime_data.tee_pubkey, additional)?;
-        let primary = &request.tee_evidence.primary_evidence;
+        let primary = request.tee_evidence.primary_evidence.get();
         let mut claims = match tee {
             CocoTee::Snp => self.broker.verify_bound(&evidence::snp(primary)?, &expected).await?,
             CocoTee::Tdx => self.broker.verify_bound(&evidence::tdx(primary)?, &expected).await?,
@@ -217,7 +223,7 @@ impl CocoService {
 }
 
 /// The insecure `sample` TEE: the evidence only repeats report_data.
-fn sample_claims(primary: &Value, expected: &[u8; 64]) -> Result<Claims, Error> {
+fn sample_claims(primary: &str, expected: &[u8; 64]) -> Result<Claims, Error> {
     let claimed = evidence::sample_report_data(primary)?;
     let mut padded = [0u8; 64];
     padded

@@ -108,6 +108,18 @@ struct SnpReportJson {
     signature: SignatureJson,
 }
 
+/// TDX evidence: other members (`cc_eventlog`) are not read.
+#[derive(Deserialize)]
+struct Quoted {
+    quote: String,
+}
+
+/// The sample TEE's evidence: other members (`svn`) are not read.
+#[derive(Deserialize)]
+struct SampleJson {
+    report_data: String,
+}
+
 #[derive(Deserialize)]
 struct CertEntryJson {
     cert_type: Value,
@@ -184,9 +196,11 @@ fn cert_kind(cert_type: &Value) -> Result<Option<CertKind>, EvidenceError> {
     }
 }
 
-/// Decodes `tee: "snp"` evidence.
-pub fn snp(evidence: &Value) -> Result<EvidenceInput, EvidenceError> {
-    let parsed = SnpEvidenceJson::deserialize(evidence).map_err(|e| malformed(&format!("snp: {e}")))?;
+/// Decodes `tee: "snp"` evidence from its JSON text, straight into the
+/// report's fields and the certificates' bytes (no JSON tree is built for
+/// the arrays of numbers that carry them).
+pub fn snp(evidence: &str) -> Result<EvidenceInput, EvidenceError> {
+    let parsed: SnpEvidenceJson = serde_json::from_str(evidence).map_err(|e| malformed(&format!("snp: {e}")))?;
     let report = parsed.attestation_report.to_bytes()?;
     let entries = parsed.cert_chain.unwrap_or_default();
     if entries.len() > MAX_CERT_ENTRIES {
@@ -206,10 +220,12 @@ pub fn snp(evidence: &Value) -> Result<EvidenceInput, EvidenceError> {
     Ok(EvidenceInput::Snp { report, certs: SnpCerts::Decoded(certs) })
 }
 
-/// Decodes `tee: "tdx"` evidence: the quote only (the event log is not
-/// part of the signed evidence and is not used for release decisions).
-pub fn tdx(evidence: &Value) -> Result<EvidenceInput, EvidenceError> {
-    let quote = evidence.get("quote").and_then(Value::as_str).ok_or_else(|| malformed("tdx: no quote"))?;
+/// Decodes `tee: "tdx"` evidence from its JSON text: the quote only (the
+/// event log is not part of the signed evidence and is not used for
+/// release decisions).
+pub fn tdx(evidence: &str) -> Result<EvidenceInput, EvidenceError> {
+    let parsed: Quoted = serde_json::from_str(evidence).map_err(|_| malformed("tdx: no quote"))?;
+    let quote = parsed.quote.as_str();
     if quote.len() > MAX_QUOTE_LEN.div_ceil(3) * 4 + 4 {
         return Err(EvidenceError::TooLarge { len: quote.len(), max: MAX_QUOTE_LEN });
     }
@@ -268,9 +284,11 @@ pub fn nvidia_devices(additional_evidence: &str) -> Result<Option<Vec<GpuInput>>
         .map(Some)
 }
 
-/// The sample TEE's evidence: its claimed report_data (unsigned).
-pub fn sample_report_data(evidence: &Value) -> Result<Vec<u8>, EvidenceError> {
-    let rd = evidence.get("report_data").and_then(Value::as_str).ok_or_else(|| malformed("sample: no report_data"))?;
+/// The sample TEE's evidence, from its JSON text: its claimed report_data
+/// (unsigned).
+pub fn sample_report_data(evidence: &str) -> Result<Vec<u8>, EvidenceError> {
+    let parsed: SampleJson = serde_json::from_str(evidence).map_err(|_| malformed("sample: no report_data"))?;
+    let rd = parsed.report_data.as_str();
     if rd.len() > 128 {
         return Err(EvidenceError::TooLarge { len: rd.len(), max: 128 });
     }
@@ -341,7 +359,9 @@ mod tests {
             {"cert_type": "CRL", "data": [1]},
             {"cert_type": {"OTHER": "00000000-0000-0000-0000-000000000001"}, "data": [1]},
         ]});
-        let EvidenceInput::Snp { report, certs: SnpCerts::Decoded(table) } = snp(&ev).unwrap() else { panic!() };
+        let EvidenceInput::Snp { report, certs: SnpCerts::Decoded(table) } = snp(&ev.to_string()).unwrap() else {
+            panic!()
+        };
         assert_eq!(report.len(), REPORT_LEN);
         assert_eq!(&report[0..4], &3u32.to_le_bytes());
         assert_eq!(&report[0x08..0x10], &0x30000u64.to_le_bytes());
@@ -362,7 +382,9 @@ mod tests {
         let mut r = report_json(5);
         r["reported_tcb"] = tcb(Some(8));
         r["launch_mit_vector"] = json!(5);
-        let EvidenceInput::Snp { report, .. } = snp(&json!({"attestation_report": r})).unwrap() else { panic!() };
+        let EvidenceInput::Snp { report, .. } = snp(&json!({"attestation_report": r}).to_string()).unwrap() else {
+            panic!()
+        };
         assert_eq!(&report[0x180..0x188], &[8, 1, 2, 3, 0, 0, 0, 4]);
         assert_eq!(&report[0x1F8..0x200], &5u64.to_le_bytes());
     }
@@ -371,32 +393,59 @@ mod tests {
     fn malformed_snp_is_refused() {
         let mut r = report_json(2);
         r["measurement"] = json!(vec![0u8; 47]);
-        assert!(matches!(snp(&json!({"attestation_report": r})), Err(EvidenceError::Malformed(_))));
+        assert!(matches!(snp(&json!({"attestation_report": r}).to_string()), Err(EvidenceError::Malformed(_))));
         let r = report_json(2);
-        assert!(matches!(snp(&json!({"attestation_report": r})), Err(EvidenceError::Malformed(_))));
-        assert!(snp(&json!({"report": 1})).is_err());
+        assert!(matches!(snp(&json!({"attestation_report": r}).to_string()), Err(EvidenceError::Malformed(_))));
+        assert!(snp(&json!({"report": 1}).to_string()).is_err());
         let many: Vec<Value> = (0..9).map(|_| json!({"cert_type": "ARK", "data": [1]})).collect();
         let ev = json!({"attestation_report": report_json(3), "cert_chain": many});
-        assert!(matches!(snp(&ev), Err(EvidenceError::TooLarge { .. })));
+        assert!(matches!(snp(&ev.to_string()), Err(EvidenceError::TooLarge { .. })));
         let twice = json!({"attestation_report": report_json(3), "cert_chain": [
             {"cert_type": "ARK", "data": [1]}, {"cert_type": "ARK", "data": [2]}]});
-        assert!(snp(&twice).is_err());
+        assert!(snp(&twice.to_string()).is_err());
+        // A member given twice is ambiguous, and refused rather than read
+        // one way here and another way by someone else.
+        let text = json!({"attestation_report": report_json(3)}).to_string();
+        let again = text.replacen(r#""vmpl":0"#, r#""vmpl":0,"vmpl":1"#, 1);
+        assert_ne!(again, text);
+        assert!(matches!(snp(&again), Err(EvidenceError::Malformed(_))));
+        // Bytes out of range, of the wrong type, or not JSON at all.
+        for bad in [
+            text.replacen(r#""measurement":[90"#, r#""measurement":[256"#, 1),
+            text.replacen(r#""measurement":[90"#, r#""measurement":[-1"#, 1),
+            text.replacen(r#""measurement":[90"#, r#""measurement":["Z""#, 1),
+            text.replacen(r#""measurement":[90"#, r#""measurement":[9.5"#, 1),
+            text[..text.len() / 2].to_owned(),
+            "null".to_owned(),
+            "[]".to_owned(),
+            String::new(),
+        ] {
+            assert_ne!(bad, text);
+            assert!(matches!(snp(&bad), Err(EvidenceError::Malformed(_))), "{bad:.60}");
+        }
     }
 
     #[test]
     fn tdx_and_sample() {
         let EvidenceInput::Tdx { quote } =
-            tdx(&json!({"quote": STANDARD.encode([1, 2, 3]), "cc_eventlog": null})).unwrap()
+            tdx(&json!({"quote": STANDARD.encode([1, 2, 3]), "cc_eventlog": null}).to_string()).unwrap()
         else {
             panic!()
         };
         assert_eq!(quote, vec![1, 2, 3]);
-        assert!(tdx(&json!({"quote": "%%%"})).is_err());
-        assert!(tdx(&json!({"quote": "A".repeat(200_000)})).is_err());
+        assert!(tdx(&json!({"quote": "%%%"}).to_string()).is_err());
+        assert!(tdx(&json!({"quote": "A".repeat(200_000)}).to_string()).is_err());
         assert_eq!(
-            sample_report_data(&json!({"svn": "1", "report_data": STANDARD.encode([7u8; 48])})).unwrap(),
+            sample_report_data(&json!({"svn": "1", "report_data": STANDARD.encode([7u8; 48])}).to_string()).unwrap(),
             vec![7u8; 48]
         );
-        assert!(sample_report_data(&json!({"svn": "1", "report_data": STANDARD.encode([7u8; 65])})).is_err());
+        assert!(
+            sample_report_data(&json!({"svn": "1", "report_data": STANDARD.encode([7u8; 65])}).to_string()).is_err()
+        );
+        // Not an object with the member, or not JSON: malformed.
+        for bad in ["null", "[]", r#""quote""#, r#"{"quote": 1}"#, r#"{"report_data": null}"#, "{", ""] {
+            assert!(matches!(tdx(bad), Err(EvidenceError::Malformed(_))), "{bad}");
+            assert!(matches!(sample_report_data(bad), Err(EvidenceError::Malformed(_))), "{bad}");
+        }
     }
 }
