@@ -6,11 +6,10 @@
 //! An entry is keyed by SHA-256 over the identity of the token key set
 //! ([`TokenKeys::set_id`]) and the exact bytes of the token: a token that
 //! differs in one byte is another key, and is verified in full; a broker
-//! with other token keys shares no entry. Only a token that verified goes
-//! in, with its claims (and the evidence claims they carry, parsed),
-//! `iat` and `exp`, and its guest key as checked once
-//! ([`TeeKey::from_jwk`] agrees once with a throwaway key to check the
-//! point, which costs another ECDH); an entry is used only while the
+//! with other token keys shares no entry. Only a token that verified (or
+//! that this broker has just issued, below) goes in, with its claims (and
+//! the evidence claims they carry, parsed), `iat` and `exp`, and its guest
+//! key as checked once ([`TeeKey::from_jwk`]); an entry is used only while the
 //! clock at that use is within the token's validity, as a full
 //! verification would check. At most [`MAX_ENTRIES`] tokens of at most
 //! [`MAX_CACHED_TOKEN_LEN`] bytes are kept (the oldest evicted first), and
