@@ -31,10 +31,11 @@
 //! 3. `GET /kbs/v0/resource/<repo>/<type>/<tag>` with `Authorization: Bearer
 //!    <token>` or the cookie: the token's claims are checked against the
 //!    release policy of the secret `repo/type/tag` and the value is
-//!    returned as a JWE (flattened JSON) encrypted to the token's key. A
-//!    token's signature is verified at its first GET and the token then
-//!    remembered until it expires (see [`verified`]); the policy, the
-//!    read, the seal and the audit record run on every GET.
+//!    returned as a JWE (flattened JSON) encrypted to the token's key. The
+//!    broker that issued a token remembers it from its attestation; another
+//!    verifies its signature at its first GET there and then remembers it
+//!    until it expires (see [`verified`]); the policy, the read, the seal
+//!    and the audit record run on every GET.
 //!
 //! 4. `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`:
 //!    the public halves of the token keys, for relying parties that check

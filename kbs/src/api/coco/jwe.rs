@@ -373,8 +373,8 @@ mod tests {
             bad[field] = value;
             assert!(TeeKey::from_jwk(&bad).is_err(), "{field}");
         }
-        // A point off the curve, and coordinates that are not field
-        // elements (p, or above it) or that make the point at infinity.
+        // A point off the curve, coordinates that are not field elements
+        // (p, or above it), and (0, 0), which is not on the curve either.
         let mut off = jwk.clone();
         off["y"] = json!(URL_SAFE_NO_PAD.encode([1u8; 32]));
         assert_eq!(TeeKey::from_jwk(&off), Err(JweError::Key("the EC point is not on P-256")));
